@@ -1,0 +1,55 @@
+# make test  — set up everything the tests need (venv, Azurite, checkov), then lint, type-check, test
+# make demo  — set up and run the end-to-end demo on the local sandbox
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+NODE_STAMP := node_modules/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_NO_INPUT := 1
+
+.PHONY: test lint typecheck unit infra-check demo clean setup
+
+test: setup lint typecheck unit infra-check
+
+setup: $(STAMP) $(NODE_STAMP)
+
+$(STAMP): pyproject.toml requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# Azurite (the Storage emulator) comes from the committed package-lock.json.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# checkov pins an older pycep-parser, so it lives in a venv of its own.
+$(CHECKOV_STAMP): infra/checkov-requirements.txt
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q -r infra/checkov-requirements.txt
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict cmk
+
+unit: setup
+	$(BIN)/pytest
+
+infra-check: $(CHECKOV_STAMP) $(STAMP)
+	$(BIN)/python infra/checkov_gate.py --checkov $(CHECKOV_VENV)/bin/checkov infra
+
+demo: setup
+	$(BIN)/cmk demo
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
