@@ -1,0 +1,403 @@
+"""The settings of cmk-rotator, read once from the environment into a frozen object.
+
+:meth:`Settings.from_environ` is the only place that reads the environment; callers
+pass ``os.environ`` (or any mapping, in tests). Every problem is collected and raised
+together in one :class:`~cmk.errors.ConfigurationError` whose lines name the
+variable, show the bad value and say how to fix it. An empty or blank value counts as
+unset. Every name is documented in ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from cmk.errors import ConfigurationError, InvalidKeyId
+from cmk.keyid import VAULT_SUFFIXES, KeyId, parse_vault_url
+from cmk.resource_id import parse_subscription_id
+
+__all__ = ["AzureCloud", "CloudEndpoints", "Settings", "StorageSettings"]
+
+T = TypeVar("T")
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+_QUEUE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9]")
+_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
+_CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
+_SECRET_PART = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;]*")
+ALLOWED_KEY_SIZES = frozenset({2048, 3072, 4096})
+
+
+@dataclass(frozen=True)
+class CloudEndpoints:
+    """Where one Azure cloud's services live: host names and DNS suffixes."""
+
+    arm_host: str
+    authority_host: str
+    key_vault_suffix: str
+    managed_hsm_suffix: str
+    event_grid_suffix: str
+    storage_suffix: str
+
+    @property
+    def arm_endpoint(self) -> str:
+        """Azure Resource Manager (also serves Resource Graph), e.g. https://management.azure.com."""
+        return f"https://{self.arm_host}"
+
+    @property
+    def arm_scope(self) -> str:
+        """The OAuth scope of ARM tokens, e.g. https://management.azure.com/.default."""
+        return f"https://{self.arm_host}/.default"
+
+    @property
+    def resource_graph_endpoint(self) -> str:
+        """Resource Graph is served by the ARM endpoint in every cloud."""
+        return self.arm_endpoint
+
+
+class AzureCloud(Enum):
+    """The Azure cloud the app runs in (CMK_AZURE_CLOUD); values match ``KeyId.cloud``."""
+
+    PUBLIC = "public"
+    CHINA = "china"
+    US_GOVERNMENT = "usgovernment"
+
+    @property
+    def endpoints(self) -> CloudEndpoints:
+        """The endpoints and DNS suffixes of this cloud."""
+        return _ENDPOINTS[self]
+
+
+_ENDPOINTS = {
+    cloud: CloudEndpoints(*hosts)
+    for cloud, hosts in {
+        AzureCloud.PUBLIC: (
+            "management.azure.com",
+            "login.microsoftonline.com",
+            "vault.azure.net",
+            "managedhsm.azure.net",
+            "eventgrid.azure.net",
+            "core.windows.net",
+        ),
+        AzureCloud.CHINA: (
+            "management.chinacloudapi.cn",
+            "login.chinacloudapi.cn",
+            "vault.azure.cn",
+            "managedhsm.azure.cn",
+            "eventgrid.azure.cn",
+            "core.chinacloudapi.cn",
+        ),
+        AzureCloud.US_GOVERNMENT: (
+            "management.usgovcloudapi.net",
+            "login.microsoftonline.us",
+            "vault.usgovcloudapi.net",
+            "managedhsm.usgovcloudapi.net",
+            "eventgrid.azure.us",
+            "core.usgovcloudapi.net",
+        ),
+    }.items()
+}
+
+
+def redact_connection_string(value: str) -> str:
+    """Hide account keys and SAS tokens in a storage connection string."""
+    return _SECRET_PART.sub(lambda match: f"{match.group(1)}=***", value)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """The Function app's storage: a connection string, or service URIs for identity auth."""
+
+    connection_string: str | None = field(default=None, repr=False)
+    queue_service_uri: str | None = None
+    table_service_uri: str | None = None
+
+    @property
+    def uses_identity(self) -> bool:
+        """True when storage is reached with a managed identity (no connection string)."""
+        return self.connection_string is None
+
+    def __repr__(self) -> str:
+        secret = self.connection_string
+        shown = None if secret is None else redact_connection_string(secret)
+        return (
+            f"StorageSettings(connection_string={shown!r}, "
+            f"queue_service_uri={self.queue_service_uri!r}, "
+            f"table_service_uri={self.table_service_uri!r})"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of cmk-rotator, validated. Build it with :meth:`from_environ`."""
+
+    vault_allowlist: frozenset[str] = frozenset()
+    subscriptions: tuple[str, ...] = ()
+    allowed_key_sizes: frozenset[int] = frozenset({2048})
+    expiry_margin: timedelta = timedelta(days=30)
+    rotate_on_near_expiry: bool = True
+    sweep_schedule: str = "0 0 * * * *"
+    alert_topic_endpoint: str | None = None
+    job_queue: str = "cmk-rotation-jobs"
+    ledger_table: str = "cmkledger"
+    dry_run: bool = False
+    cloud: AzureCloud = AzureCloud.PUBLIC
+    stale_grace: timedelta = timedelta(hours=24)
+    update_timeout: timedelta = timedelta(seconds=120)
+    max_concurrency: int = 32
+    storage: StorageSettings | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate every setting; raise one ConfigurationError listing all problems."""
+        reader = _Reader(environ)
+        cloud = reader.get("CMK_AZURE_CLOUD", AzureCloud.PUBLIC, _cloud)
+        settings = cls(
+            cloud=cloud,
+            vault_allowlist=reader.get("CMK_VAULT_ALLOWLIST", frozenset(), _vaults(cloud)),
+            subscriptions=reader.get("CMK_SUBSCRIPTIONS", (), _subscriptions),
+            allowed_key_sizes=reader.get("CMK_ALLOWED_KEY_SIZES", frozenset({2048}), _sizes),
+            expiry_margin=reader.get("CMK_EXPIRY_MARGIN_DAYS", timedelta(days=30), _days),
+            rotate_on_near_expiry=reader.get("CMK_ROTATE_ON_NEAR_EXPIRY", True, _boolean),
+            sweep_schedule=reader.get("CMK_SWEEP_SCHEDULE", "0 0 * * * *", _schedule),
+            alert_topic_endpoint=reader.get("CMK_ALERT_TOPIC_ENDPOINT", None, _topic(cloud)),
+            job_queue=reader.get("CMK_JOB_QUEUE", "cmk-rotation-jobs", _queue_name),
+            ledger_table=reader.get("CMK_LEDGER_TABLE", "cmkledger", _table_name),
+            dry_run=reader.get("CMK_DRY_RUN", False, _boolean),
+            stale_grace=reader.get("CMK_STALE_GRACE_HOURS", timedelta(hours=24), _hours),
+            update_timeout=reader.get(
+                "CMK_UPDATE_TIMEOUT_SECONDS", timedelta(seconds=120), _seconds
+            ),
+            max_concurrency=reader.get("CMK_MAX_CONCURRENCY", 32, _concurrency),
+            storage=_storage(reader, cloud),
+        )
+        reader.raise_problems()
+        return settings
+
+    def require_subscriptions(self) -> tuple[str, ...]:
+        """The subscription scope, or a ConfigurationError if none is configured."""
+        if not self.subscriptions:
+            raise ConfigurationError(
+                "CMK_SUBSCRIPTIONS is empty: the sweep needs the subscriptions to inventory;"
+                " set it to comma-separated subscription ids"
+                " (e.g. CMK_SUBSCRIPTIONS=00000000-0000-0000-0000-000000000000)"
+            )
+        return self.subscriptions
+
+    def require_storage(self) -> StorageSettings:
+        """The Function app's storage, or a ConfigurationError if it is not configured."""
+        if self.storage is None:
+            raise ConfigurationError(
+                "AzureWebJobsStorage is not set: set it to a storage connection string, or set"
+                " AzureWebJobsStorage__accountName (or __queueServiceUri and __tableServiceUri)"
+                " to use the app's managed identity"
+            )
+        return self.storage
+
+    def vault_in_scope(self, key_id: KeyId) -> bool:
+        """True if the key's vault is in CMK_VAULT_ALLOWLIST (an empty list allows none)."""
+        return key_id.vault_url in self.vault_allowlist
+
+
+class _Reader:
+    """Reads variables, converting each and collecting every problem."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def raw(self, name: str) -> str | None:
+        value = self.environ.get(name)
+        return value.strip() if value is not None and value.strip() else None
+
+    def get(self, name: str, default: T, convert: Callable[[str], T]) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return convert(value)
+        except ValueError as error:  # our InvalidInput errors are ValueErrors too
+            self.problems.append(f"{name}={value!r}: {error}")
+            return default
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            count = len(self.problems)
+            lines = "\n".join(f"  - {problem}" for problem in self.problems)
+            raise ConfigurationError(f"{count} invalid setting(s):\n{lines}")
+
+
+def _items(value: str) -> list[str]:
+    return [item for item in re.split(r"[,;\s]+", value) if item]
+
+
+def _boolean(value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValueError("must be true or false (also accepted: 1/0, yes/no)")
+
+
+def _number(value: str, unit: str, *, positive: bool = False) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        bound = "greater than 0" if positive else "0 or more"
+        raise ValueError(f"must be a number of {unit}, {bound} (e.g. 30)")
+    return number
+
+
+def _days(value: str) -> timedelta:
+    return timedelta(days=_number(value, "days"))
+
+
+def _hours(value: str) -> timedelta:
+    return timedelta(hours=_number(value, "hours"))
+
+
+def _seconds(value: str) -> timedelta:
+    return timedelta(seconds=_number(value, "seconds", positive=True))
+
+
+def _concurrency(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 1024:
+        raise ValueError("must be a whole number from 1 to 1024 (e.g. 32)")
+    return int(value)
+
+
+def _cloud(value: str) -> AzureCloud:
+    try:
+        return AzureCloud(value.lower())
+    except ValueError:
+        names = ", ".join(cloud.value for cloud in AzureCloud)
+        raise ValueError(f"must be one of {names}") from None
+
+
+def _vaults(cloud: AzureCloud) -> Callable[[str], frozenset[str]]:
+    def convert(value: str) -> frozenset[str]:
+        urls = set()
+        for item in _items(value):
+            try:
+                url = parse_vault_url(item)
+            except InvalidKeyId as error:
+                hint = " (that is a key id; list the vault URL https://{vault}.vault.azure.net)"
+                raise ValueError(f"{error}{hint if '/keys/' in item.lower() else ''}") from None
+            if VAULT_SUFFIXES[url.partition(".")[2]] != cloud.value:
+                raise ValueError(
+                    f"vault {url} is not in the {cloud.value} cloud (CMK_AZURE_CLOUD);"
+                    " list only vaults of that cloud"
+                )
+            urls.add(url)
+        return frozenset(urls)
+
+    return convert
+
+
+def _subscriptions(value: str) -> tuple[str, ...]:
+    ids = [parse_subscription_id(item) for item in _items(value)]
+    return tuple(dict.fromkeys(ids))
+
+
+def _sizes(value: str) -> frozenset[int]:
+    allowed = ", ".join(str(size) for size in sorted(ALLOWED_KEY_SIZES))
+    sizes = set()
+    for item in _items(value):
+        if not item.isdigit() or int(item) not in ALLOWED_KEY_SIZES:
+            raise ValueError(f"{item!r} is not an RSA key size we accept; use {allowed}")
+        sizes.add(int(item))
+    return frozenset(sizes)
+
+
+def _schedule(value: str) -> str:
+    fields = value.split()
+    if len(fields) != 6 or not all(_CRON_FIELD.fullmatch(part) for part in fields):
+        raise ValueError(
+            "must be a six-field NCRONTAB expression '{second} {minute} {hour} {day} {month}"
+            " {day-of-week}' as Azure Functions uses (e.g. '0 0 * * * *' = hourly)"
+        )
+    return " ".join(fields)
+
+
+def _topic(cloud: AzureCloud) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        parts = urlsplit(value)
+        host = (parts.hostname or "").lower()
+        suffix = "." + cloud.endpoints.event_grid_suffix
+        if parts.scheme != "https" or parts.username or parts.password or parts.query:
+            raise ValueError("must be an https URL without user info or query")
+        if not host.endswith(suffix) or host == suffix[1:]:
+            raise ValueError(
+                f"host {host!r} is not an Event Grid topic of the {cloud.value} cloud;"
+                f" use https://{{topic}}.{{region}}-1{suffix}/api/events"
+            )
+        return value
+
+    return convert
+
+
+def _queue_name(value: str) -> str:
+    if not _QUEUE_NAME.fullmatch(value) or "--" in value:
+        raise ValueError(
+            "a queue name is 3-63 lowercase letters, digits and single dashes,"
+            " starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _table_name(value: str) -> str:
+    if not _TABLE_NAME.fullmatch(value) or value.lower() == "tables":
+        raise ValueError("a table name is 3-63 letters and digits, starting with a letter")
+    return value
+
+
+def _storage(reader: _Reader, cloud: AzureCloud) -> StorageSettings | None:
+    """AzureWebJobsStorage: a connection string, or identity-based service URIs."""
+    connection = reader.raw("AzureWebJobsStorage")
+    if connection is not None:
+        if "=" not in connection:
+            shown = redact_connection_string(connection)[:40]
+            reader.problems.append(
+                f"AzureWebJobsStorage={shown!r}: not a connection string; use"
+                " 'DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...' or"
+                " 'UseDevelopmentStorage=true', or remove it and set AzureWebJobsStorage__*"
+            )
+            return None
+        return StorageSettings(connection_string=connection)
+    account = reader.get("AzureWebJobsStorage__accountName", None, _account_name)
+    queue = reader.get("AzureWebJobsStorage__queueServiceUri", None, _https_uri)
+    table = reader.get("AzureWebJobsStorage__tableServiceUri", None, _https_uri)
+    if account is not None:
+        queue = queue or f"https://{account}.queue.{cloud.endpoints.storage_suffix}"
+        table = table or f"https://{account}.table.{cloud.endpoints.storage_suffix}"
+    if queue is None and table is None:
+        return None
+    if queue is None or table is None:
+        reader.problems.append(
+            "AzureWebJobsStorage__queueServiceUri and __tableServiceUri: set both"
+            " (or AzureWebJobsStorage__accountName instead)"
+        )
+        return None
+    return StorageSettings(queue_service_uri=queue, table_service_uri=table)
+
+
+def _account_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]{3,24}", value):
+        raise ValueError("a storage account name is 3-24 lowercase letters and digits")
+    return value
+
+
+def _https_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.query:
+        raise ValueError("must be a service URI such as https://{account}.queue.core.windows.net")
+    return value.rstrip("/")
