@@ -1,0 +1,1 @@
+"""Thin adapters: one per Azure service, SDK client in, our own types out (see cmk.ports)."""

@@ -1,0 +1,217 @@
+"""The ports between the rotation use cases and Azure: what the engine needs, in our types.
+
+Each protocol is implemented by one thin adapter in :mod:`cmk.adapters` that takes an
+async Azure SDK client and turns SDK models and ``azure.core.exceptions`` into the types
+below and the errors of :mod:`cmk.errors` (transient errors propagate; permanent ones are
+the caller's to record and alert). Use cases depend only on these protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol
+
+from cmk.keyid import KeyId
+from cmk.planner import Binding
+from cmk.policy import KeyVersion
+from cmk.resource_id import AccountId
+
+# --- Key Vault ----------------------------------------------------------------------------
+
+
+class KeyStore(Protocol):
+    """Key Vault / Managed HSM keys (``azure.keyvault.keys.aio.KeyClient`` per vault)."""
+
+    async def latest(self, key: KeyId) -> KeyVersion:
+        """The newest version of ``key`` (one GET). NotFound if the key does not exist."""
+        ...
+
+    async def get_version(self, key: KeyId) -> KeyVersion:
+        """One named version (``key.version`` must be set)."""
+        ...
+
+    async def list_versions(self, key: KeyId) -> list[KeyVersion]:
+        """Every version of ``key`` with full properties, in no particular order."""
+        ...
+
+    async def has_rotation_policy(self, key: KeyId) -> bool:
+        """Whether the key has a rotation policy with lifetime actions."""
+        ...
+
+    async def rotate(self, key: KeyId) -> KeyVersion:
+        """Create a new version with Key Vault's rotate operation."""
+        ...
+
+    async def create_like(self, template: KeyVersion) -> KeyVersion:
+        """Create a new version with the same type, size and operations as ``template``."""
+        ...
+
+
+# --- Cognitive Services accounts ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    """What the engine knows of one account: its binding (None when it uses
+    Microsoft-managed keys) and the state of its last update."""
+
+    account_id: AccountId
+    location: str
+    binding: Binding | None
+    provisioning_state: str  # Succeeded, Updating, Failed, ...
+    identity_type: str  # None, SystemAssigned, UserAssigned, "SystemAssigned, UserAssigned"
+    user_assigned_client_ids: frozenset[str] = frozenset()
+
+    @property
+    def has_usable_identity(self) -> bool:
+        """An identity exists that can unwrap the key: the named user-assigned one, or a
+        system-assigned one when no client id is named."""
+        if self.binding is not None and self.binding.identity_client_id:
+            return self.binding.identity_client_id.lower() in self.user_assigned_client_ids
+        return "systemassigned" in self.identity_type.lower().replace(" ", "")
+
+
+class UpdateOutcome(StrEnum):
+    SUCCEEDED = "succeeded"  # provisioningState Succeeded and the version in place
+    IN_PROGRESS = "in_progress"  # still Updating after the wait bound: verify later
+
+
+class AccountStore(Protocol):
+    """ARM ``Microsoft.CognitiveServices/accounts`` (``CognitiveServicesManagementClient``)."""
+
+    async def get(self, account_id: AccountId) -> AccountRecord:
+        """Read the account now (NotFound if gone)."""
+        ...
+
+    async def update_key_version(
+        self, record: AccountRecord, version: str, wait: timedelta
+    ) -> UpdateOutcome:
+        """PATCH only ``keyVersion`` (keeping keyVaultUri, keyName, identityClientId) and
+        wait up to ``wait`` for the long-running operation. A Failed operation raises
+        UpdateFailed / AccessDenied with the RP's code; 409/429/5xx raise TransientError."""
+        ...
+
+
+class Inventory(Protocol):
+    """Every CMK-enabled account in the subscription scope (Resource Graph, ARM fallback)."""
+
+    def cmk_accounts(self, subscriptions: Sequence[str]) -> AsyncIterator[AccountRecord]:
+        """Stream the accounts whose keySource is Microsoft.KeyVault, page by page."""
+        ...
+
+
+# --- jobs, ledger, alerts -------------------------------------------------------------
+
+
+class JobStep(StrEnum):
+    ROTATE = "rotate"  # check, PATCH, wait
+    VERIFY = "verify"  # an update was submitted earlier: check it finished
+
+
+@dataclass(frozen=True)
+class RotationJob:
+    """Move one account to one key version. Serialized as JSON in a queue message."""
+
+    account_id: AccountId
+    target: KeyId  # versioned
+    trigger: str  # event id, "sweep:<run id>", "cli:<user>"
+    step: JobStep = JobStep.ROTATE
+    urgent: bool = False
+    from_version: str | None = None
+
+
+class JobQueue(Protocol):
+    async def enqueue(self, job: RotationJob, *, delay: timedelta | None = None) -> None: ...
+
+    async def enqueue_many(self, jobs: Sequence[RotationJob]) -> int:
+        """Enqueue concurrently; returns how many were sent."""
+        ...
+
+
+class LedgerState(StrEnum):
+    PLANNED = "planned"
+    SUBMITTED = "submitted"  # PATCH accepted, not yet verified
+    SUCCEEDED = "succeeded"  # verified on the target version
+    SKIPPED = "skipped"  # already on the target or a newer version
+    FAILED = "failed"  # permanent failure (cause set)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row per account and target version."""
+
+    account_id: AccountId
+    key_id: KeyId  # versionless key
+    to_version: str
+    from_version: str | None
+    state: LedgerState
+    attempts: int
+    cause: str | None
+    trigger: str
+    created: datetime
+    updated: datetime
+
+
+class Ledger(Protocol):
+    async def get(self, account_id: AccountId, to_version: str) -> LedgerEntry | None: ...
+
+    async def record(self, entry: LedgerEntry) -> None:
+        """Insert or replace the row for (account, to_version)."""
+        ...
+
+    async def history(
+        self, account_id: AccountId | None = None, key: KeyId | None = None
+    ) -> list[LedgerEntry]: ...
+
+    async def claim(self, name: str, owner: str) -> bool:
+        """Atomically claim ``name`` (a Table insert): True for exactly one caller."""
+        ...
+
+
+class AlertType(StrEnum):
+    ACCOUNT_UPDATE_FAILED = "account_update_failed"
+    BINDING_UNSAFE = "binding_unsafe"
+    KEY_NEAR_EXPIRY_UNROTATED = "key_near_expiry_unrotated"
+    BINDING_STALE = "binding_stale"
+    KEY_EXPIRED_BOUND = "key_expired_bound"
+    IDENTITY_MISSING = "identity_missing"
+    VAULT_NOT_RECOVERABLE = "vault_not_recoverable"
+    VERSION_REJECTED = "version_rejected"
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One problem an operator must act on; deduplicated by :attr:`dedup_key`."""
+
+    type: AlertType
+    severity: Severity
+    subject: str  # the account id, or the key id for key-level alerts
+    key_id: KeyId | None
+    from_version: str | None
+    to_version: str | None
+    cause: str
+    remediation: str
+
+    @property
+    def dedup_key(self) -> tuple[str, str, str]:
+        """(subject, target version, cause type): one alert each until resolved."""
+        return (self.subject.lower(), self.to_version or "", self.type.value)
+
+
+class AlertSink(Protocol):
+    async def raise_alert(self, alert: Alert) -> bool:
+        """Publish unless an alert with the same dedup key is open; True if published."""
+        ...
+
+    async def resolve(self, subject: str, to_version: str | None = None) -> int:
+        """Close the open alerts of a subject (after a success); returns how many."""
+        ...
