@@ -187,18 +187,18 @@ def _decide(
     if target is not None and _order(target) > _order(bound):
         reason = f"newer version {target.version} replaces {bound.version}"
         if problem is not None:
-            reason = f"{reason}; bound version is unsafe: {_describe(verdict.reasons)}"
+            reason = f"{reason}; {_describe(bound, verdict.reasons)}"
         return Move(binding, target, reason, problem)
     if problem is None:
         return UpToDate(binding, bound)
     if target is None:
-        detail = f"no bindable version to move to; bound version {_describe(verdict.reasons)}"
+        detail = f"no bindable version to move to; {_describe(bound, verdict.reasons)}"
         if problem not in _BROKEN:
             problem = FindingKind.NO_VALID_VERSION
         return Finding(binding, problem, detail, None, verdict.reasons)
     detail = (
-        f"bound version {_describe(verdict.reasons)}; the only bindable version"
-        f" {target.version} is older, so the account is not moved back"
+        f"{_describe(bound, verdict.reasons)}; the newest bindable version {target.version}"
+        " is older, so the account is not moved back"
     )
     return Finding(binding, problem, detail, target, verdict.reasons)
 
@@ -213,5 +213,5 @@ def _problem(codes: frozenset[ReasonCode]) -> FindingKind | None:
     return FindingKind.BOUND_VERSION_REJECTED
 
 
-def _describe(reasons: tuple[Reason, ...]) -> str:
-    return "; ".join(reason.message for reason in reasons)
+def _describe(bound: KeyVersion, reasons: tuple[Reason, ...]) -> str:
+    return f"bound version {bound.version} is unsafe: " + "; ".join(r.message for r in reasons)

@@ -14,15 +14,22 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import Enum
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from cmk.cloud import AzureCloud, CloudEndpoints
 from cmk.errors import ConfigurationError, InvalidKeyId
 from cmk.keyid import VAULT_SUFFIXES, KeyId, parse_vault_url
 from cmk.resource_id import parse_subscription_id
 
-__all__ = ["AzureCloud", "CloudEndpoints", "Settings", "StorageSettings"]
+__all__ = [
+    "ENVIRONMENT_VARIABLES",
+    "AzureCloud",
+    "CloudEndpoints",
+    "Settings",
+    "StorageSettings",
+    "redact_connection_string",
+]
 
 T = TypeVar("T")
 
@@ -34,76 +41,27 @@ _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
 _SECRET_PART = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;]*")
 ALLOWED_KEY_SIZES = frozenset({2048, 3072, 4096})
 
-
-@dataclass(frozen=True)
-class CloudEndpoints:
-    """Where one Azure cloud's services live: host names and DNS suffixes."""
-
-    arm_host: str
-    authority_host: str
-    key_vault_suffix: str
-    managed_hsm_suffix: str
-    event_grid_suffix: str
-    storage_suffix: str
-
-    @property
-    def arm_endpoint(self) -> str:
-        """Azure Resource Manager (also serves Resource Graph), e.g. https://management.azure.com."""
-        return f"https://{self.arm_host}"
-
-    @property
-    def arm_scope(self) -> str:
-        """The OAuth scope of ARM tokens, e.g. https://management.azure.com/.default."""
-        return f"https://{self.arm_host}/.default"
-
-    @property
-    def resource_graph_endpoint(self) -> str:
-        """Resource Graph is served by the ARM endpoint in every cloud."""
-        return self.arm_endpoint
-
-
-class AzureCloud(Enum):
-    """The Azure cloud the app runs in (CMK_AZURE_CLOUD); values match ``KeyId.cloud``."""
-
-    PUBLIC = "public"
-    CHINA = "china"
-    US_GOVERNMENT = "usgovernment"
-
-    @property
-    def endpoints(self) -> CloudEndpoints:
-        """The endpoints and DNS suffixes of this cloud."""
-        return _ENDPOINTS[self]
-
-
-_ENDPOINTS = {
-    cloud: CloudEndpoints(*hosts)
-    for cloud, hosts in {
-        AzureCloud.PUBLIC: (
-            "management.azure.com",
-            "login.microsoftonline.com",
-            "vault.azure.net",
-            "managedhsm.azure.net",
-            "eventgrid.azure.net",
-            "core.windows.net",
-        ),
-        AzureCloud.CHINA: (
-            "management.chinacloudapi.cn",
-            "login.chinacloudapi.cn",
-            "vault.azure.cn",
-            "managedhsm.azure.cn",
-            "eventgrid.azure.cn",
-            "core.chinacloudapi.cn",
-        ),
-        AzureCloud.US_GOVERNMENT: (
-            "management.usgovcloudapi.net",
-            "login.microsoftonline.us",
-            "vault.usgovcloudapi.net",
-            "managedhsm.usgovcloudapi.net",
-            "eventgrid.azure.us",
-            "core.usgovcloudapi.net",
-        ),
-    }.items()
-}
+#: Every environment variable :meth:`Settings.from_environ` reads (all documented).
+ENVIRONMENT_VARIABLES = (
+    "CMK_VAULT_ALLOWLIST",
+    "CMK_SUBSCRIPTIONS",
+    "CMK_ALLOWED_KEY_SIZES",
+    "CMK_EXPIRY_MARGIN_DAYS",
+    "CMK_ROTATE_ON_NEAR_EXPIRY",
+    "CMK_SWEEP_SCHEDULE",
+    "CMK_ALERT_TOPIC_ENDPOINT",
+    "CMK_JOB_QUEUE",
+    "CMK_LEDGER_TABLE",
+    "CMK_DRY_RUN",
+    "CMK_AZURE_CLOUD",
+    "CMK_STALE_GRACE_HOURS",
+    "CMK_UPDATE_TIMEOUT_SECONDS",
+    "CMK_MAX_CONCURRENCY",
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
+)
 
 
 def redact_connection_string(value: str) -> str:
@@ -157,25 +115,33 @@ class Settings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
         """Read and validate every setting; raise one ConfigurationError listing all problems."""
-        reader = _Reader(environ)
-        cloud = reader.get("CMK_AZURE_CLOUD", AzureCloud.PUBLIC, _cloud)
+        reader, default = _Reader(environ), cls()
+        cloud = reader.get("CMK_AZURE_CLOUD", default.cloud, _cloud)
         settings = cls(
             cloud=cloud,
-            vault_allowlist=reader.get("CMK_VAULT_ALLOWLIST", frozenset(), _vaults(cloud)),
-            subscriptions=reader.get("CMK_SUBSCRIPTIONS", (), _subscriptions),
-            allowed_key_sizes=reader.get("CMK_ALLOWED_KEY_SIZES", frozenset({2048}), _sizes),
-            expiry_margin=reader.get("CMK_EXPIRY_MARGIN_DAYS", timedelta(days=30), _days),
-            rotate_on_near_expiry=reader.get("CMK_ROTATE_ON_NEAR_EXPIRY", True, _boolean),
-            sweep_schedule=reader.get("CMK_SWEEP_SCHEDULE", "0 0 * * * *", _schedule),
-            alert_topic_endpoint=reader.get("CMK_ALERT_TOPIC_ENDPOINT", None, _topic(cloud)),
-            job_queue=reader.get("CMK_JOB_QUEUE", "cmk-rotation-jobs", _queue_name),
-            ledger_table=reader.get("CMK_LEDGER_TABLE", "cmkledger", _table_name),
-            dry_run=reader.get("CMK_DRY_RUN", False, _boolean),
-            stale_grace=reader.get("CMK_STALE_GRACE_HOURS", timedelta(hours=24), _hours),
-            update_timeout=reader.get(
-                "CMK_UPDATE_TIMEOUT_SECONDS", timedelta(seconds=120), _seconds
+            vault_allowlist=reader.get(
+                "CMK_VAULT_ALLOWLIST", default.vault_allowlist, _vaults(cloud)
             ),
-            max_concurrency=reader.get("CMK_MAX_CONCURRENCY", 32, _concurrency),
+            subscriptions=reader.get("CMK_SUBSCRIPTIONS", default.subscriptions, _subscriptions),
+            allowed_key_sizes=reader.get(
+                "CMK_ALLOWED_KEY_SIZES", default.allowed_key_sizes, _sizes
+            ),
+            expiry_margin=reader.get("CMK_EXPIRY_MARGIN_DAYS", default.expiry_margin, _days),
+            rotate_on_near_expiry=reader.get(
+                "CMK_ROTATE_ON_NEAR_EXPIRY", default.rotate_on_near_expiry, _boolean
+            ),
+            sweep_schedule=reader.get("CMK_SWEEP_SCHEDULE", default.sweep_schedule, _schedule),
+            alert_topic_endpoint=reader.get("CMK_ALERT_TOPIC_ENDPOINT", None, _topic(cloud)),
+            job_queue=reader.get("CMK_JOB_QUEUE", default.job_queue, _queue_name),
+            ledger_table=reader.get("CMK_LEDGER_TABLE", default.ledger_table, _table_name),
+            dry_run=reader.get("CMK_DRY_RUN", default.dry_run, _boolean),
+            stale_grace=reader.get("CMK_STALE_GRACE_HOURS", default.stale_grace, _hours),
+            update_timeout=reader.get(
+                "CMK_UPDATE_TIMEOUT_SECONDS", default.update_timeout, _seconds
+            ),
+            max_concurrency=reader.get(
+                "CMK_MAX_CONCURRENCY", default.max_concurrency, _concurrency
+            ),
             storage=_storage(reader, cloud),
         )
         reader.raise_problems()
@@ -365,9 +331,8 @@ def _storage(reader: _Reader, cloud: AzureCloud) -> StorageSettings | None:
     connection = reader.raw("AzureWebJobsStorage")
     if connection is not None:
         if "=" not in connection:
-            shown = redact_connection_string(connection)[:40]
             reader.problems.append(
-                f"AzureWebJobsStorage={shown!r}: not a connection string; use"
+                "AzureWebJobsStorage=(hidden, may be a secret): not a connection string; use"
                 " 'DefaultEndpointsProtocol=https;AccountName=...;AccountKey=...' or"
                 " 'UseDevelopmentStorage=true', or remove it and set AzureWebJobsStorage__*"
             )
