@@ -166,8 +166,15 @@ def _decode(payload: object) -> object:
         raise InvalidEvent(f"malformed JSON: {error}") from None
 
 
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float)
+
+
 def _fields(obj: object, where: str) -> dict[str, object]:
-    """Index an object's fields by lowercase, whitespace-stripped name."""
+    """Index an object's fields by lowercase, whitespace-stripped name.
+
+    Two fields that normalize to the same name must carry the same scalar value.
+    """
     if not isinstance(obj, Mapping):
         raise InvalidEvent(f"{where} must be a JSON object, not {type(obj).__name__}")
     fields: dict[str, object] = {}
@@ -175,8 +182,8 @@ def _fields(obj: object, where: str) -> dict[str, object]:
         if not isinstance(key, str):
             raise InvalidEvent(f"{where} has a field name that is not a string: {key!r}")
         name = key.strip().lower()
-        if name in fields and fields[name] != value:
-            raise InvalidEvent(f"{where} has conflicting fields named {key.strip()!r}")
+        if name in fields and not (_is_scalar(value) and fields[name] == value):
+            raise InvalidEvent(f"{where} has more than one field named {key.strip()!r}")
         fields[name] = value
     return fields
 

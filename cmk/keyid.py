@@ -85,6 +85,8 @@ def _split_authority(original: str, text: str) -> tuple[str, str]:
 
 def _vault_host(original: str, authority: str) -> str:
     """Validate ``host[:443]`` and return the lowercase host."""
+    if "[" in authority or "]" in authority:
+        raise _fail(original, "an IP address literal is not a Key Vault host")
     host, colon, port = authority.partition(":")
     if colon and port != "443":
         raise _fail(original, f"port {port!r} is not allowed; only 443 (https)")

@@ -76,6 +76,8 @@ def _parse(text: object, types: tuple[tuple[str, str], ...]) -> tuple[str, str, 
     def fail(problem: str) -> InvalidResourceId:
         return InvalidResourceId(f"invalid resource id {raw!r}: {problem} (expected {shape})")
 
+    if any(char.isspace() or not char.isprintable() for char in raw):
+        raise fail("contains whitespace or a control character")
     path = raw[:-1] if raw.endswith("/") else raw
     if not path.startswith("/"):
         raise fail("must start with /subscriptions/")
