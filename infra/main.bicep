@@ -24,7 +24,7 @@ param location string
 @description('Name of the resource group to create; empty derives rg-{environmentName}.')
 param resourceGroupName string = ''
 
-@description('Key Vaults whose keys the app rotates: [{name, resourceGroup, subscriptionId, location}]. Each gets an Event Grid system topic in its own resource group and the key role for the app.')
+@description('Key Vaults whose keys the app rotates: [{name, resourceGroup, subscriptionId, location, systemTopicName?}]. Each gets an Event Grid system topic in its own resource group (systemTopicName adopts the one a vault already has) and the key role for the app.')
 param vaults array = []
 
 @description('Further vault URLs the app may act on but that get no system topic (e.g. Managed HSM: https://{name}.managedhsm.azure.net). The sweep covers them.')
@@ -74,6 +74,13 @@ param alertEmailAddress string = ''
 @secure()
 @description('Webhook (Teams, PagerDuty, ...) the action group calls; empty for none. Secure: such URLs often embed a token.')
 param alertWebhookUrl string = ''
+
+@allowed([
+  'CloudEventSchemaV1_0'
+  'EventGridSchema'
+])
+@description('Schema of the alerts the app publishes to its custom topic.')
+param alertTopicInputSchema string = 'CloudEventSchemaV1_0'
 
 @minValue(40)
 @maxValue(1000)
@@ -143,13 +150,14 @@ module alerting './app/alerting.bicep' = {
     rulePrefix: '${abbrs.insightsScheduledQueryRules}cmk-${resourceToken}'
     alertEmailAddress: alertEmailAddress
     alertWebhookUrl: alertWebhookUrl
+    alertTopicInputSchema: alertTopicInputSchema
     applicationInsightsId: monitoring.outputs.applicationInsightsId
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     poisonQueueName: storage.outputs.poisonQueueName
   }
 }
 
-module function './app/function.bicep' = {
+module functionApp './app/function.bicep' = {
   name: 'function'
   scope: rg
   params: {
@@ -190,7 +198,7 @@ module vaultTopics './app/vault-topic.bicep' = [for v in vaults: {
     vaultName: v.name
     location: v.location
     tags: tags
-    topicName: '${abbrs.eventGridSystemTopics}${v.name}'
+    topicName: contains(v, 'systemTopicName') ? v.systemTopicName : '${abbrs.eventGridSystemTopics}${v.name}'
   }
 }]
 
@@ -200,7 +208,7 @@ module rbac './app/rbac.bicep' = {
   name: 'rbac'
   scope: rg
   params: {
-    appPrincipalId: function.outputs.principalId
+    appPrincipalId: functionApp.outputs.principalId
     storageAccountName: storage.outputs.name
     deadLetterContainerName: deadLetterContainerName
     alertTopicName: alerting.outputs.topicName
@@ -213,7 +221,7 @@ module rbacSubscriptions './app/rbac-subscription.bicep' = [for s in managedSubs
   name: 'rbac-sub-${uniqueString(s, environmentName)}'
   scope: subscription(s)
   params: {
-    appPrincipalId: function.outputs.principalId
+    appPrincipalId: functionApp.outputs.principalId
     environmentName: environmentName
   }
 }]
@@ -224,7 +232,7 @@ module rbacVaults './app/rbac-vault.bicep' = [for v in vaults: {
   name: 'rbac-vault-${uniqueString(v.subscriptionId, v.resourceGroup, v.name)}'
   scope: resourceGroup(v.subscriptionId, v.resourceGroup)
   params: {
-    appPrincipalId: function.outputs.principalId
+    appPrincipalId: functionApp.outputs.principalId
     vaultName: v.name
     environmentName: environmentName
   }
@@ -233,8 +241,8 @@ module rbacVaults './app/rbac-vault.bicep' = [for v in vaults: {
 // Outputs: azd stores them in the environment; the postdeploy hook reads the EVENT_* ones.
 output AZURE_LOCATION string = location
 output AZURE_RESOURCE_GROUP string = rg.name
-output AZURE_FUNCTION_APP_NAME string = function.outputs.name
-output AZURE_FUNCTION_APP_ID string = function.outputs.id
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output AZURE_FUNCTION_APP_ID string = functionApp.outputs.id
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output CMK_ALERT_TOPIC_ENDPOINT string = alerting.outputs.topicEndpoint
 output EVENT_STORAGE_ACCOUNT_ID string = storage.outputs.id

@@ -1,0 +1,57 @@
+// Role assignment on one managed subscription (main.bicep deploys this module per entry of
+// managedSubscriptionIds). The custom role carries only what the app does on Cognitive
+// Services accounts; it is defined per subscription and assignable there only.
+targetScope = 'subscription'
+
+param appPrincipalId string
+param environmentName string
+
+// Why each action:
+// - accounts/read: GET an account (reload before acting, verify after PATCH) and the rows
+//   Resource Graph returns (it only returns resources the caller may read).
+// - accounts/write: PATCH properties.encryption.keyVaultProperties.keyVersion.
+// - locations/operationResults/read: poll the PATCH's Azure-AsyncOperation status.
+// - subscriptions/read, resourceGroups/read: metadata for the per-subscription list fallback
+//   and Resource Graph scoping; they expose no data.
+// Not included: listKeys, delete, identity assignment, anything on other resource types.
+var accountOperatorActions = [
+  'Microsoft.CognitiveServices/accounts/read'
+  'Microsoft.CognitiveServices/accounts/write'
+  'Microsoft.CognitiveServices/locations/operationResults/read'
+  'Microsoft.Resources/subscriptions/read'
+  'Microsoft.Resources/subscriptions/resourceGroups/read'
+]
+
+resource accountOperator 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(subscription().id, 'cmk-rotator-account-operator', environmentName)
+  properties: {
+    roleName: 'CMK rotator account operator (${environmentName}, ${subscription().subscriptionId})'
+    description: 'Reads Cognitive Services accounts and updates their customer-managed key version.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: accountOperatorActions
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      subscription().id
+    ]
+  }
+}
+
+// Why: the sweep inventories every CMK-enabled account in this subscription and the queue
+// worker PATCHes accounts anywhere in it; accounts live in any resource group, so the scope
+// is the subscription, with the narrow custom role above.
+resource appAccountOperator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(subscription().id, appPrincipalId, accountOperator.id)
+  properties: {
+    roleDefinitionId: accountOperator.id
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+output roleDefinitionId string = accountOperator.id

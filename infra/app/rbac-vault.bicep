@@ -1,0 +1,57 @@
+// Role assignment on one Key Vault, deployed in the vault's resource group (main.bicep scopes
+// this module there). The custom role carries only the key data actions the app uses; it is
+// defined per resource group and assignable there only. The vault must use the Azure RBAC
+// permission model; docs/deployment.md gives the access-policy equivalent.
+param appPrincipalId string
+param vaultName string
+param environmentName string
+
+// Why each data action:
+// - keys/read: read the key, its versions and their attributes (the event is only a pointer).
+// - keys/create/action: create a same-parameter version on KeyNearExpiry when the key has no
+//   rotation policy.
+// - keys/rotate/action: rotate a key that has a rotation policy.
+// - keyrotationpolicies/read: decide between rotate and create.
+// Not included: wrap/unwrap, sign, update, delete, purge, backup, import, policy write.
+var keyRotatorDataActions = [
+  'Microsoft.KeyVault/vaults/keys/read'
+  'Microsoft.KeyVault/vaults/keys/create/action'
+  'Microsoft.KeyVault/vaults/keys/rotate/action'
+  'Microsoft.KeyVault/vaults/keyrotationpolicies/read'
+]
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: vaultName
+}
+
+resource keyRotator 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'cmk-rotator-key-rotator', environmentName)
+  properties: {
+    roleName: 'CMK rotator key rotator (${environmentName}, ${uniqueString(resourceGroup().id)})'
+    description: 'Reads keys and creates or rotates key versions; no cryptographic use of keys.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: keyRotatorDataActions
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
+}
+
+// Why: the app re-reads keys named in events and by the sweep, and creates or rotates a version
+// when a key nears expiry. Scoped to this vault, not its resource group.
+resource appKeyRotator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, keyRotator.id)
+  scope: vault
+  properties: {
+    roleDefinitionId: keyRotator.id
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}

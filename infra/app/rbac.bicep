@@ -1,0 +1,111 @@
+// Role assignments in the app's own resource group. Every assignment is named
+// guid(scope, principal, role) so a redeploy finds it again (idempotent), and says why it is
+// needed. The grants on the managed subscriptions are in rbac-subscription.bicep, those on the
+// vaults in rbac-vault.bicep: Bicep reaches another scope only through a module.
+param appPrincipalId string
+param storageAccountName string
+param deadLetterContainerName string
+param alertTopicName string
+param applicationInsightsName string
+
+@description('Principal ids of the Event Grid system topics of the vaults; they write dead letters.')
+param systemTopicPrincipalIds array = []
+
+// Built-in role definition ids (the same in every cloud).
+var roles = {
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+}
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  name: '${storageAccountName}/default/${deadLetterContainerName}'
+}
+
+resource alertTopic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
+  name: alertTopicName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+// Why: the queue trigger reads, deletes and re-queues job messages, the host moves failures to
+// the poison queue, and the planners enqueue one job per account. Own account only.
+resource appQueueData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, appPrincipalId, roles.storageQueueDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Why: the ledger (one row per account and target version) and the near-expiry claim (an
+// atomic Table insert) are rows in the app's table. Own account only.
+resource appTableData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, appPrincipalId, roles.storageTableDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Why: the Functions host keeps its leases and timer state in blobs (AzureWebJobsStorage) and
+// Flex Consumption reads the deployment package from the deployment container with this
+// identity; the host's blob lease handling needs Owner, as in the azd Functions templates.
+resource appBlobData 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, appPrincipalId, roles.storageBlobDataOwner)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Why: the app publishes alerts to its own custom topic with Entra ID (the topic's local auth
+// is disabled). Scoped to that topic only.
+resource appAlertTopicSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(alertTopic.id, appPrincipalId, roles.eventGridDataSender)
+  scope: alertTopic
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventGridDataSender)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Why: Application Insights has local auth disabled, so the app sends its telemetry (and the
+// ERROR logs the alert rules fire on) with its identity. Scoped to that component only.
+resource appTelemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(applicationInsights.id, appPrincipalId, roles.monitoringMetricsPublisher)
+  scope: applicationInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Why: each vault's system topic dead-letters undeliverable events with its own identity
+// (deadLetterWithResourceIdentity). Blob data write on the dead-letter container only.
+resource topicDeadLetterWriters 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in systemTopicPrincipalIds: {
+  name: guid(deadLetterContainer.id, principalId, roles.storageBlobDataContributor)
+  scope: deadLetterContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}]

@@ -1,0 +1,650 @@
+"""The Bicep templates under infra/, parsed offline with pycep-parser and asserted on.
+
+No Bicep compiler can run here, so these tests are what stands between a template change
+and a deployment that subscribes the wrong function, leaks a key into app settings, or
+grants more than the app needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pycep import BicepParser
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
+
+EXPECTED_FILES = {
+    "main.bicep",
+    "app/alerting.bicep",
+    "app/event-subscriptions.bicep",
+    "app/function.bicep",
+    "app/monitoring.bicep",
+    "app/rbac.bicep",
+    "app/rbac-subscription.bicep",
+    "app/rbac-vault.bicep",
+    "app/storage.bicep",
+    "app/vault-event-subscriptions.bicep",
+    "app/vault-topic.bicep",
+}
+
+ALERT_TYPES = {
+    "account_update_failed",
+    "binding_unsafe",
+    "key_near_expiry_unrotated",
+    "binding_stale",
+    "key_expired_bound",
+    "identity_missing",
+    "vault_not_recoverable",
+}
+
+CMK_SETTINGS = {
+    "CMK_VAULT_ALLOWLIST",
+    "CMK_SUBSCRIPTIONS",
+    "CMK_ALLOWED_KEY_SIZES",
+    "CMK_EXPIRY_MARGIN_DAYS",
+    "CMK_ROTATE_ON_NEAR_EXPIRY",
+    "CMK_SWEEP_SCHEDULE",
+    "CMK_ALERT_TOPIC_ENDPOINT",
+    "CMK_JOB_QUEUE",
+    "CMK_LEDGER_TABLE",
+    "CMK_DRY_RUN",
+    "CMK_AZURE_CLOUD",
+    "CMK_STALE_GRACE_HOURS",
+}
+
+# Built-in role definition ids.
+STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
+STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+EVENTGRID_DATA_SENDER = "d5a91429-5739-47e2-a06b-3470a27159e7"
+MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
+BROAD_ROLES = {
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
+    "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9": "User Access Administrator",
+    "00482a5a-887f-4fb3-b363-3b7fe8e74483": "Key Vault Administrator",
+    "14b46e9e-c2b7-41b4-b07b-48a6ebf60603": "Key Vault Crypto Officer",
+    "a001fd3d-188f-4b5d-821b-7da978bf7442": "Cognitive Services Contributor",
+}
+
+
+@cache
+def template(relative: str) -> dict[str, Any]:
+    """The parsed template at infra/<relative>."""
+    parsed: dict[str, Any] = BicepParser().parse(file_path=INFRA / relative)
+    return parsed
+
+
+def text(relative: str) -> str:
+    return (INFRA / relative).read_text(encoding="utf-8")
+
+
+def render(value: Any) -> str:
+    """A compact Bicep-like rendering of a parsed expression: `a.b.c`, `f(x, y)`."""
+    if isinstance(value, dict) and "operator" in value:
+        operator = value["operator"]
+        operands = [render(operand) for operand in operator["operands"].values()]
+        if operator["type"] == "property_accessor":
+            return ".".join(operands)
+        return f"{operator['type']}({', '.join(operands)})"
+    if isinstance(value, dict) and "function" in value:
+        function = value["function"]
+        arguments = [render(arg) for arg in function["parameters"].values() if arg is not None]
+        return f"{function['type']}({', '.join(arguments)})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {render(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(render(item) for item in value) + "]"
+    return str(value)
+
+
+def body(resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource's or module's declared body, looking through a `for` loop."""
+    config: dict[str, Any] = resource["config"]
+    return config["config"] if "loop_type" in config else config
+
+
+def resolve(parsed: dict[str, Any], value: Any) -> Any:
+    """The value of a variable when `value` names one, else `value` itself."""
+    if isinstance(value, str) and value in parsed.get("variables", {}):
+        return parsed["variables"][value]["value"]
+    return value
+
+
+def resources_of_type(resource_type: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(file, symbolic name, resource) of every non-existing resource of that type."""
+    found = []
+    for relative in sorted(EXPECTED_FILES):
+        for name, resource in template(relative).get("resources", {}).items():
+            if resource["type"] == resource_type and not resource["existing"]:
+                found.append((relative, name, resource))
+    return found
+
+
+def app_setting_values() -> dict[str, Any]:
+    """Every app setting of the Function app: CMK_* from main.bicep, the rest from function."""
+    main_params = template("main.bicep")["modules"]["functionApp"]["config"]["params"]
+    settings: dict[str, Any] = dict(main_params["cmkSettings"])
+    site = template("app/function.bicep")["resources"]["functionApp"]
+    concatenated = site["config"]["properties"]["siteConfig"]["appSettings"]["function"]
+    assert concatenated["type"] == "concat"
+    assert concatenated["parameters"]["arg_1"] == "cmkAppSettings"
+    for entry in concatenated["parameters"]["arg_2"]:
+        settings[entry["name"]] = entry["value"]
+    return settings
+
+
+class TestParsing:
+    """Every template parses; a broken one is reported, not skipped."""
+
+    def test_all_expected_templates_exist(self) -> None:
+        """The layout is main.bicep plus the modules under infra/app/."""
+        found = {path.relative_to(INFRA).as_posix() for path in BICEP_FILES}
+        assert found == EXPECTED_FILES
+
+    @pytest.mark.parametrize("path", BICEP_FILES, ids=lambda path: path.name)
+    def test_template_parses(self, path: Path) -> None:
+        """pycep parses the file into parameters, resources or modules."""
+        parsed = BicepParser().parse(file_path=path)
+        assert parsed.get("resources") or parsed.get("modules")
+
+    def test_parser_rejects_broken_bicep(self) -> None:
+        """A syntax error raises, so the parse test above can fail."""
+        with pytest.raises(Exception):  # noqa: B017 - lark raises several error types
+            BicepParser().parse(text="resource x 'Microsoft.Web/sites@2024-04-01' = {\n  name: \n")
+
+    def test_no_conditional_resources_or_modules(self) -> None:
+        """No `= if (...)` deployments: checkov does not scan conditional resources."""
+        for relative in sorted(EXPECTED_FILES):
+            parsed = template(relative)
+            for kind in ("resources", "modules"):
+                for name, item in parsed.get(kind, {}).items():
+                    assert item["config"].get("condition") is None, f"{relative}: {name}"
+
+    def test_every_checkov_skip_has_a_reason(self) -> None:
+        """Each `checkov:skip` names a check and gives a reason after the colon."""
+        for relative in sorted(EXPECTED_FILES):
+            for line in text(relative).splitlines():
+                if "checkov:skip" in line:
+                    assert re.search(r"// checkov:skip=CKV2?_AZURE_\d+: \S.{20,}", line), line
+
+    def test_abbreviations_used_exist(self) -> None:
+        """Every abbrs.<name> main.bicep uses is in abbreviations.json."""
+        table = json.loads((INFRA / "abbreviations.json").read_text(encoding="utf-8"))
+        used = set(re.findall(r"abbrs\.(\w+)", text("main.bicep")))
+        assert used
+        assert used <= set(table)
+
+
+class TestEventSubscriptions:
+    """Each Key Vault event type reaches its function, with retries and dead-lettering."""
+
+    ROUTES = {
+        "keyNewVersion": ("Microsoft.KeyVault.KeyNewVersionCreated", "on_key_new_version"),
+        "keyNearExpiry": ("Microsoft.KeyVault.KeyNearExpiry", "on_key_near_expiry"),
+        "keyExpired": ("Microsoft.KeyVault.KeyExpired", "on_key_expired"),
+    }
+
+    @pytest.fixture
+    def parsed(self) -> dict[str, Any]:
+        return template("app/vault-event-subscriptions.bicep")
+
+    def test_exactly_three_subscriptions(self, parsed: dict[str, Any]) -> None:
+        """One subscription per event type, on the vault's system topic."""
+        subscriptions = {
+            name
+            for name, resource in parsed["resources"].items()
+            if resource["type"] == "Microsoft.EventGrid/systemTopics/eventSubscriptions"
+        }
+        assert subscriptions == set(self.ROUTES)
+        for name in subscriptions:
+            assert body(parsed["resources"][name])["parent"] == "systemTopic"
+        topic = parsed["resources"]["systemTopic"]
+        assert topic["existing"] is True
+        assert topic["type"] == "Microsoft.EventGrid/systemTopics"
+
+    @pytest.mark.parametrize("name", sorted(ROUTES))
+    def test_event_type_and_function(self, parsed: dict[str, Any], name: str) -> None:
+        """The subscription filters to one event type and targets the matching function."""
+        event_type, function = self.ROUTES[name]
+        properties = body(parsed["resources"][name])["properties"]
+        assert properties["filter"]["includedEventTypes"] == [event_type]
+        destination = properties["destination"]
+        assert destination["endpointType"] == "AzureFunction"
+        assert destination["properties"]["resourceId"] == ("${functionAppId}/functions/" + function)
+        assert destination["properties"]["maxEventsPerBatch"] == 1
+        assert properties["eventDeliverySchema"] == "EventGridSchema"
+
+    @pytest.mark.parametrize("name", sorted(ROUTES))
+    def test_keys_only_advanced_filter(self, parsed: dict[str, Any], name: str) -> None:
+        """Only key events pass (data.ObjectType is Key)."""
+        properties = body(parsed["resources"][name])["properties"]
+        filters = resolve(parsed, properties["filter"]["advancedFilters"])
+        assert filters == [
+            {"operatorType": "StringIn", "key": "data.ObjectType", "values": ["Key"]}
+        ]
+
+    @pytest.mark.parametrize("name", sorted(ROUTES))
+    def test_retry_policy_explicit(self, parsed: dict[str, Any], name: str) -> None:
+        """maxDeliveryAttempts and eventTimeToLiveInMinutes are set, 30 and 1440 by default."""
+        properties = body(parsed["resources"][name])["properties"]
+        retry = resolve(parsed, properties["retryPolicy"])
+        assert retry == {
+            "maxDeliveryAttempts": "maxDeliveryAttempts",
+            "eventTimeToLiveInMinutes": "eventTimeToLiveInMinutes",
+        }
+        assert parsed["parameters"]["maxDeliveryAttempts"]["default"] == 30
+        assert parsed["parameters"]["eventTimeToLiveInMinutes"]["default"] == 1440
+
+    @pytest.mark.parametrize("name", sorted(ROUTES))
+    def test_dead_letter_with_topic_identity(self, parsed: dict[str, Any], name: str) -> None:
+        """Dead letters go to the storage container, written with the topic's identity."""
+        properties = body(parsed["resources"][name])["properties"]
+        assert "deadLetterDestination" not in properties
+        dead_letter = resolve(parsed, properties["deadLetterWithResourceIdentity"])
+        assert dead_letter["identity"] == {"type": "SystemAssigned"}
+        destination = dead_letter["deadLetterDestination"]
+        assert destination["endpointType"] == "StorageBlob"
+        assert destination["properties"] == {
+            "resourceId": "storageAccountId",
+            "blobContainerName": "deadLetterContainerName",
+        }
+
+    def test_wrapper_bounds_and_scope(self) -> None:
+        """The step-2 entry point caps retries at Event Grid's limits and targets each vault RG."""
+        parsed = template("app/event-subscriptions.bicep")
+        assert parsed["globals"]["scope"]["value"] == "subscription"
+        decorators = {
+            name: {d["type"]: d["argument"] for d in parsed["parameters"][name]["decorators"]}
+            for name in ("maxDeliveryAttempts", "eventTimeToLiveInMinutes")
+        }
+        assert decorators["maxDeliveryAttempts"]["max_value"] == 30
+        assert decorators["eventTimeToLiveInMinutes"]["max_value"] == 1440
+        module = parsed["modules"]["vaultSubscriptions"]
+        assert module["detail"]["path"] == "./vault-event-subscriptions.bicep"
+        scope = render(body(module)["scope"])
+        assert scope == "resource_group(v.resourceGroup, v.subscriptionId)"
+
+    def test_system_topic_has_identity(self) -> None:
+        """The vault's system topic is a Key Vault topic with a system-assigned identity."""
+        topic = template("app/vault-topic.bicep")["resources"]["systemTopic"]["config"]
+        assert topic["identity"] == {"type": "SystemAssigned"}
+        assert topic["properties"]["topicType"] == "Microsoft.KeyVault.vaults"
+        assert render(topic["properties"]["source"]) == "vault.id"
+
+    def test_hook_deploys_the_wrapper(self) -> None:
+        """The azd postdeploy hook deploys app/event-subscriptions.bicep at subscription scope."""
+        azure_yaml = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+        assert "postdeploy:" in azure_yaml
+        assert "./infra/hooks/postdeploy.sh" in azure_yaml
+        hook = (INFRA / "hooks" / "postdeploy.sh").read_text(encoding="utf-8")
+        assert "az deployment sub create" in hook
+        assert "app/event-subscriptions.bicep" in hook
+        for output in ("AZURE_FUNCTION_APP_ID", "EVENT_STORAGE_ACCOUNT_ID", "EVENT_VAULTS"):
+            assert output in template("main.bicep")["outputs"]
+            assert output in hook
+
+
+class TestFunctionApp:
+    """The Function app: Flex Consumption, Python 3.11, HTTPS/TLS 1.2, identity, no secrets."""
+
+    @pytest.fixture
+    def parsed(self) -> dict[str, Any]:
+        return template("app/function.bicep")
+
+    def test_https_tls_ftps(self, parsed: dict[str, Any]) -> None:
+        """HTTPS only, TLS 1.2 (site and SCM), FTPS disabled, basic publishing off."""
+        site = parsed["resources"]["functionApp"]["config"]
+        assert site["properties"]["httpsOnly"] is True
+        site_config = site["properties"]["siteConfig"]
+        assert site_config["minTlsVersion"] == "1.2"
+        assert site_config["scmMinTlsVersion"] == "1.2"
+        assert site_config["ftpsState"] == "Disabled"
+        for name in ("ftpBasicAuth", "scmBasicAuth"):
+            assert parsed["resources"][name]["config"]["properties"]["allow"] is False
+
+    def test_flex_consumption_python(self, parsed: dict[str, Any]) -> None:
+        """FC1 plan, Python 3.11 runtime, package read with the system identity."""
+        plan = parsed["resources"]["plan"]["config"]
+        assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
+        site = parsed["resources"]["functionApp"]["config"]
+        assert site["identity"] == {"type": "SystemAssigned"}
+        assert site["kind"] == "functionapp,linux"
+        config = site["properties"]["functionAppConfig"]
+        assert config["runtime"] == {"name": "python", "version": "3.11"}
+        storage = config["deployment"]["storage"]
+        assert storage["type"] == "blobContainer"
+        assert storage["authentication"] == {"type": "SystemAssignedIdentity"}
+
+    def test_every_cmk_setting_wired_from_parameters(self) -> None:
+        """All twelve CMK_* settings are set, each from a main.bicep parameter or output."""
+        settings = app_setting_values()
+        assert {name for name in settings if name.startswith("CMK_")} == CMK_SETTINGS
+        main = template("main.bicep")
+        params = set(main["parameters"])
+        expected_sources = {
+            "CMK_VAULT_ALLOWLIST": "additionalVaultUrls",
+            "CMK_SUBSCRIPTIONS": "managedSubscriptions",
+            "CMK_ALLOWED_KEY_SIZES": "allowedKeySizes",
+            "CMK_EXPIRY_MARGIN_DAYS": "expiryMarginDays",
+            "CMK_ROTATE_ON_NEAR_EXPIRY": "rotateOnNearExpiry",
+            "CMK_SWEEP_SCHEDULE": "sweepSchedule",
+            "CMK_ALERT_TOPIC_ENDPOINT": "alerting.outputs.topicEndpoint",
+            "CMK_JOB_QUEUE": "jobQueueName",
+            "CMK_LEDGER_TABLE": "ledgerTableName",
+            "CMK_DRY_RUN": "dryRun",
+            "CMK_AZURE_CLOUD": "azureCloud",
+            "CMK_STALE_GRACE_HOURS": "staleGraceHours",
+        }
+        for name, source in expected_sources.items():
+            assert source in render(settings[name]), name
+            root = source.split(".")[0]
+            assert root in params or root in main["variables"] or root in main["modules"]
+        assert "vaultUrls" in render(settings["CMK_VAULT_ALLOWLIST"])
+        assert "managedSubscriptionIds" in render(main["variables"]["managedSubscriptions"])
+
+    def test_setting_defaults_match_the_app(self) -> None:
+        """Parameter defaults are the app's documented defaults."""
+        params = template("main.bicep")["parameters"]
+        assert params["allowedKeySizes"]["default"] == "2048"
+        assert params["expiryMarginDays"]["default"] == 30
+        assert params["rotateOnNearExpiry"]["default"] is True
+        assert params["sweepSchedule"]["default"] == "0 0 * * * *"
+        assert params["jobQueueName"]["default"] == "cmk-rotation-jobs"
+        assert params["ledgerTableName"]["default"] == "cmkledger"
+        assert params["dryRun"]["default"] is False
+        assert params["staleGraceHours"]["default"] == 24
+        allowed = next(
+            d["argument"] for d in params["azureCloud"]["decorators"] if d["type"] == "allowed"
+        )
+        assert allowed == ["public", "china", "usgovernment"]
+
+    def test_identity_based_storage(self) -> None:
+        """AzureWebJobsStorage is identity-based: account name and service URIs, no string."""
+        settings = app_setting_values()
+        assert "AzureWebJobsStorage" not in settings
+        assert render(settings["AzureWebJobsStorage__accountName"]) == "storageAccount.name"
+        assert settings["AzureWebJobsStorage__credential"] == "managedidentity"
+        for service in ("blob", "queue", "table"):
+            value = render(settings[f"AzureWebJobsStorage__{service}ServiceUri"])
+            assert value == f"storageAccount.properties.primaryEndpoints.{service}"
+        assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+
+    def test_no_secret_in_app_settings(self) -> None:
+        """No app setting holds a key, SAS, connection string with a key, or list*() call."""
+        forbidden = re.compile(
+            r"accountkey|sharedaccesskey|sharedaccesssignature|defaultendpointsprotocol"
+            r"|list_?keys|listconnectionstrings|listsecrets|password|sig=",
+            re.IGNORECASE,
+        )
+        for name, value in app_setting_values().items():
+            assert not forbidden.search(render(value)), name
+
+    def test_no_key_listing_anywhere(self) -> None:
+        """No template calls listKeys() or builds a connection string with a key."""
+        forbidden = re.compile(r"\.list\w*\(|AccountKey=|SharedAccessKey=", re.IGNORECASE)
+        for relative in sorted(EXPECTED_FILES):
+            assert not forbidden.search(text(relative)), relative
+
+
+class TestStorage:
+    """The app's storage: no public blobs, TLS 1.2, shared key off, queues, table, containers."""
+
+    @pytest.fixture
+    def parsed(self) -> dict[str, Any]:
+        return template("app/storage.bicep")
+
+    def test_account_hardening(self, parsed: dict[str, Any]) -> None:
+        """Shared key and public blob access off, HTTPS only, TLS 1.2, OAuth by default."""
+        properties = parsed["resources"]["storageAccount"]["config"]["properties"]
+        assert properties["allowSharedKeyAccess"] is False
+        assert properties["allowBlobPublicAccess"] is False
+        assert properties["supportsHttpsTrafficOnly"] is True
+        assert properties["minimumTlsVersion"] == "TLS1_2"
+        assert properties["defaultToOAuthAuthentication"] is True
+
+    def test_queues_table_containers(self, parsed: dict[str, Any]) -> None:
+        """Job queue and its poison queue, ledger table, deployment and dead-letter containers."""
+        resources = parsed["resources"]
+        assert resources["jobQueue"]["config"]["name"] == "jobQueueName"
+        assert parsed["variables"]["poisonQueueName"]["value"] == "${jobQueueName}-poison"
+        assert resources["poisonQueue"]["config"]["name"] == "poisonQueueName"
+        assert resources["ledgerTable"]["config"]["name"] == "ledgerTableName"
+        for name in ("deploymentContainer", "deadLetterContainer"):
+            assert resources[name]["config"]["properties"]["publicAccess"] == "None"
+        assert resources["deadLetterContainer"]["config"]["name"] == "deadLetterContainerName"
+
+    def test_queue_logs_to_workspace(self, parsed: dict[str, Any]) -> None:
+        """Queue write logs reach Log Analytics (the poison-queue alert reads them)."""
+        diagnostics = parsed["resources"]["queueDiagnostics"]["config"]
+        assert diagnostics["scope"] == "queueService"
+        categories = {log["category"] for log in diagnostics["properties"]["logs"]}
+        assert "StorageWrite" in categories
+
+
+class TestRoleAssignments:
+    """Least privilege: who gets which role where, each named guid(scope, principal, role)."""
+
+    EXPECTED = {
+        ("app/rbac.bicep", "appQueueData"): ("storageAccount", "storageQueueDataContributor"),
+        ("app/rbac.bicep", "appTableData"): ("storageAccount", "storageTableDataContributor"),
+        ("app/rbac.bicep", "appBlobData"): ("storageAccount", "storageBlobDataOwner"),
+        ("app/rbac.bicep", "appAlertTopicSender"): ("alertTopic", "eventGridDataSender"),
+        ("app/rbac.bicep", "appTelemetryPublisher"): (
+            "applicationInsights",
+            "monitoringMetricsPublisher",
+        ),
+        ("app/rbac.bicep", "topicDeadLetterWriters"): (
+            "deadLetterContainer",
+            "storageBlobDataContributor",
+        ),
+        ("app/rbac-subscription.bicep", "appAccountOperator"): (None, "accountOperator.id"),
+        ("app/rbac-vault.bicep", "appKeyRotator"): ("vault", "keyRotator.id"),
+    }
+
+    def test_assignments_and_scopes(self) -> None:
+        """Exactly the expected assignments exist, each on its expected scope and role."""
+        found = {}
+        for relative, name, resource in resources_of_type(
+            "Microsoft.Authorization/roleAssignments"
+        ):
+            config = body(resource)
+            role = render(config["properties"]["roleDefinitionId"])
+            found[(relative, name)] = (config.get("scope"), role)
+        assert set(found) == set(self.EXPECTED)
+        for key, (scope, role) in self.EXPECTED.items():
+            assert found[key][0] == scope, key
+            assert role in found[key][1], key
+
+    def test_built_in_role_ids(self) -> None:
+        """The role table in rbac.bicep maps each name to the right built-in id."""
+        roles = template("app/rbac.bicep")["variables"]["roles"]["value"]
+        assert roles == {
+            "storageQueueDataContributor": STORAGE_QUEUE_DATA_CONTRIBUTOR,
+            "storageTableDataContributor": STORAGE_TABLE_DATA_CONTRIBUTOR,
+            "storageBlobDataOwner": STORAGE_BLOB_DATA_OWNER,
+            "storageBlobDataContributor": STORAGE_BLOB_DATA_CONTRIBUTOR,
+            "eventGridDataSender": EVENTGRID_DATA_SENDER,
+            "monitoringMetricsPublisher": MONITORING_METRICS_PUBLISHER,
+        }
+
+    def test_names_are_guid_of_scope_principal_role(self) -> None:
+        """Each assignment is named guid(scope id, principal, role): stable across redeploys."""
+        for _relative, name, resource in resources_of_type(
+            "Microsoft.Authorization/roleAssignments"
+        ):
+            config = body(resource)
+            guid = config["name"]["function"]
+            assert guid["type"] == "guid", name
+            base, principal, role = (render(arg) for arg in guid["parameters"].values())
+            scope = config.get("scope")
+            assert base == (f"{scope}.id" if scope else "subscription().id"), name
+            assert principal == render(config["properties"]["principalId"]), name
+            assert role.split(".")[-1] in render(config["properties"]["roleDefinitionId"]), name
+            assert config["properties"]["principalType"] == "ServicePrincipal", name
+
+    def test_every_assignment_says_why(self) -> None:
+        """A `// Why:` comment sits right above every role assignment."""
+        for relative, name, _ in resources_of_type("Microsoft.Authorization/roleAssignments"):
+            lines = text(relative).splitlines()
+            start = next(i for i, line in enumerate(lines) if line.startswith(f"resource {name} "))
+            comment = []
+            for line in reversed(lines[:start]):
+                if not line.startswith("//"):
+                    break
+                comment.append(line)
+            assert any(line.startswith("// Why:") for line in comment), f"{relative}: {name}"
+
+    def test_account_role_is_narrow(self) -> None:
+        """The Cognitive Services custom role: read/write accounts, poll operations, no more."""
+        parsed = template("app/rbac-subscription.bicep")
+        assert parsed["globals"]["scope"]["value"] == "subscription"
+        actions = parsed["variables"]["accountOperatorActions"]["value"]
+        assert set(actions) == {
+            "Microsoft.CognitiveServices/accounts/read",
+            "Microsoft.CognitiveServices/accounts/write",
+            "Microsoft.CognitiveServices/locations/operationResults/read",
+            "Microsoft.Resources/subscriptions/read",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+        }
+        role = parsed["resources"]["accountOperator"]["config"]["properties"]
+        permissions = role["permissions"][0]
+        assert permissions["actions"] == "accountOperatorActions"
+        assert permissions["dataActions"] == []
+        assert render(role["assignableScopes"]) == "[subscription().id]"
+
+    def test_key_role_is_narrow(self) -> None:
+        """The Key Vault custom role: read keys, create and rotate versions; no crypto use."""
+        parsed = template("app/rbac-vault.bicep")
+        data_actions = parsed["variables"]["keyRotatorDataActions"]["value"]
+        assert set(data_actions) == {
+            "Microsoft.KeyVault/vaults/keys/read",
+            "Microsoft.KeyVault/vaults/keys/create/action",
+            "Microsoft.KeyVault/vaults/keys/rotate/action",
+            "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
+        }
+        permissions = parsed["resources"]["keyRotator"]["config"]["properties"]["permissions"][0]
+        assert permissions["actions"] == []
+        assert permissions["dataActions"] == "keyRotatorDataActions"
+        role = parsed["resources"]["keyRotator"]["config"]["properties"]
+        assert render(role["assignableScopes"]) == "[resource_group().id]"
+
+    def test_no_wildcards_or_broad_built_in_roles(self) -> None:
+        """No `*` action and no Owner/Contributor/Key Vault admin-type role anywhere."""
+        for relative in sorted(EXPECTED_FILES):
+            source = text(relative)
+            if "rbac" in relative:
+                assert not re.search(r"'[^'\n]*\*[^'\n]*'", source), relative
+            for role_id, role_name in BROAD_ROLES.items():
+                assert role_id not in source, f"{relative} uses {role_name}"
+
+    def test_cross_scope_modules(self) -> None:
+        """Vault grants and topics go to the vault's RG, account grants to each subscription."""
+        modules = template("main.bicep")["modules"]
+        vault_scope = "resource_group(v.resourceGroup, v.subscriptionId)"
+        assert render(body(modules["vaultTopics"])["scope"]) == vault_scope
+        assert render(body(modules["rbacVaults"])["scope"]) == vault_scope
+        assert render(body(modules["rbacSubscriptions"])["scope"]) == "subscription(s)"
+        assert modules["rbacSubscriptions"]["config"]["loop_type"]["detail"]["array_name"] == (
+            "managedSubscriptions"
+        )
+        assert render(body(modules["rbac"])["scope"]) == "rg"
+        principal_ids = body(modules["rbac"])["params"]["systemTopicPrincipalIds"]
+        assert "vaultTopics" in render(principal_ids)
+
+
+class TestAlerting:
+    """Alert topic, action group, log alerts on every cmk_alert_type, poison-queue alert."""
+
+    @pytest.fixture
+    def parsed(self) -> dict[str, Any]:
+        return template("app/alerting.bicep")
+
+    def test_alert_topic_entra_only(self, parsed: dict[str, Any]) -> None:
+        """The custom topic takes Entra ID only (local auth off) over TLS 1.2."""
+        properties = parsed["resources"]["alertTopic"]["config"]["properties"]
+        assert properties["disableLocalAuth"] is True
+        assert properties["minimumTlsVersionAllowed"] == "1.2"
+
+    def test_log_rules_cover_every_alert_type(self, parsed: dict[str, Any]) -> None:
+        """Together the log rules fire on exactly the seven cmk_alert_type values."""
+        rules = parsed["variables"]["logAlertRules"]["value"]
+        covered = [alert for rule in rules for alert in rule["alertTypes"]]
+        assert sorted(covered) == sorted(ALERT_TYPES)
+        assert {rule["severity"] for rule in rules} <= {0, 1, 2}
+
+    def test_log_rule_query_and_action(self, parsed: dict[str, Any]) -> None:
+        """The rules query ERROR traces by customDimensions.cmk_alert_type and notify the group."""
+        resource = parsed["resources"]["logAlerts"]
+        assert resource["type"] == "Microsoft.Insights/scheduledQueryRules"
+        assert resource["config"]["loop_type"]["detail"]["array_name"] == "logAlertRules"
+        properties = body(resource)["properties"]
+        assert properties["scopes"] == ["applicationInsightsId"]
+        assert properties["autoMitigate"] is True
+        criterion = properties["criteria"]["allOf"][0]
+        query = criterion["query"]
+        assert "severityLevel >= 3" in query
+        assert "customDimensions.cmk_alert_type" in query
+        assert "${string(rule.alertTypes)}" in query
+        assert criterion["operator"] == "GreaterThan"
+        assert criterion["threshold"] == 0
+        assert criterion["dimensions"][0]["name"] == "alertType"
+        assert render(properties["actions"]["actionGroups"]) == "[actionGroup.id]"
+
+    def test_poison_queue_rule(self, parsed: dict[str, Any]) -> None:
+        """A message put on the poison queue fires an alert from the queue's resource logs."""
+        properties = parsed["resources"]["poisonQueueAlert"]["config"]["properties"]
+        assert properties["scopes"] == ["logAnalyticsWorkspaceId"]
+        query = properties["criteria"]["allOf"][0]["query"]
+        assert query.startswith("StorageQueueLogs")
+        assert 'OperationName == "PutMessage"' in query
+        assert "${poisonQueueName}" in query
+        assert render(properties["actions"]["actionGroups"]) == "[actionGroup.id]"
+        main_alerting = template("main.bicep")["modules"]["alerting"]["config"]["params"]
+        assert render(main_alerting["poisonQueueName"]) == "storage.outputs.poisonQueueName"
+
+    def test_action_group_receivers_from_parameters(self, parsed: dict[str, Any]) -> None:
+        """E-mail and webhook receivers come from parameters; the webhook URL is @secure."""
+        properties = parsed["resources"]["actionGroup"]["config"]["properties"]
+        assert "alertEmailAddress" in render(properties["emailReceivers"])
+        assert "alertWebhookUrl" in render(properties["webhookReceivers"])
+        decorators = parsed["parameters"]["alertWebhookUrl"]["decorators"]
+        assert any(d["type"] == "secure" for d in decorators)
+
+
+class TestAzdWiring:
+    """azure.yaml and main.parameters.json fit main.bicep."""
+
+    def test_azure_yaml_function_host(self) -> None:
+        """One Python service hosted on Functions, Bicep infra in infra/."""
+        azure_yaml = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+        assert re.search(r"^\s+host: function$", azure_yaml, re.MULTILINE)
+        assert re.search(r"^\s+language: python$", azure_yaml, re.MULTILINE)
+        assert re.search(r"^\s+provider: bicep$", azure_yaml, re.MULTILINE)
+        site = template("app/function.bicep")["resources"]["functionApp"]["config"]
+        service = re.search(r"^services:\n  (\w[\w-]*):$", azure_yaml, re.MULTILINE)
+        assert service is not None
+        assert service.group(1) in render(site["tags"])
+
+    def test_parameters_file_matches_main(self) -> None:
+        """Every parameter in main.parameters.json exists; every required one is set."""
+        document = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))
+        given = set(document["parameters"])
+        declared = template("main.bicep")["parameters"]
+        assert given <= set(declared)
+        required = {name for name, param in declared.items() if "default" not in param}
+        assert required <= given
+
+    def test_main_is_subscription_scoped(self) -> None:
+        """main.bicep creates the resource group (azd quickstart layout)."""
+        main = template("main.bicep")
+        assert main["globals"]["scope"]["value"] == "subscription"
+        assert main["resources"]["rg"]["type"] == "Microsoft.Resources/resourceGroups"
