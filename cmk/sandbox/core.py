@@ -1,0 +1,427 @@
+"""The sandbox as one Python object: start it, point clients at it with :meth:`Sandbox.env`,
+seed and inspect :attr:`Sandbox.world`, move the clock, inject faults, read counters and
+Event Grid deliveries. Tests, ``cmk sandbox up`` and ``cmk demo`` all use this.
+
+Everything network-facing runs on the sandbox's own event loop in a background thread,
+so synchronous SDK clients in the calling thread (and async clients on another loop)
+talk to it like to Azure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from cmk.sandbox.azurite import Azurite
+from cmk.sandbox.ca import SandboxCA
+from cmk.sandbox.context import ServiceContext
+from cmk.sandbox.eventgrid import EVENTGRID_HOSTS, EventGrid
+from cmk.sandbox.faults import Counters, Faults
+from cmk.sandbox.identity import (
+    HostIdentity,
+    IdentityHosts,
+    TokenService,
+    build_identity_app,
+    build_login_app,
+)
+from cmk.sandbox.scenario import SeededWorld, build_world, load
+from cmk.sandbox.server import Mount, SandboxServer
+from cmk.sandbox.world import Principal, UserAssignedIdentity, World
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ServiceFactory = Callable[[ServiceContext], web.Application]
+
+KEYVAULT_HOSTS = (
+    "*.vault.azure.net",
+    "*.vault.azure.cn",
+    "*.vault.usgovcloudapi.net",
+    "*.managedhsm.azure.net",
+    "*.managedhsm.azure.cn",
+    "*.managedhsm.usgovcloudapi.net",
+)
+ARM_HOSTS = ("management.azure.com", "management.chinacloudapi.cn", "management.usgovcloudapi.net")
+LOGIN_HOSTS = ("login.microsoftonline.com", "login.chinacloudapi.cn", "login.microsoftonline.us")
+# (service name, module, host patterns): services other engineers build, mounted if present
+SERVICE_MODULES = (
+    ("keyvault", "cmk.sandbox.keyvault", KEYVAULT_HOSTS),
+    ("arm", "cmk.sandbox.arm", ARM_HOSTS),
+)
+DEFAULT_HOST = "app"
+START_TIMEOUT_SECONDS = 30.0
+# Environment a client must not carry into the sandbox: credentials and identity endpoints
+# that would make azure-identity pick something other than the sandbox's managed identity.
+INTERFERING_ENV = (
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "IMDS_ENDPOINT",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IDENTITY_API_VERSION",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "CURL_CA_BUNDLE",
+    "SSL_CERT_DIR",
+)
+
+
+def _service_module(module_name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        logger.warning("sandbox service %s is not available; not mounted", module_name)
+        return None
+
+
+class Sandbox:
+    """A local Azure: proxy + CA, managed identity, Key Vault, ARM, Resource Graph, Event
+    Grid, faults and counters (and Azurite with ``azurite=True``)."""
+
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        azurite: bool = False,
+        tenant_id: str | None = None,
+    ) -> None:
+        self._own_state_dir = state_dir is None
+        self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="cmk-sandbox-"))
+        self.tenant_id = tenant_id or str(uuid.uuid4())
+        self.ca = SandboxCA()
+        self.ca_bundle = self.state_dir / "ca.pem"
+        self.tokens = TokenService()
+        self.hosts = IdentityHosts()
+        self.faults = Faults()
+        self.counters = Counters()
+        self.eventgrid = EventGrid()
+        # The app's system-assigned identity is stable across resets, so tokens cached by
+        # long-lived credentials stay meaningful.
+        self.app_principal = Principal.new("cmk-rotator-app", self.tenant_id)
+        self.hosts.add(DEFAULT_HOST, self.app_principal)
+        self.world = self._new_world()
+        self._with_azurite = azurite
+        self.azurite: Azurite | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: SandboxServer | None = None
+        self.seeded: SeededWorld | None = None
+        self._extra_services: dict[str, tuple[tuple[str, ...], ServiceFactory]] = {}
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> Sandbox:
+        """Start the loop thread, the proxy, the services (and Azurite); return self."""
+        if self._server is not None:
+            return self
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.ca.write_bundle(self.ca_bundle)
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="cmk-sandbox", daemon=True)
+        self._thread.start()
+        ready.wait()
+        self.eventgrid.bind(loop)
+        server = SandboxServer(
+            self.ca.server_context(self.state_dir),
+            self.faults,
+            self.counters,
+            build_identity_app(self.tokens, self.hosts),
+        )
+        try:
+            self._call(server.start())
+            self._server = server
+            self._call(self._mount_services())
+            if self._with_azurite:
+                self.azurite = Azurite(self.state_dir / "azurite").start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop everything started (idempotent); removes a temporary state dir."""
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+        loop, server = self._loop, self._server
+        self._server = None
+        if loop is not None and not loop.is_closed():
+            if server is not None:
+                self._call(server.stop())
+            self._call(self.eventgrid.close())
+            loop.call_soon_threadsafe(loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+            loop.close()
+        self._loop = None
+        self._thread = None
+        if self._own_state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def reset(self, world: World | None = None) -> World:
+        """A fresh world (or ``world``), with counters, faults, Event Grid subscriptions and
+        topics, and host identities other than the app's cleared; the server keeps running
+        and the services are rebuilt around the new world. Returns the world."""
+        self.faults.clear()
+        self.counters.reset()
+        self.eventgrid.reset()
+        self.seeded = None
+        self.hosts.retain([DEFAULT_HOST])
+        self.hosts.add(DEFAULT_HOST, self.app_principal)
+        if world is None:
+            world = self._new_world()
+        else:
+            world.add_principal(self.app_principal)
+            self.eventgrid.attach(world)
+        self.world = world
+        if self._server is not None:
+            self._call(self._mount_services())
+        return world
+
+    def seed(self, scenario: Path | str | Mapping[str, Any]) -> SeededWorld:
+        """Reset to the world a scenario file (or parsed document) declares, with its topics,
+        faults and throttling switch. Raises ScenarioError naming each problem's JSON path."""
+        document = load(scenario)
+        source = "<dict>" if isinstance(scenario, Mapping) else str(scenario)
+        seeded = build_world(
+            document, tenant_id=self.tenant_id, app=self.app_principal, source=source
+        )
+        self.reset(seeded.world)
+        for topic in seeded.topics:
+            self.eventgrid.create_topic(
+                topic.name,
+                region=topic.region,
+                subscription_id=topic.subscription_id,
+                resource_group=topic.resource_group,
+                key=topic.key,
+                input_schema=topic.input_schema,
+            )
+        for fault in seeded.faults:
+            self.faults.add(
+                host=fault.host,
+                path=fault.path,
+                method=fault.method,
+                status=fault.status,
+                retry_after=fault.retry_after,
+                latency=fault.latency,
+                drop=fault.drop,
+                probability=fault.probability,
+                count=fault.count,
+            )
+        self.set_throttling(seeded.throttling)
+        self.seeded = seeded
+        return seeded
+
+    def set_throttling(self, enabled: bool) -> None:
+        """Switch ARM / Resource Graph throttling of the current world on or off."""
+        module = _service_module("cmk.sandbox.throttling")
+        throttle_for = getattr(module, "throttle_for", None) if module else None
+        if throttle_for is not None:
+            throttle_for(self.world).enabled = enabled
+
+    def settings_env(self) -> dict[str, str]:
+        """The CMK_* settings that fit the seeded world: vault allow-list, subscriptions,
+        alert topic endpoint (empty when nothing was seeded)."""
+        if self.seeded is None:
+            return {}
+        env = self.seeded.settings_env()
+        if self.seeded.topics:
+            env["CMK_ALERT_TOPIC_ENDPOINT"] = self.eventgrid.topic(
+                self.seeded.topics[0].name
+            ).endpoint
+        return env
+
+    def _new_world(self) -> World:
+        world = World(tenant_id=self.tenant_id)
+        world.add_principal(self.app_principal)
+        self.eventgrid.attach(world)
+        return world
+
+    async def _mount_services(self) -> None:
+        assert self._server is not None
+        ctx = ServiceContext(self.world, self.tokens)
+        mounts = [
+            Mount(name, hosts, factory(ctx))
+            for name, (hosts, factory) in self._extra_services.items()
+        ]
+        for name, module_name, hosts in SERVICE_MODULES:
+            module = _service_module(module_name)
+            if module is not None:
+                app: web.Application = module.build_app(ctx)
+                mounts.append(Mount(name, hosts, app))
+        mounts.append(Mount("eventgrid", EVENTGRID_HOSTS, self.eventgrid.build_app(ctx)))
+        mounts.append(Mount("login", LOGIN_HOSTS, build_login_app(self.tenant_id)))
+        await self._server.mount(mounts)
+
+    def add_service(self, name: str, hosts: Sequence[str], factory: ServiceFactory) -> None:
+        """Serve ``factory(ctx)``'s application for ``hosts`` (patterns as in
+        :class:`~cmk.sandbox.server.Mount`; they must be emulated host names), ahead of the
+        built-in services, until :meth:`remove_service`; rebuilt on every reset."""
+        self._extra_services[name] = (tuple(h.lower() for h in hosts), factory)
+        if self._server is not None:
+            self._call(self._mount_services())
+
+    def remove_service(self, name: str) -> None:
+        """Stop serving an added service."""
+        if self._extra_services.pop(name, None) is not None and self._server is not None:
+            self._call(self._mount_services())
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float = START_TIMEOUT_SECONDS) -> T:
+        """Run ``coro`` on the sandbox loop and wait for its result."""
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("the sandbox is not running; call start() first")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    # --- what clients need -----------------------------------------------------------------
+
+    @property
+    def server(self) -> SandboxServer:
+        if self._server is None:
+            raise RuntimeError("the sandbox is not running; call start() first")
+        return self._server
+
+    @property
+    def proxy_url(self) -> str:
+        return self.server.proxy_url
+
+    @property
+    def identity_endpoint(self) -> str:
+        return self.server.identity_endpoint
+
+    @property
+    def storage_connection_string(self) -> str | None:
+        return self.azurite.connection_string if self.azurite is not None else None
+
+    def env(self, identity: str = DEFAULT_HOST) -> dict[str, str]:
+        """The environment that points Azure SDK clients at the sandbox, with the managed
+        identity of host ``identity``."""
+        host = self.hosts.get(identity)
+        no_proxy = "127.0.0.1,localhost,::1"
+        env = {
+            "HTTPS_PROXY": self.proxy_url,
+            "https_proxy": self.proxy_url,
+            "NO_PROXY": no_proxy,
+            "no_proxy": no_proxy,
+            "REQUESTS_CA_BUNDLE": str(self.ca_bundle),
+            "SSL_CERT_FILE": str(self.ca_bundle),
+            "IDENTITY_ENDPOINT": self.identity_endpoint,
+            "IDENTITY_HEADER": host.header,
+        }
+        if self.azurite is not None:
+            env["AzureWebJobsStorage"] = self.azurite.connection_string
+        return env
+
+    @staticmethod
+    def interfering_env(environ: dict[str, str] | None = None) -> list[str]:
+        """Names in ``environ`` (default: none given -> the static list) that would steer
+        azure-identity or TLS away from the sandbox: ``AZURE_*`` and :data:`INTERFERING_ENV`."""
+        if environ is None:
+            return list(INTERFERING_ENV)
+        return [n for n in environ if n.startswith("AZURE_") or n in INTERFERING_ENV]
+
+    def trust_ca_in_process(self) -> None:
+        """Make this process's aiohttp trust the sandbox CA.
+
+        aiohttp builds its default verified SSL context once, at import, so setting
+        ``SSL_CERT_FILE`` later does not reach it; subprocesses do not need this."""
+        try:
+            from aiohttp import connector  # noqa: PLC0415 (private detail, looked up late)
+        except ImportError:  # pragma: no cover
+            return
+        context = getattr(connector, "_SSL_CONTEXT_VERIFIED", None)
+        if context is not None:
+            context.load_verify_locations(cafile=str(self.ca_bundle))
+
+    # --- identities ----------------------------------------------------------------------
+
+    def add_host_identity(
+        self,
+        name: str,
+        principal: Principal | None = None,
+        user_assigned: Sequence[UserAssignedIdentity | Principal] = (),
+    ) -> HostIdentity:
+        """Register a host that asks the identity endpoint for tokens (``env(identity=name)``),
+        with a system-assigned principal and user-assigned identities (selected by
+        ``client_id``). Principals are added to the world."""
+        identities: list[UserAssignedIdentity] = []
+        for given in user_assigned:
+            if isinstance(given, Principal):
+                given = UserAssignedIdentity(  # noqa: PLW2901 (normalized in place)
+                    resource_id=(
+                        f"/subscriptions/{uuid.UUID(int=0)}/resourceGroups/rg-identities/providers"
+                        f"/Microsoft.ManagedIdentity/userAssignedIdentities/{given.display_name}"
+                    ),
+                    principal=given,
+                )
+            identities.append(given)
+        with self.world.lock:
+            if principal is not None:
+                self.world.add_principal(principal)
+            for uai in identities:
+                self.world.add_principal(uai.principal)
+        return self.hosts.add(name, principal, identities)
+
+    def token(self, principal: Principal, audience: str) -> str:
+        """A bearer token for ``principal`` and ``audience`` (for raw HTTP tests)."""
+        return self.tokens.issue(principal, audience)[0]
+
+    # --- clock -----------------------------------------------------------------------------
+
+    def advance_clock(self, delta: timedelta) -> int:
+        """Move the world's clock ahead and emit the KeyNearExpiry / KeyExpired events that
+        came due. Returns how many events were emitted."""
+        with self.world.lock:
+            self.world.clock.advance(delta)
+        return self.emit_due_expiry_events()
+
+    def emit_due_expiry_events(self) -> int:
+        """Emit expiry events due on the sandbox clock (Key Vault's helper, if present)."""
+        module = _service_module("cmk.sandbox.keyvault")
+        emit = getattr(module, "emit_due_expiry_events", None) if module else None
+        if emit is None:
+            return 0
+        with self.world.lock:
+            return int(emit(self.world))
+
+    def drain_events(self, timeout: float = 10.0) -> None:
+        """Wait until every pending Event Grid delivery finished (delivered or dead)."""
+        self._call(self.eventgrid.drain(), timeout)

@@ -1,0 +1,107 @@
+"""The Sandbox Python API: lifecycle, environment, reset, clock, real SDK clients through it."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+from azure.identity import DefaultAzureCredential
+from azure.identity.aio import DefaultAzureCredential as AsyncDefaultAzureCredential
+from azure.keyvault.keys import KeyClient
+from azure.keyvault.keys.aio import KeyClient as AsyncKeyClient
+
+from cmk.sandbox.core import Sandbox
+from cmk.sandbox.world import VaultKind, VaultState
+
+
+def _vault(sandbox: Sandbox, name: str = "kv-smoke") -> VaultState:
+    world = sandbox.world
+    vault = VaultState(
+        name=name,
+        kind=VaultKind.VAULT,
+        subscription_id="11111111-1111-1111-1111-111111111111",
+        resource_group="rg",
+        location="westeurope",
+        tenant_id=world.tenant_id,
+    )
+    with world.lock:
+        world.vaults[vault.host] = vault
+        world.grant(sandbox.app_principal.object_id, vault.resource_id, "Key Vault Crypto Officer")
+    return vault
+
+
+class TestSandboxLifecycle:
+    def test_start_stop_and_context_manager(self, tmp_path):
+        """A sandbox starts, serves an env, and stops cleanly; stop is idempotent."""
+        with Sandbox(tmp_path / "state") as sandbox:
+            env = sandbox.env()
+            assert env["HTTPS_PROXY"].startswith("http://127.0.0.1:")
+            assert (tmp_path / "state" / "ca.pem").read_bytes() == sandbox.ca.pem
+            assert sandbox.running
+        assert not sandbox.running
+        sandbox.stop()
+
+    def test_temporary_state_dir_is_removed(self):
+        """Without a state dir the sandbox uses a temporary one and removes it on stop."""
+        sandbox = Sandbox().start()
+        state = sandbox.state_dir
+        assert state.exists()
+        sandbox.stop()
+        assert not state.exists()
+
+    def test_env_names_everything_a_client_needs(self, sandbox: Sandbox):
+        """env() has the proxy, no-proxy for loopback, CA bundle and identity endpoint."""
+        env = sandbox.env()
+        for name in ("HTTPS_PROXY", "NO_PROXY", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+            assert env[name]
+        assert "127.0.0.1" in env["NO_PROXY"] and "localhost" in env["NO_PROXY"]
+        assert env["IDENTITY_ENDPOINT"].startswith("http://127.0.0.1:")
+        assert os.environ["IDENTITY_HEADER"] == env["IDENTITY_HEADER"]
+
+    def test_env_for_unknown_host_identity_fails(self, sandbox: Sandbox):
+        """Asking the env of an unregistered host identity is a KeyError naming the known."""
+        with pytest.raises(KeyError, match="app"):
+            sandbox.env("nobody")
+
+    def test_reset_gives_a_fresh_world_and_clears_state(self, sandbox: Sandbox):
+        """reset() replaces the world and clears faults, counters, subscriptions, topics."""
+        old = sandbox.world
+        _vault(sandbox)
+        sandbox.faults.add(status=500)
+        sandbox.eventgrid.subscribe(lambda e: None)
+        sandbox.eventgrid.create_topic("alerts")
+        sandbox.counters.reset()
+        sandbox.reset()
+        assert sandbox.world is not old and not sandbox.world.vaults
+        assert sandbox.faults.rules == [] and sandbox.counters.total == 0
+        assert sandbox.eventgrid.subscriptions == [] and sandbox.eventgrid.topics == {}
+
+    def test_advance_clock_moves_world_time(self, sandbox: Sandbox):
+        """advance_clock moves the world's clock by the delta."""
+        before = sandbox.world.clock.now()
+        sandbox.advance_clock(timedelta(days=400))
+        assert sandbox.world.clock.now() - before >= timedelta(days=400)
+
+
+class TestRealClientsThroughSandbox:
+    def test_key_client_creates_and_reads_a_key(self, sandbox: Sandbox):
+        """The unmodified sync KeyClient passes challenge auth and creates/reads a key."""
+        vault = _vault(sandbox)
+        client = KeyClient(vault.url, DefaultAzureCredential())
+        created = client.create_rsa_key("k1", size=2048)
+        fetched = client.get_key("k1")
+        assert fetched.id == created.id
+        assert fetched.key_type == "RSA"
+        assert sandbox.counters.count(host=vault.host, method="POST") >= 1
+
+    async def test_async_key_client_creates_a_key(self, sandbox: Sandbox):
+        """The unmodified async KeyClient (aiohttp) works through the proxy."""
+        vault = _vault(sandbox, "kv-async")
+        async with (
+            AsyncDefaultAzureCredential() as credential,
+            AsyncKeyClient(vault.url, credential) as client,
+        ):
+            created = await client.create_rsa_key("k2", size=2048)
+            versions = [v async for v in client.list_properties_of_key_versions("k2")]
+        assert [v.version for v in versions] == [created.properties.version]
