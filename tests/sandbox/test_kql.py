@@ -1,0 +1,249 @@
+"""The KQL subset the sandbox's Resource Graph evaluates."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cmk.sandbox import kql
+
+INVENTORY = (
+    "Resources | where type =~ 'microsoft.cognitiveservices/accounts' "
+    "| where tostring(properties.encryption.keySource) =~ 'Microsoft.KeyVault' "
+    "| project id = tostring(id), subscriptionId = tostring(subscriptionId), "
+    "location = tostring(location), "
+    "keyVaultUri = tostring(properties.encryption.keyVaultProperties.keyVaultUri), "
+    "keyName = tostring(properties.encryption.keyVaultProperties.keyName), "
+    "keyVersion = tostring(properties.encryption.keyVaultProperties.keyVersion), "
+    "identityClientId = tostring(properties.encryption.keyVaultProperties.identityClientId), "
+    "identityType = tostring(identity.type), "
+    "provisioningState = tostring(properties.provisioningState) | order by id asc"
+)
+
+
+def _account(rid: str, key_source: str | None, **props: object) -> kql.Row:
+    encryption: dict[str, object] | None = None
+    if key_source is not None:
+        encryption = {
+            "keySource": key_source,
+            "keyVaultProperties": {
+                "keyVaultUri": "https://kv.vault.azure.net/",
+                "keyName": "cmk",
+                "keyVersion": "v1",
+            },
+        }
+    properties: dict[str, object] = {"provisioningState": "Succeeded", **props}
+    if encryption is not None:
+        properties["encryption"] = encryption
+    return {
+        "id": rid,
+        "name": rid.rsplit("/", 1)[-1],
+        "type": "microsoft.cognitiveservices/accounts",
+        "location": "eastus",
+        "subscriptionId": "s1",
+        "properties": properties,
+        "identity": {"type": "SystemAssigned"},
+        "tags": {"env": "prod"},
+    }
+
+
+ROWS: list[kql.Row] = [
+    _account("/a/b", "Microsoft.KeyVault"),
+    _account("/a/a", "microsoft.keyvault"),
+    _account("/a/c", None),
+    {"id": "/v/1", "name": "kv", "type": "microsoft.keyvault/vaults", "properties": {}},
+]
+
+
+class TestParse:
+    def test_inventory_query_selects_cmk_accounts_in_id_order(self) -> None:
+        """The product's inventory query keeps CMK accounts only, sorted ascending by id."""
+        rows = kql.parse(INVENTORY).run(ROWS)
+        assert [r["id"] for r in rows] == ["/a/a", "/a/b"]
+        assert rows[0]["keyVersion"] == "v1"
+        assert rows[0]["identityClientId"] == ""
+
+    def test_inventory_query_columns_are_strings(self) -> None:
+        """Every tostring()-ed column is typed string, so the result can be paged."""
+        query = kql.parse(INVENTORY)
+        assert {kind for _, kind in query.columns} == {"string"}
+        assert not query.all_dynamic
+        assert not query.limited
+
+    def test_untyped_projection_is_all_dynamic(self) -> None:
+        """Projecting bare property paths yields dynamic columns named after the path."""
+        query = kql.parse("Resources | project properties.provisioningState, tags['env']")
+        assert query.columns == (
+            ("properties_provisioningState", "dynamic"),
+            ("tags_env", "dynamic"),
+        )
+        assert query.all_dynamic
+
+    def test_lowercase_table_name_is_accepted(self) -> None:
+        """ARG accepts 'resources' as well as 'Resources'."""
+        assert len(kql.parse("resources").run(ROWS)) == len(ROWS)
+
+    def test_limit_marks_query_limited(self) -> None:
+        """'take' and 'limit' cut the rows and mark the query as unpageable."""
+        query = kql.parse("Resources | take 2")
+        assert query.limited
+        assert len(query.run(ROWS)) == 2
+
+
+class TestOperators:
+    def test_case_sensitive_equality(self) -> None:
+        """'==' compares exactly, '=~' ignores case."""
+        exact = kql.parse(
+            "Resources | where properties.encryption.keySource == 'Microsoft.KeyVault'"
+        )
+        loose = kql.parse(
+            "Resources | where properties.encryption.keySource =~ 'MICROSOFT.KEYVAULT'"
+        )
+        assert [r["id"] for r in exact.run(ROWS)] == ["/a/b"]
+        assert {r["id"] for r in loose.run(ROWS)} == {"/a/b", "/a/a"}
+
+    def test_not_equal_drops_missing_values(self) -> None:
+        """A comparison with a missing property is false, even '!='."""
+        query = kql.parse("Resources | where properties.encryption.keySource != 'x'")
+        assert {r["id"] for r in query.run(ROWS)} == {"/a/a", "/a/b"}
+
+    def test_tostring_makes_missing_values_empty(self) -> None:
+        """tostring(missing) is '', so '!=' on it keeps rows without the property."""
+        query = kql.parse("Resources | where tostring(properties.encryption.keySource) != 'x'")
+        assert len(query.run(ROWS)) == 4
+
+    def test_bracket_paths_equal_dotted_paths(self) -> None:
+        """properties['encryption'].keySource reads the same value as the dotted path."""
+        query = kql.parse(
+            "Resources | where properties['encryption']['keySource'] == 'Microsoft.KeyVault'"
+        )
+        assert [r["id"] for r in query.run(ROWS)] == ["/a/b"]
+
+    def test_and_or_not_and_parentheses(self) -> None:
+        """Boolean operators combine predicates with the usual precedence."""
+        query = kql.parse(
+            "Resources | where type =~ 'microsoft.keyvault/vaults' or "
+            "(isnotempty(properties.encryption) and not(name == 'b'))"
+        )
+        assert {r["id"] for r in query.run(ROWS)} == {"/a/a", "/v/1"}
+
+    def test_in_and_case_insensitive_in(self) -> None:
+        """'in' matches exactly within a list, 'in~' ignoring case, '!in' negates."""
+        rows = ROWS
+        assert len(kql.parse("Resources | where name in ('a', 'B')").run(rows)) == 1
+        assert len(kql.parse("Resources | where name in~ ('a', 'B')").run(rows)) == 2
+        assert len(kql.parse("Resources | where name !in ('a', 'b')").run(rows)) == 2
+
+    def test_string_operators(self) -> None:
+        """contains/startswith/endswith/has ignore case."""
+        assert len(kql.parse("Resources | where id contains '/A/'").run(ROWS)) == 3
+        assert len(kql.parse("Resources | where id startswith '/V'").run(ROWS)) == 1
+        assert len(kql.parse("Resources | where type endswith 'ACCOUNTS'").run(ROWS)) == 3
+        assert len(kql.parse("Resources | where type has 'keyvault'").run(ROWS)) == 1
+
+    def test_extend_then_filter_on_new_column(self) -> None:
+        """An extended column can be used by later operators."""
+        query = kql.parse(
+            "Resources | extend source = tolower(tostring(properties.encryption.keySource)) "
+            "| where source == 'microsoft.keyvault' | project id, source"
+        )
+        assert {(r["id"], r["source"]) for r in query.run(ROWS)} == {
+            ("/a/a", "microsoft.keyvault"),
+            ("/a/b", "microsoft.keyvault"),
+        }
+
+    def test_order_by_defaults_to_descending(self) -> None:
+        """Kusto's 'order by' without direction sorts descending, nulls last."""
+        rows = kql.parse("Resources | order by name").run(ROWS)
+        assert [r["name"] for r in rows] == ["kv", "c", "b", "a"]
+
+    def test_count(self) -> None:
+        """'count' yields one row with the number of rows."""
+        assert kql.parse("Resources | where name != 'kv' | count").run(ROWS) == [{"Count": 3}]
+
+    def test_project_away_removes_columns(self) -> None:
+        """project-away drops the named columns."""
+        rows = kql.parse("Resources | project id, name | project-away name").run(ROWS)
+        assert rows[0] == {"id": "/a/b"}
+
+    def test_numbers_compare_numerically(self) -> None:
+        """'<' and '>' compare numbers by value."""
+        rows: list[kql.Row] = [
+            {"id": "1", "properties": {"n": 9}},
+            {"id": "2", "properties": {"n": 10}},
+        ]
+        query = kql.parse("Resources | where properties.n > 9")
+        assert [r["id"] for r in query.run(rows)] == ["2"]
+
+
+class TestRejects:
+    @pytest.mark.parametrize(
+        ("query", "token"),
+        [
+            ("Resources | summarize count() by type", "summarize"),
+            ("Resources | mv-expand tags", "mv-expand"),
+            ("ResourceContainers | take 1", "ResourceContainers"),
+            ("Resources | where iff(true, 1, 2) == 1", "iff"),
+        ],
+    )
+    def test_valid_kql_outside_subset_is_unsupported(self, query: str, token: str) -> None:
+        """Real KQL the sandbox cannot evaluate is rejected as unsupported, naming the token."""
+        with pytest.raises(kql.KqlError) as caught:
+            kql.parse(query)
+        assert caught.value.unsupported
+        assert caught.value.token == token
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "Resources | where",
+            "Resources | where name == ",
+            "Resources | where nosuchcolumn == 'a'",
+            "Resources | project id,",
+            "Resources | take x",
+            "Resources | order by id sideways",
+            "Resources | where name == 'unterminated",
+        ],
+    )
+    def test_syntax_errors_are_parser_failures(self, query: str) -> None:
+        """Broken queries fail with ParserFailure and a position, never a result."""
+        with pytest.raises(kql.KqlError) as caught:
+            kql.parse(query)
+        assert not caught.value.unsupported
+        assert caught.value.message == "ParserFailure"
+        assert caught.value.line == 1
+
+    def test_error_position_counts_lines(self) -> None:
+        """The error's line and column point at the offending token."""
+        with pytest.raises(kql.KqlError) as caught:
+            kql.parse("Resources\n| where bogus == 1")
+        assert (caught.value.line, caught.value.position, caught.value.token) == (2, 8, "bogus")
+
+
+_text = st.text(alphabet=st.characters(codec="ascii", exclude_characters="'\\\n"), max_size=12)
+
+
+class TestProperties:
+    @given(value=_text, probe=_text)
+    def test_case_insensitive_equality_matches_python(self, value: str, probe: str) -> None:
+        """'=~' on a string literal agrees with Python's lower-case comparison."""
+        query = kql.parse(f"Resources | where name =~ '{probe}'")
+        assert bool(query.run([{"name": value}])) == (value.lower() == probe.lower())
+
+    @given(values=st.lists(_text, max_size=30))
+    def test_order_by_asc_sorts_like_python(self, values: list[str]) -> None:
+        """'order by name asc' is Python's ordinal sort."""
+        rows: list[kql.Row] = [{"name": v} for v in values]
+        result = kql.parse("Resources | order by name asc").run(rows)
+        assert [r["name"] for r in result] == sorted(values)
+
+    @given(value=st.one_of(st.none(), st.booleans(), st.integers(), _text))
+    def test_tostring_never_fails(self, value: object) -> None:
+        """tostring() turns any scalar into text, null into ''."""
+        rows = kql.parse("Resources | project v = tostring(properties.v)").run(
+            [{"properties": {"v": value}}]
+        )
+        text = rows[0]["v"]
+        assert isinstance(text, str)
+        assert (text == "") == (value is None or value == "")
