@@ -1,0 +1,318 @@
+"""Cognitive Services accounts: the :class:`~cmk.ports.AccountStore` over ARM (aio).
+
+One ``CognitiveServicesManagementClient`` per subscription, from a factory, cached
+and closed by :meth:`CognitiveAccounts.close`.
+
+:meth:`CognitiveAccounts.update_key_version` is the one write this product makes in
+ARM. It reads the account first (to keep ``keyVaultUri``, ``keyName`` and
+``identityClientId`` exactly as the account has them, to refuse a binding that changed
+since the caller read it, and to answer without a PATCH when the version is already in
+place or being applied), then PATCHes only ``properties.encryption``::
+
+    {"properties": {"encryption": {"keySource": "Microsoft.KeyVault",
+        "keyVaultProperties": {"keyVaultUri": ..., "keyName": ..., "keyVersion": <new>,
+                               "identityClientId": ...}}}}
+
+and follows the long-running operation for at most ``wait``. Past that it returns
+IN_PROGRESS: the operation goes on in Azure and a later VERIFY job reads the result.
+On success it GETs the account again and requires ``provisioningState`` Succeeded with
+the new version in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError
+from azure.core.polling import AsyncLROPoller
+from azure.core.polling.base_polling import OperationFailed
+from azure.mgmt.cognitiveservices.aio import CognitiveServicesManagementClient
+from azure.mgmt.cognitiveservices.models import (
+    Account,
+    AccountProperties,
+    Encryption,
+    KeyVaultProperties,
+)
+from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
+
+from cmk.adapters._errors import azure_errors, translate
+from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
+from cmk.keyid import KeyId
+from cmk.planner import Binding
+from cmk.ports import AccountRecord, UpdateOutcome
+from cmk.resource_id import AccountId
+
+__all__ = ["BUSY_STATES", "CognitiveAccounts", "account_record", "encryption_patch"]
+
+logger = logging.getLogger(__name__)
+
+KEY_VAULT_SOURCE = "Microsoft.KeyVault"
+#: provisioningState values of an account that is being changed right now.
+BUSY_STATES = frozenset({"accepted", "creating", "updating", "moving", "deleting"})
+
+ClientFactory = Callable[[str], CognitiveServicesManagementClient]
+
+
+def _text(value: object) -> str:
+    """An SDK enum or string as plain text ('' for None)."""
+    if value is None:
+        return ""
+    found = getattr(value, "value", value)
+    return str(found)
+
+
+def account_record(account: Account, account_id: AccountId | None = None) -> AccountRecord:
+    """Our :class:`AccountRecord` for an SDK ``Account``.
+
+    Raises InvalidInput (InvalidKeyId, InvalidResourceId) when the account uses Key Vault
+    but its key reference cannot be parsed, or carries no version.
+    """
+    if account_id is None:
+        account_id = AccountId.parse(account.id)
+    properties = account.properties
+    encryption = properties.encryption if properties is not None else None
+    vault_properties = encryption.key_vault_properties if encryption is not None else None
+    binding = None
+    if encryption is not None and _text(encryption.key_source).lower() == "microsoft.keyvault":
+        if vault_properties is None or not vault_properties.key_version:
+            raise InvalidInput(
+                f"account {account_id} uses a Key Vault key without a keyVersion;"
+                " cmk-rotator manages versioned bindings only"
+            )
+        key_id = KeyId.from_parts(
+            vault_properties.key_vault_uri or "",
+            vault_properties.key_name or "",
+            vault_properties.key_version,
+        )
+        binding = Binding(
+            account_id=account_id,
+            key_id=key_id,
+            identity_client_id=(vault_properties.identity_client_id or "").lower() or None,
+            location=account.location,
+        )
+    identity = account.identity
+    client_ids = frozenset(
+        (user.client_id or "").lower()
+        for user in ((identity.user_assigned_identities or {}) if identity else {}).values()
+        if user is not None and user.client_id
+    )
+    return AccountRecord(
+        account_id=account_id,
+        location=account.location or "",
+        binding=binding,
+        provisioning_state=_text(properties.provisioning_state if properties else None),
+        identity_type=_text(identity.type if identity else None) or "None",
+        user_assigned_client_ids=client_ids,
+    )
+
+
+def encryption_patch(current: KeyVaultProperties, version: str) -> Account:
+    """The PATCH body that moves an account to ``version``: ``properties.encryption`` only,
+    with keyVaultUri, keyName and identityClientId as ``current`` has them."""
+    return Account(
+        properties=AccountProperties(
+            encryption=Encryption(
+                key_source=KEY_VAULT_SOURCE,
+                key_vault_properties=KeyVaultProperties(
+                    key_vault_uri=current.key_vault_uri,
+                    key_name=current.key_name,
+                    key_version=version,
+                    identity_client_id=current.identity_client_id,
+                ),
+            )
+        )
+    )
+
+
+class _FixedIntervalPolling(AsyncARMPolling):
+    """ARM polling every ``timeout`` seconds, whatever ``Retry-After`` says."""
+
+    def _extract_delay(self) -> float:
+        return float(self._timeout)
+
+
+class CognitiveAccounts:
+    """The :class:`~cmk.ports.AccountStore` over ``Microsoft.CognitiveServices/accounts``.
+
+    ``client_for(subscription_id)`` builds the management client of one subscription;
+    each is built once and closed by :meth:`close`. ``polling_interval`` (seconds)
+    fixes the LRO poll period; None follows the service's ``Retry-After`` (the SDK's
+    default behaviour).
+    """
+
+    def __init__(self, client_for: ClientFactory, *, polling_interval: float | None = None) -> None:
+        self._client_for = client_for
+        self._polling_interval = polling_interval
+        self._clients: dict[str, CognitiveServicesManagementClient] = {}
+
+    def client(self, subscription_id: str) -> CognitiveServicesManagementClient:
+        """The cached management client of one subscription."""
+        key = subscription_id.lower()
+        client = self._clients.get(key)
+        if client is None:
+            client = self._client_for(key)
+            self._clients[key] = client
+        return client
+
+    async def close(self) -> None:
+        """Close every management client this adapter created."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    async def _read(self, account_id: AccountId) -> Account:
+        accounts = self.client(account_id.subscription_id).accounts
+        with azure_errors(f"reading account {account_id}"):
+            return await accounts.get(account_id.resource_group, account_id.name)
+
+    async def get(self, account_id: AccountId) -> AccountRecord:
+        """Read the account now (NotFound if gone)."""
+        return account_record(await self._read(account_id), account_id)
+
+    async def list_cmk(self, subscription_id: str) -> AsyncIterator[AccountRecord]:
+        """Every account of a subscription whose keySource is Microsoft.KeyVault (ARM list,
+        page by page). Accounts whose binding cannot be parsed are logged and skipped."""
+        pages = self.client(subscription_id).accounts.list()
+        with azure_errors(f"listing the accounts of subscription {subscription_id}"):
+            async for account in pages:
+                properties = account.properties
+                encryption = properties.encryption if properties else None
+                source = _text(encryption.key_source if encryption else None)
+                if source.lower() != KEY_VAULT_SOURCE.lower():
+                    continue
+                try:
+                    yield account_record(account)
+                except InvalidInput as error:
+                    logger.warning(
+                        "skipping account %s: %s",
+                        account.id,
+                        error,
+                        extra={"cmk_account_id": account.id},
+                    )
+
+    async def update_key_version(
+        self, record: AccountRecord, version: str, wait: timedelta
+    ) -> UpdateOutcome:
+        """PATCH only ``keyVersion`` (keeping keyVaultUri, keyName, identityClientId) and
+        wait up to ``wait`` for the long-running operation.
+
+        Returns SUCCEEDED once the account is verified on ``version``, IN_PROGRESS when
+        the operation outlives ``wait`` (or was already running for this version). A
+        Failed operation raises UpdateFailed / AccessDenied with the RP's code; 409 /
+        429 / 5xx raise a TransientError.
+        """
+        account_id = record.account_id
+        if record.binding is None:
+            raise UpdateFailed(f"account {account_id} has no customer-managed key to update")
+        target = record.binding.key_id.with_version(version)
+        current = await self._read(account_id)
+        vault_properties = self._check_current(current, record, target)
+        outcome = self._already(current, target)
+        if outcome is not None:
+            return outcome
+        poller = await self._patch(account_id, vault_properties, target)
+        if not await self._finished(poller, account_id, target, wait):
+            return UpdateOutcome.IN_PROGRESS
+        return await self.verify(account_id, target)
+
+    def _check_current(
+        self, current: Account, record: AccountRecord, target: KeyId
+    ) -> KeyVaultProperties:
+        """The account's keyVaultProperties, if it is still bound to ``target``'s key."""
+        now = account_record(current, record.account_id)
+        if now.binding is None or not now.binding.key_id.same_key(target):
+            raise UpdateFailed(
+                f"account {record.account_id} is no longer bound to {target.versionless()}"
+                f" (now: {now.binding.key_id if now.binding else 'Microsoft-managed keys'});"
+                " refusing to change it"
+            )
+        encryption = current.properties.encryption if current.properties else None
+        assert encryption is not None and encryption.key_vault_properties is not None
+        return encryption.key_vault_properties
+
+    def _already(self, current: Account, target: KeyId) -> UpdateOutcome | None:
+        """An outcome without a PATCH: the version is in place or being applied."""
+        properties = current.properties
+        state = _text(properties.provisioning_state if properties else None).lower()
+        encryption = properties.encryption if properties else None
+        vault_properties = encryption.key_vault_properties if encryption else None
+        bound = (vault_properties.key_version or "").lower() if vault_properties else ""
+        if bound == target.version:
+            if state == "succeeded":
+                return UpdateOutcome.SUCCEEDED
+            if state in BUSY_STATES:
+                return UpdateOutcome.IN_PROGRESS
+        elif state in BUSY_STATES:
+            raise ServiceUnavailable(
+                f"account {current.id} is {state} (another change is running); retry later"
+            )
+        return None
+
+    async def _patch(
+        self, account_id: AccountId, current: KeyVaultProperties, target: KeyId
+    ) -> AsyncLROPoller[Account]:
+        body = encryption_patch(current, target.version or "")
+        accounts = self.client(account_id.subscription_id).accounts
+        options: dict[str, Any] = {}
+        if self._polling_interval is not None:
+            options["polling"] = _FixedIntervalPolling(timeout=self._polling_interval)
+        logger.info(
+            "updating account %s to key version %s",
+            account_id,
+            target.version,
+            extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
+        )
+        with azure_errors(f"updating account {account_id} to {target}"):
+            return await accounts.begin_update(
+                account_id.resource_group, account_id.name, body, **options
+            )
+
+    async def _finished(
+        self,
+        poller: AsyncLROPoller[Account],
+        account_id: AccountId,
+        target: KeyId,
+        wait: timedelta,
+    ) -> bool:
+        """Follow the operation for up to ``wait``: True once it succeeded."""
+        try:
+            await asyncio.wait_for(poller.result(), timeout=max(0.0, wait.total_seconds()))
+        except TimeoutError:
+            logger.info(
+                "update of %s to %s still running after %s; verify later",
+                account_id,
+                target.version,
+                wait,
+                extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
+            )
+            return False
+        except HttpResponseError as error:
+            failed = isinstance(error.__cause__, OperationFailed)
+            raise translate(
+                error, f"updating account {account_id} to {target}", operation_failed=failed
+            ) from error
+        except CmkError:
+            raise
+        except Exception as error:
+            raise translate(error, f"updating account {account_id} to {target}") from error
+        return True
+
+    async def verify(self, account_id: AccountId, target: KeyId) -> UpdateOutcome:
+        """GET the account: SUCCEEDED when Succeeded on ``target``, IN_PROGRESS while an
+        update is still running, otherwise UpdateFailed (Failed, or another version)."""
+        current = await self._read(account_id)
+        record = account_record(current, account_id)
+        state = record.provisioning_state
+        bound = record.binding.key_id.version if record.binding else None
+        if state.lower() in BUSY_STATES:
+            return UpdateOutcome.IN_PROGRESS
+        if state.lower() == "succeeded" and bound == target.version:
+            return UpdateOutcome.SUCCEEDED
+        raise UpdateFailed(
+            f"account {account_id} is not on {target.version} after the update"
+            f" (provisioningState {state or 'unknown'}, keyVersion {bound})"
+        )

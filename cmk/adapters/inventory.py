@@ -1,0 +1,185 @@
+"""Every CMK-enabled account in scope: the :class:`~cmk.ports.Inventory` over Resource Graph.
+
+One Resource Graph query (:data:`CMK_ACCOUNTS_QUERY`, every projected column
+``tostring``-ed, or Resource Graph returns no ``$skipToken``) per batch of fewer than
+300 subscriptions, paged 1,000 rows at a time with ``$skipToken``. Rows are yielded as
+each page arrives, so even 100,000 accounts are never all held in memory.
+
+A row that cannot be read (a key reference that is not a valid versioned key id, a
+malformed resource id) is skipped with a WARNING naming the account and counted in
+:attr:`ResourceGraphInventory.skipped`.
+
+When Resource Graph answers 403 for a batch before any row of it was yielded, the
+batch is listed subscription by subscription through ARM instead (the ``fallback``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+from azure.mgmt.resourcegraph.aio import ResourceGraphClient
+from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
+
+from cmk.adapters._errors import azure_errors
+from cmk.adapters.accounts import CognitiveAccounts
+from cmk.errors import AccessDenied, InvalidInput
+from cmk.keyid import KeyId
+from cmk.planner import Binding
+from cmk.ports import AccountRecord
+from cmk.resource_id import AccountId, parse_subscription_id
+
+__all__ = ["CMK_ACCOUNTS_QUERY", "ResourceGraphInventory", "record_from_row"]
+
+logger = logging.getLogger(__name__)
+
+CMK_ACCOUNTS_QUERY = (
+    "Resources"
+    " | where type =~ 'microsoft.cognitiveservices/accounts'"
+    " | where tostring(properties.encryption.keySource) =~ 'Microsoft.KeyVault'"
+    " | project id = tostring(id), subscriptionId = tostring(subscriptionId),"
+    " location = tostring(location),"
+    " keyVaultUri = tostring(properties.encryption.keyVaultProperties.keyVaultUri),"
+    " keyName = tostring(properties.encryption.keyVaultProperties.keyName),"
+    " keyVersion = tostring(properties.encryption.keyVaultProperties.keyVersion),"
+    " identityClientId = tostring(properties.encryption.keyVaultProperties.identityClientId),"
+    " identityType = tostring(identity.type),"
+    " userAssigned = tostring(identity.userAssignedIdentities),"
+    " provisioningState = tostring(properties.provisioningState)"
+    " | order by id asc"
+)
+
+#: Resource Graph accepts up to 1,000 subscriptions a request; we stay well under.
+MAX_BATCH = 299
+PAGE_SIZE = 1000
+
+
+def _column(row: Mapping[str, object], name: str) -> str:
+    value = row.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _client_ids(user_assigned: str) -> frozenset[str]:
+    """Client ids from ``tostring(identity.userAssignedIdentities)`` (a JSON object)."""
+    if not user_assigned:
+        return frozenset()
+    try:
+        identities = json.loads(user_assigned)
+    except ValueError:
+        raise InvalidInput(f"userAssignedIdentities is not JSON: {user_assigned[:80]!r}") from None
+    if not isinstance(identities, dict):
+        return frozenset()
+    found = set()
+    for identity in identities.values():
+        client_id = identity.get("clientId") if isinstance(identity, dict) else None
+        if isinstance(client_id, str) and client_id:
+            found.add(client_id.lower())
+    return frozenset(found)
+
+
+def record_from_row(row: Mapping[str, object]) -> AccountRecord:
+    """An :class:`AccountRecord` from one row of :data:`CMK_ACCOUNTS_QUERY` (objectArray).
+
+    Raises InvalidInput (InvalidResourceId, InvalidKeyId) when the row cannot be read.
+    """
+    account_id = AccountId.parse(_column(row, "id"))
+    version = _column(row, "keyVersion")
+    if not version:
+        raise InvalidInput(f"account {account_id} uses a Key Vault key without a keyVersion")
+    key_id = KeyId.from_parts(_column(row, "keyVaultUri"), _column(row, "keyName"), version)
+    location = _column(row, "location")
+    binding = Binding(
+        account_id=account_id,
+        key_id=key_id,
+        identity_client_id=_column(row, "identityClientId").lower() or None,
+        location=location or None,
+    )
+    return AccountRecord(
+        account_id=account_id,
+        location=location,
+        binding=binding,
+        provisioning_state=_column(row, "provisioningState"),
+        identity_type=_column(row, "identityType") or "None",
+        user_assigned_client_ids=_client_ids(_column(row, "userAssigned")),
+    )
+
+
+class ResourceGraphInventory:
+    """The :class:`~cmk.ports.Inventory` over Azure Resource Graph, with an ARM fallback."""
+
+    def __init__(
+        self,
+        client: ResourceGraphClient,
+        fallback: CognitiveAccounts | None = None,
+        *,
+        batch_size: int = MAX_BATCH,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be 1..{MAX_BATCH}, got {batch_size}")
+        self._client = client
+        self._fallback = fallback
+        self._batch_size = batch_size
+        self._page_size = page_size
+        #: rows skipped (unreadable) by the last :meth:`cmk_accounts` run
+        self.skipped = 0
+
+    @property
+    def client(self) -> ResourceGraphClient:
+        """The underlying ``ResourceGraphClient`` (the caller closes it)."""
+        return self._client
+
+    async def cmk_accounts(self, subscriptions: Sequence[str]) -> AsyncIterator[AccountRecord]:
+        """Stream the accounts whose keySource is Microsoft.KeyVault, page by page."""
+        self.skipped = 0
+        scope = list(dict.fromkeys(parse_subscription_id(sub) for sub in subscriptions))
+        for start in range(0, len(scope), self._batch_size):
+            batch = scope[start : start + self._batch_size]
+            yielded = False
+            try:
+                async for record in self._query(batch):
+                    yielded = True
+                    yield record
+            except AccessDenied as error:
+                if self._fallback is None or yielded:
+                    raise
+                logger.warning(
+                    "Resource Graph denied the query (%s); listing %d subscription(s) through ARM",
+                    error,
+                    len(batch),
+                )
+                for subscription in batch:
+                    async for record in self._fallback.list_cmk(subscription):
+                        yield record
+
+    async def _query(self, subscriptions: list[str]) -> AsyncIterator[AccountRecord]:
+        skip_token: str | None = None
+        while True:
+            request = QueryRequest(
+                subscriptions=subscriptions,
+                query=CMK_ACCOUNTS_QUERY,
+                options=QueryRequestOptions(
+                    top=self._page_size, skip_token=skip_token, result_format="objectArray"
+                ),
+            )
+            with azure_errors(f"querying Resource Graph for {len(subscriptions)} subscription(s)"):
+                page = await self._client.resources(request)
+            data: object = page.data
+            rows: list[object] = data if isinstance(data, list) else []
+            for row in rows:
+                if not isinstance(row, dict):
+                    continue
+                try:
+                    yield record_from_row(row)
+                except InvalidInput as error:
+                    self.skipped += 1
+                    logger.warning(
+                        "skipping account %s: %s",
+                        row.get("id"),
+                        error,
+                        extra={"cmk_account_id": str(row.get("id"))},
+                    )
+            skip_token = page.skip_token
+            if not skip_token:
+                return

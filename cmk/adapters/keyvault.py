@@ -1,0 +1,191 @@
+"""Key Vault and Managed HSM keys: the :class:`~cmk.ports.KeyStore` over ``KeyClient`` (aio).
+
+One ``azure.keyvault.keys.aio.KeyClient`` per vault URL, created on first use and
+closed by :meth:`KeyVaultKeys.close`. The client's challenge authentication finds the
+token audience (Key Vault or Managed HSM, any cloud) from the vault's 401 answer.
+
+Every version comes back as our :class:`~cmk.policy.KeyVersion`; its ``key_id`` is built
+from the id we asked for plus the version Key Vault returned, so a response can never
+make us act on another vault or key. ``size`` is the bit length of the RSA modulus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.keyvault.keys import KeyVaultKey
+from azure.keyvault.keys.aio import KeyClient
+
+from cmk.adapters._errors import azure_errors
+from cmk.errors import InvalidInput, NotFound, ServiceUnavailable
+from cmk.keyid import KeyId
+from cmk.policy import KeyVersion
+
+__all__ = ["KeyVaultKeys", "key_version"]
+
+_RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
+
+
+def _text(value: object) -> str:
+    """An SDK enum or string as plain text (``KeyType.rsa_hsm`` -> ``RSA-HSM``)."""
+    if isinstance(value, Enum):
+        return str(value.value)
+    return str(value)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def key_version(requested: KeyId, key: KeyVaultKey) -> KeyVersion:
+    """Our :class:`KeyVersion` for the SDK's ``key``, read for the key ``requested``."""
+    properties = key.properties
+    version = properties.version
+    if not version:
+        raise ServiceUnavailable(f"Key Vault returned {requested} without a version")
+    created = _aware(properties.created_on)
+    if created is None:
+        raise ServiceUnavailable(f"Key Vault returned {requested}/{version} without 'created'")
+    material = key.key
+    modulus = getattr(material, "n", None)
+    size = int.from_bytes(modulus, "big").bit_length() if modulus else None
+    operations = key.key_operations or getattr(material, "key_ops", None) or []
+    return KeyVersion(
+        key_id=requested.with_version(version),
+        kty=_text(key.key_type) if key.key_type is not None else "",
+        size=size,
+        key_ops=frozenset(_text(operation) for operation in operations),
+        enabled=properties.enabled is True,
+        not_before=_aware(properties.not_before),
+        expires=_aware(properties.expires_on),
+        created=created,
+        recovery_level=properties.recovery_level,
+    )
+
+
+class KeyVaultKeys:
+    """The :class:`~cmk.ports.KeyStore` over Key Vault and Managed HSM.
+
+    ``client_options`` go to every ``KeyClient`` (retry settings, transport).
+    ``clock`` is the time new versions' expiry is computed from in :meth:`create_like`.
+    ``max_concurrency`` bounds the parallel GETs of :meth:`list_versions`.
+    """
+
+    def __init__(
+        self,
+        credential: AsyncTokenCredential,
+        *,
+        client_options: Mapping[str, Any] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        max_concurrency: int = 8,
+    ) -> None:
+        self._credential = credential
+        self._options = dict(client_options or {})
+        self._clock = clock
+        self._max_concurrency = max(1, max_concurrency)
+        self._clients: dict[str, KeyClient] = {}
+
+    def client(self, vault_url: str) -> KeyClient:
+        """The cached ``KeyClient`` of one vault (normalized URL)."""
+        client = self._clients.get(vault_url)
+        if client is None:
+            client = KeyClient(vault_url, self._credential, **self._options)
+            self._clients[vault_url] = client
+        return client
+
+    async def close(self) -> None:
+        """Close every ``KeyClient`` this adapter created."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    async def latest(self, key: KeyId) -> KeyVersion:
+        """The newest version of ``key`` (one GET). NotFound if the key does not exist."""
+        base = key.versionless()
+        with azure_errors(f"reading the latest version of {base}"):
+            found = await self.client(base.vault_url).get_key(base.name)
+        return key_version(base, found)
+
+    async def get_version(self, key: KeyId) -> KeyVersion:
+        """One named version (``key.version`` must be set)."""
+        if key.version is None:
+            raise InvalidInput(f"get_version needs a versioned key id, got {key}")
+        with azure_errors(f"reading {key}"):
+            found = await self.client(key.vault_url).get_key(key.name, key.version)
+        return key_version(key.versionless(), found)
+
+    async def list_versions(self, key: KeyId) -> list[KeyVersion]:
+        """Every version of ``key`` with full properties, in no particular order."""
+        base = key.versionless()
+        client = self.client(base.vault_url)
+        with azure_errors(f"listing the versions of {base}"):
+            versions = [
+                properties.version
+                async for properties in client.list_properties_of_key_versions(base.name)
+                if properties.version
+            ]
+        gate = asyncio.Semaphore(self._max_concurrency)
+
+        async def read(version: str) -> KeyVersion:
+            async with gate:
+                return await self.get_version(base.with_version(version))
+
+        return list(await asyncio.gather(*(read(version) for version in versions)))
+
+    async def has_rotation_policy(self, key: KeyId) -> bool:
+        """Whether the key has a rotation policy that does something: a ``Rotate`` lifetime
+        action or an expiry for new versions.
+
+        Key Vault answers a key without a policy with a default one holding only a
+        ``Notify`` action (30 days before expiry), so that alone does not count; a 404
+        or an empty policy is False.
+        """
+        base = key.versionless()
+        try:
+            with azure_errors(f"reading the rotation policy of {base}"):
+                policy = await self.client(base.vault_url).get_key_rotation_policy(base.name)
+        except NotFound:
+            return False
+        actions = policy.lifetime_actions or []
+        rotates = any(_text(action.action).lower() == "rotate" for action in actions)
+        return rotates or bool(policy.expires_in)
+
+    async def rotate(self, key: KeyId) -> KeyVersion:
+        """Create a new version with Key Vault's rotate operation."""
+        base = key.versionless()
+        with azure_errors(f"rotating {base}"):
+            rotated = await self.client(base.vault_url).rotate_key(base.name)
+        return key_version(base, rotated)
+
+    async def create_like(self, template: KeyVersion) -> KeyVersion:
+        """Create a new version with the same type, size and operations as ``template``.
+
+        Only RSA / RSA-HSM templates of known size can be copied. When the template
+        expires, the new version gets the same validity period, counted from now.
+        """
+        if template.kty not in _RSA_TYPES or template.size is None:
+            raise InvalidInput(
+                f"cannot create a version like {template.key_id}: only RSA/RSA-HSM keys of a"
+                f" known size are supported (got {template.kty!r}, size {template.size})"
+            )
+        expires_on = None
+        if template.expires is not None:
+            lifetime = template.expires - (template.not_before or template.created)
+            expires_on = self._clock() + lifetime
+        base = template.key_id.versionless()
+        with azure_errors(f"creating a new version of {base}"):
+            created = await self.client(base.vault_url).create_rsa_key(
+                base.name,
+                size=template.size,
+                hardware_protected=template.kty == "RSA-HSM",
+                key_operations=sorted(template.key_ops),
+                expires_on=expires_on,
+            )
+        return key_version(base, created)

@@ -1,0 +1,312 @@
+"""CognitiveAccounts against the sandbox's ARM (Cognitive Services RP), through the real SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+
+import pytest
+from adapter_world import RG, SUB, SUB2, Cloud
+from azure.mgmt.cognitiveservices import models
+from azure.mgmt.cognitiveservices._utils.serialization import Serializer
+
+from cmk.adapters.accounts import encryption_patch
+from cmk.errors import (
+    AccessDenied,
+    NotFound,
+    ServiceUnavailable,
+    ThrottledError,
+    UpdateFailed,
+)
+from cmk.ports import UpdateOutcome
+from cmk.resource_id import AccountId
+from cmk.sandbox.world import Principal, UserAssignedIdentity
+from cmk.wiring import Services
+
+WAIT = timedelta(seconds=20)
+ACCOUNT_PATH = "/providers/Microsoft.CognitiveServices/accounts/"
+
+
+def _id(name: str, subscription: str = SUB) -> AccountId:
+    return AccountId(subscription, RG, name)
+
+
+def _patches(cloud: Cloud) -> int:
+    return cloud.sandbox.counters.count(
+        host="management.azure.com", path=ACCOUNT_PATH, method="PATCH"
+    )
+
+
+class TestEncryptionPatch:
+    def test_serializes_only_the_encryption(self) -> None:
+        """The PATCH body holds properties.encryption and nothing else."""
+        current = models.KeyVaultProperties(
+            key_vault_uri="https://KV1.vault.azure.net/",
+            key_name="MyKey",
+            key_version="0" * 32,
+            identity_client_id="C1",
+        )
+        serializer = Serializer(
+            {name: kind for name, kind in vars(models).items() if isinstance(kind, type)}
+        )
+        body = serializer.body(encryption_patch(current, "a" * 32), "Account")
+        assert json.loads(json.dumps(body)) == {
+            "properties": {
+                "encryption": {
+                    "keySource": "Microsoft.KeyVault",
+                    "keyVaultProperties": {
+                        "keyVaultUri": "https://KV1.vault.azure.net/",
+                        "keyName": "MyKey",
+                        "keyVersion": "a" * 32,
+                        "identityClientId": "C1",
+                    },
+                }
+            }
+        }
+
+
+class TestCognitiveAccountsGet:
+    async def test_get_reads_binding_and_identity(self, cloud: Cloud, services: Services) -> None:
+        """get() maps the keyVaultProperties to a Binding and the identity fields."""
+        version = cloud.add_version(cloud.vault).version
+        cloud.add_account("acct1", cloud.vault, version)
+        record = await services.accounts.get(_id("acct1"))
+        assert record.binding is not None
+        assert str(record.binding.key_id) == f"{cloud.vault.url}/keys/cmk/{version}"
+        assert record.binding.identity_client_id is None
+        assert record.provisioning_state == "Succeeded"
+        assert record.identity_type == "SystemAssigned"
+        assert record.location == "westeurope"
+        assert record.has_usable_identity
+
+    async def test_get_reads_user_assigned_client_ids(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """A user-assigned identity named by identityClientId is reported and usable."""
+        principal = Principal.new("uami1", cloud.world.tenant_id)
+        uami = UserAssignedIdentity(
+            f"/subscriptions/{SUB}/resourceGroups/{RG}/providers"
+            "/Microsoft.ManagedIdentity/userAssignedIdentities/uami1",
+            principal,
+        )
+        version = cloud.add_version(cloud.vault).version
+        cloud.add_account(
+            "acct2",
+            cloud.vault,
+            version,
+            identity_client_id=principal.client_id,
+            system_identity=False,
+            user_assigned=[uami],
+        )
+        record = await services.accounts.get(_id("acct2"))
+        assert record.binding is not None
+        assert record.binding.identity_client_id == principal.client_id.lower()
+        assert record.user_assigned_client_ids == frozenset({principal.client_id.lower()})
+        assert record.identity_type == "UserAssigned"
+        assert record.has_usable_identity
+
+    async def test_missing_account_is_not_found(self, cloud: Cloud, services: Services) -> None:
+        """A missing account raises NotFound."""
+        with pytest.raises(NotFound):
+            await services.accounts.get(_id("ghost"))
+
+    async def test_server_errors_are_transient(self, cloud: Cloud, services: Services) -> None:
+        """Persistent 503s raise ServiceUnavailable after the SDK's retries."""
+        version = cloud.add_version(cloud.vault).version
+        cloud.add_account("acct3", cloud.vault, version)
+        cloud.sandbox.faults.add(host="management.azure.com", path="acct3", status=503)
+        with pytest.raises(ServiceUnavailable):
+            await services.accounts.get(_id("acct3"))
+
+
+class TestCognitiveAccountsUpdate:
+    async def test_update_succeeds_through_the_lro(self, cloud: Cloud, services: Services) -> None:
+        """A PATCH followed through the LRO ends SUCCEEDED with the new version in ARM."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        account = cloud.add_account("acct", cloud.vault, old, lro_seconds=0.3, tags={"team": "a"})
+        record = await services.accounts.get(_id("acct"))
+        outcome = await services.accounts.update_key_version(record, new, WAIT)
+        assert outcome is UpdateOutcome.SUCCEEDED
+        assert account.encryption.key_version == new
+        assert account.encryption.key_vault_uri == f"{cloud.vault.url}/"
+        assert account.tags == {"team": "a"}
+        assert account.provisioning_state == "Succeeded"
+        assert _patches(cloud) == 1
+
+    async def test_update_keeps_identity_client_id(self, cloud: Cloud, services: Services) -> None:
+        """The user-assigned identityClientId survives the update."""
+        principal = Principal.new("uami2", cloud.world.tenant_id)
+        uami = UserAssignedIdentity(
+            f"/subscriptions/{SUB}/resourceGroups/{RG}/providers"
+            "/Microsoft.ManagedIdentity/userAssignedIdentities/uami2",
+            principal,
+        )
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        account = cloud.add_account(
+            "acctu", cloud.vault, old, identity_client_id=principal.client_id, user_assigned=[uami]
+        )
+        cloud.world.grant(
+            principal.object_id,
+            f"{cloud.vault.resource_id}/keys/cmk",
+            "Key Vault Crypto Service Encryption User",
+        )
+        record = await services.accounts.get(_id("acctu"))
+        assert await services.accounts.update_key_version(record, new, WAIT) is (
+            UpdateOutcome.SUCCEEDED
+        )
+        assert account.encryption.identity_client_id == principal.client_id
+        assert account.encryption.key_version == new
+
+    async def test_update_on_managed_hsm(self, cloud: Cloud, services: Services) -> None:
+        """An account bound to a Managed HSM key moves to the new version."""
+        old = cloud.add_version(cloud.hsm, kty="RSA-HSM").version
+        new = cloud.add_version(cloud.hsm, kty="RSA-HSM").version
+        account = cloud.add_account("accthsm", cloud.hsm, old)
+        record = await services.accounts.get(_id("accthsm"))
+        assert await services.accounts.update_key_version(record, new, WAIT) is (
+            UpdateOutcome.SUCCEEDED
+        )
+        assert account.encryption.key_version == new
+
+    async def test_already_on_version_sends_no_patch(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """Asking for the bound version answers SUCCEEDED without a PATCH (idempotent)."""
+        version = cloud.add_version(cloud.vault).version
+        cloud.add_account("same", cloud.vault, version)
+        record = await services.accounts.get(_id("same"))
+        assert await services.accounts.update_key_version(record, version, WAIT) is (
+            UpdateOutcome.SUCCEEDED
+        )
+        assert _patches(cloud) == 0
+
+    async def test_identity_without_access_is_access_denied(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """An identity without key access makes the LRO fail: AccessDenied with the RP code."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        account = cloud.add_account("noaccess", cloud.vault, old, grant=False)
+        record = await services.accounts.get(_id("noaccess"))
+        with pytest.raises(AccessDenied, match="KeyVaultAccessDenied"):
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert account.encryption.key_version == old
+        assert account.provisioning_state == "Failed"
+
+    async def test_rejected_version_is_update_failed(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """A version the RP rejects (disabled) ends the LRO Failed: UpdateFailed with its code."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault, enabled=False).version
+        account = cloud.add_account("disabled", cloud.vault, old)
+        record = await services.accounts.get(_id("disabled"))
+        with pytest.raises(UpdateFailed, match="KeyDisabled"):
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert account.encryption.key_version == old
+
+    async def test_long_update_is_in_progress(self, cloud: Cloud, services: Services) -> None:
+        """An LRO longer than the wait returns IN_PROGRESS; it finishes in ARM and verifies."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        account = cloud.add_account("slow", cloud.vault, old, lro_seconds=1.0)
+        record = await services.accounts.get(_id("slow"))
+        outcome = await services.accounts.update_key_version(record, new, timedelta(seconds=0.1))
+        assert outcome is UpdateOutcome.IN_PROGRESS
+        target = record.binding.key_id.with_version(new)  # type: ignore[union-attr]
+        assert await services.accounts.verify(_id("slow"), target) is UpdateOutcome.IN_PROGRESS
+        await asyncio.sleep(1.2)
+        assert await services.accounts.verify(_id("slow"), target) is UpdateOutcome.SUCCEEDED
+        assert account.encryption.key_version == new
+        assert _patches(cloud) == 1
+
+    async def test_busy_account_is_transient(self, cloud: Cloud, services: Services) -> None:
+        """While another update runs, a second one raises ServiceUnavailable, sending no PATCH."""
+        old = cloud.add_version(cloud.vault).version
+        mid = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("busy", cloud.vault, old, lro_seconds=2.0)
+        record = await services.accounts.get(_id("busy"))
+        first = await services.accounts.update_key_version(record, mid, timedelta(0))
+        assert first is UpdateOutcome.IN_PROGRESS
+        with pytest.raises(ServiceUnavailable):
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert _patches(cloud) == 1
+
+    async def test_conflict_on_patch_is_transient(self, cloud: Cloud, services: Services) -> None:
+        """A 409 answer to the PATCH raises ServiceUnavailable."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("conflict", cloud.vault, old)
+        cloud.sandbox.faults.add(
+            host="management.azure.com", path="conflict", method="PATCH", status=409
+        )
+        record = await services.accounts.get(_id("conflict"))
+        with pytest.raises(ServiceUnavailable):
+            await services.accounts.update_key_version(record, new, WAIT)
+
+    async def test_throttled_patch_is_retried(self, cloud: Cloud, services: Services) -> None:
+        """A 429 with Retry-After on the PATCH is retried by the SDK and the update succeeds."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        account = cloud.add_account("throttled", cloud.vault, old)
+        rule = cloud.sandbox.faults.add(
+            host="management.azure.com",
+            path="throttled",
+            method="PATCH",
+            status=429,
+            retry_after=1,
+            count=1,
+        )
+        record = await services.accounts.get(_id("throttled"))
+        assert await services.accounts.update_key_version(record, new, WAIT) is (
+            UpdateOutcome.SUCCEEDED
+        )
+        assert rule.hits == 1
+        assert account.encryption.key_version == new
+
+    async def test_persistent_throttling_is_throttled_error(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """429s beyond the retry budget raise ThrottledError carrying Retry-After."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("hot", cloud.vault, old)
+        record = await services.accounts.get(_id("hot"))
+        cloud.sandbox.faults.add(
+            host="management.azure.com", path="hot", method="PATCH", status=429, retry_after=5
+        )
+        with pytest.raises(ThrottledError) as caught:
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert caught.value.retry_after == 5
+
+    async def test_changed_binding_is_refused(self, cloud: Cloud, services: Services) -> None:
+        """If the account moved to another key since it was read, nothing is patched."""
+        old = cloud.add_version(cloud.vault).version
+        cloud.add_version(cloud.vault, "other")
+        account = cloud.add_account("moved", cloud.vault, old)
+        record = await services.accounts.get(_id("moved"))
+        account.encryption.key_name = "other"
+        with pytest.raises(UpdateFailed, match="no longer bound"):
+            await services.accounts.update_key_version(record, "f" * 32, WAIT)
+        assert _patches(cloud) == 0
+
+    async def test_accounts_in_two_subscriptions(self, cloud: Cloud, services: Services) -> None:
+        """Each subscription gets its own client; both accounts update."""
+        cloud.add_subscription(SUB2)
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        first = cloud.add_account("one", cloud.vault, old)
+        second = cloud.add_account("two", cloud.vault, old, subscription=SUB2)
+        records = [
+            await services.accounts.get(_id("one")),
+            await services.accounts.get(_id("two", SUB2)),
+        ]
+        outcomes = await asyncio.gather(
+            *(services.accounts.update_key_version(r, new, WAIT) for r in records)
+        )
+        assert outcomes == [UpdateOutcome.SUCCEEDED, UpdateOutcome.SUCCEEDED]
+        assert first.encryption.key_version == second.encryption.key_version == new

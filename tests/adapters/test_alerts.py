@@ -1,0 +1,140 @@
+"""EventGridAlerts against the sandbox's Event Grid topic and Azurite, through the real SDK."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
+
+from cmk.errors import ServiceUnavailable
+from cmk.keyid import KeyId
+from cmk.ports import Alert, AlertType, Severity
+from cmk.resource_id import AccountId
+from cmk.sandbox.eventgrid import Topic
+from cmk.wiring import Services
+
+ACCOUNT = str(AccountId(SUB, RG, "acct"))
+KEY = KeyId("https://kv1.vault.azure.net", "cmk")
+
+
+def _alert(**changes: object) -> Alert:
+    fields: dict[str, object] = {
+        "type": AlertType.ACCOUNT_UPDATE_FAILED,
+        "severity": Severity.ERROR,
+        "subject": ACCOUNT,
+        "key_id": KEY,
+        "from_version": "0" * 32,
+        "to_version": "a" * 32,
+        "cause": "KeyVaultAccessDenied: the identity cannot unwrap",
+        "remediation": "Grant the account's identity Key Vault Crypto Service Encryption User.",
+        **changes,
+    }
+    return Alert(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def topic(cloud: Cloud) -> Topic:
+    """A custom topic the app may publish to (EventGrid Data Sender)."""
+    made = cloud.sandbox.eventgrid.create_topic("cmk-alerts")
+    cloud.world.grant(
+        cloud.sandbox.app_principal.object_id, made.resource_id, "EventGrid Data Sender"
+    )
+    return made
+
+
+@pytest.fixture
+async def publishing(topic: Topic, azurite: str) -> AsyncIterator[Services]:
+    """Services with CMK_ALERT_TOPIC_ENDPOINT set to the topic."""
+    settings = settings_for(azurite, topic=topic.endpoint)
+    async with Services.from_settings(settings, options=TEST_OPTIONS) as wired:
+        yield wired
+
+
+class TestEventGridAlerts:
+    async def test_publishes_once_per_dedup_key(self, publishing: Services, topic: Topic) -> None:
+        """The same alert raised twice is published once as a CloudEvent."""
+        assert await publishing.alerts.raise_alert(_alert()) is True
+        assert await publishing.alerts.raise_alert(_alert(cause="again")) is False
+        assert len(topic.events) == 1
+        event = topic.events[0]
+        assert event["specversion"] == "1.0"
+        assert event["source"] == "/cmk-rotator"
+        assert event["type"] == "CmkRotator.account_update_failed"
+        assert event["subject"] == ACCOUNT
+        assert event["data"] == {
+            "alertType": "account_update_failed",
+            "severity": "error",
+            "accountId": ACCOUNT,
+            "keyId": str(KEY),
+            "fromVersion": "0" * 32,
+            "toVersion": "a" * 32,
+            "cause": "KeyVaultAccessDenied: the identity cannot unwrap",
+            "remediation": "Grant the account's identity Key Vault Crypto Service Encryption User.",
+        }
+
+    async def test_other_version_or_type_is_a_new_alert(
+        self, publishing: Services, topic: Topic
+    ) -> None:
+        """Another target version or alert type is another dedup key."""
+        await publishing.alerts.raise_alert(_alert())
+        await publishing.alerts.raise_alert(_alert(to_version="b" * 32))
+        await publishing.alerts.raise_alert(_alert(type=AlertType.BINDING_STALE))
+        assert len(topic.events) == 3
+
+    async def test_resolve_reopens_the_key(self, publishing: Services, topic: Topic) -> None:
+        """After resolve(), the same alert is published again."""
+        await publishing.alerts.raise_alert(_alert())
+        assert await publishing.alerts.resolve(ACCOUNT) == 1
+        assert await publishing.alerts.raise_alert(_alert()) is True
+        assert len(topic.events) == 2
+
+    async def test_error_log_carries_extra_fields(
+        self, publishing: Services, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A new alert is one ERROR record with the cmk_* fields; a duplicate logs no ERROR."""
+        with caplog.at_level(logging.INFO):
+            await publishing.alerts.raise_alert(_alert(severity=Severity.CRITICAL))
+            await publishing.alerts.raise_alert(_alert())
+        errors = [record for record in caplog.records if record.levelno == logging.ERROR]
+        assert len(errors) == 1
+        record = errors[0]
+        assert record.cmk_alert_type == "account_update_failed"  # type: ignore[attr-defined]
+        assert record.cmk_account_id == ACCOUNT  # type: ignore[attr-defined]
+        assert record.cmk_key_id == str(KEY)  # type: ignore[attr-defined]
+        assert record.cmk_severity == "critical"  # type: ignore[attr-defined]
+        assert record.cmk_to_version == "a" * 32  # type: ignore[attr-defined]
+
+    async def test_without_topic_logs_only(
+        self, services: Services, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """With no topic configured, an alert is logged (and still deduplicated)."""
+        with caplog.at_level(logging.ERROR):
+            assert await services.alerts.raise_alert(_alert()) is True
+            assert await services.alerts.raise_alert(_alert()) is False
+        assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+    async def test_publish_failure_is_transient_and_retryable(
+        self, publishing: Services, topic: Topic, cloud: Cloud
+    ) -> None:
+        """A failed publish raises ServiceUnavailable and forgets the alert; a retry publishes."""
+        rule = cloud.sandbox.faults.add(host=topic.host, status=503)
+        with pytest.raises(ServiceUnavailable):
+            await publishing.alerts.raise_alert(_alert())
+        assert not await publishing.ledger.is_alert_open(_alert().dedup_key)
+        cloud.sandbox.faults.remove(rule)
+        assert await publishing.alerts.raise_alert(_alert()) is True
+        assert len(topic.events) == 1
+
+    async def test_key_level_alert_has_no_account(self, publishing: Services, topic: Topic) -> None:
+        """An alert about a key carries the key id as subject and no account id."""
+        alert = _alert(
+            type=AlertType.KEY_NEAR_EXPIRY_UNROTATED,
+            subject=str(KEY),
+            from_version=None,
+            to_version=None,
+        )
+        assert await publishing.alerts.raise_alert(alert) is True
+        assert topic.events[0]["subject"] == str(KEY)
+        assert topic.events[0]["data"]["accountId"] is None

@@ -1,0 +1,102 @@
+"""Services.from_settings: clients per cloud, retry knobs, storage, closing."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
+
+from cmk.errors import AccessDenied, ConfigurationError, ThrottledError
+from cmk.keyid import KeyId
+from cmk.resource_id import AccountId
+from cmk.settings import AzureCloud, Settings, StorageSettings
+from cmk.wiring import RetryOptions, Services, WiringOptions
+
+
+class TestRetryOptions:
+    def test_backoff_off_uses_a_policy_that_never_sleeps(self) -> None:
+        """RetryOptions(backoff=False) gives Key Vault/ARM clients a non-sleeping retry policy."""
+        options = RetryOptions(total=2, backoff=False).core_client_options()
+        assert options["retry_total"] == 2
+        assert options["retry_backoff_factor"] == 0.0
+        assert "retry_policy" in options
+
+    def test_default_keeps_azure_core_behaviour(self) -> None:
+        """The default retries with backoff and honours Retry-After (no custom policy)."""
+        options = RetryOptions().core_client_options()
+        assert "retry_policy" not in options
+        assert options["retry_backoff_factor"] > 0
+
+
+class TestServices:
+    async def test_no_backoff_ignores_retry_after(self, cloud: Cloud, services: Services) -> None:
+        """In no-backoff mode, 429s with Retry-After: 30 are retried at once."""
+        cloud.add_version(cloud.vault)
+        rule = cloud.sandbox.faults.add(
+            host=cloud.vault.host, path="/keys/cmk", status=429, retry_after=30, count=2
+        )
+        started = time.monotonic()
+        await services.keys.latest(KeyId(cloud.vault.url, "cmk"))
+        assert rule.hits == 2
+        assert time.monotonic() - started < 5
+
+    async def test_retry_total_bounds_attempts(self, cloud: Cloud, azurite: str) -> None:
+        """retry_total=1 makes one retry: two requests, then ThrottledError."""
+        cloud.add_version(cloud.vault)
+        rule = cloud.sandbox.faults.add(host=cloud.vault.host, path="/keys/cmk", status=429)
+        options = WiringOptions(retry=RetryOptions(total=1, backoff=False))
+        async with Services.from_settings(settings_for(azurite), options=options) as wired:
+            with pytest.raises(ThrottledError):
+                await wired.keys.latest(KeyId(cloud.vault.url, "cmk"))
+        assert rule.hits == 2
+
+    async def test_storage_is_required_only_when_used(self, cloud: Cloud) -> None:
+        """Without storage, ARM works; jobs, ledger and alerts name the setting to add."""
+        version = cloud.add_version(cloud.vault).version
+        cloud.add_account("acct", cloud.vault, version)
+        async with Services.from_settings(Settings(), options=TEST_OPTIONS) as wired:
+            assert (await wired.accounts.get(AccountId(SUB, RG, "acct"))).binding is not None
+            for name in ("jobs", "ledger", "alerts"):
+                with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
+                    getattr(wired, name)
+
+    async def test_identity_storage_uses_service_uris(self, cloud: Cloud) -> None:
+        """Identity-based storage builds the queue and table clients on the service URIs."""
+        storage = StorageSettings(
+            queue_service_uri="https://st1.queue.core.windows.net",
+            table_service_uri="https://st1.table.core.windows.net",
+        )
+        async with Services.from_settings(Settings(storage=storage), options=TEST_OPTIONS) as wired:
+            assert wired.jobs.client.url.startswith("https://st1.queue.core.windows.net/")
+            assert wired.ledger.client.url.startswith("https://st1.table.core.windows.net")
+            assert wired.alerts is not None
+
+    async def test_sovereign_cloud_uses_its_arm_endpoint(self, cloud: Cloud) -> None:
+        """CMK_AZURE_CLOUD=china sends ARM requests to management.chinacloudapi.cn."""
+        settings = Settings(cloud=AzureCloud.CHINA)
+        async with Services.from_settings(settings, options=TEST_OPTIONS) as wired:
+            with pytest.raises(AccessDenied):  # the sandbox's ARM accepts public-cloud tokens only
+                await wired.accounts.get(AccountId(SUB, RG, "acct"))
+        assert cloud.sandbox.counters.count(host="management.chinacloudapi.cn") >= 1
+        assert cloud.sandbox.counters.count(host="management.azure.com") == 0
+
+    async def test_close_is_idempotent(self, cloud: Cloud, azurite: str) -> None:
+        """aclose() closes every client once; a second call does nothing."""
+        wired = Services.from_settings(settings_for(azurite), options=TEST_OPTIONS)
+        cloud.add_version(cloud.vault)
+        await wired.keys.latest(KeyId(cloud.vault.url, "cmk"))
+        await wired.aclose()
+        await wired.aclose()
+        assert wired.keys._clients == {}
+
+    async def test_lro_polling_interval_is_used(self, cloud: Cloud, services: Services) -> None:
+        """A 50 ms poll period sees a 0.3 s update finish before Retry-After (1 s) would."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("fast", cloud.vault, old, lro_seconds=0.3)
+        record = await services.accounts.get(AccountId(SUB, RG, "fast"))
+        started = time.monotonic()
+        await services.accounts.update_key_version(record, new, timedelta(seconds=10))
+        assert time.monotonic() - started < 0.9
