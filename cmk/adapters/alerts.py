@@ -149,7 +149,9 @@ class EventGridAlerts:
 
     def _log(self, alert: Alert) -> None:
         self._logger.error(
-            "cmk alert %s (%s) for %s: %s. Remediation: %s",
+            # The type is also in the text: the Functions host forwards the message to
+            # App Insights even where ``extra`` does not become customDimensions.
+            "cmk alert cmk_alert_type=%s severity=%s subject=%s: %s. Remediation: %s",
             alert.type.value,
             alert.severity.value,
             alert.subject,

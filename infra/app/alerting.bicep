@@ -31,9 +31,10 @@ var logAlertRules = [
   {
     name: 'update-failed'
     severity: 1
-    description: 'An account could not be moved to a new key version (PATCH or verify failed).'
+    description: 'An account could not be moved to a new key version (PATCH or verify failed), or a new version failed validation.'
     alertTypes: [
       'account_update_failed'
+      'version_rejected'
     ]
   }
   {
@@ -117,7 +118,7 @@ resource logAlerts 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' =
     criteria: {
       allOf: [
         {
-          query: 'traces | where severityLevel >= 3 | extend alertType = tostring(customDimensions.cmk_alert_type) | where alertType in (dynamic(${string(rule.alertTypes)})) | project timestamp, alertType, message'
+          query: 'traces | where severityLevel >= 3 | extend alertType = coalesce(tostring(customDimensions.cmk_alert_type), extract("cmk_alert_type=([a-z_]+)", 1, message)) | where alertType in (dynamic(${string(rule.alertTypes)})) | project timestamp, alertType, message'
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from pycep import BicepParser
 
+from cmk.ports import AlertType
+
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
@@ -34,15 +36,8 @@ EXPECTED_FILES = {
     "app/vault-topic.bicep",
 }
 
-ALERT_TYPES = {
-    "account_update_failed",
-    "binding_unsafe",
-    "key_near_expiry_unrotated",
-    "binding_stale",
-    "key_expired_bound",
-    "identity_missing",
-    "vault_not_recoverable",
-}
+# The alert types the app raises (cmk.ports.AlertType): the log rules must cover them all.
+ALERT_TYPES = {alert_type.value for alert_type in AlertType}
 
 CMK_SETTINGS = {
     "CMK_VAULT_ALLOWLIST",
@@ -575,7 +570,7 @@ class TestAlerting:
         assert properties["minimumTlsVersionAllowed"] == "1.2"
 
     def test_log_rules_cover_every_alert_type(self, parsed: dict[str, Any]) -> None:
-        """Together the log rules fire on exactly the seven cmk_alert_type values."""
+        """Together the log rules fire on exactly the alert types the app raises."""
         rules = parsed["variables"]["logAlertRules"]["value"]
         covered = [alert for rule in rules for alert in rule["alertTypes"]]
         assert sorted(covered) == sorted(ALERT_TYPES)
