@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -146,6 +146,10 @@ class Settings:
         )
         reader.raise_problems()
         return settings
+
+    def with_dry_run(self, dry_run: bool) -> Settings:
+        """These settings with CMK_DRY_RUN overridden (the CLI's ``--dry-run``)."""
+        return replace(self, dry_run=dry_run)
 
     def require_subscriptions(self) -> tuple[str, ...]:
         """The subscription scope, or a ConfigurationError if none is configured."""

@@ -1,0 +1,203 @@
+"""The alerts the use cases raise: how each problem is worded, and publishing them.
+
+Dedup is the AlertSink's job (one open alert per subject, target version and type), so
+callers may raise the same alert on every sweep. :func:`publish` never writes in a dry
+run; it logs a structured ERROR line for every alert it publishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cmk.keyid import KeyId
+from cmk.planner import Finding, FindingKind, Move
+from cmk.policy import KeyVersion
+from cmk.ports import Alert, AlertType, RotationJob, Severity
+from cmk.resource_id import AccountId
+from cmk.usecases.context import Engine, gather_bounded
+
+__all__ = [
+    "account_failed",
+    "binding_stale",
+    "expired_bound",
+    "finding_alert",
+    "identity_missing",
+    "near_expiry_unrotated",
+    "publish",
+    "unsafe_move",
+    "update_failed",
+    "vault_not_recoverable",
+    "version_rejected",
+]
+
+_BROKEN = frozenset({FindingKind.BOUND_VERSION_DISABLED, FindingKind.BOUND_VERSION_EXPIRED})
+_GRANT = (
+    "grant the account's managed identity (the user-assigned one named by identityClientId,"
+    " else the system-assigned one) 'Key Vault Crypto Service Encryption User' on the key,"
+    " or get/wrapKey/unwrapKey in the vault's access policy"
+)
+
+
+def account_failed(job: RotationJob, cause: str, *, identity: bool = False) -> Alert:
+    """A job failed for good: the update failed, or the identity cannot use the key."""
+    return Alert(
+        type=AlertType.IDENTITY_MISSING if identity else AlertType.ACCOUNT_UPDATE_FAILED,
+        severity=Severity.CRITICAL if job.urgent else Severity.ERROR,
+        subject=str(job.account_id),
+        key_id=job.target.versionless(),
+        from_version=job.from_version,
+        to_version=job.target.version,
+        cause=cause,
+        remediation=_GRANT
+        if identity
+        else "fix the cause, then run 'cmk rotate' for the account (or wait for the next sweep)",
+    )
+
+
+def version_rejected(version: KeyVersion, reasons: Iterable[str]) -> Alert:
+    """The key's newest version fails the policy: no account is moved to it."""
+    return Alert(
+        type=AlertType.VERSION_REJECTED,
+        severity=Severity.ERROR,
+        subject=str(version.key_id.versionless()),
+        key_id=version.key_id.versionless(),
+        from_version=None,
+        to_version=version.version,
+        cause="; ".join(reasons),
+        remediation="create a new version that meets the policy (RSA of an allowed size,"
+        " wrapKey/unwrapKey, enabled, valid dates, purge-protected vault)",
+    )
+
+
+def near_expiry_unrotated(expiring: KeyId, cause: str) -> Alert:
+    """The key nears expiry and no newer bindable version exists (and none was created)."""
+    return Alert(
+        type=AlertType.KEY_NEAR_EXPIRY_UNROTATED,
+        severity=Severity.ERROR,
+        subject=str(expiring.versionless()),
+        key_id=expiring.versionless(),
+        from_version=expiring.version,
+        to_version=expiring.version,  # one alert per expiring version
+        cause=cause,
+        remediation="rotate the key (az keyvault key rotate) or enable"
+        " CMK_ROTATE_ON_NEAR_EXPIRY; accounts follow the new version automatically",
+    )
+
+
+def expired_bound(account_id: AccountId, expired: KeyId, target: KeyVersion | None) -> Alert:
+    """An account is still bound to an expired version: its data may be inaccessible."""
+    moving = f"; moving it to {target.version}" if target else "; no bindable version exists"
+    return Alert(
+        type=AlertType.KEY_EXPIRED_BOUND,
+        severity=Severity.CRITICAL,
+        subject=str(account_id),
+        key_id=expired.versionless(),
+        from_version=expired.version,
+        to_version=target.version if target else None,
+        cause=f"bound to expired key version {expired.version}{moving}",
+        remediation="check the account can still decrypt; create a valid version if none"
+        " exists, and confirm the move succeeded",
+    )
+
+
+def finding_alert(finding: Finding) -> Alert:
+    """A binding the planner will not change."""
+    binding = finding.binding
+    return Alert(
+        type=AlertType.BINDING_UNSAFE,
+        severity=Severity.CRITICAL if finding.kind in _BROKEN else Severity.ERROR,
+        subject=str(binding.account_id),
+        key_id=binding.key_id.versionless(),
+        from_version=binding.key_id.version,
+        to_version=finding.target.version if finding.target else None,
+        cause=f"{finding.kind.value}: {finding.detail}",
+        remediation="create a valid newer key version, or fix the binding by hand",
+    )
+
+
+def unsafe_move(move: Move) -> Alert:
+    """An account bound to an unsafe version; a move to a valid version is on its way."""
+    binding = move.binding
+    kind = move.finding or FindingKind.BOUND_VERSION_REJECTED
+    return Alert(
+        type=AlertType.BINDING_UNSAFE,
+        severity=Severity.CRITICAL if kind in _BROKEN else Severity.ERROR,
+        subject=str(binding.account_id),
+        key_id=binding.key_id.versionless(),
+        from_version=binding.key_id.version,
+        to_version=move.target.version,
+        cause=f"{kind.value}: {move.reason}",
+        remediation="the account is being moved; watch for the update to succeed",
+    )
+
+
+def binding_stale(move: Move, stale_for: str) -> Alert:
+    """An account still bound to an older version after the grace period."""
+    binding = move.binding
+    return Alert(
+        type=AlertType.BINDING_STALE,
+        severity=Severity.WARNING,
+        subject=str(binding.account_id),
+        key_id=binding.key_id.versionless(),
+        from_version=binding.key_id.version,
+        to_version=move.target.version,
+        cause=f"bound to {binding.key_id.version}, newer version {move.target.version}"
+        f" exists for {stale_for}",
+        remediation="check the rotation jobs and ledger for this account ('cmk history')",
+    )
+
+
+def update_failed(account_id: AccountId, key: KeyId, to_version: str, cause: str) -> Alert:
+    """An account's last update failed or is stuck (seen by the sweep)."""
+    return Alert(
+        type=AlertType.ACCOUNT_UPDATE_FAILED,
+        severity=Severity.ERROR,
+        subject=str(account_id),
+        key_id=key.versionless(),
+        from_version=key.version,
+        to_version=to_version,
+        cause=cause,
+        remediation="check the account's provisioningState and activity log, fix the cause,"
+        " then run 'cmk rotate' for the account",
+    )
+
+
+def identity_missing(account_id: AccountId, key: KeyId, cause: str) -> Alert:
+    """The account has no identity that can use its key."""
+    return Alert(
+        type=AlertType.IDENTITY_MISSING,
+        severity=Severity.ERROR,
+        subject=str(account_id),
+        key_id=key.versionless(),
+        from_version=key.version,
+        to_version=None,
+        cause=cause,
+        remediation=_GRANT,
+    )
+
+
+def vault_not_recoverable(version: KeyVersion) -> Alert:
+    """The key's vault lacks soft delete or purge protection."""
+    return Alert(
+        type=AlertType.VAULT_NOT_RECOVERABLE,
+        severity=Severity.ERROR,
+        subject=version.key_id.vault_url,
+        key_id=version.key_id.versionless(),
+        from_version=None,
+        to_version=None,
+        cause=f"recoveryLevel {version.recovery_level!r} allows purging the key",
+        remediation="enable purge protection on the vault (it cannot be turned off again)",
+    )
+
+
+async def publish(engine: Engine, alerts: Iterable[Alert]) -> tuple[tuple[Alert, ...], int]:
+    """Raise each alert (not in a dry run); returns the alerts and how many were published.
+
+    The sink writes the structured ERROR log line of each alert it publishes.
+    """
+    raised = tuple(alerts)
+    if engine.dry_run or not raised:
+        return raised, 0
+    limit = engine.settings.max_concurrency
+    published = await gather_bounded(limit, (engine.alerts.raise_alert(a) for a in raised))
+    return raised, sum(published)

@@ -1,0 +1,106 @@
+"""What one account's binding means: its state, what to enqueue and what to alert.
+
+Shared by the sweep (which acts on it) and status/plan (which only show it), so all
+three always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from cmk.planner import Decision, Finding, Move
+from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState, RotationJob
+from cmk.usecases import alerting
+from cmk.usecases.context import Engine
+from cmk.usecases.fanout import job_for
+from cmk.usecases.report import BindingState, FindingReport
+
+__all__ = ["BUSY_STATES", "Assessment", "assess"]
+
+#: provisioningState values of an account with a change in flight.
+BUSY_STATES = frozenset({"accepted", "creating", "updating", "moving", "deleting"})
+
+
+@dataclass
+class Assessment:
+    """One account: its state for status, and what a sweep does about it."""
+
+    state: BindingState
+    detail: str
+    job: RotationJob | None = None
+    alerts: list[Alert] = field(default_factory=list)
+    findings: list[FindingReport] = field(default_factory=list)
+
+    def flag(self, state: BindingState, kind: str, detail: str, alert: Alert) -> None:
+        """Record a problem: worsen the state, add a finding and its alert."""
+        if state is BindingState.FAILING or self.state is BindingState.CURRENT:
+            self.state = state
+        self.detail = detail
+        self.findings.append(
+            FindingReport(alert.subject, kind, detail, alert.key_id, alert.from_version)
+        )
+        self.alerts.append(alert)
+
+
+def _age(delta: timedelta) -> str:
+    hours = delta / timedelta(hours=1)
+    return f"{hours / 24:.1f} days" if hours >= 48 else f"{hours:.1f} hours"
+
+
+def assess(
+    engine: Engine,
+    record: AccountRecord,
+    decision: Decision,
+    entry: LedgerEntry | None,
+    trigger: str,
+) -> Assessment:
+    """Judge one account; ``entry`` is the ledger row for its move target, if any."""
+    assert record.binding is not None
+    binding = record.binding
+    result = Assessment(BindingState.CURRENT, "on the newest valid version")
+    if isinstance(decision, Finding):
+        alert = alerting.finding_alert(decision)
+        result.flag(BindingState.UNSAFE, decision.kind.value, decision.detail, alert)
+    elif isinstance(decision, Move):
+        _assess_move(engine, record, decision, entry, trigger=trigger, result=result)
+    if record.provisioning_state.lower() == "failed":
+        target = decision.target.version if isinstance(decision, Move) else binding.key_id.version
+        cause = "provisioningState is Failed"
+        alert = alerting.update_failed(binding.account_id, binding.key_id, target or "", cause)
+        result.flag(BindingState.FAILING, "update_failed", cause, alert)
+    if not record.has_usable_identity:
+        cause = f"no identity can use the key (identity type {record.identity_type})"
+        alert = alerting.identity_missing(binding.account_id, binding.key_id, cause)
+        result.flag(BindingState.FAILING, "identity_missing", cause, alert)
+    return result
+
+
+def _assess_move(
+    engine: Engine,
+    record: AccountRecord,
+    move: Move,
+    entry: LedgerEntry | None,
+    *,
+    trigger: str,
+    result: Assessment,
+) -> None:
+    now, binding, target = engine.now(), move.binding, move.target.version
+    result.state = BindingState.UNSAFE if move.urgent else BindingState.STALE
+    result.detail = move.reason
+    if move.urgent:
+        result.alerts.append(alerting.unsafe_move(move))
+    stale_for = now - move.target.created
+    if stale_for > engine.settings.stale_grace:
+        alert = alerting.binding_stale(move, _age(stale_for))
+        result.flag(result.state, "binding_stale", f"stale for {_age(stale_for)}", alert)
+    in_flight = entry is not None and entry.state is LedgerState.SUBMITTED
+    if entry is not None and in_flight and now - entry.updated > engine.stuck_after:
+        cause = f"update to {target} submitted at {entry.updated.isoformat()} and not done"
+        alert = alerting.update_failed(binding.account_id, binding.key_id, target, cause)
+        result.flag(BindingState.FAILING, "update_stuck", cause, alert)
+        in_flight = False  # try again
+    elif entry is not None and entry.state is LedgerState.FAILED:
+        result.state, result.detail = BindingState.FAILING, entry.cause or "update failed"
+    if not in_flight and record.provisioning_state.lower() not in BUSY_STATES:
+        result.job = job_for(move, trigger)

@@ -1,0 +1,226 @@
+"""Key Vault events: a new version, a version near expiry, an expired version.
+
+Events are pointers, never truth: each handler checks the vault is in the allow-list
+(nothing is read or written otherwise), re-reads the key, and only then plans. Handling
+the same event twice, or events out of order, is harmless: the plan always targets the
+newest bindable version read now, and the worker never moves an account backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cmk.errors import NotFound
+from cmk.events import KeyVaultEvent
+from cmk.keyid import KeyId
+from cmk.policy import KeyVersion, evaluate
+from cmk.ports import Alert
+from cmk.usecases import alerting
+from cmk.usecases.context import Engine
+from cmk.usecases.fanout import FanOut, fan_out
+from cmk.usecases.keyview import KeyVersions, order
+from cmk.usecases.report import EventOutcome, EventReport, FindingReport, PlannedMove
+
+__all__ = ["on_expired", "on_near_expiry", "on_new_version"]
+
+log = logging.getLogger(__name__)
+
+
+def _extra(event: KeyVaultEvent, step: str) -> dict[str, object]:
+    return {
+        "cmk_event_id": event.event_id,
+        "cmk_key_id": str(event.key_id.versionless()),
+        "cmk_to_version": event.key_id.version,
+        "cmk_step": step,
+    }
+
+
+def _report(
+    engine: Engine,
+    event: KeyVaultEvent,
+    outcome: EventOutcome,
+    *,
+    detail: str = "",
+    alerts: tuple[Alert, ...] = (),
+    created_version: str | None = None,
+) -> EventReport:
+    return EventReport(
+        event_id=event.event_id,
+        event_type=event.event_type.value,
+        key_id=event.key_id,
+        outcome=outcome,
+        dry_run=engine.dry_run,
+        created_version=created_version,
+        alerts=alerts,
+        detail=detail,
+    )
+
+
+async def _open(engine: Engine, event: KeyVaultEvent, *, full: bool) -> KeyVersions | EventReport:
+    """Check the scope and re-read the key, or say why we stop here."""
+    if not engine.settings.vault_in_scope(event.key_id):
+        log.warning(
+            "ignoring %s for %s: vault %s is not in CMK_VAULT_ALLOWLIST",
+            event.event_type.value,
+            event.key_id,
+            event.key_id.vault_url,
+            extra=_extra(event, "scope"),
+        )
+        detail = f"vault {event.key_id.vault_url} is not in the allow-list"
+        return _report(engine, event, EventOutcome.OUT_OF_SCOPE, detail=detail)
+    key = event.key_id.versionless()
+    try:
+        return await KeyVersions.load(
+            engine.keys, key, engine.policy, engine.now(), list_if_unbindable=full
+        )
+    except NotFound as error:
+        log.warning(
+            "key of event %s not found: %s", event.event_id, error, extra=_extra(event, "read")
+        )
+        return _report(engine, event, EventOutcome.KEY_NOT_FOUND, detail=str(error))
+
+
+async def _finish(
+    engine: Engine,
+    event: KeyVaultEvent,
+    outcome: EventOutcome,
+    fan: FanOut,
+    alerts: list[Alert],
+    *,
+    target: KeyVersion | None,
+    created: KeyVersion | None = None,
+) -> EventReport:
+    raised, _ = await alerting.publish(engine, alerts)
+    return EventReport(
+        event_id=event.event_id,
+        event_type=event.event_type.value,
+        key_id=event.key_id,
+        outcome=outcome,
+        dry_run=engine.dry_run,
+        target_version=target.version if target else None,
+        created_version=created.version if created else None,
+        moves=tuple(PlannedMove.from_move(move) for move in fan.moves),
+        findings=tuple(FindingReport.from_finding(finding) for finding in fan.findings),
+        alerts=raised,
+        enqueued=fan.enqueued,
+    )
+
+
+def _fan_alerts(fan: FanOut) -> list[Alert]:
+    alerts = [alerting.finding_alert(finding) for finding in fan.findings]
+    alerts += [alerting.unsafe_move(move) for move in fan.moves if move.urgent]
+    return alerts
+
+
+async def _spread(
+    engine: Engine,
+    event: KeyVaultEvent,
+    view: KeyVersions,
+    outcome: EventOutcome,
+    created: KeyVersion | None = None,
+) -> EventReport:
+    fan = await fan_out(engine, view, event.event_id)
+    target = view.newest_bindable(engine.policy, engine.now())
+    return await _finish(
+        engine, event, outcome, fan, _fan_alerts(fan), target=target, created=created
+    )
+
+
+async def on_new_version(engine: Engine, event: KeyVaultEvent) -> EventReport:
+    """A new key version: validate the key's latest version and move every bound account."""
+    view = await _open(engine, event, full=False)
+    if isinstance(view, EventReport):
+        return view
+    verdict = evaluate(view.latest, engine.policy, engine.now())
+    if not verdict.bindable:
+        reasons = [str(reason) for reason in verdict.reasons]
+        log.error(
+            "newest version %s rejected: %s",
+            view.latest.key_id,
+            "; ".join(reasons),
+            extra=_extra(event, "validate"),
+        )
+        alert = alerting.version_rejected(view.latest, reasons)
+        raised, _ = await alerting.publish(engine, [alert])
+        return _report(
+            engine,
+            event,
+            EventOutcome.VERSION_REJECTED,
+            alerts=raised,
+            detail="; ".join(reasons),
+        )
+    return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
+
+
+def _successor(engine: Engine, view: KeyVersions, expiring: str) -> KeyVersion | None:
+    """The newest bindable version, if it is newer than ``expiring``."""
+    best = view.newest_bindable(engine.policy, engine.now())
+    if best is None or best.version == expiring:
+        return None
+    known = view.get(expiring)
+    return best if known is None or order(best) > order(known) else None
+
+
+async def _create(engine: Engine, view: KeyVersions, expiring: KeyId) -> KeyVersion:
+    """Rotate the key (rotation policy) or create a version with the same parameters."""
+    if await engine.keys.has_rotation_policy(view.key):
+        return await engine.keys.rotate(view.key)
+    template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
+    return await engine.keys.create_like(template)
+
+
+async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
+    """A version nears expiry: move to a newer version, creating one (exactly once) if needed."""
+    view = await _open(engine, event, full=True)
+    if isinstance(view, EventReport):
+        return view
+    expiring = event.key_id
+    if _successor(engine, view, expiring.version or "") is not None:
+        return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
+    if not engine.settings.rotate_on_near_expiry:
+        cause = f"version {expiring.version} nears expiry, no newer valid version, rotation off"
+        raised, _ = await alerting.publish(
+            engine, [alerting.near_expiry_unrotated(expiring, cause)]
+        )
+        return _report(engine, event, EventOutcome.NOT_ROTATED, alerts=raised, detail=cause)
+    if engine.dry_run:
+        return _report(engine, event, EventOutcome.ROTATED, detail="would create a new version")
+    claim = f"rotate|{view.key}|{expiring.version}"
+    if not await engine.ledger.claim(claim, engine.owner):
+        log.info("rotation of %s already claimed", view.key, extra=_extra(event, "claim"))
+        view = await KeyVersions.load(engine.keys, view.key, engine.policy, engine.now())
+        if _successor(engine, view, expiring.version or "") is None:
+            detail = "another worker claimed the rotation; no new version yet"
+            return _report(engine, event, EventOutcome.NO_SUCCESSOR, detail=detail)
+        return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
+    created = await _create(engine, view, expiring)
+    log.info(
+        "created %s before %s expires", created.key_id, expiring, extra=_extra(event, "rotate")
+    )
+    verdict = evaluate(created, engine.policy, engine.now())
+    if not verdict.bindable:
+        reasons = [str(reason) for reason in verdict.reasons]
+        raised, _ = await alerting.publish(engine, [alerting.version_rejected(created, reasons)])
+        return _report(
+            engine,
+            event,
+            EventOutcome.VERSION_REJECTED,
+            created_version=created.version,
+            alerts=raised,
+            detail="; ".join(reasons),
+        )
+    return await _spread(engine, event, view.with_latest(created), EventOutcome.ROTATED, created)
+
+
+async def on_expired(engine: Engine, event: KeyVaultEvent) -> EventReport:
+    """A version expired: move accounts still bound to it (urgently) and alert critically."""
+    view = await _open(engine, event, full=True)
+    if isinstance(view, EventReport):
+        return view
+    expired = event.key_id
+    fan = await fan_out(engine, view, event.event_id, only_version=expired.version, urgent=True)
+    alerts = [alerting.expired_bound(m.binding.account_id, expired, m.target) for m in fan.moves]
+    alerts += [alerting.expired_bound(f.binding.account_id, expired, None) for f in fan.findings]
+    target = view.newest_bindable(engine.policy, engine.now())
+    outcome = EventOutcome.FANNED_OUT if target is not None else EventOutcome.NO_SUCCESSOR
+    return await _finish(engine, event, outcome, fan, alerts, target=target)

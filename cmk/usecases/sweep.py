@@ -1,0 +1,197 @@
+"""The whole scope at once: sweep (act), plan (what a sweep would do), status (as data).
+
+A sweep inventories every CMK account in scope, reads each distinct key once, enqueues a
+job for every stale binding and raises an alert for every finding: bound to a disabled,
+expired or expiring version, key near expiry with no successor, vault without purge
+protection, account without a usable identity, update stuck or failed, binding stale
+beyond CMK_STALE_GRACE_HOURS. The alert sink deduplicates, so an hourly sweep does not
+alert twice about the same problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
+
+from cmk.planner import Decision, Move
+from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState
+from cmk.usecases import alerting
+from cmk.usecases.assessment import Assessment, assess
+from cmk.usecases.context import Engine, gather_bounded
+from cmk.usecases.report import (
+    AccountStatus,
+    BindingState,
+    FindingReport,
+    PlannedMove,
+    SweepReport,
+)
+from cmk.usecases.survey import KeySurvey, Survey, survey
+
+__all__ = ["plan", "status", "sweep"]
+
+log = logging.getLogger(__name__)
+
+Row = tuple[KeySurvey, AccountRecord, Decision]
+
+
+def _rows(found: Survey) -> list[Row]:
+    return [
+        (item, record, decision)
+        for item in found.keys.values()
+        for record, decision in zip(item.records, item.decisions, strict=False)
+    ]
+
+
+async def _target_entries(engine: Engine, rows: list[Row]) -> list[LedgerEntry | None]:
+    """The ledger row of each move's target (None for bindings that do not move)."""
+
+    async def entry(decision: Decision, record: AccountRecord) -> LedgerEntry | None:
+        if not isinstance(decision, Move):
+            return None
+        return await engine.ledger.get(record.account_id, decision.target.version)
+
+    limit = engine.settings.max_concurrency
+    return await gather_bounded(limit, (entry(d, r) for _, r, d in rows))
+
+
+def _key_alerts(engine: Engine, item: KeySurvey) -> list[Alert]:
+    """Problems of the key itself: a purgeable vault, expiry near with no successor."""
+    latest, view = item.latest, item.view
+    if latest is None or view is None:
+        return []
+    alerts = []
+    if "purgeable" in (latest.recovery_level or "").lower():
+        alerts.append(alerting.vault_not_recoverable(latest))
+    horizon = engine.now() + engine.settings.expiry_margin
+    near = latest.expires is not None and latest.expires <= horizon
+    if near and view.newest_bindable(engine.policy, engine.now()) is None:
+        cause = f"latest version {latest.version} expires {latest.expires} with no successor"
+        alerts.append(alerting.near_expiry_unrotated(latest.key_id, cause))
+    return alerts
+
+
+def _unique(alerts: Iterable[Alert]) -> list[Alert]:
+    return list({alert.dedup_key: alert for alert in alerts}.values())
+
+
+def _key_findings(alerts: list[Alert], found: Survey) -> list[FindingReport]:
+    findings = [
+        FindingReport(a.subject, a.type.value, a.cause, a.key_id, a.from_version) for a in alerts
+    ]
+    for item in found.keys.values():
+        if item.error:
+            for record in item.records:
+                subject = str(record.account_id)
+                findings.append(FindingReport(subject, "key_unreadable", item.error, item.key))
+    return findings
+
+
+async def sweep(engine: Engine) -> SweepReport:
+    """Inventory the scope, enqueue stale bindings and alert findings (nothing in a dry run)."""
+    run_id = f"sweep:{engine.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    found = await survey(engine)
+    rows = _rows(found)
+    entries = await _target_entries(engine, rows)
+    judged = [assess(engine, r, d, e, run_id) for (_, r, d), e in zip(rows, entries, strict=True)]
+    key_alerts = _unique(a for item in found.keys.values() for a in _key_alerts(engine, item))
+    jobs = [assessment.job for assessment in judged if assessment.job is not None]
+    enqueued = 0
+    if jobs and not engine.dry_run:
+        enqueued = await engine.jobs.enqueue_many(jobs)
+    alerts = _unique([*key_alerts, *(a for assessment in judged for a in assessment.alerts)])
+    raised, published = await alerting.publish(engine, alerts)
+    report = SweepReport(
+        run_id=run_id,
+        dry_run=engine.dry_run,
+        accounts=found.accounts,
+        keys_read=len(found.keys) - len(found.errors),
+        out_of_scope=len(found.out_of_scope),
+        moves=tuple(PlannedMove.from_move(d) for _, _, d in rows if isinstance(d, Move)),
+        findings=tuple(
+            [*_key_findings(key_alerts, found), *(f for a in judged for f in a.findings)]
+        ),
+        alerts=raised,
+        alerts_published=published,
+        enqueued=enqueued,
+        errors=tuple(found.errors),
+    )
+    log.info(
+        "%s: %d accounts, %d keys, %d moves, %d enqueued, %d alerts (%d new)%s",
+        run_id,
+        report.accounts,
+        report.keys_read,
+        len(report.moves),
+        enqueued,
+        len(raised),
+        published,
+        " [dry run]" if engine.dry_run else "",
+        extra={"cmk_step": "sweep"},
+    )
+    return report
+
+
+async def plan(engine: Engine) -> SweepReport:
+    """What a sweep would do now: the same report, with nothing written anywhere."""
+    return await sweep(replace(engine, settings=replace(engine.settings, dry_run=True)))
+
+
+async def _bound_since(engine: Engine, record: AccountRecord) -> LedgerEntry | None:
+    assert record.binding is not None
+    version = record.binding.key_id.version or ""
+    entry = await engine.ledger.get(record.account_id, version)
+    return entry if entry is not None and entry.state is LedgerState.SUCCEEDED else None
+
+
+def _status(
+    engine: Engine, row: Row, judged: Assessment, since: LedgerEntry | None
+) -> AccountStatus:
+    item, record, _ = row
+    assert record.binding is not None
+    newest = item.view.newest_bindable(engine.policy, engine.now()) if item.view else None
+    return AccountStatus(
+        account_id=record.account_id,
+        subscription_id=record.account_id.subscription_id,
+        key_id=item.key,
+        bound_version=record.binding.key_id.version,
+        newest_version=newest.version if newest else None,
+        state=judged.state,
+        bound_since=since.updated if since else None,
+        age=engine.now() - since.updated if since else None,
+        detail=judged.detail,
+    )
+
+
+def _other(record: AccountRecord, state: BindingState, detail: str) -> AccountStatus:
+    binding = record.binding
+    return AccountStatus(
+        account_id=record.account_id,
+        subscription_id=record.account_id.subscription_id,
+        key_id=binding.key_id.versionless() if binding else None,
+        bound_version=binding.key_id.version if binding else None,
+        newest_version=None,
+        state=state,
+        detail=detail,
+    )
+
+
+async def status(engine: Engine) -> list[AccountStatus]:
+    """Every CMK account in scope: bound and newest version, state, and since when (no writes)."""
+    found = await survey(engine)
+    rows = _rows(found)
+    entries = await _target_entries(engine, rows)
+    limit = engine.settings.max_concurrency
+    since = await gather_bounded(limit, (_bound_since(engine, r) for _, r, _ in rows))
+    result = [
+        _status(engine, row, assess(engine, row[1], row[2], entry, "status"), bound)
+        for row, entry, bound in zip(rows, entries, since, strict=True)
+    ]
+    for item in found.keys.values():
+        if item.error:
+            result += [_other(r, BindingState.UNSAFE, item.error) for r in item.records]
+    result += [
+        _other(r, BindingState.OUT_OF_SCOPE, "vault not in the allow-list")
+        for r in found.out_of_scope
+    ]
+    return sorted(result, key=lambda row: str(row.account_id))

@@ -1,0 +1,224 @@
+"""The queue worker: move one account to one key version, as a resumable step machine.
+
+ROTATE: read the account; stop if it is already on the target (or a newer version);
+re-validate the target; PATCH only ``keyVersion`` and wait up to CMK_UPDATE_TIMEOUT;
+record SUCCEEDED, or SUBMITTED and queue a VERIFY job. VERIFY: read the account again
+and record the end state. Every step reads Azure first, so running a job twice, at the
+same time, or again after a crash between the PATCH and the ledger write, ends the same.
+
+Transient errors propagate (the queue retries, then :func:`on_poison`); permanent ones
+become a FAILED ledger row and one alert, and the job completes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+from cmk.errors import AccessDenied, PermanentError, ServiceUnavailable, UpdateFailed
+from cmk.policy import evaluate
+from cmk.ports import (
+    AccountRecord,
+    Alert,
+    JobStep,
+    LedgerEntry,
+    LedgerState,
+    RotationJob,
+    UpdateOutcome,
+)
+from cmk.usecases import alerting
+from cmk.usecases.context import Engine
+from cmk.usecases.keyview import order
+from cmk.usecases.report import JobReport, JobResult
+
+__all__ = ["on_poison", "rotate_account"]
+
+log = logging.getLogger(__name__)
+
+_DONE = frozenset({LedgerState.SUCCEEDED, LedgerState.SKIPPED})
+
+
+class _IdentityDenied(PermanentError):
+    """The account's identity may not use the key (the RP's AccessDenied on PATCH)."""
+
+
+class _Step:
+    """One run of one job: the ledger row it started from and what it has learnt."""
+
+    def __init__(self, engine: Engine, job: RotationJob, previous: LedgerEntry | None) -> None:
+        self.engine = engine
+        self.job = job
+        self.previous = previous
+        self.version = job.target.version or ""
+        self.from_version = job.from_version
+        bump = 1 if job.step is JobStep.ROTATE else 0
+        self.attempts = (previous.attempts if previous else 0) + bump
+
+    def log_fields(self, step: str) -> dict[str, object]:
+        return {
+            "cmk_account_id": str(self.job.account_id),
+            "cmk_key_id": str(self.job.target.versionless()),
+            "cmk_from_version": self.from_version,
+            "cmk_to_version": self.version,
+            "cmk_step": step,
+        }
+
+    async def record(self, state: LedgerState, cause: str | None = None) -> None:
+        if self.engine.dry_run:
+            return
+        now = self.engine.now()
+        await self.engine.ledger.record(
+            LedgerEntry(
+                account_id=self.job.account_id,
+                key_id=self.job.target.versionless(),
+                to_version=self.version,
+                from_version=self.from_version,
+                state=state,
+                attempts=self.attempts,
+                cause=cause,
+                trigger=self.job.trigger,
+                created=self.previous.created if self.previous else now,
+                updated=now,
+            )
+        )
+
+    async def finish(
+        self, state: LedgerState, result: JobResult, cause: str | None = None
+    ) -> JobReport:
+        await self.record(state, cause)
+        if state is LedgerState.SUCCEEDED and not self.engine.dry_run:
+            await self.engine.alerts.resolve(str(self.job.account_id))
+        log.info("%s: %s", result.value, cause or self.version, extra=self.log_fields(result.value))
+        return self.report(result, cause)
+
+    async def fail(self, cause: str, *, identity: bool = False) -> JobReport:
+        await self.record(LedgerState.FAILED, cause)
+        alert = alerting.account_failed(self.job, cause, identity=identity)
+        await alerting.publish(self.engine, [alert])
+        log.error("rotation failed: %s", cause, extra=self.log_fields("failed"))
+        return self.report(JobResult.FAILED, cause, alert)
+
+    def report(
+        self, result: JobResult, cause: str | None = None, alert: Alert | None = None
+    ) -> JobReport:
+        return JobReport(
+            account_id=self.job.account_id,
+            target=self.job.target,
+            step=self.job.step,
+            result=result,
+            attempts=self.attempts,
+            cause=cause,
+            alert=alert,
+        )
+
+    async def verify_later(self, record_submitted: bool) -> JobReport:
+        """The update is still running: record SUBMITTED and queue a VERIFY job."""
+        if record_submitted:
+            await self.record(LedgerState.SUBMITTED)
+        if not self.engine.dry_run:
+            verify = replace(self.job, step=JobStep.VERIFY)
+            await self.engine.jobs.enqueue(verify, delay=self.engine.verify_delay)
+        log.info("update running; verify queued", extra=self.log_fields("submitted"))
+        return self.report(JobResult.SUBMITTED)
+
+
+def _bound_version(step: _Step, record: AccountRecord) -> str:
+    """The account's bound version; permanent errors when it left the target's key."""
+    binding = record.binding
+    if binding is None:
+        raise UpdateFailed("the account no longer uses a customer-managed key; not changing it")
+    if not binding.key_id.same_key(step.job.target):
+        raise UpdateFailed(
+            f"the account is bound to {binding.key_id.versionless()}, not"
+            f" {step.job.target.versionless()}; only keyVersion is ever changed"
+        )
+    step.from_version = binding.key_id.version
+    return binding.key_id.version or ""
+
+
+async def _newer_than_target(step: _Step, record: AccountRecord) -> bool:
+    """Re-validate the target and tell whether the bound version is newer (never go back)."""
+    assert record.binding is not None
+    keys, policy = step.engine.keys, step.engine.policy
+    target = await keys.get_version(step.job.target)
+    bound = await keys.get_version(record.binding.key_id)
+    if order(bound) >= order(target):
+        return True
+    evaluate(
+        target, policy, step.engine.now(), bound_vault=record.binding.key_id
+    ).require_bindable()
+    return False
+
+
+async def _rotate(step: _Step) -> JobReport:
+    engine = step.engine
+    record = await engine.accounts.get(step.job.account_id)
+    bound = _bound_version(step, record)
+    state = record.provisioning_state.lower()
+    if bound == step.version and state == "succeeded":
+        return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED, "already on target")
+    if bound == step.version and state == "updating":
+        return await step.verify_later(record_submitted=True)
+    if bound != step.version and await _newer_than_target(step, record):
+        cause = f"already on {bound}, not older than {step.version}"
+        return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)
+    if state not in ("succeeded", "failed"):
+        raise ServiceUnavailable(f"account {step.job.account_id} is {record.provisioning_state}")
+    if not record.has_usable_identity:
+        return await step.fail("the account has no identity that can use the key", identity=True)
+    if engine.dry_run:
+        return step.report(JobResult.WOULD_UPDATE, f"would PATCH keyVersion {step.version}")
+    await step.record(LedgerState.PLANNED)
+    try:
+        outcome = await engine.accounts.update_key_version(
+            record, step.version, wait=engine.settings.update_timeout
+        )
+    except AccessDenied as error:
+        raise _IdentityDenied(str(error)) from error
+    if outcome is UpdateOutcome.SUCCEEDED:
+        return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)
+    return await step.verify_later(record_submitted=True)
+
+
+async def _verify(step: _Step) -> JobReport:
+    engine = step.engine
+    record = await engine.accounts.get(step.job.account_id)
+    bound = _bound_version(step, record)
+    state = record.provisioning_state.lower()
+    if bound == step.version and state == "succeeded":
+        return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)
+    if state == "failed":
+        return await step.fail(f"the update ended with provisioningState Failed on {bound}")
+    if bound != step.version and await _newer_than_target(step, record):
+        cause = f"already on {bound}, not older than {step.version}"
+        return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)
+    if state != "succeeded":
+        submitted = step.previous.updated if step.previous else engine.now()
+        if engine.now() - submitted > engine.stuck_after:
+            return await step.fail(f"update stuck: {record.provisioning_state} since {submitted}")
+        return await step.verify_later(record_submitted=False)
+    return await step.fail(f"the update did not take effect: still on {bound}")
+
+
+async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
+    """Run one job's step (ROTATE or VERIFY); permanent errors end as FAILED plus one alert."""
+    previous = await engine.ledger.get(job.account_id, job.target.version or "")
+    step = _Step(engine, job, previous)
+    try:
+        if job.step is JobStep.VERIFY:
+            return await _verify(step)
+        return await _rotate(step)
+    except _IdentityDenied as error:
+        return await step.fail(str(error), identity=True)
+    except PermanentError as error:
+        return await step.fail(str(error))
+
+
+async def on_poison(engine: Engine, job: RotationJob) -> JobReport:
+    """A job exhausted its retries: record it FAILED and alert (unless it finished meanwhile)."""
+    previous = await engine.ledger.get(job.account_id, job.target.version or "")
+    step = _Step(engine, job, previous)
+    step.attempts = previous.attempts if previous else 0
+    if previous is not None and previous.state in _DONE:
+        return step.report(JobResult.SKIPPED, f"already {previous.state.value}")
+    return await step.fail("exhausted retries")

@@ -1,0 +1,227 @@
+"""rotate_account and on_poison: the per-account step machine against sandbox ARM."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from usecase_rig import SUB_B, Rig, verify_job
+
+from cmk.errors import TransientError
+from cmk.keyid import KeyId
+from cmk.ports import JobStep, LedgerState, RotationJob
+from cmk.resource_id import AccountId
+from cmk.sandbox.world import AccountState, KeyVersionState, VaultState
+from cmk.settings import Settings
+from cmk.usecases import JobResult, on_poison, rotate_account
+
+
+def _job(account: AccountState, vault: VaultState, version: KeyVersionState) -> RotationJob:
+    return RotationJob(
+        account_id=AccountId.parse(account.resource_id),
+        target=KeyId(vault.url, "cmk", version.version),
+        trigger="test",
+        from_version=account.encryption.key_version,
+    )
+
+
+def _pair(
+    rig: Rig, **account_options: object
+) -> tuple[AccountState, KeyVersionState, KeyVersionState]:
+    estate = rig.estate
+    old = estate.version(estate.kv, created=estate.world.clock.now() - timedelta(days=1))
+    account = estate.account("acct-w", estate.kv, old.version, **account_options)  # type: ignore[arg-type]
+    return account, old, estate.version(estate.kv)
+
+
+def _timeout(settings: Settings, seconds: float) -> Settings:
+    return replace(settings, update_timeout=timedelta(seconds=seconds))
+
+
+class TestRotateAccount:
+    async def test_moves_the_account_and_records_success(self, rig: Rig) -> None:
+        """A ROTATE job PATCHes keyVersion only and records SUCCEEDED with one attempt."""
+        account, old, new = _pair(rig, user_assigned=True)
+        client_id = account.encryption.identity_client_id
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.SUCCEEDED
+        assert account.encryption.key_version == new.version
+        assert account.encryption.identity_client_id == client_id
+        [entry] = await rig.ledger(account)
+        assert (entry.state, entry.attempts, entry.from_version) == (
+            LedgerState.SUCCEEDED,
+            1,
+            old.version,
+        )
+
+    async def test_running_twice_is_harmless(self, rig: Rig) -> None:
+        """The same job run again finds the account on target and PATCHes nothing."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        await rotate_account(rig.engine, job)
+        patches = len(rig.estate.sandbox.counters.matching(method="PATCH"))
+
+        again = await rotate_account(rig.engine, job)
+
+        assert again.result is JobResult.SUCCEEDED
+        assert len(rig.estate.sandbox.counters.matching(method="PATCH")) == patches
+        assert len(account.binding_history) == 2
+
+    async def test_two_workers_on_the_same_job_at_once(self, rig: Rig) -> None:
+        """Two concurrent runs (a slow update) end with one move and a consistent ledger."""
+        account, _, new = _pair(rig, lro_seconds=0.5)
+        job = _job(account, rig.estate.kv, new)
+
+        results = await asyncio.gather(
+            rotate_account(rig.engine, job), rotate_account(rig.engine, job), return_exceptions=True
+        )
+        for result in results:  # a loser that met 409 is retried by the queue
+            if isinstance(result, TransientError):
+                await rig.engine.jobs.enqueue(job)
+            else:
+                assert not isinstance(result, BaseException), result
+        await rig.drain()
+
+        assert account.encryption.key_version == new.version
+        assert len(account.binding_history) == 2
+        [entry] = await rig.ledger(account)
+        assert entry.state is LedgerState.SUCCEEDED
+        rig.check_invariants()
+        await rig.check_ledger()
+
+    async def test_crash_between_patch_and_record_then_resume(self, rig: Rig) -> None:
+        """A PATCH that was never recorded (the worker died) is finished by the rerun."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        record = await rig.engine.accounts.get(job.account_id)
+        await rig.engine.accounts.update_key_version(record, new.version, wait=timedelta(0))
+        assert await rig.ledger(account) == []
+
+        report = await rotate_account(rig.engine, job)
+        await rig.drain()
+
+        assert report.result in (JobResult.SUCCEEDED, JobResult.SUBMITTED)
+        [entry] = await rig.ledger(account)
+        assert entry.state is LedgerState.SUCCEEDED
+        assert [v for _, v in account.binding_history][-1] == new.version
+        await rig.check_ledger()
+
+    async def test_slow_update_is_submitted_and_verified_later(self, rig: Rig) -> None:
+        """An update longer than the wait bound records SUBMITTED and queues a VERIFY job."""
+        account, _, new = _pair(rig, lro_seconds=1.0)
+        engine = rig.engine
+        fast = replace(engine, settings=_timeout(engine.settings, 0.1))
+
+        report = await rotate_account(fast, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.SUBMITTED
+        assert [j.step for j in await rig.queued()] == [JobStep.VERIFY]
+        assert (await rig.ledger(account))[0].state is LedgerState.SUBMITTED
+        await asyncio.sleep(1.1)
+        assert [r.result for r in await rig.drain()] == [JobResult.SUCCEEDED]
+        assert account.encryption.key_version == new.version
+        await rig.check_ledger()
+
+    async def test_never_moves_backwards(self, rig: Rig) -> None:
+        """A job for an older version than the bound one is SKIPPED without a PATCH."""
+        account, old, new = _pair(rig)
+        account.encryption.key_version = new.version
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, old))
+
+        assert report.result is JobResult.SKIPPED
+        assert account.encryption.key_version == new.version
+        assert rig.estate.sandbox.counters.matching(method="PATCH") == []
+
+    async def test_identity_without_access_fails_once_with_one_alert(self, rig: Rig) -> None:
+        """No key access for the identity: FAILED, one IDENTITY_MISSING alert, even twice."""
+        account, old, new = _pair(rig, grant=False, sub=SUB_B)
+        job = _job(account, rig.estate.kv, new)
+
+        first = await rotate_account(rig.engine, job)
+        second = await rotate_account(rig.engine, job)
+
+        assert first.result is second.result is JobResult.FAILED
+        assert "KeyVaultAccessDenied" in (first.cause or "")
+        assert len(rig.alerts("identity_missing")) == 1
+        [entry] = await rig.ledger(account)
+        assert (entry.state, entry.attempts) == (LedgerState.FAILED, 2)
+        assert account.encryption.key_version == old.version
+        rig.check_invariants()
+        await rig.check_ledger()
+
+    async def test_rejected_target_fails_without_patch(self, rig: Rig) -> None:
+        """A target disabled after planning is re-validated, FAILED and alerted, not bound."""
+        account, _, new = _pair(rig)
+        new.enabled = False
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.FAILED and "disabled" in (report.cause or "")
+        assert rig.estate.sandbox.counters.matching(method="PATCH") == []
+        assert len(rig.alerts("account_update_failed")) == 1
+
+    async def test_account_gone_fails_with_alert(self, rig: Rig) -> None:
+        """A deleted account is a permanent failure: ledger FAILED and one alert."""
+        account, _, new = _pair(rig)
+        del rig.world.accounts[account.resource_id.lower()]
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.FAILED
+        assert len(rig.alerts("account_update_failed")) == 1
+
+    async def test_server_errors_propagate_for_a_retry(self, rig: Rig) -> None:
+        """A 503 on every PATCH try raises a TransientError; the retried job succeeds."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        rule = rig.estate.sandbox.faults.add(
+            host="management.azure.com", method="PATCH", status=503
+        )
+
+        with pytest.raises(TransientError):
+            await rotate_account(rig.engine, job)
+        rig.estate.sandbox.faults.remove(rule)
+        report = await rotate_account(rig.engine, job)
+
+        assert report.result is JobResult.SUCCEEDED
+        assert (await rig.ledger(account))[0].attempts == 2
+
+    async def test_verify_of_finished_update_succeeds(self, rig: Rig) -> None:
+        """A VERIFY job for an account already on target records SUCCEEDED."""
+        account, _, new = _pair(rig)
+        account.encryption.key_version = new.version
+
+        report = await rotate_account(rig.engine, verify_job(_job(account, rig.estate.kv, new)))
+
+        assert report.result is JobResult.SUCCEEDED
+
+
+class TestOnPoison:
+    async def test_exhausted_job_becomes_failure_and_alert(self, rig: Rig) -> None:
+        """A poisoned job records FAILED 'exhausted retries' and alerts once."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+
+        report = await on_poison(rig.engine, job)
+        await on_poison(rig.engine, job)
+
+        assert report.result is JobResult.FAILED and report.cause == "exhausted retries"
+        assert len(rig.alerts("account_update_failed")) == 1
+        await rig.check_ledger()
+
+    async def test_poison_after_success_changes_nothing(self, rig: Rig) -> None:
+        """A job poisoned after its update succeeded leaves the SUCCEEDED row alone."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        await rotate_account(rig.engine, job)
+
+        report = await on_poison(rig.engine, job)
+
+        assert report.result is JobResult.SKIPPED
+        assert (await rig.ledger(account))[0].state is LedgerState.SUCCEEDED
+        assert rig.alerts() == []
