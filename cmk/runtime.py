@@ -14,7 +14,6 @@ from typing import cast
 
 from cmk.errors import ConfigurationError
 from cmk.ports import AlertSink, JobQueue, Ledger
-
 from cmk.settings import Settings
 from cmk.usecases.context import Engine
 from cmk.wiring import Services, WiringOptions
