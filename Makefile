@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict cmk
+	$(BIN)/mypy --strict cmk function_app.py
 
 unit: setup
 	$(BIN)/pytest

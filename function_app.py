@@ -1,9 +1,117 @@
 """The Azure Functions app (Python v2 model): a table of contents over the ``cmk`` core.
 
-The triggers arrive with the Functions issue; for now the app only declares itself so
-that the host can index it.
+Each function unwraps its binding into plain data and calls one function of
+:mod:`cmk.entrypoints`; the engine (settings, clients) is built once per process.
+Transient errors propagate so the host retries; permanent ones are handled by the engine.
 """
+
+from __future__ import annotations
+
+import json
+import os
 
 import azure.functions as func
 
+from cmk import entrypoints
+from cmk.events import KeyVaultEventType
+from cmk.runtime import EngineProvider
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+engines = EngineProvider(os.environ)
+
+
+def _event(event: func.EventGridEvent) -> dict[str, object]:
+    """The event as Event Grid sent it (Event Grid schema)."""
+    return {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": event.event_time.isoformat() if event.event_time else None,
+        "dataVersion": event.data_version,
+        "data": event.get_json(),
+    }
+
+
+@app.function_name("on_key_new_version")
+@app.event_grid_trigger(arg_name="event")
+async def on_key_new_version(event: func.EventGridEvent) -> None:
+    """Microsoft.KeyVault.KeyNewVersionCreated: move every bound account."""
+    engine = await engines.engine()
+    await entrypoints.handle_key_event(engine, _event(event), KeyVaultEventType.NEW_VERSION)
+
+
+@app.function_name("on_key_near_expiry")
+@app.event_grid_trigger(arg_name="event")
+async def on_key_near_expiry(event: func.EventGridEvent) -> None:
+    """Microsoft.KeyVault.KeyNearExpiry: rotate (exactly once) if needed, then move."""
+    engine = await engines.engine()
+    await entrypoints.handle_key_event(engine, _event(event), KeyVaultEventType.NEAR_EXPIRY)
+
+
+@app.function_name("on_key_expired")
+@app.event_grid_trigger(arg_name="event")
+async def on_key_expired(event: func.EventGridEvent) -> None:
+    """Microsoft.KeyVault.KeyExpired: urgent moves and a critical alert."""
+    engine = await engines.engine()
+    await entrypoints.handle_key_event(engine, _event(event), KeyVaultEventType.EXPIRED)
+
+
+@app.function_name("rotate_account")
+@app.queue_trigger(arg_name="msg", queue_name="%CMK_JOB_QUEUE%", connection="AzureWebJobsStorage")
+async def rotate_account(msg: func.QueueMessage) -> None:
+    """One account, one key version: PATCH, verify, record."""
+    engine = await engines.engine()
+    await entrypoints.handle_job_message(engine, msg.get_body())
+
+
+@app.function_name("on_poison")
+@app.queue_trigger(
+    arg_name="msg", queue_name="%CMK_JOB_QUEUE%-poison", connection="AzureWebJobsStorage"
+)
+async def on_poison(msg: func.QueueMessage) -> None:
+    """A job that exhausted its retries: ledger failure and one alert."""
+    engine = await engines.engine()
+    await entrypoints.handle_poison_message(engine, msg.get_body())
+
+
+@app.function_name("sweep")
+@app.timer_trigger(arg_name="timer", schedule="%CMK_SWEEP_SCHEDULE%", run_on_startup=False)
+async def sweep(timer: func.TimerRequest) -> None:
+    """Catch whatever events missed: stale bindings, findings, stuck updates."""
+    engine = await engines.engine()
+    await entrypoints.run_sweep(engine)
+
+
+def _json(result: entrypoints.JsonResponse) -> func.HttpResponse:
+    code, body = result
+    return func.HttpResponse(json.dumps(body), status_code=code, mimetype="application/json")
+
+
+@app.function_name("http_status")
+@app.route(route="status", methods=["GET"])
+async def http_status(req: func.HttpRequest) -> func.HttpResponse:
+    """Every CMK-bound account in scope and its state."""
+    return _json(await entrypoints.http_status(await engines.engine()))
+
+
+@app.function_name("http_plan")
+@app.route(route="plan", methods=["GET"])
+async def http_plan(req: func.HttpRequest) -> func.HttpResponse:
+    """What a sweep would do; writes nothing."""
+    return _json(await entrypoints.http_plan(await engines.engine()))
+
+
+@app.function_name("http_sweep")
+@app.route(route="sweep", methods=["POST"])
+async def http_sweep(req: func.HttpRequest) -> func.HttpResponse:
+    """Sweep now."""
+    return _json(await entrypoints.http_sweep(await engines.engine()))
+
+
+@app.function_name("http_rotate")
+@app.route(route="rotate", methods=["POST"])
+async def http_rotate(req: func.HttpRequest) -> func.HttpResponse:
+    """Create a new version of one key now and move every bound account."""
+    key_id = req.params.get("key_id")
+    return _json(await entrypoints.http_rotate(await engines.engine(), key_id))
