@@ -11,9 +11,9 @@ NODE_STAMP := node_modules/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: test lint typecheck unit infra-check demo clean setup
+.PHONY: test lint typecheck unit infra-check doctor demo clean setup
 
-test: setup lint typecheck unit infra-check
+test: setup lint typecheck doctor unit infra-check
 
 setup: $(STAMP) $(NODE_STAMP)
 
@@ -41,6 +41,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict cmk function_app.py
+
+# Offline checks of the Functions app (host.json, function_app.py, requirements, packaging).
+doctor: $(STAMP)
+	$(BIN)/azure-functions-doctor doctor --path . --profile full
 
 unit: setup
 	$(BIN)/pytest
