@@ -15,7 +15,7 @@ export PIP_NO_INPUT := 1
 
 test: setup lint typecheck doctor unit infra-check
 
-setup: $(STAMP) $(NODE_STAMP)
+setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
