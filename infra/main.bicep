@@ -68,6 +68,14 @@ param azureCloud string = environment().name == 'AzureChinaCloud' ? 'china' : (e
 @description('CMK_STALE_GRACE_HOURS: a binding older than the newest valid version for this long is a finding.')
 param staleGraceHours int = 24
 
+@minValue(10)
+@description('CMK_UPDATE_TIMEOUT_SECONDS: how long a worker waits on one encryption update before a verify job takes over.')
+param updateTimeoutSeconds int = 120
+
+@minValue(1)
+@description('CMK_MAX_CONCURRENCY: bound on parallel Azure calls of one invocation (fan-out, inline runs).')
+param maxConcurrency int = 32
+
 @description('E-mail address the action group notifies; empty for none.')
 param alertEmailAddress string = ''
 
@@ -183,6 +191,8 @@ module functionApp './app/function.bicep' = {
       CMK_DRY_RUN: string(dryRun)
       CMK_AZURE_CLOUD: azureCloud
       CMK_STALE_GRACE_HOURS: string(staleGraceHours)
+      CMK_UPDATE_TIMEOUT_SECONDS: string(updateTimeoutSeconds)
+      CMK_MAX_CONCURRENCY: string(maxConcurrency)
     }
   }
 }

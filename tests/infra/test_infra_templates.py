@@ -17,6 +17,7 @@ import pytest
 from pycep import BicepParser
 
 from cmk.ports import AlertType
+from cmk.settings import ENVIRONMENT_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -39,20 +40,8 @@ EXPECTED_FILES = {
 # The alert types the app raises (cmk.ports.AlertType): the log rules must cover them all.
 ALERT_TYPES = {alert_type.value for alert_type in AlertType}
 
-CMK_SETTINGS = {
-    "CMK_VAULT_ALLOWLIST",
-    "CMK_SUBSCRIPTIONS",
-    "CMK_ALLOWED_KEY_SIZES",
-    "CMK_EXPIRY_MARGIN_DAYS",
-    "CMK_ROTATE_ON_NEAR_EXPIRY",
-    "CMK_SWEEP_SCHEDULE",
-    "CMK_ALERT_TOPIC_ENDPOINT",
-    "CMK_JOB_QUEUE",
-    "CMK_LEDGER_TABLE",
-    "CMK_DRY_RUN",
-    "CMK_AZURE_CLOUD",
-    "CMK_STALE_GRACE_HOURS",
-}
+# Every CMK_* setting the app reads (cmk.settings): the templates must wire them all.
+CMK_SETTINGS = {name for name in ENVIRONMENT_VARIABLES if name.startswith("CMK_")}
 
 # Built-in role definition ids.
 STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
@@ -320,7 +309,7 @@ class TestFunctionApp:
         assert storage["authentication"] == {"type": "SystemAssignedIdentity"}
 
     def test_every_cmk_setting_wired_from_parameters(self) -> None:
-        """All twelve CMK_* settings are set, each from a main.bicep parameter or output."""
+        """Every CMK_* setting the app reads is set, each from a main.bicep parameter or output."""
         settings = app_setting_values()
         assert {name for name in settings if name.startswith("CMK_")} == CMK_SETTINGS
         main = template("main.bicep")
@@ -338,6 +327,8 @@ class TestFunctionApp:
             "CMK_DRY_RUN": "dryRun",
             "CMK_AZURE_CLOUD": "azureCloud",
             "CMK_STALE_GRACE_HOURS": "staleGraceHours",
+            "CMK_UPDATE_TIMEOUT_SECONDS": "updateTimeoutSeconds",
+            "CMK_MAX_CONCURRENCY": "maxConcurrency",
         }
         for name, source in expected_sources.items():
             assert source in render(settings[name]), name
@@ -357,6 +348,8 @@ class TestFunctionApp:
         assert params["ledgerTableName"]["default"] == "cmkledger"
         assert params["dryRun"]["default"] is False
         assert params["staleGraceHours"]["default"] == 24
+        assert params["updateTimeoutSeconds"]["default"] == 120
+        assert params["maxConcurrency"]["default"] == 32
         allowed = next(
             d["argument"] for d in params["azureCloud"]["decorators"] if d["type"] == "allowed"
         )
