@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from cmk.adapters._errors import azure_errors, status_code, translate
+from cmk.adapters._errors import azure_errors
+from cmk.adapters._provision import CreateOnce
 from cmk.errors import InvalidInput
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, RotationJob
@@ -134,8 +134,10 @@ class StorageJobQueue:
     def __init__(self, queue_client: QueueClient, *, max_concurrency: int = 32) -> None:
         self._client = queue_client
         self._max_concurrency = max(1, max_concurrency)
-        self._ready = asyncio.Event()
-        self._ready_lock = asyncio.Lock()
+        self._ensure = CreateOnce(
+            f"queue {queue_client.queue_name}",
+            queue_client.create_queue,
+        )
 
     @classmethod
     def from_connection_string(
@@ -155,24 +157,7 @@ class StorageJobQueue:
 
     async def ensure_queue(self) -> None:
         """Create the queue unless it exists (once per instance)."""
-        if self._ready.is_set():
-            return
-        async with self._ready_lock:
-            if self._ready.is_set():
-                return
-            action = f"creating queue {self._client.queue_name}"
-            try:
-                await self._client.create_queue()
-            except ResourceExistsError:
-                pass
-            except HttpResponseError as error:
-                if status_code(error) != 403:
-                    raise translate(error, action) from error
-                # May send but not create (data-plane role only): the queue comes from infra.
-                logger.warning("%s: not allowed (%s); assuming it exists", action, error.reason)
-            except AzureError as error:
-                raise translate(error, action) from error
-            self._ready.set()
+        await self._ensure()
 
     async def enqueue(self, job: RotationJob, *, delay: timedelta | None = None) -> None:
         """Send one job, invisible for ``delay`` (at most 7 days) when given."""

@@ -18,7 +18,6 @@ escapes: no filter is ever built from unescaped input.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -26,14 +25,14 @@ from typing import Any
 
 from azure.core.exceptions import (
     AzureError,
-    HttpResponseError,
     ResourceExistsError,
     ResourceNotFoundError,
 )
 from azure.data.tables import TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient
 
-from cmk.adapters._errors import azure_errors, status_code, translate
+from cmk.adapters._errors import azure_errors, translate
+from cmk.adapters._provision import CreateOnce
 from cmk.errors import InvalidInput
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState
@@ -138,8 +137,10 @@ class TableLedger:
 
     def __init__(self, table_client: TableClient) -> None:
         self._client = table_client
-        self._ready = asyncio.Event()
-        self._ready_lock = asyncio.Lock()
+        self._ensure = CreateOnce(
+            f"table {table_client.table_name}",
+            table_client.create_table,
+        )
 
     @property
     def client(self) -> TableClient:
@@ -148,23 +149,7 @@ class TableLedger:
 
     async def ensure_table(self) -> None:
         """Create the table unless it exists (once per instance)."""
-        if self._ready.is_set():
-            return
-        async with self._ready_lock:
-            if self._ready.is_set():
-                return
-            action = f"creating table {self._client.table_name}"
-            try:
-                await self._client.create_table()
-            except ResourceExistsError:
-                pass
-            except HttpResponseError as error:
-                if status_code(error) != 403:
-                    raise translate(error, action) from error
-                logger.warning("%s: not allowed (%s); assuming it exists", action, error.reason)
-            except AzureError as error:
-                raise translate(error, action) from error
-            self._ready.set()
+        await self._ensure()
 
     # --- ledger entries --------------------------------------------------------------
 
