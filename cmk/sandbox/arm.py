@@ -11,7 +11,11 @@ Routes (paths are case-insensitive, as in ARM):
 * ``GET /subscriptions/{s}/providers/Microsoft.CognitiveServices/locations/{l}/
   operationStatuses/{id}`` (``Azure-AsyncOperation``) and ``.../operationResults/{id}``
   (``Location``: 202 while running, then the account or the error);
-* ``POST /providers/Microsoft.ResourceGraph/resources``.
+* ``POST /providers/Microsoft.ResourceGraph/resources``;
+* ``Microsoft.KeyVault/vaults`` and ``managedHSMs`` GET and list
+  (:mod:`cmk.sandbox.arm_keyvault`);
+* ``Microsoft.Authorization`` role assignments at a scope and role definitions
+  (:mod:`cmk.sandbox.arm_authorization`).
 
 Every request goes through, in ARM's order: ``api-version`` present (400
 ``MissingApiVersionParameter``), bearer token (401 ``AuthenticationFailed`` when missing,
@@ -37,6 +41,8 @@ from typing import Any
 
 from aiohttp import web
 
+from cmk.sandbox.arm_authorization import AuthorizationArm
+from cmk.sandbox.arm_keyvault import KeyVaultArm
 from cmk.sandbox.cognitive import ArmError, CognitiveRP, Operation, account_json, rp_for
 from cmk.sandbox.context import AUDIENCE_ARM, ServiceContext, TokenClaims, normalize_audience
 from cmk.sandbox.resourcegraph import API_VERSIONS as GRAPH_API_VERSIONS
@@ -97,6 +103,8 @@ class _Arm:
         self.ctx = ctx
         self.world: World = ctx.world
         self.rp: CognitiveRP = rp_for(ctx.world)
+        self.keyvault = KeyVaultArm(ctx.world, self._authorize, _json)
+        self.authorization = AuthorizationArm(ctx.world, self._authorize, _json)
 
     # --- pipeline ----------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -146,6 +154,8 @@ class _Arm:
             (_ACCOUNT, self._account),
             (_LIST, self._list),
             (_OPERATION, self._operation),
+            *self.keyvault.routes(),
+            *self.authorization.routes(),
         ):
             match = pattern.match(path)
             if match is None:

@@ -100,11 +100,30 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
 }
 
 
+# Data-plane actions: Azure's control-plane wildcards ("*" of Owner and Contributor,
+# "*/read" of Reader) never grant these; only roles that list data actions do.
+_DATA_ACTION_PREFIXES = (
+    "microsoft.keyvault/vaults/keys/",
+    "microsoft.keyvault/vaults/keyrotationpolicies/",
+    "microsoft.keyvault/vaults/secrets/",
+    "microsoft.keyvault/managedhsm/",
+)
+
+
+def is_data_action(action: str) -> bool:
+    """Whether ``action`` is a data action (Key Vault keys, Event Grid event sends)."""
+    lowered = action.lower()
+    return lowered.startswith(_DATA_ACTION_PREFIXES) or lowered.endswith("/events/send/action")
+
+
 def action_allowed(granted: frozenset[str], action: str) -> bool:
     """Whether ``action`` is covered by a set of granted actions (with ``*`` wildcards)."""
+    data = is_data_action(action)
     action = action.lower()
     for pattern in granted:
         p = pattern.lower()
+        if data and p.startswith("*"):
+            continue
         if p in ("*", action):
             return True
         if "*" in p:

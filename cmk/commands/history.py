@@ -1,0 +1,73 @@
+"""``cmk history [--account ID | --key KEY_ID] [--limit N]``: the ledger — one row per
+account and target version: from, to, state, attempts, cause, trigger, when. Exit 1 when
+the latest row of any account shown is a failure."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options, short_version, styled, table
+from cmk.commands.session import Session, run_command
+from cmk.keyid import KeyId
+from cmk.ports import LedgerEntry, LedgerState
+from cmk.resource_id import AccountId
+
+__all__ = ["add_parser", "failing_now"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``cmk history``."""
+    parser = subparsers.add_parser(
+        "history",
+        parents=[common_options()],
+        help="the rotation ledger",
+        description=__doc__,
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--account", metavar="ID", help="one account (ARM resource id)")
+    scope.add_argument("--key", metavar="KEY_ID", help="one key (any version)")
+    parser.add_argument(
+        "--limit", type=int, default=200, metavar="N", help="newest N rows (default 200)"
+    )
+    parser.set_defaults(func=history_command)
+
+
+def failing_now(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    """The latest row of each account, where it is a failure."""
+    latest: dict[str, LedgerEntry] = {}
+    for entry in sorted(entries, key=lambda e: e.updated):
+        latest[str(entry.account_id)] = entry
+    return [e for e in latest.values() if e.state is LedgerState.FAILED]
+
+
+async def _history(session: Session) -> int:
+    args, output = session.args, session.output
+    account = AccountId.parse(args.account) if args.account else None
+    key = KeyId.parse(args.key).versionless() if args.key else None
+    entries = await session.runtime.services.ledger.history(account_id=account, key=key)
+    entries = sorted(entries, key=lambda e: e.updated, reverse=True)[: max(0, args.limit)]
+    code = EXIT_FINDINGS if failing_now(entries) else EXIT_OK
+    if output.json_mode:
+        output.emit_json({"entries": entries, "exit_code": code})
+        return code
+    rows = [
+        (
+            e.updated,
+            e.account_id,
+            e.key_id,
+            f"{short_version(e.from_version)} -> {short_version(e.to_version)}",
+            styled(e.state.value),
+            e.attempts,
+            e.trigger,
+            e.cause,
+        )
+        for e in entries
+    ]
+    columns = ("updated", "account", "key", "version", "state", "attempts", "trigger", "cause")
+    output.print(table(f"{len(entries)} ledger rows (newest first)", columns, rows))
+    return code
+
+
+def history_command(args: argparse.Namespace) -> int:
+    return run_command(args, _history)

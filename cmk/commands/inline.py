@@ -1,0 +1,103 @@
+"""Run rotation jobs in this process instead of on the app's queue.
+
+The CLI's sweep and rotate plan exactly as the app does, but hand the jobs to
+:class:`CollectedJobs` and run each account's step machine
+(:func:`~cmk.usecases.rotate_account`) here with at most CMK_MAX_CONCURRENCY at once. As
+on the queue: a transient error is retried (up to :data:`MAX_DELIVERIES` deliveries, then
+:func:`~cmk.usecases.on_poison` records the failure and alerts), and an update still
+running after CMK_UPDATE_TIMEOUT_SECONDS is verified again after a short delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import timedelta
+
+from cmk.commands.output import Ticker
+from cmk.errors import TransientError
+from cmk.ports import RotationJob
+from cmk.usecases import JobReport, JobResult, PlannedMove, on_poison, rotate_account
+from cmk.usecases.context import Engine, gather_bounded
+
+__all__ = ["MAX_DELIVERIES", "CollectedJobs", "job_for_move", "run_jobs"]
+
+log = logging.getLogger(__name__)
+
+#: Deliveries of one job before it counts as poisoned (host.json maxDequeueCount).
+MAX_DELIVERIES = 5
+#: How long a submitted update waits before it is verified again.
+VERIFY_DELAY = timedelta(seconds=5)
+
+
+class CollectedJobs:
+    """A :class:`~cmk.ports.JobQueue` in memory: keeps what the use cases enqueue."""
+
+    def __init__(self) -> None:
+        self._jobs: list[tuple[RotationJob, timedelta]] = []
+
+    async def enqueue(self, job: RotationJob, *, delay: timedelta | None = None) -> None:
+        self._jobs.append((job, delay or timedelta(0)))
+
+    async def enqueue_many(self, jobs: Sequence[RotationJob]) -> int:
+        self._jobs.extend((job, timedelta(0)) for job in jobs)
+        return len(jobs)
+
+    def take(self) -> tuple[list[RotationJob], timedelta]:
+        """Every job collected so far (forgotten here) and the longest delay among them."""
+        taken, self._jobs = self._jobs, []
+        delay = max((delay for _, delay in taken), default=timedelta(0))
+        return [job for job, _ in taken], delay
+
+
+def job_for_move(move: PlannedMove, trigger: str) -> RotationJob:
+    """The job that carries out a planned move."""
+    return RotationJob(
+        account_id=move.account_id,
+        target=move.key_id.with_version(move.to_version),
+        trigger=trigger,
+        urgent=move.urgent,
+        from_version=move.from_version,
+    )
+
+
+async def _deliver(engine: Engine, job: RotationJob, retry_delay: float) -> JobReport:
+    for delivery in range(1, MAX_DELIVERIES + 1):
+        try:
+            return await rotate_account(engine, job)
+        except TransientError as error:
+            log.warning("job for %s: %s (delivery %d)", job.account_id, error, delivery)
+            if delivery < MAX_DELIVERIES:
+                await asyncio.sleep(retry_delay * 2**delivery)
+    return await on_poison(engine, job)
+
+
+async def run_jobs(
+    engine: Engine,
+    jobs: Sequence[RotationJob],
+    ticker: Ticker,
+    *,
+    verify_delay: timedelta = VERIFY_DELAY,
+    retry_delay: float = 1.0,
+) -> list[JobReport]:
+    """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target."""
+    collector = CollectedJobs()
+    here = replace(engine, jobs=collector, verify_delay=verify_delay)
+    reports: dict[tuple[str, str], JobReport] = {}
+    batch, delay = list(jobs), timedelta(0)
+    while batch:
+        if delay:
+            await asyncio.sleep(delay.total_seconds())
+
+        async def one(job: RotationJob) -> JobReport:
+            report = await _deliver(here, job, retry_delay)
+            if report.result is not JobResult.SUBMITTED:
+                ticker.advance()
+            return report
+
+        for report in await gather_bounded(engine.settings.max_concurrency, map(one, batch)):
+            reports[(str(report.account_id), report.target.version or "")] = report
+        batch, delay = collector.take()
+    return list(reports.values())

@@ -1,0 +1,175 @@
+"""``cmk check`` / ``enable`` / ``switch`` / ``disable``: the CMK lifecycle around rotation.
+
+``check`` names every requirement of DESIGN §1 per account and key, each failure with its
+fix, and which grants a revocation would cut accounts off by (exit 1 when anything fails).
+``enable`` turns CMK on (refused, nothing written, while a requirement fails), ``switch``
+moves to another key of the same vault, ``disable`` goes back to Microsoft-managed keys
+(only with ``--yes``). Exit 0 done / unchanged / dry run, 1 refused or failing, 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cmk.commands.errors import UsageError
+from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, Output, common_options, styled, table
+from cmk.commands.session import Session, run_command
+from cmk.keyid import KeyId, parse_vault_url
+from cmk.lifecycle.changes import Change, ChangeOutcome, disable, enable, switch
+from cmk.lifecycle.check import CheckReport, check_accounts
+from cmk.lifecycle.context import Lifecycle
+from cmk.lifecycle.requirements import Requirement
+from cmk.lifecycle.services import LifecycleClients
+from cmk.resource_id import AccountId
+from cmk.settings import Settings
+
+__all__ = ["add_parser", "key_from_args"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``cmk check``, ``enable``, ``switch`` and ``disable``."""
+    check = subparsers.add_parser(
+        "check", parents=[common_options()], help="CMK preflight: every requirement per account"
+    )
+    check.add_argument("account_ids", nargs="*", metavar="ACCOUNT_ID")
+    check.add_argument("--all", action="store_true", help="every CMK account in scope")
+    check.add_argument("--key", help="check this key instead of the bound one")
+    check.set_defaults(func=lambda args: run_command(args, _check, storage=False))
+    for name, help_text in (
+        ("enable", "turn on CMK with a key (preflight first)"),
+        ("switch", "use another key of the same vault"),
+    ):
+        parser = subparsers.add_parser(name, parents=[common_options()], help=help_text)
+        parser.add_argument("account_id", metavar="ACCOUNT_ID")
+        parser.add_argument("--key", help="key id, versioned or versionless")
+        parser.add_argument("--vault", help="vault name or URL (with --key-name)")
+        parser.add_argument("--key-name", help="key name in --vault")
+        parser.add_argument("--dry-run", action="store_true", help="check only, write nothing")
+        if name == "enable":
+            parser.add_argument(
+                "--identity-client-id", help="use this user-assigned identity of the account"
+            )
+        parser.set_defaults(func=lambda args: run_command(args, _change))
+    off = subparsers.add_parser(
+        "disable", parents=[common_options()], help="back to Microsoft-managed keys"
+    )
+    off.add_argument("account_id", metavar="ACCOUNT_ID")
+    off.add_argument("--yes", action="store_true", help="confirm: leave customer-managed keys")
+    off.add_argument("--dry-run", action="store_true", help="refused: changes nothing")
+    off.set_defaults(func=lambda args: run_command(args, _change))
+
+
+def key_from_args(args: argparse.Namespace, settings: Settings) -> KeyId:
+    """The key of ``--key``, or of ``--vault`` (name or URL) with ``--key-name``."""
+    if args.key and (args.vault or args.key_name):
+        raise UsageError("give either --key or --vault with --key-name, not both")
+    if args.key:
+        return KeyId.parse(args.key)
+    if not (args.vault and args.key_name):
+        raise UsageError("give the key: --key KEY_ID, or --vault NAME_OR_URL --key-name NAME")
+    vault = str(args.vault)
+    if "://" not in vault:
+        vault = f"https://{vault}.{settings.cloud.endpoints.key_vault_suffix}"
+    return KeyId(parse_vault_url(vault), args.key_name)
+
+
+async def _with_lifecycle(session: Session, body: Callable[[Lifecycle], Awaitable[int]]) -> int:
+    async with LifecycleClients(session.runtime.services) as clients:
+        return await body(clients.lifecycle(session.engine()))
+
+
+async def _check(session: Session) -> int:
+    args, settings = session.args, session.settings
+    if bool(args.account_ids) == bool(args.all):
+        raise UsageError("give ACCOUNT_ID ... or --all (not both)")
+    key = KeyId.parse(args.key) if args.key else None
+    accounts = [AccountId.parse(text) for text in args.account_ids]
+    if args.all:
+        inventory = session.runtime.services.inventory
+        subscriptions = settings.require_subscriptions()
+        accounts = [r.account_id async for r in inventory.cmk_accounts(subscriptions)]
+
+    async def run(lc: Lifecycle) -> int:
+        report = await check_accounts(lc, accounts, key)
+        code = EXIT_OK if report.ok else EXIT_FINDINGS
+        _print_check(session.output, report, code)
+        return code
+
+    return await _with_lifecycle(session, run)
+
+
+async def _change(session: Session) -> int:
+    args = session.args
+    account_id = AccountId.parse(args.account_id)
+    dry_run = bool(args.dry_run) or session.settings.dry_run
+
+    async def run(lc: Lifecycle) -> int:
+        change: Change
+        if args.command == "disable":
+            change = await disable(lc, account_id, confirmed=args.yes, dry_run=dry_run)
+        else:
+            key = key_from_args(args, session.settings)
+            if not dry_run:
+                await session.runtime.prepare_storage()
+            if args.command == "enable":
+                client_id = args.identity_client_id
+                change = await enable(
+                    lc, account_id, key, identity_client_id=client_id, dry_run=dry_run
+                )
+            else:
+                change = await switch(lc, account_id, key, dry_run=dry_run)
+        code = EXIT_FINDINGS if change.outcome is ChangeOutcome.REFUSED else EXIT_OK
+        _print_change(session.output, change, code)
+        return code
+
+    if args.command == "disable" and args.yes and not dry_run:
+        await session.runtime.prepare_storage()
+    return await _with_lifecycle(session, run)
+
+
+def _holds(requirement: Requirement) -> str:
+    if requirement.holds is None:
+        return "[yellow]unverified[/]"
+    return styled("ok") if requirement.holds else styled("failed")
+
+
+def _requirements_table(title: str, requirements: tuple[Requirement, ...]) -> object:
+    rows = [(_holds(r), r.name, r.detail, r.fix) for r in requirements]
+    return table(title, ("", "requirement", "found", "fix"), rows)
+
+
+def _print_check(output: Output, report: CheckReport, code: int) -> None:
+    revocations = report.revocations()
+    if output.json_mode:
+        output.emit_json(
+            {
+                "checks": report.checks,
+                "revocations": revocations,
+                "ok": report.ok,
+                "exit_code": code,
+            }
+        )
+        return
+    for check in report.checks:
+        title = f"{check.account_id} — {check.key or 'no key'}"
+        output.print(_requirements_table(title, check.requirements))
+    rows = [(str(r.grant), ", ".join(a.name for a in r.cut_off)) for r in revocations]
+    if rows:
+        output.print(table("Revoking would cut off", ("grant", "accounts"), rows))
+    failed = sum(1 for check in report.checks if not check.ok)
+    output.print(f"check: {len(report.checks)} account(s), {failed} with failed requirements")
+
+
+def _print_change(output: Output, change: Change, code: int) -> None:
+    if output.json_mode:
+        output.emit_json({"change": change, "exit_code": code})
+        return
+    if change.requirements:
+        output.print(
+            _requirements_table(f"{change.action} {change.account_id}", change.requirements)
+        )
+    if change.identity_enabled:
+        output.print(f"enabled a system-assigned identity: principal {change.principal_id}")
+    output.print(f"{change.action} {change.account_id}: {change.outcome.value}; {change.detail}")

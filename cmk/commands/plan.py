@@ -1,0 +1,52 @@
+"""``cmk plan``: what a sweep would do now — the moves with their reasons, the findings
+and the alerts it would raise — with nothing written anywhere. Exit 1 when there are
+findings or keys that could not be read."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options
+from cmk.commands.session import Session, run_command
+from cmk.commands.tables import print_alerts, print_sweep
+from cmk.usecases import SweepReport, plan
+
+__all__ = ["add_parser", "plan_exit_code"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``cmk plan``."""
+    parser = subparsers.add_parser(
+        "plan",
+        parents=[common_options()],
+        help="what a sweep would do (writes nothing)",
+        description=__doc__,
+    )
+    parser.set_defaults(func=plan_command)
+
+
+def plan_exit_code(report: SweepReport) -> int:
+    """1 when a human must look at something: findings or unreadable keys."""
+    return EXIT_FINDINGS if report.findings or report.errors else EXIT_OK
+
+
+async def _plan(session: Session) -> int:
+    report = await plan(session.engine())
+    code = plan_exit_code(report)
+    output = session.output
+    if output.json_mode:
+        output.emit_json({"plan": report, "exit_code": code})
+        return code
+    print_sweep(output, report)
+    print_alerts(output, report.alerts)
+    output.print(
+        f"plan: {report.accounts} accounts, {report.keys_read} keys read,"
+        f" {len(report.moves)} to move, {len(report.findings)} findings,"
+        f" {len(report.alerts)} alerts a sweep would raise, {report.out_of_scope} out of scope"
+    )
+    return code
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    return run_command(args, _plan)

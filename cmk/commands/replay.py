@@ -1,0 +1,171 @@
+"""``cmk replay FILE [--dry-run] [--inline]``: feed Key Vault events from a file through
+the same handlers as the Functions app — typically Event Grid dead-letter blobs. FILE is
+a JSON array, one JSON object, or JSON lines; Event Grid schema or CloudEvents. Jobs go
+to the app's queue as they would from Event Grid; ``--inline`` moves the accounts here
+instead. One outcome per event; exit 1 when an event was malformed or failed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cmk.commands.errors import UsageError
+from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
+from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options, short_key, styled, table
+from cmk.commands.session import Session, run_command
+from cmk.commands.tables import job_summary, jobs_failed, print_jobs
+from cmk.errors import CmkError
+from cmk.events import (
+    IgnoredEvent,
+    KeyVaultEvent,
+    KeyVaultEventType,
+    RejectedEvent,
+    parse_events,
+)
+from cmk.keyid import KeyId
+from cmk.ports import RotationJob
+from cmk.usecases import EventOutcome, EventReport, on_expired, on_near_expiry, on_new_version
+from cmk.usecases.context import Engine
+
+__all__ = ["ReplayOutcome", "add_parser", "load_items"]
+
+Handler = Callable[[Engine, KeyVaultEvent], Awaitable[EventReport]]
+HANDLERS: dict[KeyVaultEventType, Handler] = {
+    KeyVaultEventType.NEW_VERSION: on_new_version,
+    KeyVaultEventType.NEAR_EXPIRY: on_near_expiry,
+    KeyVaultEventType.EXPIRED: on_expired,
+}
+BAD = frozenset({"rejected", "error", EventOutcome.VERSION_REJECTED.value})
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """What became of one event of the file."""
+
+    index: int
+    event_id: str | None
+    event_type: str | None
+    key_id: str | None
+    outcome: str  # an EventOutcome value, or ignored / rejected / error
+    detail: str
+    report: EventReport | None = None
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``cmk replay``."""
+    parser = subparsers.add_parser(
+        "replay",
+        parents=[common_options()],
+        help="feed Event Grid events from a file (dead letters) through the handlers",
+        description=__doc__,
+    )
+    parser.add_argument("file", metavar="FILE", type=Path, help="JSON array, object or lines")
+    parser.add_argument("--dry-run", action="store_true", help="plan only, write nothing")
+    parser.add_argument("--inline", action="store_true", help="move the accounts here")
+    parser.set_defaults(func=replay_command)
+
+
+def load_items(path: Path) -> list[object]:
+    """The events in FILE: a JSON array, one object, or one JSON value per line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    if not text.strip():
+        raise UsageError(f"{path} is empty: give a file of Event Grid events")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        items: list[object] = []
+        for line in text.splitlines():
+            if line.strip():
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError:
+                    value = line  # kept, and rejected in place
+                items.extend(value if isinstance(value, list) else [value])
+        return items
+    return list(document) if isinstance(document, list) else [document]
+
+
+async def _one(engine: Engine, index: int, item: object) -> ReplayOutcome:
+    if isinstance(item, str):
+        return ReplayOutcome(index, None, None, None, "rejected", "not JSON")
+    try:
+        [parsed] = parse_events([item])
+    except CmkError as error:
+        return ReplayOutcome(index, None, None, None, "rejected", str(error))
+    if isinstance(parsed, RejectedEvent):
+        return ReplayOutcome(index, parsed.event_id, None, None, "rejected", parsed.reason)
+    if isinstance(parsed, IgnoredEvent):
+        return ReplayOutcome(
+            index, parsed.event_id, parsed.event_type, None, "ignored", parsed.reason
+        )
+    kind, key = parsed.event_type.value, str(parsed.key_id)
+    try:
+        report = await HANDLERS[parsed.event_type](engine, parsed)
+    except CmkError as error:
+        return ReplayOutcome(index, parsed.event_id, kind, key, "error", str(error))
+    detail = report.detail or f"{len(report.moves)} to move, {len(report.findings)} findings"
+    return ReplayOutcome(index, parsed.event_id, kind, key, report.outcome.value, detail, report)
+
+
+def _unique(jobs: list[RotationJob]) -> list[RotationJob]:
+    return list({(str(j.account_id), j.target.version, j.step): j for j in jobs}.values())
+
+
+async def _replay(session: Session) -> int:
+    args, output = session.args, session.output
+    items = load_items(args.file)
+    engine = session.engine()
+    if not engine.dry_run:
+        await session.runtime.prepare_storage()
+    collector = CollectedJobs()
+    handling = replace(engine, jobs=collector) if args.inline else engine
+    outcomes = [await _one(handling, index, item) for index, item in enumerate(items)]
+    jobs, _ = collector.take()
+    if engine.dry_run and args.inline:
+        jobs = [
+            job_for_move(move, o.event_id or "replay")
+            for o in outcomes
+            if o.report is not None
+            for move in o.report.moves
+        ]
+    with output.progress("moving accounts", len(_unique(jobs))) as ticker:
+        results = await run_jobs(engine, _unique(jobs), ticker)
+    bad = any(o.outcome in BAD for o in outcomes) or jobs_failed(results)
+    code = EXIT_FINDINGS if bad else EXIT_OK
+    if output.json_mode:
+        output.emit_json(
+            {
+                "events": outcomes,
+                "jobs": results,
+                "summary": job_summary(results),
+                "exit_code": code,
+            }
+        )
+        return code
+    rows = [
+        (
+            o.index,
+            o.event_id,
+            (o.event_type or "").rsplit(".", 1)[-1],
+            short_key(KeyId.parse(o.key_id)) if o.key_id else None,
+            styled(o.outcome),
+            o.report.enqueued if o.report else None,
+            o.detail,
+        )
+        for o in outcomes
+    ]
+    columns = ("#", "event id", "type", "key", "outcome", "enqueued", "detail")
+    output.print(table(f"{len(outcomes)} events from {args.file}", columns, rows))
+    print_jobs(output, results)
+    return code
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    return run_command(args, _replay)

@@ -1,0 +1,105 @@
+"""One command run: logging, settings read once from the environment, the runtime and the
+engine, and the mapping of whatever the command raises to an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from cmk.commands.errors import explain
+from cmk.commands.output import Output
+from cmk.runtime import Runtime
+from cmk.settings import Settings
+from cmk.usecases.context import Engine
+
+__all__ = ["Session", "configure_logging", "fail", "run_command"]
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # not setStream(): it flushes the old, maybe closed, stream
+        super().emit(record)
+
+
+_HANDLER = _StderrHandler()
+_HANDLER.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+
+def configure_logging(verbose: bool, *, quiet: bool = False) -> None:
+    """INFO with ``-v``; else warnings only. Alerts are shown by the commands themselves,
+    so their ERROR log lines (for Azure Monitor) are hidden unless verbose."""
+    cmk, azure = logging.getLogger("cmk"), logging.getLogger("azure")
+    if _HANDLER not in cmk.handlers:
+        cmk.addHandler(_HANDLER)
+        azure.addHandler(_HANDLER)
+    if verbose:
+        cmk.setLevel(logging.INFO)
+        azure.setLevel(logging.WARNING)
+    else:
+        cmk.setLevel(logging.CRITICAL if quiet else logging.WARNING)
+        azure.setLevel(logging.CRITICAL if quiet else logging.ERROR)
+    logging.getLogger("cmk.alerts").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
+
+
+@dataclass
+class Session:
+    """What a command body gets: the output, the settings and the runtime."""
+
+    args: argparse.Namespace
+    output: Output
+    settings: Settings
+    runtime: Runtime
+
+    def engine(self) -> Engine:
+        """The engine, honouring ``--dry-run`` when the command has it."""
+        dry_run = getattr(self.args, "dry_run", False)
+        return self.runtime.engine(dry_run=True if dry_run else None)
+
+
+Body = Callable[[Session], Awaitable[int]]
+
+
+def fail(args: argparse.Namespace, output: Output, error: BaseException) -> int:
+    """Report ``error`` on stderr (and as the JSON document with ``--json``)."""
+    failure = explain(error)
+    output.note(failure.text())
+    if getattr(args, "json", False):
+        output.emit_json(
+            {
+                "error": {
+                    "kind": failure.kind,
+                    "message": failure.message,
+                    "fix": failure.fix,
+                    "exit_code": failure.code,
+                }
+            }
+        )
+    return failure.code
+
+
+async def _run(args: argparse.Namespace, output: Output, settings: Settings, body: Body) -> int:
+    async with Runtime(settings) as runtime:
+        session = Session(args, output, settings, runtime)
+        return await body(session)
+
+
+def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -> int:
+    """Read the settings, run ``body`` on a fresh event loop, map errors to exit codes.
+    With ``storage``, AzureWebJobsStorage must be configured (queue, ledger, alerts)."""
+    output = Output(bool(getattr(args, "json", False)))
+    configure_logging(bool(getattr(args, "verbose", False)))
+    try:
+        settings = Settings.from_environ(os.environ)
+        if storage:
+            settings.require_storage()
+        return asyncio.run(_run(args, output, settings, body))
+    except Exception as error:
+        logging.getLogger(__name__).debug("command failed", exc_info=True)
+        return fail(args, output, error)

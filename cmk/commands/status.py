@@ -1,0 +1,72 @@
+"""``cmk status``: every CMK-bound account in scope, its bound and newest valid version,
+its state (current, stale, unsafe, failing, out of scope) and the age of its binding.
+Exit 1 when any account in scope is not current."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from typing import Any
+
+from cmk.commands.output import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    common_options,
+    short_version,
+    styled,
+    table,
+)
+from cmk.commands.session import Session, run_command
+from cmk.usecases import AccountStatus, BindingState, status
+
+__all__ = ["add_parser"]
+
+_NOT_GOOD = (BindingState.STALE, BindingState.UNSAFE, BindingState.FAILING)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``cmk status``."""
+    parser = subparsers.add_parser(
+        "status",
+        parents=[common_options()],
+        help="every CMK-bound account in scope and its state",
+        description=__doc__,
+    )
+    parser.set_defaults(func=status_command)
+
+
+def summary(accounts: list[AccountStatus]) -> dict[str, int]:
+    """How many accounts are in each state (every state present)."""
+    counts = Counter(a.state.value for a in accounts)
+    return {state.value: counts.get(state.value, 0) for state in BindingState}
+
+
+async def _status(session: Session) -> int:
+    accounts = await status(session.engine())
+    counts = summary(accounts)
+    code = EXIT_FINDINGS if any(counts[s.value] for s in _NOT_GOOD) else EXIT_OK
+    output = session.output
+    if output.json_mode:
+        output.emit_json({"accounts": accounts, "summary": counts, "exit_code": code})
+        return code
+    rows = [
+        (
+            a.account_id,
+            a.subscription_id,
+            a.key_id,
+            short_version(a.bound_version),
+            short_version(a.newest_version),
+            styled(a.state.value),
+            a.age,
+            a.detail,
+        )
+        for a in accounts
+    ]
+    columns = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
+    output.print(table(f"{len(accounts)} CMK accounts", columns, rows))
+    output.print("  ".join(f"{styled(state)}: {n}" for state, n in counts.items() if n))
+    return code
+
+
+def status_command(args: argparse.Namespace) -> int:
+    return run_command(args, _status)

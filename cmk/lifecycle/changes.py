@@ -1,0 +1,223 @@
+"""``cmk enable`` / ``switch`` / ``disable``: get an account into a CMK state rotation can keep,
+move it to another key of the same vault, or take it back to Microsoft-managed keys.
+
+Each reads Azure first and answers without writing when there is nothing to do. ``enable``
+and ``switch`` run the preflight (:mod:`cmk.lifecycle.check`) and refuse while anything
+fails — nothing is written then, except that ``enable`` first gives an account without any
+identity a system-assigned one (its principal must exist before access can be granted to it;
+the refusal names the exact grant, and a re-run completes). Then they PATCH the encryption
+with the newest valid version, verify it by GET and record a ledger row. ``disable`` needs
+``confirmed`` and no dry run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from cmk.keyid import KeyId
+from cmk.lifecycle.check import AccountCheck, evaluate_account
+from cmk.lifecycle.context import Lifecycle
+from cmk.lifecycle.model import AccountIdentity
+from cmk.lifecycle.requirements import Requirement
+from cmk.ports import LedgerEntry, LedgerState, UpdateOutcome
+from cmk.resource_id import AccountId
+
+__all__ = ["MICROSOFT_MANAGED", "Change", "ChangeOutcome", "disable", "enable", "switch"]
+
+#: The ledger's ``to_version`` of a move back to Microsoft-managed keys.
+MICROSOFT_MANAGED = "microsoft-managed"
+
+
+class ChangeOutcome(StrEnum):
+    DONE = "done"  # written and verified
+    IN_PROGRESS = "in_progress"  # written; Azure is still applying it
+    REFUSED = "refused"  # a requirement fails, or confirmation is missing: nothing written
+    DRY_RUN = "dry_run"  # would change; nothing written
+    UNCHANGED = "unchanged"  # already in the wanted state
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one lifecycle command did to one account."""
+
+    action: str  # enable, switch, disable
+    account_id: AccountId
+    outcome: ChangeOutcome
+    detail: str
+    target: KeyId | None = None  # versioned key bound (or to bind)
+    previous: KeyId | None = None  # the key bound before
+    identity_enabled: bool = False
+    principal_id: str | None = None
+    requirements: tuple[Requirement, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome is ChangeOutcome.REFUSED
+
+
+def _refusal(check: AccountCheck) -> str:
+    lines = [
+        f"{r.name}: {r.detail}" + (f" -> fix: {r.fix}" if r.fix else "") for r in check.failures
+    ]
+    return "refused, nothing written: " + "; ".join(lines)
+
+
+async def _record(
+    lc: Lifecycle, change: Change, key: KeyId, to_version: str, from_version: str | None
+) -> None:
+    now = lc.now()
+    state = LedgerState.SUCCEEDED
+    if change.outcome is ChangeOutcome.IN_PROGRESS:
+        state = LedgerState.SUBMITTED
+    await lc.ledger.record(
+        LedgerEntry(
+            account_id=change.account_id,
+            key_id=key.versionless(),
+            to_version=to_version,
+            from_version=from_version,
+            state=state,
+            attempts=1,
+            cause=change.detail,
+            trigger=f"{lc.trigger}:{change.action}",
+            created=now,
+            updated=now,
+        )
+    )
+
+
+async def _bind(
+    lc: Lifecycle,
+    action: str,
+    account_id: AccountId,
+    key: KeyId,
+    *,
+    client_id: str | None,
+    dry_run: bool,
+    previous: KeyId | None,
+) -> Change:
+    """Preflight, then set the encryption to the checked version, verify, record."""
+    record = await lc.accounts.get(account_id)
+    identity = await lc.writer.identity(account_id)
+    enabled = False
+    if client_id is None and previous is None and identity.type.lower() == "none" and not dry_run:
+        identity = await lc.writer.enable_system_identity(account_id)
+        enabled = True
+    check = await evaluate_account(lc, record, identity, key, client_id, bound_key=previous)
+    principal = identity.principal_for(client_id)
+    base = Change(
+        action,
+        account_id,
+        ChangeOutcome.REFUSED,
+        "",
+        target=check.key,
+        previous=previous,
+        identity_enabled=enabled,
+        principal_id=principal,
+        requirements=_pending_identity(check, identity, client_id, dry_run),
+    )
+    if any(r.failed for r in base.requirements) or check.key is None:
+        return replace(base, detail=_refusal(check))
+    if dry_run:
+        return replace(base, outcome=ChangeOutcome.DRY_RUN, detail=f"would bind {check.key}")
+    wait = lc.settings.update_timeout
+    result = await lc.writer.set_encryption(account_id, check.key, client_id, wait)
+    outcome = ChangeOutcome.DONE if result is UpdateOutcome.SUCCEEDED else ChangeOutcome.IN_PROGRESS
+    verb = "bound and verified" if outcome is ChangeOutcome.DONE else "update submitted for"
+    change = replace(base, outcome=outcome, detail=f"{action}: {verb} {check.key}")
+    from_version = previous.version if previous is not None else None
+    await _record(lc, change, check.key, check.key.version or "", from_version)
+    return change
+
+
+def _pending_identity(
+    check: AccountCheck, identity: AccountIdentity, client_id: str | None, dry_run: bool
+) -> tuple[Requirement, ...]:
+    """In a dry run an account without identity would get one: not a failure yet."""
+    if not (dry_run and client_id is None and identity.type.lower() == "none"):
+        return check.requirements
+    pending = Requirement(
+        "managed identity", None, "none yet: enable would create a system-assigned identity"
+    )
+    return tuple(pending if r.name == "managed identity" else r for r in check.requirements)
+
+
+async def enable(
+    lc: Lifecycle,
+    account_id: AccountId,
+    key: KeyId,
+    *,
+    identity_client_id: str | None = None,
+    dry_run: bool = False,
+) -> Change:
+    """Turn on CMK with ``key`` (versioned, or versionless: its newest valid version)."""
+    record = await lc.accounts.get(account_id)
+    bound = record.binding
+    if bound is not None:
+        if bound.key_id.same_key(key):
+            detail = f"already uses {bound.key_id}; rotation keeps it on the newest version"
+            return Change("enable", account_id, ChangeOutcome.UNCHANGED, detail, bound.key_id)
+        detail = f"already uses {bound.key_id}; use `cmk switch` to change the key"
+        return Change("enable", account_id, ChangeOutcome.REFUSED, detail, previous=bound.key_id)
+    client_id = identity_client_id.lower() if identity_client_id else None
+    return await _bind(
+        lc, "enable", account_id, key, client_id=client_id, dry_run=dry_run, previous=None
+    )
+
+
+async def switch(
+    lc: Lifecycle, account_id: AccountId, key: KeyId, *, dry_run: bool = False
+) -> Change:
+    """Move a CMK account to another key of the same vault."""
+    record = await lc.accounts.get(account_id)
+    bound = record.binding
+    if bound is None:
+        detail = "the account uses Microsoft-managed keys; use `cmk enable`"
+        return Change("switch", account_id, ChangeOutcome.REFUSED, detail)
+    if bound.key_id.same_key(key):
+        detail = f"already uses {bound.key_id}; rotation moves versions, not `cmk switch`"
+        return Change("switch", account_id, ChangeOutcome.UNCHANGED, detail, bound.key_id)
+    return await _bind(
+        lc,
+        "switch",
+        account_id,
+        key,
+        client_id=bound.identity_client_id,
+        dry_run=dry_run,
+        previous=bound.key_id,
+    )
+
+
+async def disable(
+    lc: Lifecycle, account_id: AccountId, *, confirmed: bool, dry_run: bool = False
+) -> Change:
+    """Take the account back to Microsoft-managed keys. Refused (nothing written) without
+    ``confirmed`` and in a dry run."""
+    record = await lc.accounts.get(account_id)
+    bound = record.binding
+    if bound is None:
+        detail = "already uses Microsoft-managed keys"
+        return Change("disable", account_id, ChangeOutcome.UNCHANGED, detail)
+    base = Change("disable", account_id, ChangeOutcome.REFUSED, "", previous=bound.key_id)
+    if dry_run:
+        detail = (
+            "refused in dry run, nothing written: disable would take the account off"
+            f" {bound.key_id} and back to Microsoft-managed keys"
+        )
+        return replace(base, detail=detail)
+    if not confirmed:
+        detail = (
+            f"refused, nothing written: this takes the account off {bound.key_id} and back to"
+            " Microsoft-managed keys; pass --yes to confirm"
+        )
+        return replace(base, detail=detail)
+    result = await lc.writer.use_microsoft_keys(account_id, lc.settings.update_timeout)
+    done = result is UpdateOutcome.SUCCEEDED
+    change = replace(
+        base,
+        outcome=ChangeOutcome.DONE if done else ChangeOutcome.IN_PROGRESS,
+        detail=f"disable: {'now uses' if done else 'switching to'} Microsoft-managed keys"
+        f" (was {bound.key_id})",
+    )
+    await _record(lc, change, bound.key_id, MICROSOFT_MANAGED, bound.key_id.version)
+    return change

@@ -1,0 +1,77 @@
+"""``cmk replay``: dead-lettered events from a file through the app's handlers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from azure.storage.queue import QueueClient
+from conftest import World
+
+from cmk.sandbox.eventgrid import shape_event
+from cmk.sandbox.keyvault_model import key_event
+from cmk.sandbox.world import KeyEventType
+
+
+def _dead_letter(world: World, vault: str, key: str, schema: str) -> dict[str, object]:
+    """The event of the key's latest version as Event Grid dead-letters it."""
+    state = world.vault(vault).keys[key]
+    latest = state.versions[-1]
+    event = key_event(
+        world.sandbox.world, KeyEventType.NEW_VERSION, world.vault(vault), state, latest
+    )
+    shaped = shape_event(event, schema)
+    shaped.update(deadLetterReason="MaxDeliveryAttemptsExceeded", deliveryAttempts=30)
+    return shaped
+
+
+class TestReplay:
+    def test_array_of_both_schemas_enqueues_jobs(
+        self, world: World, cmk, tmp_path: Path, azurite: str
+    ):
+        """A JSON array with an Event Grid and a CloudEvents event fans both out to the queue."""
+        world.new_version("kv-demo-neu", "ai-cmk")
+        world.new_version("kv-demo-weu", "ai-cmk-exp")
+        events = [
+            _dead_letter(world, "kv-demo-neu", "ai-cmk", "EventGridSchema"),
+            _dead_letter(world, "kv-demo-weu", "ai-cmk-exp", "CloudEventSchemaV1_0"),
+        ]
+        path = tmp_path / "deadletter.json"
+        path.write_text(json.dumps(events))
+        run = cmk("replay", str(path), "--json")
+        document = run.valid("replay")
+        assert run.code == 0, run.err
+        assert [e["outcome"] for e in document["events"]] == ["fanned_out", "fanned_out"]
+        assert [e["report"]["enqueued"] for e in document["events"]] == [10, 8]
+        with QueueClient.from_connection_string(azurite, os.environ["CMK_JOB_QUEUE"]) as queue:
+            assert queue.get_queue_properties().approximate_message_count == 18
+
+    def test_json_lines_inline_with_a_bad_line(self, world: World, cmk, tmp_path: Path):
+        """JSON lines: good events move accounts here (--inline); a bad line is rejected, exit 1."""
+        version = world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        good = _dead_letter(world, "hsm-demo-weu", "ai-cmk-hsm", "EventGridSchema")
+        path = tmp_path / "events.jsonl"
+        path.write_text(json.dumps(good) + "\nnot json\n" + json.dumps(good) + "\n")
+        run = cmk("replay", str(path), "--inline")
+        assert run.code == 1
+        assert "rejected" in run.out and run.out.count("fanned_out") == 2
+        accounts = world.accounts_on("hsm-demo-weu", "ai-cmk-hsm")
+        assert {a.encryption.key_version for a in accounts} == {version}
+
+    def test_dry_run_moves_nothing(self, world: World, cmk, tmp_path: Path):
+        """--dry-run plans the moves and changes nothing."""
+        version = world.new_version("kv-demo-neu", "ai-cmk")
+        path = tmp_path / "one.json"
+        path.write_text(json.dumps(_dead_letter(world, "kv-demo-neu", "ai-cmk", "EventGridSchema")))
+        run = cmk("replay", str(path), "--dry-run", "--inline", "--json")
+        document = run.valid("replay")
+        assert run.code == 0 and document["summary"]["would_update"] == 10
+        assert all(
+            a.encryption.key_version != version for a in world.accounts_on("kv-demo-neu", "ai-cmk")
+        )
+
+    def test_missing_file_is_a_usage_error(self, world: World, cmk, tmp_path: Path):
+        """A file that cannot be read: exit 2 naming it."""
+        run = cmk("replay", str(tmp_path / "nope.json"))
+        assert run.code == 2 and "nope.json" in run.err

@@ -1,0 +1,82 @@
+"""``cmk sweep`` and ``cmk rotate``: accounts moved in-process, dry runs, the queue path,
+and a failing account."""
+
+from __future__ import annotations
+
+import os
+
+from azure.storage.queue import QueueClient
+from conftest import World
+
+
+def _queued(connection: str, queue: str) -> int:
+    with QueueClient.from_connection_string(connection, queue) as client:
+        return int(client.get_queue_properties().approximate_message_count or 0)
+
+
+class TestSweep:
+    def test_moves_stale_accounts_inline(self, world: World, cmk):
+        """A sweep moves every stale account in this process and reports each one."""
+        version = world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        run = cmk("sweep", "--json")
+        document = run.valid("sweep")
+        assert run.code == 0, run.err
+        assert document["summary"]["succeeded"] == 6 and document["sweep"]["enqueued"] == 0
+        accounts = world.accounts_on("hsm-demo-weu", "ai-cmk-hsm")
+        assert {a.encryption.key_version for a in accounts} == {version}
+
+    def test_dry_run_writes_nothing(self, world: World, cmk):
+        """--dry-run shows the PATCH each account would get and moves none."""
+        version = world.new_version("kv-demo-neu", "ai-cmk")
+        run = cmk("sweep", "--dry-run")
+        assert run.code == 0, run.err
+        assert run.out.count("would_update") >= 10
+        assert all(
+            a.encryption.key_version != version for a in world.accounts_on("kv-demo-neu", "ai-cmk")
+        )
+
+
+class TestRotate:
+    def test_creates_one_version_and_moves_every_account(self, world: World, cmk):
+        """rotate creates exactly one version and every bound account converges on it."""
+        key = world.vault("kv-demo-neu").keys["ai-cmk"]
+        before = len(key.versions)
+        run = cmk("rotate", world.key_id("kv-demo-neu", "ai-cmk"))
+        assert run.code == 0, run.err
+        assert len(key.versions) == before + 1
+        latest = key.versions[-1].version
+        assert "10 succeeded" in run.out and latest in run.out
+        assert {a.encryption.key_version for a in world.accounts_on("kv-demo-neu", "ai-cmk")} == {
+            latest
+        }
+
+    def test_enqueue_hands_jobs_to_the_queue(self, world: World, cmk, azurite: str):
+        """--enqueue creates the version and leaves one job per account on the app's queue."""
+        run = cmk("rotate", world.key_id("kv-demo-weu", "ai-cmk-exp"), "--enqueue", "--json")
+        document = run.valid("rotate")
+        assert run.code == 0 and document["jobs"] == []
+        assert document["rotation"]["enqueued"] == 8
+        assert _queued(azurite, os.environ["CMK_JOB_QUEUE"]) == 8
+
+    def test_dry_run_creates_nothing(self, world: World, cmk):
+        """--dry-run creates no version."""
+        key = world.vault("kv-demo-weu").keys["ai-cmk"]
+        before = len(key.versions)
+        run = cmk("rotate", world.key_id("kv-demo-weu", "ai-cmk"), "--dry-run", "--json")
+        assert run.code == 0 and run.valid("rotate")["rotation"]["created_version"] is None
+        assert len(key.versions) == before
+
+    def test_identity_without_access_fails_with_one_alert(self, world: World, cmk):
+        """An account whose identity lost its grant fails, with an alert; exit 1."""
+        victim = world.accounts_on("kv-demo-neu", "ai-cmk")[0]
+        assert victim.identity.system is not None
+        world.sandbox.world.revoke(victim.identity.system.object_id)
+        run = cmk("rotate", world.key_id("kv-demo-neu", "ai-cmk"), "--json")
+        document = run.valid("rotate")
+        assert run.code == 1
+        assert document["summary"] == {**document["summary"], "succeeded": 9, "failed": 1}
+        [failed] = [j for j in document["jobs"] if j["result"] == "failed"]
+        assert failed["account_id"].endswith(victim.name)
+        assert failed["alert"]["type"] == "identity_missing"
+        topic = world.sandbox.eventgrid.topic("cmk-alerts")
+        assert len(topic.events) == 1

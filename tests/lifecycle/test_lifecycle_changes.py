@@ -1,0 +1,96 @@
+"""``switch`` and ``disable`` against the sandbox and Azurite."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+from lifecycle_rig import Wired, account_id
+
+from cmk.keyid import KeyId
+from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, switch
+
+
+class TestSwitch:
+    async def test_switches_to_another_key_in_the_same_vault(self, wired: Wired) -> None:
+        """A granted key in the same vault: bound, verified, recorded with the old version."""
+        land = wired.land
+        account = land.bound("ai-sw", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        change = await switch(wired.lc, account_id(account), key)
+        assert change.outcome is ChangeOutcome.DONE, change.detail
+        assert (account.encryption.key_name, account.encryption.key_version) == (
+            "other",
+            other.version,
+        )
+        rows = await wired.ledger(account)
+        assert [(r.to_version, r.from_version) for r in rows] == [
+            (other.version, land.first.version)
+        ]
+
+    async def test_key_in_another_vault_is_refused(self, wired: Wired) -> None:
+        """Another vault: refused with the same-vault reason; the account is unchanged."""
+        land = wired.land
+        account = land.bound("ai-sw2", land.kv, land.first.version)
+        elsewhere = land.vault("kvother" + land.kv.name[2:8])
+        land.version(elsewhere)
+        land.grant(account, elsewhere)
+        lc = replace(
+            wired.lc,
+            settings=replace(
+                wired.lc.settings,
+                vault_allowlist=wired.lc.settings.vault_allowlist | {elsewhere.url},
+            ),
+        )
+        before = copy.deepcopy(account.encryption)
+        change = await switch(lc, account_id(account), KeyId.parse(land.key_id(elsewhere)))
+        assert change.outcome is ChangeOutcome.REFUSED
+        assert [r.name for r in change.requirements if r.failed] == [
+            "same vault as the current key"
+        ]
+        assert "only be changed to another key in the same vault" in change.detail
+        assert account.encryption == before
+        assert await wired.ledger(account) == []
+
+    async def test_microsoft_managed_account_is_refused(self, wired: Wired) -> None:
+        """An account without CMK cannot switch: it is told to enable."""
+        land = wired.land
+        account = land.account("ai-sw3")
+        change = await switch(wired.lc, account_id(account), KeyId.parse(land.key_id(land.kv)))
+        assert change.outcome is ChangeOutcome.REFUSED and "cmk enable" in change.detail
+
+
+class TestDisable:
+    async def test_without_yes_changes_nothing(self, wired: Wired) -> None:
+        """No confirmation: refused, encryption and ledger untouched."""
+        land = wired.land
+        account = land.bound("ai-off", land.kv, land.first.version)
+        before = copy.deepcopy(account.encryption)
+        change = await disable(wired.lc, account_id(account), confirmed=False)
+        assert change.outcome is ChangeOutcome.REFUSED and "--yes" in change.detail
+        assert account.encryption == before
+        assert await wired.ledger(account) == []
+
+    async def test_dry_run_is_refused_even_with_yes(self, wired: Wired) -> None:
+        """A dry run never disables."""
+        land = wired.land
+        account = land.bound("ai-off2", land.kv, land.first.version)
+        change = await disable(wired.lc, account_id(account), confirmed=True, dry_run=True)
+        assert change.outcome is ChangeOutcome.REFUSED
+        assert account.encryption.key_source == "Microsoft.KeyVault"
+
+    async def test_with_yes_goes_back_to_microsoft_managed_keys(self, wired: Wired) -> None:
+        """Confirmed: keySource Microsoft.CognitiveServices, recorded in the ledger."""
+        land = wired.land
+        account = land.bound("ai-off3", land.kv, land.first.version)
+        change = await disable(wired.lc, account_id(account), confirmed=True)
+        assert change.outcome is ChangeOutcome.DONE, change.detail
+        assert account.encryption.key_source == "Microsoft.CognitiveServices"
+        rows = await wired.ledger(account)
+        assert [(r.to_version, r.from_version, r.trigger) for r in rows] == [
+            (MICROSOFT_MANAGED, land.first.version, "cli:disable")
+        ]
+        again = await disable(wired.lc, account_id(account), confirmed=True)
+        assert again.outcome is ChangeOutcome.UNCHANGED
