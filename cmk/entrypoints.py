@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping
 
 from cmk.adapters.jobqueue import decode_job
-from cmk.errors import InvalidInput
+from cmk.errors import InvalidInput, NotFound, OutOfScope
 from cmk.events import IgnoredEvent, KeyVaultEventType, parse_event
 from cmk.keyid import KeyId
 from cmk.usecases import (
@@ -132,13 +132,17 @@ async def http_sweep(engine: Engine) -> JsonResponse:
 
 async def http_rotate(engine: Engine, key_id: str | None) -> JsonResponse:
     """POST /api/rotate?key_id=...: create a new version of one key now and move every
-    bound account. 400 for a missing or invalid key id."""
+    bound account. 400 for a missing or invalid key id or a vault outside the allow-list,
+    404 for a key that does not exist (nothing is written in either case)."""
     if not key_id:
         return 400, {
             "error": "key_id is required, e.g. ?key_id=https://myvault.vault.azure.net/keys/mykey"
         }
     try:
         parsed = KeyId.parse(key_id)
-    except InvalidInput as error:
+        report = await rotate_key(engine, parsed.versionless(), trigger="http")
+    except (InvalidInput, OutOfScope) as error:
         return 400, {"error": str(error)}
-    return 200, to_jsonable(await rotate_key(engine, parsed.versionless(), trigger="http"))
+    except NotFound as error:
+        return 404, {"error": str(error)}
+    return 200, to_jsonable(report)

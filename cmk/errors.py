@@ -14,7 +14,8 @@
         │   └── ConfigurationError a setting is missing or invalid (the message names it)
         ├── OutOfScope            a vault or subscription outside the allow-list
         ├── PolicyRejected        the key version fails validation (reasons attached)
-        ├── AccessDenied          403 / AuthorizationFailed / Forbidden
+        ├── AccessDenied          403 / AuthorizationFailed / Forbidden (our own identity)
+        │   └── KeyAccessDenied   the account's identity may not use the key (update Failed)
         ├── NotFound              the account, key or version no longer exists
         └── UpdateFailed          the resource provider rejected or failed the encryption update
 
@@ -83,6 +84,11 @@ class PolicyRejected(PermanentError):
 
 class AccessDenied(PermanentError):
     """The caller (or the account's identity) lacks a permission."""
+
+
+class KeyAccessDenied(AccessDenied):
+    """The account's identity lacks get/wrapKey/unwrapKey on the key: the resource
+    provider ended the encryption update Failed. Not a permission of ours."""
 
 
 class NotFound(PermanentError):

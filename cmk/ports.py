@@ -166,8 +166,9 @@ class Ledger(Protocol):
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> list[LedgerEntry]: ...
 
-    async def claim(self, name: str, owner: str) -> bool:
-        """Atomically claim ``name`` (a Table insert): True for exactly one caller."""
+    async def claim(self, name: str, owner: str, *, lease: timedelta | None = None) -> bool:
+        """Atomically claim ``name`` (a Table insert): True for exactly one caller. A claim
+        older than ``lease`` may be taken over (atomically) by a new caller."""
         ...
 
 

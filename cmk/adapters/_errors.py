@@ -41,6 +41,7 @@ from azure.core.exceptions import (
 from cmk.errors import (
     AccessDenied,
     CmkError,
+    KeyAccessDenied,
     NotFound,
     ServiceUnavailable,
     ThrottledError,
@@ -152,7 +153,8 @@ def translate(error: BaseException, action: str, *, operation_failed: bool = Fal
     status = status_code(error)
     text = _describe(action, error, code)
     if code is not None and code.lower() in _ACCESS_CODES:
-        return AccessDenied(text)
+        # In a failed operation it is the account's identity the key refused, not us.
+        return KeyAccessDenied(text) if operation_failed else AccessDenied(text)
     if operation_failed:
         return UpdateFailed(text)
     if isinstance(error, ClientAuthenticationError) and status is None:

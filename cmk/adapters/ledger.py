@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
 )
 from azure.data.tables import TableEntity, UpdateMode
@@ -203,9 +205,13 @@ class TableLedger:
 
     # --- claims ----------------------------------------------------------------------
 
-    async def claim(self, name: str, owner: str) -> bool:
-        """Atomically claim ``name`` (a Table insert): True for exactly one caller."""
-        await self.ensure_table()
+    async def claim(self, name: str, owner: str, *, lease: timedelta | None = None) -> bool:
+        """Atomically claim ``name`` (a Table insert): True for exactly one caller.
+
+        With ``lease``, a claim older than the lease (its holder died before finishing)
+        can be taken over, also atomically: the replace is conditional on the row's ETag,
+        so of several callers taking over at once exactly one wins.
+        """
         entity = {
             "PartitionKey": CLAIM_PARTITION,
             "RowKey": table_key(name),
@@ -213,7 +219,35 @@ class TableLedger:
             "Owner": owner,
             "Claimed": datetime.now(UTC),
         }
-        return await self._insert(entity, f"claiming {name!r}")
+        action = f"claiming {name!r}"
+        if await self._insert(entity, action):
+            return True
+        if lease is None:
+            return False
+        return await self._take_over(entity, lease, action)
+
+    async def _take_over(self, entity: dict[str, Any], lease: timedelta, action: str) -> bool:
+        held = await self._get(CLAIM_PARTITION, entity["RowKey"], action)
+        if held is None:
+            return await self._insert(entity, action)
+        claimed = held.get("Claimed")
+        if not isinstance(claimed, datetime) or datetime.now(UTC) - claimed < lease:
+            return False
+        try:
+            await self._client.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=held.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        except AzureError as error:
+            raise translate(error, action) from error
+        logger.warning(
+            "took over claim %r held by %s since %s", entity["Name"], held.get("Owner"), claimed
+        )
+        return True
 
     async def release_claim(self, name: str) -> None:
         """Drop the claim ``name`` (e.g. when its work failed before doing anything), so the

@@ -35,7 +35,8 @@ class Engine:
 
     ``owner`` names this process in ledger claims. ``verify_delay`` is how long a
     submitted update waits before its verify job runs; ``stuck_after`` is how long an
-    update may stay submitted (or Updating) before it counts as stuck.
+    update may stay submitted (or Updating) before it counts as stuck. ``claim_lease``
+    is how long a near-expiry rotation claim holds before another worker may take over.
     """
 
     keys: KeyStore
@@ -49,6 +50,7 @@ class Engine:
     owner: str = field(default_factory=_owner)
     verify_delay: timedelta = timedelta(seconds=30)
     stuck_after: timedelta = timedelta(hours=1)
+    claim_lease: timedelta = timedelta(minutes=10)
 
     @property
     def policy(self) -> VersionPolicy:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from cmk.errors import NotFound
+from cmk.errors import NotFound, ServiceUnavailable
 from cmk.events import KeyVaultEvent
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion, evaluate
@@ -186,12 +186,16 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
     if engine.dry_run:
         return _report(engine, event, EventOutcome.ROTATED, detail="would create a new version")
     claim = f"rotate|{view.key}|{expiring.version}"
-    if not await engine.ledger.claim(claim, engine.owner):
+    if not await engine.ledger.claim(claim, engine.owner, lease=engine.claim_lease):
         log.info("rotation of %s already claimed", view.key, extra=_extra(event, "claim"))
         view = await KeyVersions.load(engine.keys, view.key, engine.policy, engine.now())
         if _successor(engine, view, expiring.version or "") is None:
-            detail = "another worker claimed the rotation; no new version yet"
-            return _report(engine, event, EventOutcome.NO_SUCCESSOR, detail=detail)
+            # The claimer is still creating the version, or died doing it (its claim is
+            # taken over once the lease ends): let Event Grid deliver this event again.
+            raise ServiceUnavailable(
+                f"rotation of {view.key} is claimed by another worker and no newer version "
+                "exists yet; retry"
+            )
         return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
     created = await _create(engine, view, expiring)
     log.info(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from cmk.errors import AccessDenied, PermanentError, ServiceUnavailable, UpdateFailed
+from cmk.errors import KeyAccessDenied, PermanentError, ServiceUnavailable, UpdateFailed
 from cmk.policy import evaluate
 from cmk.ports import (
     AccountRecord,
@@ -39,7 +39,7 @@ _DONE = frozenset({LedgerState.SUCCEEDED, LedgerState.SKIPPED})
 
 
 class _IdentityDenied(PermanentError):
-    """The account's identity may not use the key (the RP's AccessDenied on PATCH)."""
+    """The account's identity may not use the key (the update ended Failed for access)."""
 
 
 class _Step:
@@ -173,7 +173,7 @@ async def _rotate(step: _Step) -> JobReport:
         outcome = await engine.accounts.update_key_version(
             record, step.version, wait=engine.settings.update_timeout
         )
-    except AccessDenied as error:
+    except KeyAccessDenied as error:
         raise _IdentityDenied(str(error)) from error
     if outcome is UpdateOutcome.SUCCEEDED:
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)

@@ -107,6 +107,28 @@ class TestTableLedger:
         assert await services.ledger.claim_owner(name) == winner
         assert await services.ledger.claim(name, "late") is False
 
+    async def test_claim_within_its_lease_is_kept(self, services: Services) -> None:
+        """A fresh claim is not taken over, even by a caller that offers a lease."""
+        assert await services.ledger.claim("leased", "first") is True
+        assert await services.ledger.claim("leased", "second", lease=timedelta(hours=1)) is False
+        assert await services.ledger.claim_owner("leased") == "first"
+
+    async def test_expired_claim_is_taken_over_by_exactly_one(self, services: Services) -> None:
+        """Once a claim outlives its lease (its holder died), one of many callers takes it."""
+        assert await services.ledger.claim("stale", "dead-worker") is True
+        table = services.ledger.client
+        [row] = [e async for e in table.query_entities("Owner eq 'dead-worker'")]
+        row["Claimed"] = datetime.now(UTC) - timedelta(hours=1)
+        await table.update_entity(row)
+        results = await asyncio.gather(
+            *(
+                services.ledger.claim("stale", f"worker-{index}", lease=timedelta(minutes=10))
+                for index in range(6)
+            )
+        )
+        assert results.count(True) == 1
+        assert await services.ledger.claim_owner("stale") == f"worker-{results.index(True)}"
+
     async def test_released_claim_can_be_claimed_again(self, services: Services) -> None:
         """After release_claim(), the next claim wins again."""
         assert await services.ledger.claim("job", "first") is True
