@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from conftest import SCHEMAS
+from cli_rig import SCHEMAS
 
 from cmk.cli import build_parser
 from cmk.ports import AlertType

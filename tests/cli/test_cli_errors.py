@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import World
+from cli_rig import World
 
 
 class TestConfigurationErrors:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from azure.storage.queue import QueueClient
-from conftest import World
+from cli_rig import World
 
 from cmk.sandbox.eventgrid import shape_event
 from cmk.sandbox.keyvault_model import key_event

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import jsonschema
-from conftest import SCHEMAS, World
+from cli_rig import SCHEMAS, World
 
 CMK = Path(sys.executable).parent / "cmk"
 

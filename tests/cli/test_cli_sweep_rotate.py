@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from azure.storage.queue import QueueClient
-from conftest import World
+from cli_rig import World
 
 
 def _queued(connection: str, queue: str) -> int:

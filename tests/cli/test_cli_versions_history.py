@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import World
+from cli_rig import World
 
 
 class TestVersions:
