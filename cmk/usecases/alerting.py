@@ -50,7 +50,8 @@ def account_failed(job: RotationJob, cause: str, *, identity: bool = False) -> A
         cause=cause,
         remediation=_GRANT
         if identity
-        else "fix the cause, then run 'cmk rotate' for the account (or wait for the next sweep)",
+        else "fix the cause, then run 'cmk sweep' (or wait for the next timer sweep); "
+        "'cmk history --account <id>' shows each attempt",
     )
 
 
@@ -158,7 +159,7 @@ def update_failed(account_id: AccountId, key: KeyId, to_version: str, cause: str
         to_version=to_version,
         cause=cause,
         remediation="check the account's provisioningState and activity log, fix the cause,"
-        " then run 'cmk rotate' for the account",
+        " then run 'cmk sweep' (or wait for the next timer sweep)",
     )
 
 
