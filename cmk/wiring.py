@@ -134,14 +134,8 @@ class Services:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         if owns_credential:
             self._closers.append(credential.close)
-        endpoints = settings.cloud.endpoints
         retry = self.options.retry
-        arm: dict[str, Any] = {
-            "base_url": endpoints.arm_endpoint,
-            "credential_scopes": [endpoints.arm_scope],
-            "user_agent": USER_AGENT,
-            **retry.core_client_options(),
-        }
+        arm = self.arm_client_options()
 
         self.keys = KeyVaultKeys(
             credential,
@@ -168,6 +162,17 @@ class Services:
         self._alerts: EventGridAlerts | None = None
         if settings.storage is not None:
             self._build_storage(settings.storage)
+
+    def arm_client_options(self) -> dict[str, Any]:
+        """Keyword arguments every ARM management client gets: the cloud's endpoint and
+        token scope, the retry policy and our user agent."""
+        endpoints = self.settings.cloud.endpoints
+        return {
+            "base_url": endpoints.arm_endpoint,
+            "credential_scopes": [endpoints.arm_scope],
+            "user_agent": USER_AGENT,
+            **self.options.retry.core_client_options(),
+        }
 
     @classmethod
     def from_settings(

@@ -35,7 +35,6 @@ from azure.mgmt.cognitiveservices.models import (
     Account,
     AccountProperties,
     Encryption,
-    Identity,
     KeyVaultProperties,
 )
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
@@ -43,7 +42,6 @@ from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from cmk.adapters._errors import azure_errors, translate
 from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
 from cmk.keyid import KeyId
-from cmk.lifecycle.model import AccountIdentity
 from cmk.planner import Binding
 from cmk.ports import AccountRecord, UpdateOutcome
 from cmk.resource_id import AccountId
@@ -51,7 +49,6 @@ from cmk.resource_id import AccountId
 __all__ = [
     "BUSY_STATES",
     "CognitiveAccounts",
-    "account_identity",
     "account_record",
     "encryption_patch",
 ]
@@ -65,7 +62,7 @@ BUSY_STATES = frozenset({"accepted", "creating", "updating", "moving", "deleting
 ClientFactory = Callable[[str], CognitiveServicesManagementClient]
 
 
-def _text(value: object) -> str:
+def text_of(value: object) -> str:
     """An SDK enum or string as plain text ('' for None)."""
     if value is None:
         return ""
@@ -85,7 +82,7 @@ def account_record(account: Account, account_id: AccountId | None = None) -> Acc
     encryption = properties.encryption if properties is not None else None
     vault_properties = encryption.key_vault_properties if encryption is not None else None
     binding = None
-    if encryption is not None and _text(encryption.key_source).lower() == "microsoft.keyvault":
+    if encryption is not None and text_of(encryption.key_source).lower() == "microsoft.keyvault":
         if vault_properties is None or not vault_properties.key_version:
             raise InvalidInput(
                 f"account {account_id} uses a Key Vault key without a keyVersion;"
@@ -112,8 +109,8 @@ def account_record(account: Account, account_id: AccountId | None = None) -> Acc
         account_id=account_id,
         location=account.location or "",
         binding=binding,
-        provisioning_state=_text(properties.provisioning_state if properties else None),
-        identity_type=_text(identity.type if identity else None) or "None",
+        provisioning_state=text_of(properties.provisioning_state if properties else None),
+        identity_type=text_of(identity.type if identity else None) or "None",
         user_assigned_client_ids=client_ids,
     )
 
@@ -172,14 +169,15 @@ class CognitiveAccounts:
         for client in clients:
             await client.close()
 
-    async def _read(self, account_id: AccountId) -> Account:
+    async def read(self, account_id: AccountId) -> Account:
+        """The SDK model of the account, read now (for adapters in this package)."""
         accounts = self.client(account_id.subscription_id).accounts
         with azure_errors(f"reading account {account_id}"):
             return await accounts.get(account_id.resource_group, account_id.name)
 
     async def get(self, account_id: AccountId) -> AccountRecord:
         """Read the account now (NotFound if gone)."""
-        return account_record(await self._read(account_id), account_id)
+        return account_record(await self.read(account_id), account_id)
 
     async def list_cmk(self, subscription_id: str) -> AsyncIterator[AccountRecord]:
         """Every account of a subscription whose keySource is Microsoft.KeyVault (ARM list,
@@ -189,7 +187,7 @@ class CognitiveAccounts:
             async for account in pages:
                 properties = account.properties
                 encryption = properties.encryption if properties else None
-                source = _text(encryption.key_source if encryption else None)
+                source = text_of(encryption.key_source if encryption else None)
                 if source.lower() != KEY_VAULT_SOURCE.lower():
                     continue
                 try:
@@ -217,7 +215,7 @@ class CognitiveAccounts:
         if record.binding is None:
             raise UpdateFailed(f"account {account_id} has no customer-managed key to update")
         target = record.binding.key_id.with_version(version)
-        current = await self._read(account_id)
+        current = await self.read(account_id)
         vault_properties = self._check_current(current, record, target)
         outcome = self._already(current, target)
         if outcome is not None:
@@ -245,7 +243,7 @@ class CognitiveAccounts:
     def _already(self, current: Account, target: KeyId) -> UpdateOutcome | None:
         """An outcome without a PATCH: the version is in place or being applied."""
         properties = current.properties
-        state = _text(properties.provisioning_state if properties else None).lower()
+        state = text_of(properties.provisioning_state if properties else None).lower()
         encryption = properties.encryption if properties else None
         vault_properties = encryption.key_vault_properties if encryption else None
         bound = (vault_properties.key_version or "").lower() if vault_properties else ""
@@ -312,7 +310,7 @@ class CognitiveAccounts:
     async def verify(self, account_id: AccountId, target: KeyId) -> UpdateOutcome:
         """GET the account: SUCCEEDED when Succeeded on ``target``, IN_PROGRESS while an
         update is still running, otherwise UpdateFailed (Failed, or another version)."""
-        current = await self._read(account_id)
+        current = await self.read(account_id)
         record = account_record(current, account_id)
         state = record.provisioning_state
         bound = record.binding.key_id.version if record.binding else None
@@ -325,135 +323,8 @@ class CognitiveAccounts:
             f" (provisioningState {state or 'unknown'}, keyVersion {bound})"
         )
 
-    # --- the CMK lifecycle (cmk check / enable / switch / disable) ------------------------
-
-    async def identity(self, account_id: AccountId) -> AccountIdentity:
-        """The account's managed identities (principal ids), read now."""
-        return account_identity(await self._read(account_id))
-
-    async def enable_system_identity(self, account_id: AccountId) -> AccountIdentity:
-        """PATCH ``identity: {type: SystemAssigned}`` onto an account that has no identity;
-        Azure creates its service principal. Returns the identities read back."""
-        accounts = self.client(account_id.subscription_id).accounts
-        body = Account(identity=Identity(type="SystemAssigned"))
-        logger.info(
-            "enabling the system-assigned identity of %s",
-            account_id,
-            extra={"cmk_account_id": str(account_id), "cmk_step": "identity"},
-        )
-        with azure_errors(f"enabling the system-assigned identity of {account_id}"):
-            poller = await accounts.begin_update(
-                account_id.resource_group, account_id.name, body, **self._poll_options()
-            )
-            await poller.result()
-        return await self.identity(account_id)
-
-    async def set_encryption(
-        self, account_id: AccountId, key: KeyId, identity_client_id: str | None, wait: timedelta
-    ) -> UpdateOutcome:
-        """PATCH ``properties.encryption`` to ``key`` (versioned) with keySource
-        Microsoft.KeyVault, wait up to ``wait`` and verify by GET."""
-        if key.version is None:
-            raise InvalidInput(f"set_encryption needs a versioned key id, got {key}")
-        body = Account(
-            properties=AccountProperties(
-                encryption=Encryption(
-                    key_source=KEY_VAULT_SOURCE,
-                    key_vault_properties=KeyVaultProperties(
-                        key_vault_uri=f"{key.vault_url}/",
-                        key_name=key.name,
-                        key_version=key.version,
-                        identity_client_id=identity_client_id,
-                    ),
-                )
-            )
-        )
-        action = f"setting the key of {account_id} to {key}"
-        poller = await self._write(account_id, body, action)
-        if not await self._settled(poller, account_id, action, wait):
-            return UpdateOutcome.IN_PROGRESS
-        record = await self.get(account_id)
-        bound = record.binding.key_id if record.binding else None
-        if record.provisioning_state.lower() == "succeeded" and bound == key:
-            return UpdateOutcome.SUCCEEDED
-        raise UpdateFailed(
-            f"account {account_id} is not on {key} after the update"
-            f" (provisioningState {record.provisioning_state or 'unknown'}, key {bound})"
-        )
-
-    async def use_microsoft_keys(self, account_id: AccountId, wait: timedelta) -> UpdateOutcome:
-        """PATCH keySource back to Microsoft.CognitiveServices, wait and verify by GET."""
-        body = Account(
-            properties=AccountProperties(
-                encryption=Encryption(key_source="Microsoft.CognitiveServices")
-            )
-        )
-        action = f"switching {account_id} to Microsoft-managed keys"
-        poller = await self._write(account_id, body, action)
-        if not await self._settled(poller, account_id, action, wait):
-            return UpdateOutcome.IN_PROGRESS
-        record = await self.get(account_id)
-        if record.binding is None and record.provisioning_state.lower() == "succeeded":
-            return UpdateOutcome.SUCCEEDED
-        raise UpdateFailed(
-            f"account {account_id} still uses {record.binding.key_id if record.binding else '?'}"
-            f" after the update (provisioningState {record.provisioning_state or 'unknown'})"
-        )
-
-    async def _settled(
-        self, poller: AsyncLROPoller[Account], account_id: AccountId, action: str, wait: timedelta
-    ) -> bool:
-        """Follow a lifecycle operation for up to ``wait``: True once it succeeded."""
-        try:
-            await asyncio.wait_for(poller.result(), timeout=max(0.0, wait.total_seconds()))
-        except TimeoutError:
-            logger.info("%s: still running after %s", action, wait)
-            return False
-        except HttpResponseError as error:
-            failed = isinstance(error.__cause__, OperationFailed)
-            raise translate(error, action, operation_failed=failed) from error
-        except CmkError:
-            raise
-        except Exception as error:
-            raise translate(error, action) from error
-        return True
-
-    def _poll_options(self) -> dict[str, Any]:
+    def poll_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``begin_*`` calls: a fixed LRO poll period if configured."""
         if self._polling_interval is None:
             return {}
         return {"polling": _FixedIntervalPolling(timeout=self._polling_interval)}
-
-    async def _write(
-        self, account_id: AccountId, body: Account, action: str
-    ) -> AsyncLROPoller[Account]:
-        """Start a PATCH after checking no other update is running (ServiceUnavailable if so)."""
-        current = await self._read(account_id)
-        state = _text(current.properties.provisioning_state if current.properties else None)
-        if state.lower() in BUSY_STATES:
-            raise ServiceUnavailable(f"account {account_id} is {state}; retry later")
-        logger.info(
-            "%s", action, extra={"cmk_account_id": str(account_id), "cmk_step": "encryption"}
-        )
-        accounts = self.client(account_id.subscription_id).accounts
-        with azure_errors(action):
-            return await accounts.begin_update(
-                account_id.resource_group, account_id.name, body, **self._poll_options()
-            )
-
-
-def account_identity(account: Account) -> AccountIdentity:
-    """Our :class:`AccountIdentity` for an SDK ``Account``."""
-    identity = account.identity
-    if identity is None:
-        return AccountIdentity(type="None")
-    users = {
-        (user.client_id or "").lower(): (user.principal_id or "").lower()
-        for user in (identity.user_assigned_identities or {}).values()
-        if user is not None and user.client_id
-    }
-    return AccountIdentity(
-        type=_text(identity.type) or "None",
-        system_principal_id=(identity.principal_id or "").lower() or None,
-        tenant_id=(identity.tenant_id or "").lower() or None,
-        user_assigned=users,
-    )

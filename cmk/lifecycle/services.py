@@ -7,15 +7,15 @@ and user agent as every other ARM client, and closed with :meth:`LifecycleClient
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
 
 from azure.mgmt.keyvault.aio import KeyVaultManagementClient
 
+from cmk.adapters.account_lifecycle import AccountLifecycle
 from cmk.adapters.authorization import RoleAssignments
 from cmk.adapters.vaults import KeyVaultResources
 from cmk.lifecycle.context import Lifecycle
 from cmk.usecases.context import Engine
-from cmk.wiring import USER_AGENT, Services
+from cmk.wiring import Services
 
 __all__ = ["LifecycleClients"]
 
@@ -25,13 +25,7 @@ class LifecycleClients:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        endpoints = services.settings.cloud.endpoints
-        arm: dict[str, Any] = {
-            "base_url": endpoints.arm_endpoint,
-            "credential_scopes": [endpoints.arm_scope],
-            "user_agent": USER_AGENT,
-            **services.options.retry.core_client_options(),
-        }
+        arm = services.arm_client_options()
 
         def client_for(subscription_id: str) -> KeyVaultManagementClient:
             return KeyVaultManagementClient(services.credential, subscription_id, **arm)
@@ -44,7 +38,7 @@ class LifecycleClients:
         return Lifecycle(
             keys=engine.keys,
             accounts=engine.accounts,
-            writer=self.services.accounts,
+            writer=AccountLifecycle(self.services.accounts),
             vaults=self.vaults,
             roles=self.roles,
             ledger=engine.ledger,
