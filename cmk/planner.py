@@ -40,6 +40,7 @@ __all__ = [
     "UpToDate",
     "newest_bindable",
     "plan",
+    "version_order",
 ]
 
 
@@ -122,8 +123,11 @@ _SEVERITY = (
 _BROKEN = frozenset({FindingKind.BOUND_VERSION_DISABLED, FindingKind.BOUND_VERSION_EXPIRED})
 
 
-def _order(version: KeyVersion) -> tuple[datetime, str]:
-    return (version.created, version.version)
+def version_order(version: KeyVersion, current: str | None = None) -> tuple[datetime, bool, str]:
+    """What "newer" means: created later. Key Vault dates versions to the second, so
+    within one second the key's current version (what ``GET /keys/{name}/`` returns), when
+    known, is the newest; the version string only makes the order total."""
+    return (version.created, version.version == current, version.version)
 
 
 def _index(versions: Iterable[KeyVersion]) -> dict[KeyId, KeyVersion]:
@@ -140,11 +144,15 @@ def _index(versions: Iterable[KeyVersion]) -> dict[KeyId, KeyVersion]:
 
 
 def newest_bindable(
-    versions: Iterable[KeyVersion], policy: VersionPolicy, now: datetime
+    versions: Iterable[KeyVersion],
+    policy: VersionPolicy,
+    now: datetime,
+    *,
+    current: str | None = None,
 ) -> KeyVersion | None:
-    """The newest version (by created, then version string) the policy accepts, if any."""
+    """The newest version (see :func:`version_order`) the policy accepts, if any."""
     bindable = [version for version in versions if evaluate(version, policy, now).bindable]
-    return max(bindable, key=_order, default=None)
+    return max(bindable, key=lambda v: version_order(v, current), default=None)
 
 
 def plan(
@@ -152,13 +160,18 @@ def plan(
     bindings: Sequence[Binding],
     policy: VersionPolicy,
     now: datetime,
+    *,
+    current: str | None = None,
 ) -> list[Decision]:
-    """Decide for every binding: up to date, move, or finding (see the module docstring)."""
+    """Decide for every binding: up to date, move, or finding (see the module docstring).
+    ``current`` names the key's current version, when known (ties of creation time)."""
     index = _index(versions)
-    target = newest_bindable(index.values(), policy, now)
+    target = newest_bindable(index.values(), policy, now, current=current)
     key = next(iter(index)).versionless() if index else None
     return [
-        _decide(binding, key=key, index=index, target=target, policy=policy, now=now)
+        _decide(
+            binding, key=key, index=index, target=target, policy=policy, now=now, current=current
+        )
         for binding in bindings
     ]
 
@@ -171,6 +184,7 @@ def _decide(
     target: KeyVersion | None,
     policy: VersionPolicy,
     now: datetime,
+    current: str | None,
 ) -> Decision:
     if key is not None and not binding.key_id.same_vault(key):
         detail = f"bound to a key in {binding.key_id.vault_url}, not {key.vault_url}"
@@ -184,7 +198,7 @@ def _decide(
         return Finding(binding, FindingKind.BOUND_VERSION_UNKNOWN, detail, target)
     verdict = evaluate(bound, policy, now, bound_vault=binding.key_id)
     problem = _problem(verdict.codes)
-    if target is not None and _order(target) > _order(bound):
+    if target is not None and version_order(target, current) > version_order(bound, current):
         reason = f"newer version {target.version} replaces {bound.version}"
         if problem is not None:
             reason = f"{reason}; {_describe(bound, verdict.reasons)}"

@@ -158,7 +158,8 @@ def _successor(engine: Engine, view: KeyVersions, expiring: str) -> KeyVersion |
     if best is None or best.version == expiring:
         return None
     known = view.get(expiring)
-    return best if known is None or order(best) > order(known) else None
+    current = view.latest.version
+    return best if known is None or order(best, current) > order(known, current) else None
 
 
 async def _create(engine: Engine, view: KeyVersions, expiring: KeyId) -> KeyVersion:

@@ -62,7 +62,9 @@ async def fan_out(
     async def settle(bindings: Sequence[Binding]) -> None:
         async with gate:
             versions = await view.covering(bindings)
-            decisions = decide(versions, bindings, engine.policy, engine.now())
+            decisions = decide(
+                versions, bindings, engine.policy, engine.now(), current=view.latest.version
+            )
             await _apply(engine, decisions, trigger, urgent, result)
 
     subscriptions = engine.settings.require_subscriptions()

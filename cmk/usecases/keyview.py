@@ -19,7 +19,16 @@ from datetime import datetime
 
 from cmk.errors import NotFound
 from cmk.keyid import KeyId
-from cmk.planner import Binding, Decision, Finding, FindingKind, Move, plan
+from cmk.planner import (
+    Binding,
+    Decision,
+    Finding,
+    FindingKind,
+    Move,
+    newest_bindable,
+    plan,
+    version_order,
+)
 from cmk.policy import KeyVersion, VersionPolicy, evaluate
 from cmk.ports import KeyStore
 
@@ -28,17 +37,9 @@ __all__ = ["KeyVersions", "decide", "newest_bindable", "order"]
 log = logging.getLogger(__name__)
 
 
-def order(version: KeyVersion) -> tuple[datetime, str]:
-    """The planner's notion of "newer": created time, then version string."""
-    return (version.created, version.version)
-
-
-def newest_bindable(
-    versions: Iterable[KeyVersion], policy: VersionPolicy, now: datetime
-) -> KeyVersion | None:
-    """The newest version the policy accepts, if any."""
-    bindable = [version for version in versions if evaluate(version, policy, now).bindable]
-    return max(bindable, key=order, default=None)
+def order(version: KeyVersion, current: str | None = None) -> tuple[datetime, bool, str]:
+    """The planner's notion of "newer" (:func:`cmk.planner.version_order`)."""
+    return version_order(version, current)
 
 
 class KeyVersions:
@@ -87,7 +88,7 @@ class KeyVersions:
 
     def newest_bindable(self, policy: VersionPolicy, now: datetime) -> KeyVersion | None:
         """The newest bindable version among those read (all of them when complete)."""
-        return newest_bindable(self._known.values(), policy, now)
+        return newest_bindable(self._known.values(), policy, now, current=self.latest.version)
 
     async def covering(self, bindings: Iterable[Binding]) -> list[KeyVersion]:
         """The versions needed to plan ``bindings``: reads each unknown bound version once."""
@@ -121,12 +122,18 @@ def decide(
     bindings: Sequence[Binding],
     policy: VersionPolicy,
     now: datetime,
+    *,
+    current: str | None = None,
 ) -> list[Decision]:
-    """Plan ``bindings`` over ``versions``, then re-check every Move (see module docstring)."""
-    decisions = plan(versions, bindings, policy, now)
-    best = newest_bindable(versions, policy, now)
+    """Plan ``bindings`` over ``versions``, then re-check every Move (see module docstring).
+    ``current`` is the key's current version (it wins ties of creation time)."""
+    decisions = plan(versions, bindings, policy, now, current=current)
+    best = newest_bindable(versions, policy, now, current=current)
     index = {version.key_id: version for version in versions}
-    return [_checked(d, index.get(d.binding.key_id), best, policy, now) for d in decisions]
+    return [
+        _checked(d, index.get(d.binding.key_id), best, policy, now, current=current)
+        for d in decisions
+    ]
 
 
 def _checked(
@@ -135,12 +142,14 @@ def _checked(
     best: KeyVersion | None,
     policy: VersionPolicy,
     now: datetime,
+    *,
+    current: str | None = None,
 ) -> Decision:
     if not isinstance(decision, Move):
         return decision
     binding, target = decision.binding, decision.target
     verdict = evaluate(target, policy, now, bound_vault=binding.key_id)
-    newer = bound is not None and order(target) > order(bound)
+    newer = bound is not None and order(target, current) > order(bound, current)
     if verdict.bindable and newer and target.key_id.same_key(binding.key_id):
         return decision
     log.error(
@@ -158,7 +167,7 @@ def _checked(
         best is not None
         and bound is not None
         and best.key_id.same_key(binding.key_id)
-        and order(best) > order(bound)
+        and order(best, current) > order(bound, current)
     ):
         reason = f"newer version {best.version} replaces {bound.version}"
         return Move(binding, best, reason, decision.finding)

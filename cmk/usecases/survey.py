@@ -97,4 +97,6 @@ async def _read(engine: Engine, item: KeySurvey) -> None:
         item.error = str(error) or type(error).__name__
         log.warning("cannot read %s: %s", item.key, item.error, extra={"cmk_key_id": str(item.key)})
         return
-    item.decisions = decide(versions, bindings, engine.policy, engine.now())
+    item.decisions = decide(
+        versions, bindings, engine.policy, engine.now(), current=item.view.latest.version
+    )

@@ -78,9 +78,14 @@ async def key_versions(engine: Engine, key: KeyId) -> KeyVersionsReport:
     key = key.versionless()
     subscriptions = engine.settings.require_subscriptions()
     versions = await engine.keys.list_versions(key)
+    current = await engine.keys.latest(key)
     now = engine.now()
-    best = newest_bindable(versions, engine.policy, now)
-    latest = max(versions, key=order, default=None)
+    best = newest_bindable(versions, engine.policy, now, current=current.version)
+
+    def newness(version: KeyVersion) -> tuple[datetime, bool, str]:
+        return order(version, current.version)
+
+    latest = max(versions, key=newness, default=None)
     bound: dict[str, list[AccountId]] = {}
     async for record in engine.inventory.cmk_accounts(subscriptions):
         binding = record.binding
@@ -92,7 +97,7 @@ async def key_versions(engine: Engine, key: KeyId) -> KeyVersionsReport:
             if entry.state in _IN_FLIGHT:
                 moving.setdefault(entry.to_version, []).append(entry.account_id)
     uses = []
-    for version in sorted(versions, key=order, reverse=True):
+    for version in sorted(versions, key=newness, reverse=True):
         verdict = evaluate(version, engine.policy, now)
         accounts = sorted(bound.get(version.version, []), key=str)
         newest = best is not None and best.version == version.version

@@ -142,7 +142,11 @@ async def _newer_than_target(step: _Step, record: AccountRecord) -> bool:
     keys, policy = step.engine.keys, step.engine.policy
     target = await keys.get_version(step.job.target)
     bound = await keys.get_version(record.binding.key_id)
-    if order(bound) >= order(target):
+    current = None
+    if bound.created == target.created:
+        # Dated to the same second: the key's current version is the newer one.
+        current = (await keys.latest(step.job.target.versionless())).version
+    if order(bound, current) >= order(target, current):
         return True
     evaluate(
         target, policy, step.engine.now(), bound_vault=record.binding.key_id

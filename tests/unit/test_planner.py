@@ -89,6 +89,21 @@ class TestNewestBindable:
         versions = [version(7, days_ago=1), version(9, days_ago=1), version(8, days_ago=1)]
         assert newest_bindable(versions, POLICY, NOW) == version(9, days_ago=1)
 
+    def test_tie_goes_to_the_current_version(self) -> None:
+        """Within one second (Key Vault's resolution) the key's current version is newest,
+        whatever its version string."""
+        versions = [version(9, days_ago=1), version(7, days_ago=1)]
+        current = version(7, days_ago=1).version
+        assert newest_bindable(versions, POLICY, NOW, current=current) == version(7, days_ago=1)
+
+    def test_account_moves_to_a_current_version_created_in_the_same_second(self) -> None:
+        """A new current version dated the same second as the bound one still wins the move."""
+        bound, new = version(9, days_ago=1), version(7, days_ago=1)
+        [decision] = plan(
+            [bound, new], [binding("acct", bound.key_id)], POLICY, NOW, current=new.version
+        )
+        assert isinstance(decision, Move) and decision.target == new
+
     def test_none_when_nothing_bindable(self) -> None:
         """No bindable version gives None."""
         assert newest_bindable([version(1, enabled=False)], POLICY, NOW) is None
