@@ -104,3 +104,9 @@ class EngineProvider:
                     _log.info("cmk engine ready", extra={"cmk_step": "startup"})
                 runtime = self._runtime
         return runtime.engine()
+
+    async def aclose(self) -> None:
+        """Close the clients, if they were built (a host shutting down, or a test)."""
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            await runtime.aclose()

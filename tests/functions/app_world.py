@@ -210,7 +210,5 @@ def _bindable(version: KeyVersionState) -> bool:
 
 async def close_app(host: FunctionsHost) -> None:
     """Close the clients the app's engine built (the real worker keeps them for the process;
-    a test host is one of many in a process). EngineProvider has no public close yet."""
-    runtime = getattr(host.module.engines, "_runtime", None)
-    if runtime is not None:
-        await runtime.aclose()
+    a test host is one of many in a process)."""
+    await host.module.engines.aclose()
