@@ -19,6 +19,15 @@ from cmk.sandbox.azurite import Azurite
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos-size",
+        type=int,
+        default=None,
+        help="accounts in the chaos suite's run (default 240, or CMK_CHAOS_SIZE)",
+    )
+
+
 @pytest.fixture(scope="session")
 def sandbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """One sandbox for the whole session; this process's aiohttp trusts its CA."""

@@ -1,0 +1,213 @@
+"""The chaos suite: the real Functions app, on three hosts of the local Functions host (one
+killed mid-run), against a sandbox throwing 429s (with and without Retry-After), 5xx,
+dropped connections, slow and failing LROs, duplicated, delayed and reordered Event Grid
+deliveries and a key version disabled mid-run. After the run and one sweep the estate
+must be right; see :mod:`chaos_run` for the sequence and the printed figures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from chaos_options import FIGURES, chaos_size
+from chaos_run import Binding, ChaosResult, run_chaos
+
+from cmk.ports import LedgerState
+from cmk.sandbox.core import INTERFERING_ENV, Sandbox
+from cmk.sandbox.world import KeyVersionState
+
+ALLOWED_SIZES = frozenset({2048})
+FAILED = LedgerState.FAILED
+
+
+@pytest.fixture(scope="module")
+def chaos(
+    sandbox_server: Sandbox, azurite: str, request: pytest.FixtureRequest
+) -> Iterator[ChaosResult]:
+    """One chaos run for the whole module; its figures go to the terminal summary."""
+    size = chaos_size(request.config)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in list(os.environ):
+            if name.startswith("AZURE_") or name in INTERFERING_ENV:
+                monkeypatch.delenv(name, raising=False)
+        result = asyncio.run(run_chaos(sandbox_server, azurite, size, monkeypatch))
+    request.config.stash[FIGURES] = result.figures()
+    print(result.figures())  # shown with -s
+    try:
+        yield result
+    finally:
+        sandbox_server.reset()
+
+
+def _bindable(version: KeyVersionState) -> bool:
+    """The policy's verdict on a version, from the world's side (enabled, RSA 2048, ops)."""
+    return (
+        version.enabled
+        and version.kty in ("RSA", "RSA-HSM")
+        and version.size in ALLOWED_SIZES
+        and {"wrapKey", "unwrapKey"} <= set(version.key_ops)
+    )
+
+
+def _shape_ok(version: KeyVersionState) -> bool:
+    return version.kty in ("RSA", "RSA-HSM") and version.size in ALLOWED_SIZES
+
+
+def _newest_bindable(chaos: ChaosResult, key: str) -> KeyVersionState:
+    return [v for v in chaos.versions[key] if _bindable(v)][-1]
+
+
+def _updatable(chaos: ChaosResult) -> list[Binding]:
+    return [a for a in chaos.accounts if a.group != "denied"]
+
+
+def _alert_key(alert: dict[str, object]) -> tuple[str, str, str]:
+    data = alert["data"]
+    assert isinstance(data, dict)
+    return (str(alert["subject"]).lower(), str(data["toVersion"] or ""), str(alert["type"]))
+
+
+class TestChaosRun:
+    def test_updatable_accounts_end_on_the_newest_valid_version(self, chaos: ChaosResult):
+        """Every account whose identity can use its key is on the newest valid version."""
+        wrong = [
+            (a.name, a.version, a.provisioning_state)
+            for a in _updatable(chaos)
+            if a.version != _newest_bindable(chaos, a.key).version
+            or a.provisioning_state != "Succeeded"
+        ]
+        assert not wrong, f"{len(wrong)} accounts not on the newest valid version: {wrong[:5]}"
+
+    def test_moved_accounts_are_verified_in_the_ledger(self, chaos: ChaosResult):
+        """Every account that moved has a SUCCEEDED ledger row for the version it is on."""
+        rows = {(str(e.account_id).lower(), e.to_version): e.state for e in chaos.ledger}
+        unverified = [
+            a.name
+            for a in chaos.accounts
+            if len(a.history) > 1
+            and rows.get((a.resource_id.lower(), a.version or "")) is not LedgerState.SUCCEEDED
+        ]
+        assert not unverified, f"moved but not verified: {unverified[:5]}"
+
+    def test_no_account_ever_moved_backwards(self, chaos: ChaosResult):
+        """Each account's binding history follows its key's version order."""
+        for account in chaos.accounts:
+            order = {v.version: i for i, v in enumerate(chaos.versions[account.key])}
+            positions = [order[v] for _, v in account.history if v is not None]
+            assert positions == sorted(positions), f"{account.name}: {account.history}"
+
+    def test_no_account_was_bound_to_a_version_the_policy_rejects(self, chaos: ChaosResult):
+        """Every move went to a valid version: never the rejected one, never the disabled
+        one after it was disabled, and nobody stays on a disabled version."""
+        key, disabled, disabled_at = chaos.disabled
+        for account in chaos.accounts:
+            versions = {v.version: v for v in chaos.versions[account.key]}
+            for when, moved_to in account.history[1:]:
+                assert moved_to is not None
+                version = versions[moved_to]
+                assert _shape_ok(version), f"{account.name} bound to rejected {moved_to}"
+                if moved_to == disabled:
+                    assert when <= disabled_at, f"{account.name} bound to disabled {moved_to}"
+                else:
+                    assert version.enabled, f"{account.name} bound to disabled {moved_to}"
+            assert account.version != chaos.rejected[1]
+            if account.key == key:
+                assert account.version != disabled, f"{account.name} left on a disabled version"
+
+    def test_no_alert_is_raised_twice(self, chaos: ChaosResult):
+        """No (subject, target version, alert type) was published more than once."""
+        alerts = Counter(_alert_key(a) for a in chaos.alerts)
+        repeated = [key for key, n in alerts.items() if n > 1]
+        assert not repeated, f"alerted more than once: {repeated[:5]}"
+
+    def test_every_permanent_failure_is_alerted(self, chaos: ChaosResult):
+        """Each FAILED ledger row has an alert for its account and target version."""
+        alerted = {(subject, version) for subject, version, _ in map(_alert_key, chaos.alerts)}
+        failures = [e for e in chaos.ledger if e.state is FAILED]
+        missing = [
+            (str(e.account_id).rsplit("/", 1)[-1], e.to_version)
+            for e in failures
+            if (str(e.account_id).lower(), e.to_version) not in alerted
+        ]
+        assert not missing, f"failures without an alert: {missing[:5]}"
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="cmk/usecases/assessment.py: the sweep alerts 'provisioningState is Failed'"
+        " (account_update_failed) for an update the worker already alerted as failed",
+    )
+    def test_every_permanent_failure_is_alerted_exactly_once(self, chaos: ChaosResult):
+        """Each FAILED ledger row has exactly one alert, of whatever type."""
+        per_failure = Counter(
+            (subject, version) for subject, version, _ in map(_alert_key, chaos.alerts)
+        )
+        for entry in (e for e in chaos.ledger if e.state is FAILED):
+            found = per_failure[(str(entry.account_id).lower(), entry.to_version)]
+            assert found == 1, f"{entry.account_id} -> {entry.to_version}: {found} alerts"
+
+    def test_accounts_whose_identity_cannot_use_the_key_fail_and_alert(self, chaos: ChaosResult):
+        """Accounts denied access to the key stay on their version, each alerted once."""
+        denied = [a for a in chaos.accounts if a.group == "denied"]
+        subjects = Counter(_alert_key(a)[0] for a in chaos.alerts)
+        for account in denied:
+            assert len(account.history) == 1, f"{account.name} moved: {account.history}"
+            assert subjects[account.resource_id.lower()] >= 1, f"{account.name} not alerted"
+
+    def test_the_rejected_version_is_alerted_once(self, chaos: ChaosResult):
+        """The policy-rejected RSA-4096 version raises one version_rejected alert."""
+        _, version = chaos.rejected
+        found = [
+            a for a in chaos.alerts if _alert_key(a)[1:] == (version, "CmkRotator.version_rejected")
+        ]
+        assert len(found) == 1
+
+    def test_nothing_else_alerted(self, chaos: ChaosResult):
+        """Every alert is a permanent failure in the ledger, a poisoned job, the rejected
+        version, or an account left on the version disabled under it."""
+        _, disabled, _ = chaos.disabled
+        failed = {
+            (str(e.account_id).lower(), e.to_version) for e in chaos.ledger if e.state is FAILED
+        }
+        on_disabled = {
+            a.resource_id.lower()
+            for a in chaos.accounts
+            if any(v == disabled for _, v in a.history)
+        }
+        unexplained, poison = [], 0
+        for alert in chaos.alerts:
+            subject, version, kind = _alert_key(alert)
+            if kind == "CmkRotator.version_rejected" and version == chaos.rejected[1]:
+                continue
+            if (subject, version) in failed:
+                continue
+            if kind == "CmkRotator.binding_unsafe" and subject in on_disabled:
+                continue
+            if alert["data"]["cause"] == "exhausted retries":  # a later sweep may fix it
+                poison += 1
+                continue
+            unexplained.append((subject.rsplit("/", 1)[-1], version, kind, alert["data"]))
+        assert not unexplained, f"{len(unexplained)} unexplained alerts: {unexplained[:3]}"
+        assert poison <= chaos.poisoned
+
+    def test_the_ledger_agrees_with_arm(self, chaos: ChaosResult):
+        """Every SUCCEEDED row names a version the account was bound to; nothing is left
+        PLANNED or SUBMITTED."""
+        accounts = {a.resource_id.lower(): a for a in chaos.accounts}
+        for entry in chaos.ledger:
+            account = accounts[str(entry.account_id).lower()]
+            assert entry.state not in (LedgerState.PLANNED, LedgerState.SUBMITTED), entry
+            if entry.state is LedgerState.SUCCEEDED:
+                bound = [v for _, v in account.history]
+                assert entry.to_version in bound, f"{account.name}: {entry} vs {bound}"
+
+    def test_the_chaos_really_happened(self, chaos: ChaosResult):
+        """Faults of every kind fired, events were duplicated, a host died with work in
+        flight, and the sweep moved the Managed HSM accounts."""
+        assert all(chaos.faults[kind] > 0 for kind in ("429", "5xx", "drop", "latency"))
+        assert chaos.event_duplicates > 0
+        assert chaos.killed_in_flight > 0
+        assert chaos.sweep_enqueued > 0
+        assert sum(chaos.function_failures.values()) > 0
