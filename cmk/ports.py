@@ -54,6 +54,17 @@ class KeyStore(Protocol):
 
 
 @dataclass(frozen=True)
+class KeyVaultReference:
+    """``encryption.keyVaultProperties`` exactly as ARM returned it (original letter case):
+    what a PATCH must send back unchanged apart from ``keyVersion``."""
+
+    key_vault_uri: str
+    key_name: str
+    key_version: str
+    identity_client_id: str | None
+
+
+@dataclass(frozen=True)
 class AccountRecord:
     """What the engine knows of one account: its binding (None when it uses
     Microsoft-managed keys) and the state of its last update."""
@@ -64,6 +75,8 @@ class AccountRecord:
     provisioning_state: str  # Succeeded, Updating, Failed, ...
     identity_type: str  # None, SystemAssigned, UserAssigned, "SystemAssigned, UserAssigned"
     user_assigned_client_ids: frozenset[str] = frozenset()
+    #: The binding as ARM spelled it, when this record comes from a GET of the account.
+    key_vault_reference: KeyVaultReference | None = None
 
     @property
     def has_usable_identity(self) -> bool:

@@ -43,7 +43,7 @@ from cmk.adapters._errors import azure_errors, translate
 from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
 from cmk.keyid import KeyId
 from cmk.planner import Binding
-from cmk.ports import AccountRecord, UpdateOutcome
+from cmk.ports import AccountRecord, KeyVaultReference, UpdateOutcome
 from cmk.resource_id import AccountId
 
 __all__ = [
@@ -112,10 +112,18 @@ def account_record(account: Account, account_id: AccountId | None = None) -> Acc
         provisioning_state=text_of(properties.provisioning_state if properties else None),
         identity_type=text_of(identity.type if identity else None) or "None",
         user_assigned_client_ids=client_ids,
+        key_vault_reference=None
+        if binding is None or vault_properties is None
+        else KeyVaultReference(
+            key_vault_uri=vault_properties.key_vault_uri or "",
+            key_name=vault_properties.key_name or "",
+            key_version=vault_properties.key_version or "",
+            identity_client_id=vault_properties.identity_client_id,
+        ),
     )
 
 
-def encryption_patch(current: KeyVaultProperties, version: str) -> Account:
+def encryption_patch(current: KeyVaultReference, version: str) -> Account:
     """The PATCH body that moves an account to ``version``: ``properties.encryption`` only,
     with keyVaultUri, keyName and identityClientId as ``current`` has them."""
     return Account(
@@ -206,6 +214,9 @@ class CognitiveAccounts:
         """PATCH only ``keyVersion`` (keeping keyVaultUri, keyName, identityClientId) and
         wait up to ``wait`` for the long-running operation.
 
+        The account is read once more right before the PATCH (its keyVaultProperties go
+        back exactly as ARM spells them); the operation's own final GET verifies it.
+
         Returns SUCCEEDED once the account is verified on ``version``, IN_PROGRESS when
         the operation outlives ``wait`` (or was already running for this version). A
         Failed operation raises UpdateFailed / AccessDenied with the RP's code; 409 /
@@ -215,38 +226,35 @@ class CognitiveAccounts:
         if record.binding is None:
             raise UpdateFailed(f"account {account_id} has no customer-managed key to update")
         target = record.binding.key_id.with_version(version)
-        current = await self.read(account_id)
-        vault_properties = self._check_current(current, record, target)
-        outcome = self._already(current, target)
+        # Read it again right before the PATCH: whatever the caller saw, the PATCH must
+        # carry the binding ARM holds now, and never put back a key it has left.
+        record = account_record(await self.read(account_id), account_id)
+        self._check_current(record, target)
+        reference = record.key_vault_reference
+        assert reference is not None
+        outcome = self._already(record, target)
         if outcome is not None:
             return outcome
-        poller = await self._patch(account_id, vault_properties, target)
-        if not await self._finished(poller, account_id, target, wait):
+        poller = await self._patch(account_id, reference, target)
+        updated = await self._finished(poller, account_id, target, wait)
+        if updated is None:
             return UpdateOutcome.IN_PROGRESS
-        return await self.verify(account_id, target)
+        # The operation's final GET is the verification: no extra read.
+        return self._verified(account_record(updated, account_id), target)
 
-    def _check_current(
-        self, current: Account, record: AccountRecord, target: KeyId
-    ) -> KeyVaultProperties:
-        """The account's keyVaultProperties, if it is still bound to ``target``'s key."""
-        now = account_record(current, record.account_id)
+    def _check_current(self, now: AccountRecord, target: KeyId) -> None:
+        """Refuse to change an account no longer bound to ``target``'s key."""
         if now.binding is None or not now.binding.key_id.same_key(target):
             raise UpdateFailed(
-                f"account {record.account_id} is no longer bound to {target.versionless()}"
+                f"account {now.account_id} is no longer bound to {target.versionless()}"
                 f" (now: {now.binding.key_id if now.binding else 'Microsoft-managed keys'});"
                 " refusing to change it"
             )
-        encryption = current.properties.encryption if current.properties else None
-        assert encryption is not None and encryption.key_vault_properties is not None
-        return encryption.key_vault_properties
 
-    def _already(self, current: Account, target: KeyId) -> UpdateOutcome | None:
+    def _already(self, record: AccountRecord, target: KeyId) -> UpdateOutcome | None:
         """An outcome without a PATCH: the version is in place or being applied."""
-        properties = current.properties
-        state = text_of(properties.provisioning_state if properties else None).lower()
-        encryption = properties.encryption if properties else None
-        vault_properties = encryption.key_vault_properties if encryption else None
-        bound = (vault_properties.key_version or "").lower() if vault_properties else ""
+        state = record.provisioning_state.lower()
+        bound = record.binding.key_id.version if record.binding else None
         if bound == target.version:
             if state == "succeeded":
                 return UpdateOutcome.SUCCEEDED
@@ -254,12 +262,12 @@ class CognitiveAccounts:
                 return UpdateOutcome.IN_PROGRESS
         elif state in BUSY_STATES:
             raise ServiceUnavailable(
-                f"account {current.id} is {state} (another change is running); retry later"
+                f"account {record.account_id} is {state} (another change is running); retry later"
             )
         return None
 
     async def _patch(
-        self, account_id: AccountId, current: KeyVaultProperties, target: KeyId
+        self, account_id: AccountId, current: KeyVaultReference, target: KeyId
     ) -> AsyncLROPoller[Account]:
         body = encryption_patch(current, target.version or "")
         accounts = self.client(account_id.subscription_id).accounts
@@ -283,10 +291,13 @@ class CognitiveAccounts:
         account_id: AccountId,
         target: KeyId,
         wait: timedelta,
-    ) -> bool:
-        """Follow the operation for up to ``wait``: True once it succeeded."""
+    ) -> Account | None:
+        """Follow the operation for up to ``wait``: the account it ended with, or None
+        while it is still running."""
         try:
-            await asyncio.wait_for(poller.result(), timeout=max(0.0, wait.total_seconds()))
+            updated = await asyncio.wait_for(
+                poller.result(), timeout=max(0.0, wait.total_seconds())
+            )
         except TimeoutError:
             logger.info(
                 "update of %s to %s still running after %s; verify later",
@@ -295,7 +306,7 @@ class CognitiveAccounts:
                 wait,
                 extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
             )
-            return False
+            return None
         except HttpResponseError as error:
             failed = isinstance(error.__cause__, OperationFailed)
             raise translate(
@@ -305,13 +316,15 @@ class CognitiveAccounts:
             raise
         except Exception as error:
             raise translate(error, f"updating account {account_id} to {target}") from error
-        return True
+        return updated
 
     async def verify(self, account_id: AccountId, target: KeyId) -> UpdateOutcome:
         """GET the account: SUCCEEDED when Succeeded on ``target``, IN_PROGRESS while an
         update is still running, otherwise UpdateFailed (Failed, or another version)."""
-        current = await self.read(account_id)
-        record = account_record(current, account_id)
+        return self._verified(account_record(await self.read(account_id), account_id), target)
+
+    @staticmethod
+    def _verified(record: AccountRecord, target: KeyId) -> UpdateOutcome:
         state = record.provisioning_state
         bound = record.binding.key_id.version if record.binding else None
         if state.lower() in BUSY_STATES:
@@ -319,7 +332,7 @@ class CognitiveAccounts:
         if state.lower() == "succeeded" and bound == target.version:
             return UpdateOutcome.SUCCEEDED
         raise UpdateFailed(
-            f"account {account_id} is not on {target.version} after the update"
+            f"account {record.account_id} is not on {target.version} after the update"
             f" (provisioningState {state or 'unknown'}, keyVersion {bound})"
         )
 

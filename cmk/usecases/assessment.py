@@ -64,12 +64,15 @@ def assess(
         result.flag(BindingState.UNSAFE, decision.kind.value, decision.detail, alert)
     elif isinstance(decision, Move):
         _assess_move(engine, record, decision, entry, trigger=trigger, result=result)
-    if record.provisioning_state.lower() == "failed":
+    # The worker already alerted the failure it recorded; the sweep must not say it again
+    # under another cause (one alert per account, target and cause until resolved).
+    alerted = entry is not None and entry.state is LedgerState.FAILED
+    if record.provisioning_state.lower() == "failed" and not alerted:
         target = decision.target.version if isinstance(decision, Move) else binding.key_id.version
         cause = "provisioningState is Failed"
         alert = alerting.update_failed(binding.account_id, binding.key_id, target or "", cause)
         result.flag(BindingState.FAILING, "update_failed", cause, alert)
-    if not record.has_usable_identity:
+    if not record.has_usable_identity and not alerted:
         cause = f"no identity can use the key (identity type {record.identity_type})"
         alert = alerting.identity_missing(binding.account_id, binding.key_id, cause)
         result.flag(BindingState.FAILING, "identity_missing", cause, alert)

@@ -16,7 +16,7 @@ import logging
 from dataclasses import replace
 
 from cmk.errors import KeyAccessDenied, PermanentError, ServiceUnavailable, UpdateFailed
-from cmk.policy import evaluate
+from cmk.policy import KeyVersion, evaluate
 from cmk.ports import (
     AccountRecord,
     Alert,
@@ -36,6 +36,7 @@ __all__ = ["on_poison", "rotate_account"]
 log = logging.getLogger(__name__)
 
 _DONE = frozenset({LedgerState.SUCCEEDED, LedgerState.SKIPPED})
+_IN_FLIGHT = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED})
 
 
 class _IdentityDenied(PermanentError):
@@ -136,8 +137,10 @@ def _bound_version(step: _Step, record: AccountRecord) -> str:
     return binding.key_id.version or ""
 
 
-async def _newer_than_target(step: _Step, record: AccountRecord) -> bool:
-    """Re-validate the target and tell whether the bound version is newer (never go back)."""
+async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
+    """Why this job must not move the account, or None. Re-validates the target: an
+    account never goes back to an older version, and a rejected target fails the job
+    unless a newer valid version has superseded it (that version's job moves the account)."""
     assert record.binding is not None
     keys, policy = step.engine.keys, step.engine.policy
     target = await keys.get_version(step.job.target)
@@ -147,11 +150,23 @@ async def _newer_than_target(step: _Step, record: AccountRecord) -> bool:
         # Dated to the same second: the key's current version is the newer one.
         current = (await keys.latest(step.job.target.versionless())).version
     if order(bound, current) >= order(target, current):
-        return True
-    evaluate(
-        target, policy, step.engine.now(), bound_vault=record.binding.key_id
-    ).require_bindable()
-    return False
+        return f"already on {bound.version}, not older than {target.version}"
+    verdict = evaluate(target, policy, step.engine.now(), bound_vault=record.binding.key_id)
+    if not verdict.bindable:
+        newer = await _successor(step, target)
+        if newer is not None:
+            return f"superseded: {target.version} is no longer valid and {newer} replaces it"
+    verdict.require_bindable()
+    return None
+
+
+async def _successor(step: _Step, target: KeyVersion) -> str | None:
+    """The key's current version if it is newer than ``target`` and bindable."""
+    latest = await step.engine.keys.latest(target.key_id.versionless())
+    now, current = step.engine.now(), latest.version
+    if order(latest, current) <= order(target, current):
+        return None
+    return current if evaluate(latest, step.engine.policy, now).bindable else None
 
 
 async def _rotate(step: _Step) -> JobReport:
@@ -163,10 +178,15 @@ async def _rotate(step: _Step) -> JobReport:
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED, "already on target")
     if bound == step.version and state == "updating":
         return await step.verify_later(record_submitted=True)
-    if bound != step.version and await _newer_than_target(step, record):
-        cause = f"already on {bound}, not older than {step.version}"
+    cause = await _skip_cause(step, record) if bound != step.version else None
+    if cause is not None:
         return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)
     if state not in ("succeeded", "failed"):
+        in_flight = step.previous is not None and step.previous.state in _IN_FLIGHT
+        if in_flight:
+            # Our own update to this target is still running (a duplicate job, or a
+            # retry after a crash): check on it later instead of spending a delivery.
+            return await step.verify_later(record_submitted=False)
         raise ServiceUnavailable(f"account {step.job.account_id} is {record.provisioning_state}")
     if not record.has_usable_identity:
         return await step.fail("the account has no identity that can use the key", identity=True)
@@ -193,8 +213,8 @@ async def _verify(step: _Step) -> JobReport:
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)
     if state == "failed":
         return await step.fail(f"the update ended with provisioningState Failed on {bound}")
-    if bound != step.version and await _newer_than_target(step, record):
-        cause = f"already on {bound}, not older than {step.version}"
+    cause = await _skip_cause(step, record) if bound != step.version else None
+    if cause is not None:
         return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)
     if state != "succeeded":
         submitted = step.previous.updated if step.previous else engine.now()

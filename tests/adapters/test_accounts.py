@@ -224,17 +224,22 @@ class TestCognitiveAccountsUpdate:
         assert _patches(cloud) == 1
 
     async def test_busy_account_is_transient(self, cloud: Cloud, services: Services) -> None:
-        """While another update runs, a second one raises ServiceUnavailable, sending no PATCH."""
+        """While another update runs, a second one raises ServiceUnavailable: from a fresh
+        record without a PATCH, and from a stale record through the RP's 409."""
         old = cloud.add_version(cloud.vault).version
         mid = cloud.add_version(cloud.vault).version
         new = cloud.add_version(cloud.vault).version
         cloud.add_account("busy", cloud.vault, old, lro_seconds=2.0)
-        record = await services.accounts.get(_id("busy"))
-        first = await services.accounts.update_key_version(record, mid, timedelta(0))
+        stale = await services.accounts.get(_id("busy"))
+        first = await services.accounts.update_key_version(stale, mid, timedelta(0))
         assert first is UpdateOutcome.IN_PROGRESS
+        fresh = await services.accounts.get(_id("busy"))
         with pytest.raises(ServiceUnavailable):
-            await services.accounts.update_key_version(record, new, WAIT)
+            await services.accounts.update_key_version(fresh, new, WAIT)
         assert _patches(cloud) == 1
+        with pytest.raises(ServiceUnavailable):
+            await services.accounts.update_key_version(stale, new, WAIT)
+        assert cloud.world.account(str(_id("busy"))).encryption.key_version == old
 
     async def test_conflict_on_patch_is_transient(self, cloud: Cloud, services: Services) -> None:
         """A 409 answer to the PATCH raises ServiceUnavailable."""

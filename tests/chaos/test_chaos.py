@@ -134,11 +134,6 @@ class TestChaosRun:
         ]
         assert not missing, f"failures without an alert: {missing[:5]}"
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="cmk/usecases/assessment.py: the sweep alerts 'provisioningState is Failed'"
-        " (account_update_failed) for an update the worker already alerted as failed",
-    )
     def test_every_permanent_failure_is_alerted_exactly_once(self, chaos: ChaosResult):
         """Each FAILED ledger row has exactly one alert, of whatever type."""
         per_failure = Counter(

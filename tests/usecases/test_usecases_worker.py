@@ -165,6 +165,38 @@ class TestRotateAccount:
         assert rig.estate.sandbox.counters.matching(method="PATCH") == []
         assert len(rig.alerts("account_update_failed")) == 1
 
+    async def test_superseded_rejected_target_is_skipped_without_alert(self, rig: Rig) -> None:
+        """A stale job whose target was disabled after a newer valid version appeared is
+        SKIPPED as superseded: no PATCH, no alert (the newer version's job moves it)."""
+        account, _, new = _pair(rig)
+        newer = rig.estate.version(rig.estate.kv)
+        new.enabled = False
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.SKIPPED
+        assert "superseded" in (report.cause or "") and newer.version in (report.cause or "")
+        assert rig.estate.sandbox.counters.matching(method="PATCH") == []
+        assert rig.alerts("account_update_failed") == []
+
+    async def test_duplicate_job_during_own_update_verifies_later(self, rig: Rig) -> None:
+        """A second job for a target whose update is still running queues a VERIFY job
+        instead of failing the delivery; the update then verifies."""
+        account, _, new = _pair(rig, lro_seconds=1.0)
+        engine = rig.engine
+        fast = replace(engine, settings=_timeout(engine.settings, 0.1))
+        job = _job(account, rig.estate.kv, new)
+        assert (await rotate_account(fast, job)).result is JobResult.SUBMITTED
+
+        duplicate = await rotate_account(fast, job)
+
+        assert duplicate.result is JobResult.SUBMITTED
+        assert [j.step for j in await rig.queued()] == [JobStep.VERIFY, JobStep.VERIFY]
+        await asyncio.sleep(1.1)
+        assert {r.result for r in await rig.drain()} == {JobResult.SUCCEEDED}
+        assert account.encryption.key_version == new.version
+        await rig.check_ledger()
+
     async def test_account_gone_fails_with_alert(self, rig: Rig) -> None:
         """A deleted account is a permanent failure: ledger FAILED and one alert."""
         account, _, new = _pair(rig)
