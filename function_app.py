@@ -20,8 +20,18 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 engines = EngineProvider(os.environ)
 
 
-def _event(event: func.EventGridEvent) -> dict[str, object]:
-    """The event as Event Grid sent it (Event Grid schema)."""
+def _event(event: func.EventGridEvent | func.CloudEvent) -> dict[str, object]:
+    """The event as Event Grid sent it, in its own schema (Event Grid or CloudEvents 1.0)."""
+    if isinstance(event, func.CloudEvent):
+        return {
+            "specversion": event.specversion,
+            "id": event.id,
+            "source": event.source,
+            "type": event.type,
+            "subject": event.subject,
+            "time": event.time.isoformat() if event.time else None,
+            "data": event.get_json(),
+        }
     return {
         "id": event.id,
         "topic": event.topic,

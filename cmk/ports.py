@@ -184,6 +184,10 @@ class Ledger(Protocol):
         older than ``lease`` may be taken over (atomically) by a new caller."""
         ...
 
+    async def release_claim(self, name: str) -> None:
+        """Drop the claim ``name`` (its work failed before doing anything)."""
+        ...
+
 
 class AlertType(StrEnum):
     ACCOUNT_UPDATE_FAILED = "account_update_failed"

@@ -99,7 +99,12 @@ class EngineProvider:
             async with self._lock:
                 if self._runtime is None:
                     built = Runtime(Settings.from_environ(self._environ))
-                    await built.prepare_storage()
+                    try:
+                        if not built.settings.dry_run:  # a dry run creates nothing
+                            await built.prepare_storage()
+                    except BaseException:
+                        await built.aclose()
+                        raise
                     self._runtime = built
                     _log.info("cmk engine ready", extra={"cmk_step": "startup"})
                 runtime = self._runtime

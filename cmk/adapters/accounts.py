@@ -6,8 +6,9 @@ and closed by :meth:`CognitiveAccounts.close`.
 :meth:`CognitiveAccounts.update_key_version` is the one write this product makes in
 ARM. It reads the account first (to keep ``keyVaultUri``, ``keyName`` and
 ``identityClientId`` exactly as the account has them, to refuse a binding that changed
-since the caller read it, and to answer without a PATCH when the version is already in
-place or being applied), then PATCHes only ``properties.encryption``::
+since the caller read it — another key, or another version: the caller re-plans — and to
+answer without a PATCH when the version is already in place or being applied), then
+PATCHes only ``properties.encryption``::
 
     {"properties": {"encryption": {"keySource": "Microsoft.KeyVault",
         "keyVaultProperties": {"keyVaultUri": ..., "keyName": ..., "keyVersion": <new>,
@@ -226,12 +227,21 @@ class CognitiveAccounts:
         if record.binding is None:
             raise UpdateFailed(f"account {account_id} has no customer-managed key to update")
         target = record.binding.key_id.with_version(version)
+        seen = record.binding.key_id
         # Read it again right before the PATCH: whatever the caller saw, the PATCH must
         # carry the binding ARM holds now, and never put back a key it has left.
         record = account_record(await self.read(account_id), account_id)
         self._check_current(record, target)
         reference = record.key_vault_reference
-        assert reference is not None
+        assert reference is not None and record.binding is not None
+        now_bound = record.binding.key_id
+        if now_bound not in (seen, target):
+            # Another update moved it since the caller decided: let the caller decide again
+            # (its ordering check keeps the account from ever going back).
+            raise ServiceUnavailable(
+                f"account {account_id} moved from {seen.version} to {now_bound.version}"
+                " since it was read; re-planning"
+            )
         outcome = self._already(record, target)
         if outcome is not None:
             return outcome

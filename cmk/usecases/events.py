@@ -9,8 +9,9 @@ newest bindable version read now, and the worker never moves an account backward
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
-from cmk.errors import NotFound, ServiceUnavailable
+from cmk.errors import NotFound, PermanentError, ServiceUnavailable
 from cmk.events import KeyVaultEvent
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion, evaluate
@@ -170,11 +171,42 @@ async def _create(engine: Engine, view: KeyVersions, expiring: KeyId) -> KeyVers
     return await engine.keys.create_like(template)
 
 
+#: Key Vault's default KeyNearExpiry notice (a rotation policy's Notify action may differ).
+DEFAULT_NOTICE = timedelta(days=30)
+
+
+async def _confirmed(
+    engine: Engine, event: KeyVaultEvent, view: KeyVersions, *, expired: bool
+) -> KeyVersion | None:
+    """The event's version as Key Vault has it, if Key Vault confirms what the event says:
+    expired, or expiring soon (within the margin or the default notice, or exactly when the
+    event says). None for a replayed, outdated or forged event: nothing is done then."""
+    known = view.get(event.key_id.version or "") or await engine.keys.get_version(event.key_id)
+    if known.expires is None:
+        return None
+    now = engine.now()
+    if expired:
+        return known if known.expires <= now else None
+    window = max(engine.settings.expiry_margin, DEFAULT_NOTICE)
+    as_announced = event.expires is not None and abs(event.expires - known.expires) <= timedelta(
+        seconds=1
+    )
+    return known if known.expires <= now + window or as_announced else None
+
+
+def _stale(engine: Engine, event: KeyVaultEvent) -> EventReport:
+    detail = f"Key Vault does not confirm that {event.key_id} is {event.event_type.value}"
+    log.warning("ignoring event %s: %s", event.event_id, detail, extra=_extra(event, "confirm"))
+    return _report(engine, event, EventOutcome.STALE_EVENT, detail=detail)
+
+
 async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
     """A version nears expiry: move to a newer version, creating one (exactly once) if needed."""
     view = await _open(engine, event, full=True)
     if isinstance(view, EventReport):
         return view
+    if await _confirmed(engine, event, view, expired=False) is None:
+        return _stale(engine, event)
     expiring = event.key_id
     if _successor(engine, view, expiring.version or "") is not None:
         return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
@@ -186,7 +218,9 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
         return _report(engine, event, EventOutcome.NOT_ROTATED, alerts=raised, detail=cause)
     if engine.dry_run:
         return _report(engine, event, EventOutcome.ROTATED, detail="would create a new version")
-    claim = f"rotate|{view.key}|{expiring.version}"
+    # One claim per version being superseded (the key's current one), so two versions
+    # expiring together still yield one new version.
+    claim = f"rotate|{view.key}|{view.latest.version}"
     if not await engine.ledger.claim(claim, engine.owner, lease=engine.claim_lease):
         log.info("rotation of %s already claimed", view.key, extra=_extra(event, "claim"))
         view = await KeyVersions.load(engine.keys, view.key, engine.policy, engine.now())
@@ -198,7 +232,11 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
                 "exists yet; retry"
             )
         return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
-    created = await _create(engine, view, expiring)
+    try:
+        created = await _create(engine, view, expiring)
+    except PermanentError:
+        await engine.ledger.release_claim(claim)  # let a fixed configuration try again
+        raise
     log.info(
         "created %s before %s expires", created.key_id, expiring, extra=_extra(event, "rotate")
     )
@@ -222,6 +260,8 @@ async def on_expired(engine: Engine, event: KeyVaultEvent) -> EventReport:
     view = await _open(engine, event, full=True)
     if isinstance(view, EventReport):
         return view
+    if await _confirmed(engine, event, view, expired=True) is None:
+        return _stale(engine, event)
     expired = event.key_id
     fan = await fan_out(engine, view, event.event_id, only_version=expired.version, urgent=True)
     alerts = [alerting.expired_bound(m.binding.account_id, expired, m.target) for m in fan.moves]

@@ -86,6 +86,7 @@ class EventOutcome(StrEnum):
     ROTATED = "rotated"  # a new version was created (or would be), then fanned out
     NOT_ROTATED = "not_rotated"  # near expiry, no successor, rotating is off: alerted
     NO_SUCCESSOR = "no_successor"  # no bindable version to move to
+    STALE_EVENT = "stale_event"  # Key Vault disagrees with the event (replayed, forged, old)
 
 
 @dataclass(frozen=True)

@@ -190,6 +190,13 @@ async def _rotate(step: _Step) -> JobReport:
         raise ServiceUnavailable(f"account {step.job.account_id} is {record.provisioning_state}")
     if not record.has_usable_identity:
         return await step.fail("the account has no identity that can use the key", identity=True)
+    if bound == step.version:
+        # On the target but not Succeeded (a failed update): validate before trying again.
+        assert record.binding is not None
+        target = await engine.keys.get_version(step.job.target)
+        evaluate(
+            target, engine.policy, engine.now(), bound_vault=record.binding.key_id
+        ).require_bindable()
     if engine.dry_run:
         return step.report(JobResult.WOULD_UPDATE, f"would PATCH keyVersion {step.version}")
     await step.record(LedgerState.PLANNED)
@@ -226,6 +233,22 @@ async def _verify(step: _Step) -> JobReport:
 
 async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
     """Run one job's step (ROTATE or VERIFY); permanent errors end as FAILED plus one alert."""
+    if not engine.settings.vault_in_scope(job.target):
+        # The vault left CMK_VAULT_ALLOWLIST after this job was queued: stop, quietly.
+        log.warning(
+            "skipping job for %s: vault %s is no longer in CMK_VAULT_ALLOWLIST",
+            job.account_id,
+            job.target.vault_url,
+            extra={"cmk_account_id": str(job.account_id), "cmk_step": "scope"},
+        )
+        return JobReport(
+            account_id=job.account_id,
+            target=job.target,
+            step=job.step,
+            result=JobResult.SKIPPED,
+            attempts=0,
+            cause=f"vault {job.target.vault_url} is not in CMK_VAULT_ALLOWLIST",
+        )
     previous = await engine.ledger.get(job.account_id, job.target.version or "")
     step = _Step(engine, job, previous)
     try:

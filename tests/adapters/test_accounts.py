@@ -299,6 +299,22 @@ class TestCognitiveAccountsUpdate:
             await services.accounts.update_key_version(record, "f" * 32, WAIT)
         assert _patches(cloud) == 0
 
+    async def test_version_moved_since_read_is_replanned(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """Read on v1, moved to v3 by another job, asked for v2: no PATCH (it would go
+        back); a transient error makes the caller re-plan."""
+        v1 = cloud.add_version(cloud.vault).version
+        v2 = cloud.add_version(cloud.vault).version
+        v3 = cloud.add_version(cloud.vault).version
+        account = cloud.add_account("raced", cloud.vault, v1)
+        record = await services.accounts.get(_id("raced"))
+        account.encryption.key_version = v3
+        with pytest.raises(ServiceUnavailable, match="re-planning"):
+            await services.accounts.update_key_version(record, v2, WAIT)
+        assert _patches(cloud) == 0
+        assert account.encryption.key_version == v3
+
     async def test_accounts_in_two_subscriptions(self, cloud: Cloud, services: Services) -> None:
         """Each subscription gets its own client; both accounts update."""
         cloud.add_subscription(SUB2)

@@ -75,4 +75,4 @@ class TestHostJson:
         }
         assert "retry" not in host  # queues own their retries; see docs/functions.md
         sampling = host["logging"]["applicationInsights"]["samplingSettings"]
-        assert sampling["excludedTypes"] == "Request;Exception"
+        assert sampling["excludedTypes"] == "Request;Exception;Trace"

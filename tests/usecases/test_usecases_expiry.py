@@ -133,3 +133,35 @@ class TestOnExpired:
         assert await rig.queue_length() == 0
         assert [a["data"]["severity"] for a in rig.alerts("key_expired_bound")] == ["critical"]
         assert account.encryption.key_version == expired.version
+
+
+class TestEventsAreConfirmedByKeyVault:
+    async def test_near_expiry_for_a_far_expiry_is_ignored(self, rig: Rig) -> None:
+        """A near-expiry event for a version Key Vault says expires in a year (replayed
+        after the expiry was extended, or forged) creates nothing and moves nothing."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        version = estate.version(estate.kv, expires=now + timedelta(days=365))
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, version)
+        version.expires = now + timedelta(days=400)  # extended after the event
+
+        report = await on_near_expiry(rig.engine, event)
+
+        assert report.outcome is EventOutcome.STALE_EVENT
+        assert len(estate.kv.keys["cmk"].versions) == 1
+        assert await rig.queue_length() == 0
+
+    async def test_expired_event_for_a_valid_version_is_ignored(self, rig: Rig) -> None:
+        """A KeyExpired event for a version that has not expired raises no critical alert."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        version = estate.version(estate.kv, expires=now + timedelta(days=100))
+        estate.account("acct-c", estate.kv, version.version)
+
+        report = await on_expired(
+            rig.engine, estate.event(KeyEventType.EXPIRED, estate.kv, version)
+        )
+
+        assert report.outcome is EventOutcome.STALE_EVENT
+        assert rig.alerts("key_expired_bound") == []
+        assert await rig.queue_length() == 0

@@ -197,6 +197,32 @@ class TestRotateAccount:
         assert account.encryption.key_version == new.version
         await rig.check_ledger()
 
+    async def test_failed_update_on_a_now_rejected_target_is_not_retried(self, rig: Rig) -> None:
+        """An account left Failed on its target is re-validated before any new PATCH: a
+        target disabled meanwhile fails the job instead of being sent again."""
+        account, _, new = _pair(rig)
+        account.encryption.key_version = new.version
+        account.provisioning_state = "Failed"
+        new.enabled = False
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.FAILED and "disabled" in (report.cause or "")
+        assert rig.estate.sandbox.counters.matching(method="PATCH") == []
+
+    async def test_vault_removed_from_the_allow_list_stops_queued_jobs(self, rig: Rig) -> None:
+        """A job queued before its vault left CMK_VAULT_ALLOWLIST is skipped, untouched."""
+        account, old, new = _pair(rig)
+        engine = replace(
+            rig.engine, settings=replace(rig.engine.settings, vault_allowlist=frozenset())
+        )
+
+        report = await rotate_account(engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.SKIPPED and "ALLOWLIST" in (report.cause or "")
+        assert account.encryption.key_version == old.version
+        assert rig.estate.sandbox.counters.matching(method="PATCH") == []
+
     async def test_account_gone_fails_with_alert(self, rig: Rig) -> None:
         """A deleted account is a permanent failure: ledger FAILED and one alert."""
         account, _, new = _pair(rig)
