@@ -238,6 +238,10 @@ class EventGrid:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        if ".managedhsm." in event.vault_host:
+            # Event Grid has Key Vault vaults as a source, not Managed HSM pools: their
+            # keys' changes reach cmk-rotator through the sweep only, as in Azure.
+            return
         with self._lock:
             targets = [s for s in self.subscriptions if s.wants(event)]
         for subscription in targets:
