@@ -10,22 +10,40 @@ Error contract with the host:
 - bad input (a malformed or forged event, an undecodable job) is logged at ERROR with
   what was received and completed: retrying could never make it valid, and the log keeps
   it (dead-lettered events can be replayed with ``cmk replay``);
-- permanent failures of an account are the engine's: a ledger row and one alert.
+- permanent failures of an account are the engine's: a ledger row and one alert;
+- a permanent failure handling a key event (our identity may not read the key, the key
+  is gone) is logged at ERROR and raised as one ``event_failed`` alert, and the event is
+  completed: Event Grid would otherwise retry it for 24 hours without telling anyone;
+- a throttled job (429) is put back on the queue with the service's ``Retry-After``
+  (plus jitter) instead of spending one of the message's ``maxDequeueCount`` deliveries;
+  after :data:`MAX_DEFERRALS` deferrals the 429 propagates like any transient error.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
+from dataclasses import replace
+from datetime import timedelta
 
 from cmk.adapters.jobqueue import decode_job
-from cmk.errors import InvalidInput, NotFound, OutOfScope
+from cmk.errors import (
+    AccessDenied,
+    InvalidInput,
+    NotFound,
+    OutOfScope,
+    PermanentError,
+    ThrottledError,
+)
 from cmk.events import IgnoredEvent, KeyVaultEventType, parse_event
 from cmk.keyid import KeyId
+from cmk.ports import RotationJob
 from cmk.usecases import (
     EventReport,
     JobReport,
     SweepReport,
+    alerting,
     on_expired,
     on_near_expiry,
     on_new_version,
@@ -40,6 +58,7 @@ from cmk.usecases.report import to_jsonable
 from cmk.usecases.rotate import rotate_key
 
 __all__ = [
+    "MAX_DEFERRALS",
     "handle_job_message",
     "handle_key_event",
     "handle_poison_message",
@@ -48,9 +67,21 @@ __all__ = [
     "http_status",
     "http_sweep",
     "run_sweep",
+    "throttle_delay",
 ]
 
 log = logging.getLogger(__name__)
+
+#: How often a throttled job is put back on the queue before its 429 propagates (and the
+#: host's own retries, then the poison queue, take over).
+MAX_DEFERRALS = 20
+#: How long a throttled job waits when the service gave no ``Retry-After``.
+DEFAULT_THROTTLE_DELAY = timedelta(seconds=30)
+#: The shortest wait before a deferred job runs again.
+MIN_THROTTLE_DELAY = timedelta(seconds=1)
+#: Up to this share of the delay is added at random, so deferred jobs do not all return
+#: in the same second and trip the throttle again together.
+THROTTLE_JITTER = 0.25
 
 _HANDLERS = {
     KeyVaultEventType.NEW_VERSION: on_new_version,
@@ -84,17 +115,73 @@ async def handle_key_event(
             parsed.event_type.value,
             expected.value,
         )
-    return await _HANDLERS[parsed.event_type](engine, parsed)
+    try:
+        return await _HANDLERS[parsed.event_type](engine, parsed)
+    except PermanentError as error:
+        key = parsed.key_id
+        log.error(
+            "event %s for %s failed for good: %s",
+            parsed.event_id,
+            key,
+            error,
+            extra={
+                "cmk_event_id": parsed.event_id,
+                "cmk_key_id": str(key.versionless()),
+                "cmk_to_version": key.version,
+                "cmk_step": "event",
+                "cmk_error": type(error).__name__,
+            },
+        )
+        cause = f"{type(error).__name__}: {error}"
+        await alerting.publish(engine, [alerting.event_failed(key, parsed.event_id, cause)])
+        return None
 
 
 async def handle_job_message(engine: Engine, body: str | bytes) -> JobReport | None:
-    """Run one rotation job from the queue; None when the message is not a job."""
+    """Run one rotation job from the queue; None when the message is not a job, or when
+    the job was throttled and put back on the queue for later."""
     try:
         job = decode_job(body)
     except InvalidInput as error:
         log.error("discarded queue message: %s", error, extra={"cmk_step": "decode"})
         return None
-    return await rotate_account(engine, job)
+    try:
+        return await rotate_account(engine, job)
+    except ThrottledError as error:
+        if engine.dry_run or job.deferrals >= MAX_DEFERRALS:
+            raise
+        await _defer(engine, job, error)
+        return None
+
+
+def throttle_delay(retry_after: float | None) -> timedelta:
+    """How long a throttled job waits: the service's ``Retry-After`` (else 30 s), at least
+    1 s, plus up to 25 % at random."""
+    base = DEFAULT_THROTTLE_DELAY if retry_after is None else timedelta(seconds=retry_after)
+    base = max(base, MIN_THROTTLE_DELAY)
+    jitter = random.uniform(0.0, THROTTLE_JITTER)  # noqa: S311 -- spreading load, not a secret
+    return base * (1 + jitter)
+
+
+async def _defer(engine: Engine, job: RotationJob, error: ThrottledError) -> None:
+    """Put ``job`` back on the queue after the throttle's delay, one deferral more."""
+    delay = throttle_delay(error.retry_after)
+    deferred = replace(job, deferrals=job.deferrals + 1)
+    await engine.jobs.enqueue(deferred, delay=delay)
+    log.warning(
+        "throttled; job for %s deferred %.0f s (deferral %d of %d): %s",
+        job.account_id,
+        delay.total_seconds(),
+        deferred.deferrals,
+        MAX_DEFERRALS,
+        error,
+        extra={
+            "cmk_account_id": str(job.account_id),
+            "cmk_key_id": str(job.target.versionless()),
+            "cmk_to_version": job.target.version,
+            "cmk_step": "deferred",
+        },
+    )
 
 
 async def handle_poison_message(engine: Engine, body: str | bytes) -> JobReport | None:
@@ -133,7 +220,8 @@ async def http_sweep(engine: Engine) -> JsonResponse:
 async def http_rotate(engine: Engine, key_id: str | None) -> JsonResponse:
     """POST /api/rotate?key_id=...: create a new version of one key now and move every
     bound account. 400 for a missing or invalid key id or a vault outside the allow-list,
-    404 for a key that does not exist (nothing is written in either case)."""
+    403 when the app's identity may not read or rotate the key, 404 for a key that does
+    not exist (nothing is written in any of these cases)."""
     if not key_id:
         return 400, {
             "error": "key_id is required, e.g. ?key_id=https://myvault.vault.azure.net/keys/mykey"
@@ -143,6 +231,12 @@ async def http_rotate(engine: Engine, key_id: str | None) -> JsonResponse:
         report = await rotate_key(engine, parsed.versionless(), trigger="http")
     except (InvalidInput, OutOfScope) as error:
         return 400, {"error": str(error)}
+    except AccessDenied as error:
+        return 403, {
+            "error": f"the app's identity may not rotate this key: {error}",
+            "fix": "grant the Function app's managed identity 'Key Vault Crypto Officer'"
+            " on the key or vault (or get, create, rotate in its access policy)",
+        }
     except NotFound as error:
         return 404, {"error": str(error)}
     return 200, to_jsonable(report)

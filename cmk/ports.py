@@ -134,6 +134,7 @@ class RotationJob:
     step: JobStep = JobStep.ROTATE
     urgent: bool = False
     from_version: str | None = None
+    deferrals: int = 0  # times re-enqueued after a 429 (see cmk.entrypoints)
 
 
 class JobQueue(Protocol):
@@ -198,6 +199,7 @@ class AlertType(StrEnum):
     IDENTITY_MISSING = "identity_missing"
     VAULT_NOT_RECOVERABLE = "vault_not_recoverable"
     VERSION_REJECTED = "version_rejected"
+    EVENT_FAILED = "event_failed"
 
 
 class Severity(StrEnum):

@@ -69,6 +69,19 @@ def redact_connection_string(value: str) -> str:
     return _SECRET_PART.sub(lambda match: f"{match.group(1)}=***", value)
 
 
+def _redact_uri(value: str) -> str:
+    """``value`` fit for an error message: its query (a SAS token?) and any password in
+    it become ``***``."""
+    try:
+        parts = urlsplit(value)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    except ValueError:
+        return "(hidden: not a parsable URI)"
+    return parts._replace(netloc=netloc, query="***" if parts.query else "").geturl()
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """The Function app's storage: a connection string, or service URIs for identity auth."""
@@ -131,7 +144,9 @@ class Settings:
                 "CMK_ROTATE_ON_NEAR_EXPIRY", default.rotate_on_near_expiry, _boolean
             ),
             sweep_schedule=reader.get("CMK_SWEEP_SCHEDULE", default.sweep_schedule, _schedule),
-            alert_topic_endpoint=reader.get("CMK_ALERT_TOPIC_ENDPOINT", None, _topic(cloud)),
+            alert_topic_endpoint=reader.get(
+                "CMK_ALERT_TOPIC_ENDPOINT", None, _topic(cloud), uri=True
+            ),
             job_queue=reader.get("CMK_JOB_QUEUE", default.job_queue, _queue_name),
             ledger_table=reader.get("CMK_LEDGER_TABLE", default.ledger_table, _table_name),
             dry_run=reader.get("CMK_DRY_RUN", default.dry_run, _boolean),
@@ -187,14 +202,17 @@ class _Reader:
         value = self.environ.get(name)
         return value.strip() if value is not None and value.strip() else None
 
-    def get(self, name: str, default: T, convert: Callable[[str], T]) -> T:
+    def get(self, name: str, default: T, convert: Callable[[str], T], *, uri: bool = False) -> T:
+        """The converted value of ``name``; with ``uri``, a problem shows the value with its
+        query and password hidden (a SAS token must not reach a log)."""
         value = self.raw(name)
         if value is None:
             return default
         try:
             return convert(value)
         except ValueError as error:  # our InvalidInput errors are ValueErrors too
-            self.problems.append(f"{name}={value!r}: {error}")
+            shown = _redact_uri(value) if uri else value
+            self.problems.append(f"{name}={shown!r}: {error}")
             return default
 
     def raise_problems(self) -> None:
@@ -343,8 +361,8 @@ def _storage(reader: _Reader, cloud: AzureCloud) -> StorageSettings | None:
             return None
         return StorageSettings(connection_string=connection)
     account = reader.get("AzureWebJobsStorage__accountName", None, _account_name)
-    queue = reader.get("AzureWebJobsStorage__queueServiceUri", None, _https_uri)
-    table = reader.get("AzureWebJobsStorage__tableServiceUri", None, _https_uri)
+    queue = reader.get("AzureWebJobsStorage__queueServiceUri", None, _https_uri, uri=True)
+    table = reader.get("AzureWebJobsStorage__tableServiceUri", None, _https_uri, uri=True)
     if account is not None:
         queue = queue or f"https://{account}.queue.{cloud.endpoints.storage_suffix}"
         table = table or f"https://{account}.table.{cloud.endpoints.storage_suffix}"

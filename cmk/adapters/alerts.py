@@ -26,6 +26,7 @@ Event types (``type`` of the CloudEvent, one per :class:`~cmk.ports.AlertType`):
 - ``CmkRotator.identity_missing``        an account has no identity that can use the key
 - ``CmkRotator.vault_not_recoverable``   the vault lacks soft delete / purge protection
 - ``CmkRotator.version_rejected``        a new key version fails the policy
+- ``CmkRotator.event_failed``            a Key Vault event could not be handled (permanent)
 
 A publish failure is transient: the dedup row is removed again and ServiceUnavailable
 raised, so the platform's retry publishes it (and logs it once more).

@@ -8,7 +8,8 @@ trigger expects by default. Build the ``QueueClient`` with :func:`message_polici
 :func:`decode_job` is strict: anything that is not exactly a job (bad JSON, missing or
 mistyped fields, an account id or key id that does not parse, an unversioned target)
 raises :class:`~cmk.errors.InvalidInput`. Unknown fields are ignored, so a newer
-producer does not poison an older worker.
+producer does not poison an older worker; ``deferrals`` (how often the job was put back
+after throttling) may be absent, as in messages of older producers, and then is 0.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def encode_job(job: RotationJob) -> str:
             "step": job.step.value,
             "urgent": job.urgent,
             "from_version": job.from_version,
+            "deferrals": job.deferrals,
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -106,6 +108,9 @@ def decode_job(text: str | bytes) -> RotationJob:
     from_version = _field(body, "from_version", str, optional=True)
     if from_version is not None:
         from_version = target.with_version(from_version).version
+    deferrals = _field(body, "deferrals", int, optional=True) or 0
+    if deferrals < 0:
+        raise InvalidInput(f"rotation job: deferrals must be 0 or more, not {deferrals}")
     return RotationJob(
         account_id=AccountId.parse(_field(body, "account_id", str)),
         target=target,
@@ -113,6 +118,7 @@ def decode_job(text: str | bytes) -> RotationJob:
         step=step,
         urgent=bool(_field(body, "urgent", bool, optional=True)),
         from_version=from_version,
+        deferrals=deferrals,
     )
 
 

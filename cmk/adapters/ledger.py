@@ -134,7 +134,10 @@ def _from_entity(entity: Mapping[str, Any]) -> LedgerEntry:
 class TableLedger:
     """The :class:`~cmk.ports.Ledger` (and alert dedup rows) over one Azure table.
 
-    The table is created on first use if missing.
+    Writes (:meth:`record`, :meth:`claim`, :meth:`open_alert`) create the table on first
+    use if it is missing. Reads never do — a dry run writes nothing to storage — so a
+    read of a table that does not exist finds nothing (None, [], False), and closing or
+    removing alerts in a missing table closes nothing.
     """
 
     def __init__(self, table_client: TableClient) -> None:
@@ -180,8 +183,7 @@ class TableLedger:
     async def iter_history(
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> AsyncIterator[LedgerEntry]:
-        """Like :meth:`history`, streamed in table order."""
-        await self.ensure_table()
+        """Like :meth:`history`, streamed in table order (nothing if there is no table)."""
         clauses = ["Kind eq @kind"]
         parameters: dict[str, Any] = {"kind": ENTRY}
         if account_id is not None:
@@ -192,16 +194,19 @@ class TableLedger:
             parameters["key"] = str(key.versionless())
         pages = self._client.query_entities(" and ".join(clauses), parameters=parameters)
         with azure_errors("reading the ledger history"):
-            async for entity in pages:
-                try:
-                    yield _from_entity(entity)
-                except (InvalidInput, KeyError, ValueError) as error:
-                    logger.warning(
-                        "skipping unreadable ledger row %s/%s: %s",
-                        entity.get("PartitionKey"),
-                        entity.get("RowKey"),
-                        error,
-                    )
+            try:
+                async for entity in pages:
+                    try:
+                        yield _from_entity(entity)
+                    except (InvalidInput, KeyError, ValueError) as error:
+                        logger.warning(
+                            "skipping unreadable ledger row %s/%s: %s",
+                            entity.get("PartitionKey"),
+                            entity.get("RowKey"),
+                            error,
+                        )
+            except ResourceNotFoundError:  # the table does not exist (yet): no history
+                return
 
     # --- claims ----------------------------------------------------------------------
 
@@ -292,8 +297,7 @@ class TableLedger:
 
     async def close_alerts(self, subject: str, to_version: str | None = None) -> int:
         """Close the open alerts of ``subject`` (only those for ``to_version`` when given);
-        returns how many were closed."""
-        await self.ensure_table()
+        returns how many were closed (none if there is no table)."""
         clauses = ["PartitionKey eq @partition"]
         parameters: dict[str, Any] = {"partition": _alert_partition(subject)}
         if to_version is not None:
@@ -303,7 +307,10 @@ class TableLedger:
             " and ".join(clauses), parameters=parameters, select=["PartitionKey", "RowKey"]
         )
         with azure_errors(f"listing the open alerts of {subject}"):
-            rows = [(entity["PartitionKey"], entity["RowKey"]) async for entity in pages]
+            try:
+                rows = [(entity["PartitionKey"], entity["RowKey"]) async for entity in pages]
+            except ResourceNotFoundError:  # no table, so no open alert
+                return 0
         for partition, row in rows:
             await self._delete(partition, row)
         return len(rows)
@@ -322,7 +329,7 @@ class TableLedger:
         return True
 
     async def _get(self, partition: str, row: str, action: str) -> TableEntity | None:
-        await self.ensure_table()
+        """The entity, or None when it (or the whole table) does not exist; never creates."""
         try:
             return await self._client.get_entity(partition, row)
         except ResourceNotFoundError:
@@ -331,7 +338,7 @@ class TableLedger:
             raise translate(error, action) from error
 
     async def _delete(self, partition: str, row: str) -> None:
-        await self.ensure_table()
+        """Delete the row; a missing row (or table) is already deleted. Never creates."""
         try:
             await self._client.delete_entity(partition, row)
         except ResourceNotFoundError:

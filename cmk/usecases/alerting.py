@@ -19,6 +19,7 @@ from cmk.usecases.context import Engine, gather_bounded
 __all__ = [
     "account_failed",
     "binding_stale",
+    "event_failed",
     "expired_bound",
     "finding_alert",
     "identity_missing",
@@ -188,6 +189,24 @@ def vault_not_recoverable(version: KeyVersion) -> Alert:
         to_version=None,
         cause=f"recoveryLevel {version.recovery_level!r} allows purging the key",
         remediation="enable purge protection on the vault (it cannot be turned off again)",
+    )
+
+
+def event_failed(key_id: KeyId, event_id: str, cause: str) -> Alert:
+    """A Key Vault event could not be handled for good (our identity may not read the key,
+    the key is gone, ...): the event is completed, so without this alert nobody would know
+    its accounts were not moved."""
+    return Alert(
+        type=AlertType.EVENT_FAILED,
+        severity=Severity.ERROR,
+        subject=str(key_id.versionless()),
+        key_id=key_id.versionless(),
+        from_version=None,
+        to_version=key_id.version,  # one alert per key version, however often delivered
+        cause=f"event {event_id}: {cause}",
+        remediation="fix the cause (e.g. grant the Function app's identity 'Key Vault Crypto"
+        " Officer' on the vault, or restore the key), then run 'cmk sweep' to move the"
+        " accounts; 'cmk replay <file>' re-runs a saved event",
     )
 
 

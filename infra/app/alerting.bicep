@@ -31,10 +31,11 @@ var logAlertRules = [
   {
     name: 'update-failed'
     severity: 1
-    description: 'An account could not be moved to a new key version (PATCH or verify failed), or a new version failed validation.'
+    description: 'An account could not be moved to a new key version (PATCH or verify failed), a new version failed validation, or a Key Vault event could not be handled (the app may not read the key, or it is gone).'
     alertTypes: [
       'account_update_failed'
       'version_rejected'
+      'event_failed'
     ]
   }
   {

@@ -33,8 +33,9 @@ def _job(name: str = "acct", **changes: object) -> RotationJob:
 class TestJobCodec:
     def test_round_trip(self) -> None:
         """decode_job(encode_job(job)) gives the same job, every field included."""
-        job = _job(step=JobStep.VERIFY, urgent=True, from_version="b" * 32)
+        job = _job(step=JobStep.VERIFY, urgent=True, from_version="b" * 32, deferrals=3)
         assert decode_job(encode_job(job)) == job
+        assert json.loads(encode_job(job))["deferrals"] == 3
 
     def test_defaults_for_optional_fields(self) -> None:
         """A message without step, urgent and from_version decodes with the defaults."""
@@ -43,6 +44,7 @@ class TestJobCodec:
         )
         job = decode_job(text)
         assert (job.step, job.urgent, job.from_version) == (JobStep.ROTATE, False, None)
+        assert job.deferrals == 0
 
     def test_ignores_unknown_fields(self) -> None:
         """Fields a newer producer adds are ignored."""
@@ -98,6 +100,17 @@ class TestJobCodec:
                 }
             ),
             json.dumps({"v": 99}),
+            *(
+                json.dumps(
+                    {
+                        "account_id": str(AccountId(SUB, RG, "a1")),
+                        "target": str(TARGET),
+                        "trigger": "t",
+                        "deferrals": deferrals,
+                    }
+                )
+                for deferrals in (-1, "2", 1.5, True)
+            ),
             b"\xff\xfe",
             "x" * 100_000,
         ],

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from adapter_world import RG, SUB
-from azure.data.tables.aio import TableClient
+from azure.data.tables.aio import TableClient, TableServiceClient
 
 from cmk.adapters.ledger import TableLedger, account_partition, table_key
 from cmk.keyid import KeyId
@@ -161,4 +162,34 @@ class TestTableLedger:
             ledger = TableLedger(client)
             await ledger.record(_entry())
             assert await ledger.get(AccountId(SUB, RG, "acct"), "a" * 32) is not None
+            await client.delete_table()
+
+    async def test_reads_never_create_the_table(self, azurite: str) -> None:
+        """Every read of a ledger whose table does not exist finds nothing and creates
+        nothing (a dry run writes no storage); closing alerts there closes none."""
+        name = f"ledgerread{uuid.uuid4().hex[:8]}"
+        account = AccountId(SUB, RG, "acct")
+        alert = (str(account), "a" * 32, "binding_stale")
+        async with TableClient.from_connection_string(azurite, name) as client:
+            ledger = TableLedger(client)
+            assert await ledger.get(account, "a" * 32) is None
+            assert await ledger.history() == []
+            assert await ledger.history(account, KEY) == []
+            assert await ledger.claim_owner("job") is None
+            assert await ledger.is_alert_open(alert) is False
+            assert await ledger.close_alerts(str(account)) == 0
+            await ledger.remove_alert(alert)
+            await ledger.release_claim("job")
+        async with TableServiceClient.from_connection_string(azurite) as service:
+            tables = [table.name async for table in service.list_tables()]
+        assert name not in tables
+
+    async def test_writes_create_the_table(self, azurite: str) -> None:
+        """A claim and an alert on a ledger without a table create it and succeed."""
+        name = f"ledgerwrite{uuid.uuid4().hex[:8]}"
+        async with TableClient.from_connection_string(azurite, name) as client:
+            ledger = TableLedger(client)
+            assert await ledger.open_alert(("subject", "", "binding_stale")) is True
+            assert await ledger.claim("job", "me") is True
+            assert await ledger.is_alert_open(("subject", "", "binding_stale"))
             await client.delete_table()

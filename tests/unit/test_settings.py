@@ -292,6 +292,39 @@ class TestStorage:
                 {"AzureWebJobsStorage__queueServiceUri": "https://s.queue.core.windows.net"}
             )
 
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "AzureWebJobsStorage__queueServiceUri",
+            "AzureWebJobsStorage__tableServiceUri",
+            "CMK_ALERT_TOPIC_ENDPOINT",
+        ],
+    )
+    def test_rejected_uri_hides_its_sas(self, name: str) -> None:
+        """A URI refused for carrying a SAS query is named with its query shown as ***,
+        never the signature."""
+        value = (
+            "https://s.queue.core.windows.net/?sv=2022-11-02&ss=q&sp=rwdlacup"
+            "&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D"
+        )
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_environ({name: value})
+        message = str(caught.value)
+        assert f"{name}='https://s.queue.core.windows.net/?***'" in message
+        for secret in ("sig=", "c2VjcmV0LXNpZ25hdHVyZQ", "sv=2022"):
+            assert secret not in message
+
+    def test_rejected_uri_hides_its_password(self) -> None:
+        """User info with a password in a refused service URI is shown as ***."""
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_environ(
+                {
+                    "AzureWebJobsStorage__tableServiceUri": "http://me:hunter2@s.table.core.windows.net"
+                }
+            )
+        assert "hunter2" not in str(caught.value)
+        assert "me:***@s.table.core.windows.net" in str(caught.value)
+
     def test_require_storage_when_absent(self) -> None:
         """require_storage() names AzureWebJobsStorage when nothing is configured."""
         with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):

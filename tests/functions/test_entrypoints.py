@@ -1,0 +1,244 @@
+"""cmk.entrypoints against the sandbox and Azurite: throttled jobs go back on the queue
+instead of burning deliveries, a key event that fails for good raises one alert and
+completes, and http_rotate answers 403 when the app may not use the key."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from app_world import KEY, REGION, SUB, AppWorld
+
+from cmk import entrypoints
+from cmk.adapters.jobqueue import decode_job, encode_job
+from cmk.entrypoints import MAX_DEFERRALS, throttle_delay
+from cmk.errors import ServiceUnavailable, ThrottledError
+from cmk.events import KeyVaultEventType
+from cmk.keyid import KeyId
+from cmk.ports import RotationJob
+from cmk.resource_id import AccountId
+from cmk.runtime import Runtime
+from cmk.sandbox.core import Sandbox
+from cmk.sandbox.eventgrid import shape_event
+from cmk.sandbox.keyvault_model import add_key_version, key_event
+from cmk.sandbox.world import AccountState, KeyEventType, VaultKind, VaultState
+from cmk.settings import Settings
+from cmk.usecases import Engine
+from cmk.wiring import RetryOptions, WiringOptions
+
+# As the other suites: the SDK retries at once (three times), LROs poll fast.
+TEST_OPTIONS = WiringOptions(retry=RetryOptions(total=3, backoff=False), polling_interval=0.05)
+ARM = "management.azure.com"
+
+
+@dataclass
+class Rig:
+    """The seeded world, a vault in the allow-list the app holds no role on, and the
+    app's runtime (settings as the Functions app reads them)."""
+
+    world: AppWorld
+    locked: VaultState
+    runtime: Runtime
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine()
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self.world.sandbox
+
+    def stale_job(self, name: str, **changes: Any) -> tuple[AccountState, RotationJob]:
+        """An account on the first version and the job that moves it to a newer one."""
+        first = self.world.first_version().version
+        newer = self.world.version().version
+        account = self.world.account(name, first)
+        job = RotationJob(
+            account_id=AccountId.parse(account.resource_id),
+            target=KeyId(self.world.vault.url, KEY, newer),
+            trigger="test",
+            from_version=first,
+            **changes,
+        )
+        return account, job
+
+    def locked_event(self) -> tuple[dict[str, Any], KeyId]:
+        """A KeyNewVersionCreated event (Event Grid schema) for a version in ``locked``."""
+        world = self.sandbox.world
+        with world.lock:
+            version = add_key_version(world, self.locked, KEY, emit=False)
+            state = self.locked.keys[KEY]
+            raw = key_event(world, KeyEventType.NEW_VERSION, self.locked, state, version)
+        return shape_event(raw, "EventGridSchema"), KeyId(self.locked.url, KEY, version.version)
+
+    async def queued(self) -> list[RotationJob]:
+        """The jobs visible in the queue now (peeked)."""
+        client = self.runtime.services.jobs.client
+        return [decode_job(m.content) for m in await client.peek_messages(max_messages=32)]
+
+    async def queue_length(self) -> int:
+        """Every message in the queue, invisible ones included."""
+        properties = await self.runtime.services.jobs.client.get_queue_properties()
+        return int(properties.approximate_message_count or 0)
+
+
+@pytest.fixture
+async def rig(sandbox: Sandbox, azurite: str) -> AsyncIterator[Rig]:
+    app_world = AppWorld(sandbox, azurite)
+    world = sandbox.world
+    locked = VaultState(
+        f"kvlocked{uuid.uuid4().hex[:6]}", VaultKind.VAULT, SUB, "rg-keys", REGION, world.tenant_id
+    )
+    with world.lock:
+        world.vaults[locked.host] = locked
+    settings = Settings.from_environ(
+        {
+            **app_world.settings,
+            "CMK_VAULT_ALLOWLIST": f"{app_world.vault.url},{locked.url}",
+        }
+    )
+    async with Runtime(settings, options=TEST_OPTIONS) as runtime:
+        await runtime.prepare_storage()
+        yield Rig(app_world, locked, runtime)
+
+
+class TestThrottleDelay:
+    def test_follows_retry_after_with_jitter(self) -> None:
+        """The delay is the service's Retry-After plus 0-25 % jitter."""
+        delays = {throttle_delay(8.0) for _ in range(50)}
+        assert all(timedelta(seconds=8) <= d <= timedelta(seconds=10) for d in delays)
+        assert len(delays) > 1
+
+    def test_without_retry_after_waits_30_seconds(self) -> None:
+        """Without a Retry-After the delay is 30 s plus jitter."""
+        delay = throttle_delay(None)
+        assert timedelta(seconds=30) <= delay <= timedelta(seconds=37.5)
+
+    def test_zero_retry_after_waits_a_second(self) -> None:
+        """A Retry-After of 0 still waits at least a second."""
+        assert throttle_delay(0.0) >= timedelta(seconds=1)
+
+
+class TestThrottledJob:
+    async def test_throttled_patch_is_deferred(self, rig: Rig) -> None:
+        """A job whose PATCH keeps getting 429 is put back on the queue, invisible for the
+        Retry-After, with one deferral more; the handler completes the message."""
+        account, job = rig.stale_job("acct-throttled", deferrals=2)
+        rule = rig.sandbox.faults.add(
+            host=ARM, path=account.name, method="PATCH", status=429, retry_after=1
+        )
+
+        report = await entrypoints.handle_job_message(rig.engine, encode_job(job))
+
+        assert report is None
+        assert rule.hits >= 4  # the SDK's own retries came first
+        assert await rig.queue_length() == 1
+        assert await rig.queued() == []  # invisible for the Retry-After
+        await asyncio.sleep(2.5)
+        assert await rig.queued() == [RotationJob(**{**job.__dict__, "deferrals": 3})]
+        assert account.encryption.key_version == job.from_version
+
+    async def test_deferred_job_runs_once_the_throttle_passes(self, rig: Rig) -> None:
+        """The deferred message, delivered again after the throttle, moves the account."""
+        account, job = rig.stale_job("acct-later")
+        rule = rig.sandbox.faults.add(
+            host=ARM, path=account.name, method="PATCH", status=429, retry_after=1
+        )
+        assert await entrypoints.handle_job_message(rig.engine, encode_job(job)) is None
+        rig.sandbox.faults.remove(rule)
+        await asyncio.sleep(2.5)
+        [deferred] = await rig.queued()
+
+        report = await entrypoints.handle_job_message(rig.engine, encode_job(deferred))
+
+        assert report is not None and report.result.value == "succeeded"
+        assert account.encryption.key_version == job.target.version
+
+    async def test_after_the_cap_the_throttle_propagates(self, rig: Rig) -> None:
+        """A job deferred MAX_DEFERRALS times raises the 429, so the host's retries and the
+        poison queue take over; nothing is enqueued."""
+        account, job = rig.stale_job("acct-capped", deferrals=MAX_DEFERRALS)
+        rig.sandbox.faults.add(
+            host=ARM, path=account.name, method="PATCH", status=429, retry_after=1
+        )
+
+        with pytest.raises(ThrottledError):
+            await entrypoints.handle_job_message(rig.engine, encode_job(job))
+
+        assert await rig.queue_length() == 0
+
+    async def test_dry_run_never_enqueues(self, rig: Rig) -> None:
+        """In a dry run a throttled job raises instead of writing to the queue."""
+        account, job = rig.stale_job("acct-dry")
+        rig.sandbox.faults.add(host=ARM, path=account.name, method="GET", status=429, retry_after=1)
+
+        with pytest.raises(ThrottledError):
+            await entrypoints.handle_job_message(rig.runtime.engine(dry_run=True), encode_job(job))
+
+        assert await rig.queue_length() == 0
+
+
+class TestKeyEventFailures:
+    async def test_access_denied_alerts_once_and_completes(self, rig: Rig) -> None:
+        """An event for an allow-listed vault the app may not read raises one event_failed
+        alert and returns; a second delivery raises no second alert."""
+        event, key_id = rig.locked_event()
+
+        first = await entrypoints.handle_key_event(rig.engine, event, KeyVaultEventType.NEW_VERSION)
+        second = await entrypoints.handle_key_event(
+            rig.engine, event, KeyVaultEventType.NEW_VERSION
+        )
+
+        assert first is None and second is None
+        [alert] = rig.world.alerts("event_failed")
+        assert alert["subject"] == str(key_id.versionless())
+        assert alert["data"]["toVersion"] == key_id.version
+        assert alert["data"]["severity"] == "error"
+        assert event["id"] in alert["data"]["cause"]
+        assert "AccessDenied" in alert["data"]["cause"]
+        assert len(rig.world.alerts()) == 1
+
+    async def test_transient_error_still_propagates(self, rig: Rig) -> None:
+        """A Key Vault that keeps answering 503 fails the event (Event Grid retries), with
+        no alert."""
+        version = rig.world.version()
+        rig.sandbox.faults.add(host=rig.world.vault.host, status=503)
+        world = rig.sandbox.world
+        raw = key_event(
+            world, KeyEventType.NEW_VERSION, rig.world.vault, rig.world.vault.keys[KEY], version
+        )
+
+        with pytest.raises(ServiceUnavailable):
+            await entrypoints.handle_key_event(
+                rig.engine, shape_event(raw, "EventGridSchema"), KeyVaultEventType.NEW_VERSION
+            )
+
+        assert rig.world.alerts() == []
+
+    async def test_dry_run_does_not_alert(self, rig: Rig) -> None:
+        """In a dry run the failed event is logged and completed but not alerted."""
+        event, _ = rig.locked_event()
+
+        report = await entrypoints.handle_key_event(
+            rig.runtime.engine(dry_run=True), event, KeyVaultEventType.NEW_VERSION
+        )
+
+        assert report is None
+        assert rig.world.alerts() == []
+
+
+class TestHttpRotate:
+    async def test_access_denied_is_forbidden(self, rig: Rig) -> None:
+        """Rotating a key the app may not use answers 403 with a message; nothing is made."""
+        rig.locked_event()  # the key exists, with one version
+
+        status, body = await entrypoints.http_rotate(rig.engine, f"{rig.locked.url}/keys/{KEY}")
+
+        assert status == 403
+        assert isinstance(body, dict) and "may not rotate" in body["error"]
+        assert len(rig.locked.keys[KEY].versions) == 1
