@@ -111,8 +111,11 @@ class AccountStore(Protocol):
 class Inventory(Protocol):
     """Every CMK-enabled account in the subscription scope (Resource Graph, ARM fallback)."""
 
-    def cmk_accounts(self, subscriptions: Sequence[str]) -> AsyncIterator[AccountRecord]:
-        """Stream the accounts whose keySource is Microsoft.KeyVault, page by page."""
+    def cmk_accounts(
+        self, subscriptions: Sequence[str], key: KeyId | None = None
+    ) -> AsyncIterator[AccountRecord]:
+        """Stream the accounts whose keySource is Microsoft.KeyVault, page by page; with
+        ``key``, only the accounts bound to that key (any version), filtered at the source."""
         ...
 
 
@@ -234,4 +237,8 @@ class AlertSink(Protocol):
 
     async def resolve(self, subject: str, to_version: str | None = None) -> int:
         """Close the open alerts of a subject (after a success); returns how many."""
+        ...
+
+    async def open_subjects(self) -> set[str]:
+        """The subjects (lowercase) that have at least one open alert, read at once."""
         ...

@@ -37,11 +37,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.core.messaging import CloudEvent
 from azure.eventgrid.aio import EventGridPublisherClient
 
-from cmk.adapters._errors import translate
+from cmk.adapters._errors import azure_errors, translate
 from cmk.adapters.ledger import TableLedger
 from cmk.errors import CmkError, ServiceUnavailable
 from cmk.ports import Alert
@@ -135,6 +135,23 @@ class EventGridAlerts:
                 extra={"cmk_subject": subject, "cmk_to_version": to_version},
             )
         return closed
+
+    async def open_subjects(self) -> set[str]:
+        """The subjects (lowercase) with at least one open alert: one query over the alert
+        rows (``Kind eq 'alert'``), however many accounts are in scope; none without a table.
+        """
+        pages = self._ledger.client.query_entities(
+            "Kind eq @kind", parameters={"kind": "alert"}, select=["Subject"]
+        )
+        with azure_errors("listing the open alerts"):
+            try:
+                return {
+                    str(entity["Subject"]).strip().lower()
+                    async for entity in pages
+                    if entity.get("Subject")
+                }
+            except ResourceNotFoundError:  # no table, so no open alert
+                return set()
 
     def _extra(self, alert: Alert) -> dict[str, Any]:
         return {

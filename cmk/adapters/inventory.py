@@ -9,8 +9,13 @@ A row that cannot be read (a key reference that is not a valid versioned key id,
 malformed resource id) is skipped with a WARNING naming the account and counted in
 :attr:`ResourceGraphInventory.skipped`.
 
+Given a key, the query gets a ``where`` clause (:func:`key_clause`) so Resource Graph
+returns only that key's accounts: an event for one key reads pages in proportion to its
+accounts, not to the whole estate. Each record is checked against the key again here.
+
 When Resource Graph answers 403 for a batch before any row of it was yielded, the
-batch is listed subscription by subscription through ARM instead (the ``fallback``).
+batch is listed subscription by subscription through ARM instead (the ``fallback``),
+filtered by key in Python.
 """
 
 from __future__ import annotations
@@ -30,14 +35,23 @@ from cmk.planner import Binding
 from cmk.ports import AccountRecord
 from cmk.resource_id import AccountId, parse_subscription_id
 
-__all__ = ["CMK_ACCOUNTS_QUERY", "ResourceGraphInventory", "record_from_row"]
+__all__ = [
+    "CMK_ACCOUNTS_QUERY",
+    "ResourceGraphInventory",
+    "cmk_accounts_query",
+    "key_clause",
+    "kql_string",
+    "record_from_row",
+]
 
 logger = logging.getLogger(__name__)
 
-CMK_ACCOUNTS_QUERY = (
+_CMK_SOURCE = (
     "Resources"
     " | where type =~ 'microsoft.cognitiveservices/accounts'"
     " | where tostring(properties.encryption.keySource) =~ 'Microsoft.KeyVault'"
+)
+_CMK_COLUMNS = (
     " | project id = tostring(id), subscriptionId = tostring(subscriptionId),"
     " location = tostring(location),"
     " keyVaultUri = tostring(properties.encryption.keyVaultProperties.keyVaultUri),"
@@ -47,8 +61,49 @@ CMK_ACCOUNTS_QUERY = (
     " identityType = tostring(identity.type),"
     " userAssigned = tostring(identity.userAssignedIdentities),"
     " provisioningState = tostring(properties.provisioningState)"
-    " | order by id asc"
 )
+_ORDER = " | order by id asc"
+
+#: Every CMK account in scope (see :func:`cmk_accounts_query` for one key's accounts).
+CMK_ACCOUNTS_QUERY = _CMK_SOURCE + _CMK_COLUMNS + _ORDER
+
+
+def kql_string(value: str) -> str:
+    r"""``value`` as a single-quoted KQL string literal.
+
+    In a Kusto string literal the backslash escapes: ``\\`` is a backslash and ``\'`` a
+    quote (doubling quotes is only for verbatim ``@'...'`` literals). Line breaks and
+    tabs are written as ``\n``, ``\r``, ``\t``.
+    """
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace("'", "\\'")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
+    return f"'{escaped}'"
+
+
+def key_clause(key: KeyId) -> str:
+    """The ``where`` clause (on the projected columns) that keeps the accounts of ``key``.
+
+    ``keyVaultUri`` matches case-insensitively in every spelling :class:`KeyId` accepts
+    for the vault (with or without a trailing slash, with or without ``:443``) and
+    ``keyName`` case-insensitively. The caller still checks each record (a guard).
+    """
+    host = key.vault_host
+    uris = [f"https://{host}{port}{slash}" for port in ("", ":443") for slash in ("", "/")]
+    vault = " or ".join(f"keyVaultUri =~ {kql_string(uri)}" for uri in uris)
+    return f" | where ({vault}) and keyName =~ {kql_string(key.name)}"
+
+
+def cmk_accounts_query(key: KeyId | None = None) -> str:
+    """:data:`CMK_ACCOUNTS_QUERY`, narrowed to the accounts of ``key`` when given."""
+    if key is None:
+        return CMK_ACCOUNTS_QUERY
+    return _CMK_SOURCE + _CMK_COLUMNS + key_clause(key) + _ORDER
+
 
 #: Resource Graph accepts up to 1,000 subscriptions a request; we stay well under.
 MAX_BATCH = 299
@@ -130,17 +185,22 @@ class ResourceGraphInventory:
         """The underlying ``ResourceGraphClient`` (the caller closes it)."""
         return self._client
 
-    async def cmk_accounts(self, subscriptions: Sequence[str]) -> AsyncIterator[AccountRecord]:
-        """Stream the accounts whose keySource is Microsoft.KeyVault, page by page."""
+    async def cmk_accounts(
+        self, subscriptions: Sequence[str], key: KeyId | None = None
+    ) -> AsyncIterator[AccountRecord]:
+        """Stream the accounts whose keySource is Microsoft.KeyVault, page by page; with
+        ``key``, only those bound to it (filtered by Resource Graph, checked again here)."""
         self.skipped = 0
+        wanted = None if key is None else key.versionless()
         scope = list(dict.fromkeys(parse_subscription_id(sub) for sub in subscriptions))
         for start in range(0, len(scope), self._batch_size):
             batch = scope[start : start + self._batch_size]
             yielded = False
             try:
-                async for record in self._query(batch):
-                    yielded = True
-                    yield record
+                async for record in self._query(batch, wanted):
+                    if _bound_to(record, wanted):
+                        yielded = True
+                        yield record
             except AccessDenied as error:
                 if self._fallback is None or yielded:
                     raise
@@ -151,14 +211,18 @@ class ResourceGraphInventory:
                 )
                 for subscription in batch:
                     async for record in self._fallback.list_cmk(subscription):
-                        yield record
+                        if _bound_to(record, wanted):
+                            yield record
 
-    async def _query(self, subscriptions: list[str]) -> AsyncIterator[AccountRecord]:
+    async def _query(
+        self, subscriptions: list[str], key: KeyId | None
+    ) -> AsyncIterator[AccountRecord]:
+        query = cmk_accounts_query(key)
         skip_token: str | None = None
         while True:
             request = QueryRequest(
                 subscriptions=subscriptions,
-                query=CMK_ACCOUNTS_QUERY,
+                query=query,
                 options=QueryRequestOptions(
                     top=self._page_size, skip_token=skip_token, result_format="objectArray"
                 ),
@@ -183,3 +247,10 @@ class ResourceGraphInventory:
             skip_token = page.skip_token
             if not skip_token:
                 return
+
+
+def _bound_to(record: AccountRecord, key: KeyId | None) -> bool:
+    """Whether ``record`` belongs in a listing for ``key`` (every record when None)."""
+    if key is None:
+        return True
+    return record.binding is not None and record.binding.key_id.same_key(key)

@@ -6,7 +6,8 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -15,7 +16,7 @@ from cmk.policy import VersionPolicy
 from cmk.ports import AccountStore, AlertSink, Inventory, JobQueue, KeyStore, Ledger
 from cmk.settings import Settings
 
-__all__ = ["Deps", "Engine", "gather_bounded", "utc_now"]
+__all__ = ["Deps", "Engine", "gather_bounded", "task_scope", "utc_now"]
 
 T = TypeVar("T")
 
@@ -63,15 +64,51 @@ class Engine:
         return self.settings.dry_run
 
 
+def _first_error(error: BaseException) -> BaseException:
+    """The first leaf of a (possibly nested) exception group, or ``error`` itself."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+@asynccontextmanager
+async def task_scope() -> AsyncIterator[asyncio.TaskGroup]:
+    """An :class:`asyncio.TaskGroup` that raises the first failure itself, not a group.
+
+    Every task started in the scope is finished when the scope exits: when one fails (or
+    the body raises), the others are cancelled and awaited before the error propagates,
+    so no orphan keeps enqueuing or writing after the invocation failed. Callers keep
+    catching our own errors (TransientError, ...) as before.
+    """
+    failure: BaseException | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            yield group
+    except BaseExceptionGroup as errors:
+        failure = _first_error(errors)
+    if failure is not None:
+        raise failure  # outside the handler: its own cause and context stay as they were
+
+
 async def gather_bounded(limit: int, awaitables: Iterable[Awaitable[T]]) -> list[T]:
-    """Await all of ``awaitables`` with at most ``limit`` running at once; results in order."""
-    gate = asyncio.Semaphore(max(1, limit))
+    """Await all of ``awaitables`` with at most ``limit`` running at once; results in order.
 
-    async def run(awaitable: Awaitable[T]) -> T:
-        async with gate:
-            return await awaitable
+    At most ``limit`` workers pull from the iterable, so a lazy one (a generator) is
+    never materialised: 100,000 items make ``limit`` tasks, not 100,000. On the first
+    failure the other workers are cancelled (and awaited), no further item is started,
+    and that failure is raised.
+    """
+    source = enumerate(awaitables)
+    results: dict[int, T] = {}
 
-    return await asyncio.gather(*(run(awaitable) for awaitable in awaitables))
+    async def worker() -> None:
+        for index, awaitable in source:
+            results[index] = await awaitable
+
+    async with task_scope() as group:
+        for _ in range(max(1, limit)):
+            group.create_task(worker())
+    return [results[index] for index in range(len(results))]
 
 
 #: The same bundle under the name some callers prefer.

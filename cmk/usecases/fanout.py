@@ -1,8 +1,10 @@
 """Fan out one key: find the accounts bound to it, plan each, enqueue one job per move.
 
 Used by the event handlers, which must answer Event Grid within 30 s even for thousands
-of accounts: the inventory is streamed, and bound accounts are planned and enqueued in
-chunks while later pages are still arriving.
+of accounts: the inventory is asked for the accounts of this one key only (filtered by
+Resource Graph, so the pages read are proportional to that key's accounts), streamed,
+and bound accounts are planned and enqueued in chunks while later pages are still
+arriving. All chunks run in one task scope: a failure anywhere cancels the rest.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 
 from cmk.planner import Binding, Decision, Finding, Move
 from cmk.ports import RotationJob
-from cmk.usecases.context import Engine
+from cmk.usecases.context import Engine, task_scope
 from cmk.usecases.keyview import KeyVersions, decide
 
 __all__ = ["FanOut", "fan_out", "job_for"]
@@ -56,31 +58,38 @@ async def fan_out(
     """Plan and enqueue every account bound to ``view.key`` (or only to ``only_version``)."""
     result = FanOut()
     gate = asyncio.Semaphore(max(1, engine.settings.max_concurrency // 4))
-    tasks: list[asyncio.Task[None]] = []
     chunk: list[Binding] = []
 
     async def settle(bindings: Sequence[Binding]) -> None:
-        async with gate:
+        try:
             versions = await view.covering(bindings)
             decisions = decide(
                 versions, bindings, engine.policy, engine.now(), current=view.latest.version
             )
             await _apply(engine, decisions, trigger, urgent, result)
+        finally:
+            gate.release()
 
     subscriptions = engine.settings.require_subscriptions()
-    async for record in engine.inventory.cmk_accounts(subscriptions):
-        binding = record.binding
-        if binding is None or not binding.key_id.same_key(view.key):
-            continue
-        if only_version is not None and binding.key_id.version != only_version:
-            continue
-        chunk.append(binding)
-        if len(chunk) >= CHUNK:
-            tasks.append(asyncio.create_task(settle(chunk)))
-            chunk = []
-    if chunk:
-        tasks.append(asyncio.create_task(settle(chunk)))
-    await asyncio.gather(*tasks)
+    # Every chunk runs in this scope: if the inventory fails mid-stream (or a chunk does),
+    # the other chunks are cancelled before the error propagates, and nothing is
+    # enqueued after the invocation failed. A chunk starts only when the gate has room,
+    # so a slow queue holds back the stream instead of piling up tasks.
+    async with task_scope() as group:
+        async for record in engine.inventory.cmk_accounts(subscriptions, key=view.key):
+            binding = record.binding
+            if binding is None or not binding.key_id.same_key(view.key):
+                continue  # the inventory filters by key already; this is the guard
+            if only_version is not None and binding.key_id.version != only_version:
+                continue
+            chunk.append(binding)
+            if len(chunk) >= CHUNK:
+                await gate.acquire()
+                group.create_task(settle(chunk))
+                chunk = []
+        if chunk:
+            await gate.acquire()
+            group.create_task(settle(chunk))
     log.info(
         "fan-out of %s: %d to move, %d up to date, %d findings, %d enqueued",
         view.key,

@@ -31,6 +31,7 @@ from cmk.planner import (
 )
 from cmk.policy import KeyVersion, VersionPolicy, evaluate
 from cmk.ports import KeyStore
+from cmk.usecases.context import task_scope
 
 __all__ = ["KeyVersions", "decide", "newest_bindable", "order"]
 
@@ -54,7 +55,8 @@ class KeyVersions:
         self.complete = complete
         self._known: dict[str, KeyVersion] = {v.version: v for v in versions}
         self._known.setdefault(latest.version, latest)
-        self._pending: dict[str, asyncio.Task[KeyVersion | None]] = {}
+        self._absent: set[str] = set()  # bound versions Key Vault does not have
+        self._locks: dict[str, asyncio.Lock] = {}  # one reader per version at a time
         self.requests = 2 if complete else 1  # Key Vault requests made for this key
 
     @classmethod
@@ -91,17 +93,29 @@ class KeyVersions:
         return newest_bindable(self._known.values(), policy, now, current=self.latest.version)
 
     async def covering(self, bindings: Iterable[Binding]) -> list[KeyVersion]:
-        """The versions needed to plan ``bindings``: reads each unknown bound version once."""
-        wanted = {b.key_id.version for b in bindings if b.key_id.same_key(self.key)}
+        """The versions needed to plan ``bindings``: reads each unknown bound version once.
+
+        Concurrent calls share the reads (one lock per version); each call's reads run in
+        its own task scope, so a cancelled or failed call leaves no read running.
+        """
         if not self.complete:
-            for version in wanted:
-                if version and version not in self._known and version not in self._pending:
-                    self._pending[version] = asyncio.create_task(self._read(version))
-            pending = [self._pending[v] for v in wanted if v in self._pending]
-            await asyncio.gather(*pending)
+            wanted = {b.key_id.version for b in bindings if b.key_id.same_key(self.key)}
+            missing = [v for v in wanted if v and not self._settled(v)]
+            if missing:
+                async with task_scope() as group:
+                    for version in missing:
+                        group.create_task(self._ensure(version))
         return list(self._known.values())
 
-    async def _read(self, version: str) -> KeyVersion | None:
+    def _settled(self, version: str) -> bool:
+        return version in self._known or version in self._absent
+
+    async def _ensure(self, version: str) -> None:
+        async with self._locks.setdefault(version, asyncio.Lock()):
+            if not self._settled(version):  # another call may have read it meanwhile
+                await self._read(version)
+
+    async def _read(self, version: str) -> None:
         self.requests += 1
         try:
             found = await self.keys.get_version(self.key.with_version(version))
@@ -112,9 +126,9 @@ class KeyVersions:
                 self.key,
                 extra={"cmk_key_id": str(self.key), "cmk_from_version": version},
             )
-            return None
+            self._absent.add(version)
+            return
         self._known[found.version] = found
-        return found
 
 
 def decide(

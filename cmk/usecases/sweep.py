@@ -5,7 +5,8 @@ job for every stale binding and raises an alert for every finding: bound to a di
 expired or expiring version, key near expiry with no successor, vault without purge
 protection, account without a usable identity, update stuck or failed, binding stale
 beyond CMK_STALE_GRACE_HOURS. The alert sink deduplicates, so an hourly sweep does not
-alert twice about the same problem.
+alert twice about the same problem; and a sweep resolves the open alerts of accounts it
+found healthy, so a problem fixed by hand alerts again if it comes back.
 """
 
 from __future__ import annotations
@@ -88,6 +89,29 @@ def _key_findings(alerts: list[Alert], found: Survey) -> list[FindingReport]:
     return findings
 
 
+async def _resolve_recovered(engine: Engine, rows: list[Row], judged: list[Assessment]) -> int:
+    """Close the open alerts of accounts this sweep found healthy; returns how many.
+
+    An account is healthy when its assessment raised no alert and no failed update of it
+    is on record (the worker alerted that one; its success resolves it). The open alert
+    subjects are read once, so 100,000 healthy accounts cost one query, not 100,000;
+    only accounts with an open alert are resolved. A problem fixed by hand is thus closed,
+    and raised again if it comes back. Accounts whose key could not be read or that are
+    outside the allow-list were not judged, so their alerts stay open.
+    """
+    healthy = {
+        str(record.account_id).lower()
+        for (_, record, _), assessment in zip(rows, judged, strict=True)
+        if not assessment.alerts and assessment.state is not BindingState.FAILING
+    }
+    if not healthy:
+        return 0
+    recovered = sorted(healthy & await engine.alerts.open_subjects())
+    limit = engine.settings.max_concurrency
+    closed = await gather_bounded(limit, (engine.alerts.resolve(s) for s in recovered))
+    return sum(closed)
+
+
 async def sweep(engine: Engine) -> SweepReport:
     """Inventory the scope, enqueue stale bindings and alert findings (nothing in a dry run)."""
     run_id = f"sweep:{engine.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -102,6 +126,9 @@ async def sweep(engine: Engine) -> SweepReport:
         enqueued = await engine.jobs.enqueue_many(jobs)
     alerts = _unique([*key_alerts, *(a for assessment in judged for a in assessment.alerts)])
     raised, published = await alerting.publish(engine, alerts)
+    resolved = 0
+    if not engine.dry_run and engine.settings.storage is not None:  # no storage: no alert rows
+        resolved = await _resolve_recovered(engine, rows, judged)
     report = SweepReport(
         run_id=run_id,
         dry_run=engine.dry_run,
@@ -118,7 +145,7 @@ async def sweep(engine: Engine) -> SweepReport:
         errors=tuple(found.errors),
     )
     log.info(
-        "%s: %d accounts, %d keys, %d moves, %d enqueued, %d alerts (%d new)%s",
+        "%s: %d accounts, %d keys, %d moves, %d enqueued, %d alerts (%d new, %d resolved)%s",
         run_id,
         report.accounts,
         report.keys_read,
@@ -126,6 +153,7 @@ async def sweep(engine: Engine) -> SweepReport:
         enqueued,
         len(raised),
         published,
+        resolved,
         " [dry run]" if engine.dry_run else "",
         extra={"cmk_step": "sweep"},
     )

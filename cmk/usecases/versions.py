@@ -3,8 +3,8 @@
 A version is safe to disable when no account in scope is bound to it, no update to it
 is in flight (a PLANNED or SUBMITTED ledger row), and it is not the key's newest valid
 version (disabling that would leave the next move without a target). Accounts are found
-through the inventory of CMK_SUBSCRIPTIONS: accounts in other subscriptions are not
-seen, so the answer is only as complete as that scope.
+through the inventory of CMK_SUBSCRIPTIONS, asked for this key's accounts only: accounts
+in other subscriptions are not seen, so the answer is only as complete as that scope.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ async def key_versions(engine: Engine, key: KeyId) -> KeyVersionsReport:
 
     latest = max(versions, key=newness, default=None)
     bound: dict[str, list[AccountId]] = {}
-    async for record in engine.inventory.cmk_accounts(subscriptions):
+    async for record in engine.inventory.cmk_accounts(subscriptions, key=key):
         binding = record.binding
         if binding is not None and binding.key_id.same_key(key):
             bound.setdefault(binding.key_id.version or "", []).append(record.account_id)

@@ -6,7 +6,11 @@ from datetime import timedelta
 
 from usecase_rig import SUB_B, SUB_C, Rig
 
-from cmk.usecases import BindingState, plan, status, sweep
+from cmk.keyid import KeyId
+from cmk.ports import LedgerEntry, LedgerState, RotationJob
+from cmk.resource_id import AccountId
+from cmk.sandbox.world import Principal
+from cmk.usecases import BindingState, alerting, plan, status, sweep
 from cmk.usecases.report import to_jsonable
 
 
@@ -99,6 +103,62 @@ class TestSweep:
         assert rig.alerts() == []
         assert await rig.engine.ledger.history() == []
         assert to_jsonable(report)["moves"][0]["to_version"]  # type: ignore[index]
+
+
+class TestSweepResolves:
+    async def test_fixed_by_hand_is_resolved_and_alerts_again_when_broken(self, rig: Rig) -> None:
+        """An identity_missing account alerted by one sweep and then fixed in the world is
+        resolved by the next sweep (not by a plan), and alerts again when broken again."""
+        seeded = _seed(rig)
+        noid = seeded["noid"]
+        subject = str(noid.resource_id).lower()  # type: ignore[attr-defined]
+        identity = Principal.new("noid-system", rig.world.tenant_id)
+
+        await sweep(rig.engine)
+        assert len(rig.alerts("identity_missing")) == 1
+        assert subject in await rig.engine.alerts.open_subjects()
+
+        noid.identity.system = identity  # type: ignore[attr-defined]
+        await plan(rig.engine)
+        assert subject in await rig.engine.alerts.open_subjects()  # a dry run resolves nothing
+        await sweep(rig.engine)
+        assert subject not in await rig.engine.alerts.open_subjects()
+        assert len(rig.alerts("identity_missing")) == 1
+
+        noid.identity.system = None  # type: ignore[attr-defined]
+        third = await sweep(rig.engine)
+
+        assert len(rig.alerts("identity_missing")) == 2
+        assert third.alerts_published == 1
+        assert subject in await rig.engine.alerts.open_subjects()
+
+    async def test_open_problems_and_worker_failures_stay_open(self, rig: Rig) -> None:
+        """A sweep keeps the alerts of accounts still failing: one it alerts again, and one
+        whose update failed in the worker (the sweep does not re-alert that, and it is not
+        fixed)."""
+        seeded = _seed(rig)
+        stale = seeded["stale"]
+        account_id = AccountId.parse(stale.resource_id)  # type: ignore[attr-defined]
+        target = rig.estate.version(rig.estate.kv).version  # new: within the grace period
+        now = rig.world.clock.now()
+        key = KeyId.from_parts(rig.estate.kv.url, "cmk")
+        old = seeded["v1"].version  # type: ignore[attr-defined]
+        await rig.engine.ledger.record(
+            LedgerEntry(
+                account_id, key, target, old, LedgerState.FAILED, 1, "KeyVaultAccessDenied",
+                "event-1", now, now,
+            )
+        )  # fmt: skip
+        job = RotationJob(account_id, key.with_version(target), "event-1", from_version=old)
+        await rig.engine.alerts.raise_alert(alerting.account_failed(job, "KeyVaultAccessDenied"))
+
+        await sweep(rig.engine)
+        await sweep(rig.engine)
+
+        open_now = await rig.engine.alerts.open_subjects()
+        assert str(account_id).lower() in open_now
+        assert str(seeded["noid"].resource_id).lower() in open_now  # type: ignore[attr-defined]
+        assert len(rig.alerts("account_update_failed")) == 1
 
 
 class TestStatus:

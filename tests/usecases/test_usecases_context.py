@@ -1,0 +1,127 @@
+"""gather_bounded and task_scope: bounded, ordered, and no task outliving a failure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from cmk.errors import ServiceUnavailable
+from cmk.usecases.context import gather_bounded, task_scope
+
+
+class Boom(Exception):
+    """The failure of one item."""
+
+
+def _others() -> set[asyncio.Task[object]]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+
+
+class TestGatherBounded:
+    async def test_results_in_order_never_more_than_limit_in_flight(self) -> None:
+        """100 items of varying length come back in input order, at most 4 running at once."""
+        running = peak = 0
+
+        async def item(index: int) -> int:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep((index % 7) / 1000)
+            running -= 1
+            return index * 10
+
+        results = await gather_bounded(4, (item(i) for i in range(100)))
+
+        assert results == [i * 10 for i in range(100)]
+        assert peak == 4
+        assert not _others()
+
+    async def test_pulls_a_lazy_source_only_as_workers_free_up(self) -> None:
+        """A generator is never materialised: at most ``limit`` items exist ahead of the
+        finished ones, so 100,000 items do not make 100,000 tasks."""
+        created = finished = 0
+        ahead = 0
+
+        async def item() -> None:
+            nonlocal finished
+            await asyncio.sleep(0)
+            finished += 1
+
+        def source() -> Iterator[asyncio.Future[None] | object]:
+            nonlocal created, ahead
+            for _ in range(2000):
+                created += 1
+                ahead = max(ahead, created - finished)
+                yield item()
+
+        await gather_bounded(8, source())  # type: ignore[arg-type]
+
+        assert created == finished == 2000
+        assert ahead <= 8
+
+    async def test_failure_cancels_the_rest_and_raises_the_item_error(self) -> None:
+        """When one item fails, the others in flight are cancelled, none is started later,
+        none completes after the error is raised, and the error itself (not a group)
+        propagates."""
+        started: list[int] = []
+        completed: list[int] = []
+        cancelled: list[int] = []
+
+        async def item(index: int) -> int:
+            started.append(index)
+            try:
+                if index == 5:
+                    await asyncio.sleep(0.01)
+                    raise Boom(index)
+                await asyncio.sleep(0.02 if index < 5 else 0.2)
+            except asyncio.CancelledError:
+                cancelled.append(index)
+                raise
+            completed.append(index)
+            return index
+
+        with pytest.raises(Boom):
+            await gather_bounded(4, (item(i) for i in range(50)))
+        done_at_error = list(completed)
+        await asyncio.sleep(0.3)  # an orphan would finish (and write) in this time
+
+        assert completed == done_at_error  # nothing completed after the error
+        assert len(started) < 50  # the rest were never started
+        assert cancelled  # the siblings in flight were cancelled, not left running
+        assert not _others()
+
+    async def test_our_errors_keep_their_type_and_cause(self) -> None:
+        """A TransientError from an item reaches the caller as itself, with its cause."""
+
+        async def item() -> None:
+            try:
+                raise OSError("connection reset")
+            except OSError as error:
+                raise ServiceUnavailable("queue unavailable") from error
+
+        with pytest.raises(ServiceUnavailable) as raised:
+            await gather_bounded(2, [item()])
+
+        assert isinstance(raised.value.__cause__, OSError)
+
+
+class TestTaskScope:
+    async def test_body_failure_cancels_started_tasks(self) -> None:
+        """An error in the scope's body cancels its tasks before propagating unwrapped."""
+        finished: list[str] = []
+
+        async def slow() -> None:
+            await asyncio.sleep(0.2)
+            finished.append("slow")
+
+        with pytest.raises(Boom):
+            async with task_scope() as group:
+                group.create_task(slow())
+                await asyncio.sleep(0)
+                raise Boom("inventory failed")
+        await asyncio.sleep(0.3)
+
+        assert finished == []
+        assert not _others()

@@ -1,0 +1,185 @@
+"""fan_out and key_versions: one key's accounts only, and nothing left running on failure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from usecase_rig import SUB_A, SUB_B, Rig
+
+from cmk.adapters.inventory import ResourceGraphInventory
+from cmk.errors import CmkError
+from cmk.keyid import KeyId
+from cmk.ports import AccountRecord
+from cmk.resource_id import AccountId
+from cmk.sandbox.resourcegraph import graph_for
+from cmk.sandbox.world import KeyEventType
+from cmk.usecases import Engine, on_new_version
+from cmk.usecases.fanout import fan_out
+from cmk.usecases.keyview import KeyVersions
+from cmk.usecases.versions import key_versions
+
+GRAPH_PATH = "Microsoft.ResourceGraph/resources"
+
+
+def _graph_posts(rig: Rig) -> int:
+    counters = rig.estate.sandbox.counters
+    return counters.count(host="management.azure.com", path=GRAPH_PATH, method="POST")
+
+
+def _paged(rig: Rig, page_size: int) -> Engine:
+    """The rig's engine over a Resource Graph inventory with small pages."""
+    inventory = ResourceGraphInventory(rig.services.inventory.client, page_size=page_size)
+    return replace(rig.engine, inventory=inventory)
+
+
+def _spy_queries(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The KQL of every Resource Graph request body the sandbox receives."""
+    graph = graph_for(rig.world)
+    answer = graph.query
+    seen: list[str] = []
+
+    def query(principal_id: str, request: object) -> dict[str, Any]:
+        if isinstance(request, dict):
+            seen.append(str(request.get("query")))
+        return answer(principal_id, request)
+
+    monkeypatch.setattr(graph, "query", query)
+    return seen
+
+
+class _FaultAfterFirstRecord:
+    """The real inventory; ``arm`` runs when its first record arrives (so the next Resource
+    Graph page is fetched with the fault in place)."""
+
+    def __init__(self, inner: ResourceGraphInventory, arm: Callable[[], object]) -> None:
+        self.inner = inner
+        self.arm = arm
+
+    async def cmk_accounts(
+        self, subscriptions: Sequence[str], key: KeyId | None = None
+    ) -> AsyncIterator[AccountRecord]:
+        armed = False
+        async for record in self.inner.cmk_accounts(subscriptions, key):
+            if not armed:
+                self.arm()
+                armed = True
+            yield record
+
+
+class TestFanOutScope:
+    async def test_inventory_failing_mid_stream_leaves_nothing_running(self, rig: Rig) -> None:
+        """Resource Graph fails on the page after the first while a chunk is being planned:
+        fan_out raises, no task is left running, and nothing is enqueued afterwards."""
+        estate = rig.estate
+        old = estate.version(estate.kv, created=estate.world.clock.now() - timedelta(days=1))
+        for i in range(400):
+            estate.account(f"mid{i:03d}", estate.kv, old.version, sub=(SUB_A, SUB_B)[i % 2])
+        estate.version(estate.kv)  # the new latest version, the target of every move
+        faults = estate.sandbox.faults
+        engine = rig.engine
+        key = KeyId.from_parts(estate.kv.url, "cmk")
+        view = await KeyVersions.load(engine.keys, key, engine.policy, engine.now())
+        faults.add(host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", latency=0.5)
+        inventory = ResourceGraphInventory(rig.services.inventory.client, page_size=300)
+
+        def arm() -> None:
+            faults.add(host="management.azure.com", path=GRAPH_PATH, method="POST", status=503)
+
+        failing = replace(engine, inventory=_FaultAfterFirstRecord(inventory, arm))
+
+        with pytest.raises(CmkError):
+            await fan_out(failing, view, "event-1")
+        await asyncio.sleep(1.0)  # an orphaned chunk would enqueue in this time
+
+        current = asyncio.current_task()
+        assert [t for t in asyncio.all_tasks() if t is not current] == []
+        assert await rig.queue_length() == 0
+
+
+class TestCovering:
+    async def test_cancelled_reader_does_not_break_a_concurrent_one(self, rig: Rig) -> None:
+        """Two chunks need the same unknown version; cancelling the first mid-read leaves
+        no read running and the second still gets the version."""
+        estate = rig.estate
+        old = estate.version(estate.kv, created=estate.world.clock.now() - timedelta(days=1))
+        first = estate.account("first", estate.kv, old.version)
+        second = estate.account("second", estate.kv, old.version, sub=SUB_B)
+        estate.version(estate.kv)
+        engine = rig.engine
+        key = KeyId.from_parts(estate.kv.url, "cmk")
+        view = await KeyVersions.load(engine.keys, key, engine.policy, engine.now())
+        estate.sandbox.faults.add(
+            host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", latency=0.3
+        )
+        records = [
+            await engine.accounts.get(AccountId.parse(a.resource_id)) for a in (first, second)
+        ]
+        bindings = [r.binding for r in records if r.binding is not None]
+
+        cancelled = asyncio.create_task(view.covering(bindings[:1]))
+        await asyncio.sleep(0.05)  # the first call is now reading the version
+        surviving = asyncio.create_task(view.covering(bindings[1:]))
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        versions = await surviving
+
+        assert old.version in {v.version for v in versions}
+        assert cancelled.cancelled()
+        current = asyncio.current_task()
+        assert [t for t in asyncio.all_tasks() if t is not current] == []
+
+
+class TestKeyFilter:
+    async def test_event_reads_pages_in_proportion_to_its_key(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With 3 keys of 120 accounts each (and the same key name on another vault), an
+        event for one key asks Resource Graph for that key only: 3 pages of 50, not 8."""
+        estate = rig.estate
+        created = estate.world.clock.now() - timedelta(days=1)
+        for key in ("k1", "k2", "k3"):
+            old = estate.version(estate.kv, key, created=created)
+            for i in range(120):
+                sub = (SUB_A, SUB_B)[i % 2]
+                estate.account(f"{key}-{i:03d}", estate.kv, old.version, key=key, sub=sub)
+        twin = estate.version(estate.hsm, "k1", kty="RSA-HSM", created=created)
+        estate.account("twin", estate.hsm, twin.version, key="k1", sub=SUB_B)
+        new = estate.version(estate.kv, "k1")
+        queries = _spy_queries(rig, monkeypatch)
+        estate.sandbox.counters.reset()
+
+        report = await on_new_version(
+            _paged(rig, 50), estate.event(KeyEventType.NEW_VERSION, estate.kv, new, key="k1")
+        )
+
+        assert report.enqueued == 120
+        assert {str(m.account_id).rsplit("/", 1)[-1][:3] for m in report.moves} == {"k1-"}
+        assert _graph_posts(rig) == 3  # ceil(120 / 50); the whole estate would take 8
+        assert len(set(queries)) == 1
+        assert f"keyVaultUri =~ '{estate.kv.url}/'" in queries[0]
+        assert "keyName =~ 'k1'" in queries[0]
+
+    async def test_key_versions_lists_only_that_keys_accounts(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``cmk versions`` asks Resource Graph for the key's accounts, not the estate's."""
+        estate = rig.estate
+        mine = estate.version(estate.kv, "k1")
+        other = estate.version(estate.kv, "k2")
+        for i in range(30):
+            estate.account(f"mine{i:02d}", estate.kv, mine.version, key="k1")
+            estate.account(f"other{i:02d}", estate.kv, other.version, key="k2")
+        queries = _spy_queries(rig, monkeypatch)
+        estate.sandbox.counters.reset()
+
+        report = await key_versions(_paged(rig, 10), KeyId.from_parts(estate.kv.url, "k1"))
+
+        (use,) = [v for v in report.versions if v.version == mine.version]
+        assert len(use.accounts) == 30
+        assert _graph_posts(rig) == 3  # 30 rows of this key; the estate's 60 take 6
+        assert all("keyName =~ 'k1'" in query for query in queries)
