@@ -13,14 +13,14 @@ from datetime import timedelta
 
 from cmk.errors import NotFound, PermanentError, ServiceUnavailable
 from cmk.events import KeyVaultEvent
-from cmk.keyid import KeyId
-from cmk.policy import KeyVersion, evaluate
+from cmk.policy import KeyVersion
 from cmk.ports import Alert
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
 from cmk.usecases.fanout import FanOut, fan_out
 from cmk.usecases.keyview import KeyVersions, order
-from cmk.usecases.report import EventOutcome, EventReport, FindingReport, PlannedMove
+from cmk.usecases.new_versions import create_version, reject_unbindable
+from cmk.usecases.report import EventOutcome, EventReport
 
 __all__ = ["on_expired", "on_near_expiry", "on_new_version"]
 
@@ -100,8 +100,8 @@ async def _finish(
         dry_run=engine.dry_run,
         target_version=target.version if target else None,
         created_version=created.version if created else None,
-        moves=tuple(PlannedMove.from_move(move) for move in fan.moves),
-        findings=tuple(FindingReport.from_finding(finding) for finding in fan.findings),
+        moves=fan.planned_moves(),
+        findings=fan.finding_reports(),
         alerts=raised,
         enqueued=fan.enqueued,
     )
@@ -132,24 +132,16 @@ async def on_new_version(engine: Engine, event: KeyVaultEvent) -> EventReport:
     view = await _open(engine, event, full=False)
     if isinstance(view, EventReport):
         return view
-    verdict = evaluate(view.latest, engine.policy, engine.now())
-    if not verdict.bindable:
-        reasons = [str(reason) for reason in verdict.reasons]
+    rejected = await reject_unbindable(engine, view.latest)
+    if rejected is not None:
+        raised, reasons = rejected
         log.error(
             "newest version %s rejected: %s",
             view.latest.key_id,
-            "; ".join(reasons),
+            reasons,
             extra=_extra(event, "validate"),
         )
-        alert = alerting.version_rejected(view.latest, reasons)
-        raised, _ = await alerting.publish(engine, [alert])
-        return _report(
-            engine,
-            event,
-            EventOutcome.VERSION_REJECTED,
-            alerts=raised,
-            detail="; ".join(reasons),
-        )
+        return _report(engine, event, EventOutcome.VERSION_REJECTED, alerts=raised, detail=reasons)
     return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
 
 
@@ -161,14 +153,6 @@ def _successor(engine: Engine, view: KeyVersions, expiring: str) -> KeyVersion |
     known = view.get(expiring)
     current = view.latest.version
     return best if known is None or order(best, current) > order(known, current) else None
-
-
-async def _create(engine: Engine, view: KeyVersions, expiring: KeyId) -> KeyVersion:
-    """Rotate the key (rotation policy) or create a version with the same parameters."""
-    if await engine.keys.has_rotation_policy(view.key):
-        return await engine.keys.rotate(view.key)
-    template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
-    return await engine.keys.create_like(template)
 
 
 #: Key Vault's default KeyNearExpiry notice (a rotation policy's Notify action may differ).
@@ -233,24 +217,24 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
             )
         return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
     try:
-        created = await _create(engine, view, expiring)
+        template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
+        created = await create_version(engine, view.key, template)
     except PermanentError:
         await engine.ledger.release_claim(claim)  # let a fixed configuration try again
         raise
     log.info(
         "created %s before %s expires", created.key_id, expiring, extra=_extra(event, "rotate")
     )
-    verdict = evaluate(created, engine.policy, engine.now())
-    if not verdict.bindable:
-        reasons = [str(reason) for reason in verdict.reasons]
-        raised, _ = await alerting.publish(engine, [alerting.version_rejected(created, reasons)])
+    rejected = await reject_unbindable(engine, created)
+    if rejected is not None:
+        raised, reasons = rejected
         return _report(
             engine,
             event,
             EventOutcome.VERSION_REJECTED,
             created_version=created.version,
             alerts=raised,
-            detail="; ".join(reasons),
+            detail=reasons,
         )
     return await _spread(engine, event, view.with_latest(created), EventOutcome.ROTATED, created)
 

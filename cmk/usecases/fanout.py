@@ -18,6 +18,7 @@ from cmk.planner import Binding, Decision, Finding, Move
 from cmk.ports import RotationJob
 from cmk.usecases.context import Engine, task_scope
 from cmk.usecases.keyview import KeyVersions, decide
+from cmk.usecases.report import FindingReport, PlannedMove
 
 __all__ = ["FanOut", "fan_out", "job_for"]
 
@@ -34,6 +35,14 @@ class FanOut:
     findings: list[Finding] = field(default_factory=list)
     up_to_date: int = 0
     enqueued: int = 0
+
+    def planned_moves(self) -> tuple[PlannedMove, ...]:
+        """The report lines of the moves."""
+        return tuple(PlannedMove.from_move(move) for move in self.moves)
+
+    def finding_reports(self) -> tuple[FindingReport, ...]:
+        """The report lines of the findings."""
+        return tuple(FindingReport.from_finding(finding) for finding in self.findings)
 
 
 def job_for(move: Move, trigger: str, *, urgent: bool = False) -> RotationJob:

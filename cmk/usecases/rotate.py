@@ -12,12 +12,13 @@ import logging
 
 from cmk.errors import OutOfScope
 from cmk.keyid import KeyId
-from cmk.policy import KeyVersion, evaluate
+from cmk.policy import KeyVersion
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
 from cmk.usecases.fanout import fan_out
 from cmk.usecases.keyview import KeyVersions
-from cmk.usecases.report import EventOutcome, EventReport, FindingReport, PlannedMove
+from cmk.usecases.new_versions import create_version, reject_unbindable
+from cmk.usecases.report import EventOutcome, EventReport
 
 __all__ = ["ROTATE_EVENT_TYPE", "rotate_key"]
 
@@ -25,12 +26,6 @@ log = logging.getLogger(__name__)
 
 #: The ``event_type`` of reports of on-demand rotations.
 ROTATE_EVENT_TYPE = "cmk.rotate"
-
-
-async def _new_version(engine: Engine, view: KeyVersions) -> KeyVersion:
-    if await engine.keys.has_rotation_policy(view.key):
-        return await engine.keys.rotate(view.key)
-    return await engine.keys.create_like(view.latest)
 
 
 async def rotate_key(engine: Engine, key: KeyId, *, trigger: str) -> EventReport:
@@ -48,14 +43,11 @@ async def rotate_key(engine: Engine, key: KeyId, *, trigger: str) -> EventReport
     extra = {"cmk_key_id": str(key), "cmk_step": "rotate", "cmk_trigger": trigger}
     created: KeyVersion | None = None
     if not engine.dry_run:
-        created = await _new_version(engine, view)
+        created = await create_version(engine, view.key, view.latest)
         log.info("created %s on demand", created.key_id, extra=extra)
-        verdict = evaluate(created, engine.policy, engine.now())
-        if not verdict.bindable:
-            reasons = [str(reason) for reason in verdict.reasons]
-            raised, _ = await alerting.publish(
-                engine, [alerting.version_rejected(created, reasons)]
-            )
+        rejected = await reject_unbindable(engine, created)
+        if rejected is not None:
+            raised, reasons = rejected
             return EventReport(
                 event_id=trigger,
                 event_type=ROTATE_EVENT_TYPE,
@@ -64,7 +56,7 @@ async def rotate_key(engine: Engine, key: KeyId, *, trigger: str) -> EventReport
                 dry_run=False,
                 created_version=created.version,
                 alerts=raised,
-                detail="; ".join(reasons),
+                detail=reasons,
             )
         view = view.with_latest(created)
     fan = await fan_out(engine, view, trigger)
@@ -79,8 +71,8 @@ async def rotate_key(engine: Engine, key: KeyId, *, trigger: str) -> EventReport
         dry_run=engine.dry_run,
         target_version=target.version if target else None,
         created_version=created.version if created else None,
-        moves=tuple(PlannedMove.from_move(move) for move in fan.moves),
-        findings=tuple(FindingReport.from_finding(finding) for finding in fan.findings),
+        moves=fan.planned_moves(),
+        findings=fan.finding_reports(),
         alerts=raised,
         enqueued=fan.enqueued,
         detail="" if created else "dry run: would create a new version and move these accounts",
