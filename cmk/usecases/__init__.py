@@ -8,7 +8,7 @@ and returns a report from :mod:`cmk.usecases.report`:
 - :func:`sweep`, :func:`status`, :func:`plan`: the whole scope, on a timer or on demand.
 """
 
-from cmk.usecases.context import Deps, Engine
+from cmk.usecases.context import Engine
 from cmk.usecases.events import on_expired, on_near_expiry, on_new_version
 from cmk.usecases.report import (
     AccountStatus,
@@ -27,7 +27,6 @@ from cmk.usecases.worker import on_poison, rotate_account
 __all__ = [
     "AccountStatus",
     "BindingState",
-    "Deps",
     "Engine",
     "EventOutcome",
     "EventReport",

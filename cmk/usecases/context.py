@@ -16,7 +16,7 @@ from cmk.policy import VersionPolicy
 from cmk.ports import AccountStore, AlertSink, Inventory, JobQueue, KeyStore, Ledger
 from cmk.settings import Settings
 
-__all__ = ["Deps", "Engine", "gather_bounded", "task_scope", "utc_now"]
+__all__ = ["Engine", "gather_bounded", "task_scope", "utc_now"]
 
 T = TypeVar("T")
 
@@ -109,7 +109,3 @@ async def gather_bounded(limit: int, awaitables: Iterable[Awaitable[T]]) -> list
         for _ in range(max(1, limit)):
             group.create_task(worker())
     return [results[index] for index in range(len(results))]
-
-
-#: The same bundle under the name some callers prefer.
-Deps = Engine

@@ -13,12 +13,13 @@ from datetime import timedelta
 
 from cmk.errors import NotFound, PermanentError, ServiceUnavailable
 from cmk.events import KeyVaultEvent
+from cmk.planner import version_order
 from cmk.policy import KeyVersion
 from cmk.ports import Alert
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
 from cmk.usecases.fanout import FanOut, fan_out
-from cmk.usecases.keyview import KeyVersions, order
+from cmk.usecases.keyview import KeyVersions
 from cmk.usecases.new_versions import create_version, reject_unbindable
 from cmk.usecases.report import EventOutcome, EventReport
 
@@ -152,7 +153,11 @@ def _successor(engine: Engine, view: KeyVersions, expiring: str) -> KeyVersion |
         return None
     known = view.get(expiring)
     current = view.latest.version
-    return best if known is None or order(best, current) > order(known, current) else None
+    return (
+        best
+        if known is None or version_order(best, current) > version_order(known, current)
+        else None
+    )
 
 
 #: Key Vault's default KeyNearExpiry notice (a rotation policy's Notify action may differ).

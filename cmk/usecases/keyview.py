@@ -33,14 +33,9 @@ from cmk.policy import KeyVersion, VersionPolicy, evaluate
 from cmk.ports import KeyStore
 from cmk.usecases.context import task_scope
 
-__all__ = ["KeyVersions", "decide", "newest_bindable", "order"]
+__all__ = ["KeyVersions", "decide", "newest_bindable"]
 
 log = logging.getLogger(__name__)
-
-
-def order(version: KeyVersion, current: str | None = None) -> tuple[datetime, bool, str]:
-    """The planner's notion of "newer" (:func:`cmk.planner.version_order`)."""
-    return version_order(version, current)
 
 
 class KeyVersions:
@@ -163,7 +158,7 @@ def _checked(
         return decision
     binding, target = decision.binding, decision.target
     verdict = evaluate(target, policy, now, bound_vault=binding.key_id)
-    newer = bound is not None and order(target, current) > order(bound, current)
+    newer = bound is not None and version_order(target, current) > version_order(bound, current)
     if verdict.bindable and newer and target.key_id.same_key(binding.key_id):
         return decision
     log.error(
@@ -181,7 +176,7 @@ def _checked(
         best is not None
         and bound is not None
         and best.key_id.same_key(binding.key_id)
-        and order(best, current) > order(bound, current)
+        and version_order(best, current) > version_order(bound, current)
     ):
         reason = f"newer version {best.version} replaces {bound.version}"
         return Move(binding, best, reason, decision.finding)

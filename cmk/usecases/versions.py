@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cmk.keyid import KeyId
+from cmk.planner import version_order
 from cmk.policy import KeyVersion, evaluate
 from cmk.ports import LedgerState
 from cmk.resource_id import AccountId
 from cmk.usecases.context import Engine
-from cmk.usecases.keyview import newest_bindable, order
+from cmk.usecases.keyview import newest_bindable
 
 __all__ = ["KeyVersionsReport", "VersionUse", "key_versions"]
 
@@ -83,7 +84,7 @@ async def key_versions(engine: Engine, key: KeyId) -> KeyVersionsReport:
     best = newest_bindable(versions, engine.policy, now, current=current.version)
 
     def newness(version: KeyVersion) -> tuple[datetime, bool, str]:
-        return order(version, current.version)
+        return version_order(version, current.version)
 
     latest = max(versions, key=newness, default=None)
     bound: dict[str, list[AccountId]] = {}

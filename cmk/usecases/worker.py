@@ -16,6 +16,7 @@ import logging
 from dataclasses import replace
 
 from cmk.errors import KeyAccessDenied, PermanentError, ServiceUnavailable, UpdateFailed
+from cmk.planner import version_order
 from cmk.policy import KeyVersion, evaluate
 from cmk.ports import (
     AccountRecord,
@@ -28,7 +29,6 @@ from cmk.ports import (
 )
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
-from cmk.usecases.keyview import order
 from cmk.usecases.report import JobReport, JobResult
 
 __all__ = ["on_poison", "rotate_account"]
@@ -149,7 +149,7 @@ async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
     if bound.created == target.created:
         # Dated to the same second: the key's current version is the newer one.
         current = (await keys.latest(step.job.target.versionless())).version
-    if order(bound, current) >= order(target, current):
+    if version_order(bound, current) >= version_order(target, current):
         return f"already on {bound.version}, not older than {target.version}"
     verdict = evaluate(target, policy, step.engine.now(), bound_vault=record.binding.key_id)
     if not verdict.bindable:
@@ -164,7 +164,7 @@ async def _successor(step: _Step, target: KeyVersion) -> str | None:
     """The key's current version if it is newer than ``target`` and bindable."""
     latest = await step.engine.keys.latest(target.key_id.versionless())
     now, current = step.engine.now(), latest.version
-    if order(latest, current) <= order(target, current):
+    if version_order(latest, current) <= version_order(target, current):
         return None
     return current if evaluate(latest, step.engine.policy, now).bindable else None
 
