@@ -87,6 +87,10 @@ class AccountRecord:
         return "systemassigned" in self.identity_type.lower().replace(" ", "")
 
 
+#: ``provisioningState`` values (lower case) of an account with a change in flight.
+BUSY_STATES = frozenset({"accepted", "creating", "updating", "moving", "deleting"})
+
+
 class UpdateOutcome(StrEnum):
     SUCCEEDED = "succeeded"  # provisioningState Succeeded and the version in place
     IN_PROGRESS = "in_progress"  # still Updating after the wait bound: verify later

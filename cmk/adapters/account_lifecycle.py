@@ -24,11 +24,12 @@ from azure.mgmt.cognitiveservices.models import (
 )
 
 from cmk.adapters._errors import azure_errors, translate
-from cmk.adapters.accounts import BUSY_STATES, KEY_VAULT_SOURCE, CognitiveAccounts, text_of
+from cmk.adapters._sdk import text_of
+from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts
 from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
 from cmk.keyid import KeyId
 from cmk.lifecycle.model import AccountIdentity
-from cmk.ports import UpdateOutcome
+from cmk.ports import BUSY_STATES, UpdateOutcome
 from cmk.resource_id import AccountId
 
 __all__ = ["AccountLifecycle", "account_identity"]

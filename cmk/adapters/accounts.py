@@ -41,14 +41,14 @@ from azure.mgmt.cognitiveservices.models import (
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 
 from cmk.adapters._errors import azure_errors, translate
+from cmk.adapters._sdk import text_of
 from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
 from cmk.keyid import KeyId
 from cmk.planner import Binding
-from cmk.ports import AccountRecord, KeyVaultReference, UpdateOutcome
+from cmk.ports import BUSY_STATES, AccountRecord, KeyVaultReference, UpdateOutcome
 from cmk.resource_id import AccountId
 
 __all__ = [
-    "BUSY_STATES",
     "CognitiveAccounts",
     "account_record",
     "encryption_patch",
@@ -57,18 +57,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 KEY_VAULT_SOURCE = "Microsoft.KeyVault"
-#: provisioningState values of an account that is being changed right now.
-BUSY_STATES = frozenset({"accepted", "creating", "updating", "moving", "deleting"})
 
 ClientFactory = Callable[[str], CognitiveServicesManagementClient]
-
-
-def text_of(value: object) -> str:
-    """An SDK enum or string as plain text ('' for None)."""
-    if value is None:
-        return ""
-    found = getattr(value, "value", value)
-    return str(found)
 
 
 def account_record(account: Account, account_id: AccountId | None = None) -> AccountRecord:

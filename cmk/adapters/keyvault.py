@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from enum import Enum
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -22,6 +21,7 @@ from azure.keyvault.keys import KeyVaultKey
 from azure.keyvault.keys.aio import KeyClient
 
 from cmk.adapters._errors import azure_errors
+from cmk.adapters._sdk import text_of
 from cmk.errors import InvalidInput, NotFound, ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion
@@ -29,13 +29,6 @@ from cmk.policy import KeyVersion
 __all__ = ["KeyVaultKeys", "key_version"]
 
 _RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
-
-
-def _text(value: object) -> str:
-    """An SDK enum or string as plain text (``KeyType.rsa_hsm`` -> ``RSA-HSM``)."""
-    if isinstance(value, Enum):
-        return str(value.value)
-    return str(value)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -59,9 +52,9 @@ def key_version(requested: KeyId, key: KeyVaultKey) -> KeyVersion:
     operations = key.key_operations or getattr(material, "key_ops", None) or []
     return KeyVersion(
         key_id=requested.with_version(version),
-        kty=_text(key.key_type) if key.key_type is not None else "",
+        kty=text_of(key.key_type) if key.key_type is not None else "",
         size=size,
-        key_ops=frozenset(_text(operation) for operation in operations),
+        key_ops=frozenset(text_of(operation) for operation in operations),
         enabled=properties.enabled is True,
         not_before=_aware(properties.not_before),
         expires=_aware(properties.expires_on),
@@ -154,7 +147,7 @@ class KeyVaultKeys:
         except NotFound:
             return False
         actions = policy.lifetime_actions or []
-        rotates = any(_text(action.action).lower() == "rotate" for action in actions)
+        rotates = any(text_of(action.action).lower() == "rotate" for action in actions)
         return rotates or bool(policy.expires_in)
 
     async def rotate(self, key: KeyId) -> KeyVersion:

@@ -11,12 +11,12 @@ One management client per subscription, from a factory, closed by :meth:`close`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from enum import Enum
 
 from azure.mgmt.keyvault.aio import KeyVaultManagementClient
 from azure.mgmt.keyvault.models import ManagedHsm, Vault
 
 from cmk.adapters._errors import azure_errors
+from cmk.adapters._sdk import text_of
 from cmk.errors import NotFound
 from cmk.keyid import KeyId, parse_vault_url
 from cmk.lifecycle.model import AccessPolicy, VaultRecord
@@ -25,12 +25,6 @@ from cmk.resource_id import VaultId
 __all__ = ["KeyVaultResources", "hsm_record", "vault_record"]
 
 ClientFactory = Callable[[str], KeyVaultManagementClient]
-
-
-def _text(value: object, default: str) -> str:
-    if value is None:
-        return default
-    return str(value.value) if isinstance(value, Enum) else str(value)
 
 
 def vault_record(vault: Vault) -> VaultRecord:
@@ -42,7 +36,7 @@ def vault_record(vault: Vault) -> VaultRecord:
             object_id=entry.object_id.lower(),
             tenant_id=entry.tenant_id.lower(),
             key_permissions=frozenset(
-                _text(p, "") for p in (entry.permissions.keys_property or [])
+                text_of(p, "") for p in (entry.permissions.keys_property or [])
             ),
         )
         for entry in props.access_policies or []
@@ -57,8 +51,8 @@ def vault_record(vault: Vault) -> VaultRecord:
         retention_days=props.soft_delete_retention_in_days,
         rbac_authorization=props.enable_rbac_authorization is True,
         access_policies=policies,
-        network_default_action=_text(acls.default_action if acls else None, "Allow"),
-        network_bypass=_text(acls.bypass if acls else None, "AzureServices"),
+        network_default_action=text_of(acls.default_action if acls else None, "Allow"),
+        network_bypass=text_of(acls.bypass if acls else None, "AzureServices"),
     )
 
 
@@ -76,8 +70,8 @@ def hsm_record(hsm: ManagedHsm) -> VaultRecord:
         purge_protection=props.enable_purge_protection is True,
         retention_days=props.soft_delete_retention_in_days,
         rbac_authorization=True,
-        network_default_action=_text(acls.default_action if acls else None, "Allow"),
-        network_bypass=_text(acls.bypass if acls else None, "AzureServices"),
+        network_default_action=text_of(acls.default_action if acls else None, "Allow"),
+        network_bypass=text_of(acls.bypass if acls else None, "AzureServices"),
     )
 
 

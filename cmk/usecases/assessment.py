@@ -10,16 +10,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from cmk.planner import Decision, Finding, Move
-from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState, RotationJob
+from cmk.ports import BUSY_STATES, AccountRecord, Alert, LedgerEntry, LedgerState, RotationJob
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
 from cmk.usecases.fanout import job_for
 from cmk.usecases.report import BindingState, FindingReport
 
-__all__ = ["BUSY_STATES", "Assessment", "assess"]
-
-#: provisioningState values of an account with a change in flight.
-BUSY_STATES = frozenset({"accepted", "creating", "updating", "moving", "deleting"})
+__all__ = ["Assessment", "assess"]
 
 
 @dataclass
