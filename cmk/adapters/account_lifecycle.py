@@ -8,13 +8,10 @@ is running, follows the long-running operation for a bounded time, and verifies 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import timedelta
 
-from azure.core.exceptions import HttpResponseError
 from azure.core.polling import AsyncLROPoller
-from azure.core.polling.base_polling import OperationFailed
 from azure.mgmt.cognitiveservices.models import (
     Account,
     AccountProperties,
@@ -23,10 +20,10 @@ from azure.mgmt.cognitiveservices.models import (
     KeyVaultProperties,
 )
 
-from cmk.adapters._errors import azure_errors, translate
+from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
-from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts
-from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
+from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts, follow
+from cmk.errors import InvalidInput, ServiceUnavailable, UpdateFailed
 from cmk.keyid import KeyId
 from cmk.lifecycle.model import AccountIdentity
 from cmk.ports import BUSY_STATES, UpdateOutcome
@@ -87,7 +84,8 @@ class AccountLifecycle:
         )
         action = f"setting the key of {account_id} to {key}"
         poller = await self._write(account_id, body, action)
-        if not await self._settled(poller, account_id, action, wait):
+        if await follow(poller, action, wait) is None:
+            logger.info("%s: still running after %s", action, wait)
             return UpdateOutcome.IN_PROGRESS
         record = await self._accounts.get(account_id)
         bound = record.binding.key_id if record.binding else None
@@ -107,7 +105,8 @@ class AccountLifecycle:
         )
         action = f"switching {account_id} to Microsoft-managed keys"
         poller = await self._write(account_id, body, action)
-        if not await self._settled(poller, account_id, action, wait):
+        if await follow(poller, action, wait) is None:
+            logger.info("%s: still running after %s", action, wait)
             return UpdateOutcome.IN_PROGRESS
         record = await self._accounts.get(account_id)
         if record.binding is None and record.provisioning_state.lower() == "succeeded":
@@ -116,24 +115,6 @@ class AccountLifecycle:
             f"account {account_id} still uses {record.binding.key_id if record.binding else '?'}"
             f" after the update (provisioningState {record.provisioning_state or 'unknown'})"
         )
-
-    async def _settled(
-        self, poller: AsyncLROPoller[Account], account_id: AccountId, action: str, wait: timedelta
-    ) -> bool:
-        """Follow a lifecycle operation for up to ``wait``: True once it succeeded."""
-        try:
-            await asyncio.wait_for(poller.result(), timeout=max(0.0, wait.total_seconds()))
-        except TimeoutError:
-            logger.info("%s: still running after %s", action, wait)
-            return False
-        except HttpResponseError as error:
-            failed = isinstance(error.__cause__, OperationFailed)
-            raise translate(error, action, operation_failed=failed) from error
-        except CmkError:
-            raise
-        except Exception as error:
-            raise translate(error, action) from error
-        return True
 
     async def _write(
         self, account_id: AccountId, body: Account, action: str

@@ -52,6 +52,7 @@ __all__ = [
     "CognitiveAccounts",
     "account_record",
     "encryption_patch",
+    "follow",
 ]
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,23 @@ def encryption_patch(current: KeyVaultReference, version: str) -> Account:
             )
         )
     )
+
+
+async def follow(poller: AsyncLROPoller[Account], action: str, wait: timedelta) -> Account | None:
+    """Follow an account's long-running operation for up to ``wait``: the account it ended
+    with, or None while it is still running (it goes on in Azure). An operation that ended
+    Failed raises the :mod:`cmk.errors` error of the RP's code."""
+    try:
+        return await asyncio.wait_for(poller.result(), timeout=max(0.0, wait.total_seconds()))
+    except TimeoutError:
+        return None
+    except HttpResponseError as error:
+        failed = isinstance(error.__cause__, OperationFailed)
+        raise translate(error, action, operation_failed=failed) from error
+    except CmkError:
+        raise
+    except Exception as error:
+        raise translate(error, action) from error
 
 
 class _FixedIntervalPolling(AsyncARMPolling):
@@ -236,8 +254,15 @@ class CognitiveAccounts:
         if outcome is not None:
             return outcome
         poller = await self._patch(account_id, reference, target)
-        updated = await self._finished(poller, account_id, target, wait)
+        updated = await follow(poller, f"updating account {account_id} to {target}", wait)
         if updated is None:
+            logger.info(
+                "update of %s to %s still running after %s; verify later",
+                account_id,
+                target.version,
+                wait,
+                extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
+            )
             return UpdateOutcome.IN_PROGRESS
         # The operation's final GET is the verification: no extra read.
         return self._verified(account_record(updated, account_id), target)
@@ -284,39 +309,6 @@ class CognitiveAccounts:
             return await accounts.begin_update(
                 account_id.resource_group, account_id.name, body, **options
             )
-
-    async def _finished(
-        self,
-        poller: AsyncLROPoller[Account],
-        account_id: AccountId,
-        target: KeyId,
-        wait: timedelta,
-    ) -> Account | None:
-        """Follow the operation for up to ``wait``: the account it ended with, or None
-        while it is still running."""
-        try:
-            updated = await asyncio.wait_for(
-                poller.result(), timeout=max(0.0, wait.total_seconds())
-            )
-        except TimeoutError:
-            logger.info(
-                "update of %s to %s still running after %s; verify later",
-                account_id,
-                target.version,
-                wait,
-                extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
-            )
-            return None
-        except HttpResponseError as error:
-            failed = isinstance(error.__cause__, OperationFailed)
-            raise translate(
-                error, f"updating account {account_id} to {target}", operation_failed=failed
-            ) from error
-        except CmkError:
-            raise
-        except Exception as error:
-            raise translate(error, f"updating account {account_id} to {target}") from error
-        return updated
 
     async def verify(self, account_id: AccountId, target: KeyId) -> UpdateOutcome:
         """GET the account: SUCCEEDED when Succeeded on ``target``, IN_PROGRESS while an
