@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import secrets
 import shutil
 import tempfile
 import threading
@@ -99,6 +100,7 @@ class Sandbox:
         *,
         azurite: bool = False,
         tenant_id: str | None = None,
+        random_seed: int | None = None,
     ) -> None:
         self._own_state_dir = state_dir is None
         self.state_dir = state_dir or Path(tempfile.mkdtemp(prefix="cmk-sandbox-"))
@@ -107,9 +109,13 @@ class Sandbox:
         self.ca_bundle = self.state_dir / "ca.pem"
         self.tokens = TokenService()
         self.hosts = IdentityHosts()
-        self.faults = Faults()
+        # Every random choice the sandbox makes (fault probabilities, Event Grid duplicates,
+        # delays and reordering) comes from this seed; reset() rewinds to it, so a test's
+        # draws do not depend on the tests before it. Report it; pass it back to replay.
+        self.random_seed = secrets.randbelow(2**32) if random_seed is None else random_seed
+        self.faults = Faults(seed=self.random_seed)
         self.counters = Counters()
-        self.eventgrid = EventGrid()
+        self.eventgrid = EventGrid(seed=self.random_seed)
         # The app's system-assigned identity is stable across resets, so tokens cached by
         # long-lived credentials stay meaningful.
         self.app_principal = Principal.new("cmk-rotator-app", self.tenant_id)
@@ -201,6 +207,7 @@ class Sandbox:
         topics, and host identities other than the app's cleared; the server keeps running
         and the services are rebuilt around the new world. Returns the world."""
         self.faults.clear()
+        self.faults.seed(self.random_seed)
         self.counters.reset()
         self.eventgrid.reset()
         self.seeded = None
@@ -249,6 +256,13 @@ class Sandbox:
         self.set_throttling(seeded.throttling)
         self.seeded = seeded
         return seeded
+
+    def reseed(self, random_seed: int) -> None:
+        """Draw every later random choice (faults, Event Grid) from ``random_seed``; it is
+        also where :meth:`reset` rewinds to from now on."""
+        self.random_seed = random_seed
+        self.faults.seed(random_seed)
+        self.eventgrid.seed(random_seed)
 
     def set_throttling(self, enabled: bool) -> None:
         """Switch ARM / Resource Graph throttling of the current world on or off."""

@@ -10,6 +10,11 @@ may be: duplicates, random delays, reordering. A failing delivery (exception, no
 timeout) is retried on Event Grid's schedule scaled down by ``retry_scale``; after
 ``max_attempts`` it goes to the dead-letter list.
 
+Every random choice (duplicate or not, each copy's delay) is drawn from one seeded
+generator when the event is emitted, in emission order, so a seed replays the same
+choices; :meth:`EventGrid.reset` rewinds to the seed. ``force_duplicates`` duplicates the
+next N deliveries whatever the probability, for a test that claims a duplicate happened.
+
 **Custom topics** (``https://{topic}.{region}-1.eventgrid.azure.net/api/events``) accept
 what ``EventGridPublisherClient`` sends — CloudEvents (``application/cloudevents-batch+json``)
 or Event Grid schema (``application/json``) — with the ``aeg-sas-key`` header, or a
@@ -151,6 +156,7 @@ class EventGrid:
     def __init__(self, *, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.random_seed = seed
         self._random = random.Random(seed)
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -159,6 +165,8 @@ class EventGrid:
         self.dead_letters: list[DeadLetter] = []
         # delivery switches
         self.duplicate_probability = 0.0
+        self.force_duplicates = 0  # the next N deliveries are duplicated, whatever the odds
+        self.duplicated = 0  # deliveries sent twice so far
         self.max_delay = 0.0  # seconds; each delivery waits uniform(0, max_delay)
         self.reorder = False  # when on, deliveries wait a random 0-50 ms so they overtake
         self.retry_scale = 0.001  # 10 s -> 10 ms
@@ -174,15 +182,25 @@ class EventGrid:
         """Receive ``world``'s key events."""
         world.add_key_event_listener(self._on_key_event)
 
+    def seed(self, seed: int | None) -> None:
+        """Draw later random choices from ``seed`` (and rewind to it on :meth:`reset`)."""
+        with self._lock:
+            self.random_seed = seed
+            self._random.seed(seed)
+
     def reset(self) -> None:
-        """Forget subscriptions, topics and dead letters; restore default switches."""
+        """Forget subscriptions, topics and dead letters; restore default switches and
+        rewind the random choices to the seed."""
         with self._lock:
             for task in list(self._tasks):
                 task.cancel()
             self.subscriptions = []
             self.topics = {}
             self.dead_letters = []
+            self._random.seed(self.random_seed)
         self.duplicate_probability = 0.0
+        self.force_duplicates = 0
+        self.duplicated = 0
         self.max_delay = 0.0
         self.reorder = False
         self.retry_scale = 0.001
@@ -242,23 +260,41 @@ class EventGrid:
             # Event Grid has Key Vault vaults as a source, not Managed HSM pools: their
             # keys' changes reach cmk-rotator through the sweep only, as in Azure.
             return
-        with self._lock:
+        with self._lock:  # one draw sequence, in emission order, whatever the threads
             targets = [s for s in self.subscriptions if s.wants(event)]
-        for subscription in targets:
-            copies = 2 if self._random.random() < self.duplicate_probability else 1
-            for _ in range(copies):
-                payload = shape_event(event, subscription.schema)
-                loop.call_soon_threadsafe(self._spawn, subscription, payload)
+            deliveries = [
+                (subscription, self._delay())
+                for subscription in targets
+                for _ in range(self._copies())
+            ]
+        for subscription, delay in deliveries:
+            payload = shape_event(event, subscription.schema)
+            loop.call_soon_threadsafe(self._spawn, subscription, payload, delay)
 
-    def _spawn(self, subscription: Subscription, payload: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(subscription, payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _copies(self) -> int:
+        """1, or 2 for a duplicated delivery (forced, or drawn); call with the lock held."""
+        duplicate = self._random.random() < self.duplicate_probability
+        if self.force_duplicates > 0:
+            self.force_duplicates -= 1
+            duplicate = True
+        self.duplicated += duplicate
+        return 2 if duplicate else 1
 
-    async def _deliver(self, subscription: Subscription, payload: dict[str, Any]) -> None:
+    def _delay(self) -> float:
+        """A delivery's delay (random delay plus the reordering jitter); lock held."""
         delay = self._random.uniform(0, self.max_delay) if self.max_delay > 0 else 0.0
         if self.reorder:
             delay += self._random.uniform(0, 0.05)
+        return delay
+
+    def _spawn(self, subscription: Subscription, payload: dict[str, Any], delay: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(subscription, payload, delay))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(
+        self, subscription: Subscription, payload: dict[str, Any], delay: float = 0.0
+    ) -> None:
         if delay:
             await asyncio.sleep(delay)
         reason = ""
