@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -75,9 +76,19 @@ INTERFERING_ENV = (
     "http_proxy",
     "ALL_PROXY",
     "all_proxy",
-    "CURL_CA_BUNDLE",
     "SSL_CERT_DIR",
 )
+
+
+def write_node_bundle(ca_pem: bytes, path: Path, inherited: str | None) -> Path:
+    """The file for ``NODE_EXTRA_CA_CERTS``: the sandbox CA, then the certificates of the
+    file ``inherited`` names (Node reads one file only, and machines often point it at the
+    system or a corporate bundle, which must keep working)."""
+    extra = b""
+    if inherited and Path(inherited).is_file() and Path(inherited).resolve() != path.resolve():
+        extra = b"\n" + Path(inherited).read_bytes()
+    path.write_bytes(ca_pem + extra)
+    return path
 
 
 def _service_module(module_name: str) -> ModuleType | None:
@@ -107,6 +118,7 @@ class Sandbox:
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.ca = SandboxCA()
         self.ca_bundle = self.state_dir / "ca.pem"
+        self.node_ca_bundle = self.state_dir / "node-ca.pem"
         self.tokens = TokenService()
         self.hosts = IdentityHosts()
         # Every random choice the sandbox makes (fault probabilities, Event Grid duplicates,
@@ -141,6 +153,9 @@ class Sandbox:
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ca.write_bundle(self.ca_bundle)
+        write_node_bundle(
+            self.ca.pem, self.node_ca_bundle, os.environ.get("NODE_EXTRA_CA_CERTS")
+        )
         loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -357,6 +372,9 @@ class Sandbox:
             "no_proxy": no_proxy,
             "REQUESTS_CA_BUNDLE": str(self.ca_bundle),
             "SSL_CERT_FILE": str(self.ca_bundle),
+            "CURL_CA_BUNDLE": str(self.ca_bundle),
+            "NODE_EXTRA_CA_CERTS": str(self.node_ca_bundle),
+            "NODE_USE_ENV_PROXY": "1",
             "IDENTITY_ENDPOINT": self.identity_endpoint,
             "IDENTITY_HEADER": host.header,
         }
