@@ -153,9 +153,7 @@ class Sandbox:
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ca.write_bundle(self.ca_bundle)
-        write_node_bundle(
-            self.ca.pem, self.node_ca_bundle, os.environ.get("NODE_EXTRA_CA_CERTS")
-        )
+        write_node_bundle(self.ca.pem, self.node_ca_bundle, os.environ.get("NODE_EXTRA_CA_CERTS"))
         loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -317,7 +315,7 @@ class Sandbox:
                 app: web.Application = module.build_app(ctx)
                 mounts.append(Mount(name, hosts, app))
         mounts.append(Mount("eventgrid", EVENTGRID_HOSTS, self.eventgrid.build_app(ctx)))
-        mounts.append(Mount("login", LOGIN_HOSTS, build_login_app(self.tenant_id)))
+        mounts.append(Mount("login", LOGIN_HOSTS, build_login_app(self.tenant_id, self.tokens)))
         await self._server.mount(mounts)
 
     def add_service(self, name: str, hosts: Sequence[str], factory: ServiceFactory) -> None:

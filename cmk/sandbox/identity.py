@@ -8,95 +8,41 @@ shell, ...) with a system-assigned principal and optional user-assigned identiti
 ``client_id`` / ``object_id`` / ``principal_id`` / ``mi_res_id`` pick a user-assigned one,
 as on App Service.
 
-Tokens are opaque to clients but verifiable here: ``base64url(json claims) "."
-base64url(HMAC-SHA256)``. Claims: ``oid``, ``appid``, ``tid``, ``name``, ``aud``
-(normalized), ``iat``, ``exp``. Expiry is real time (not the sandbox clock), so moving
-the clock ahead does not invalidate tokens clients have cached.
+Tokens are JWTs as Entra issues them (see :mod:`cmk.sandbox.identity_tokens`), and
+``login.microsoftonline.com`` serves the OpenID configuration and the signing keys (JWKS)
+under ``/{tenant}/...``, so a client that validates tokens can.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
-import json
 import logging
 import secrets
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from cmk.sandbox.context import TokenClaims, normalize_audience
+from cmk.sandbox.identity_tokens import TOKEN_LIFETIME_SECONDS, TokenService, issuer_v1
 from cmk.sandbox.world import Principal, UserAssignedIdentity
+
+__all__ = [
+    "APP_SERVICE_API_VERSION",
+    "IDENTITY_PATH",
+    "TOKEN_LIFETIME_SECONDS",
+    "HostIdentity",
+    "IdentityHosts",
+    "TokenService",
+    "build_identity_app",
+    "build_login_app",
+]
 
 logger = logging.getLogger(__name__)
 
-TOKEN_LIFETIME_SECONDS = 24 * 3600
 IDENTITY_PATH = "/msi/token"
 APP_SERVICE_API_VERSION = "2019-08-01"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class TokenService:
-    """Issues and verifies sandbox bearer tokens (implements ``TokenVerifier``)."""
-
-    def __init__(self, secret: bytes | None = None) -> None:
-        self._secret = secret or secrets.token_bytes(32)
-
-    def issue(
-        self, principal: Principal, audience: str, lifetime: int = TOKEN_LIFETIME_SECONDS
-    ) -> tuple[str, int]:
-        """A token for ``principal`` and ``audience`` (a resource or scope) and its expiry."""
-        now = int(time.time())
-        expires_on = now + lifetime
-        claims = {
-            "oid": principal.object_id,
-            "appid": principal.client_id,
-            "tid": principal.tenant_id,
-            "name": principal.display_name,
-            "aud": normalize_audience(audience),
-            "iat": now,
-            "exp": expires_on,
-            "jti": uuid.uuid4().hex,
-        }
-        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
-        signature = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
-        return f"{body}.{signature}", expires_on
-
-    def verify(self, token: str) -> TokenClaims | None:
-        """The claims of a valid, unexpired sandbox token; None for anything else."""
-        body, _, signature = token.strip().partition(".")
-        if not body or not signature:
-            return None
-        expected = _b64(hmac.new(self._secret, body.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(expected, signature):
-            return None
-        try:
-            claims = json.loads(_unb64(body))
-            principal = Principal(
-                object_id=str(claims["oid"]),
-                client_id=str(claims["appid"]),
-                tenant_id=str(claims["tid"]),
-                display_name=str(claims.get("name", "")),
-            )
-            audience, expires_on = str(claims["aud"]), int(claims["exp"])
-        except (ValueError, KeyError, TypeError, binascii.Error):
-            return None
-        if expires_on <= time.time():
-            return None
-        return TokenClaims(principal=principal, audience=audience, expires_on=expires_on)
 
 
 @dataclass
@@ -123,6 +69,10 @@ class HostIdentity:
             ):
                 return p
         return None
+
+    def resource_id_of(self, principal: Principal) -> str | None:
+        """The ARM id of ``principal`` when it is one of the host's user-assigned identities."""
+        return next((u.resource_id for u in self.user_assigned if u.principal == principal), None)
 
 
 class IdentityHosts:
@@ -200,7 +150,9 @@ def build_identity_app(tokens: TokenService, hosts: IdentityHosts) -> web.Applic
         )
         if principal is None:
             return _error(400, "Unable to load the proper Managed Identity.")
-        access_token, expires_on = tokens.issue(principal, resource)
+        access_token, expires_on = tokens.issue(
+            principal, resource, resource_id=host.resource_id_of(principal)
+        )
         logger.debug(
             "issued token", extra={"host": host.name, "oid": principal.object_id, "aud": resource}
         )
@@ -219,23 +171,63 @@ def build_identity_app(tokens: TokenService, hosts: IdentityHosts) -> web.Applic
     return app
 
 
-def build_login_app(tenant_id: str) -> web.Application:
-    """A minimal ``login.microsoftonline.com``: OpenID discovery answers, so a client that
-    looks there does not hang; every token grant is refused (only managed identity works)."""
+def build_login_app(tenant_id: str, tokens: TokenService) -> web.Application:
+    """A minimal ``login.microsoftonline.com``: OpenID configuration (v1.0 and v2.0) and the
+    token-signing keys (JWKS) answer as Entra's do, so clients can discover and validate
+    tokens; every token grant is refused (only managed identity issues tokens here)."""
 
-    async def openid(request: web.Request) -> web.Response:
+    def _tenant(request: web.Request) -> str:
         tenant = request.match_info.get("tenant", tenant_id)
-        base = f"https://{request.host.split(':')[0]}/{tenant}"
+        # Multi-tenant aliases publish a templated issuer, as Entra does.
+        return "{tenantid}" if tenant.lower() in ("common", "organizations") else tenant
+
+    async def openid_v2(request: web.Request) -> web.Response:
+        host = request.host.split(":")[0]
+        tenant = request.match_info.get("tenant", tenant_id)
+        base = f"https://{host}/{tenant}"
         return web.json_response(
             {
-                "issuer": f"{base}/v2.0",
-                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                 "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
                 "jwks_uri": f"{base}/discovery/v2.0/keys",
-                "response_types_supported": ["code", "id_token", "token"],
+                "response_modes_supported": ["query", "fragment", "form_post"],
                 "subject_types_supported": ["pairwise"],
                 "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": f"https://{host}/{_tenant(request)}/v2.0",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                 "tenant_region_scope": "WW",
+                "cloud_instance_name": "microsoftonline.com",
+            }
+        )
+
+    async def openid_v1(request: web.Request) -> web.Response:
+        host = request.host.split(":")[0]
+        tenant = request.match_info.get("tenant", tenant_id)
+        base = f"https://{host}/{tenant}"
+        return web.json_response(
+            {
+                "token_endpoint": f"{base}/oauth2/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{base}/discovery/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "token id_token"],
+                "scopes_supported": ["openid"],
+                "issuer": issuer_v1(_tenant(request)),
+                "authorization_endpoint": f"{base}/oauth2/authorize",
+                "tenant_region_scope": "WW",
+                "cloud_instance_name": "microsoftonline.com",
             }
         )
 
@@ -253,8 +245,12 @@ def build_login_app(tenant_id: str) -> web.Application:
             }
         )
 
-    async def keys(_: web.Request) -> web.Response:
-        return web.json_response({"keys": []})
+    async def keys_v2(request: web.Request) -> web.Response:
+        host = request.host.split(":")[0]
+        return web.json_response(tokens.jwks(f"https://{host}/{_tenant(request)}/v2.0"))
+
+    async def keys_v1(request: web.Request) -> web.Response:
+        return web.json_response(tokens.jwks(issuer_v1(_tenant(request))))
 
     async def refuse(_: web.Request) -> web.Response:
         return web.json_response(
@@ -271,9 +267,10 @@ def build_login_app(tenant_id: str) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/common/discovery/instance", instance_discovery)
-    app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", openid)
-    app.router.add_get("/{tenant}/.well-known/openid-configuration", openid)
-    app.router.add_get("/{tenant}/discovery/v2.0/keys", keys)
+    app.router.add_get("/{tenant}/v2.0/.well-known/openid-configuration", openid_v2)
+    app.router.add_get("/{tenant}/.well-known/openid-configuration", openid_v1)
+    app.router.add_get("/{tenant}/discovery/v2.0/keys", keys_v2)
+    app.router.add_get("/{tenant}/discovery/keys", keys_v1)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", refuse)
     app.router.add_post("/{tenant}/oauth2/token", refuse)
     return app
