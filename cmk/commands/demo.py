@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.rule import Rule
+from rich.text import Text
 
 from cmk.commands.demo_stage import find_app_dir, stage
 from cmk.commands.demo_story import ACTS, Act
@@ -77,8 +78,8 @@ def _results(output: Output, acts: list[Act], seconds: float, code: int) -> None
     output.print(f"demo finished in {seconds:.1f}s: {verdict}")
 
 
-def _mark(ok: bool) -> str:
-    return "[green]ok[/]" if ok else "[bold red]FAILED[/]"
+def _mark(ok: bool) -> Text:
+    return Text("ok", style="green") if ok else Text("FAILED", style="bold red")
 
 
 def demo_command(args: argparse.Namespace) -> int:

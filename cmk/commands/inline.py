@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -63,12 +63,16 @@ def job_for_move(move: PlannedMove, trigger: str) -> RotationJob:
     )
 
 
-async def _deliver(engine: Engine, job: RotationJob, retry_delay: float) -> JobReport:
+async def _deliver(
+    engine: Engine, job: RotationJob, retry_delay: float, ticker: Ticker
+) -> JobReport:
     for delivery in range(1, MAX_DELIVERIES + 1):
         try:
             return await rotate_account(engine, job)
         except TransientError as error:
-            log.warning("job for %s: %s (delivery %d)", job.account_id, error, delivery)
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            log.info("retrying %s: %s (delivery %d)", job.account_id, first_line, delivery)
+            ticker.retried()
             if delivery < MAX_DELIVERIES:
                 await asyncio.sleep(retry_delay * 2**delivery)
     return await on_poison(engine, job)
@@ -81,8 +85,12 @@ async def run_jobs(
     *,
     verify_delay: timedelta = VERIFY_DELAY,
     retry_delay: float = 1.0,
+    on_result: Callable[[JobReport], None] | None = None,
 ) -> list[JobReport]:
-    """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target."""
+    """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target.
+    ``on_result`` hears of each job as it ends (not of ``submitted`` ones, which are
+    verified again), so an interrupted run can say how far it got. Transient errors are
+    counted on the ticker and logged one line each at INFO (``-v``)."""
     collector = CollectedJobs()
     here = replace(engine, jobs=collector, verify_delay=verify_delay)
     reports: dict[tuple[str, str], JobReport] = {}
@@ -92,9 +100,11 @@ async def run_jobs(
             await asyncio.sleep(delay.total_seconds())
 
         async def one(job: RotationJob) -> JobReport:
-            report = await _deliver(here, job, retry_delay)
+            report = await _deliver(here, job, retry_delay, ticker)
             if report.result is not JobResult.SUBMITTED:
                 ticker.advance()
+                if on_result is not None:
+                    on_result(report)
             return report
 
         for report in await gather_bounded(engine.settings.max_concurrency, map(one, batch)):

@@ -13,6 +13,8 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rich.text import Text
+
 from cmk.commands.errors import UsageError
 from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, Output, common_options, styled, table
 from cmk.commands.session import Session, run_command
@@ -129,9 +131,9 @@ async def _change(session: Session) -> int:
     return await _with_lifecycle(session, run)
 
 
-def _holds(requirement: Requirement) -> str:
+def _holds(requirement: Requirement) -> Text:
     if requirement.holds is None:
-        return "[yellow]unverified[/]"
+        return Text("unverified", style="yellow")
     return styled("ok") if requirement.holds else styled("failed")
 
 

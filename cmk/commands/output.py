@@ -1,20 +1,25 @@
-"""How every command speaks: rich tables on stdout, or one JSON document with ``--json``;
-progress bars and messages on stderr; exit codes 0 (all good), 1 (failures or findings),
-2 (usage or configuration error)."""
+"""How every command speaks: tables on stdout, one JSON document with ``-o json``
+(``--json``) or tab-separated rows with ``-o tsv``; progress and messages on stderr; exit
+codes 0 (all good), 1 (failures or findings), 2 (usage or configuration error), 130
+(interrupted). Text from outside (errors, Azure's messages, resource names) is never
+parsed as markup and its control characters are shown escaped."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from cmk.keyid import KeyId
 from cmk.resource_id import AccountId
@@ -24,17 +29,32 @@ __all__ = [
     "EXIT_FINDINGS",
     "EXIT_OK",
     "EXIT_USAGE",
+    "OUTPUT_FORMATS",
+    "DataTable",
     "Output",
     "Ticker",
+    "cell",
+    "clean",
     "common_options",
+    "output_format",
     "short_account",
     "short_key",
     "short_version",
+    "styled",
+    "table",
+    "tsv_cell",
 ]
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+
+#: The formats of ``-o/--output`` (as the Azure CLI's, without yaml).
+OUTPUT_FORMATS = ("table", "json", "tsv")
+
+#: Unicode categories shown escaped: controls, formats (bidi overrides), surrogates,
+#: private use and unassigned.
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 #: Width of tables when stdout is not a terminal (pipes, CI logs, tests).
 PIPE_WIDTH = 200
@@ -60,12 +80,41 @@ def common_options() -> argparse.ArgumentParser:
     """The options every subcommand takes (a parent parser)."""
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
-        "--json", action="store_true", help="print one JSON document on stdout (for scripts)"
+        "-o",
+        "--output",
+        choices=OUTPUT_FORMATS,
+        default=None,
+        help="table (default, for humans), json (one document, for scripts) or tsv"
+        " (tab-separated rows without headers, for shell loops)",
     )
+    parent.add_argument("--json", action="store_true", help="the same as --output json")
     parent.add_argument(
         "-v", "--verbose", action="store_true", help="log what happens (INFO) on stderr"
     )
     return parent
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """The output format of a run: ``--output``, with ``--json`` as its alias."""
+    chosen = getattr(args, "output", None)
+    return "json" if getattr(args, "json", False) else str(chosen or "table")
+
+
+def clean(text: str, *, newlines: bool = True) -> str:
+    """External text made safe for a terminal: control and format characters (escape
+    sequences, carriage returns, bidi overrides) are shown escaped, never interpreted."""
+    return "".join(_clean_char(char, newlines) for char in text)
+
+
+def _clean_char(char: str, newlines: bool) -> str:
+    if char == "\n" and newlines:
+        return char
+    if char == "\t":
+        return " "
+    if unicodedata.category(char) in _UNPRINTABLE:
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
 
 
 class Ticker(Protocol):
@@ -73,29 +122,70 @@ class Ticker(Protocol):
 
     def advance(self, amount: int = 1) -> None: ...
 
+    def retried(self) -> None: ...
+
 
 class _NoTicker:
     def advance(self, amount: int = 1) -> None:
         return None
 
+    def retried(self) -> None:
+        return None
+
 
 class _ProgressTicker:
-    def __init__(self, progress: Progress, task: int) -> None:
-        self._progress, self._task = progress, task
+    """A live bar on a terminal; retries are counted in its description."""
+
+    def __init__(self, progress: Progress, task: int, description: str) -> None:
+        self._progress, self._task, self._description = progress, task, description
+        self._retries = 0
 
     def advance(self, amount: int = 1) -> None:
         self._progress.advance(self._task, amount)  # type: ignore[arg-type]
 
+    def retried(self) -> None:
+        self._retries += 1
+        text = f"{self._description} ({self._retries} retries)"
+        self._progress.update(self._task, description=text)  # type: ignore[arg-type]
+
+
+class _LineTicker:
+    """Progress as a line on stderr at every tenth of the work (not on a terminal)."""
+
+    def __init__(self, err: Console, description: str, total: int) -> None:
+        self._err, self._description, self._total = err, description, total
+        self._done = self._retries = self._shown = 0
+
+    def advance(self, amount: int = 1) -> None:
+        self._done += amount
+        tenth = self._done * 10 // self._total
+        if tenth > self._shown:
+            self._shown = tenth
+            retries = f", {self._retries} retries" if self._retries else ""
+            line = f"{self._description}: {self._done}/{self._total}{retries}"
+            self._err.print(Text(clean(line)), soft_wrap=True)
+
+    def retried(self) -> None:
+        self._retries += 1
+
+
+class DataTable(Table):
+    """A rich table that also keeps its rows as plain text for ``--output tsv``."""
+
+    tsv_rows: list[list[str]]
+
 
 class Output:
-    """The console of one command run."""
+    """The console of one command run. Strings given to it are printed as they are: never
+    parsed as markup, emoji codes or highlighting; styles come only from :class:`Text`."""
 
-    def __init__(self, json_mode: bool) -> None:
-        self.json_mode = json_mode
-        self.console = Console(highlight=False)
+    def __init__(self, json_mode: bool, output_format: str | None = None) -> None:
+        self.format = output_format or ("json" if json_mode else "table")
+        self.json_mode = self.format == "json"
+        self.console = Console(highlight=False, markup=False, emoji=False)
         if not self.console.is_terminal:
             self.console.width = PIPE_WIDTH
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
     def emit_json(self, document: object) -> None:
         """Print ``document`` (reports are converted) as the one JSON document on stdout."""
@@ -103,19 +193,31 @@ class Output:
         sys.stdout.flush()
 
     def print(self, *renderables: object) -> None:
-        """Print for humans on stdout (nothing in JSON mode)."""
+        """Print for humans on stdout: tables and lines in table mode, only the rows of
+        tables with ``--output tsv``, nothing with ``--output json``."""
+        if self.format == "tsv":
+            for renderable in renderables:
+                if isinstance(renderable, DataTable):
+                    for row in renderable.tsv_rows:
+                        sys.stdout.write("\t".join(row) + "\n")
+            sys.stdout.flush()
+            return
         if not self.json_mode:
-            self.console.print(*renderables)
+            self.console.print(*(_safe(r) for r in renderables))
 
     def note(self, message: str) -> None:
-        """A message for humans on stderr (also in JSON mode)."""
-        self.err.print(message, soft_wrap=True)
+        """A message for humans on stderr (also in JSON mode), printed as plain text."""
+        self.err.print(Text(clean(message)), soft_wrap=True)
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Ticker]:
-        """A progress bar on stderr while the block runs (only on a terminal)."""
-        if total <= 0 or not self.err.is_terminal:
+        """Progress on stderr while the block runs: a live bar on a terminal, a line at
+        every tenth of the work otherwise."""
+        if total <= 0:
             yield _NoTicker()
+            return
+        if not self.err.is_terminal:
+            yield _LineTicker(self.err, description, total)
             return
         columns = (
             TextColumn("{task.description}"),
@@ -125,40 +227,66 @@ class Output:
         )
         with Progress(*columns, console=self.err, transient=True) as progress:
             task = progress.add_task(description, total=total)
-            yield _ProgressTicker(progress, task)
+            yield _ProgressTicker(progress, task, description)
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> Table:
-    """A rich table; cells are rendered with :func:`cell`."""
-    result = Table(title=title, title_justify="left", show_lines=False)
+def _safe(renderable: object) -> object:
+    return Text(clean(renderable)) if isinstance(renderable, str) else renderable
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> DataTable:
+    """A table; cells are rendered with :func:`cell` (plain text, never markup). Long
+    words end with an ellipsis instead of being split; ``-o json`` has the full values."""
+    result = DataTable(title=Text(clean(title)), title_justify="left", show_lines=False)
     for column in columns:
-        result.add_column(column, overflow="fold")
+        result.add_column(Text(column), overflow="ellipsis")
     for row in rows:
         result.add_row(*(cell(value) for value in row))
+    result.tsv_rows = [[tsv_cell(value) for value in row] for row in rows]
     return result
 
 
-def cell(value: object) -> str:
-    """One table cell as text (None as a dash, times short, states coloured)."""
+def cell(value: object) -> Text:
+    """One table cell (None as a dash, times short, states coloured by :func:`styled`)."""
+    if isinstance(value, Text):
+        return value
     if value is None or value == "":
-        return "-"
+        return Text("-")
     if isinstance(value, bool):
-        return "yes" if value else "no"
+        return Text("yes" if value else "no")
     if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+        return Text(value.strftime("%Y-%m-%d %H:%M:%S"))
     if isinstance(value, timedelta):
-        return age(value)
+        return Text(age(value))
     if isinstance(value, AccountId):
-        return short_account(value)
+        return Text(clean(short_account(value)))
     if isinstance(value, KeyId):
-        return short_key(value)
-    return str(value)
+        return Text(clean(short_key(value)))
+    if isinstance(value, Enum):
+        return Text(clean(str(value.value)))
+    return Text(clean(str(value)))
 
 
-def styled(state: str) -> str:
-    """A state word in its colour."""
-    style = STATE_STYLES.get(state)
-    return f"[{style}]{state}[/]" if style else state
+def tsv_cell(value: object) -> str:
+    """One ``--output tsv`` field: the full value, on one line, without tabs."""
+    if isinstance(value, Text):
+        value = value.plain
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return f"{value.total_seconds():.0f}"
+    if isinstance(value, Enum):
+        value = value.value
+    return clean(str(value), newlines=False).replace("\n", " ")
+
+
+def styled(state: str) -> Text:
+    """A state word in its colour (no colour with NO_COLOR or when piped)."""
+    return Text(clean(state), style=STATE_STYLES.get(state, ""))
 
 
 def age(delta: timedelta) -> str:

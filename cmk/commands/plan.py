@@ -1,6 +1,7 @@
 """``cmk plan``: what a sweep would do now — the moves with their reasons, the findings
 and the alerts it would raise — with nothing written anywhere. Exit 1 when there are
-findings or keys that could not be read."""
+findings or keys that could not be read, or when nothing is in scope (a warning on stderr
+says why)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 from typing import Any
 
 from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options
+from cmk.commands.scope import scope_warnings, warn
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import print_alerts, print_sweep
 from cmk.usecases import SweepReport, plan
@@ -33,10 +35,11 @@ def plan_exit_code(report: SweepReport) -> int:
 
 async def _plan(session: Session) -> int:
     report = await plan(session.engine())
-    code = plan_exit_code(report)
     output = session.output
+    warnings = scope_warnings(session.settings, report.accounts - report.out_of_scope)
+    code = warn(output, warnings, plan_exit_code(report))
     if output.json_mode:
-        output.emit_json({"plan": report, "exit_code": code})
+        output.emit_json({"plan": report, "warnings": warnings, "exit_code": code})
         return code
     print_sweep(output, report)
     print_alerts(output, report.alerts)

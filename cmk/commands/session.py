@@ -9,15 +9,16 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cmk.commands.errors import explain
-from cmk.commands.output import Output
+from cmk.commands.interrupt import EXIT_INTERRUPTED, Journal
+from cmk.commands.output import Output, output_format
 from cmk.runtime import Runtime
 from cmk.settings import Settings
 from cmk.usecases.context import Engine
 
-__all__ = ["Session", "configure_logging", "fail", "run_command"]
+__all__ = ["Session", "configure_logging", "fail", "interrupted", "run_command"]
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -56,6 +57,7 @@ class Session:
     output: Output
     settings: Settings
     runtime: Runtime
+    journal: Journal = field(default_factory=lambda: Journal("cmk"))
 
     def engine(self) -> Engine:
         """The engine, honouring ``--dry-run`` when the command has it."""
@@ -84,22 +86,44 @@ def fail(args: argparse.Namespace, output: Output, error: BaseException) -> int:
     return failure.code
 
 
-async def _run(args: argparse.Namespace, output: Output, settings: Settings, body: Body) -> int:
+def interrupted(args: argparse.Namespace, output: Output, journal: Journal) -> int:
+    """Report an interruption (Ctrl-C): what was done, what was not, what finishes it."""
+    output.note(journal.message())
+    if getattr(args, "json", False):
+        output.emit_json(
+            {
+                "error": {
+                    "kind": "interrupted",
+                    "message": journal.message(),
+                    "fix": f"run `{journal.finish}`" if journal.finish else "",
+                    "exit_code": EXIT_INTERRUPTED,
+                }
+            }
+        )
+    return EXIT_INTERRUPTED
+
+
+async def _run(
+    args: argparse.Namespace, output: Output, settings: Settings, body: Body, journal: Journal
+) -> int:
     async with Runtime(settings) as runtime:
-        session = Session(args, output, settings, runtime)
+        session = Session(args, output, settings, runtime, journal)
         return await body(session)
 
 
 def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -> int:
     """Read the settings, run ``body`` on a fresh event loop, map errors to exit codes.
     With ``storage``, AzureWebJobsStorage must be configured (queue, ledger, alerts)."""
-    output = Output(bool(getattr(args, "json", False)))
+    output = Output(bool(getattr(args, "json", False)), output_format(args))
     configure_logging(bool(getattr(args, "verbose", False)))
+    journal = Journal(str(getattr(args, "command", "") or "cmk"))
     try:
         settings = Settings.from_environ(os.environ)
         if storage:
             settings.require_storage()
-        return asyncio.run(_run(args, output, settings, body))
+        return asyncio.run(_run(args, output, settings, body, journal))
+    except KeyboardInterrupt:
+        return interrupted(args, output, journal)
     except Exception as error:
         logging.getLogger(__name__).debug("command failed", exc_info=True)
         return fail(args, output, error)

@@ -1,12 +1,15 @@
 """``cmk status``: every CMK-bound account in scope, its bound and newest valid version,
 its state (current, stale, unsafe, failing, out of scope) and the age of its binding.
-Exit 1 when any account in scope is not current."""
+Exit 1 when any account in scope is not current, or when nothing is in scope (an empty
+CMK_VAULT_ALLOWLIST, no CMK account in CMK_SUBSCRIPTIONS): a warning on stderr says which."""
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter
 from typing import Any
+
+from rich.text import Text
 
 from cmk.commands.output import (
     EXIT_FINDINGS,
@@ -16,6 +19,7 @@ from cmk.commands.output import (
     styled,
     table,
 )
+from cmk.commands.scope import scope_warnings, warn
 from cmk.commands.session import Session, run_command
 from cmk.usecases import AccountStatus, BindingState, status
 
@@ -46,8 +50,13 @@ async def _status(session: Session) -> int:
     counts = summary(accounts)
     code = EXIT_FINDINGS if any(counts[s.value] for s in _NOT_GOOD) else EXIT_OK
     output = session.output
+    in_scope = len(accounts) - counts[BindingState.OUT_OF_SCOPE.value]
+    warnings = scope_warnings(session.settings, in_scope)
+    code = warn(output, warnings, code)
     if output.json_mode:
-        output.emit_json({"accounts": accounts, "summary": counts, "exit_code": code})
+        output.emit_json(
+            {"accounts": accounts, "summary": counts, "warnings": warnings, "exit_code": code}
+        )
         return code
     rows = [
         (
@@ -64,7 +73,8 @@ async def _status(session: Session) -> int:
     ]
     columns = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
     output.print(table(f"{len(accounts)} CMK accounts", columns, rows))
-    output.print("  ".join(f"{styled(state)}: {n}" for state, n in counts.items() if n))
+    parts = [Text.assemble(styled(state), f": {n}") for state, n in counts.items() if n]
+    output.print(Text("  ").join(parts))
     return code
 
 

@@ -2,7 +2,9 @@
 sweep does (inventory, read each key once, assess every binding, raise the alerts), but
 runs each stale account's step machine in this process (at most CMK_MAX_CONCURRENCY at
 once, with a progress bar) instead of enqueueing it. ``--dry-run`` writes nothing and
-shows the PATCH each account would get. Exit 1 on failed accounts, findings or errors."""
+shows the PATCH each account would get. Exit 1 on failed accounts, findings or errors,
+or when nothing is in scope (a warning on stderr says why); 130 when interrupted (it says
+how far it got; run it again to finish)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
 from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options
+from cmk.commands.scope import scope_warnings, warn
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import job_summary, jobs_failed, print_jobs, print_sweep
 from cmk.usecases import sweep
@@ -32,23 +35,42 @@ def add_parser(subparsers: Any) -> None:
 
 
 async def _sweep(session: Session) -> int:
-    engine = session.engine()
-    output = session.output
+    engine, output, journal = session.engine(), session.output, session.journal
     if not engine.dry_run:
         await session.runtime.prepare_storage()
     collector = CollectedJobs()
+    journal.now(
+        "taking the inventory and planning",
+        not_done="no account was moved",
+        finish="cmk sweep",
+    )
     report = await sweep(replace(engine, jobs=collector))
     jobs, _ = collector.take()
     report = replace(report, enqueued=0)  # run here, not enqueued
     if engine.dry_run:
         jobs = [job_for_move(move, report.run_id) for move in report.moves]
+    else:
+        journal.did(
+            f"inventory of {report.accounts} account(s), {report.alerts_published} new alert(s)"
+        )
+    journal.moving(len(jobs), finish="cmk sweep")
     with output.progress("moving accounts", len(jobs)) as ticker:
-        results = await run_jobs(engine, jobs, ticker)
+        results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
     failed = jobs_failed(results)
     code = EXIT_FINDINGS if failed or report.findings or report.errors else EXIT_OK
+    warnings = scope_warnings(session.settings, report.accounts - report.out_of_scope)
+    code = warn(output, warnings, code)
     counts = job_summary(results)
     if output.json_mode:
-        output.emit_json({"sweep": report, "jobs": results, "summary": counts, "exit_code": code})
+        output.emit_json(
+            {
+                "sweep": report,
+                "jobs": results,
+                "summary": counts,
+                "warnings": warnings,
+                "exit_code": code,
+            }
+        )
         return code
     print_sweep(output, report)
     print_jobs(output, results)

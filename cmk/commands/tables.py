@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from cmk.commands.output import Output, short_version, styled, table
+from rich.text import Text
+
+from cmk.commands.output import Output, clean, short_version, styled, table
 from cmk.ports import Alert
 from cmk.usecases import FindingReport, JobReport, JobResult, PlannedMove, SweepReport
 
@@ -54,7 +56,7 @@ def print_sweep(output: Output, report: SweepReport) -> None:
     if not report.dry_run:
         print_alerts(output, report.alerts)
     for error in report.errors:
-        output.print(f"[red]error:[/] {error}")
+        output.print(Text.assemble(("error:", "red"), " ", clean(error)))
 
 
 def print_jobs(output: Output, reports: Sequence[JobReport]) -> None:

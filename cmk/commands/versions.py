@@ -1,18 +1,30 @@
 """``cmk versions KEY_ID``: each version of a key — enabled, created, expiry, whether it
 may be bound, which accounts use it — and whether it is safe to disable. Exit 1 when an
-account is bound to a version that fails the policy (disabled, expired or expiring)."""
+account is bound to a version that fails the policy (disabled, expired or expiring); exit 2
+for a key id that is not one, or a vault outside CMK_VAULT_ALLOWLIST."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options, short_account, table
+from rich.text import Text
+
+from cmk.commands.output import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    clean,
+    common_options,
+    short_account,
+    table,
+)
 from cmk.commands.session import Session, run_command
+from cmk.errors import OutOfScope
 from cmk.keyid import KeyId
+from cmk.settings import Settings
 from cmk.usecases.versions import VersionUse, key_versions
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "require_in_scope"]
 
 MAX_LISTED = 3
 
@@ -40,8 +52,28 @@ def _tags(use: VersionUse) -> str:
     return ", ".join([*tags, "newest valid"] if use.newest_valid else tags)
 
 
+def _bindable(use: VersionUse) -> Text:
+    if use.bindable:
+        return Text("yes")
+    return Text.assemble(("no", "red"), ": ", clean("; ".join(use.reasons)))
+
+
+def require_in_scope(settings: Settings, key: KeyId) -> None:
+    """Refuse a key whose vault is outside CMK_VAULT_ALLOWLIST, as every path of the app
+    does: what the app will never touch is not what an operator should plan with."""
+    if settings.vault_in_scope(key):
+        return
+    allowed = ", ".join(sorted(settings.vault_allowlist)) or "nothing: the setting is empty"
+    raise OutOfScope(
+        f"vault {key.vault_url} is not in CMK_VAULT_ALLOWLIST (allowed: {allowed});"
+        " the app never reads or rotates its keys"
+    )
+
+
 async def _versions(session: Session) -> int:
-    report = await key_versions(session.engine(), KeyId.parse(session.args.key_id))
+    key = KeyId.parse(session.args.key_id)
+    require_in_scope(session.settings, key)
+    report = await key_versions(session.engine(), key)
     code = EXIT_FINDINGS if report.unsafe_bindings else EXIT_OK
     output = session.output
     if output.json_mode:
@@ -54,16 +86,16 @@ async def _versions(session: Session) -> int:
             use.enabled,
             use.created,
             use.expires,
-            "yes" if use.bindable else f"[red]no[/]: {'; '.join(use.reasons)}",
+            _bindable(use),
             f"{len(use.accounts)}: {_users(use)}" if use.accounts else "0",
-            "[green]yes[/]" if use.safe_to_disable else "[red]no[/]",
+            Text("yes", style="green") if use.safe_to_disable else Text("no", style="red"),
             use.verdict,
         )
         for use in report.versions
     ]
     columns = (
         "version",
-        "",
+        "tags",
         "enabled",
         "created",
         "expires",
@@ -73,10 +105,8 @@ async def _versions(session: Session) -> int:
         "why",
     )
     output.print(table(f"{report.key_id}", columns, rows))
-    scope = "" if report.in_scope else " (vault NOT in CMK_VAULT_ALLOWLIST: the app ignores it)"
     output.print(
-        f"accounts searched in {len(report.subscriptions)} subscription(s) of"
-        f" CMK_SUBSCRIPTIONS{scope}"
+        f"accounts searched in {len(report.subscriptions)} subscription(s) of CMK_SUBSCRIPTIONS"
     )
     return code
 
