@@ -37,7 +37,6 @@ from cmk.sandbox.keyvault_errors import (
 )
 from cmk.sandbox.keyvault_json import (
     JsonObject,
-    api_level,
     key_bundle,
     key_item,
     parse_key_changes,
@@ -58,6 +57,7 @@ from cmk.sandbox.keyvault_model import (
     valid_key_name,
     whole_seconds,
 )
+from cmk.sandbox.keyvault_versions import api_level, unrecognized_message
 from cmk.sandbox.world import KeyState, KeyVersionState, Principal, VaultKind, VaultState
 
 # The world helpers other parts of the sandbox call through this module.
@@ -152,10 +152,7 @@ class _KeyVaultService:
         if not api_version:
             raise bad_parameter("The 'api-version' query parameter is missing.")
         if api_level(api_version) is None:
-            raise bad_parameter(
-                f"The specified version ({api_version}) is not recognized. "
-                "Consider using the latest supported version (2025-07-01)."
-            )
+            raise bad_parameter(unrecognized_message(api_version))
         return api_version
 
     def _authorize(self, request: web.Request, perm: str, key_name: str) -> _Caller:

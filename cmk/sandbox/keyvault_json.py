@@ -12,18 +12,16 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cmk.sandbox.durations import parse_iso_duration
 from cmk.sandbox.keyvault_model import CURVE_BYTES, KEY_FAMILIES, KeyParameterError
+from cmk.sandbox.keyvault_versions import api_level
 from cmk.sandbox.world import KeyState, KeyVersionState, RotationPolicy, VaultKind, VaultState
 
 JsonObject = dict[str, Any]
-_NUMBERED_VERSION = re.compile(r"(\d+)\.(\d+)")
-_DATED_VERSION = re.compile(r"(\d{4})-(\d{2})-(\d{2})(-preview)?")
 MIN_POLICY_EXPIRY = timedelta(days=28)
 MIN_TRIGGER = timedelta(days=7)
 _ACTION_TYPES = {"rotate": "Rotate", "notify": "Notify"}
@@ -47,17 +45,6 @@ def from_unix(value: object, name: str) -> datetime:
         return datetime.fromtimestamp(int(value), UTC)
     except (OverflowError, OSError, ValueError) as exc:
         raise KeyParameterError(f"Attribute '{name}' is out of range.") from exc
-
-
-def api_level(api_version: str) -> tuple[int, int] | None:
-    """Order of an api-version: '7.4' -> (7, 4), '2016-10-01' -> (6, 0), '2025-07-01' -> (8, 0)
-    (dated versions after 7.6); None if it is not a version string."""
-    if match := _NUMBERED_VERSION.fullmatch(api_version):
-        return int(match[1]), int(match[2])
-    if match := _DATED_VERSION.fullmatch(api_version):
-        year = int(match[1])
-        return (6, 0) if year < 2018 else (8, year)
-    return None
 
 
 def kid(vault: VaultState, key: KeyState, version: KeyVersionState | None = None) -> str:

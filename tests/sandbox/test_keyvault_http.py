@@ -17,6 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from cmk.sandbox.context import ServiceContext, TokenClaims
 from cmk.sandbox.keyvault import build_app
 from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.keyvault_versions import (
+    API_VERSIONS,
+    LATEST_STABLE,
+    PREVIEW_VERSIONS,
+    STABLE_VERSIONS,
+)
 from cmk.sandbox.world import KeyEvent, KeyEventType, Principal, VaultKind, VaultState, World
 
 SUB = "00000000-0000-4000-8000-000000000001"
@@ -206,6 +212,31 @@ class TestApiVersion:
         """Every api-version azure-keyvault-keys 4.11 can send is served."""
         add_key_version(env.world, env.vault, "k")
         await env.ok("GET", "/keys/k/", api=api)
+
+    @pytest.mark.parametrize("api", sorted(API_VERSIONS))
+    async def test_every_published_version_is_accepted(self, env: Env, api: str) -> None:
+        """Every stable and preview version of the REST spec is served (az uses 7.6-preview.2)."""
+        add_key_version(env.world, env.vault, "k")
+        bundle = await env.ok("GET", "/keys/k/", api=api)
+        assert bundle["key"]["kid"].startswith(f"{env.vault.url}/keys/k/")
+
+    def test_the_list_has_what_the_spec_publishes(self) -> None:
+        """Stable 7.0 to 7.6 and 2025-07-01, previews such as 7.6-preview.2, in the list."""
+        for version in ("7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"):
+            assert version in STABLE_VERSIONS
+        for version in ("7.4-preview.1", "7.5-preview.1", "7.6-preview.2", "2025-06-01-preview"):
+            assert version in PREVIEW_VERSIONS
+        assert LATEST_STABLE not in PREVIEW_VERSIONS
+
+    @pytest.mark.parametrize("api", ["7.9", "7.6-preview.3", "2025-07-02", "latest", "8"])
+    async def test_unknown_version_answers_as_key_vault(self, env: Env, api: str) -> None:
+        """An unpublished version: 400 BadParameter with Key Vault's exact message."""
+        add_key_version(env.world, env.vault, "k")
+        error = await _error(await env.call("GET", "/keys/k/", api=api), 400, "BadParameter")
+        assert error["message"] == (
+            f"The specified version ({api}) is not recognized. "
+            f"Consider using the latest supported version ({LATEST_STABLE})."
+        )
 
     async def test_old_versions_omit_newer_attributes(self, env: Env) -> None:
         """recoverableDays appears from 7.1 and exportable from 7.3, as in the service."""
