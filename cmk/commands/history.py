@@ -1,19 +1,32 @@
 """``cmk history [--account ID | --key KEY_ID] [--limit N]``: the ledger — one row per
-account and target version: from, to, state, attempts, cause, trigger, when. Exit 1 when
-the latest row of any account shown is a failure."""
+account and target version: from, to, state, attempts, cause, trigger, when. ID is an
+account's ARM resource id or RESOURCE_GROUP/NAME as the tables show it. Exit 1 when the
+latest row of any account shown is a failure; 2 for a bad id or N below 1."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options, short_version, styled, table
+from cmk.commands.output import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    common_options,
+    short_account,
+    short_version,
+    styled,
+    table,
+)
 from cmk.commands.session import Session, run_command
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState
 from cmk.resource_id import AccountId
 
 __all__ = ["add_parser", "failing_now"]
+
+#: ``resource-group/name``, the short form of an account in every table.
+SHORT_ACCOUNT = re.compile(r"[^/\s]+/[^/\s]+")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -25,12 +38,24 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__,
     )
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--account", metavar="ID", help="one account (ARM resource id)")
+    scope.add_argument(
+        "--account", metavar="ID", help="one account: ARM resource id, or RESOURCE_GROUP/NAME"
+    )
     scope.add_argument("--key", metavar="KEY_ID", help="one key (any version)")
     parser.add_argument(
-        "--limit", type=int, default=200, metavar="N", help="newest N rows (default 200)"
+        "--limit", type=_positive, default=200, metavar="N", help="newest N rows (default 200)"
     )
     parser.set_defaults(func=history_command)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def failing_now(entries: list[LedgerEntry]) -> list[LedgerEntry]:
@@ -43,9 +68,12 @@ def failing_now(entries: list[LedgerEntry]) -> list[LedgerEntry]:
 
 async def _history(session: Session) -> int:
     args, output = session.args, session.output
-    account = AccountId.parse(args.account) if args.account else None
+    short = args.account if args.account and SHORT_ACCOUNT.fullmatch(args.account) else None
+    account = AccountId.parse(args.account) if args.account and not short else None
     key = KeyId.parse(args.key).versionless() if args.key else None
     entries = await session.runtime.services.ledger.history(account_id=account, key=key)
+    if short:  # rg/name, as every table shows an account
+        entries = [e for e in entries if short_account(e.account_id).lower() == short.lower()]
     entries = sorted(entries, key=lambda e: e.updated, reverse=True)[: max(0, args.limit)]
     code = EXIT_FINDINGS if failing_now(entries) else EXIT_OK
     if output.json_mode:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from rich.text import Text
@@ -30,20 +31,47 @@ from cmk.settings import Settings
 __all__ = ["add_parser", "key_from_args"]
 
 
+CHECK_DOC = """`cmk check ACCOUNT_ID ... | --all [--key KEY_ID]`: every requirement of customer-
+managed keys (DESIGN §1) per account and key — key type and size, soft delete and purge
+protection, region and tenant, the identity and its permissions on the key — each failure
+with its fix, and which grants a revocation would cut accounts off by. Writes nothing.
+Exit 0 every requirement holds, 1 something fails, 2 usage (no ACCOUNT_ID and no --all, a
+bad id) or configuration error."""
+
+ENABLE_DOC = """`cmk enable ACCOUNT_ID --key KEY_ID`: turn customer-managed keys on for an
+account, after running every check of `cmk check` (including the permissions its identity
+needs on the key). Refused, with nothing written, while a requirement fails. Exit 0 done,
+unchanged or dry run; 1 refused; 2 usage or configuration error."""
+
+SWITCH_DOC = """`cmk switch ACCOUNT_ID --key KEY_ID`: move an account to another key of the
+same vault (Azure allows no other), after the checks of `cmk check`. Exit 0 done,
+unchanged or dry run; 1 refused; 2 usage or configuration error."""
+
+DISABLE_DOC = """`cmk disable ACCOUNT_ID --yes`: take an account back to Microsoft-managed
+keys. Without --yes nothing is written and it exits 2; with --dry-run it shows what it
+would do. Exit 0 done, unchanged or dry run; 1 failed; 2 usage (no --yes) or configuration
+error."""
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``cmk check``, ``enable``, ``switch`` and ``disable``."""
     check = subparsers.add_parser(
-        "check", parents=[common_options()], help="CMK preflight: every requirement per account"
+        "check",
+        parents=[common_options()],
+        help="CMK preflight: every requirement per account",
+        description=CHECK_DOC,
     )
     check.add_argument("account_ids", nargs="*", metavar="ACCOUNT_ID")
     check.add_argument("--all", action="store_true", help="every CMK account in scope")
     check.add_argument("--key", help="check this key instead of the bound one")
     check.set_defaults(func=lambda args: run_command(args, _check, storage=False))
-    for name, help_text in (
-        ("enable", "turn on CMK with a key (preflight first)"),
-        ("switch", "use another key of the same vault"),
+    for name, help_text, doc in (
+        ("enable", "turn on CMK with a key (preflight first)", ENABLE_DOC),
+        ("switch", "use another key of the same vault", SWITCH_DOC),
     ):
-        parser = subparsers.add_parser(name, parents=[common_options()], help=help_text)
+        parser = subparsers.add_parser(
+            name, parents=[common_options()], help=help_text, description=doc
+        )
         parser.add_argument("account_id", metavar="ACCOUNT_ID")
         parser.add_argument("--key", help="key id, versioned or versionless")
         parser.add_argument("--vault", help="vault name or URL (with --key-name)")
@@ -55,11 +83,14 @@ def add_parser(subparsers: Any) -> None:
             )
         parser.set_defaults(func=lambda args: run_command(args, _change))
     off = subparsers.add_parser(
-        "disable", parents=[common_options()], help="back to Microsoft-managed keys"
+        "disable",
+        parents=[common_options()],
+        help="back to Microsoft-managed keys",
+        description=DISABLE_DOC,
     )
     off.add_argument("account_id", metavar="ACCOUNT_ID")
     off.add_argument("--yes", action="store_true", help="confirm: leave customer-managed keys")
-    off.add_argument("--dry-run", action="store_true", help="refused: changes nothing")
+    off.add_argument("--dry-run", action="store_true", help="show what it would do, write nothing")
     off.set_defaults(func=lambda args: run_command(args, _change))
 
 
@@ -85,7 +116,11 @@ async def _with_lifecycle(session: Session, body: Callable[[Lifecycle], Awaitabl
 async def _check(session: Session) -> int:
     args, settings = session.args, session.settings
     if bool(args.account_ids) == bool(args.all):
-        raise UsageError("give ACCOUNT_ID ... or --all (not both)")
+        what = "both ACCOUNT_ID and --all" if args.all else "no ACCOUNT_ID and no --all"
+        raise UsageError(
+            f"cmk check was given {what}: give the accounts to check (ARM resource ids),"
+            " or --all for every CMK account in CMK_SUBSCRIPTIONS"
+        )
     key = KeyId.parse(args.key) if args.key else None
     accounts = [AccountId.parse(text) for text in args.account_ids]
     if args.all:
@@ -111,6 +146,12 @@ async def _change(session: Session) -> int:
         change: Change
         if args.command == "disable":
             change = await disable(lc, account_id, confirmed=args.yes, dry_run=dry_run)
+            if dry_run and change.outcome is ChangeOutcome.REFUSED:
+                detail = (
+                    f"dry run, nothing written: would take the account off {change.previous}"
+                    " and back to Microsoft-managed keys"
+                )
+                change = replace(change, outcome=ChangeOutcome.DRY_RUN, detail=detail)
         else:
             key = key_from_args(args, session.settings)
             if not dry_run:
@@ -126,6 +167,11 @@ async def _change(session: Session) -> int:
         _print_change(session.output, change, code)
         return code
 
+    if args.command == "disable" and not (args.yes or dry_run):
+        raise UsageError(
+            "disable takes the account off customer-managed keys: pass --yes to confirm,"
+            " or --dry-run to see what it would do"
+        )
     if args.command == "disable" and args.yes and not dry_run:
         await session.runtime.prepare_storage()
     return await _with_lifecycle(session, run)

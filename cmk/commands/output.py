@@ -239,7 +239,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
     words end with an ellipsis instead of being split; ``-o json`` has the full values."""
     result = DataTable(title=Text(clean(title)), title_justify="left", show_lines=False)
     for column in columns:
-        result.add_column(Text(column), overflow="ellipsis")
+        result.add_column(Text(clean(column)), overflow="ellipsis")
     for row in rows:
         result.add_row(*(cell(value) for value in row))
     result.tsv_rows = [[tsv_cell(value) for value in row] for row in rows]

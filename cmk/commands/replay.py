@@ -79,22 +79,38 @@ def load_items(path: Path) -> list[object]:
         raise UsageError(f"{path} is empty: give a file of Event Grid events")
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as error:
+        if not _json_lines(text):
+            raise UsageError(
+                f"{path} is not valid JSON: {error.msg} at line {error.lineno} column"
+                f" {error.colno} (a truncated file?)"
+            ) from None
         items: list[object] = []
-        for line in text.splitlines():
+        for number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
                     value = json.loads(line)
-                except json.JSONDecodeError:
-                    value = line  # kept, and rejected in place
+                except json.JSONDecodeError as bad:
+                    value = f"line {number} column {bad.colno}: {bad.msg}"  # rejected in place
                 items.extend(value if isinstance(value, list) else [value])
         return items
     return list(document) if isinstance(document, list) else [document]
 
 
+def _json_lines(text: str) -> bool:
+    """Whether ``text`` reads as JSON lines: its first non-blank line is JSON by itself
+    (else it is one document, broken somewhere)."""
+    first = next(line for line in text.splitlines() if line.strip())
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 async def _one(engine: Engine, index: int, item: object) -> ReplayOutcome:
     if isinstance(item, str):
-        return ReplayOutcome(index, None, None, None, "rejected", "not JSON")
+        return ReplayOutcome(index, None, None, None, "rejected", f"not JSON: {item}")
     try:
         [parsed] = parse_events([item])
     except CmkError as error:
