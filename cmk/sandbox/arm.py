@@ -15,7 +15,10 @@ Routes (paths are case-insensitive, as in ARM):
 * ``Microsoft.KeyVault/vaults`` and ``managedHSMs`` GET and list
   (:mod:`cmk.sandbox.arm_keyvault`);
 * ``Microsoft.Authorization`` role assignments at a scope and role definitions
-  (:mod:`cmk.sandbox.arm_authorization`).
+  (:mod:`cmk.sandbox.arm_authorization`);
+* ``Microsoft.Resources``: ``/subscriptions``, ``/subscriptions/{s}``, ``/tenants``, resource
+  groups and the generic resource list, filtered by the caller's role assignments
+  (:mod:`cmk.sandbox.arm_resources`).
 
 Every request goes through, in ARM's order: ``api-version`` present (400
 ``MissingApiVersionParameter``), bearer token (401 ``AuthenticationFailed`` when missing,
@@ -43,6 +46,7 @@ from aiohttp import web
 
 from cmk.sandbox.arm_authorization import AuthorizationArm
 from cmk.sandbox.arm_keyvault import KeyVaultArm
+from cmk.sandbox.arm_resources import ResourcesArm
 from cmk.sandbox.cognitive import ArmError, CognitiveRP, Operation, account_json, rp_for
 from cmk.sandbox.context import AUDIENCE_ARM, ServiceContext, TokenClaims, normalize_audience
 from cmk.sandbox.resourcegraph import API_VERSIONS as GRAPH_API_VERSIONS
@@ -105,6 +109,7 @@ class _Arm:
         self.rp: CognitiveRP = rp_for(ctx.world)
         self.keyvault = KeyVaultArm(ctx.world, self._authorize, _json)
         self.authorization = AuthorizationArm(ctx.world, self._authorize, _json)
+        self.resources = ResourcesArm(ctx.world, self._authorize, _json)
 
     # --- pipeline ----------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -150,12 +155,16 @@ class _Arm:
                 f"The api-version '{api_version}' is invalid. The supported versions are "
                 "'2025-09-01,2025-06-01,2024-10-01,2023-05-01,2022-12-01,2021-10-01,2017-04-18'.",
             )
+        for pattern, handler in self.resources.tenant_routes():
+            if pattern.match(path):
+                return handler(request, claims, {}, body)
         for pattern, handler in (
             (_ACCOUNT, self._account),
             (_LIST, self._list),
             (_OPERATION, self._operation),
             *self.keyvault.routes(),
             *self.authorization.routes(),
+            *self.resources.routes(),
         ):
             match = pattern.match(path)
             if match is None:

@@ -1,0 +1,227 @@
+"""What ARM answers before a client touches a resource: subscriptions, tenants, resource
+groups and the generic resource list, through the sandbox proxy, filtered by RBAC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+from azure.identity import DefaultAzureCredential
+
+from cmk.sandbox.cognitive import seed_account
+from cmk.sandbox.core import Sandbox
+from cmk.sandbox.world import Principal, Subscription, UserAssignedIdentity, VaultKind, VaultState
+
+SUB_A = "0b1f6471-1bf0-4dda-aec3-cb9272f09590"
+SUB_B = "7c0ffee0-0000-4000-8000-000000000002"
+SUB_HIDDEN = "5ca1ab1e-0000-4000-8000-000000000003"
+ARM = "https://management.azure.com"
+API_RESOURCES = {"api-version": "2021-04-01"}
+API_SUBSCRIPTIONS = {"api-version": "2022-12-01"}
+MI_ID = (
+    f"/subscriptions/{SUB_A}/resourceGroups/rg-identities/providers"
+    "/Microsoft.ManagedIdentity/userAssignedIdentities/uami-ai"
+)
+
+
+@dataclass
+class Seeded:
+    sandbox: Sandbox
+    token: str
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> requests.Response:
+        return requests.get(
+            f"{ARM}{path}",
+            params=params or API_RESOURCES,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=10,
+        )
+
+    def ok(self, path: str, params: dict[str, str] | None = None) -> Any:
+        response = self.get(path, params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+def seeded(sandbox: Sandbox) -> Seeded:
+    """Three subscriptions: Reader on A, one resource group of B, nothing on the third."""
+    world = sandbox.world
+    with world.lock:
+        for sub, name in ((SUB_A, "ai-prod"), (SUB_B, "ai-dev"), (SUB_HIDDEN, "finance")):
+            world.subscriptions[sub] = Subscription(sub, world.tenant_id, name)
+        vault = VaultState("kv-a", VaultKind.VAULT, SUB_A, "rg-keys", "westeurope", world.tenant_id)
+        world.vaults[vault.host] = vault
+        uami = UserAssignedIdentity(MI_ID, Principal.new("uami-ai", world.tenant_id))
+        account = seed_account(world, SUB_A, "rg-ai", "acct-a", "westeurope")
+        account.identity.user_assigned[MI_ID.lower()] = uami
+        seed_account(world, SUB_B, "rg-dev", "acct-b", "eastus")
+        seed_account(world, SUB_B, "rg-dev-2", "acct-b2", "eastus")
+        seed_account(world, SUB_HIDDEN, "rg-fin", "acct-fin", "eastus")
+        app = sandbox.app_principal.object_id
+        world.grant(app, f"/subscriptions/{SUB_A}", "Reader")
+        world.grant(app, f"/subscriptions/{SUB_B}/resourceGroups/rg-dev", "Reader")
+    token = DefaultAzureCredential().get_token(f"{ARM}/.default").token
+    return Seeded(sandbox, token)
+
+
+class TestSubscriptions:
+    def test_list_shows_only_subscriptions_with_a_role_assignment(self, seeded: Seeded):
+        """GET /subscriptions: subscription- and group-level access count; none hides it."""
+        body = seeded.ok("/subscriptions", API_SUBSCRIPTIONS)
+        assert set(body) == {"value"}
+        assert [s["subscriptionId"] for s in body["value"]] == [SUB_B, SUB_A]
+
+    def test_subscription_has_the_spec_fields(self, seeded: Seeded):
+        """A subscription carries the fields of the 2022-12-01 Subscription definition."""
+        body = seeded.ok(f"/subscriptions/{SUB_A}", API_SUBSCRIPTIONS)
+        assert body == {
+            "id": f"/subscriptions/{SUB_A}",
+            "authorizationSource": "RoleBased",
+            "managedByTenants": [],
+            "subscriptionId": SUB_A,
+            "tenantId": seeded.sandbox.tenant_id,
+            "displayName": "ai-prod",
+            "state": "Enabled",
+            "subscriptionPolicies": {
+                "locationPlacementId": "Public_2014-09-01",
+                "quotaId": "PayAsYouGo_2014-09-01",
+                "spendingLimit": "Off",
+            },
+        }
+
+    def test_hidden_and_unknown_subscriptions(self, seeded: Seeded):
+        """Without access: 403 AuthorizationFailed; an unknown id: 404 SubscriptionNotFound."""
+        hidden = seeded.get(f"/subscriptions/{SUB_HIDDEN}", API_SUBSCRIPTIONS)
+        assert hidden.status_code == 403
+        assert hidden.json()["error"]["code"] == "AuthorizationFailed"
+        unknown = seeded.get(f"/subscriptions/{'0' * 8}-0000-0000-0000-{'0' * 12}")
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "SubscriptionNotFound"
+
+    def test_tenants_lists_the_home_tenant(self, seeded: Seeded):
+        """GET /tenants: the token's tenant, category Home, with the spec's fields."""
+        body = seeded.ok("/tenants", API_SUBSCRIPTIONS)
+        [tenant] = body["value"]
+        assert tenant["id"] == f"/tenants/{seeded.sandbox.tenant_id}"
+        assert tenant["tenantId"] == seeded.sandbox.tenant_id
+        assert tenant["tenantCategory"] == "Home"
+        assert {"countryCode", "displayName", "domains", "defaultDomain"} <= set(tenant)
+
+    def test_wrong_audience_is_refused(self, seeded: Seeded):
+        """A Key Vault token is refused at /subscriptions: ARM checks the audience."""
+        vault_token = DefaultAzureCredential().get_token("https://vault.azure.net/.default")
+        response = requests.get(
+            f"{ARM}/subscriptions",
+            params=API_SUBSCRIPTIONS,
+            headers={"Authorization": f"Bearer {vault_token.token}"},
+            timeout=10,
+        )
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "InvalidAuthenticationTokenAudience"
+
+
+class TestResourceGroups:
+    def test_list_is_filtered_by_group_access(self, seeded: Seeded):
+        """Reader on one group of B lists that group only; Reader on A lists all of A's."""
+        names_b = [g["name"] for g in seeded.ok(f"/subscriptions/{SUB_B}/resourcegroups")["value"]]
+        assert names_b == ["rg-dev"]
+        names_a = [g["name"] for g in seeded.ok(f"/subscriptions/{SUB_A}/resourcegroups")["value"]]
+        assert names_a == ["rg-ai", "rg-identities", "rg-keys"]
+
+    def test_group_shape_and_head(self, seeded: Seeded):
+        """GET a group answers the ResourceGroup shape; HEAD answers 204 or 404."""
+        group = seeded.ok(f"/subscriptions/{SUB_A}/resourceGroups/rg-keys")
+        assert group == {
+            "id": f"/subscriptions/{SUB_A}/resourceGroups/rg-keys",
+            "name": "rg-keys",
+            "type": "Microsoft.Resources/resourceGroups",
+            "location": "westeurope",
+            "properties": {"provisioningState": "Succeeded"},
+        }
+        head = requests.head(
+            f"{ARM}/subscriptions/{SUB_A}/resourcegroups/rg-keys",
+            params=API_RESOURCES,
+            headers={"Authorization": f"Bearer {seeded.token}"},
+            timeout=10,
+        )
+        assert head.status_code == 204
+        missing = seeded.get(f"/subscriptions/{SUB_A}/resourceGroups/rg-nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "ResourceGroupNotFound"
+
+    def test_group_without_access_is_forbidden(self, seeded: Seeded):
+        """A group of B the caller holds no role on: 403 AuthorizationFailed."""
+        response = seeded.get(f"/subscriptions/{SUB_B}/resourceGroups/rg-dev-2")
+        assert response.status_code == 403
+        assert "resourceGroups/read" in response.json()["error"]["message"]
+
+
+class TestGenericResources:
+    def test_filter_by_resource_type(self, seeded: Seeded):
+        """$filter=resourceType eq '...' returns only that type, with kind, sku, location."""
+        body = seeded.ok(
+            f"/subscriptions/{SUB_A}/resources",
+            {**API_RESOURCES, "$filter": "resourceType eq 'Microsoft.CognitiveServices/accounts'"},
+        )
+        [account] = body["value"]
+        assert account["id"].endswith(
+            "/resourceGroups/rg-ai/providers/Microsoft.CognitiveServices/accounts/acct-a"
+        )
+        assert account["type"] == "Microsoft.CognitiveServices/accounts"
+        assert (account["kind"], account["sku"], account["location"]) == (
+            "AIServices",
+            {"name": "S0"},
+            "westeurope",
+        )
+
+    def test_unfiltered_list_has_every_readable_type(self, seeded: Seeded):
+        """Vaults, accounts and the user-assigned identities accounts use, and nothing hidden."""
+        types = sorted(r["type"] for r in seeded.ok(f"/subscriptions/{SUB_A}/resources")["value"])
+        assert types == [
+            "Microsoft.CognitiveServices/accounts",
+            "Microsoft.KeyVault/vaults",
+            "Microsoft.ManagedIdentity/userAssignedIdentities",
+        ]
+        names_b = [r["name"] for r in seeded.ok(f"/subscriptions/{SUB_B}/resources")["value"]]
+        assert names_b == ["acct-b"]
+
+    def test_group_scope_and_combined_filter(self, seeded: Seeded):
+        """/resourceGroups/{rg}/resources and 'and'-joined clauses narrow the list."""
+        in_group = seeded.ok(f"/subscriptions/{SUB_A}/resourceGroups/rg-keys/resources")
+        assert [r["name"] for r in in_group["value"]] == ["kv-a"]
+        both = seeded.ok(
+            f"/subscriptions/{SUB_A}/resources",
+            {
+                **API_RESOURCES,
+                "$filter": "resourceType eq 'Microsoft.KeyVault/vaults' and name eq 'nope'",
+            },
+        )
+        assert both["value"] == []
+
+    def test_unsupported_filter_is_bad_request(self, seeded: Seeded):
+        """A $filter the sandbox cannot evaluate is 400, not a silently wrong list."""
+        response = seeded.get(
+            f"/subscriptions/{SUB_A}/resources",
+            {**API_RESOURCES, "$filter": "substringof('a', name)"},
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "InvalidFilterInQueryString"
+
+
+class TestResourceManagementSdk:
+    def test_sdk_lists_subscriptions_groups_and_resources(self, seeded: Seeded):
+        """SubscriptionClient and ResourceManagementClient work unmodified against ARM."""
+        resource = pytest.importorskip("azure.mgmt.resource")
+        credential = DefaultAzureCredential()
+        subscriptions = resource.SubscriptionClient(credential)
+        listed = sorted(str(s.subscription_id) for s in subscriptions.subscriptions.list())
+        assert listed == sorted([SUB_A, SUB_B])
+        assert [t.tenant_id for t in subscriptions.tenants.list()] == [seeded.sandbox.tenant_id]
+        client = resource.ResourceManagementClient(credential, SUB_A)
+        assert client.resource_groups.check_existence("rg-ai") is True
+        assert client.resource_groups.check_existence("rg-nope") is False
+        found = client.resources.list(filter="resourceType eq 'Microsoft.KeyVault/vaults'")
+        assert [r.name for r in found] == ["kv-a"]
