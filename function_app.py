@@ -124,4 +124,5 @@ async def http_sweep(req: func.HttpRequest) -> func.HttpResponse:
 async def http_rotate(req: func.HttpRequest) -> func.HttpResponse:
     """Create a new version of one key now and move every bound account."""
     key_id = req.params.get("key_id")
-    return _json(await entrypoints.http_rotate(await engines.engine(), key_id))
+    force = (req.params.get("force") or "").lower() in ("1", "true", "yes")
+    return _json(await entrypoints.http_rotate(await engines.engine(), key_id, force=force))

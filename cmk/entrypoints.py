@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -217,18 +218,35 @@ async def http_sweep(engine: Engine) -> JsonResponse:
     return 200, to_jsonable(await sweep(engine))
 
 
-async def http_rotate(engine: Engine, key_id: str | None) -> JsonResponse:
-    """POST /api/rotate?key_id=...: create a new version of one key now and move every
-    bound account. 400 for a missing or invalid key id or a vault outside the allow-list,
-    403 when the app's identity may not read or rotate the key, 404 for a key that does
-    not exist (nothing is written in any of these cases)."""
+async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False) -> JsonResponse:
+    """POST /api/rotate?key_id=...[&force=true]: create a new version of one key now and
+    move every bound account.
+
+    400 for a missing, invalid or versioned key id or a vault outside the allow-list, 403
+    when the app's identity may not read or rotate the key, 404 for a key that does not
+    exist (nothing is written in any of these cases). 409 when the same key was rotated
+    through this endpoint less than CMK_ROTATE_COOLDOWN_MINUTES ago (naming the version
+    it created), unless ``force``: a retried or doubled call does not make two versions.
+    """
     if not key_id:
         return 400, {
             "error": "key_id is required, e.g. ?key_id=https://myvault.vault.azure.net/keys/mykey"
         }
     try:
         parsed = KeyId.parse(key_id)
-        report = await rotate_key(engine, parsed.versionless(), trigger="http")
+        if parsed.version:
+            raise InvalidInput(
+                f"key_id names version {parsed.version}; rotation creates a new version of"
+                f" the key: pass the versionless id {parsed.versionless()}"
+            )
+        if not engine.settings.vault_in_scope(parsed):
+            raise OutOfScope(f"vault {parsed.vault_url} is not in CMK_VAULT_ALLOWLIST")
+        cooling = None if engine.dry_run else await _cool_down(engine, parsed, force=force)
+        if cooling is not None:
+            return 409, cooling
+        report = await _rotate_once(engine, parsed)
+    except _RotationInProgress as error:
+        return 409, {"error": f"{error}; not rotating again", "createdVersion": None}
     except (InvalidInput, OutOfScope) as error:
         return 400, {"error": str(error)}
     except AccessDenied as error:
@@ -240,3 +258,47 @@ async def http_rotate(engine: Engine, key_id: str | None) -> JsonResponse:
     except NotFound as error:
         return 404, {"error": str(error)}
     return 200, to_jsonable(report)
+
+
+class _RotationInProgress(Exception):
+    """Another call holds the endpoint's rotation claim of this key."""
+
+
+def _rotation_claim(key: KeyId) -> str:
+    return f"http-rotate|{key.versionless()}"
+
+
+async def _cool_down(engine: Engine, key: KeyId, *, force: bool) -> dict[str, object] | None:
+    """The 409 body when ``key`` was rotated here within the cool-down, else None (and the
+    way is cleared for this rotation)."""
+    name, window = _rotation_claim(key), engine.settings.rotate_cooldown
+    last = await engine.ledger.claim_record(name)
+    if last is not None and not force and engine.now() - last.claimed < window:
+        until = last.claimed + window
+        return {
+            "error": f"{key} was rotated through this endpoint at {last.claimed.isoformat()}"
+            f" (created version {last.created_version or 'in progress'}); another rotation"
+            f" before {until.isoformat()} needs force=true",
+            "createdVersion": last.created_version,
+            "coolDownUntil": until.isoformat(),
+        }
+    if last is not None:
+        await engine.ledger.release_claim(name)
+    return None
+
+
+async def _rotate_once(engine: Engine, key: KeyId) -> EventReport:
+    """Rotate under the endpoint's claim, so two calls at once create one version."""
+    if engine.dry_run:
+        return await rotate_key(engine, key, trigger="http")
+    name, token = _rotation_claim(key), f"{engine.owner}:http:{uuid.uuid4().hex[:12]}"
+    if not await engine.ledger.claim(name, token, now=engine.now()):
+        raise _RotationInProgress(f"{key} is being rotated by another call right now")
+    try:
+        report = await rotate_key(engine, key, trigger="http")
+    except PermanentError:
+        await engine.ledger.release_claim(name)  # refused before creating: allow a retry
+        raise
+    if report.created_version:
+        await engine.ledger.complete_claim(name, token, report.created_version)
+    return report

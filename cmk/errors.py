@@ -5,6 +5,7 @@
     CmkError                      every error this package raises on purpose
     ├── TransientError            retry later: the platform (queue, Event Grid) redelivers
     │   ├── ThrottledError        429 from ARM / Key Vault / Resource Graph (carries retry_after)
+    │   │   └── AccountBusy       another job holds the account's write lease (retry_after)
     │   └── ServiceUnavailable    5xx, timeouts, dropped connections, 409 while Updating
     └── PermanentError            retrying cannot help: record it, alert once, complete the message
         ├── InvalidInput          something we were given is malformed
@@ -40,6 +41,11 @@ class ThrottledError(TransientError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class AccountBusy(ThrottledError):
+    """Another job holds the account's write lease: come back when it may have finished.
+    Deferred like a 429 (it spends no delivery), never an account failure."""
 
 
 class ServiceUnavailable(TransientError):

@@ -319,9 +319,9 @@ def _vault(fields: Mapping[str, object], schema: EventSchema, key_id: KeyId) -> 
     name = "source" if schema == "cloudevents" else "topic"
     text = _text(fields, name, "event")
     if not text:
-        if schema == "cloudevents":
-            raise InvalidEvent("event.source is missing or empty")
-        return None
+        # Event Grid always sets the source vault; an event without it cannot be tied
+        # to a vault, so it is refused in both schemas.
+        raise InvalidEvent(f"event.{name} is missing or empty")
     try:
         vault_id = VaultId.parse(text)
     except InvalidResourceId as error:

@@ -176,6 +176,24 @@ class LedgerEntry:
     updated: datetime
 
 
+@dataclass(frozen=True)
+class LeaseGrant:
+    """The answer to a lease request: granted, or who holds it until when."""
+
+    granted: bool
+    holder: str
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class ClaimRecord:
+    """A claim as recorded: who took it, when, and the version its work created."""
+
+    owner: str
+    claimed: datetime
+    created_version: str | None
+
+
 class Ledger(Protocol):
     async def get(self, account_id: AccountId, to_version: str) -> LedgerEntry | None: ...
 
@@ -187,13 +205,42 @@ class Ledger(Protocol):
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> list[LedgerEntry]: ...
 
-    async def claim(self, name: str, owner: str, *, lease: timedelta | None = None) -> bool:
+    async def claim(
+        self,
+        name: str,
+        owner: str,
+        *,
+        lease: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> bool:
         """Atomically claim ``name`` (a Table insert): True for exactly one caller. A claim
-        older than ``lease`` may be taken over (atomically) by a new caller."""
+        older than ``lease`` whose work is not recorded done may be taken over (atomically)."""
+        ...
+
+    async def claim_record(self, name: str) -> ClaimRecord | None:
+        """The claim ``name`` as recorded, or None."""
+        ...
+
+    async def complete_claim(self, name: str, owner: str, created_version: str) -> bool:
+        """Record the version the claim's work created; False if ``owner`` lost the claim."""
         ...
 
     async def release_claim(self, name: str) -> None:
         """Drop the claim ``name`` (its work failed before doing anything)."""
+        ...
+
+    async def acquire_lease(
+        self, name: str, owner: str, now: datetime, ttl: timedelta
+    ) -> LeaseGrant:
+        """Take the write lease ``name`` for ``ttl`` unless another live holder has it."""
+        ...
+
+    async def renew_lease(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        """Extend our lease; False if it is no longer ours (taken over after expiry)."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease back if it is still ours."""
         ...
 
 
@@ -207,6 +254,12 @@ class AlertType(StrEnum):
     VAULT_NOT_RECOVERABLE = "vault_not_recoverable"
     VERSION_REJECTED = "version_rejected"
     EVENT_FAILED = "event_failed"
+    KEY_UNREADABLE = "key_unreadable"
+
+
+#: Alert types that report one failure of one account's move, whichever step saw it:
+#: they share one dedup group, so a failure alerts once, not once per code path.
+ACCOUNT_FAILURE_TYPES = frozenset({AlertType.ACCOUNT_UPDATE_FAILED, AlertType.IDENTITY_MISSING})
 
 
 class Severity(StrEnum):
@@ -230,13 +283,21 @@ class Alert:
 
     @property
     def dedup_key(self) -> tuple[str, str, str]:
-        """(subject, target version, cause type): one alert each until resolved."""
-        return (self.subject.lower(), self.to_version or "", self.type.value)
+        """(subject, target version, cause group): one alert each until resolved. The
+        failures of one account's move share a group (see :data:`ACCOUNT_FAILURE_TYPES`)."""
+        group = "account_failure" if self.type in ACCOUNT_FAILURE_TYPES else self.type.value
+        return (self.subject.lower(), self.to_version or "", group)
 
 
 class AlertSink(Protocol):
     async def raise_alert(self, alert: Alert) -> bool:
-        """Publish unless an alert with the same dedup key is open; True if published."""
+        """Record the alert (outbox) unless one with the same dedup key is recorded, then
+        deliver it; True if it was delivered by this call. Never raises for a failed
+        publish: the alert stays pending for :meth:`flush_pending`."""
+        ...
+
+    async def flush_pending(self) -> int:
+        """Deliver every alert recorded but not yet delivered; returns how many."""
         ...
 
     async def resolve(self, subject: str, to_version: str | None = None) -> int:

@@ -57,6 +57,7 @@ ENVIRONMENT_VARIABLES = (
     "CMK_STALE_GRACE_HOURS",
     "CMK_UPDATE_TIMEOUT_SECONDS",
     "CMK_MAX_CONCURRENCY",
+    "CMK_ROTATE_COOLDOWN_MINUTES",
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__queueServiceUri",
@@ -123,6 +124,7 @@ class Settings:
     stale_grace: timedelta = timedelta(hours=24)
     update_timeout: timedelta = timedelta(seconds=120)
     max_concurrency: int = 32
+    rotate_cooldown: timedelta = timedelta(minutes=10)
     storage: StorageSettings | None = None
 
     @classmethod
@@ -156,6 +158,9 @@ class Settings:
             ),
             max_concurrency=reader.get(
                 "CMK_MAX_CONCURRENCY", default.max_concurrency, _concurrency
+            ),
+            rotate_cooldown=reader.get(
+                "CMK_ROTATE_COOLDOWN_MINUTES", default.rotate_cooldown, _minutes
             ),
             storage=_storage(reader, cloud),
         )
@@ -251,6 +256,10 @@ def _days(value: str) -> timedelta:
 
 def _hours(value: str) -> timedelta:
     return timedelta(hours=_number(value, "hours"))
+
+
+def _minutes(value: str) -> timedelta:
+    return timedelta(minutes=_number(value, "minutes"))
 
 
 def _seconds(value: str) -> timedelta:

@@ -12,6 +12,8 @@ what the SDK raised                             what we raise
 408, 5xx, 409 (busy: another update running),   ServiceUnavailable
 ServiceRequestError / ServiceResponseError,
 timeouts, no token (credential not reachable)
+401 ExpiredAuthenticationToken /               ServiceUnavailable (a new token next time)
+InvalidAuthenticationToken
 401, 403, an authorization error code           AccessDenied
 404                                             NotFound
 other 4xx, and a long-running operation that    UpdateFailed (the RP's error code first in
@@ -61,9 +63,14 @@ _ACCESS_CODES = frozenset(
         "unauthorized",
         "keyvaultaccessdenied",
         "keyvaultaccessforbidden",
-        "invalidauthenticationtoken",
         "authenticationfailed",
     }
+)
+
+# 401 codes of a token that expired or went stale in flight: the credential gets a new
+# token on the next attempt, so these are retried, never an account's permanent failure.
+_STALE_TOKEN_CODES = frozenset(
+    {"expiredauthenticationtoken", "invalidauthenticationtoken", "tokenexpired"}
 )
 
 
@@ -152,6 +159,8 @@ def translate(error: BaseException, action: str, *, operation_failed: bool = Fal
     code = error_code(error)
     status = status_code(error)
     text = _describe(action, error, code)
+    if status == 401 and code is not None and code.lower() in _STALE_TOKEN_CODES:
+        return ServiceUnavailable(f"{text} (the token is refreshed on the next attempt)")
     if code is not None and code.lower() in _ACCESS_CODES:
         # In a failed operation it is the account's identity the key refused, not us.
         return KeyAccessDenied(text) if operation_failed else AccessDenied(text)

@@ -294,11 +294,12 @@ class CognitiveAccounts:
     async def _patch(
         self, account_id: AccountId, current: KeyVaultReference, target: KeyId
     ) -> AsyncLROPoller[Account]:
+        """Send the PATCH once. The SDK would re-send it by itself after a 429 with
+        Retry-After, a 5xx or a timeout — the old body, after others may have moved the
+        account on — so its retries are off for this one request (``retry_total=0``); the
+        caller re-reads and decides again instead. The status polls keep their retries."""
         body = encryption_patch(current, target.version or "")
-        accounts = self.client(account_id.subscription_id).accounts
-        options: dict[str, Any] = {}
-        if self._polling_interval is not None:
-            options["polling"] = _FixedIntervalPolling(timeout=self._polling_interval)
+        client = self.client(account_id.subscription_id)
         logger.info(
             "updating account %s to key version %s",
             account_id,
@@ -306,9 +307,19 @@ class CognitiveAccounts:
             extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
         )
         with azure_errors(f"updating account {account_id} to {target}"):
-            return await accounts.begin_update(
-                account_id.resource_group, account_id.name, body, **options
+            return await client.accounts.begin_update(
+                account_id.resource_group,
+                account_id.name,
+                body,
+                polling=self._polling(client),
+                retry_total=0,
             )
+
+    def _polling(self, client: CognitiveServicesManagementClient) -> AsyncARMPolling:
+        """The LRO polling method, built here so the PATCH's options stay off the polls."""
+        if self._polling_interval is not None:
+            return _FixedIntervalPolling(timeout=self._polling_interval)
+        return AsyncARMPolling(timeout=client._config.polling_interval)
 
     async def verify(self, account_id: AccountId, target: KeyId) -> UpdateOutcome:
         """GET the account: SUCCEEDED when Succeeded on ``target``, IN_PROGRESS while an

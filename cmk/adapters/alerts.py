@@ -1,9 +1,10 @@
 """Alerts: the :class:`~cmk.ports.AlertSink` over an Event Grid custom topic and the log.
 
-An alert is raised once per dedup key ``(subject, target version, type)`` until it is
-resolved: the ledger's alert rows (:meth:`TableLedger.open_alert`) are the memory, so
-an hourly sweep does not re-alert the same problem. A new alert
+An alert is raised once per dedup key ``(subject, target version, cause group)`` until
+it is resolved: the ledger's alert rows (the outbox, :mod:`cmk.adapters.outbox`) are the
+memory, so an hourly sweep does not re-alert the same problem. A new alert
 
+0. is recorded first, as a pending outbox row carrying its CloudEvent (with a stable id);
 1. is written as one structured ERROR log record (message ``cmk alert ...``, with
    ``extra`` fields ``cmk_alert_type``, ``cmk_severity``, ``cmk_account_id``,
    ``cmk_key_id``, ``cmk_from_version``, ``cmk_to_version``, ``cmk_cause``) that an
@@ -28,13 +29,22 @@ Event types (``type`` of the CloudEvent, one per :class:`~cmk.ports.AlertType`):
 - ``CmkRotator.version_rejected``        a new key version fails the policy
 - ``CmkRotator.event_failed``            a Key Vault event could not be handled (permanent)
 
-A publish failure is transient: the dedup row is removed again and ServiceUnavailable
-raised, so the platform's retry publishes it (and logs it once more).
+3. is marked sent once the topic accepted it.
+
+Publishes are independent: a failure is logged at WARNING and leaves the alert pending,
+never raised into the job or event that found the problem. :meth:`flush_pending` (every
+sweep, and every publish that reached the topic) delivers what stayed pending — the
+topic was down, the process died — with the same CloudEvent id, so a consumer can drop
+the rare duplicate of an alert whose publish answer was lost. The ERROR line is written
+once, when the alert is recorded. Dedup never swallows an undelivered alert: a raise that
+meets a pending row delivers it.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -43,7 +53,8 @@ from azure.eventgrid.aio import EventGridPublisherClient
 
 from cmk.adapters._errors import azure_errors, translate
 from cmk.adapters.ledger import TableLedger
-from cmk.errors import CmkError, ServiceUnavailable
+from cmk.adapters.outbox import AlertRow, AlertState
+from cmk.errors import CmkError
 from cmk.ports import Alert
 
 __all__ = ["EVENT_SOURCE", "EventGridAlerts", "alert_event", "event_type"]
@@ -75,13 +86,26 @@ def alert_data(alert: Alert) -> dict[str, Any]:
     }
 
 
-def alert_event(alert: Alert) -> CloudEvent[dict[str, Any]]:
-    """The CloudEvent published for ``alert``."""
+def alert_event(alert: Alert, event_id: str | None = None) -> CloudEvent[dict[str, Any]]:
+    """The CloudEvent published for ``alert`` (``event_id`` stays the same on a retry)."""
+    return _event(
+        AlertRow(
+            alert.dedup_key,
+            event_id or str(uuid.uuid4()),
+            event_type(alert),
+            alert.subject,
+            alert_data(alert),
+        )
+    )
+
+
+def _event(row: AlertRow) -> CloudEvent[dict[str, Any]]:
     return CloudEvent(
         source=EVENT_SOURCE,
-        type=event_type(alert),
-        subject=alert.subject,
-        data=alert_data(alert),
+        type=row.event_type,
+        subject=row.subject,
+        data=row.data,
+        id=row.event_id,
     )
 
 
@@ -97,15 +121,23 @@ class EventGridAlerts:
         publisher: EventGridPublisherClient | None,
         ledger: TableLedger,
         logger: logging.Logger | None = None,
+        owner: str = "cmk",
     ) -> None:
         self._publisher = publisher
         self._ledger = ledger
         self._logger = logger or logging.getLogger(__name__)
+        self._owner = owner
 
     async def raise_alert(self, alert: Alert) -> bool:
-        """Publish unless an alert with the same dedup key is open; True if published."""
+        """Record the alert unless it is recorded already, then deliver it (see the module
+        docstring); True if this call delivered it."""
+        token = f"{self._owner}:{uuid.uuid4().hex[:8]}"
+        row = AlertRow(
+            alert.dedup_key, str(uuid.uuid4()), event_type(alert), alert.subject, alert_data(alert)
+        )
         details = {"Severity": alert.severity.value, "Cause": alert.cause[:16000]}
-        if not await self._ledger.open_alert(alert.dedup_key, details):
+        state = await self._ledger.record_alert(alert.dedup_key, row, token, details)
+        if state is AlertState.SENT:
             self._logger.info(
                 "alert %s for %s already open; not raised again",
                 alert.type.value,
@@ -113,15 +145,39 @@ class EventGridAlerts:
                 extra=self._extra(alert),
             )
             return False
-        self._log(alert)
-        if self._publisher is None:
-            return True
-        try:
-            await self._publisher.send([alert_event(alert)])
-        except (AzureError, CmkError) as error:
-            await self._ledger.remove_alert(alert.dedup_key)
-            failure = translate(error, f"publishing alert {event_type(alert)}")
-            raise ServiceUnavailable(str(failure)) from error
+        if state is AlertState.NEW:
+            self._log(alert)
+        return await self._deliver(alert.dedup_key, token)
+
+    async def flush_pending(self) -> int:
+        """Deliver every alert recorded but not yet delivered; returns how many."""
+        token = f"{self._owner}:{uuid.uuid4().hex[:8]}"
+        delivered = 0
+        async for key in self._ledger.pending_alerts():
+            delivered += await self._deliver(key, token)
+        if delivered:
+            self._logger.info("delivered %d pending alert(s)", delivered)
+        return delivered
+
+    async def _deliver(self, dedup_key: tuple[str, str, str], token: str) -> bool:
+        row = await self._ledger.take_delivery(dedup_key, token, datetime.now(UTC))
+        if row is None:  # sent, resolved, or another worker is delivering it now
+            return False
+        if self._publisher is not None:
+            try:
+                await self._publisher.send([_event(row)])
+            except (AzureError, CmkError) as error:
+                failure = translate(error, f"publishing alert {row.event_type}")
+                self._logger.warning(
+                    "alert %s for %s stays pending (the next sweep delivers it): %s",
+                    row.event_type,
+                    row.subject,
+                    failure,
+                    extra={"cmk_subject": row.subject, "cmk_step": "alert"},
+                )
+                await self._ledger.finish_delivery(dedup_key, sent=False)
+                return False
+        await self._ledger.finish_delivery(dedup_key, sent=True)
         return True
 
     async def resolve(self, subject: str, to_version: str | None = None) -> int:

@@ -7,8 +7,12 @@ rows                PartitionKey                                 RowKey
 ==================  ===========================================  ==========================
 ledger entries      the account id, lowercase, ``/`` -> ``|``    the target key version
 claims              ``claim``                                    the claimed name (escaped)
-open alerts         ``alert|`` + the alert subject (escaped)     ``{to_version or -}|{type}``
+write leases        ``lease``                                    the lease name (escaped)
+alerts (outbox)     ``alert|`` + the alert subject (escaped)     ``{to_version or -}|{group}``
 ==================  ===========================================  ==========================
+
+Claims and leases are :mod:`cmk.adapters.leases`, the alert outbox
+:mod:`cmk.adapters.outbox`; every insert is idempotent (:mod:`cmk.adapters.table_rows`).
 
 Table keys may not contain ``/ \\ # ?`` or control characters; :func:`table_key`
 escapes them (and ``%``) as ``%XX``, except that account ids use the ``|`` form above
@@ -20,21 +24,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import TableEntity, UpdateMode
-from azure.data.tables.aio import TableClient
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import UpdateMode
 
-from cmk.adapters._errors import azure_errors, translate
-from cmk.adapters._provision import CreateOnce
+from cmk.adapters._errors import azure_errors
+from cmk.adapters.leases import LeaseRows
+from cmk.adapters.outbox import AlertRows
+from cmk.adapters.table_rows import table_key
 from cmk.errors import InvalidInput
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState
@@ -45,37 +44,11 @@ __all__ = ["TableLedger", "account_partition", "table_key"]
 logger = logging.getLogger(__name__)
 
 ENTRY = "entry"
-CLAIM_PARTITION = "claim"
-ALERT_PREFIX = "alert|"
-_UNSAFE = frozenset("/\\#?%")
-
-
-def table_key(text: str) -> str:
-    """``text`` safe as a PartitionKey / RowKey: ``/ \\ # ? %`` and control characters
-    become ``%XX``."""
-    out: list[str] = []
-    for char in text:
-        if char in _UNSAFE or ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F:
-            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8"))
-        else:
-            out.append(char)
-    key = "".join(out)
-    if len(key.encode("utf-8")) > 1000:
-        raise InvalidInput(f"table key too long ({len(key)} characters): {text[:60]!r}...")
-    return key
 
 
 def account_partition(account_id: AccountId) -> str:
     """The PartitionKey of an account's ledger rows: its lowercase id with ``/`` -> ``|``."""
     return str(account_id).lower().replace("/", "|")
-
-
-def _alert_partition(subject: str) -> str:
-    return ALERT_PREFIX + table_key(subject.strip().lower())
-
-
-def _alert_row(to_version: str, alert_type: str) -> str:
-    return table_key(f"{(to_version or '-').lower()}|{alert_type}")
 
 
 def _aware(value: object) -> datetime:
@@ -131,37 +104,21 @@ def _from_entity(entity: Mapping[str, Any]) -> LedgerEntry:
     )
 
 
-class TableLedger:
-    """The :class:`~cmk.ports.Ledger` (and alert dedup rows) over one Azure table.
+class TableLedger(LeaseRows, AlertRows):
+    """The :class:`~cmk.ports.Ledger` over one Azure table: ledger entries, claims and
+    write leases, and the alert outbox.
 
-    Writes (:meth:`record`, :meth:`claim`, :meth:`open_alert`) create the table on first
-    use if it is missing. Reads never do — a dry run writes nothing to storage — so a
-    read of a table that does not exist finds nothing (None, [], False), and closing or
-    removing alerts in a missing table closes nothing.
+    Writes create the table on first use if it is missing. Reads never do — a dry run
+    writes nothing to storage — so a read of a table that does not exist finds nothing
+    (None, [], False), and closing or removing alerts in a missing table closes nothing.
     """
-
-    def __init__(self, table_client: TableClient) -> None:
-        self._client = table_client
-        self._ensure = CreateOnce(
-            f"table {table_client.table_name}",
-            table_client.create_table,
-        )
-
-    @property
-    def client(self) -> TableClient:
-        """The underlying ``TableClient`` (the caller closes it)."""
-        return self._client
-
-    async def ensure_table(self) -> None:
-        """Create the table unless it exists (once per instance)."""
-        await self._ensure()
 
     # --- ledger entries --------------------------------------------------------------
 
     async def get(self, account_id: AccountId, to_version: str) -> LedgerEntry | None:
         """The row for (account, to_version), or None."""
         action = f"reading the ledger row of {account_id} -> {to_version}"
-        entity = await self._get(
+        entity = await self.get_row(
             account_partition(account_id), table_key(to_version.lower()), action
         )
         return None if entity is None else _from_entity(entity)
@@ -207,141 +164,3 @@ class TableLedger:
                         )
             except ResourceNotFoundError:  # the table does not exist (yet): no history
                 return
-
-    # --- claims ----------------------------------------------------------------------
-
-    async def claim(self, name: str, owner: str, *, lease: timedelta | None = None) -> bool:
-        """Atomically claim ``name`` (a Table insert): True for exactly one caller.
-
-        With ``lease``, a claim older than the lease (its holder died before finishing)
-        can be taken over, also atomically: the replace is conditional on the row's ETag,
-        so of several callers taking over at once exactly one wins.
-        """
-        entity = {
-            "PartitionKey": CLAIM_PARTITION,
-            "RowKey": table_key(name),
-            "Name": name,
-            "Owner": owner,
-            "Claimed": datetime.now(UTC),
-        }
-        action = f"claiming {name!r}"
-        if await self._insert(entity, action):
-            return True
-        if lease is None:
-            return False
-        return await self._take_over(entity, lease, action)
-
-    async def _take_over(self, entity: dict[str, Any], lease: timedelta, action: str) -> bool:
-        held = await self._get(CLAIM_PARTITION, entity["RowKey"], action)
-        if held is None:
-            return await self._insert(entity, action)
-        claimed = held.get("Claimed")
-        if not isinstance(claimed, datetime) or datetime.now(UTC) - claimed < lease:
-            return False
-        try:
-            await self._client.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=held.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        except AzureError as error:
-            raise translate(error, action) from error
-        logger.warning(
-            "took over claim %r held by %s since %s", entity["Name"], held.get("Owner"), claimed
-        )
-        return True
-
-    async def release_claim(self, name: str) -> None:
-        """Drop the claim ``name`` (e.g. when its work failed before doing anything), so the
-        next caller can claim it again. Dropping a claim nobody holds does nothing."""
-        await self._delete(CLAIM_PARTITION, table_key(name))
-
-    async def claim_owner(self, name: str) -> str | None:
-        """Who holds the claim ``name``, or None if nobody does."""
-        entity = await self._get(CLAIM_PARTITION, table_key(name), f"reading claim {name!r}")
-        return None if entity is None else str(entity.get("Owner") or "")
-
-    # --- alert dedup rows ------------------------------------------------------------
-
-    async def open_alert(
-        self, dedup_key: tuple[str, str, str], details: Mapping[str, str] | None = None
-    ) -> bool:
-        """Record an open alert for ``(subject, to_version, type)``: True if it was not open."""
-        await self.ensure_table()
-        subject, to_version, alert_type = dedup_key
-        entity: dict[str, Any] = {
-            **{name: value for name, value in (details or {}).items() if name[0].isupper()},
-            "PartitionKey": _alert_partition(subject),
-            "RowKey": _alert_row(to_version, alert_type),
-            "Kind": "alert",
-            "Subject": subject,
-            "ToVersion": to_version.lower(),
-            "AlertType": alert_type,
-            "Opened": datetime.now(UTC),
-        }
-        return await self._insert(entity, f"opening alert {alert_type} for {subject}")
-
-    async def remove_alert(self, dedup_key: tuple[str, str, str]) -> None:
-        """Forget one open alert (e.g. when publishing it failed, so a retry publishes)."""
-        subject, to_version, alert_type = dedup_key
-        await self._delete(_alert_partition(subject), _alert_row(to_version, alert_type))
-
-    async def is_alert_open(self, dedup_key: tuple[str, str, str]) -> bool:
-        """Whether an alert with this dedup key is open."""
-        subject, to_version, alert_type = dedup_key
-        partition, row = _alert_partition(subject), _alert_row(to_version, alert_type)
-        return await self._get(partition, row, f"reading alert {alert_type}") is not None
-
-    async def close_alerts(self, subject: str, to_version: str | None = None) -> int:
-        """Close the open alerts of ``subject`` (only those for ``to_version`` when given);
-        returns how many were closed (none if there is no table)."""
-        clauses = ["PartitionKey eq @partition"]
-        parameters: dict[str, Any] = {"partition": _alert_partition(subject)}
-        if to_version is not None:
-            clauses.append("ToVersion eq @version")
-            parameters["version"] = to_version.lower()
-        pages = self._client.query_entities(
-            " and ".join(clauses), parameters=parameters, select=["PartitionKey", "RowKey"]
-        )
-        with azure_errors(f"listing the open alerts of {subject}"):
-            try:
-                rows = [(entity["PartitionKey"], entity["RowKey"]) async for entity in pages]
-            except ResourceNotFoundError:  # no table, so no open alert
-                return 0
-        for partition, row in rows:
-            await self._delete(partition, row)
-        return len(rows)
-
-    # --- helpers ---------------------------------------------------------------------
-
-    async def _insert(self, entity: dict[str, Any], action: str) -> bool:
-        """Insert ``entity``: True if inserted, False if the row exists (409)."""
-        await self.ensure_table()
-        try:
-            await self._client.create_entity(entity)
-        except ResourceExistsError:
-            return False
-        except AzureError as error:
-            raise translate(error, action) from error
-        return True
-
-    async def _get(self, partition: str, row: str, action: str) -> TableEntity | None:
-        """The entity, or None when it (or the whole table) does not exist; never creates."""
-        try:
-            return await self._client.get_entity(partition, row)
-        except ResourceNotFoundError:
-            return None
-        except AzureError as error:
-            raise translate(error, action) from error
-
-    async def _delete(self, partition: str, row: str) -> None:
-        """Delete the row; a missing row (or table) is already deleted. Never creates."""
-        try:
-            await self._client.delete_entity(partition, row)
-        except ResourceNotFoundError:
-            pass
-        except AzureError as error:
-            raise translate(error, f"deleting table row {partition}/{row}") from error

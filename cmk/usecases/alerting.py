@@ -7,8 +7,10 @@ run; it logs a structured ERROR line for every alert it publishes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
+from cmk.errors import CmkError
 from cmk.keyid import KeyId
 from cmk.planner import Finding, FindingKind, Move
 from cmk.policy import KeyVersion
@@ -22,7 +24,9 @@ __all__ = [
     "event_failed",
     "expired_bound",
     "finding_alert",
+    "flush_pending",
     "identity_missing",
+    "key_unreadable",
     "near_expiry_unrotated",
     "publish",
     "unsafe_move",
@@ -30,6 +34,8 @@ __all__ = [
     "vault_not_recoverable",
     "version_rejected",
 ]
+
+log = logging.getLogger(__name__)
 
 _BROKEN = frozenset({FindingKind.BOUND_VERSION_DISABLED, FindingKind.BOUND_VERSION_EXPIRED})
 _GRANT = (
@@ -178,6 +184,25 @@ def identity_missing(account_id: AccountId, key: KeyId, cause: str) -> Alert:
     )
 
 
+def key_unreadable(key: KeyId, accounts: Iterable[AccountId], cause: str) -> Alert:
+    """An allow-listed key the sweep could not read: its accounts cannot be checked or
+    moved until access is restored."""
+    names = sorted(str(account) for account in accounts)
+    listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return Alert(
+        type=AlertType.KEY_UNREADABLE,
+        severity=Severity.ERROR,
+        subject=str(key.versionless()),
+        key_id=key.versionless(),
+        from_version=None,
+        to_version=None,
+        cause=f"{cause}; {len(names)} account(s) bound to it: {listed}",
+        remediation="restore the Function app's access to the key (Key Vault Crypto Officer,"
+        " or get/list in the access policy), or restore the deleted key or vault; then run"
+        " 'cmk sweep'",
+    )
+
+
 def vault_not_recoverable(version: KeyVersion) -> Alert:
     """The key's vault lacks soft delete or purge protection."""
     return Alert(
@@ -213,11 +238,46 @@ def event_failed(key_id: KeyId, event_id: str, cause: str) -> Alert:
 async def publish(engine: Engine, alerts: Iterable[Alert]) -> tuple[tuple[Alert, ...], int]:
     """Raise each alert (not in a dry run); returns the alerts and how many were published.
 
-    The sink writes the structured ERROR log line of each alert it publishes.
+    Each alert is recorded in the outbox before it is published, and the sink writes its
+    structured ERROR log line once. Publishes are independent: one that fails (or cannot
+    even be recorded) never cancels another; it is logged, and what was recorded stays
+    pending for the next run. Once the topic has taken one alert, alerts left pending by
+    earlier runs are delivered too.
     """
     raised = tuple(alerts)
     if engine.dry_run or not raised:
         return raised, 0
     limit = engine.settings.max_concurrency
-    published = await gather_bounded(limit, (engine.alerts.raise_alert(a) for a in raised))
-    return raised, sum(published)
+    published = await gather_bounded(limit, (_raise(engine, alert) for alert in raised))
+    delivered = sum(published)
+    if delivered:
+        await _flush(engine)
+    return raised, delivered
+
+
+async def _raise(engine: Engine, alert: Alert) -> bool:
+    try:
+        return await engine.alerts.raise_alert(alert)
+    except CmkError as error:
+        log.error(
+            "could not record alert %s for %s (the next sweep raises it again): %s",
+            alert.type.value,
+            alert.subject,
+            error,
+            extra={"cmk_subject": alert.subject, "cmk_alert_type": alert.type.value},
+        )
+        return False
+
+
+async def _flush(engine: Engine) -> int:
+    """Deliver the alerts earlier runs left pending; never raises (they stay pending)."""
+    try:
+        return await engine.alerts.flush_pending()
+    except CmkError as error:
+        log.warning("pending alerts not delivered yet: %s", error)
+        return 0
+
+
+async def flush_pending(engine: Engine) -> int:
+    """Deliver the alerts left pending by earlier runs (not in a dry run)."""
+    return 0 if engine.dry_run else await _flush(engine)

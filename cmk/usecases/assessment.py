@@ -16,7 +16,7 @@ from cmk.usecases.context import Engine
 from cmk.usecases.fanout import job_for
 from cmk.usecases.report import BindingState, FindingReport
 
-__all__ = ["Assessment", "assess"]
+__all__ = ["Assessment", "assess", "assess_unread"]
 
 
 @dataclass
@@ -64,15 +64,32 @@ def assess(
     # The worker already alerted the failure it recorded; the sweep must not say it again
     # under another cause (one alert per account, target and cause until resolved).
     alerted = entry is not None and entry.state is LedgerState.FAILED
-    if record.provisioning_state.lower() == "failed" and not alerted:
-        target = decision.target.version if isinstance(decision, Move) else binding.key_id.version
-        cause = "provisioningState is Failed"
-        alert = alerting.update_failed(binding.account_id, binding.key_id, target or "", cause)
+    target = decision.target.version if isinstance(decision, Move) else binding.key_id.version
+    if not alerted:
+        _arm_checks(record, target or "", result)
+    return result
+
+
+def _arm_checks(record: AccountRecord, target: str, result: Assessment) -> None:
+    """What ARM alone says is wrong: a Failed update, no identity that can use the key."""
+    assert record.binding is not None
+    binding = record.binding
+    if record.provisioning_state.lower() == "failed":
+        cause = f"provisioningState is Failed (target version {target})"
+        alert = alerting.update_failed(binding.account_id, binding.key_id, target, cause)
         result.flag(BindingState.FAILING, "update_failed", cause, alert)
-    if not record.has_usable_identity and not alerted:
+    if not record.has_usable_identity:
         cause = f"no identity can use the key (identity type {record.identity_type})"
         alert = alerting.identity_missing(binding.account_id, binding.key_id, cause)
         result.flag(BindingState.FAILING, "identity_missing", cause, alert)
+
+
+def assess_unread(record: AccountRecord, cause: str) -> Assessment:
+    """An account whose key could not be read: unsafe (nothing can be checked or moved;
+    the key's own alert says why), plus whatever ARM alone shows is wrong with it."""
+    assert record.binding is not None
+    result = Assessment(BindingState.UNSAFE, f"key unreadable: {cause}")
+    _arm_checks(record, record.binding.key_id.version or "", result)
     return result
 
 
@@ -90,8 +107,12 @@ def _assess_move(
     result.detail = move.reason
     if move.urgent:
         result.alerts.append(alerting.unsafe_move(move))
+    # Stale past the grace period *and* the move has been tried for longer than that: a
+    # binding this very run moves (first seen now) is repaired, not alerted.
     stale_for = now - move.target.created
-    if stale_for > engine.settings.stale_grace:
+    grace = engine.settings.stale_grace
+    trying_for = now - entry.created if entry is not None else None
+    if stale_for > grace and trying_for is not None and trying_for > grace:
         alert = alerting.binding_stale(move, _age(stale_for))
         result.flag(result.state, "binding_stale", f"stale for {_age(stale_for)}", alert)
     in_flight = entry is not None and entry.state is LedgerState.SUBMITTED

@@ -9,13 +9,15 @@ newest bindable version read now, and the worker never moves an account backward
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
 from cmk.errors import NotFound, PermanentError, ServiceUnavailable
 from cmk.events import KeyVaultEvent
+from cmk.keyid import KeyId
 from cmk.planner import version_order
 from cmk.policy import KeyVersion
-from cmk.ports import Alert
+from cmk.ports import Alert, ClaimRecord
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
 from cmk.usecases.fanout import FanOut, fan_out
@@ -23,7 +25,7 @@ from cmk.usecases.keyview import KeyVersions
 from cmk.usecases.new_versions import create_version, reject_unbindable
 from cmk.usecases.report import EventOutcome, EventReport
 
-__all__ = ["on_expired", "on_near_expiry", "on_new_version"]
+__all__ = ["notice_claim", "on_expired", "on_near_expiry", "on_new_version"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,9 @@ def _successor(engine: Engine, view: KeyVersions, expiring: str) -> KeyVersion |
     )
 
 
+#: How far Key Vault's clock and ours may disagree when dating a dead claimer's version.
+CLAIM_CLOCK_SLACK = timedelta(minutes=5)
+
 #: Key Vault's default KeyNearExpiry notice (a rotation policy's Notify action may differ).
 DEFAULT_NOTICE = timedelta(days=30)
 
@@ -207,29 +212,82 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
         return _report(engine, event, EventOutcome.NOT_ROTATED, alerts=raised, detail=cause)
     if engine.dry_run:
         return _report(engine, event, EventOutcome.ROTATED, detail="would create a new version")
-    # One claim per version being superseded (the key's current one), so two versions
-    # expiring together still yield one new version.
-    claim = f"rotate|{view.key}|{view.latest.version}"
-    if not await engine.ledger.claim(claim, engine.owner, lease=engine.claim_lease):
-        log.info("rotation of %s already claimed", view.key, extra=_extra(event, "claim"))
-        view = await KeyVersions.load(engine.keys, view.key, engine.policy, engine.now())
-        if _successor(engine, view, expiring.version or "") is None:
-            # The claimer is still creating the version, or died doing it (its claim is
-            # taken over once the lease ends): let Event Grid deliver this event again.
-            raise ServiceUnavailable(
-                f"rotation of {view.key} is claimed by another worker and no newer version "
-                "exists yet; retry"
-            )
-        return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
+    claim = notice_claim(view.key, expiring.version or "")
+    before = await engine.ledger.claim_record(claim)
+    if before is not None and before.created_version:
+        return await _noticed(engine, event, view, before.created_version)
+    token = f"{engine.owner}:{uuid.uuid4().hex[:12]}"
+    if not await engine.ledger.claim(claim, token, lease=engine.claim_lease, now=engine.now()):
+        record = await engine.ledger.claim_record(claim)
+        if record is not None and record.created_version:
+            return await _noticed(engine, event, view, record.created_version)
+        log.info("notice %s is being handled elsewhere", claim, extra=_extra(event, "claim"))
+        # The claimer is still creating the version, or died doing it (its claim is
+        # taken over once the lease ends): let Event Grid deliver this event again.
+        raise ServiceUnavailable(
+            f"the near-expiry notice for {expiring} is being handled by another worker; retry"
+        )
+    adopted = await _created_since(engine, view, expiring.version or "", before)
+    if adopted is not None:
+        # The claim's previous holder created a version and died before recording it.
+        await engine.ledger.complete_claim(claim, token, adopted.version)
+        return await _noticed(engine, event, view, adopted.version)
     try:
         template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
         created = await create_version(engine, view.key, template)
     except PermanentError:
-        await engine.ledger.release_claim(claim)  # let a fixed configuration try again
+        await engine.ledger.release_claim(claim)  # nothing created: a fixed setup may retry
         raise
+    await engine.ledger.complete_claim(claim, token, created.version)
     log.info(
         "created %s before %s expires", created.key_id, expiring, extra=_extra(event, "rotate")
     )
+    return await _bind_created(engine, event, view.with_latest(created), created)
+
+
+def notice_claim(key: KeyId, expiring_version: str) -> str:
+    """The claim of one near-expiry notice: the key and the version that expires. It is
+    kept, with the version it created, so the notice never creates a second one."""
+    return f"notice|{key.versionless()}|{expiring_version.lower()}"
+
+
+async def _created_since(
+    engine: Engine, view: KeyVersions, expiring: str, before: ClaimRecord | None
+) -> KeyVersion | None:
+    """The version a dead claimer created for this notice, if any: after a takeover, the
+    key's latest version when it is newer than ``expiring`` and dated after that claim."""
+    if before is None:
+        return None
+    fresh = await KeyVersions.load(engine.keys, view.key, engine.policy, engine.now())
+    latest, known = fresh.latest, fresh.get(expiring)
+    if latest.version == expiring or latest.created is None:
+        return None
+    newer = known is None or version_order(latest, latest.version) > version_order(
+        known, latest.version
+    )
+    return latest if newer and latest.created >= before.claimed - CLAIM_CLOCK_SLACK else None
+
+
+async def _noticed(
+    engine: Engine, event: KeyVaultEvent, view: KeyVersions, created_version: str
+) -> EventReport:
+    """A notice handled before (redelivered, or handled by another worker): never create
+    again; bind the version it created if the policy accepts it, else alert (once)."""
+    created = view.get(created_version) or await engine.keys.get_version(
+        view.key.with_version(created_version)
+    )
+    log.info(
+        "notice for %s already created %s",
+        event.key_id,
+        created_version,
+        extra=_extra(event, "claim"),
+    )
+    return await _bind_created(engine, event, view, created)
+
+
+async def _bind_created(
+    engine: Engine, event: KeyVaultEvent, view: KeyVersions, created: KeyVersion
+) -> EventReport:
     rejected = await reject_unbindable(engine, created)
     if rejected is not None:
         raised, reasons = rejected
@@ -241,7 +299,8 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
             alerts=raised,
             detail=reasons,
         )
-    return await _spread(engine, event, view.with_latest(created), EventOutcome.ROTATED, created)
+    fresh = view if view.get(created.version) else view.with_latest(created)
+    return await _spread(engine, event, fresh, EventOutcome.ROTATED, created)
 
 
 async def on_expired(engine: Engine, event: KeyVaultEvent) -> EventReport:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from cmk.planner import Decision, Move
 from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState
 from cmk.usecases import alerting
-from cmk.usecases.assessment import Assessment, assess
+from cmk.usecases.assessment import Assessment, assess, assess_unread
 from cmk.usecases.context import Engine, gather_bounded
 from cmk.usecases.report import (
     AccountStatus,
@@ -89,6 +89,20 @@ def _key_findings(alerts: list[Alert], found: Survey) -> list[FindingReport]:
     return findings
 
 
+def _unread(found: Survey) -> tuple[list[Alert], list[Assessment]]:
+    """Keys the sweep could not read: one alert per key naming its accounts, and each
+    account judged on what ARM alone says (a Failed update, a missing identity)."""
+    alerts: list[Alert] = []
+    judged: list[Assessment] = []
+    for item in found.keys.values():
+        if not item.error:
+            continue
+        accounts = [record.account_id for record in item.records]
+        alerts.append(alerting.key_unreadable(item.key, accounts, item.error))
+        judged += [assess_unread(record, item.error) for record in item.records]
+    return alerts, judged
+
+
 async def _resolve_recovered(engine: Engine, rows: list[Row], judged: list[Assessment]) -> int:
     """Close the open alerts of accounts this sweep found healthy; returns how many.
 
@@ -115,16 +129,24 @@ async def _resolve_recovered(engine: Engine, rows: list[Row], judged: list[Asses
 async def sweep(engine: Engine) -> SweepReport:
     """Inventory the scope, enqueue stale bindings and alert findings (nothing in a dry run)."""
     run_id = f"sweep:{engine.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    flushed = await alerting.flush_pending(engine)  # what earlier runs could not deliver
     found = await survey(engine)
     rows = _rows(found)
     entries = await _target_entries(engine, rows)
     judged = [assess(engine, r, d, e, run_id) for (_, r, d), e in zip(rows, entries, strict=True)]
     key_alerts = _unique(a for item in found.keys.values() for a in _key_alerts(engine, item))
+    unread_alerts, unread = _unread(found)
     jobs = [assessment.job for assessment in judged if assessment.job is not None]
     enqueued = 0
     if jobs and not engine.dry_run:
         enqueued = await engine.jobs.enqueue_many(jobs)
-    alerts = _unique([*key_alerts, *(a for assessment in judged for a in assessment.alerts)])
+    alerts = _unique(
+        [
+            *key_alerts,
+            *unread_alerts,
+            *(a for assessment in [*judged, *unread] for a in assessment.alerts),
+        ]
+    )
     raised, published = await alerting.publish(engine, alerts)
     resolved = 0
     if not engine.dry_run and engine.settings.storage is not None:  # no storage: no alert rows
@@ -137,10 +159,13 @@ async def sweep(engine: Engine) -> SweepReport:
         out_of_scope=len(found.out_of_scope),
         moves=tuple(PlannedMove.from_move(d) for _, _, d in rows if isinstance(d, Move)),
         findings=tuple(
-            [*_key_findings(key_alerts, found), *(f for a in judged for f in a.findings)]
+            [
+                *_key_findings(key_alerts, found),
+                *(f for a in [*judged, *unread] for f in a.findings),
+            ]
         ),
         alerts=raised,
-        alerts_published=published,
+        alerts_published=published + flushed,
         enqueued=enqueued,
         errors=tuple(found.errors),
     )

@@ -6,16 +6,35 @@ record SUCCEEDED, or SUBMITTED and queue a VERIFY job. VERIFY: read the account 
 and record the end state. Every step reads Azure first, so running a job twice, at the
 same time, or again after a crash between the PATCH and the ledger write, ends the same.
 
-Transient errors propagate (the queue retries, then :func:`on_poison`); permanent ones
-become a FAILED ledger row and one alert, and the job completes.
+One writer per account: every step runs under the account's write lease (a ledger row,
+ETag-conditional, one owner token per run, an expiry), taken before the deciding read and
+released after the verify, and renewed right before the PATCH — a run whose lease was
+taken over (it stalled past the expiry) stops before writing. A job that finds the lease
+held raises :class:`~cmk.errors.AccountBusy` and is deferred like a 429. The PATCH itself
+is never retried blindly (see :mod:`cmk.adapters.accounts`): a 429, 5xx or timeout on it
+comes back here as a transient error, and the next delivery re-reads before any PATCH.
+
+Transient errors propagate (the queue retries, then :func:`on_poison`, whose alert
+carries the last error); permanent ones become a FAILED ledger row and one alert, and
+the job completes.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import replace
+from datetime import timedelta
 
-from cmk.errors import KeyAccessDenied, PermanentError, ServiceUnavailable, UpdateFailed
+from cmk.errors import (
+    AccountBusy,
+    KeyAccessDenied,
+    PermanentError,
+    ServiceUnavailable,
+    ThrottledError,
+    TransientError,
+    UpdateFailed,
+)
 from cmk.planner import version_order
 from cmk.policy import KeyVersion, evaluate
 from cmk.ports import (
@@ -37,6 +56,8 @@ log = logging.getLogger(__name__)
 
 _DONE = frozenset({LedgerState.SUCCEEDED, LedgerState.SKIPPED})
 _IN_FLIGHT = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED})
+#: The longest a job waits for another job's write lease before it looks again.
+BUSY_RETRY_SECONDS = 15.0
 
 
 class _IdentityDenied(PermanentError):
@@ -54,6 +75,51 @@ class _Step:
         self.from_version = job.from_version
         bump = 1 if job.step is JobStep.ROTATE else 0
         self.attempts = (previous.attempts if previous else 0) + bump
+        self.lease = f"account|{str(job.account_id).lower()}"
+        self.token = f"{engine.owner}:{uuid.uuid4().hex[:12]}"
+
+    @property
+    def lease_ttl(self) -> timedelta:
+        """Long enough to cover the wait for the update, whatever it is configured to."""
+        settings = self.engine.settings
+        return max(self.engine.write_lease, settings.update_timeout + timedelta(minutes=1))
+
+    async def take_lease(self) -> None:
+        """Become the account's one writer, or raise AccountBusy (deferred, not failed)."""
+        engine = self.engine
+        grant = await engine.ledger.acquire_lease(
+            self.lease, self.token, engine.now(), self.lease_ttl
+        )
+        if grant.granted:
+            return
+        wait = (grant.expires - engine.now()).total_seconds()
+        raise AccountBusy(
+            f"account {self.job.account_id} is being changed by another job ({grant.holder},"
+            f" lease until {grant.expires:%H:%M:%S}); deferred",
+            retry_after=min(max(wait, 1.0), BUSY_RETRY_SECONDS),
+        )
+
+    async def keep_lease(self) -> None:
+        """Right before a write: renew the lease, or stop if it was taken over."""
+        engine = self.engine
+        if not await engine.ledger.renew_lease(
+            self.lease, self.token, engine.now(), self.lease_ttl
+        ):
+            raise AccountBusy(
+                f"lost the write lease of {self.job.account_id} before the update; deferred",
+                retry_after=1.0,
+            )
+
+    async def drop_lease(self) -> None:
+        await self.engine.ledger.release_lease(self.lease, self.token)
+
+    async def note_error(self, error: TransientError) -> None:
+        """Keep the last transient error on the ledger row: a poison alert names it."""
+        state = self.previous.state if self.previous else LedgerState.PLANNED
+        if state in _DONE or state is LedgerState.FAILED:
+            return
+        self.attempts = max(self.attempts, 1)
+        await self.record(state, f"last error: {error}")
 
     def log_fields(self, step: str) -> dict[str, object]:
         return {
@@ -200,6 +266,7 @@ async def _rotate(step: _Step) -> JobReport:
     if engine.dry_run:
         return step.report(JobResult.WOULD_UPDATE, f"would PATCH keyVersion {step.version}")
     await step.record(LedgerState.PLANNED)
+    await step.keep_lease()
     try:
         outcome = await engine.accounts.update_key_version(
             record, step.version, wait=engine.settings.update_timeout
@@ -219,7 +286,11 @@ async def _verify(step: _Step) -> JobReport:
     if bound == step.version and state == "succeeded":
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)
     if state == "failed":
-        return await step.fail(f"the update ended with provisioningState Failed on {bound}")
+        on = "it" if bound == step.version else f"the account is still on {bound}"
+        return await step.fail(
+            f"the update to {step.version} ended with provisioningState Failed ({on});"
+            " see the account's activity log for the resource provider's error"
+        )
     cause = await _skip_cause(step, record) if bound != step.version else None
     if cause is not None:
         return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)
@@ -249,10 +320,28 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
             attempts=0,
             cause=f"vault {job.target.vault_url} is not in CMK_VAULT_ALLOWLIST",
         )
-    previous = await engine.ledger.get(job.account_id, job.target.version or "")
-    step = _Step(engine, job, previous)
+    if engine.dry_run:
+        return await _run(
+            _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
+        )
+    lease = _Step(engine, job, None)
+    await lease.take_lease()
     try:
-        if job.step is JobStep.VERIFY:
+        step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
+        step.token = lease.token
+        try:
+            return await _run(step)
+        except TransientError as error:
+            if not isinstance(error, ThrottledError):
+                await step.note_error(error)
+            raise
+    finally:
+        await lease.drop_lease()
+
+
+async def _run(step: _Step) -> JobReport:
+    try:
+        if step.job.step is JobStep.VERIFY:
             return await _verify(step)
         return await _rotate(step)
     except _IdentityDenied as error:
@@ -268,4 +357,5 @@ async def on_poison(engine: Engine, job: RotationJob) -> JobReport:
     step.attempts = previous.attempts if previous else 0
     if previous is not None and previous.state in _DONE:
         return step.report(JobResult.SKIPPED, f"already {previous.state.value}")
-    return await step.fail("exhausted retries")
+    last = f"; {previous.cause}" if previous is not None and previous.cause else ""
+    return await step.fail(f"the job exhausted its retries{last}")

@@ -253,8 +253,10 @@ class TestCognitiveAccountsUpdate:
         with pytest.raises(ServiceUnavailable):
             await services.accounts.update_key_version(record, new, WAIT)
 
-    async def test_throttled_patch_is_retried(self, cloud: Cloud, services: Services) -> None:
-        """A 429 with Retry-After on the PATCH is retried by the SDK and the update succeeds."""
+    async def test_throttled_patch_is_not_resent(self, cloud: Cloud, services: Services) -> None:
+        """A 429 with Retry-After on the PATCH is not re-sent by the SDK (it would carry a
+        body decided before others moved the account): ThrottledError with the hint, the
+        account unchanged; the next call re-reads and succeeds."""
         old = cloud.add_version(cloud.vault).version
         new = cloud.add_version(cloud.vault).version
         account = cloud.add_account("throttled", cloud.vault, old)
@@ -267,11 +269,33 @@ class TestCognitiveAccountsUpdate:
             count=1,
         )
         record = await services.accounts.get(_id("throttled"))
+        with pytest.raises(ThrottledError) as raised:
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert raised.value.retry_after == 1
+        assert rule.hits == 1
+        assert account.encryption.key_version == old
+        patches = cloud.sandbox.counters.count(path="throttled", method="PATCH")
+        assert patches == 1
+        record = await services.accounts.get(_id("throttled"))
         assert await services.accounts.update_key_version(record, new, WAIT) is (
             UpdateOutcome.SUCCEEDED
         )
-        assert rule.hits == 1
         assert account.encryption.key_version == new
+
+    async def test_server_error_on_patch_is_not_resent(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """A 503 on the PATCH is one request and a ServiceUnavailable, not an SDK retry."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("flaky", cloud.vault, old)
+        cloud.sandbox.faults.add(
+            host="management.azure.com", path="flaky", method="PATCH", status=503, count=1
+        )
+        record = await services.accounts.get(_id("flaky"))
+        with pytest.raises(ServiceUnavailable):
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert cloud.sandbox.counters.count(path="flaky", method="PATCH") == 1
 
     async def test_persistent_throttling_is_throttled_error(
         self, cloud: Cloud, services: Services

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 import pytest
 from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
 
-from cmk.errors import ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.ports import Alert, AlertType, Severity
 from cmk.resource_id import AccountId
@@ -77,7 +76,7 @@ class TestEventGridAlerts:
     async def test_other_version_or_type_is_a_new_alert(
         self, publishing: Services, topic: Topic
     ) -> None:
-        """Another target version or alert type is another dedup key."""
+        """Another target version or cause group is another dedup key."""
         await publishing.alerts.raise_alert(_alert())
         await publishing.alerts.raise_alert(_alert(to_version="b" * 32))
         await publishing.alerts.raise_alert(_alert(type=AlertType.BINDING_STALE))
@@ -115,16 +114,45 @@ class TestEventGridAlerts:
             assert await services.alerts.raise_alert(_alert()) is False
         assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
 
-    async def test_publish_failure_is_transient_and_retryable(
+    async def test_publish_failure_stays_pending_and_is_delivered_later(
+        self, publishing: Services, topic: Topic, cloud: Cloud, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A failed publish raises nothing and keeps the alert pending; a raise of the same
+        alert delivers it, and so does flush_pending; the ERROR line is written once."""
+        rule = cloud.sandbox.faults.add(host=topic.host, status=503)
+        with caplog.at_level(logging.INFO):
+            assert await publishing.alerts.raise_alert(_alert()) is False
+            assert await publishing.ledger.is_alert_open(_alert().dedup_key)
+            assert [key async for key in publishing.ledger.pending_alerts()] == [
+                _alert().dedup_key
+            ]
+            cloud.sandbox.faults.remove(rule)
+            assert await publishing.alerts.raise_alert(_alert()) is True  # dedup delivers it
+            assert await publishing.alerts.raise_alert(_alert()) is False  # now sent: dedup
+        assert len(topic.events) == 1
+        assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+
+    async def test_flush_delivers_pending_with_the_same_event_id(
         self, publishing: Services, topic: Topic, cloud: Cloud
     ) -> None:
-        """A failed publish raises ServiceUnavailable and forgets the alert; a retry publishes."""
+        """What stayed pending is delivered by flush_pending, once, with a stable event id."""
         rule = cloud.sandbox.faults.add(host=topic.host, status=503)
-        with pytest.raises(ServiceUnavailable):
-            await publishing.alerts.raise_alert(_alert())
-        assert not await publishing.ledger.is_alert_open(_alert().dedup_key)
+        await publishing.alerts.raise_alert(_alert())
+        await publishing.alerts.raise_alert(_alert(to_version="b" * 32))
+        assert await publishing.alerts.flush_pending() == 0  # topic still down
         cloud.sandbox.faults.remove(rule)
+        assert await publishing.alerts.flush_pending() == 2
+        assert await publishing.alerts.flush_pending() == 0
+        assert len(topic.events) == 2
+        assert len({event["id"] for event in topic.events}) == 2
+
+    async def test_failures_of_one_move_share_one_alert(
+        self, publishing: Services, topic: Topic
+    ) -> None:
+        """account_update_failed and identity_missing for the same account and target are
+        one failure: the second is not published."""
         assert await publishing.alerts.raise_alert(_alert()) is True
+        assert await publishing.alerts.raise_alert(_alert(type=AlertType.IDENTITY_MISSING)) is False
         assert len(topic.events) == 1
 
     async def test_key_level_alert_has_no_account(self, publishing: Services, topic: Topic) -> None:

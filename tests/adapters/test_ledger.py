@@ -10,6 +10,7 @@ from adapter_world import RG, SUB
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from cmk.adapters.ledger import TableLedger, account_partition, table_key
+from cmk.adapters.outbox import AlertRow, AlertState
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState
 from cmk.resource_id import AccountId
@@ -38,6 +39,12 @@ def _entry(
     }
     return LedgerEntry(**fields)  # type: ignore[arg-type]
 
+
+
+async def _open(ledger: TableLedger, key: tuple[str, str, str]) -> bool:
+    """Record an alert in the outbox: True if it was not recorded before."""
+    row = AlertRow(key, "event-1", f"CmkRotator.{key[2]}", key[0], {})
+    return await ledger.record_alert(key, row, uuid.uuid4().hex) is AlertState.NEW
 
 class TestTableKeys:
     def test_account_partition_has_no_slash(self) -> None:
@@ -84,7 +91,7 @@ class TestTableLedger:
         await services.ledger.record(_entry("two", "a" * 32))
         await services.ledger.record(_entry("two", "c" * 32, key=OTHER_KEY))
         await services.ledger.claim("near-expiry:x", "worker-1")
-        await services.ledger.open_alert(("sub", "a" * 32, "binding_stale"))
+        await _open(services.ledger, ("sub", "a" * 32, "binding_stale"))
         one = await services.ledger.history(AccountId(SUB, RG, "one"))
         assert [e.to_version for e in one] == ["a" * 32, "b" * 32]
         by_key = await services.ledger.history(key=KEY.with_version("d" * 32))
@@ -138,12 +145,12 @@ class TestTableLedger:
         assert await services.ledger.claim("job", "second") is True
 
     async def test_open_and_close_alerts(self, services: Services) -> None:
-        """open_alert is True once per key; close_alerts removes a subject's alerts."""
+        """record_alert records once per key; close_alerts removes a subject's alerts."""
         subject = str(AccountId(SUB, RG, "acct"))
-        assert await services.ledger.open_alert((subject, "a" * 32, "binding_stale")) is True
-        assert await services.ledger.open_alert((subject, "a" * 32, "binding_stale")) is False
-        assert await services.ledger.open_alert((subject, "b" * 32, "binding_stale")) is True
-        assert await services.ledger.open_alert(("other", "a" * 32, "binding_stale")) is True
+        assert await _open(services.ledger, (subject, "a" * 32, "binding_stale")) is True
+        assert await _open(services.ledger, (subject, "a" * 32, "binding_stale")) is False
+        assert await _open(services.ledger, (subject, "b" * 32, "binding_stale")) is True
+        assert await _open(services.ledger, ("other", "a" * 32, "binding_stale")) is True
         assert await services.ledger.close_alerts(subject, "a" * 32) == 1
         assert await services.ledger.is_alert_open((subject, "b" * 32, "binding_stale"))
         assert await services.ledger.close_alerts(subject) == 1
@@ -151,7 +158,7 @@ class TestTableLedger:
 
     async def test_filters_escape_quotes(self, services: Services) -> None:
         """A subject with OData syntax in it matches nothing and closes nothing else."""
-        await services.ledger.open_alert(("victim", "", "binding_stale"))
+        await _open(services.ledger, ("victim", "", "binding_stale"))
         sneaky = "x' or PartitionKey ne '"
         assert await services.ledger.close_alerts(sneaky) == 0
         assert await services.ledger.is_alert_open(("victim", "", "binding_stale"))
@@ -189,7 +196,85 @@ class TestTableLedger:
         name = f"ledgerwrite{uuid.uuid4().hex[:8]}"
         async with TableClient.from_connection_string(azurite, name) as client:
             ledger = TableLedger(client)
-            assert await ledger.open_alert(("subject", "", "binding_stale")) is True
+            assert await _open(ledger, ("subject", "", "binding_stale")) is True
             assert await ledger.claim("job", "me") is True
             assert await ledger.is_alert_open(("subject", "", "binding_stale"))
             await client.delete_table()
+
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+TTL = timedelta(minutes=5)
+
+
+class TestIdempotentInserts:
+    """A 409 on an insert is read back: our own row (a lost response retried) is ours."""
+
+    async def test_lost_response_retry_keeps_our_claim(self, services: Services) -> None:
+        """The second insert of the same claim by the same owner (what the SDK's retry of a
+        request whose response was lost does) is still a win, and another owner loses."""
+        name = f"lost-{uuid.uuid4().hex[:6]}"
+        assert await services.ledger.claim(name, "token-a") is True
+        assert await services.ledger.claim(name, "token-a") is True  # the retried insert
+        assert await services.ledger.claim(name, "token-b") is False
+
+    async def test_lost_response_retry_keeps_our_alert_new(self, services: Services) -> None:
+        """An alert row re-inserted by its own writer stays NEW (logged and delivered once)."""
+        key = (f"acct-{uuid.uuid4().hex[:6]}", "a" * 32, "account_failure")
+        row = AlertRow(key, "e1", "CmkRotator.account_update_failed", key[0], {})
+        assert await services.ledger.record_alert(key, row, "w1") is AlertState.NEW
+        assert await services.ledger.record_alert(key, row, "w1") is AlertState.NEW
+        assert await services.ledger.record_alert(key, row, "w2") is AlertState.PENDING
+
+
+class TestWriteLeases:
+    """One writer per account: a lease is granted to one owner until it expires."""
+
+    async def test_one_holder_at_a_time(self, services: Services) -> None:
+        """Of ten concurrent requests exactly one is granted; the others learn who holds it."""
+        name = f"account|{uuid.uuid4().hex[:6]}"
+        grants = await asyncio.gather(
+            *(services.ledger.acquire_lease(name, f"job-{i}", NOW, TTL) for i in range(10))
+        )
+        winners = [grant for grant in grants if grant.granted]
+        assert len(winners) == 1
+        assert all(g.holder == winners[0].holder for g in grants if not g.granted)
+        assert all(g.expires == NOW + TTL for g in grants)
+
+    async def test_released_lease_is_free(self, services: Services) -> None:
+        """After release, the next job is granted at once; a stranger cannot release it."""
+        name = f"account|{uuid.uuid4().hex[:6]}"
+        assert (await services.ledger.acquire_lease(name, "a", NOW, TTL)).granted
+        await services.ledger.release_lease(name, "b")  # not b's: nothing happens
+        assert not (await services.ledger.acquire_lease(name, "c", NOW, TTL)).granted
+        await services.ledger.release_lease(name, "a")
+        assert (await services.ledger.acquire_lease(name, "c", NOW, TTL)).granted
+
+    async def test_expired_lease_is_taken_over_and_the_old_holder_cannot_renew(
+        self, services: Services
+    ) -> None:
+        """A holder that stalled past its expiry loses the lease: the taker is granted,
+        and the stalled holder's renew (right before its PATCH) answers False."""
+        name = f"account|{uuid.uuid4().hex[:6]}"
+        assert (await services.ledger.acquire_lease(name, "stalled", NOW, TTL)).granted
+        assert not (await services.ledger.acquire_lease(name, "b", NOW + TTL / 2, TTL)).granted
+        later = NOW + TTL + timedelta(seconds=1)
+        assert (await services.ledger.acquire_lease(name, "b", later, TTL)).granted
+        assert await services.ledger.renew_lease(name, "stalled", later, TTL) is False
+        assert await services.ledger.renew_lease(name, "b", later, TTL) is True
+        await services.ledger.release_lease(name, "stalled")  # not its lease any more
+        assert not (await services.ledger.acquire_lease(name, "c", later, TTL)).granted
+
+
+class TestNoticeClaims:
+    """A claim records what its work created, and is then never taken over."""
+
+    async def test_completed_claim_is_kept(self, services: Services) -> None:
+        """complete_claim records the created version; even past the lease nobody takes it."""
+        name = f"notice-{uuid.uuid4().hex[:6]}"
+        assert await services.ledger.claim(name, "w1", lease=TTL, now=NOW)
+        assert await services.ledger.complete_claim(name, "w1", "v" * 32) is True
+        later = NOW + TTL * 10
+        assert await services.ledger.claim(name, "w2", lease=TTL, now=later) is False
+        record = await services.ledger.claim_record(name)
+        assert record is not None and record.created_version == "v" * 32
+        assert await services.ledger.complete_claim(name, "w2", "x" * 32) is False

@@ -129,6 +129,7 @@ GOOD_VALUES = [
     ("CMK_STALE_GRACE_HOURS", "6", "stale_grace", timedelta(hours=6)),
     ("CMK_UPDATE_TIMEOUT_SECONDS", "45.5", "update_timeout", timedelta(seconds=45.5)),
     ("CMK_MAX_CONCURRENCY", "8", "max_concurrency", 8),
+    ("CMK_ROTATE_COOLDOWN_MINUTES", "0", "rotate_cooldown", timedelta(0)),
 ]
 
 

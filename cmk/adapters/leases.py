@@ -1,0 +1,174 @@
+"""Claims and write leases: the ledger table's rows that decide who may act.
+
+==================  ==========  ===========================================================
+rows                Partition   what they hold
+==================  ==========  ===========================================================
+claims              ``claim``   ``Owner``, ``Claimed``, and once done ``Created`` (the
+                                version a near-expiry notice created)
+write leases        ``lease``   ``Owner`` (one token per job run) and ``Expires``
+==================  ==========  ===========================================================
+
+A claim is taken once and kept: it is the memory that a piece of work (a near-expiry
+notice) was done, and what it produced. A lease is held for a while and released: one
+writer per account from its deciding read to its verify. Both are won by an insert, and
+taken over (when the holder died: past ``lease`` / ``Expires``) by an ETag-conditional
+replace, so of several contenders exactly one wins. Times come from the caller's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.data.tables import TableEntity
+
+from cmk.adapters.table_rows import OWNER, TableRows, table_key
+from cmk.ports import ClaimRecord, LeaseGrant
+
+__all__ = ["CLAIM_PARTITION", "LEASE_PARTITION", "LeaseRows"]
+
+logger = logging.getLogger(__name__)
+
+CLAIM_PARTITION = "claim"
+LEASE_PARTITION = "lease"
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class LeaseRows(TableRows):
+    """Claims (kept) and write leases (held, then released) in the ledger table."""
+
+    @staticmethod
+    def _row(name: str) -> str:
+        return table_key(name)
+
+    # --- claims ----------------------------------------------------------------------
+
+    async def claim(
+        self,
+        name: str,
+        owner: str,
+        *,
+        lease: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> bool:
+        """Atomically claim ``name`` (a Table insert): True for exactly one caller.
+
+        With ``lease``, a claim older than the lease whose work is not recorded as done
+        (its holder died before finishing) can be taken over, also atomically.
+        """
+        now = now or datetime.now(UTC)
+        entity: dict[str, Any] = {
+            "PartitionKey": CLAIM_PARTITION,
+            "RowKey": self._row(name),
+            "Name": name,
+            OWNER: owner,
+            "Claimed": now,
+        }
+        action = f"claiming {name!r}"
+        if await self.insert_once(entity, action):
+            return True
+        if lease is None:
+            return False
+        held = await self.get_row(CLAIM_PARTITION, entity["RowKey"], action)
+        if held is None:
+            return await self.insert_once(entity, action)
+        claimed = _time(held.get("Claimed"))
+        if held.get("Created") or claimed is None or now - claimed < lease:
+            return False
+        if not await self.replace_if(entity, held, action):
+            return False
+        logger.warning("took over claim %r held by %s since %s", name, held.get(OWNER), claimed)
+        return True
+
+    async def claim_record(self, name: str) -> ClaimRecord | None:
+        """The claim ``name`` as recorded, or None if nobody holds it."""
+        held = await self.get_row(CLAIM_PARTITION, self._row(name), f"reading claim {name!r}")
+        if held is None:
+            return None
+        return ClaimRecord(
+            owner=str(held.get(OWNER) or ""),
+            claimed=_time(held.get("Claimed")) or datetime.min.replace(tzinfo=UTC),
+            created_version=str(held.get("Created") or "") or None,
+        )
+
+    async def complete_claim(self, name: str, owner: str, created_version: str) -> bool:
+        """Record what the claim's work produced; False if ``owner`` no longer holds it."""
+        action = f"completing claim {name!r}"
+        held = await self.get_row(CLAIM_PARTITION, self._row(name), action)
+        if held is None or held.get(OWNER) != owner:
+            return False
+        update = {"PartitionKey": CLAIM_PARTITION, "RowKey": held["RowKey"]}
+        return await self.replace_if(
+            {**update, "Created": created_version}, held, action, merge=True
+        )
+
+    async def release_claim(self, name: str) -> None:
+        """Drop the claim ``name`` (its work failed before doing anything), so the next
+        caller can claim it again. Dropping a claim nobody holds does nothing."""
+        await self.delete_row(CLAIM_PARTITION, self._row(name))
+
+    async def claim_owner(self, name: str) -> str | None:
+        """Who holds the claim ``name``, or None if nobody does."""
+        record = await self.claim_record(name)
+        return None if record is None else record.owner
+
+    # --- write leases ----------------------------------------------------------------
+
+    async def acquire_lease(
+        self, name: str, owner: str, now: datetime, ttl: timedelta
+    ) -> LeaseGrant:
+        """Take the lease ``name`` for ``ttl`` unless another live holder has it."""
+        entity = self._lease(name, owner, now + ttl)
+        action = f"taking the write lease {name!r}"
+        if await self.insert_once(entity, action):
+            return LeaseGrant(True, owner, now + ttl)
+        held = await self.get_row(LEASE_PARTITION, entity["RowKey"], action)
+        if held is None:  # released meanwhile
+            granted = await self.insert_once(entity, action)
+            return LeaseGrant(granted, owner if granted else "", now + ttl)
+        return await self._take_over(entity, held, now, action)
+
+    async def _take_over(
+        self, entity: dict[str, Any], held: TableEntity, now: datetime, action: str
+    ) -> LeaseGrant:
+        holder = str(held.get(OWNER) or "")
+        expires = _time(held.get("Expires")) or now
+        if holder != entity[OWNER] and expires > now:
+            return LeaseGrant(False, holder, expires)
+        if not await self.replace_if(entity, held, action):
+            return LeaseGrant(False, "", expires)
+        if holder != entity[OWNER]:
+            logger.warning(
+                "took over write lease %r of %s (expired %s)", entity["Name"], holder, expires
+            )
+        return LeaseGrant(True, entity[OWNER], entity["Expires"])
+
+    async def renew_lease(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
+        """Extend our lease (right before a write): False if it is no longer ours."""
+        action = f"renewing the write lease {name!r}"
+        held = await self.get_row(LEASE_PARTITION, self._row(name), action)
+        if held is None or held.get(OWNER) != owner:
+            return False
+        return await self.replace_if(self._lease(name, owner, now + ttl), held, action)
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease back if it is still ours (never someone else's)."""
+        action = f"releasing the write lease {name!r}"
+        held = await self.get_row(LEASE_PARTITION, self._row(name), action)
+        if held is not None and held.get(OWNER) == owner:
+            await self.delete_if(held, action)
+
+    def _lease(self, name: str, owner: str, expires: datetime) -> dict[str, Any]:
+        return {
+            "PartitionKey": LEASE_PARTITION,
+            "RowKey": self._row(name),
+            "Name": name,
+            OWNER: owner,
+            "Expires": expires.astimezone(UTC),
+        }

@@ -1,0 +1,202 @@
+"""The alert outbox: one row per open alert, recorded before it is published.
+
+Partition ``alert|`` + the subject (escaped), row ``{to_version or -}|{dedup group}``.
+A row goes ``pending`` (recorded, with everything needed to publish it) → ``sent``
+(the topic accepted it), and is deleted when its problem is resolved. While one worker
+delivers a pending row it marks it (``DeliveringBy`` / ``DeliveringSince``, an
+ETag-conditional write), so two runs never publish the same alert at once; a worker that
+died delivering is taken over after :data:`DELIVERY_LEASE`. Rows written before the
+outbox existed have no ``State`` and count as sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableEntity, UpdateMode
+
+from cmk.adapters._errors import azure_errors
+from cmk.adapters.table_rows import OWNER, TableRows, table_key
+
+__all__ = ["DELIVERY_LEASE", "AlertRow", "AlertRows", "AlertState"]
+
+ALERT_PREFIX = "alert|"
+#: How long a delivery may take before another run takes the pending alert over.
+DELIVERY_LEASE = timedelta(minutes=5)
+
+DedupKey = tuple[str, str, str]
+
+
+class AlertState(StrEnum):
+    NEW = "new"  # recorded by this call: log it, then deliver it
+    PENDING = "pending"  # recorded earlier, not yet delivered
+    SENT = "sent"  # delivered: an open alert, deduplicated until resolved
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """A recorded alert, as the outbox keeps it for (re)delivery."""
+
+    dedup_key: DedupKey
+    event_id: str
+    event_type: str
+    subject: str
+    data: dict[str, Any]
+
+
+def _partition(subject: str) -> str:
+    return ALERT_PREFIX + table_key(subject.strip().lower())
+
+
+def _row(to_version: str, group: str) -> str:
+    return table_key(f"{(to_version or '-').lower()}|{group}")
+
+
+def _alert_row(entity: Mapping[str, Any]) -> AlertRow:
+    group = str(entity.get("Group") or entity.get("AlertType") or "")
+    return AlertRow(
+        dedup_key=(str(entity["Subject"]).lower(), str(entity.get("ToVersion") or ""), group),
+        event_id=str(entity.get("EventId") or ""),
+        event_type=str(entity.get("EventType") or ""),
+        subject=str(entity["Subject"]),
+        data=json.loads(str(entity.get("Payload") or "{}")),
+    )
+
+
+class AlertRows(TableRows):
+    """The alert outbox rows of the ledger table."""
+
+    async def record_alert(
+        self,
+        dedup_key: DedupKey,
+        row: AlertRow,
+        owner: str,
+        details: Mapping[str, str] | None = None,
+    ) -> AlertState:
+        """Record ``row`` as pending unless an alert with this dedup key is recorded:
+        NEW if recorded now, else the recorded alert's state (PENDING or SENT)."""
+        subject, to_version, group = dedup_key
+        entity: dict[str, Any] = {
+            **{name: value for name, value in (details or {}).items() if name[0].isupper()},
+            "PartitionKey": _partition(subject),
+            "RowKey": _row(to_version, group),
+            "Kind": "alert",
+            "Subject": row.subject,
+            "ToVersion": to_version.lower(),
+            "AlertType": row.event_type.rsplit(".", 1)[-1],
+            "Group": group,
+            "Opened": datetime.now(UTC),
+            "State": AlertState.PENDING.value,
+            OWNER: owner,
+            "EventId": row.event_id,
+            "EventType": row.event_type,
+            "Payload": json.dumps(row.data, default=str)[:60000],
+        }
+        action = f"recording alert {entity['AlertType']} for {subject}"
+        if await self.insert_once(entity, action):
+            return AlertState.NEW
+        held = await self.get_row(entity["PartitionKey"], entity["RowKey"], action)
+        if held is None:  # resolved meanwhile: record it anew
+            return AlertState.NEW if await self.insert_once(entity, action) else AlertState.SENT
+        return AlertState.PENDING if held.get("State") == "pending" else AlertState.SENT
+
+    async def take_delivery(
+        self, dedup_key: DedupKey, owner: str, now: datetime
+    ) -> AlertRow | None:
+        """Mark a pending alert as being delivered by ``owner``: the row to publish, or None
+        when it is sent, resolved, or being delivered by a live other worker."""
+        subject, to_version, group = dedup_key
+        action = f"delivering alert {group} for {subject}"
+        held = await self.get_row(_partition(subject), _row(to_version, group), action)
+        return None if held is None else await self._take(held, owner, now, action)
+
+    async def _take(
+        self, held: TableEntity, owner: str, now: datetime, action: str
+    ) -> AlertRow | None:
+        if held.get("State") != "pending":
+            return None
+        by, since = held.get("DeliveringBy"), held.get("DeliveringSince")
+        if by and by != owner and isinstance(since, datetime) and now - since < DELIVERY_LEASE:
+            return None
+        mark = {
+            "PartitionKey": held["PartitionKey"],
+            "RowKey": held["RowKey"],
+            "DeliveringBy": owner,
+            "DeliveringSince": now,
+        }
+        if not await self.replace_if(mark, held, action, merge=True):
+            return None
+        return _alert_row(held)
+
+    async def finish_delivery(self, dedup_key: DedupKey, *, sent: bool) -> None:
+        """After a publish: mark the alert sent, or free it for the next run's delivery."""
+        subject, to_version, group = dedup_key
+        update: dict[str, Any] = {
+            "PartitionKey": _partition(subject),
+            "RowKey": _row(to_version, group),
+            "DeliveringBy": "",
+        }
+        if sent:
+            update["State"] = AlertState.SENT.value
+            update["Sent"] = datetime.now(UTC)
+        action = f"recording the delivery of alert {group} for {subject}"
+        # A row resolved meanwhile has nothing left to mark.
+        with azure_errors(action), contextlib.suppress(ResourceNotFoundError):
+            await self.client.update_entity(update, mode=UpdateMode.MERGE)
+
+    async def pending_alerts(self) -> AsyncIterator[DedupKey]:
+        """The dedup keys of every alert recorded but not yet delivered."""
+        pages = self.client.query_entities(
+            "Kind eq @kind and State eq @state",
+            parameters={"kind": "alert", "state": AlertState.PENDING.value},
+            select=["Subject", "ToVersion", "Group", "AlertType"],
+        )
+        with azure_errors("listing the pending alerts"):
+            try:
+                async for entity in pages:
+                    group = str(entity.get("Group") or entity.get("AlertType") or "")
+                    yield (
+                        str(entity["Subject"]).lower(),
+                        str(entity.get("ToVersion") or ""),
+                        group,
+                    )
+            except ResourceNotFoundError:  # no table, so nothing pending
+                return
+
+    async def is_alert_open(self, dedup_key: DedupKey) -> bool:
+        """Whether an alert with this dedup key is recorded (pending or sent)."""
+        subject, to_version, group = dedup_key
+        row = await self.get_row(_partition(subject), _row(to_version, group), "reading alert")
+        return row is not None
+
+    async def remove_alert(self, dedup_key: DedupKey) -> None:
+        """Forget one recorded alert."""
+        subject, to_version, group = dedup_key
+        await self.delete_row(_partition(subject), _row(to_version, group))
+
+    async def close_alerts(self, subject: str, to_version: str | None = None) -> int:
+        """Close the recorded alerts of ``subject`` (only those for ``to_version`` when
+        given); returns how many were closed (none if there is no table)."""
+        clauses = ["PartitionKey eq @partition"]
+        parameters: dict[str, Any] = {"partition": _partition(subject)}
+        if to_version is not None:
+            clauses.append("ToVersion eq @version")
+            parameters["version"] = to_version.lower()
+        pages = self.client.query_entities(
+            " and ".join(clauses), parameters=parameters, select=["PartitionKey", "RowKey"]
+        )
+        with azure_errors(f"listing the open alerts of {subject}"):
+            try:
+                rows = [(entity["PartitionKey"], entity["RowKey"]) async for entity in pages]
+            except ResourceNotFoundError:  # no table, so no open alert
+                return 0
+        for partition, row in rows:
+            await self.delete_row(partition, row)
+        return len(rows)
