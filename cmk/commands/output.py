@@ -202,8 +202,13 @@ class Output:
                         sys.stdout.write("\t".join(row) + "\n")
             sys.stdout.flush()
             return
-        if not self.json_mode:
-            self.console.print(*(_safe(r) for r in renderables))
+        if self.json_mode:
+            return
+        for renderable in renderables:
+            if isinstance(renderable, str | Text):  # a line: never wrapped (grep-able)
+                self.console.print(_safe(renderable), soft_wrap=True)
+            else:
+                self.console.print(renderable)
 
     def note(self, message: str) -> None:
         """A message for humans on stderr (also in JSON mode), printed as plain text."""

@@ -52,7 +52,7 @@ class TestLifecycleCli:
     def test_enable_then_check_then_disable(
         self, cli_land: Land, capsys: pytest.CaptureFixture[str]
     ) -> None:
-        """enable by vault name and key name exits 0; check then holds; disable needs --yes."""
+        """enable by vault name and key name exits 0; check then holds; disable needs --yes (2)."""
         account = cli_land.account("ai-cli2")
         cli_land.grant(account, cli_land.kv)
         code, doc = _run(
@@ -69,7 +69,7 @@ class TestLifecycleCli:
         code, doc = _run(capsys, "check", account.resource_id, "--json")
         assert code == 0 and doc["ok"] is True
         code, doc = _run(capsys, "disable", account.resource_id, "--json")
-        assert code == 1 and account.encryption.key_source == "Microsoft.KeyVault"
+        assert code == 2 and account.encryption.key_source == "Microsoft.KeyVault"
         code, doc = _run(capsys, "disable", account.resource_id, "--yes", "--json")
         assert code == 0 and account.encryption.key_source == "Microsoft.CognitiveServices"
 

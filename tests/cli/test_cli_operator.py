@@ -1,0 +1,173 @@
+"""The edges an operator meets: typos, scope mistakes, dry runs that tell the truth, and the
+Azure CLI's conventions (--output, --version, usage errors exit 2, plain help)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from cli_rig import World
+
+from cmk.cli import build_parser
+
+TYPOS = (
+    "https://kv-demo-weu.vault.azure.net/ai-cmk",
+    "https://kv-demo-weu.vault.azure.net/secrets/ai-cmk",
+)
+ACCOUNT = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers"
+    "/Microsoft.CognitiveServices/accounts/a"
+)
+
+
+class TestTypos:
+    @pytest.mark.parametrize("typo", TYPOS)
+    @pytest.mark.parametrize(
+        "command", [("versions",), ("rotate",), ("check", ACCOUNT, "--key")], ids=str
+    )
+    @pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+    def test_one_clear_error_and_exit_2(self, world: World, cmk, typo, command, as_json):
+        """A key id without /keys/ (or with /secrets/): one error naming the path rule and an
+        example, exit 2; with --json also the error document; never a traceback."""
+        run = cmk(*command, typo, *(["--json"] if as_json else []))
+        assert run.code == 2
+        assert "Traceback" not in run.err
+        assert run.err.splitlines() == [
+            f"cmk: invalid key id '{typo}': the path must be /keys/{{name}}[/{{version}}]",
+            "  fix: give a key id such as https://myvault.vault.azure.net/keys/mykey",
+        ]
+        if as_json:
+            assert run.valid("error")["error"]["kind"] == "usage"
+        else:
+            assert run.out == ""
+
+
+class TestScope:
+    def test_empty_allowlist_warns_and_exits_1(self, world: World, cmk, monkeypatch):
+        """An empty CMK_VAULT_ALLOWLIST is not a clean run: a warning on stderr, exit 1."""
+        monkeypatch.setenv("CMK_VAULT_ALLOWLIST", "")
+        run = cmk("status")
+        assert run.code == 1
+        assert "cmk: warning: CMK_VAULT_ALLOWLIST is empty" in run.err
+
+    def test_unknown_subscription_warns_and_exits_1(self, world: World, cmk, monkeypatch):
+        """A CMK_SUBSCRIPTIONS the identity cannot see finds nothing: sweep warns, exit 1."""
+        typo = "11111111-2222-3333-4444-555555555555"
+        monkeypatch.setenv("CMK_SUBSCRIPTIONS", typo)
+        run = cmk("sweep", "--json")
+        document = run.valid("sweep")
+        assert run.code == 1 and document["exit_code"] == 1
+        [warning] = document["warnings"]
+        assert "no CMK account in scope" in warning and typo in warning
+        assert "cmk: warning: no CMK account in scope" in run.err
+
+    def test_plan_in_scope_has_no_warning(self, world: World, cmk):
+        """With the vaults in scope, plan has no scope warning."""
+        run = cmk("plan", "--json")
+        assert run.valid("plan")["warnings"] == [] and "warning" not in run.err
+
+    def test_versions_refuses_a_vault_off_the_allowlist(self, world: World, cmk, monkeypatch):
+        """versions honours CMK_VAULT_ALLOWLIST as every path does: exit 2, add it there."""
+        monkeypatch.setenv("CMK_VAULT_ALLOWLIST", world.vault("kv-demo-weu").url)
+        run = cmk("versions", world.key_id("kv-demo-neu", "ai-cmk"), "--json")
+        error = run.valid("error")["error"]
+        assert run.code == 2 and error["kind"] == "configuration"
+        assert "not in CMK_VAULT_ALLOWLIST" in error["message"]
+
+
+class TestRotateDryRun:
+    def test_lists_the_accounts_and_the_checks(self, world: World, cmk):
+        """rotate --dry-run names every bound account and the checks; never says rotated;
+        creates nothing; exit 0."""
+        key = world.vault("kv-demo-weu").keys["ai-cmk"]
+        before = len(key.versions)
+        accounts = world.accounts_on("kv-demo-weu", "ai-cmk")
+        run = cmk("rotate", world.key_id("kv-demo-weu", "ai-cmk"), "--dry-run")
+        assert run.code == 0, run.err
+        assert len(key.versions) == before
+        assert "rotated" not in run.out
+        for account in accounts:
+            assert account.name in run.out
+        assert "wrapKey and unwrapKey" in run.out and "purge protection" in run.out
+        assert f"move {len(accounts)} account(s)" in run.out
+
+    def test_json_has_the_moves_and_checks(self, world: World, cmk):
+        """The JSON of a dry run has one move per bound account and the checks."""
+        accounts = world.accounts_on("kv-demo-neu", "ai-cmk")
+        run = cmk("rotate", world.key_id("kv-demo-neu", "ai-cmk"), "--dry-run", "-o", "json")
+        document = run.valid("rotate")
+        moves = document["rotation"]["moves"]
+        assert run.code == 0 and document["rotation"]["dry_run"] is True
+        assert sorted(m["account_id"].rsplit("/", 1)[-1] for m in moves) == sorted(
+            a.name for a in accounts
+        )
+        assert {m["to_version"] for m in moves} == {"new"} and document["checks"]
+
+
+class TestAzureCliConventions:
+    def test_tsv_is_rows_without_headers(self, world: World, cmk):
+        """-o tsv prints one tab-separated line per account and nothing else."""
+        status = cmk("status", "--json").json
+        run = cmk("status", "-o", "tsv")
+        lines = run.out.splitlines()
+        assert len(lines) == len(status["accounts"])
+        ids = {line.split("\t")[0] for line in lines}
+        assert ids == {a["account_id"] for a in status["accounts"]}
+
+    def test_json_and_another_output_conflict(self, cmk):
+        """--json with -o tsv is a usage error: exit 2."""
+        run = cmk("status", "--json", "-o", "tsv")
+        assert run.code == 2 and "--json is --output json" in run.err
+
+    def test_version(self, cmk, capsys):
+        """--version prints the package version and exits 0."""
+        run = cmk("--version")
+        assert run.code == 0 and run.out.startswith("cmk ")
+
+    def test_help_has_no_rest_markup(self):
+        """No help text shows reST (``x``, :mod:`x`); every command lists the exit codes."""
+        parser = build_parser()
+        [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for name, command in sub.choices.items():
+            text = command.format_help()
+            assert "``" not in text and ":mod:" not in text and ":func:" not in text, name
+            assert "exit" in text.lower(), name
+
+    def test_history_limit_below_one_is_refused(self, cmk):
+        """history --limit -3: exit 2."""
+        run = cmk("history", "--limit", "-3")
+        assert run.code == 2 and "must be 1 or more" in run.err
+
+    def test_history_takes_group_and_name(self, world: World, cmk):
+        """history --account rg/name finds the account's rows, as the tables name it."""
+        key_id = world.key_id("kv-demo-weu", "ai-cmk-exp")
+        assert cmk("rotate", key_id).code == 0
+        account = world.accounts_on("kv-demo-weu", "ai-cmk-exp")[0]
+        short = f"{account.resource_id.split('/')[4]}/{account.name}"
+        run = cmk("history", "--account", short, "--json")
+        [entry] = run.valid("history")["entries"]
+        assert entry["account_id"].lower() == account.resource_id.lower()
+
+    def test_disable_without_yes_is_a_usage_error(self, world: World, cmk):
+        """disable without --yes changes nothing and exits 2."""
+        account = world.accounts_on("kv-demo-weu", "ai-cmk")[0]
+        run = cmk("disable", account.resource_id)
+        assert run.code == 2 and "--yes" in run.err
+        assert account.encryption.key_source == "Microsoft.KeyVault"
+
+    def test_disable_dry_run_shows_the_plan(self, world: World, cmk):
+        """disable --yes --dry-run says what it would do, writes nothing, exits 0."""
+        account = world.accounts_on("kv-demo-weu", "ai-cmk")[0]
+        run = cmk("disable", account.resource_id, "--yes", "--dry-run")
+        assert run.code == 0, run.err
+        assert "would take the account off" in run.out and "refused" not in run.out
+        assert account.encryption.key_source == "Microsoft.KeyVault"
+
+    def test_truncated_replay_file_names_line_and_column(self, world: World, cmk, tmp_path):
+        """A truncated event file: exit 2 naming the line and column."""
+        path = Path(tmp_path) / "dead.json"
+        path.write_text(json.dumps([{"id": "1", "eventType": "x"}], indent=2)[:-8])
+        run = cmk("replay", str(path))
+        assert run.code == 2 and "line 4 column" in run.err
