@@ -5,18 +5,34 @@
   kept), with the process environment pointing Azure SDK clients at it.
 - ``azurite`` (session): the Storage connection string of a running Azurite; a test that
   uses both ``sandbox`` and ``azurite`` also gets ``AzureWebJobsStorage`` set.
+- ``random_seed`` (session): the seed of every random choice the sandbox and the chaos
+  suite make: ``--chaos-seed``, else ``CMK_TEST_SEED``, else a fresh one. The header
+  prints it and every failure repeats it, so ``pytest --chaos-seed=N`` replays the draws.
+
+Leaks fail the suite: aiohttp reports an unclosed client session, connector or response
+through the event loop's exception handler (a log record, not a warning that a filter
+could turn into an error), so a handler on the ``asyncio`` logger collects those records
+and the teardown of the test during which one appeared fails with them; whatever only
+the last garbage collection finds fails the session. Coroutines never awaited fail
+through ``filterwarnings`` in pyproject.toml.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
-from collections.abc import Iterator
+import secrets
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from cmk.sandbox.azurite import Azurite
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
+
+SEED = pytest.StashKey[int]()
+LEAK_MESSAGES = ("Unclosed client session", "Unclosed connector", "Unclosed response")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,12 +42,99 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="accounts in the chaos suite's run (default 240, or CMK_CHAOS_SIZE)",
     )
+    parser.addoption(
+        "--chaos-seed",
+        type=int,
+        default=None,
+        help="seed of the sandbox's and the chaos suite's random choices (default: "
+        "CMK_TEST_SEED, else a fresh one; a failing run prints the seed to pass here)",
+    )
+
+
+class LeakLog(logging.Handler):
+    """Keeps the first line of each unclosed-session/connector report asyncio logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(LEAK_MESSAGES):
+            self.found.append(" ".join(message.split("\n", 2)[:2]))
+
+    def take(self) -> list[str]:
+        found, self.found = self.found, []
+        return found
+
+
+LEAKS = LeakLog()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    given = config.getoption("--chaos-seed", default=None) or os.environ.get("CMK_TEST_SEED")
+    config.stash[SEED] = int(given) if given else secrets.randbelow(2**32)
+    logging.getLogger("asyncio").addHandler(LEAKS)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    logging.getLogger("asyncio").removeHandler(LEAKS)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.stash[SEED]
+    return f"random seed: {seed} (replay with --chaos-seed={seed})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Fail a test's teardown when an unclosed session was reported during the test; give
+    every failure the seed that replays it."""
+    report = yield
+    if report.when == "teardown":
+        leaks = LEAKS.take()
+        if leaks and report.passed:
+            report.outcome = "failed"
+            report.longrepr = "left unclosed (close what you open):\n" + "\n".join(leaks)
+    if report.failed:
+        seed = item.config.stash[SEED]
+        report.sections.append(("random seed", f"{seed}: replay with --chaos-seed={seed}"))
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Whatever only a full collection finds (sessions in reference cycles) fails too."""
+    gc.collect()
+    leaks = LEAKS.take()
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.section("left unclosed", red=True)
+            for leak in leaks:
+                reporter.write_line(leak)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
+        seed = config.stash[SEED]
+        terminalreporter.write_line(f"random seed: {seed} (replay with --chaos-seed={seed})")
 
 
 @pytest.fixture(scope="session")
-def sandbox_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    """One sandbox for the whole session; this process's aiohttp trusts its CA."""
-    sandbox = Sandbox(Path(tmp_path_factory.mktemp("sandbox"))).start()
+def random_seed(pytestconfig: pytest.Config) -> int:
+    """The seed of this run's random choices (see the module docstring)."""
+    return pytestconfig.stash[SEED]
+
+
+@pytest.fixture(scope="session")
+def sandbox_server(tmp_path_factory: pytest.TempPathFactory, random_seed: int) -> Iterator[Sandbox]:
+    """One sandbox for the whole session, seeded; this process's aiohttp trusts its CA."""
+    sandbox = Sandbox(Path(tmp_path_factory.mktemp("sandbox")), random_seed=random_seed).start()
     sandbox.trust_ca_in_process()
     try:
         yield sandbox

@@ -11,6 +11,11 @@ installed here. It loads ``function_app.py`` the way the Python worker does, res
 - timers: :meth:`FunctionsHost.fire_timer` and an optional NCRONTAB scheduler;
 - HTTP: aiohttp on loopback with function/host/master keys.
 
+When the host stops it closes what the app keeps for its process: every module-level
+object of ``function_app.py`` with an async ``aclose()`` (an engine provider, a client),
+as a worker process ending would, so no session or connector outlives the host. The
+queue pollers' jitter is drawn from ``random_seed`` (reported as ``host.random_seed``).
+
 Use ``async with FunctionsHost(app_dir, settings=...) as host:`` on the caller's loop,
 or ``with FunctionsHost(...) as host:`` to run it on a loop thread of its own (sync
 callers such as the demo; :meth:`FunctionsHost.run` submits coroutines there).
@@ -20,7 +25,9 @@ docs/functions.md lists how it differs from the real host.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import secrets
 import time
 import uuid
 from collections import Counter
@@ -99,6 +106,7 @@ class FunctionsHost:
         run_schedules: bool = False,
         apply_environment: bool = True,
         script_file: str = SCRIPT_FILE,
+        random_seed: int | None = None,
     ) -> None:
         if instances < 1:
             raise ValueError("instances must be at least 1")
@@ -112,6 +120,7 @@ class FunctionsHost:
             run_schedules,
         )
         self._script_file = script_file
+        self.random_seed = secrets.randbelow(2**32) if random_seed is None else random_seed
         self._module: ModuleType | None = None
         self._functions: dict[str, IndexedFunction] | None = None
         self._keys: HostKeys | None = None
@@ -221,6 +230,7 @@ class FunctionsHost:
                             instance=instance,
                             on_poison=self._count_poison,
                             function_timeout=self.config.function_timeout,
+                            random_seed=f"{self.random_seed}:{function.name}:{instance}",
                         )
                         listener.start()
                         self._listeners.append(listener)
@@ -256,11 +266,37 @@ class FunctionsHost:
             await self._runner.cleanup()
             self._runner = None
             self.port = 0
+        if self._loop is not None:
+            await self._close_app_resources()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         self.app_settings.restore()
         self._loop = None
+
+    async def _close_app_resources(self) -> None:
+        """Await ``aclose()`` of each module-level object of the app that has one (in
+        definition order); a failure is logged, the others still close."""
+        if self._module is None:
+            return
+        for name, value in list(vars(self._module).items()):
+            if isinstance(value, type | ModuleType):
+                continue
+            close = getattr(value, "aclose", None)
+            if close is None or not inspect.iscoroutinefunction(close):
+                continue
+            try:
+                await close()
+            except Exception:
+                logger.exception("closing the app's %s failed", name, extra={"app_object": name})
+
+    async def kill(self) -> int:
+        """Stop as a worker process dies: every in-flight queue invocation is cancelled at
+        once (before anything else can run), its message left to reappear when its lease
+        ends; then stop. Returns how many invocations were cancelled."""
+        killed = sum(listener.abandon() for listener in self._listeners)
+        await self.stop()
+        return killed
 
     async def __aenter__(self) -> FunctionsHost:
         return await self.start()

@@ -62,6 +62,7 @@ class QueueListener:
         instance: int,
         on_poison: PoisonHook,
         function_timeout: timedelta | None,
+        random_seed: int | str | None = None,
     ) -> None:
         self.function = function
         self.queue_name = str(function.trigger["queueName"])
@@ -74,7 +75,7 @@ class QueueListener:
         self._poison: QueueClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._random = random.Random()
+        self._random = random.Random(random_seed)  # the polling back-off's jitter
         receive = max(RECEIVE_VISIBILITY, (function_timeout or timedelta(0)) + timedelta(minutes=1))
         self._receive_visibility = int(min(receive, MAX_VISIBILITY).total_seconds())
         self.polls = 0
@@ -91,6 +92,17 @@ class QueueListener:
         self._task = asyncio.get_running_loop().create_task(
             self._poll(), name=f"queue:{self.function.name}:{self.instance}"
         )
+
+    def abandon(self) -> int:
+        """Die like a worker process: stop polling and cancel every in-flight invocation
+        now, without waiting (their messages come back when their lease ends); returns how
+        many were cancelled. Call :meth:`stop` afterwards to release the clients."""
+        if self._task is not None:
+            self._task.cancel()
+        in_flight = [task for task in self._in_flight if not task.done()]
+        for task in in_flight:
+            task.cancel()
+        return len(in_flight)
 
     async def stop(self) -> None:
         """Stop polling; let in-flight invocations finish (up to a grace period)."""

@@ -10,6 +10,9 @@ HTTPS server (TLS handshake with SNI picks the certificate). The top-level appli
 middleware applies faults and counts; its one route finds the service by host pattern
 and lets the service's application handle the request. Nothing is ever forwarded to the
 real network: other hosts and ports are refused at CONNECT.
+
+A client that goes away mid-request (a CLI stopped with Ctrl-C) is logged as one line,
+not as a traceback per request: nothing is wrong with the sandbox when that happens.
 """
 
 from __future__ import annotations
@@ -189,7 +192,20 @@ class SandboxServer:
                 # caches match_info per request object), with its own middlewares.
                 inner = request.clone()
                 request[INNER_KEY] = inner
-                return await m.app._handle(inner)
+                try:
+                    return await m.app._handle(inner)
+                except ConnectionError as exc:
+                    if request.transport is not None and not request.transport.is_closing():
+                        raise  # the client is still there: a fault of the service
+                    logger.info(
+                        "client disconnected mid-request: %s https://%s%s (%s)",
+                        request.method,
+                        host,
+                        request.path,
+                        type(exc).__name__,
+                        extra={"method": request.method, "host": host, "path": request.path},
+                    )
+                    raise asyncio.CancelledError from None  # nobody to answer
         return web.json_response(
             {
                 "error": {

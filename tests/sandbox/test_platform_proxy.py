@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
@@ -167,3 +170,50 @@ class TestProxy:
 
             names = await asyncio.gather(*(fetch(i) for i in range(200)))
         assert names == [f"a{i}" for i in range(200)]
+
+
+class TestClientDisconnect:
+    @pytest.mark.parametrize("abort", [True, False], ids=["reset", "close"])
+    def test_a_client_gone_mid_request_is_one_line(self, sandbox: Sandbox, caplog, abort):
+        """A client that disconnects while its upload is read makes the sandbox log one
+        INFO line naming the request, and no traceback."""
+        def upload_app(ctx: ServiceContext) -> web.Application:
+            async def upload(request: web.Request) -> web.Response:
+                await request.read()
+                return web.Response(text="ok")
+
+            app = web.Application()
+            app.router.add_post("/upload", upload)
+            return app
+
+        sandbox.add_service("upload", [PROBE_HOST], upload_app)
+        caplog.set_level("INFO")
+        try:
+            raw = socket.create_connection(("127.0.0.1", sandbox.server.proxy_port), timeout=5)
+            raw.sendall(f"CONNECT {PROBE_HOST}:443 HTTP/1.1\r\n\r\n".encode())
+            assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+            context = ssl.create_default_context(cafile=str(sandbox.ca_bundle))
+            client = context.wrap_socket(raw, server_hostname=PROBE_HOST)
+            client.sendall(
+                f"POST /upload HTTP/1.1\r\nHost: {PROBE_HOST}\r\n"
+                "Content-Length: 1000000\r\n\r\n".encode()
+                + b"x" * 1000
+            )
+            if abort:  # RST instead of FIN
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            client.close()
+            _wait(lambda: sandbox.counters.count(path="/upload") == 1)
+        finally:
+            sandbox.remove_service("upload")
+        lines = [r for r in caplog.records if "disconnected mid-request" in r.getMessage()]
+        assert len(lines) == 1
+        assert "POST https://probe.vault.azure.net/upload" in lines[0].getMessage()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def _wait(condition: Callable[[], bool], ceiling: float = 60.0) -> None:
+    """Wait for ``condition`` (the ceiling only bounds a hang)."""
+    deadline = time.monotonic() + ceiling
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met: the sandbox hangs"
+        time.sleep(0.01)
