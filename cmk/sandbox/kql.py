@@ -17,7 +17,11 @@ Supported
   ``project-away col[, ...]``;
   ``order by`` / ``sort by <expr> [asc|desc] [nulls first|last][, ...]`` (default ``desc``,
   nulls last for ``desc`` and first for ``asc``, as in Kusto);
-  ``limit n`` / ``take n``; ``count``.
+  ``limit n`` / ``take n``; ``count``;
+  ``summarize [name =] agg(...)[, ...] [by [name =] expr[, ...]]`` with ``count()``,
+  ``countif(predicate)``, ``dcount(expr)``, ``make_set(expr[, maxSize])``;
+  ``distinct col[, ...]``; ``top n by <expr> [asc|desc] [nulls first|last]``
+  (see :mod:`~cmk.sandbox.kql_summarize` for names and null handling).
 * Expressions: string literals ('...' or "..."), integers and decimals, ``true``/``false``,
   ``null``; columns and property paths (``properties.encryption.keySource``,
   ``properties['encryption']``, ``tags['env']``, ``zones[0]``); parentheses;
@@ -39,7 +43,8 @@ Semantics and known differences
   ``dynamic`` (paging then is impossible, see ``resourcegraph``): the string columns of
   ``Resources`` and the results of ``tostring``/``tolower``/... are ``string``; property
   paths and the ``properties``/``identity``/``tags``/``sku`` columns are ``dynamic``.
-* Not supported (rejected): ``summarize``, ``join``, ``union``, ``mv-expand``, ``parse``,
+* Not supported (rejected): other aggregates (``sum``, ``arg_max``, ...), ``join``,
+  ``union``, ``mv-expand``, ``parse``,
   ``extend`` without a name, ``let``, datetime functions, ``iff``/``case``, regex
   operators, arithmetic, and every other function or operator not listed above.
 
@@ -47,7 +52,8 @@ Modules
 -------
 :mod:`~cmk.sandbox.kql_tokens` (tokens, :class:`KqlError`), :mod:`~cmk.sandbox.kql_values`
 (null, text, comparison and order of values), :mod:`~cmk.sandbox.kql_expressions` (compiled
-scalar expressions), :mod:`~cmk.sandbox.kql_expression_parser` (their grammar) and
+scalar expressions), :mod:`~cmk.sandbox.kql_expression_parser` (their grammar),
+:mod:`~cmk.sandbox.kql_summarize` (``summarize`` and ``distinct``) and
 :mod:`~cmk.sandbox.kql_query` (the table, its operators, :class:`Query`). Their public names
 used outside the subset are importable from here.
 """

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from cmk.sandbox.kql_expression_parser import ExpressionParser
 from cmk.sandbox.kql_expressions import Evaluator, Expr
+from cmk.sandbox.kql_summarize import GroupingParser
 from cmk.sandbox.kql_values import Row, sort_key
 
 # The ``Resources`` table's columns and their Kusto types, in ARG's column order.
@@ -40,8 +40,8 @@ TABLES: Final = frozenset({"resources"})
 
 KNOWN_UNSUPPORTED_OPERATORS: Final = frozenset(
     {
-        "summarize", "join", "union", "mv-expand", "mvexpand", "parse", "distinct", "top",
-        "sample", "make-series", "lookup", "let", "render", "serialize", "evaluate",
+        "join", "union", "mv-expand", "mvexpand", "parse", "sample", "make-series", "lookup",
+        "let", "render", "serialize", "evaluate",
         "project-keep", "project-rename", "project-reorder", "mv-apply", "as", "invoke",
         "search", "find", "getschema", "range", "print", "datatable",
     }
@@ -70,7 +70,7 @@ class Query:
         return all(kind == "dynamic" for _, kind in self.columns)
 
 
-class QueryParser(ExpressionParser):
+class QueryParser(GroupingParser):
     """A whole query: the table, then ``|``-separated operators."""
 
     def __init__(self, query: str) -> None:
@@ -103,6 +103,13 @@ class QueryParser(ExpressionParser):
                 stages.append(self._order_by())
             elif name in ("limit", "take"):
                 stages.append(self._limit())
+                limited = True
+            elif name == "summarize":
+                stages.append(self.summarize())
+            elif name == "distinct":
+                stages.append(self.distinct())
+            elif name == "top":
+                stages.append(self._top())
                 limited = True
             elif name == "count":
                 stages.append(lambda rows: [{"Count": len(rows)}])
@@ -167,8 +174,10 @@ class QueryParser(ExpressionParser):
         return name
 
     def _order_by(self) -> Stage:
-        keys = self.comma_separated(self._order_key)
+        return self._sorter(self.comma_separated(self._order_key))
 
+    @staticmethod
+    def _sorter(keys: list[tuple[Evaluator, bool, bool]]) -> Stage:
         def order(rows: list[Row]) -> list[Row]:
             result = list(rows)
             for get, descending, nulls_first in reversed(keys):  # stable multi-key sort
@@ -193,6 +202,17 @@ class QueryParser(ExpressionParser):
                 raise self.fail()
             nulls_first = self.next().text == "first"
         return get, descending, nulls_first
+
+    def _top(self) -> Stage:
+        """``top n by <expr> [asc|desc] [nulls first|last]``: order by, then take n."""
+        take = self._limit()
+        self.expect("by")
+        order = self._order_by_one()
+        return lambda rows: take(order(rows))
+
+    def _order_by_one(self) -> Stage:
+        get, descending, nulls_first = self._order_key()
+        return self._sorter([(get, descending, nulls_first)])
 
     def _limit(self) -> Stage:
         token = self.tok

@@ -177,11 +177,122 @@ class TestOperators:
         assert [r["id"] for r in query.run(rows)] == ["2"]
 
 
+GROUPED: list[kql.Row] = [
+    {"id": "1", "type": "a", "location": "x", "properties": {"keySource": "Microsoft.KeyVault"}},
+    {"id": "2", "type": "a", "location": "y", "properties": {}},
+    {"id": "3", "type": "b", "location": "x", "properties": None},
+    {"id": "4", "type": "a", "location": None, "properties": {"keySource": "Microsoft.KeyVault"}},
+]
+
+
+class TestSummarize:
+    def test_count_by_key_names_columns_as_kusto(self) -> None:
+        """summarize count() by type: key column, then count_, one row per key."""
+        query = kql.parse("Resources | summarize count() by type")
+        assert query.columns == (("type", "string"), ("count_", "long"))
+        assert query.run(GROUPED) == [{"type": "a", "count_": 3}, {"type": "b", "count_": 1}]
+
+    def test_aggregates_and_their_default_names(self) -> None:
+        """countif_, dcount_<col>, set_<col>; dcount and make_set ignore nulls."""
+        query = kql.parse(
+            "Resources | summarize countif(properties.keySource == 'Microsoft.KeyVault'), "
+            "dcount(location), make_set(location) by type"
+        )
+        assert [name for name, _ in query.columns] == [
+            "type",
+            "countif_",
+            "dcount_location",
+            "set_location",
+        ]
+        assert query.run(GROUPED) == [
+            {"type": "a", "countif_": 2, "dcount_location": 2, "set_location": ["x", "y"]},
+            {"type": "b", "countif_": 0, "dcount_location": 1, "set_location": ["x"]},
+        ]
+
+    def test_without_by_one_row_even_over_nothing(self) -> None:
+        """No by: exactly one row; over no rows count_ is 0."""
+        query = kql.parse("Resources | where type == 'none' | summarize n = count()")
+        assert query.run(GROUPED) == [{"n": 0}]
+        grouped = kql.parse("Resources | where type == 'none' | summarize count() by type")
+        assert grouped.run(GROUPED) == []
+
+    def test_key_reading_a_path_takes_its_name(self) -> None:
+        """by tostring(properties.keySource) names the key properties_keySource; null groups."""
+        query = kql.parse("Resources | summarize count() by tostring(properties.keySource)")
+        assert query.columns[0] == ("properties_keySource", "string")
+        assert query.run(GROUPED) == [
+            {"properties_keySource": "Microsoft.KeyVault", "count_": 2},
+            {"properties_keySource": "", "count_": 2},
+        ]
+
+    def test_keys_only_and_later_operators_see_new_columns(self) -> None:
+        """summarize by a, b is a distinct; later where/order by use the new columns."""
+        query = kql.parse(
+            "Resources | summarize c = count() by type, location "
+            "| where c >= 1 | order by type asc, c desc"
+        )
+        assert [(r["type"], r["location"], r["c"]) for r in query.run(GROUPED)] == [
+            ("a", "x", 1),
+            ("a", "y", 1),
+            ("a", None, 1),
+            ("b", "x", 1),
+        ]
+        with pytest.raises(kql.KqlError):
+            kql.parse("Resources | summarize count() by type | where location == 'x'")
+
+    def test_make_set_honours_max_size(self) -> None:
+        """make_set(expr, n) keeps at most n values."""
+        query = kql.parse("Resources | summarize make_set(id, 2)")
+        assert query.run(GROUPED) == [{"set_id": ["1", "2"]}]
+
+
+class TestDistinctTopCount:
+    def test_distinct_keeps_one_row_per_tuple(self) -> None:
+        """distinct type, location: columns narrowed, duplicates dropped, null is a value."""
+        query = kql.parse("Resources | distinct type, location")
+        assert query.columns == (("type", "string"), ("location", "string"))
+        assert query.run([*GROUPED, GROUPED[0]]) == [
+            {"type": "a", "location": "x"},
+            {"type": "a", "location": "y"},
+            {"type": "b", "location": "x"},
+            {"type": "a", "location": None},
+        ]
+
+    def test_top_orders_then_takes(self) -> None:
+        """top 2 by id asc is order by id asc | take 2, and never pages."""
+        query = kql.parse("Resources | top 2 by id asc")
+        assert [r["id"] for r in query.run(GROUPED)] == ["1", "2"]
+        assert query.limited
+        assert [r["id"] for r in kql.parse("Resources | top 1 by id").run(GROUPED)] == ["4"]
+
+    def test_count_operator(self) -> None:
+        """count leaves one Count column."""
+        assert kql.parse("Resources | count").run(GROUPED) == [{"Count": 4}]
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "Resources | summarize",
+            "Resources | summarize count() by",
+            "Resources | summarize count(), count()",
+            "Resources | distinct nosuchcolumn",
+            "Resources | top x by id",
+            "Resources | top 3",
+        ],
+    )
+    def test_malformed_grouping_is_a_parser_failure(self, query: str) -> None:
+        """Broken summarize/distinct/top fail to parse rather than guess."""
+        with pytest.raises(kql.KqlError) as caught:
+            kql.parse(query)
+        assert not caught.value.unsupported
+
+
 class TestRejects:
     @pytest.mark.parametrize(
         ("query", "token"),
         [
-            ("Resources | summarize count() by type", "summarize"),
+            ("Resources | summarize arg_max(name, id) by type", "arg_max"),
+            ("Resources | join (Resources) on id", "join"),
             ("Resources | mv-expand tags", "mv-expand"),
             ("ResourceContainers | take 1", "ResourceContainers"),
             ("Resources | where iff(true, 1, 2) == 1", "iff"),

@@ -205,6 +205,47 @@ class TestPaging:
         assert set(body["data"][0]) == set(expected["data"][0])
 
 
+class TestSummarize:
+    def test_cmk_inventory_summary_by_subscription(self) -> None:
+        """count(), countif() and dcount() by a key over the readable subscriptions."""
+        world, reader = _world(2)
+        query = (
+            "Resources | where type =~ 'microsoft.cognitiveservices/accounts' "
+            "| summarize accounts = count(), "
+            "cmk = countif(tostring(properties.encryption.keySource) == 'Microsoft.KeyVault'), "
+            "dcount(location) by subscriptionId | order by subscriptionId asc"
+        )
+        body = _query(ResourceGraph(world), reader, query)
+        assert body["data"] == [
+            {"subscriptionId": sub, "accounts": 3, "cmk": 2, "dcount_location": 1}
+            for sub in sorted((SUB_A, SUB_B))
+        ]
+        assert body["totalRecords"] == 2
+
+    def test_summarize_pages_and_formats_as_a_table(self) -> None:
+        """A summarize result has typed columns and pages with $top/$skipToken."""
+        world, reader = _world(1)
+        query = "Resources | summarize count() by type | order by type asc"
+        body = _query(ResourceGraph(world), reader, query, **{"$top": 1, "resultFormat": "table"})
+        assert body["data"]["columns"] == [
+            {"name": "type", "type": "string"},
+            {"name": "count_", "type": "integer"},
+        ]
+        assert body["data"]["rows"] == [["microsoft.cognitiveservices/accounts", 4]]
+        assert "$skipToken" in body
+
+    def test_make_set_and_distinct(self) -> None:
+        """make_set() collects distinct values; distinct keeps one row per tuple."""
+        world, reader = _world(1)
+        sets = _query(ResourceGraph(world), reader, "Resources | summarize make_set(type)")
+        assert sorted(sets["data"][0]["set_type"]) == [
+            "microsoft.cognitiveservices/accounts",
+            "microsoft.keyvault/vaults",
+        ]
+        rows = _query(ResourceGraph(world), reader, "Resources | distinct resourceGroup")["data"]
+        assert sorted(r["resourceGroup"] for r in rows) == ["rg-ai", "rg-keys"]
+
+
 class TestErrors:
     def test_invalid_query_has_real_error_shape(self) -> None:
         """A syntax error answers 400 BadRequest with InvalidQuery and ParserFailure details."""
@@ -224,8 +265,17 @@ class TestErrors:
         """An operator outside the subset is reported as InvalidQueryLanguage."""
         world, reader = _world(1)
         with pytest.raises(GraphError) as caught:
-            _query(ResourceGraph(world), reader, "Resources | summarize count() by location")
+            _query(ResourceGraph(world), reader, "Resources | mv-expand zones")
         assert caught.value.body["error"]["details"][1]["code"] == "InvalidQueryLanguage"
+        assert caught.value.body["error"]["code"] == "BadRequest"
+
+    def test_unknown_aggregate_is_invalid_query_language(self) -> None:
+        """An aggregate outside the subset (arg_max) is refused, not approximated."""
+        world, reader = _world(1)
+        with pytest.raises(GraphError) as caught:
+            _query(ResourceGraph(world), reader, "Resources | summarize arg_max(name, id)")
+        details = caught.value.body["error"]["details"]
+        assert details[1]["code"] == "InvalidQueryLanguage"
 
     def test_malformed_skip_token(self) -> None:
         """A $skipToken that was not issued answers 400."""
