@@ -1,10 +1,16 @@
-// cmk-rotator: the whole deployment except the Event Grid subscriptions.
+// cmk-rotator: everything in the app's own resource group, and the grants on the managed
+// subscriptions. Nothing here touches a Key Vault's resource group: `azd down` deletes every
+// resource group a deployment it made has touched (Azure/azure-dev#2916), and a vault's group
+// holds the keys. The vault side lives in deployments azd does not own (docs/deployment.md):
 //
-// Step 1 (this file, `azd provision` or `az deployment sub create`): resource group, storage,
-// monitoring, Function app, alert topic and rules, a Key Vault system topic per vault, and
-// every role assignment. Step 2 (app/event-subscriptions.bicep, run by the azd postdeploy hook
-// or by hand) subscribes the functions to the system topics once the code is published,
-// because Event Grid validates an AzureFunction endpoint when the subscription is created.
+// Step 1 (this file, `azd provision` or `az deployment sub create`): resource group, the
+//   app's user-assigned identity and its grants, storage, monitoring, the Function app, alert
+//   topic and rules, and the account grants on each managed subscription.
+// Step 2 (app/vaults.bicep, azd postprovision hook or by hand): a Key Vault system topic per
+//   vault and the app's key role on each vault, in the vaults' own resource groups.
+// Step 3 (app/event-subscriptions.bicep, azd postdeploy hook or by hand): subscribes the
+//   functions to the system topics once the code is published and the functions are listed,
+//   because Event Grid validates an AzureFunction endpoint when the subscription is created.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -24,7 +30,7 @@ param location string
 @description('Name of the resource group to create; empty derives rg-{environmentName}.')
 param resourceGroupName string = ''
 
-@description('Key Vaults whose keys the app rotates: [{name, resourceGroup, subscriptionId, location, systemTopicName?}]. Each gets an Event Grid system topic in its own resource group (systemTopicName adopts the one a vault already has) and the key role for the app.')
+@description('Key Vaults whose keys the app rotates: [{name, resourceGroup, subscriptionId, location, systemTopicName?}]. They make CMK_VAULT_ALLOWLIST here; their system topics and key roles are deployed by app/vaults.bicep (step 2), outside what azd down deletes.')
 param vaults array = []
 
 @description('Further vault URLs the app may act on but that get no system topic (e.g. Managed HSM: https://{name}.managedhsm.azure.net). The sweep covers them.')
@@ -72,6 +78,10 @@ param staleGraceHours int = 24
 @description('CMK_UPDATE_TIMEOUT_SECONDS: how long a worker waits on one encryption update before a verify job takes over.')
 param updateTimeoutSeconds int = 120
 
+@minValue(0)
+@description('CMK_ROTATE_COOLDOWN_MINUTES: POST /api/rotate refuses a second rotation of one key within this many minutes unless forced; 0 turns it off.')
+param rotateCooldownMinutes int = 10
+
 @minValue(1)
 @description('CMK_MAX_CONCURRENCY: bound on parallel Azure calls of one invocation (fan-out, inline runs).')
 param maxConcurrency int = 32
@@ -84,15 +94,15 @@ param alertEmailAddress string = ''
 param alertWebhookUrl string = ''
 
 @allowed([
-  'CloudEventSchemaV1_0'
-  'EventGridSchema'
+  'UserAssigned'
+  'SystemAssigned'
 ])
-@description('Schema of the alerts the app publishes to its custom topic.')
-param alertTopicInputSchema string = 'CloudEventSchemaV1_0'
+@description('UserAssigned (default, as the Azure-Samples Flex templates): a user-assigned identity is created and granted before the app exists. SystemAssigned: the app runs as its own identity, granted after the app is created.')
+param appIdentityType string = 'UserAssigned'
 
 @minValue(40)
 @maxValue(1000)
-@description('Flex Consumption: upper bound of instances the queue worker scales out to.')
+@description('Flex Consumption: upper bound of instances the queue worker scales out to (40 is the platform floor). Each instance runs up to host.json\'s queue batch of jobs; see docs/deployment.md for the ARM write budget this must respect.')
 param maximumInstanceCount int = 40
 
 @allowed([
@@ -114,8 +124,9 @@ var deadLetterContainerName = 'eventgrid-deadletter'
 var managedSubscriptions = empty(managedSubscriptionIds) ? [
   subscription().subscriptionId
 ] : managedSubscriptionIds
+var userAssigned = appIdentityType == 'UserAssigned'
 
-resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2024-11-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
   location: location
   tags: tags
@@ -129,6 +140,17 @@ module monitoring './app/monitoring.bicep' = {
     tags: tags
     logAnalyticsName: '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
     applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
+  }
+}
+
+// Created first: the grants below go to it before the Function app exists.
+module identity './app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: '${abbrs.managedIdentityUserAssignedIdentities}cmk-${resourceToken}'
   }
 }
 
@@ -158,7 +180,6 @@ module alerting './app/alerting.bicep' = {
     rulePrefix: '${abbrs.insightsScheduledQueryRules}cmk-${resourceToken}'
     alertEmailAddress: alertEmailAddress
     alertWebhookUrl: alertWebhookUrl
-    alertTopicInputSchema: alertTopicInputSchema
     applicationInsightsId: monitoring.outputs.applicationInsightsId
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     poisonQueueName: storage.outputs.poisonQueueName
@@ -168,6 +189,11 @@ module alerting './app/alerting.bicep' = {
 module functionApp './app/function.bicep' = {
   name: 'function'
   scope: rg
+  // The host reads its storage and writes telemetry from its first start: with the
+  // user-assigned identity its grants are in place before the app exists.
+  dependsOn: [
+    rbacBeforeApp
+  ]
   params: {
     location: location
     tags: tags
@@ -178,6 +204,9 @@ module functionApp './app/function.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    identityType: appIdentityType
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
     cmkSettings: {
       CMK_VAULT_ALLOWLIST: join(concat(vaultUrls, additionalVaultUrls), ',')
       CMK_SUBSCRIPTIONS: join(managedSubscriptions, ',')
@@ -193,72 +222,72 @@ module functionApp './app/function.bicep' = {
       CMK_STALE_GRACE_HOURS: string(staleGraceHours)
       CMK_UPDATE_TIMEOUT_SECONDS: string(updateTimeoutSeconds)
       CMK_MAX_CONCURRENCY: string(maxConcurrency)
+      CMK_ROTATE_COOLDOWN_MINUTES: string(rotateCooldownMinutes)
     }
   }
 }
 
 var vaultUrls = [for v in vaults: 'https://${v.name}${environment().suffixes.keyvaultDns}']
 
-// One Key Vault system topic per vault, in the vault's own subscription and resource group
-// (a system topic lives next to its source). Its identity writes dead letters.
-module vaultTopics './app/vault-topic.bicep' = [for v in vaults: {
-  name: 'vault-topic-${uniqueString(v.subscriptionId, v.resourceGroup, v.name)}'
-  scope: resourceGroup(v.subscriptionId, v.resourceGroup)
+// The vault side as app/vaults.bicep and app/event-subscriptions.bicep take it.
+var vaultSides = [for v in vaults: {
+  name: v.name
+  subscriptionId: v.subscriptionId
+  resourceGroup: v.resourceGroup
+  location: v.location
+  systemTopicName: contains(v, 'systemTopicName') ? v.systemTopicName : '${abbrs.eventGridSystemTopics}${v.name}'
+}]
+
+// The principal every grant goes to.
+var appPrincipalId = userAssigned ? identity.outputs.principalId : functionApp.outputs.systemAssignedPrincipalId
+
+// Grants in the app's own resource group. Two declarations of one module, exactly one of
+// which deploys (a loop over zero or one element; checkov does not scan `= if` resources):
+// with the user-assigned identity the grants come before the app (the app depends on them),
+// with the system-assigned one they can only follow it.
+module rbacBeforeApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 1 : 0): {
+  name: 'rbac-before-app-${i}'
+  scope: rg
   params: {
-    vaultName: v.name
-    location: v.location
-    tags: tags
-    topicName: contains(v, 'systemTopicName') ? v.systemTopicName : '${abbrs.eventGridSystemTopics}${v.name}'
+    appPrincipalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    alertTopicName: alerting.outputs.topicName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
   }
 }]
 
-// Role assignments, one module per kind of scope (Bicep deploys to another scope only
-// through a module): the app's own resource group, each managed subscription, each vault.
-module rbac './app/rbac.bicep' = {
-  name: 'rbac'
+module rbacAfterApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 0 : 1): {
+  name: 'rbac-after-app-${i}'
   scope: rg
   params: {
-    appPrincipalId: functionApp.outputs.principalId
+    appPrincipalId: functionApp.outputs.systemAssignedPrincipalId
     storageAccountName: storage.outputs.name
-    deadLetterContainerName: deadLetterContainerName
     alertTopicName: alerting.outputs.topicName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
-    systemTopicPrincipalIds: [for (v, i) in vaults: vaultTopics[i].outputs.principalId]
   }
-}
+}]
 
+// The account grants on each managed subscription. A role assignment at subscription scope
+// lives in no resource group, so azd down deletes nothing there (nor these grants).
 module rbacSubscriptions './app/rbac-subscription.bicep' = [for s in managedSubscriptions: {
   name: 'rbac-sub-${uniqueString(s, environmentName)}'
   scope: subscription(s)
   params: {
-    appPrincipalId: functionApp.outputs.principalId
+    appPrincipalId: appPrincipalId
     environmentName: environmentName
   }
 }]
 
-// batchSize(1): vaults sharing a resource group share its custom role definition.
-@batchSize(1)
-module rbacVaults './app/rbac-vault.bicep' = [for v in vaults: {
-  name: 'rbac-vault-${uniqueString(v.subscriptionId, v.resourceGroup, v.name)}'
-  scope: resourceGroup(v.subscriptionId, v.resourceGroup)
-  params: {
-    appPrincipalId: functionApp.outputs.principalId
-    vaultName: v.name
-    environmentName: environmentName
-  }
-}]
-
-// Outputs: azd stores them in the environment; the postdeploy hook reads the EVENT_* ones.
+// Outputs: azd stores them in the environment; the hooks read CMK_APP_PRINCIPAL_ID and EVENT_*.
 output AZURE_LOCATION string = location
 output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_FUNCTION_APP_ID string = functionApp.outputs.id
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output CMK_APP_IDENTITY_TYPE string = appIdentityType
+output CMK_APP_PRINCIPAL_ID string = appPrincipalId
+output CMK_APP_CLIENT_ID string = userAssigned ? identity.outputs.clientId : ''
 output CMK_ALERT_TOPIC_ENDPOINT string = alerting.outputs.topicEndpoint
 output EVENT_STORAGE_ACCOUNT_ID string = storage.outputs.id
 output EVENT_DEAD_LETTER_CONTAINER string = deadLetterContainerName
-output EVENT_VAULTS array = [for (v, i) in vaults: {
-  subscriptionId: v.subscriptionId
-  resourceGroup: v.resourceGroup
-  systemTopicName: vaultTopics[i].outputs.name
-}]
+output EVENT_VAULTS array = vaultSides

@@ -17,13 +17,6 @@ param alertEmailAddress string = ''
 @description('Webhook the action group calls; empty for none.')
 param alertWebhookUrl string = ''
 
-@allowed([
-  'CloudEventSchemaV1_0'
-  'EventGridSchema'
-])
-@description('Schema of the alerts the app publishes to the custom topic.')
-param alertTopicInputSchema string = 'CloudEventSchemaV1_0'
-
 // Every cmk_alert_type the app logs, grouped by how urgent it is. Each rule splits on the
 // type (a dimension), and alerts are stateful (autoMitigate): one alert per type until the
 // condition clears, not one per evaluation.
@@ -31,11 +24,12 @@ var logAlertRules = [
   {
     name: 'update-failed'
     severity: 1
-    description: 'An account could not be moved to a new key version (PATCH or verify failed), a new version failed validation, or a Key Vault event could not be handled (the app may not read the key, or it is gone).'
+    description: 'An account could not be moved to a new key version (PATCH or verify failed), a new version failed validation, a Key Vault event could not be handled, or a key could not be read (the app may not read it, or it is gone).'
     alertTypes: [
       'account_update_failed'
       'version_rejected'
       'event_failed'
+      'key_unreadable'
     ]
   }
   {
@@ -70,7 +64,9 @@ resource alertTopic 'Microsoft.EventGrid/topics@2025-02-15' = {
     type: 'SystemAssigned'
   }
   properties: {
-    inputSchema: alertTopicInputSchema
+    // The app publishes CloudEvents 1.0 only (cmk/adapters/alerts.py); a topic on another
+    // schema would reject every alert.
+    inputSchema: 'CloudEventSchemaV1_0'
     disableLocalAuth: true
     publicNetworkAccess: 'Enabled'
     minimumTlsVersionAllowed: '1.2'
@@ -101,7 +97,7 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   }
 }
 
-resource logAlerts 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in logAlertRules: {
+resource logAlerts 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = [for rule in logAlertRules: {
   name: '${rulePrefix}-${rule.name}'
   location: location
   tags: tags
@@ -151,7 +147,7 @@ resource logAlerts 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' =
 // on the queue's own resource logs (StorageQueueLogs): the storage metric QueueMessageCount is
 // account-wide (no per-queue dimension, the job queue's backlog would trip it) and hourly,
 // and a rule on the on_poison function's own logs stays silent when the app is down.
-resource poisonQueueAlert 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = {
+resource poisonQueueAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
   name: '${rulePrefix}-poison-queue'
   location: location
   tags: tags

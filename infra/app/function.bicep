@@ -1,7 +1,9 @@
-// The Function app on the Flex Consumption plan: Python 3.11, HTTPS only, TLS 1.2, FTPS off,
-// system-assigned identity. AzureWebJobsStorage is identity-based (account name and service
-// URIs, no key), the deployment package is read with the same identity, and every CMK_*
-// setting comes from main.bicep's parameters through cmkSettings.
+// The Function app on the Flex Consumption plan: Python 3.11, HTTPS only, TLS 1.2, FTPS off.
+// Its identity is the user-assigned one from identity.bicep (created and granted before the
+// app, as in the Azure-Samples Flex templates) or, with identityType 'SystemAssigned', its own.
+// AzureWebJobsStorage is identity-based (account name and service URIs, no key), the
+// deployment package and App Insights use the same identity, and every CMK_* setting comes
+// from main.bicep's parameters through cmkSettings.
 param location string
 param tags object = {}
 param name string
@@ -11,6 +13,19 @@ param deploymentContainerName string
 param applicationInsightsName string
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
+
+@allowed([
+  'UserAssigned'
+  'SystemAssigned'
+])
+@description('UserAssigned: the app runs as identityId (granted before the app exists). SystemAssigned: its own identity.')
+param identityType string = 'UserAssigned'
+
+@description('Resource id of the user-assigned identity (identity.bicep); used when identityType is UserAssigned.')
+param identityId string
+
+@description('Client id of the user-assigned identity; used when identityType is UserAssigned.')
+param identityClientId string
 
 @description('The CMK_* app settings, built in main.bicep from its parameters.')
 param cmkSettings object
@@ -28,6 +43,23 @@ var cmkAppSettings = [for setting in items(cmkSettings): {
   name: setting.key
   value: setting.value
 }]
+
+var userAssigned = identityType == 'UserAssigned'
+
+// With a user-assigned identity every client must be told which identity to use: the
+// Functions host's storage connection (AzureWebJobsStorage__clientId), the app's own
+// DefaultAzureCredential (AZURE_CLIENT_ID; with only that variable set, EnvironmentCredential
+// stays out of the way and ManagedIdentityCredential picks this client id), and App Insights.
+var identitySettings = userAssigned ? [
+  {
+    name: 'AzureWebJobsStorage__clientId'
+    value: identityClientId
+  }
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: identityClientId
+  }
+] : []
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: Flex Consumption zone redundancy is offered in a subset of regions only; enable zoneRedundant on the plan where the region supports it.
@@ -49,13 +81,20 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17: Event Grid and the queue/timer triggers present no client certificate; HTTP endpoints are function-key protected and HTTPS only.
   // checkov:skip=CKV_AZURE_212: Flex Consumption scales per trigger from zero; there is no fixed instance count to set.
   // checkov:skip=CKV_AZURE_213: Flex Consumption has no health-check path; the app serves triggers, not a web front end.
+  // checkov:skip=CKV_AZURE_71: the identity is `identityType == 'UserAssigned' ? UserAssigned : SystemAssigned`, which checkov cannot evaluate; both branches are a managed identity (tests/infra assert them).
+  // checkov:skip=CKV_AZURE_16: same conditional identity as CKV_AZURE_71; the app is a managed-identity client, HTTP endpoints take function keys.
   name: name
   location: location
   tags: union(tags, {
     'azd-service-name': 'cmk'
   })
   kind: 'functionapp,linux'
-  identity: {
+  identity: userAssigned ? {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  } : {
     type: 'SystemAssigned'
   }
   properties: {
@@ -71,7 +110,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       remoteDebuggingEnabled: false
       // Identity-based AzureWebJobsStorage: account name plus explicit service URIs (they carry
       // the cloud's DNS suffix, which matters in sovereign clouds). No key, no connection string.
-      appSettings: concat(cmkAppSettings, [
+      appSettings: concat(cmkAppSettings, identitySettings, [
         {
           name: 'AzureWebJobsStorage__accountName'
           value: storageAccount.name
@@ -98,7 +137,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         }
         {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
-          value: 'Authorization=AAD'
+          value: userAssigned ? 'ClientId=${identityClientId};Authorization=AAD' : 'Authorization=AAD'
         }
       ])
     }
@@ -107,7 +146,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
         storage: {
           type: 'blobContainer'
           value: '${storageAccount.properties.primaryEndpoints.blob}${deploymentContainerName}'
-          authentication: {
+          authentication: userAssigned ? {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          } : {
             type: 'SystemAssignedIdentity'
           }
         }
@@ -143,5 +185,7 @@ resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@20
 
 output name string = functionApp.name
 output id string = functionApp.id
-output principalId string = functionApp.identity.principalId
+// The app's own principal when it runs as its system-assigned identity; empty otherwise
+// (main.bicep then grants the user-assigned identity).
+output systemAssignedPrincipalId string = userAssigned ? '' : functionApp.identity.principalId
 output defaultHostName string = functionApp.properties.defaultHostName

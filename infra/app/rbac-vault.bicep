@@ -1,4 +1,4 @@
-// Role assignment on one Key Vault, deployed in the vault's resource group (main.bicep scopes
+// Role assignment on one Key Vault, deployed in the vault's resource group (vaults.bicep scopes
 // this module there). The custom role carries only the key data actions the app uses; it is
 // defined per resource group and assignable there only. The vault must use the Azure RBAC
 // permission model; docs/deployment.md gives the access-policy equivalent.

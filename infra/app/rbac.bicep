@@ -1,32 +1,24 @@
-// Role assignments in the app's own resource group. Every assignment is named
+// The app's role assignments in its own resource group. Every assignment is named
 // guid(scope, principal, role) so a redeploy finds it again (idempotent), and says why it is
 // needed. The grants on the managed subscriptions are in rbac-subscription.bicep, those on the
-// vaults in rbac-vault.bicep: Bicep reaches another scope only through a module.
+// vaults in rbac-vault.bicep and the system topics' dead-letter grant in rbac-dead-letter.bicep
+// (both deployed by vaults.bicep): Bicep reaches another scope only through a module.
 param appPrincipalId string
 param storageAccountName string
-param deadLetterContainerName string
 param alertTopicName string
 param applicationInsightsName string
-
-@description('Principal ids of the Event Grid system topics of the vaults; they write dead letters.')
-param systemTopicPrincipalIds array = []
 
 // Built-in role definition ids (the same in every cloud).
 var roles = {
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
-}
-
-resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
-  name: '${storageAccountName}/default/${deadLetterContainerName}'
 }
 
 resource alertTopic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
@@ -97,15 +89,3 @@ resource appTelemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-
     principalType: 'ServicePrincipal'
   }
 }
-
-// Why: each vault's system topic dead-letters undeliverable events with its own identity
-// (deadLetterWithResourceIdentity). Blob data write on the dead-letter container only.
-resource topicDeadLetterWriters 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in systemTopicPrincipalIds: {
-  name: guid(deadLetterContainer.id, principalId, roles.storageBlobDataContributor)
-  scope: deadLetterContainer
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-  }
-}]

@@ -128,18 +128,15 @@ resource ledgerTable 'Microsoft.Storage/storageAccounts/tableServices/tables@202
   name: ledgerTableName
 }
 
-// Queue resource logs feed the poison-queue alert (alerting.bicep) and answer "who touched
-// the job queue"; read, write and delete are all logged.
+// Queue resource logs feed the poison-queue alert (alerting.bicep, on PutMessage) and answer
+// "who added or removed job messages". Writes and deletes only: StorageRead (every GetMessages
+// poll of every instance) is the bulk of the volume and no alert or question needs it.
 resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'queue-logs'
   scope: queueService
   properties: {
     workspaceId: logAnalyticsWorkspaceId
     logs: [
-      {
-        category: 'StorageRead'
-        enabled: true
-      }
       {
         category: 'StorageWrite'
         enabled: true

@@ -1,8 +1,9 @@
-# azd postdeploy hook (Windows): step 2 of the deployment, as postdeploy.sh. The functions now
-# exist, so Event Grid can validate them: subscribe them to each vault's system topic.
+# azd postdeploy hook (Windows): step 3 of the deployment, as postdeploy.sh. Waits (bounded)
+# until the app lists its event functions, since Event Grid validates an AzureFunction endpoint
+# when a subscription is created, then subscribes them to each vault's system topic.
 $ErrorActionPreference = 'Stop'
 
-foreach ($name in 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_FUNCTION_APP_ID', 'EVENT_STORAGE_ACCOUNT_ID', 'EVENT_DEAD_LETTER_CONTAINER') {
+foreach ($name in 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_RESOURCE_GROUP', 'AZURE_FUNCTION_APP_NAME', 'AZURE_FUNCTION_APP_ID', 'EVENT_STORAGE_ACCOUNT_ID', 'EVENT_DEAD_LETTER_CONTAINER') {
     if (-not (Get-Item "env:$name" -ErrorAction SilentlyContinue)) {
         throw "postdeploy: $name is not set; run through azd, or set the outputs of main.bicep"
     }
@@ -12,6 +13,24 @@ if ($vaults.Count -eq 0) {
     Write-Host 'postdeploy: no vaults configured (CMK_VAULTS); no event subscriptions to create.'
     exit 0
 }
+
+$attempts = if ($env:CMK_FUNCTIONS_WAIT_ATTEMPTS) { [int]$env:CMK_FUNCTIONS_WAIT_ATTEMPTS } else { 40 }
+$interval = if ($env:CMK_FUNCTIONS_WAIT_SECONDS) { [int]$env:CMK_FUNCTIONS_WAIT_SECONDS } else { 15 }
+$functions = @('on_key_new_version', 'on_key_near_expiry', 'on_key_expired')
+for ($attempt = 1; ; $attempt++) {
+    $list = @('functionapp', 'function', 'list', '--resource-group', $env:AZURE_RESOURCE_GROUP,
+        '--name', $env:AZURE_FUNCTION_APP_NAME, '--query', '[].name', '--output', 'tsv')
+    if ($env:AZURE_SUBSCRIPTION_ID) { $list += @('--subscription', $env:AZURE_SUBSCRIPTION_ID) }
+    $listed = @(az @list 2>$null | ForEach-Object { ($_ -split '/')[-1] })
+    $missing = @($functions | Where-Object { $listed -notcontains $_ })
+    if ($missing.Count -eq 0) { break }
+    if ($attempt -ge $attempts) {
+        throw "postdeploy: after $attempts attempts the app still does not list: $($missing -join ', '); rerun 'azd hooks run postdeploy' once it does"
+    }
+    Write-Host "postdeploy: waiting for the functions to be listed (missing: $($missing -join ', '); attempt $attempt/$attempts)"
+    Start-Sleep -Seconds $interval
+}
+Write-Host "postdeploy: functions listed: $($functions -join ', ')"
 
 $parameters = @{
     '$schema'      = 'https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#'

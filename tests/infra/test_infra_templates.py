@@ -11,7 +11,7 @@ import json
 import re
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pycep import BicepParser
@@ -28,13 +28,16 @@ EXPECTED_FILES = {
     "app/alerting.bicep",
     "app/event-subscriptions.bicep",
     "app/function.bicep",
+    "app/identity.bicep",
     "app/monitoring.bicep",
     "app/rbac.bicep",
+    "app/rbac-dead-letter.bicep",
     "app/rbac-subscription.bicep",
     "app/rbac-vault.bicep",
     "app/storage.bicep",
     "app/vault-event-subscriptions.bicep",
     "app/vault-topic.bicep",
+    "app/vaults.bicep",
 }
 
 # The alert types the app raises (cmk.ports.AlertType): the log rules must cover them all.
@@ -43,27 +46,39 @@ ALERT_TYPES = {alert_type.value for alert_type in AlertType}
 # Every CMK_* setting the app reads (cmk.settings): the templates must wire them all.
 CMK_SETTINGS = {name for name in ENVIRONMENT_VARIABLES if name.startswith("CMK_")}
 
-# Built-in role definition ids.
-STORAGE_QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
-STORAGE_TABLE_DATA_CONTRIBUTOR = "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3"
-STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
-STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-EVENTGRID_DATA_SENDER = "d5a91429-5739-47e2-a06b-3470a27159e7"
-MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
-BROAD_ROLES = {
-    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
-    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
-    "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9": "User Access Administrator",
-    "00482a5a-887f-4fb3-b363-3b7fe8e74483": "Key Vault Administrator",
-    "14b46e9e-c2b7-41b4-b07b-48a6ebf60603": "Key Vault Crypto Officer",
-    "a001fd3d-188f-4b5d-821b-7da978bf7442": "Cognitive Services Contributor",
+# Built-in role ids and names, from the table in builtin_roles.json (which cites its source).
+BUILT_IN_ROLES: dict[str, str] = json.loads(
+    (Path(__file__).with_name("builtin_roles.json")).read_text(encoding="utf-8")
+)["roles"]
+ROLE_IDS = {name: role_id for role_id, name in BUILT_IN_ROLES.items()}
+
+# Roles the app and the system topics must never hold: they reach far beyond what it does.
+BROAD_ROLE_NAMES = (
+    "Owner",
+    "Contributor",
+    "User Access Administrator",
+    "Role Based Access Control Administrator",
+    "Key Vault Administrator",
+    "Key Vault Crypto Officer",
+    "Cognitive Services Contributor",
+    "Cognitive Services OpenAI Contributor",
+)
+
+# Each roles-table key of the rbac*.bicep files and the built-in role it must name.
+ROLE_KEYS = {
+    "storageQueueDataContributor": "Storage Queue Data Contributor",
+    "storageTableDataContributor": "Storage Table Data Contributor",
+    "storageBlobDataOwner": "Storage Blob Data Owner",
+    "storageBlobDataContributor": "Storage Blob Data Contributor",
+    "eventGridDataSender": "EventGrid Data Sender",
+    "monitoringMetricsPublisher": "Monitoring Metrics Publisher",
 }
 
 
 @cache
 def template(relative: str) -> dict[str, Any]:
     """The parsed template at infra/<relative>."""
-    parsed: dict[str, Any] = BicepParser().parse(file_path=INFRA / relative)
+    parsed: dict[str, Any] = cast(dict[str, Any], BicepParser().parse(file_path=INFRA / relative))
     return parsed
 
 
@@ -121,9 +136,17 @@ def app_setting_values() -> dict[str, Any]:
     concatenated = site["config"]["properties"]["siteConfig"]["appSettings"]["function"]
     assert concatenated["type"] == "concat"
     assert concatenated["parameters"]["arg_1"] == "cmkAppSettings"
-    for entry in concatenated["parameters"]["arg_2"]:
+    assert concatenated["parameters"]["arg_2"] == "identitySettings"
+    for entry in concatenated["parameters"]["arg_3"]:
         settings[entry["name"]] = entry["value"]
     return settings
+
+
+def branches(value: Any) -> tuple[Any, Any]:
+    """(true, false) values of a `cond ? a : b` expression."""
+    operands = value["operator"]["operands"]
+    assert value["operator"]["type"] == "conditional"
+    return operands["true_value"], operands["false_value"]
 
 
 class TestParsing:
@@ -296,17 +319,53 @@ class TestFunctionApp:
             assert parsed["resources"][name]["config"]["properties"]["allow"] is False
 
     def test_flex_consumption_python(self, parsed: dict[str, Any]) -> None:
-        """FC1 plan, Python 3.11 runtime, package read with the system identity."""
+        """FC1 plan, Python 3.11 runtime, package read with the app's identity."""
         plan = parsed["resources"]["plan"]["config"]
         assert plan["sku"] == {"name": "FC1", "tier": "FlexConsumption"}
         site = parsed["resources"]["functionApp"]["config"]
-        assert site["identity"] == {"type": "SystemAssigned"}
         assert site["kind"] == "functionapp,linux"
         config = site["properties"]["functionAppConfig"]
         assert config["runtime"] == {"name": "python", "version": "3.11"}
         storage = config["deployment"]["storage"]
         assert storage["type"] == "blobContainer"
-        assert storage["authentication"] == {"type": "SystemAssignedIdentity"}
+        assert branches(storage["authentication"]) == (
+            {"type": "UserAssignedIdentity", "userAssignedIdentityResourceId": "identityId"},
+            {"type": "SystemAssignedIdentity"},
+        )
+
+    def test_identity_user_assigned_by_default(self, parsed: dict[str, Any]) -> None:
+        """The app runs as the user-assigned identity unless identityType says SystemAssigned."""
+        site = parsed["resources"]["functionApp"]["config"]
+        user, system = branches(site["identity"])
+        assert user == {"type": "UserAssigned", "userAssignedIdentities": {"'${identityId}'": {}}}
+        assert system == {"type": "SystemAssigned"}
+        assert site["identity"]["operator"]["operands"]["condition"] == "userAssigned"
+        assert parsed["variables"]["userAssigned"]["value"] == {
+            "operator": {
+                "type": "equals",
+                "operands": {"operand_1": "identityType", "operand_2": "UserAssigned"},
+            }
+        }
+        main = template("main.bicep")
+        assert main["parameters"]["appIdentityType"]["default"] == "UserAssigned"
+        params = main["modules"]["functionApp"]["config"]["params"]
+        assert params["identityType"] == "appIdentityType"
+        assert render(params["identityId"]) == "identity.outputs.id"
+        assert render(params["identityClientId"]) == "identity.outputs.clientId"
+
+    def test_clients_told_which_identity(self, parsed: dict[str, Any]) -> None:
+        """With the user-assigned identity, the host, the SDK and App Insights get its client id."""
+        user, system = branches(parsed["variables"]["identitySettings"]["value"])
+        assert {entry["name"]: entry["value"] for entry in user} == {
+            "AzureWebJobsStorage__clientId": "identityClientId",
+            "AZURE_CLIENT_ID": "identityClientId",
+        }
+        assert system == []
+        auth = app_setting_values()["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+        assert branches(auth) == (
+            "ClientId=${identityClientId};Authorization=AAD",
+            "Authorization=AAD",
+        )
 
     def test_every_cmk_setting_wired_from_parameters(self) -> None:
         """Every CMK_* setting the app reads is set, each from a main.bicep parameter or output."""
@@ -329,6 +388,7 @@ class TestFunctionApp:
             "CMK_STALE_GRACE_HOURS": "staleGraceHours",
             "CMK_UPDATE_TIMEOUT_SECONDS": "updateTimeoutSeconds",
             "CMK_MAX_CONCURRENCY": "maxConcurrency",
+            "CMK_ROTATE_COOLDOWN_MINUTES": "rotateCooldownMinutes",
         }
         for name, source in expected_sources.items():
             assert source in render(settings[name]), name
@@ -350,6 +410,7 @@ class TestFunctionApp:
         assert params["staleGraceHours"]["default"] == 24
         assert params["updateTimeoutSeconds"]["default"] == 120
         assert params["maxConcurrency"]["default"] == 32
+        assert params["rotateCooldownMinutes"]["default"] == 10
         allowed = next(
             d["argument"] for d in params["azureCloud"]["decorators"] if d["type"] == "allowed"
         )
@@ -364,7 +425,7 @@ class TestFunctionApp:
         for service in ("blob", "queue", "table"):
             value = render(settings[f"AzureWebJobsStorage__{service}ServiceUri"])
             assert value == f"storageAccount.properties.primaryEndpoints.{service}"
-        assert settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
+        assert "Authorization=AAD" in render(settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"])
 
     def test_no_secret_in_app_settings(self) -> None:
         """No app setting holds a key, SAS, connection string with a key, or list*() call."""
@@ -411,11 +472,12 @@ class TestStorage:
         assert resources["deadLetterContainer"]["config"]["name"] == "deadLetterContainerName"
 
     def test_queue_logs_to_workspace(self, parsed: dict[str, Any]) -> None:
-        """Queue write logs reach Log Analytics (the poison-queue alert reads them)."""
+        """Queue write and delete logs reach Log Analytics (the poison-queue alert reads the
+        writes); StorageRead, every poll of every instance, is not collected."""
         diagnostics = parsed["resources"]["queueDiagnostics"]["config"]
         assert diagnostics["scope"] == "queueService"
         categories = {log["category"] for log in diagnostics["properties"]["logs"]}
-        assert "StorageWrite" in categories
+        assert categories == {"StorageWrite", "StorageDelete"}
 
 
 class TestRoleAssignments:
@@ -430,7 +492,7 @@ class TestRoleAssignments:
             "applicationInsights",
             "monitoringMetricsPublisher",
         ),
-        ("app/rbac.bicep", "topicDeadLetterWriters"): (
+        ("app/rbac-dead-letter.bicep", "topicDeadLetterWriters"): (
             "deadLetterContainer",
             "storageBlobDataContributor",
         ),
@@ -453,16 +515,33 @@ class TestRoleAssignments:
             assert role in found[key][1], key
 
     def test_built_in_role_ids(self) -> None:
-        """The role table in rbac.bicep maps each name to the right built-in id."""
-        roles = template("app/rbac.bicep")["variables"]["roles"]["value"]
-        assert roles == {
-            "storageQueueDataContributor": STORAGE_QUEUE_DATA_CONTRIBUTOR,
-            "storageTableDataContributor": STORAGE_TABLE_DATA_CONTRIBUTOR,
-            "storageBlobDataOwner": STORAGE_BLOB_DATA_OWNER,
-            "storageBlobDataContributor": STORAGE_BLOB_DATA_CONTRIBUTOR,
-            "eventGridDataSender": EVENTGRID_DATA_SENDER,
-            "monitoringMetricsPublisher": MONITORING_METRICS_PUBLISHER,
+        """Every roles table in rbac*.bicep names each role by its id in the cited table."""
+        tables = {
+            relative: template(relative)["variables"]["roles"]["value"]
+            for relative in ("app/rbac.bicep", "app/rbac-dead-letter.bicep")
         }
+        assert set(tables["app/rbac.bicep"]) == set(ROLE_KEYS) - {"storageBlobDataContributor"}
+        assert set(tables["app/rbac-dead-letter.bicep"]) == {"storageBlobDataContributor"}
+        for relative, roles in tables.items():
+            for key, role_id in roles.items():
+                assert BUILT_IN_ROLES.get(role_id) == ROLE_KEYS[key], f"{relative}: {key}"
+
+    def test_role_table_cites_its_source(self) -> None:
+        """The role table says where its ids come from and holds well-formed, distinct ids."""
+        document = json.loads(
+            (Path(__file__).with_name("builtin_roles.json")).read_text(encoding="utf-8")
+        )
+        assert (
+            "learn.microsoft.com/azure/role-based-access-control/built-in-roles"
+            in (document["source"])
+        )
+        uuid = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+        assert all(uuid.match(role_id) for role_id in BUILT_IN_ROLES)
+        assert len(set(BUILT_IN_ROLES.values())) == len(BUILT_IN_ROLES)
+        assert ROLE_IDS["Cognitive Services Contributor"] == "25fbc0a9-bd7c-42a3-aa1a-3b75d497ee68"
+        assert ROLE_IDS["Cognitive Services OpenAI Contributor"] == (
+            "a001fd3d-188f-4b5d-821b-7da978bf7442"
+        )
 
     def test_names_are_guid_of_scope_principal_role(self) -> None:
         """Each assignment is named guid(scope id, principal, role): stable across redeploys."""
@@ -531,22 +610,83 @@ class TestRoleAssignments:
             source = text(relative)
             if "rbac" in relative:
                 assert not re.search(r"'[^'\n]*\*[^'\n]*'", source), relative
-            for role_id, role_name in BROAD_ROLES.items():
-                assert role_id not in source, f"{relative} uses {role_name}"
+            for role_name in BROAD_ROLE_NAMES:
+                assert ROLE_IDS[role_name] not in source.lower(), f"{relative} uses {role_name}"
 
     def test_cross_scope_modules(self) -> None:
-        """Vault grants and topics go to the vault's RG, account grants to each subscription."""
-        modules = template("main.bicep")["modules"]
+        """Vault grants and topics go to the vault's RG (in vaults.bicep), account grants to
+        each subscription, app grants to the app's RG before the app when user-assigned."""
+        modules = template("app/vaults.bicep")["modules"]
         vault_scope = "resource_group(v.resourceGroup, v.subscriptionId)"
         assert render(body(modules["vaultTopics"])["scope"]) == vault_scope
         assert render(body(modules["rbacVaults"])["scope"]) == vault_scope
-        assert render(body(modules["rbacSubscriptions"])["scope"]) == "subscription(s)"
-        assert modules["rbacSubscriptions"]["config"]["loop_type"]["detail"]["array_name"] == (
+        assert render(body(modules["deadLetterWriters"])["scope"]) == (
+            "resource_group(appResourceGroup)"
+        )
+        principal_ids = body(modules["deadLetterWriters"])["params"]["systemTopicPrincipalIds"]
+        assert "vaultTopics" in render(principal_ids)
+        main = template("main.bicep")["modules"]
+        assert render(body(main["rbacSubscriptions"])["scope"]) == "subscription(s)"
+        assert main["rbacSubscriptions"]["config"]["loop_type"]["detail"]["array_name"] == (
             "managedSubscriptions"
         )
-        assert render(body(modules["rbac"])["scope"]) == "rg"
-        principal_ids = body(modules["rbac"])["params"]["systemTopicPrincipalIds"]
-        assert "vaultTopics" in render(principal_ids)
+        for name in ("rbacBeforeApp", "rbacAfterApp"):
+            assert render(body(main[name])["scope"]) == "rg"
+            assert main[name]["detail"]["path"] == "./app/rbac.bicep"
+        assert render(body(main["rbacBeforeApp"])["params"]["appPrincipalId"]) == (
+            "identity.outputs.principalId"
+        )
+        assert render(body(main["rbacAfterApp"])["params"]["appPrincipalId"]) == (
+            "functionApp.outputs.systemAssignedPrincipalId"
+        )
+        assert main["functionApp"]["config"]["dependsOn"] == ["rbacBeforeApp"]
+
+    def test_exactly_one_app_grant_module_deploys(self) -> None:
+        """rbacBeforeApp loops once with the user-assigned identity, rbacAfterApp otherwise."""
+        main = template("main.bicep")["modules"]
+        counts = {}
+        for name in ("rbacBeforeApp", "rbacAfterApp"):
+            array = main[name]["config"]["loop_type"]["detail"]["array_name"]["function"]
+            assert array["type"] == "range"
+            counts[name] = branches(array["parameters"]["count"])
+        assert counts == {"rbacBeforeApp": (1, 0), "rbacAfterApp": (0, 1)}
+
+
+class TestAzdDownSafety:
+    """`azd down` deletes every resource group its deployment touched: never a vault's."""
+
+    def test_main_deploys_only_to_its_group_and_subscriptions(self) -> None:
+        """Every module of main.bicep targets the app's group or a subscription, nothing else."""
+        main = template("main.bicep")
+        for name, module in main["modules"].items():
+            scope = render(body(module)["scope"])
+            assert scope in {"rg", "subscription(s)"}, f"{name} deploys to {scope}"
+        assert "resourceGroup(" not in text("main.bicep").replace("resourceGroupName", "")
+
+    def test_modules_of_main_stay_in_their_scope(self) -> None:
+        """The modules main.bicep uses reach no other scope themselves."""
+        used = {module["detail"]["path"] for module in template("main.bicep")["modules"].values()}
+        for path in used:
+            relative = path.removeprefix("./")
+            assert not template(relative).get("modules"), relative
+            assert "resourceGroup(" not in text(relative), relative
+
+    def test_vault_side_is_its_own_deployment(self) -> None:
+        """The vault side is deployed by the postprovision hook, under a name of its own."""
+        azure_yaml = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+        assert "postprovision:" in azure_yaml
+        assert "./infra/hooks/postprovision.sh" in azure_yaml
+        assert "./infra/hooks/postprovision.ps1" in azure_yaml
+        for hook in ("postprovision.sh", "postprovision.ps1"):
+            source = (INFRA / "hooks" / hook).read_text(encoding="utf-8")
+            assert "app/vaults.bicep" in source
+            assert "cmk-vaults-" in source
+        vaults = template("app/vaults.bicep")
+        assert vaults["globals"]["scope"]["value"] == "subscription"
+        outputs = template("main.bicep")["outputs"]
+        for name in ("CMK_APP_PRINCIPAL_ID", "EVENT_VAULTS", "AZURE_RESOURCE_GROUP"):
+            assert name in outputs
+        assert set(vaults["parameters"]) >= {"appPrincipalId", "vaults", "appResourceGroup"}
 
 
 class TestAlerting:
@@ -555,6 +695,14 @@ class TestAlerting:
     @pytest.fixture
     def parsed(self) -> dict[str, Any]:
         return template("app/alerting.bicep")
+
+    def test_alert_topic_takes_cloud_events_only(self, parsed: dict[str, Any]) -> None:
+        """The app publishes CloudEvents 1.0 only: the schema is fixed, not a parameter."""
+        properties = parsed["resources"]["alertTopic"]["config"]["properties"]
+        assert properties["inputSchema"] == "CloudEventSchemaV1_0"
+        assert "alertTopicInputSchema" not in parsed["parameters"]
+        assert "alertTopicInputSchema" not in template("main.bicep")["parameters"]
+        assert "EventGridSchema" not in text("app/alerting.bicep")
 
     def test_alert_topic_entra_only(self, parsed: dict[str, Any]) -> None:
         """The custom topic takes Entra ID only (local auth off) over TLS 1.2."""

@@ -1,0 +1,49 @@
+# azd postprovision hook (Windows): step 2 of the deployment, as postprovision.sh. Deploys the
+# vault side (infra/app/vaults.bicep) as a deployment of its own, so that `azd down` never
+# deletes a vault's resource group.
+$ErrorActionPreference = 'Stop'
+
+foreach ($name in 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_RESOURCE_GROUP', 'AZURE_STORAGE_ACCOUNT_NAME', 'CMK_APP_PRINCIPAL_ID', 'EVENT_DEAD_LETTER_CONTAINER') {
+    if (-not (Get-Item "env:$name" -ErrorAction SilentlyContinue)) {
+        throw "postprovision: $name is not set; run through azd, or set the outputs of main.bicep"
+    }
+}
+$vaults = if ($env:EVENT_VAULTS) { $env:EVENT_VAULTS | ConvertFrom-Json -NoEnumerate } else { @() }
+if ($vaults.Count -eq 0) {
+    Write-Host 'postprovision: no vaults configured (CMK_VAULTS); no vault-side resources to deploy.'
+    exit 0
+}
+
+$parameters = @{
+    '$schema'      = 'https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#'
+    contentVersion = '1.0.0.0'
+    parameters     = @{
+        environmentName         = @{ value = $env:AZURE_ENV_NAME }
+        appPrincipalId          = @{ value = $env:CMK_APP_PRINCIPAL_ID }
+        appResourceGroup        = @{ value = $env:AZURE_RESOURCE_GROUP }
+        storageAccountName      = @{ value = $env:AZURE_STORAGE_ACCOUNT_NAME }
+        deadLetterContainerName = @{ value = $env:EVENT_DEAD_LETTER_CONTAINER }
+        tags                    = @{ value = @{ 'azd-env-name' = $env:AZURE_ENV_NAME } }
+        vaults                  = @{ value = $vaults }
+    }
+}
+$file = New-TemporaryFile
+try {
+    $parameters | ConvertTo-Json -Depth 10 | Set-Content -Path $file -Encoding utf8
+    $arguments = @(
+        'deployment', 'sub', 'create',
+        '--name', "cmk-vaults-$($env:AZURE_ENV_NAME)",
+        '--location', $env:AZURE_LOCATION,
+        '--template-file', (Join-Path $PSScriptRoot '../app/vaults.bicep'),
+        '--parameters', "@$file",
+        '--output', 'none'
+    )
+    if ($env:AZURE_SUBSCRIPTION_ID) { $arguments += @('--subscription', $env:AZURE_SUBSCRIPTION_ID) }
+    Write-Host "postprovision: deploying the vault side (system topics, key roles) outside azd's deployment"
+    az @arguments
+    if ($LASTEXITCODE -ne 0) { throw "postprovision: az deployment sub create failed ($LASTEXITCODE)" }
+    Write-Host 'postprovision: vault side in place'
+}
+finally {
+    Remove-Item $file -ErrorAction SilentlyContinue
+}
