@@ -134,7 +134,7 @@ class TestQueueTrigger:
         for n in range(14):
             await jobs.send_message(f"slow-{n}")
         async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
-            await host.wait_for(lambda: host.invocations["on_job"] == 14, within=15)
+            await host.wait_for(lambda: host.invocations["on_job"] == 14, within=120)
         overlap = _max_overlap(host.invocations_of("on_job"))
         assert 1 < overlap <= 6
         assert sorted(r["body"] for r in _received(host, "on_job")) == sorted(
@@ -148,7 +148,7 @@ class TestQueueTrigger:
         async with FunctionsHost(
             SAMPLE_APP, settings=settings, serve_http=False, instances=2
         ) as host:
-            await host.wait_for(lambda: host.invocations["on_job"] == 16, within=15)
+            await host.wait_for(lambda: host.invocations["on_job"] == 16, within=120)
         invocations = host.invocations_of("on_job")
         assert {i.instance for i in invocations} == {0, 1}
         assert len({r["id"] for r in _received(host, "on_job")}) == 16

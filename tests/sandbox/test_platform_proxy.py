@@ -177,6 +177,7 @@ class TestClientDisconnect:
     def test_a_client_gone_mid_request_is_one_line(self, sandbox: Sandbox, caplog, abort):
         """A client that disconnects while its upload is read makes the sandbox log one
         INFO line naming the request, and no traceback."""
+
         def upload_app(ctx: ServiceContext) -> web.Application:
             async def upload(request: web.Request) -> web.Response:
                 await request.read()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -112,15 +111,14 @@ class TestSeeding:
         assert world.key_access(uai.principal.object_id, vault, "k", "unwrapKey")
         assert len(world.role_assignments) == 1  # one grant for the shared identity
 
-    def test_ten_thousand_accounts_seed_fast(self):
-        """10,000 templated accounts seed in well under 5 s."""
+    def test_ten_thousand_accounts_seed(self):
+        """10,000 templated accounts seed, each with its own name (how fast: a benchmark,
+        bench/sandbox_startup.py, not a timed test)."""
         document = _small()
         document["accounts"][0]["count"] = 10_000
-        started = time.monotonic()
         seeded = build_world(load(document))
-        elapsed = time.monotonic() - started
         assert len(seeded.world.accounts) == 10_000
-        assert elapsed < 5, elapsed
+        assert len({a.name for a in seeded.world.accounts.values()}) == 10_000
 
     def test_seed_into_sandbox_serves_the_world(self, sandbox: Sandbox):
         """Sandbox.seed builds the example world; its keys are readable with KeyClient."""
