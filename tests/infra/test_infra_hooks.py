@@ -1,0 +1,178 @@
+"""The azd hooks under infra/hooks/, run for real by `sh` with an `az` that records its calls.
+
+The Azure CLI cannot reach Azure here, so a small `az` script on PATH stands in for it: it
+appends each call to a log and answers `functionapp function list` from a scripted sequence
+(nothing listed for the first N calls, then the functions). The hooks themselves run
+unmodified; the wait between polls is set to 0 s through the hooks' own setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = ROOT / "infra" / "hooks"
+FUNCTIONS = ("on_key_new_version", "on_key_near_expiry", "on_key_expired")
+APP = "func-cmk-abc"
+APP_ID = f"/subscriptions/s/resourceGroups/rg-cmk/providers/Microsoft.Web/sites/{APP}"
+VAULTS = [
+    {
+        "name": "kv1",
+        "subscriptionId": "s",
+        "resourceGroup": "rg-keys",
+        "location": "westeurope",
+        "systemTopicName": "egst-kv1",
+    }
+]
+
+# Answers `functionapp function list` with nothing for the first $AZ_EMPTY_LISTS calls and
+# with $AZ_LISTED after; copies each --parameters file next to the log.
+FAKE_AZ = """#!/bin/sh
+log="$AZ_LOG"
+printf '%s\\n' "$*" >> "$log"
+case "$*" in
+  "functionapp function list"*)
+    n=$(grep -c '^functionapp function list' "$log")
+    if [ "$n" -gt "$AZ_EMPTY_LISTS" ]; then printf '%s\\n' $AZ_LISTED; fi
+    ;;
+  "deployment sub create"*)
+    while [ $# -gt 0 ]; do
+      if [ "$1" = "--parameters" ]; then cp "${2#@}" "$log.params.$(date +%s%N)"; fi
+      shift
+    done
+    ;;
+esac
+exit 0
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
+
+
+def run_hook(
+    tmp_path: Path, hook: str, *, empty_lists: int = 0, attempts: int = 5, listed: str = ""
+) -> tuple[subprocess.CompletedProcess[str], list[str], list[dict[str, Any]]]:
+    """Run infra/hooks/<hook> with the recording az; (result, az calls, parameter files)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    az = bin_dir / "az"
+    az.write_text(FAKE_AZ, encoding="utf-8")
+    az.chmod(az.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "az.log"
+    environment = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "AZ_LOG": str(log),
+        "AZ_EMPTY_LISTS": str(empty_lists),
+        "AZ_LISTED": listed or " ".join(f"{APP}/{name}" for name in FUNCTIONS),
+        "AZURE_ENV_NAME": "cmk-test",
+        "AZURE_LOCATION": "westeurope",
+        "AZURE_RESOURCE_GROUP": "rg-cmk",
+        "AZURE_FUNCTION_APP_NAME": APP,
+        "AZURE_FUNCTION_APP_ID": APP_ID,
+        "AZURE_STORAGE_ACCOUNT_NAME": "stcmk",
+        "CMK_APP_PRINCIPAL_ID": "00000000-0000-0000-0000-0000000000aa",
+        "EVENT_STORAGE_ACCOUNT_ID": "/subscriptions/s/.../stcmk",
+        "EVENT_DEAD_LETTER_CONTAINER": "eventgrid-deadletter",
+        "EVENT_VAULTS": json.dumps(VAULTS),
+        "CMK_FUNCTIONS_WAIT_ATTEMPTS": str(attempts),
+        "CMK_FUNCTIONS_WAIT_SECONDS": "0",
+    }
+    result = subprocess.run(
+        ["sh", str(HOOKS / hook)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    calls = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    params = [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(tmp_path.glob("az.log.params.*"))
+    ]
+    return result, calls, params
+
+
+class TestPostdeploy:
+    """postdeploy waits, bounded, for the functions before subscribing them."""
+
+    def test_waits_until_listed_then_subscribes(self, tmp_path: Path) -> None:
+        """Two empty listings, then the functions: three polls, then one deployment."""
+        result, calls, params = run_hook(tmp_path, "postdeploy.sh", empty_lists=2)
+        assert result.returncode == 0, result.stderr
+        lists = [call for call in calls if call.startswith("functionapp function list")]
+        assert len(lists) == 3
+        assert "--resource-group rg-cmk --name func-cmk-abc" in lists[0]
+        deployments = [call for call in calls if call.startswith("deployment sub create")]
+        assert len(deployments) == 1
+        assert calls[-1] == deployments[0]
+        assert "--name cmk-event-subscriptions-cmk-test" in deployments[0]
+        assert "app/event-subscriptions.bicep" in deployments[0]
+        assert params[0]["parameters"]["vaults"] == {"value": VAULTS}
+        assert params[0]["parameters"]["functionAppId"] == {"value": APP_ID}
+
+    def test_gives_up_after_the_bound(self, tmp_path: Path) -> None:
+        """Never listed: exit 1 after exactly the allowed attempts, no subscription created."""
+        result, calls, _ = run_hook(tmp_path, "postdeploy.sh", empty_lists=99, attempts=4)
+        assert result.returncode == 1
+        assert len(calls) == 4
+        assert not any(call.startswith("deployment") for call in calls)
+        assert "on_key_new_version" in result.stderr
+        assert "azd hooks run postdeploy" in result.stderr
+
+    def test_partial_listing_keeps_waiting(self, tmp_path: Path) -> None:
+        """Two of three functions listed is not enough: the missing one is named."""
+        partial = f"{APP}/on_key_new_version {APP}/on_key_expired"
+        result, calls, _ = run_hook(tmp_path, "postdeploy.sh", attempts=2, listed=partial)
+        assert result.returncode == 1
+        assert "on_key_near_expiry" in result.stderr
+        assert not any(call.startswith("deployment") for call in calls)
+
+
+class TestPostprovision:
+    """postprovision deploys the vault side as a deployment of its own."""
+
+    def test_deploys_vaults_bicep(self, tmp_path: Path) -> None:
+        """One subscription deployment of app/vaults.bicep named after the environment."""
+        result, calls, params = run_hook(tmp_path, "postprovision.sh")
+        assert result.returncode == 0, result.stderr
+        assert len(calls) == 1
+        assert calls[0].startswith("deployment sub create")
+        assert "--name cmk-vaults-cmk-test" in calls[0]
+        assert "app/vaults.bicep" in calls[0]
+        values = {name: entry["value"] for name, entry in params[0]["parameters"].items()}
+        assert values["appPrincipalId"] == "00000000-0000-0000-0000-0000000000aa"
+        assert values["appResourceGroup"] == "rg-cmk"
+        assert values["vaults"] == VAULTS
+        assert values["tags"] == {"azd-env-name": "cmk-test"}
+
+    def test_no_vaults_no_deployment(self, tmp_path: Path) -> None:
+        """Without vaults the hook says so and calls nothing."""
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        result = subprocess.run(
+            ["sh", str(HOOKS / "postprovision.sh")],
+            env={
+                "PATH": os.environ["PATH"],
+                "AZURE_ENV_NAME": "e",
+                "AZURE_LOCATION": "l",
+                "AZURE_RESOURCE_GROUP": "rg",
+                "AZURE_STORAGE_ACCOUNT_NAME": "st",
+                "CMK_APP_PRINCIPAL_ID": "p",
+                "EVENT_DEAD_LETTER_CONTAINER": "c",
+                "EVENT_VAULTS": "[]",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0
+        assert "no vaults configured" in result.stdout
