@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 MAX_CONNECT_HEADER = 16 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
+STOP_GRACE_SECONDS = 1.0
 SERVICE_KEY = web.RequestKey("cmk.sandbox.service", str)
 INNER_KEY = web.RequestKey("cmk.sandbox.inner", web.Request)
 
@@ -124,7 +125,11 @@ class SandboxServer:
             client_max_size=64 * 1024 * 1024,
         )
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Stopping cuts requests still in flight (a test's held reads, a client gone)
+        # rather than waiting aiohttp's default minute for them.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE_SECONDS
+        )
         await self._runner.setup()
 
         self._identity_runner = web.AppRunner(

@@ -19,6 +19,14 @@ def _others() -> set[asyncio.Task[object]]:
     return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
 
 
+async def _let_orphans_run(release: asyncio.Event) -> None:
+    """Release what only cancellation should end, then let any task left behind run to
+    its end (a few loop turns: nothing here waits on a timer)."""
+    release.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 class TestGatherBounded:
     async def test_results_in_order_never_more_than_limit_in_flight(self) -> None:
         """100 items of varying length come back in input order, at most 4 running at once."""
@@ -68,14 +76,21 @@ class TestGatherBounded:
         started: list[int] = []
         completed: list[int] = []
         cancelled: list[int] = []
+        siblings_running = asyncio.Event()  # 5 fails once items after it are in flight
+        never = asyncio.Event()  # items after 5 end by cancellation only
 
         async def item(index: int) -> int:
             started.append(index)
+            if len(started) == 9:  # 0-4 done and 5-8 in flight: the four workers are busy
+                siblings_running.set()
             try:
                 if index == 5:
-                    await asyncio.sleep(0.01)
+                    await siblings_running.wait()
                     raise Boom(index)
-                await asyncio.sleep(0.02 if index < 5 else 0.2)
+                if index < 5:
+                    await asyncio.sleep(0)
+                else:
+                    await never.wait()
             except asyncio.CancelledError:
                 cancelled.append(index)
                 raise
@@ -85,11 +100,11 @@ class TestGatherBounded:
         with pytest.raises(Boom):
             await gather_bounded(4, (item(i) for i in range(50)))
         done_at_error = list(completed)
-        await asyncio.sleep(0.3)  # an orphan would finish (and write) in this time
+        await _let_orphans_run(never)  # an orphan would now finish (and write)
 
         assert completed == done_at_error  # nothing completed after the error
         assert len(started) < 50  # the rest were never started
-        assert cancelled  # the siblings in flight were cancelled, not left running
+        assert sorted(cancelled) == [6, 7, 8]  # the siblings in flight were cancelled
         assert not _others()
 
     async def test_our_errors_keep_their_type_and_cause(self) -> None:
@@ -111,9 +126,10 @@ class TestTaskScope:
     async def test_body_failure_cancels_started_tasks(self) -> None:
         """An error in the scope's body cancels its tasks before propagating unwrapped."""
         finished: list[str] = []
+        never = asyncio.Event()
 
         async def slow() -> None:
-            await asyncio.sleep(0.2)
+            await never.wait()
             finished.append("slow")
 
         with pytest.raises(Boom):
@@ -121,7 +137,7 @@ class TestTaskScope:
                 group.create_task(slow())
                 await asyncio.sleep(0)
                 raise Boom("inventory failed")
-        await asyncio.sleep(0.3)
+        await _let_orphans_run(never)  # an orphan would now finish
 
         assert finished == []
         assert not _others()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -24,6 +25,18 @@ from cmk.usecases.keyview import KeyVersions
 from cmk.usecases.versions import key_versions
 
 GRAPH_PATH = "Microsoft.ResourceGraph/resources"
+#: A key read held this long outlasts whatever the test puts in front of it (its own
+#: cancellation, a failing Resource Graph page), even on a loaded machine.
+HOLD_SECONDS = 10.0
+#: Bounds a hang of a condition wait; decides nothing.
+HANG_SECONDS = 60.0
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + HANG_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.005)
 
 
 def _graph_posts(rig: Rig) -> int:
@@ -84,7 +97,8 @@ class TestFanOutScope:
         engine = rig.engine
         key = KeyId.from_parts(estate.kv.url, "cmk")
         view = await KeyVersions.load(engine.keys, key, engine.policy, engine.now())
-        faults.add(host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", latency=0.5)
+        # the chunk's read of the bound version is still out when the next page fails
+        faults.add(host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", latency=HOLD_SECONDS)
         inventory = ResourceGraphInventory(rig.services.inventory.client, page_size=300)
 
         def arm() -> None:
@@ -94,7 +108,6 @@ class TestFanOutScope:
 
         with pytest.raises(CmkError):
             await fan_out(failing, view, "event-1")
-        await asyncio.sleep(1.0)  # an orphaned chunk would enqueue in this time
 
         current = asyncio.current_task()
         assert [t for t in asyncio.all_tasks() if t is not current] == []
@@ -113,8 +126,11 @@ class TestCovering:
         engine = rig.engine
         key = KeyId.from_parts(estate.kv.url, "cmk")
         view = await KeyVersions.load(engine.keys, key, engine.policy, engine.now())
-        estate.sandbox.faults.add(
-            host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", latency=0.3
+        held = estate.sandbox.faults.add(  # only the first read, until it is cancelled
+            host="*.vault.azure.net",
+            path=f"/keys/cmk/{old.version}",
+            latency=HOLD_SECONDS,
+            count=1,
         )
         records = [
             await engine.accounts.get(AccountId.parse(a.resource_id)) for a in (first, second)
@@ -122,9 +138,10 @@ class TestCovering:
         bindings = [r.binding for r in records if r.binding is not None]
 
         cancelled = asyncio.create_task(view.covering(bindings[:1]))
-        await asyncio.sleep(0.05)  # the first call is now reading the version
+        await _until(lambda: held.hits == 1, "the first call reading the version")
         surviving = asyncio.create_task(view.covering(bindings[1:]))
-        await asyncio.sleep(0.05)
+        lock = view._locks[old.version]
+        await _until(lambda: bool(lock._waiters), "the second call waiting for that read")
         cancelled.cancel()
         versions = await surviving
 
