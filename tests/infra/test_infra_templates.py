@@ -747,6 +747,19 @@ class TestAlerting:
         main_alerting = template("main.bicep")["modules"]["alerting"]["config"]["params"]
         assert render(main_alerting["poisonQueueName"]) == "storage.outputs.poisonQueueName"
 
+    def test_deployment_doc_alert_table_matches(self, parsed: dict[str, Any]) -> None:
+        """docs/deployment.md's alert table lists each rule with its severity and types."""
+        doc = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+        rows = {
+            match.group(1): (int(match.group(2)), set(re.findall(r"`([a-z_]+)`", match.group(3))))
+            for match in re.finditer(r"^  \| `([a-z-]+)` \| (\d) \| (.*) \|$", doc, re.MULTILINE)
+        }
+        rules = parsed["variables"]["logAlertRules"]["value"]
+        expected = {rule["name"]: (rule["severity"], set(rule["alertTypes"])) for rule in rules}
+        poison = parsed["resources"]["poisonQueueAlert"]["config"]["properties"]
+        expected["poison-queue"] = (poison["severity"], set())  # its row names the queue
+        assert rows == expected
+
     def test_action_group_receivers_from_parameters(self, parsed: dict[str, Any]) -> None:
         """E-mail and webhook receivers come from parameters; the webhook URL is @secure."""
         properties = parsed["resources"]["actionGroup"]["config"]["properties"]
