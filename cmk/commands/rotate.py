@@ -178,4 +178,4 @@ async def _rotate(session: Session) -> int:
 
 
 def rotate_command(args: argparse.Namespace) -> int:
-    return run_command(args, _rotate)
+    return run_command(args, _rotate, storage=not args.dry_run)

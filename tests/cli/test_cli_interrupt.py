@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
-from cli_rig import World
+from cli_rig import SCHEMAS, World
 
 from cmk.sandbox.faults import FaultRule
 
@@ -88,7 +89,9 @@ class TestInterruptedRotate:
         argv = ["rotate", world.key_id("kv-demo-neu", "ai-cmk"), "--json"]
         ended = _interrupt(world, argv, PATCH_ACCOUNT)
         assert ended.returncode == 130, ended.stderr
-        error = json.loads(ended.stdout)["error"]
+        document = json.loads(ended.stdout)
+        jsonschema.validate(document, SCHEMAS["error"])
+        error = document["error"]
         assert error["kind"] == "interrupted" and error["exit_code"] == 130
         assert error["fix"] == "run `cmk sweep`"
 
