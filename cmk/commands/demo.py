@@ -5,14 +5,22 @@ CMK accounts over two Key Vaults and a Managed HSM), runs ``function_app.py`` on
 Functions host with two instances, subscribes the app's Event Grid functions to the Key
 Vaults, and tells four acts (:mod:`cmk.commands.demo_story`). It ends with a results
 table and exits 0 only if every act went as expected (``--json`` prints the outcomes).
+
+Stopped by SIGTERM (or Ctrl-C) it still tears the stage down: the Functions host, the
+sandbox, Azurite and the sandbox's temporary state directory; then it exits 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from rich.rule import Rule
@@ -82,6 +90,26 @@ def _mark(ok: bool) -> Text:
     return Text("ok", style="green") if ok else Text("FAILED", style="bold red")
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that every ``finally`` of the stage runs."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM unwinds it (as Ctrl-C does) instead of ending the
+    process on the spot, which would orphan Azurite and leave its state directory."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def demo_command(args: argparse.Namespace) -> int:
     output = Output(bool(args.json))
     configure_logging(bool(args.verbose), quiet=True)
@@ -91,7 +119,11 @@ def demo_command(args: argparse.Namespace) -> int:
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     started = time.monotonic()
     try:
-        acts = run_demo(output, max(1, args.instances))
+        with _stopped_by_sigterm():
+            acts = run_demo(output, max(1, args.instances))
+    except Terminated as terminated:
+        sys.stderr.write("cmk demo: terminated; the sandbox and Azurite were stopped\n")
+        return int(terminated.code or 1)
     except Exception as error:
         return fail(args, output, error)
     code = EXIT_OK if acts and all(a.ok for a in acts) else EXIT_FINDINGS
