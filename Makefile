@@ -57,3 +57,19 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+
+# The unmodified az CLI against `cmk sandbox up` (tests/sandbox/test_azure_cli.py): the
+# latest azure-cli from PyPI in a venv of its own, kept between runs (delete
+# .venv-azcli/.installed to fetch a newer one). Minutes to install, so not part of `test`.
+AZCLI_VENV := .venv-azcli
+AZCLI_STAMP := $(AZCLI_VENV)/.installed
+.PHONY: az-cli-check
+
+$(AZCLI_STAMP):
+	test -x $(AZCLI_VENV)/bin/python || $(PYTHON) -m venv $(AZCLI_VENV)
+	$(AZCLI_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AZCLI_VENV)/bin/python -m pip install -q --upgrade azure-cli
+	touch $@
+
+az-cli-check: $(AZCLI_STAMP) $(STAMP)
+	CMK_AZ_CLI=$(abspath $(AZCLI_VENV))/bin/az $(BIN)/pytest tests/sandbox/test_azure_cli.py -q -p no:cacheprovider
