@@ -1,5 +1,7 @@
 # make test  — set up everything the tests need (venv, Azurite, checkov), then lint, type-check, test
 # make demo  — set up and run the end-to-end demo on the local sandbox
+# make flake-check RUNS=10 HOG=1 — the whole suite RUNS times from a fresh clone (HOG CPU
+#              hogs beside it); prints "N passed, M failed" and the seeds of failures
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ NODE_STAMP := node_modules/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: test lint typecheck unit infra-check doctor demo clean setup
+.PHONY: test lint typecheck unit infra-check doctor demo clean setup flake-check
 
 test: setup lint typecheck doctor unit infra-check
 
@@ -54,6 +56,12 @@ infra-check: $(CHECKOV_STAMP) $(STAMP)
 
 demo: setup
 	$(BIN)/cmk demo
+
+# Not part of `test`: minutes per run. Clones HEAD (commit first), sets it up, runs pytest.
+RUNS ?= 10
+HOG ?= 0
+flake-check:
+	$(PYTHON) scripts/flake_check.py --runs $(RUNS) --hog $(HOG)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
