@@ -100,6 +100,17 @@ param alertWebhookUrl string = ''
 @description('UserAssigned (default, as the Azure-Samples Flex templates): a user-assigned identity is created and granted before the app exists. SystemAssigned: the app runs as its own identity, granted after the app is created.')
 param appIdentityType string = 'UserAssigned'
 
+@description('Principal ids (object ids) of operators, people or a group, who run the cmk CLI against this deployment: they get the ledger and queue data roles, the alert sender role, the account role on each managed subscription and (step 2) the key role on each vault; exactly what the app has, nothing on blobs.')
+param operatorPrincipalIds array = []
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+@description('Principal type of operatorPrincipalIds; a group is the usual choice.')
+param operatorPrincipalType string = 'Group'
+
 @minValue(40)
 @maxValue(1000)
 @description('Flex Consumption: upper bound of instances the queue worker scales out to (40 is the platform floor). Each instance runs up to host.json\'s queue batch of jobs; see docs/deployment.md for the ARM write budget this must respect.')
@@ -253,6 +264,8 @@ module rbacBeforeApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 1 : 
     storageAccountName: storage.outputs.name
     alertTopicName: alerting.outputs.topicName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    operatorPrincipalIds: operatorPrincipalIds
+    operatorPrincipalType: operatorPrincipalType
   }
 }]
 
@@ -264,6 +277,8 @@ module rbacAfterApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 0 : 1
     storageAccountName: storage.outputs.name
     alertTopicName: alerting.outputs.topicName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    operatorPrincipalIds: operatorPrincipalIds
+    operatorPrincipalType: operatorPrincipalType
   }
 }]
 
@@ -275,6 +290,8 @@ module rbacSubscriptions './app/rbac-subscription.bicep' = [for s in managedSubs
   params: {
     appPrincipalId: appPrincipalId
     environmentName: environmentName
+    operatorPrincipalIds: operatorPrincipalIds
+    operatorPrincipalType: operatorPrincipalType
   }
 }]
 
@@ -287,6 +304,8 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output CMK_APP_IDENTITY_TYPE string = appIdentityType
 output CMK_APP_PRINCIPAL_ID string = appPrincipalId
 output CMK_APP_CLIENT_ID string = userAssigned ? identity.outputs.clientId : ''
+output CMK_OPERATOR_PRINCIPAL_IDS array = operatorPrincipalIds
+output CMK_OPERATOR_PRINCIPAL_TYPE string = operatorPrincipalType
 output CMK_ALERT_TOPIC_ENDPOINT string = alerting.outputs.topicEndpoint
 output EVENT_STORAGE_ACCOUNT_ID string = storage.outputs.id
 output EVENT_DEAD_LETTER_CONTAINER string = deadLetterContainerName

@@ -6,6 +6,16 @@ targetScope = 'subscription'
 param appPrincipalId string
 param environmentName string
 
+@description('Principal ids of operators who run `cmk sweep` / `cmk rotate` from their shell.')
+param operatorPrincipalIds array = []
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'Group'
+
 // Why each action:
 // - accounts/read: GET an account (reload before acting, verify after PATCH) and the rows
 //   Resource Graph returns (it only returns resources the caller may read).
@@ -53,5 +63,16 @@ resource appAccountOperator 'Microsoft.Authorization/roleAssignments@2022-04-01'
     principalType: 'ServicePrincipal'
   }
 }
+
+// Why: operators' `cmk status`, `sweep` and `rotate` inventory and move accounts exactly as
+// the app does; the same narrow role, on the same scope.
+resource operatorAccountOperator 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(subscription().id, principalId, accountOperator.id)
+  properties: {
+    roleDefinitionId: accountOperator.id
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]
 
 output roleDefinitionId string = accountOperator.id

@@ -6,6 +6,16 @@ param appPrincipalId string
 param vaultName string
 param environmentName string
 
+@description('Principal ids of operators who run `cmk rotate` / `cmk versions` from their shell.')
+param operatorPrincipalIds array = []
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'Group'
+
 // Why each data action:
 // - keys/read: read the key, its versions and their attributes (the event is only a pointer).
 // - keys/create/action: create a same-parameter version on KeyNearExpiry when the key has no
@@ -55,3 +65,15 @@ resource appKeyRotator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalType: 'ServicePrincipal'
   }
 }
+
+// Why: operators' `cmk versions`, `status` and `rotate` read keys and create or rotate a
+// version exactly as the app does; the same narrow role, on this vault only.
+resource operatorKeyRotator 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(vault.id, principalId, keyRotator.id)
+  scope: vault
+  properties: {
+    roleDefinitionId: keyRotator.id
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]

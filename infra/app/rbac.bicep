@@ -8,6 +8,17 @@ param storageAccountName string
 param alertTopicName string
 param applicationInsightsName string
 
+@description('Principal ids of operators (people or a group) who run the cmk CLI against this deployment.')
+param operatorPrincipalIds array = []
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+@description('Principal type of operatorPrincipalIds.')
+param operatorPrincipalType string = 'Group'
+
 // Built-in role definition ids (the same in every cloud).
 var roles = {
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
@@ -89,3 +100,40 @@ resource appTelemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-
     principalType: 'ServicePrincipal'
   }
 }
+
+// Why: operators run `cmk status`, `history`, `sweep`, `rotate` and `replay` from their shell
+// against this deployment: they read and write the ledger table (status, history, the
+// records of what they move), and enqueue jobs (`rotate --enqueue`, `replay`). Shared-key
+// access is off, so these are data roles. Own account only; no blob access.
+resource operatorQueueData 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(storageAccount.id, principalId, roles.storageQueueDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]
+
+// Why: see operatorQueueData; the ledger and the near-expiry claims are table rows.
+resource operatorTableData 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(storageAccount.id, principalId, roles.storageTableDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]
+
+// Why: `cmk sweep` run by an operator raises the same alerts as the timer's sweep, through
+// the same topic (local auth off). Scoped to that topic only.
+resource operatorAlertTopicSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(alertTopic.id, principalId, roles.eventGridDataSender)
+  scope: alertTopic
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventGridDataSender)
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]

@@ -29,6 +29,17 @@ param deadLetterContainerName string = 'eventgrid-deadletter'
 @description('The vaults: [{name, subscriptionId, resourceGroup, location, systemTopicName}] (EVENT_VAULTS).')
 param vaults array
 
+@description('Principal ids of operators granted the key role too (main.bicep output CMK_OPERATOR_PRINCIPAL_IDS).')
+param operatorPrincipalIds array = []
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+@description('Principal type of operatorPrincipalIds (CMK_OPERATOR_PRINCIPAL_TYPE).')
+param operatorPrincipalType string = 'Group'
+
 @description('Tags of the system topics the template creates.')
 param tags object = {}
 
@@ -54,6 +65,8 @@ module rbacVaults './rbac-vault.bicep' = [for v in vaults: {
     appPrincipalId: appPrincipalId
     vaultName: v.name
     environmentName: environmentName
+    operatorPrincipalIds: operatorPrincipalIds
+    operatorPrincipalType: operatorPrincipalType
   }
 }]
 

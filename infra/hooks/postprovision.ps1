@@ -14,6 +14,9 @@ if ($vaults.Count -eq 0) {
     exit 0
 }
 
+$operators = if ($env:CMK_OPERATOR_PRINCIPAL_IDS) { $env:CMK_OPERATOR_PRINCIPAL_IDS | ConvertFrom-Json -NoEnumerate } else { @() }
+$operatorType = if ($env:CMK_OPERATOR_PRINCIPAL_TYPE) { $env:CMK_OPERATOR_PRINCIPAL_TYPE } else { 'Group' }
+
 $parameters = @{
     '$schema'      = 'https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#'
     contentVersion = '1.0.0.0'
@@ -23,6 +26,8 @@ $parameters = @{
         appResourceGroup        = @{ value = $env:AZURE_RESOURCE_GROUP }
         storageAccountName      = @{ value = $env:AZURE_STORAGE_ACCOUNT_NAME }
         deadLetterContainerName = @{ value = $env:EVENT_DEAD_LETTER_CONTAINER }
+        operatorPrincipalIds    = @{ value = $operators }
+        operatorPrincipalType   = @{ value = $operatorType }
         tags                    = @{ value = @{ 'azd-env-name' = $env:AZURE_ENV_NAME } }
         vaults                  = @{ value = $vaults }
     }

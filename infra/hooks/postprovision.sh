@@ -14,6 +14,8 @@ set -eu
 : "${CMK_APP_PRINCIPAL_ID:?}"
 : "${EVENT_DEAD_LETTER_CONTAINER:?}"
 vaults="${EVENT_VAULTS:-[]}"
+operators="${CMK_OPERATOR_PRINCIPAL_IDS:-[]}"
+operator_type="${CMK_OPERATOR_PRINCIPAL_TYPE:-Group}"
 
 if [ "$(printf '%s' "$vaults" | tr -d ' \n')" = "[]" ]; then
   echo "postprovision: no vaults configured (CMK_VAULTS); no vault-side resources to deploy."
@@ -32,6 +34,8 @@ cat > "$params" <<JSON
     "appResourceGroup": { "value": "$AZURE_RESOURCE_GROUP" },
     "storageAccountName": { "value": "$AZURE_STORAGE_ACCOUNT_NAME" },
     "deadLetterContainerName": { "value": "$EVENT_DEAD_LETTER_CONTAINER" },
+    "operatorPrincipalIds": { "value": $operators },
+    "operatorPrincipalType": { "value": "$operator_type" },
     "tags": { "value": { "azd-env-name": "$AZURE_ENV_NAME" } },
     "vaults": { "value": $vaults }
   }

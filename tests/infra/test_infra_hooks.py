@@ -81,6 +81,8 @@ def run_hook(
         "EVENT_STORAGE_ACCOUNT_ID": "/subscriptions/s/.../stcmk",
         "EVENT_DEAD_LETTER_CONTAINER": "eventgrid-deadletter",
         "EVENT_VAULTS": json.dumps(VAULTS),
+        "CMK_OPERATOR_PRINCIPAL_IDS": '["00000000-0000-0000-0000-0000000000bb"]',
+        "CMK_OPERATOR_PRINCIPAL_TYPE": "User",
         "CMK_FUNCTIONS_WAIT_ATTEMPTS": str(attempts),
         "CMK_FUNCTIONS_WAIT_SECONDS": "0",
     }
@@ -152,6 +154,8 @@ class TestPostprovision:
         assert values["appResourceGroup"] == "rg-cmk"
         assert values["vaults"] == VAULTS
         assert values["tags"] == {"azd-env-name": "cmk-test"}
+        assert values["operatorPrincipalIds"] == ["00000000-0000-0000-0000-0000000000bb"]
+        assert values["operatorPrincipalType"] == "User"
 
     def test_no_vaults_no_deployment(self, tmp_path: Path) -> None:
         """Without vaults the hook says so and calls nothing."""

@@ -498,7 +498,15 @@ class TestRoleAssignments:
         ),
         ("app/rbac-subscription.bicep", "appAccountOperator"): (None, "accountOperator.id"),
         ("app/rbac-vault.bicep", "appKeyRotator"): ("vault", "keyRotator.id"),
+        ("app/rbac.bicep", "operatorQueueData"): ("storageAccount", "storageQueueDataContributor"),
+        ("app/rbac.bicep", "operatorTableData"): ("storageAccount", "storageTableDataContributor"),
+        ("app/rbac.bicep", "operatorAlertTopicSender"): ("alertTopic", "eventGridDataSender"),
+        ("app/rbac-subscription.bicep", "operatorAccountOperator"): (None, "accountOperator.id"),
+        ("app/rbac-vault.bicep", "operatorKeyRotator"): ("vault", "keyRotator.id"),
     }
+
+    # Operators' assignments: one per operator principal, of the type the parameter says.
+    OPERATOR_ASSIGNMENTS = frozenset(name for _, name in EXPECTED if name.startswith("operator"))
 
     def test_assignments_and_scopes(self) -> None:
         """Exactly the expected assignments exist, each on its expected scope and role."""
@@ -556,7 +564,10 @@ class TestRoleAssignments:
             assert base == (f"{scope}.id" if scope else "subscription().id"), name
             assert principal == render(config["properties"]["principalId"]), name
             assert role.split(".")[-1] in render(config["properties"]["roleDefinitionId"]), name
-            assert config["properties"]["principalType"] == "ServicePrincipal", name
+            expected_type = (
+                "operatorPrincipalType" if name in self.OPERATOR_ASSIGNMENTS else "ServicePrincipal"
+            )
+            assert config["properties"]["principalType"] == expected_type, name
 
     def test_every_assignment_says_why(self) -> None:
         """A `// Why:` comment sits right above every role assignment."""
@@ -569,6 +580,36 @@ class TestRoleAssignments:
                     break
                 comment.append(line)
             assert any(line.startswith("// Why:") for line in comment), f"{relative}: {name}"
+
+    def test_operators_get_what_the_app_has(self) -> None:
+        """Operators loop over operatorPrincipalIds, wired from main.bicep to every grant
+        module, and get no role the app does not have (no blob role at all)."""
+        for relative, name, resource in resources_of_type(
+            "Microsoft.Authorization/roleAssignments"
+        ):
+            if name in self.OPERATOR_ASSIGNMENTS:
+                detail = resource["config"]["loop_type"]["detail"]
+                assert detail["array_name"] == "operatorPrincipalIds", name
+                params = template(relative)["parameters"]
+                assert params["operatorPrincipalIds"]["default"] == [], relative
+                assert params["operatorPrincipalType"]["default"] == "Group", relative
+        main = template("main.bicep")
+        for name in ("rbacBeforeApp", "rbacAfterApp", "rbacSubscriptions"):
+            params = body(main["modules"][name])["params"]
+            assert params["operatorPrincipalIds"] == "operatorPrincipalIds", name
+            assert params["operatorPrincipalType"] == "operatorPrincipalType", name
+        vault_params = body(template("app/vaults.bicep")["modules"]["rbacVaults"])["params"]
+        assert vault_params["operatorPrincipalIds"] == "operatorPrincipalIds"
+        assert "CMK_OPERATOR_PRINCIPAL_IDS" in main["outputs"]
+        for hook in ("postprovision.sh", "postprovision.ps1"):
+            source = (INFRA / "hooks" / hook).read_text(encoding="utf-8")
+            assert "CMK_OPERATOR_PRINCIPAL_IDS" in source, hook
+        app_roles = {self.EXPECTED[key][1] for key in self.EXPECTED if key[1].startswith("app")}
+        operator_roles = {
+            self.EXPECTED[key][1] for key in self.EXPECTED if key[1] in self.OPERATOR_ASSIGNMENTS
+        }
+        assert operator_roles <= app_roles
+        assert not any("Blob" in role for role in operator_roles)
 
     def test_account_role_is_narrow(self) -> None:
         """The Cognitive Services custom role: read/write accounts, poll operations, no more."""
