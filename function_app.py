@@ -17,6 +17,9 @@ from cmk.events import KeyVaultEventType
 from cmk.runtime import EngineProvider
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+# The clients live as long as the worker process: the Python worker has no shutdown hook
+# to close them in (azure-functions-python-worker#1904). Whoever ends the process early
+# closes them with `await engines.aclose()`, as the local Functions host does on stop.
 engines = EngineProvider(os.environ)
 
 
