@@ -56,6 +56,23 @@ OUTPUT_FORMATS = ("table", "json", "tsv")
 #: private use and unassigned.
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
+#: Columns a narrow terminal never cuts (up to MAX_WHOLE_WIDTH): what names the row.
+WHOLE_COLUMNS = frozenset({"account", "state", "result", "outcome"})
+MAX_WHOLE_WIDTH = 48
+#: The narrowest a column is worth showing (``abcdefg…``).
+MIN_READABLE = 10
+#: Columns left out, in this order, when a table does not fit the terminal.
+OPTIONAL_COLUMNS = (
+    "trigger",
+    "attempts",
+    "enqueued",
+    "created",
+    "age",
+    "subscription",
+    "newest",
+    "bound",
+)
+
 #: Width of tables when stdout is not a terminal (pipes, CI logs, tests).
 PIPE_WIDTH = 200
 
@@ -124,8 +141,13 @@ class Ticker(Protocol):
 
     def retried(self) -> None: ...
 
+    @property
+    def retries(self) -> int: ...
+
 
 class _NoTicker:
+    retries = 0
+
     def advance(self, amount: int = 1) -> None:
         return None
 
@@ -138,14 +160,14 @@ class _ProgressTicker:
 
     def __init__(self, progress: Progress, task: int, description: str) -> None:
         self._progress, self._task, self._description = progress, task, description
-        self._retries = 0
+        self.retries = 0
 
     def advance(self, amount: int = 1) -> None:
         self._progress.advance(self._task, amount)  # type: ignore[arg-type]
 
     def retried(self) -> None:
-        self._retries += 1
-        text = f"{self._description} ({self._retries} retries)"
+        self.retries += 1
+        text = f"{self._description} ({self.retries} retries)"
         self._progress.update(self._task, description=text)  # type: ignore[arg-type]
 
 
@@ -154,24 +176,29 @@ class _LineTicker:
 
     def __init__(self, err: Console, description: str, total: int) -> None:
         self._err, self._description, self._total = err, description, total
-        self._done = self._retries = self._shown = 0
+        self._done = self._shown = 0
+        self.retries = 0
 
     def advance(self, amount: int = 1) -> None:
         self._done += amount
         tenth = self._done * 10 // self._total
         if tenth > self._shown:
             self._shown = tenth
-            retries = f", {self._retries} retries" if self._retries else ""
+            retries = f", {self.retries} retries" if self.retries else ""
             line = f"{self._description}: {self._done}/{self._total}{retries}"
             self._err.print(Text(clean(line)), soft_wrap=True)
 
     def retried(self) -> None:
-        self._retries += 1
+        self.retries += 1
 
 
 class DataTable(Table):
-    """A rich table that also keeps its rows as plain text for ``--output tsv``."""
+    """A rich table that also keeps its cells (to fit a narrow terminal) and its rows as
+    plain text for ``--output tsv``."""
 
+    title_text: str = ""
+    column_names: list[str]
+    cells: list[list[Text]]
     tsv_rows: list[list[str]]
 
 
@@ -207,12 +234,23 @@ class Output:
         for renderable in renderables:
             if isinstance(renderable, str | Text):  # a line: never wrapped (grep-able)
                 self.console.print(_safe(renderable), soft_wrap=True)
+            elif isinstance(renderable, DataTable):
+                self.console.print(fit(self.console, renderable))
             else:
                 self.console.print(renderable)
 
     def note(self, message: str) -> None:
         """A message for humans on stderr (also in JSON mode), printed as plain text."""
         self.err.print(Text(clean(message)), soft_wrap=True)
+
+    @contextmanager
+    def working(self, description: str) -> Iterator[None]:
+        """A spinner on stderr while work of unknown length runs (only on a terminal)."""
+        if not self.err.is_terminal:
+            yield
+            return
+        with self.err.status(Text(clean(description)), spinner="dots"):
+            yield
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Ticker]:
@@ -242,13 +280,55 @@ def _safe(renderable: object) -> object:
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> DataTable:
     """A table; cells are rendered with :func:`cell` (plain text, never markup). Long
     words end with an ellipsis instead of being split; ``-o json`` has the full values."""
-    result = DataTable(title=Text(clean(title)), title_justify="left", show_lines=False)
-    for column in columns:
-        result.add_column(Text(clean(column)), overflow="ellipsis")
-    for row in rows:
-        result.add_row(*(cell(value) for value in row))
+    cells = [[cell(value) for value in row] for row in rows]
+    result = _rich_table(title, list(columns), cells)
     result.tsv_rows = [[tsv_cell(value) for value in row] for row in rows]
     return result
+
+
+def _rich_table(title: str, columns: list[str], cells: list[list[Text]]) -> DataTable:
+    result = DataTable(title=Text(clean(title)), title_justify="left", show_lines=False)
+    for index, column in enumerate(columns):
+        widest = max((len(row[index].plain) for row in cells if index < len(row)), default=0)
+        keep = column in WHOLE_COLUMNS
+        result.add_column(
+            Text(clean(column)),
+            overflow="ellipsis",
+            width=min(widest, MAX_WHOLE_WIDTH) if keep and widest else None,
+        )
+    for row_cells in cells:
+        result.add_row(*row_cells)
+    result.title_text, result.column_names, result.cells = title, columns, cells
+    result.tsv_rows = []
+    return result
+
+
+def _needed(columns: list[str], cells: list[list[Text]]) -> int:
+    """The width a table needs to stay readable: whole columns whole, the others at least
+    :data:`MIN_READABLE` characters, plus borders and padding."""
+    total = 1
+    for index, column in enumerate(columns):
+        widest = max((len(row[index].plain) for row in cells if index < len(row)), default=0)
+        wanted = min(widest, MAX_WHOLE_WIDTH) if column in WHOLE_COLUMNS else MIN_READABLE
+        total += max(min(wanted, widest), 1) + 3
+    return total
+
+
+def fit(console: Console, data: DataTable) -> DataTable:
+    """``data`` without its optional columns, one by one, until it fits the console (the
+    columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything)."""
+    columns, cells = list(data.column_names), [list(row) for row in data.cells]
+    fitted = data
+    while _needed(columns, cells) > console.width:
+        optional = [name for name in OPTIONAL_COLUMNS if name in columns]
+        if not optional:
+            break
+        drop = columns.index(optional[0])
+        del columns[drop]
+        for row in cells:
+            del row[drop]
+        fitted = _rich_table(data.title_text, columns, cells)
+    return fitted
 
 
 def cell(value: object) -> Text:

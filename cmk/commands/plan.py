@@ -34,7 +34,8 @@ def plan_exit_code(report: SweepReport) -> int:
 
 
 async def _plan(session: Session) -> int:
-    report = await plan(session.engine())
+    with session.output.working("reading the inventory and the keys"):
+        report = await plan(session.engine())
     output = session.output
     warnings = scope_warnings(session.settings, report.accounts - report.out_of_scope)
     code = warn(output, warnings, plan_exit_code(report))

@@ -78,7 +78,8 @@ async def _dry_run(session: Session, key: KeyId) -> int:
     """Show what ``rotate`` would do: the accounts that would move, the checks."""
     output = session.output
     require_in_scope(session.settings, key)
-    report = await key_versions(session.engine(), key)
+    with output.working(f"reading the versions of {key} and who uses them"):
+        report = await key_versions(session.engine(), key)
     reason = "bound to the key: would move to the new version once it passes the checks"
     moves = tuple(
         PlannedMove(account, key, use.version, NEW_VERSION, False, reason)
@@ -131,9 +132,10 @@ async def _rotate(session: Session) -> int:
         finish=f"`cmk versions {key}` shows whether it does: if so, `cmk sweep` moves the"
         f" accounts; if not, run `cmk rotate {key}` again",
     )
-    report = await rotate_key(
-        replace(engine, jobs=collector) if inline else engine, key, trigger=TRIGGER
-    )
+    with output.working(f"creating a new version of {key}"):
+        report = await rotate_key(
+            replace(engine, jobs=collector) if inline else engine, key, trigger=TRIGGER
+        )
     jobs, _ = collector.take()
     if report.created_version:
         journal.did(f"created version {report.created_version} of {key}")
@@ -142,6 +144,7 @@ async def _rotate(session: Session) -> int:
         f"moving accounts to {short_version(report.target_version)}", len(jobs)
     ) as ticker:
         results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
+        retries = ticker.retries
     rejected = report.outcome is EventOutcome.VERSION_REJECTED
     failed = rejected or jobs_failed(results) or bool(report.findings)
     code = EXIT_FINDINGS if failed else EXIT_OK
@@ -173,6 +176,7 @@ async def _rotate(session: Session) -> int:
     output.print(
         f"rotate {key}: {outcome}; new version {created}; {where}"
         + (f"; {report.detail}" if report.detail else "")
+        + (f"; {retries} transient errors retried (-v shows each)" if retries else "")
     )
     return code
 

@@ -46,7 +46,8 @@ def summary(accounts: list[AccountStatus]) -> dict[str, int]:
 
 
 async def _status(session: Session) -> int:
-    accounts = await status(session.engine())
+    with session.output.working("reading the inventory and the keys"):
+        accounts = await status(session.engine())
     counts = summary(accounts)
     code = EXIT_FINDINGS if any(counts[s.value] for s in _NOT_GOOD) else EXIT_OK
     output = session.output

@@ -44,7 +44,8 @@ async def _sweep(session: Session) -> int:
         not_done="no account was moved",
         finish="cmk sweep",
     )
-    report = await sweep(replace(engine, jobs=collector))
+    with output.working("taking the inventory, reading the keys, planning"):
+        report = await sweep(replace(engine, jobs=collector))
     jobs, _ = collector.take()
     report = replace(report, enqueued=0)  # run here, not enqueued
     if engine.dry_run:
@@ -56,6 +57,7 @@ async def _sweep(session: Session) -> int:
     journal.moving(len(jobs), finish="cmk sweep")
     with output.progress("moving accounts", len(jobs)) as ticker:
         results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
+        retries = ticker.retries
     failed = jobs_failed(results)
     code = EXIT_FINDINGS if failed or report.findings or report.errors else EXIT_OK
     warnings = scope_warnings(session.settings, report.accounts - report.out_of_scope)
@@ -79,6 +81,7 @@ async def _sweep(session: Session) -> int:
         f"sweep{' (dry run)' if engine.dry_run else ''}: {report.accounts} accounts,"
         f" {report.keys_read} keys, {len(jobs)} jobs run here: {done};"
         f" {len(report.findings)} findings, {report.alerts_published} new alerts"
+        + (f"; {retries} transient errors retried (-v shows each)" if retries else "")
     )
     return code
 

@@ -73,7 +73,8 @@ def require_in_scope(settings: Settings, key: KeyId) -> None:
 async def _versions(session: Session) -> int:
     key = KeyId.parse(session.args.key_id)
     require_in_scope(session.settings, key)
-    report = await key_versions(session.engine(), key)
+    with session.output.working(f"reading the versions of {key} and who uses them"):
+        report = await key_versions(session.engine(), key)
     code = EXIT_FINDINGS if report.unsafe_bindings else EXIT_OK
     output = session.output
     if output.json_mode:

@@ -1,0 +1,109 @@
+"""What a terminal shows: colours only on a terminal and never with NO_COLOR, no escape
+codes when piped. `cmk` runs as a process on a real pseudo-terminal, or on pipes."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from cli_rig import World
+
+CMK = Path(sys.executable).parent / "cmk"
+CEILING_SECONDS = 60
+_SGR = re.compile(r"\x1b\[([0-9;]*)m")
+_CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run `cmk ARGV` with stdout and stderr on one pseudo-terminal; its code and output."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(CMK), *argv], stdin=terminal, stdout=terminal, stderr=terminal, env=env
+    )
+    os.close(terminal)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(controller)
+        code = process.wait(timeout=CEILING_SECONDS)
+    return code, b"".join(chunks).decode("utf-8", "replace")
+
+
+def _colours(text: str) -> list[str]:
+    """The SGR parameter lists that set a foreground colour."""
+    found = []
+    for params in _SGR.findall(text):
+        parts = params.split(";")
+        if any(
+            p in {"38"} or (p.isdigit() and (30 <= int(p) <= 37 or 90 <= int(p) <= 97))
+            for p in parts
+        ):
+            found.append(params)
+    return found
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"NO_COLOR", "FORCE_COLOR"}}
+    env.update(TERM="xterm-256color", COLUMNS="80", **extra)
+    return env
+
+
+class TestColours:
+    def test_terminal_shows_states_in_colour(self, world: World):
+        """On a terminal the states are coloured (what NO_COLOR must turn off)."""
+        world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        code, text = _on_a_terminal(["status"], _env())
+        assert code == 1, text
+        assert _colours(text) and "stale" in text
+
+    def test_no_color_turns_colours_off(self, world: World):
+        """With NO_COLOR set, a terminal gets no colour codes."""
+        world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        code, text = _on_a_terminal(["status"], _env(NO_COLOR="1"))
+        assert code == 1, text
+        assert "stale" in text and _colours(text) == []
+
+    def test_pipes_get_plain_text(self, world: World):
+        """Piped, stdout and stderr hold no escape code at all."""
+        world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        result = subprocess.run(
+            [str(CMK), "sweep"],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=CEILING_SECONDS,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
+        assert "moving accounts: 6/6" in result.stderr  # progress as lines, not a bar
+
+    def test_names_stay_whole_on_80_columns(self, world: World):
+        """On an 80-column terminal every line fits, and each account's `rg/name` is shown
+        whole on one line (less important columns are left out instead)."""
+        world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        code, text = _on_a_terminal(["status"], _env(NO_COLOR="1"))
+        assert code == 1, text
+        plain = _CSI.sub("", text).replace("\r", "")
+        assert all(len(line) <= 80 for line in plain.splitlines()), plain
+        cmk_accounts = [
+            a
+            for a in world.sandbox.world.accounts.values()
+            if a.encryption.key_source == "Microsoft.KeyVault"
+        ]
+        assert len(cmk_accounts) == 48
+        for account in cmk_accounts:
+            group = account.resource_id.split("/")[4]
+            assert f"{group}/{account.name}" in plain, account.name
