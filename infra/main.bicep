@@ -247,6 +247,8 @@ var vaultSides = [for v in vaults: {
   resourceGroup: v.resourceGroup
   location: v.location
   systemTopicName: contains(v, 'systemTopicName') ? v.systemTopicName : '${abbrs.eventGridSystemTopics}${v.name}'
+  // A topic named by the user already exists: step 2 reads it and leaves it as it is.
+  adopt: contains(v, 'systemTopicName')
 }]
 
 // The principal every grant goes to.

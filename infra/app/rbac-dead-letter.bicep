@@ -4,8 +4,11 @@
 param storageAccountName string
 param deadLetterContainerName string
 
-@description('Principal ids of the Event Grid system topics of the vaults.')
+@description('Principal ids of the system topics vaults.bicep created.')
 param systemTopicPrincipalIds array
+
+@description('Principal ids of the existing system topics vaults.bicep adopted.')
+param adoptedTopicPrincipalIds array = []
 
 // Built-in role definition id (the same in every cloud).
 var roles = {
@@ -18,7 +21,7 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 
 // Why: each vault's system topic dead-letters undeliverable events with its own identity
 // (deadLetterWithResourceIdentity). Blob data write on the dead-letter container only.
-resource topicDeadLetterWriters 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in systemTopicPrincipalIds: {
+resource topicDeadLetterWriters 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in concat(systemTopicPrincipalIds, adoptedTopicPrincipalIds): {
   name: guid(deadLetterContainer.id, principalId, roles.storageBlobDataContributor)
   scope: deadLetterContainer
   properties: {

@@ -1,7 +1,7 @@
 // The Event Grid system topic of one Key Vault, deployed in the vault's own subscription and
 // resource group (vaults.bicep scopes this module there, outside what azd down deletes). A
 // vault has at most one system topic; if it already has one, set the vault's systemTopicName
-// in main.bicep's vaults to adopt it (this redeploys it with the tags and identity below).
+// in main.bicep's vaults: vault-topic-adopted.bicep then reads it instead of this module.
 // The system-assigned identity lets Event Grid write dead letters to the app's storage
 // (deadLetterWithResourceIdentity; its grant is in rbac.bicep).
 param vaultName string

@@ -26,7 +26,7 @@ param storageAccountName string
 @description('Dead-letter container (EVENT_DEAD_LETTER_CONTAINER).')
 param deadLetterContainerName string = 'eventgrid-deadletter'
 
-@description('The vaults: [{name, subscriptionId, resourceGroup, location, systemTopicName}] (EVENT_VAULTS).')
+@description('The vaults: [{name, subscriptionId, resourceGroup, location, systemTopicName, adopt}] (EVENT_VAULTS). adopt: the topic exists and is left as it is.')
 param vaults array
 
 @description('Principal ids of operators granted the key role too (main.bicep output CMK_OPERATOR_PRINCIPAL_IDS).')
@@ -43,15 +43,30 @@ param operatorPrincipalType string = 'Group'
 @description('Tags of the system topics the template creates.')
 param tags object = {}
 
+// Vaults whose topic this deployment creates, and vaults whose existing topic it adopts.
+var createdTopicVaults = filter(vaults, v => !(contains(v, 'adopt') && bool(v.adopt)))
+var adoptedTopicVaults = filter(vaults, v => contains(v, 'adopt') && bool(v.adopt))
+
 // One Key Vault system topic per vault (a system topic lives next to its source). Its
 // identity writes dead letters.
-module vaultTopics './vault-topic.bicep' = [for v in vaults: {
+module vaultTopics './vault-topic.bicep' = [for v in createdTopicVaults: {
   name: 'cmk-vault-topic-${uniqueString(v.subscriptionId, v.resourceGroup, v.name)}'
   scope: resourceGroup(v.subscriptionId, v.resourceGroup)
   params: {
     vaultName: v.name
     location: v.location
     tags: tags
+    topicName: v.systemTopicName
+  }
+}]
+
+// An adopted topic is read, never redeployed: its tags, identity and other subscribers stay
+// as they are. It must have a system-assigned identity (the postprovision hook refuses to
+// deploy, naming the fix, when it has none).
+module adoptedTopics './vault-topic-adopted.bicep' = [for v in adoptedTopicVaults: {
+  name: 'cmk-vault-topic-${uniqueString(v.subscriptionId, v.resourceGroup, v.name)}'
+  scope: resourceGroup(v.subscriptionId, v.resourceGroup)
+  params: {
     topicName: v.systemTopicName
   }
 }]
@@ -76,8 +91,10 @@ module deadLetterWriters './rbac-dead-letter.bicep' = {
   params: {
     storageAccountName: storageAccountName
     deadLetterContainerName: deadLetterContainerName
-    systemTopicPrincipalIds: [for (v, i) in vaults: vaultTopics[i].outputs.principalId]
+    systemTopicPrincipalIds: [for (v, i) in createdTopicVaults: vaultTopics[i].outputs.principalId]
+    adoptedTopicPrincipalIds: [for (v, i) in adoptedTopicVaults: adoptedTopics[i].outputs.principalId]
   }
 }
 
-output systemTopicIds array = [for (v, i) in vaults: vaultTopics[i].outputs.id]
+output createdTopicIds array = [for (v, i) in createdTopicVaults: vaultTopics[i].outputs.id]
+output adoptedTopicIds array = [for (v, i) in adoptedTopicVaults: adoptedTopics[i].outputs.id]

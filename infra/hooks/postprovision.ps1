@@ -14,6 +14,25 @@ if ($vaults.Count -eq 0) {
     exit 0
 }
 
+# An adopted system topic (systemTopicName given in CMK_VAULTS) is read, never redeployed, so
+# its tags and identity stay as they are; it must already have a system-assigned identity.
+$refused = $false
+foreach ($vault in @($vaults | Where-Object { $_.adopt })) {
+    $identity = az eventgrid system-topic show --subscription $vault.subscriptionId `
+        --resource-group $vault.resourceGroup --name $vault.systemTopicName --query identity.type --output tsv
+    if ($LASTEXITCODE -ne 0) {
+        Write-Error "postprovision: cannot read the system topic $($vault.systemTopicName) in $($vault.resourceGroup) to adopt it" -ErrorAction Continue
+        $refused = $true
+    }
+    elseif ("$identity" -notmatch 'SystemAssigned') {
+        Write-Error ("postprovision: refusing to adopt the system topic $($vault.systemTopicName) in $($vault.resourceGroup): " +
+            "it has no system-assigned identity (identity: $identity), which writes this app's dead letters. " +
+            "cmk-rotator does not change an adopted topic; add one yourself (keeping any user-assigned identity), then rerun.") -ErrorAction Continue
+        $refused = $true
+    }
+}
+if ($refused) { exit 1 }
+
 $operators = if ($env:CMK_OPERATOR_PRINCIPAL_IDS) { $env:CMK_OPERATOR_PRINCIPAL_IDS | ConvertFrom-Json -NoEnumerate } else { @() }
 $operatorType = if ($env:CMK_OPERATOR_PRINCIPAL_TYPE) { $env:CMK_OPERATOR_PRINCIPAL_TYPE } else { 'Group' }
 

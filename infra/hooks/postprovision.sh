@@ -22,6 +22,44 @@ if [ "$(printf '%s' "$vaults" | tr -d ' \n')" = "[]" ]; then
   exit 0
 fi
 
+# An adopted system topic (systemTopicName given in CMK_VAULTS) is read, never redeployed, so
+# its tags and identity stay as they are; it must already have a system-assigned identity,
+# which writes the dead letters. Refuse, naming the fix, before deploying anything.
+if command -v python3 >/dev/null 2>&1; then
+  adopted="$(printf '%s' "$vaults" | python3 -c '
+import json, sys
+for v in json.load(sys.stdin):
+    if v.get("adopt"):
+        print(v["subscriptionId"], v["resourceGroup"], v["systemTopicName"])
+')"
+  refused=0
+  while read -r subscription group topic; do
+    [ -n "$topic" ] || continue
+    identity="$(az eventgrid system-topic show --subscription "$subscription" \
+      --resource-group "$group" --name "$topic" --query identity.type --output tsv)" || {
+      echo "postprovision: cannot read the system topic $topic in $group ($subscription) to adopt it" >&2
+      refused=1
+      continue
+    }
+    case "$identity" in
+      *SystemAssigned*) ;;
+      *)
+        echo "postprovision: refusing to adopt the system topic $topic in $group: it has no" >&2
+        echo "postprovision: system-assigned identity (identity: ${identity:-none}), which writes" >&2
+        echo "postprovision: this app's dead letters. cmk-rotator does not change an adopted topic;" >&2
+        echo "postprovision: add one yourself (keeping any user-assigned identity): in the portal," >&2
+        echo "postprovision: the topic > Identity > System assigned > On. Then rerun." >&2
+        refused=1
+        ;;
+    esac
+  done <<ADOPTED
+$adopted
+ADOPTED
+  [ "$refused" -eq 0 ] || exit 1
+else
+  echo "postprovision: python3 not found; adopted system topics are not checked for an identity" >&2
+fi
+
 params="$(mktemp)"
 trap 'rm -f "$params"' EXIT
 cat > "$params" <<JSON

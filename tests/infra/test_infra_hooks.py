@@ -43,6 +43,9 @@ case "$*" in
     n=$(grep -c '^functionapp function list' "$log")
     if [ "$n" -gt "$AZ_EMPTY_LISTS" ]; then printf '%s\\n' $AZ_LISTED; fi
     ;;
+  "eventgrid system-topic show"*)
+    printf '%s\n' "$AZ_TOPIC_IDENTITY"
+    ;;
   "deployment sub create"*)
     while [ $# -gt 0 ]; do
       if [ "$1" = "--parameters" ]; then cp "${2#@}" "$log.params.$(date +%s%N)"; fi
@@ -57,7 +60,14 @@ pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSI
 
 
 def run_hook(
-    tmp_path: Path, hook: str, *, empty_lists: int = 0, attempts: int = 5, listed: str = ""
+    tmp_path: Path,
+    hook: str,
+    *,
+    empty_lists: int = 0,
+    attempts: int = 5,
+    listed: str = "",
+    vaults: list[dict[str, Any]] | None = None,
+    topic_identity: str = "SystemAssigned",
 ) -> tuple[subprocess.CompletedProcess[str], list[str], list[dict[str, Any]]]:
     """Run infra/hooks/<hook> with the recording az; (result, az calls, parameter files)."""
     bin_dir = tmp_path / "bin"
@@ -80,7 +90,8 @@ def run_hook(
         "CMK_APP_PRINCIPAL_ID": "00000000-0000-0000-0000-0000000000aa",
         "EVENT_STORAGE_ACCOUNT_ID": "/subscriptions/s/.../stcmk",
         "EVENT_DEAD_LETTER_CONTAINER": "eventgrid-deadletter",
-        "EVENT_VAULTS": json.dumps(VAULTS),
+        "EVENT_VAULTS": json.dumps(VAULTS if vaults is None else vaults),
+        "AZ_TOPIC_IDENTITY": topic_identity,
         "CMK_OPERATOR_PRINCIPAL_IDS": '["00000000-0000-0000-0000-0000000000bb"]',
         "CMK_OPERATOR_PRINCIPAL_TYPE": "User",
         "CMK_FUNCTIONS_WAIT_ATTEMPTS": str(attempts),
@@ -156,6 +167,31 @@ class TestPostprovision:
         assert values["tags"] == {"azd-env-name": "cmk-test"}
         assert values["operatorPrincipalIds"] == ["00000000-0000-0000-0000-0000000000bb"]
         assert values["operatorPrincipalType"] == "User"
+
+    ADOPTED = {**VAULTS[0], "systemTopicName": "existing-topic", "adopt": True}
+
+    def test_adopts_topic_with_system_identity(self, tmp_path: Path) -> None:
+        """An adopted topic with a system-assigned identity is checked, then deployed."""
+        result, calls, _ = run_hook(
+            tmp_path,
+            "postprovision.sh",
+            vaults=[self.ADOPTED],
+            topic_identity="SystemAssigned, UserAssigned",
+        )
+        assert result.returncode == 0, result.stderr
+        assert calls[0].startswith("eventgrid system-topic show --subscription s")
+        assert "--resource-group rg-keys --name existing-topic" in calls[0]
+        assert calls[1].startswith("deployment sub create")
+
+    def test_refuses_topic_without_system_identity(self, tmp_path: Path) -> None:
+        """An adopted topic without a system-assigned identity: refused, nothing deployed."""
+        result, calls, _ = run_hook(
+            tmp_path, "postprovision.sh", vaults=[self.ADOPTED], topic_identity="UserAssigned"
+        )
+        assert result.returncode == 1
+        assert "refusing to adopt the system topic existing-topic" in result.stderr
+        assert "System assigned" in result.stderr
+        assert not any(call.startswith("deployment") for call in calls)
 
     def test_no_vaults_no_deployment(self, tmp_path: Path) -> None:
         """Without vaults the hook says so and calls nothing."""

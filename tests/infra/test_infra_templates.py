@@ -37,6 +37,7 @@ EXPECTED_FILES = {
     "app/storage.bicep",
     "app/vault-event-subscriptions.bicep",
     "app/vault-topic.bicep",
+    "app/vault-topic-adopted.bicep",
     "app/vaults.bicep",
 }
 
@@ -279,6 +280,23 @@ class TestEventSubscriptions:
         assert module["detail"]["path"] == "./vault-event-subscriptions.bicep"
         scope = render(body(module)["scope"])
         assert scope == "resource_group(v.resourceGroup, v.subscriptionId)"
+
+    def test_adopted_topic_is_never_redeployed(self) -> None:
+        """A topic named in systemTopicName is read (`existing`), so its tags and identity stay;
+        only the others are created."""
+        vaults = template("app/vaults.bicep")
+        created = vaults["modules"]["vaultTopics"]["config"]["loop_type"]["detail"]
+        adopted = vaults["modules"]["adoptedTopics"]["config"]["loop_type"]["detail"]
+        assert created["array_name"] == "createdTopicVaults"
+        assert adopted["array_name"] == "adoptedTopicVaults"
+        assert vaults["modules"]["adoptedTopics"]["detail"]["path"] == (
+            "./vault-topic-adopted.bicep"
+        )
+        assert "adopt" in render(vaults["variables"]["adoptedTopicVaults"]["value"])
+        resources = template("app/vault-topic-adopted.bicep")["resources"]
+        assert all(resource["existing"] for resource in resources.values())
+        sides = template("main.bicep")["variables"]["vaultSides"]["value"]["config"]
+        assert render(sides["adopt"]) == "contains(v, systemTopicName)"
 
     def test_system_topic_has_identity(self) -> None:
         """The vault's system topic is a Key Vault topic with a system-assigned identity."""
@@ -660,12 +678,14 @@ class TestRoleAssignments:
         modules = template("app/vaults.bicep")["modules"]
         vault_scope = "resource_group(v.resourceGroup, v.subscriptionId)"
         assert render(body(modules["vaultTopics"])["scope"]) == vault_scope
+        assert render(body(modules["adoptedTopics"])["scope"]) == vault_scope
         assert render(body(modules["rbacVaults"])["scope"]) == vault_scope
         assert render(body(modules["deadLetterWriters"])["scope"]) == (
             "resource_group(appResourceGroup)"
         )
-        principal_ids = body(modules["deadLetterWriters"])["params"]["systemTopicPrincipalIds"]
-        assert "vaultTopics" in render(principal_ids)
+        params = body(modules["deadLetterWriters"])["params"]
+        assert "vaultTopics" in render(params["systemTopicPrincipalIds"])
+        assert "adoptedTopics" in render(params["adoptedTopicPrincipalIds"])
         main = template("main.bicep")["modules"]
         assert render(body(main["rbacSubscriptions"])["scope"]) == "subscription(s)"
         assert main["rbacSubscriptions"]["config"]["loop_type"]["detail"]["array_name"] == (
