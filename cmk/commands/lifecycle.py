@@ -81,7 +81,7 @@ def add_parser(subparsers: Any) -> None:
             parser.add_argument(
                 "--identity-client-id", help="use this user-assigned identity of the account"
             )
-        parser.set_defaults(func=lambda args: run_command(args, _change))
+        parser.set_defaults(func=lambda args: run_command(args, _change, storage=not args.dry_run))
     off = subparsers.add_parser(
         "disable",
         parents=[common_options()],
@@ -91,7 +91,7 @@ def add_parser(subparsers: Any) -> None:
     off.add_argument("account_id", metavar="ACCOUNT_ID")
     off.add_argument("--yes", action="store_true", help="confirm: leave customer-managed keys")
     off.add_argument("--dry-run", action="store_true", help="show what it would do, write nothing")
-    off.set_defaults(func=lambda args: run_command(args, _change))
+    off.set_defaults(func=lambda args: run_command(args, _change, storage=not args.dry_run))
 
 
 def key_from_args(args: argparse.Namespace, settings: Settings) -> KeyId:
