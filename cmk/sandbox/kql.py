@@ -20,7 +20,8 @@ Supported
   ``limit n`` / ``take n``; ``count``;
   ``summarize [name =] agg(...)[, ...] [by [name =] expr[, ...]]`` with ``count()``,
   ``countif(predicate)``, ``dcount(expr)``, ``make_set(expr[, maxSize])``;
-  ``distinct col[, ...]``; ``top n by <expr> [asc|desc] [nulls first|last]``
+  ``distinct col[, ...]``; ``top n by <expr> [asc|desc] [nulls first|last]``;
+  ``mv-expand [name =] <expr>`` (one column, no options);
   (see :mod:`~cmk.sandbox.kql_summarize` for names and null handling).
 * Expressions: string literals ('...' or "..."), integers and decimals, ``true``/``false``,
   ``null``; columns and property paths (``properties.encryption.keySource``,
@@ -44,7 +45,7 @@ Semantics and known differences
   ``Resources`` and the results of ``tostring``/``tolower``/... are ``string``; property
   paths and the ``properties``/``identity``/``tags``/``sku`` columns are ``dynamic``.
 * Not supported (rejected): other aggregates (``sum``, ``arg_max``, ...), ``join``,
-  ``union``, ``mv-expand``, ``parse``,
+  ``union``, ``mv-expand`` options and several columns, ``parse``,
   ``extend`` without a name, ``let``, datetime functions, ``iff``/``case``, regex
   operators, arithmetic, and every other function or operator not listed above.
 

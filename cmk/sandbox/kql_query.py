@@ -40,7 +40,7 @@ TABLES: Final = frozenset({"resources"})
 
 KNOWN_UNSUPPORTED_OPERATORS: Final = frozenset(
     {
-        "join", "union", "mv-expand", "mvexpand", "parse", "sample", "make-series", "lookup",
+        "join", "union", "mvexpand", "parse", "sample", "make-series", "lookup",
         "let", "render", "serialize", "evaluate",
         "project-keep", "project-rename", "project-reorder", "mv-apply", "as", "invoke",
         "search", "find", "getschema", "range", "print", "datatable",
@@ -108,6 +108,8 @@ class QueryParser(GroupingParser):
                 stages.append(self.summarize())
             elif name == "distinct":
                 stages.append(self.distinct())
+            elif name == "mv-expand":
+                stages.append(self._mv_expand())
             elif name == "top":
                 stages.append(self._top())
                 limited = True
@@ -202,6 +204,34 @@ class QueryParser(GroupingParser):
                 raise self.fail()
             nulls_first = self.next().text == "first"
         return get, descending, nulls_first
+
+    def _mv_expand(self) -> Stage:
+        """``mv-expand [name =] <dynamic expr>`` (one column; no ``kind=``,
+        ``with_itemindex``, ``to typeof`` or ``limit``): a row per array element, a
+        single-entry bag per property; null keeps one row with null; an empty array or bag
+        keeps none (Kusto's rules). A scalar stays one row (Kusto's answer is undocumented)."""
+        if self.at("kind", "with_itemindex", "bagexpansion"):
+            raise self.fail(unsupported=True)
+        name, expr = self._named()
+        if self.at(",", "to", "limit"):
+            raise self.fail(unsupported=True)
+        self.schema[name] = "dynamic"
+        get = expr.evaluate
+
+        def expand(rows: list[Row]) -> list[Row]:
+            out: list[Row] = []
+            for row in rows:
+                value = get(row)
+                if isinstance(value, list):
+                    items: list[object] = list(value)
+                elif isinstance(value, dict):
+                    items = [{key: item} for key, item in value.items()]
+                else:
+                    items = [value]
+                out.extend({**row, name: item} for item in items)
+            return out
+
+        return expand
 
     def _top(self) -> Stage:
         """``top n by <expr> [asc|desc] [nulls first|last]``: order by, then take n."""

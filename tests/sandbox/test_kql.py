@@ -287,13 +287,41 @@ class TestDistinctTopCount:
         assert not caught.value.unsupported
 
 
+class TestMvExpand:
+    ROWS: tuple[kql.Row, ...] = (
+        {"id": "1", "zones": ["1", "2"], "tags": {"a": "x", "b": "y"}},
+        {"id": "2", "zones": [], "tags": None},
+        {"id": "3", "zones": None, "tags": {}},
+    )
+
+    def test_array_gives_a_row_per_element(self) -> None:
+        """An array expands per element; empty gives no row; null keeps one null row."""
+        query = kql.parse("Resources | mv-expand zones | project id, zones")
+        assert query.run(list(self.ROWS)) == [
+            {"id": "1", "zones": "1"},
+            {"id": "1", "zones": "2"},
+            {"id": "3", "zones": None},
+        ]
+
+    def test_bag_gives_single_entry_bags_under_a_new_name(self) -> None:
+        """A property bag expands to {key: value} bags; name = puts them in a new column."""
+        query = kql.parse("Resources | mv-expand tag = tags | project id, tag")
+        assert query.columns == (("id", "string"), ("tag", "dynamic"))
+        assert query.run(list(self.ROWS)) == [
+            {"id": "1", "tag": {"a": "x"}},
+            {"id": "1", "tag": {"b": "y"}},
+            {"id": "2", "tag": None},
+        ]
+
+
 class TestRejects:
     @pytest.mark.parametrize(
         ("query", "token"),
         [
             ("Resources | summarize arg_max(name, id) by type", "arg_max"),
             ("Resources | join (Resources) on id", "join"),
-            ("Resources | mv-expand tags", "mv-expand"),
+            ("Resources | mv-expand kind=array tags", "kind"),
+            ("Resources | mv-expand zones, tags", ","),
             ("ResourceContainers | take 1", "ResourceContainers"),
             ("Resources | where iff(true, 1, 2) == 1", "iff"),
         ],

@@ -265,7 +265,7 @@ class TestErrors:
         """An operator outside the subset is reported as InvalidQueryLanguage."""
         world, reader = _world(1)
         with pytest.raises(GraphError) as caught:
-            _query(ResourceGraph(world), reader, "Resources | mv-expand zones")
+            _query(ResourceGraph(world), reader, "Resources | join (Resources) on id")
         assert caught.value.body["error"]["details"][1]["code"] == "InvalidQueryLanguage"
         assert caught.value.body["error"]["code"] == "BadRequest"
 
