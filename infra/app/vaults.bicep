@@ -44,8 +44,10 @@ param operatorPrincipalType string = 'Group'
 param tags object = {}
 
 // Vaults whose topic this deployment creates, and vaults whose existing topic it adopts.
-var createdTopicVaults = filter(vaults, v => !(contains(v, 'adopt') && bool(v.adopt)))
-var adoptedTopicVaults = filter(vaults, v => contains(v, 'adopt') && bool(v.adopt))
+// (A conditional, not &&: ARM's if() evaluates only the branch taken, so v.adopt is read only
+// where it exists.)
+var createdTopicVaults = filter(vaults, v => !(contains(v, 'adopt') ? bool(v.adopt) : false))
+var adoptedTopicVaults = filter(vaults, v => contains(v, 'adopt') ? bool(v.adopt) : false)
 
 // One Key Vault system topic per vault (a system topic lives next to its source). Its
 // identity writes dead letters.
