@@ -12,6 +12,10 @@ path), and method; it fires with a probability and/or for a number of times::
                        status=429, retry_after=1, count=2)
     sandbox.faults.add(host="*.vault.azure.net", latency=0.2, probability=0.5)
     sandbox.faults.add(path=r"/keys/k1/", drop=True, count=1)
+
+``hold`` (a ``threading.Event``) parks a matching request until the event is set — a
+test that must put something *between* a client's request and its answer (another
+client's whole update, say) holds it there, deterministically, without a sleep.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class FaultRule:
     retry_after: float | None = None
     latency: float = 0.0
     drop: bool = False
+    hold: threading.Event | None = None
     body: dict[str, object] | None = None
     probability: float = 1.0
     count: int | None = None  # fire at most this many times (None: forever)
@@ -63,8 +68,8 @@ class FaultRule:
     hits: int = 0
 
     def __post_init__(self) -> None:
-        if self.status is None and not self.drop and self.latency <= 0:
-            raise ValueError("a fault needs status=, drop=True or latency=")
+        if self.status is None and not self.drop and self.latency <= 0 and self.hold is None:
+            raise ValueError("a fault needs status=, drop=True, latency= or hold=")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"probability must be within [0, 1], not {self.probability}")
         self._path_re = re.compile(self.path) if self.path else None
@@ -117,6 +122,7 @@ class Faults:
         body: dict[str, object] | None = None,
         probability: float = 1.0,
         count: int | None = None,
+        hold: threading.Event | None = None,
     ) -> FaultRule:
         """Add a rule; see the module docstring. Returns it (``rule.hits`` counts firings)."""
         rule = FaultRule(
@@ -127,6 +133,7 @@ class Faults:
             retry_after=retry_after,
             latency=latency,
             drop=drop,
+            hold=hold,
             body=body,
             probability=probability,
             count=count,
@@ -265,6 +272,9 @@ def middleware(faults: Faults, counters: Counters, endpoint_of: EndpointNamer) -
         delay = sum(r.latency for r in fired)
         if delay > 0:
             await asyncio.sleep(delay)
+        for rule in fired:
+            if rule.hold is not None:
+                await asyncio.get_running_loop().run_in_executor(None, rule.hold.wait)
         answer = next((r for r in fired if r.drop or r.status is not None), None)
         status = 0
         fault_id: str | None = answer.id if answer else None

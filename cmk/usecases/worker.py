@@ -111,7 +111,13 @@ class _Step:
             )
 
     async def drop_lease(self) -> None:
-        await self.engine.ledger.release_lease(self.lease, self.token)
+        """Give the lease back; if that fails, it simply expires (the job's outcome stands)."""
+        try:
+            await self.engine.ledger.release_lease(self.lease, self.token)
+        except TransientError as error:
+            log.warning(
+                "write lease not released (it expires): %s", error, extra=self.log_fields("lease")
+            )
 
     async def note_error(self, error: TransientError) -> None:
         """Keep the last transient error on the ledger row: a poison alert names it."""

@@ -1,0 +1,256 @@
+"""Invariants of the per-account step machine under every interleaving and fault.
+
+Two or three jobs for one account, with different targets, run concurrently under the
+deterministic scheduler of :mod:`interleave`: every port call is a scheduling point.
+The tests enumerate schedules systematically — one job preempted at each of its calls
+while the other runs, with a fault (429, 5xx, a response lost after the service applied
+the call, the process killed) injected at that very call — and seeded random schedules
+of three jobs. After each schedule settles (redeliveries as the queue would make them;
+a dead job's lease runs out on the sandbox clock) they check:
+
+- the account never visited an older version than one it had, and ends on the newest;
+- the ledger agrees with ARM: the newest SUCCEEDED row is the version ARM has, no row
+  is left PLANNED/SUBMITTED, no row FAILED;
+- nothing alerted (every fault here is transient: a human has nothing to do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+import pytest
+from interleave import Fault, Killed, Plan, Scheduler, gated
+from usecase_rig import Rig
+
+from cmk.errors import AccountBusy, ThrottledError, TransientError
+from cmk.keyid import KeyId
+from cmk.ports import JobStep, LedgerState, RotationJob
+from cmk.resource_id import AccountId
+from cmk.sandbox.world import AccountState, KeyVersionState
+from cmk.usecases import JobReport, on_poison, rotate_account
+from cmk.usecases.report import JobResult
+
+MAX_DELIVERIES = 5
+
+
+@dataclass
+class Outcome:
+    """What one schedule did."""
+
+    trace: list[str] = field(default_factory=list)
+    reports: list[JobReport] = field(default_factory=list)
+    rounds: int = 0
+
+
+def _job(rig: Rig, account: AccountState, version: KeyVersionState) -> RotationJob:
+    key = KeyId(rig.estate.kv.url, "cmk", version.version)
+    return RotationJob(AccountId.parse(account.resource_id), key, trigger="test")
+
+
+async def settle(rig: Rig, jobs: dict[str, RotationJob], plan: Plan) -> Outcome:
+    """Run ``jobs`` under ``plan``, then redeliver what must be redelivered (as the queue
+    would, plan-free) until every job has ended."""
+    outcome = Outcome()
+    pending = dict(jobs)
+    deliveries: dict[str, int] = dict.fromkeys(jobs, 0)
+    lease = max(rig.engine.write_lease, rig.engine.settings.update_timeout + timedelta(minutes=1))
+    while pending:
+        outcome.rounds += 1
+        assert outcome.rounds < 40, f"did not settle: {outcome.trace}"
+        scheduler = Scheduler(plan if outcome.rounds == 1 else Plan())
+        engine = gated(rig.engine, scheduler)
+        made = {name: partial(rotate_account, engine, job) for name, job in pending.items()}
+        results = await scheduler.run(made)
+        outcome.trace += scheduler.trace
+        again: dict[str, RotationJob] = {}
+        for name, job in pending.items():
+            result: Any = results[name]
+            if isinstance(result, JobReport):
+                outcome.reports.append(result)
+                if result.result is JobResult.SUBMITTED:
+                    again[name] = RotationJob(**{**job.__dict__, "step": JobStep.VERIFY})
+            elif isinstance(result, Killed | ThrottledError):
+                again[name] = job  # redelivered after its visibility timeout / deferred
+            elif isinstance(result, TransientError):
+                deliveries[name] += 1
+                if deliveries[name] >= MAX_DELIVERIES:
+                    outcome.reports.append(await on_poison(rig.engine, job))
+                else:
+                    again[name] = job
+            else:
+                raise AssertionError(f"{name} raised {result!r}; trace {scheduler.trace}")
+        # Time passes before redelivery: a lease left by a dead or cut-off run runs out.
+        rig.world.clock.advance(lease + timedelta(seconds=1))
+        pending = again
+    return outcome
+
+
+async def check(rig: Rig, account: AccountState, newest: str, outcome: Outcome) -> None:
+    """The invariants of the module docstring, with the trace in every failure message."""
+    trace = " ".join(outcome.trace)
+    history = [version for _, version in account.binding_history]
+    assert account.encryption.key_version == newest, f"ended on {history[-1]}: {trace}"
+    assert account.provisioning_state == "Succeeded", trace
+    rig.check_invariants()  # never backwards, never a rejected version, no double alert
+    entries = await rig.engine.ledger.history(AccountId.parse(account.resource_id))
+    states = {entry.to_version: entry.state for entry in entries}
+    assert states.get(newest) is LedgerState.SUCCEEDED, f"{states}: {trace}"
+    assert not {s for s in states.values() if s not in _SETTLED}, f"{states}: {trace}"
+    mine = [e for e in rig.alerts() if e["subject"].lower() == account.resource_id.lower()]
+    assert mine == [], f"alerted for transient faults: {mine}: {trace}"
+
+
+_SETTLED = frozenset({LedgerState.SUCCEEDED, LedgerState.SKIPPED})
+
+
+class _World:
+    """One key with versions v1 < v2 < v3 and a fresh account on v1 per schedule."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.versions = []
+        for _ in range(3):
+            self.versions.append(rig.estate.version(rig.estate.kv))
+            rig.world.clock.advance(timedelta(minutes=1))  # versions dated apart, as in Azure
+        self.count = 0
+
+    def account(self) -> AccountState:
+        self.count += 1
+        return self.rig.estate.account(f"acct{self.count}", self.rig.estate.kv, self.v1)
+
+    @property
+    def v1(self) -> str:
+        return self.versions[0].version
+
+    def jobs(self, account: AccountState, *targets: int) -> dict[str, RotationJob]:
+        names = "ABC"
+        return {names[i]: _job(self.rig, account, self.versions[t]) for i, t in enumerate(targets)}
+
+
+async def _calls_of(world: _World, *targets: int) -> int:
+    """How many port calls job A makes when it runs alone first (the points to preempt)."""
+    account = world.account()
+    outcome = await settle(world.rig, world.jobs(account, *targets), Plan(order=[("A", None)]))
+    await check(world.rig, account, world.versions[max(targets)].version, outcome)
+    return sum(1 for step in outcome.trace if step.startswith("A:"))
+
+
+class TestTwoJobsOneAccount:
+    """A targets v2, B targets v3: whatever the order and the fault, never backwards."""
+
+    async def test_b_runs_at_every_point_of_a(self, rig: Rig) -> None:
+        """B runs to its end at each of A's calls (A preempted there); then A finishes."""
+        world = _World(rig)
+        calls = await _calls_of(world, 1, 2)
+        assert calls >= 8  # lease, ledger, account and key reads, the PATCH, release
+        for k in range(calls + 1):
+            account = world.account()
+            plan = Plan(order=[("A", k), ("B", None), ("A", None)])
+            outcome = await settle(rig, world.jobs(account, 1, 2), plan)
+            await check(rig, account, world.versions[2].version, outcome)
+
+    @pytest.mark.parametrize("fault", list(Fault))
+    async def test_fault_at_every_point_of_a_with_b_in_between(
+        self, rig: Rig, fault: Fault
+    ) -> None:
+        """A fault at each of A's calls, B running right after it, then redeliveries."""
+        world = _World(rig)
+        calls = await _calls_of(world, 1, 2)
+        for k in range(calls):
+            account = world.account()
+            plan = Plan(order=[("A", k + 1), ("B", None), ("A", None)], fault=("A", k, fault))
+            outcome = await settle(rig, world.jobs(account, 1, 2), plan)
+            await check(rig, account, world.versions[2].version, outcome)
+
+    async def test_older_target_last_is_skipped(self, rig: Rig) -> None:
+        """B (v3) first, then A (v2): A finds the account newer and skips, no PATCH."""
+        world = _World(rig)
+        account = world.account()
+        outcome = await settle(rig, world.jobs(account, 1, 2), Plan(order=[("B", None)]))
+        await check(rig, account, world.versions[2].version, outcome)
+        skipped = [r for r in outcome.reports if r.result is JobResult.SKIPPED]
+        assert len(skipped) == 1 and skipped[0].target.version == world.versions[1].version
+        assert [v for _, v in account.binding_history] == [world.v1, world.versions[2].version]
+
+
+class TestThreeJobsSeeded:
+    """Three jobs (v2, v3 and a duplicate v2) in seeded random orders with random faults."""
+
+    @pytest.mark.parametrize("seed", range(12))
+    async def test_random_schedule(self, rig: Rig, seed: int) -> None:
+        """The seed decides the order and the fault; a failure names the seed and trace."""
+        rng = random.Random(seed)
+        world = _World(rig)
+        account = world.account()
+        order = [(rng.choice("ABC"), rng.randint(1, 6)) for _ in range(8)]
+        fault = (rng.choice("ABC"), rng.randint(0, 10), rng.choice(list(Fault)))
+        plan = Plan(order=order, fault=fault)
+        outcome = await settle(rig, world.jobs(account, 1, 2, 1), plan)
+        await check(rig, account, world.versions[2].version, outcome)
+
+
+async def _until(condition: Any, what: str) -> None:
+    """Wait for ``condition()``; the ceiling only bounds a hang, it decides nothing."""
+    for _ in range(6000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class TestRequestsInFlight:
+    """Interleavings inside one job's update, at the HTTP level: the sandbox holds A's PATCH
+    (or answers it 429) while B runs, so only the write lease keeps B out."""
+
+    async def test_patch_held_in_flight_keeps_other_jobs_out(self, rig: Rig) -> None:
+        """While A's PATCH to v2 is in flight, B (v3) is deferred by A's lease; after A
+        lands, B moves the account on. Without the lease B would land first and A's late
+        PATCH would take the account back to v2."""
+        world = _World(rig)
+        account = world.account()
+        jobs = world.jobs(account, 1, 2)
+        hold = threading.Event()
+        rule = rig.estate.sandbox.faults.add(
+            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
+        )
+        first = asyncio.create_task(rotate_account(rig.engine, jobs["A"]))
+        try:
+            await _until(lambda: rule.hits == 1 or first.done(), "A's PATCH to reach the sandbox")
+            assert not first.done(), first.result()
+            with pytest.raises(AccountBusy):
+                await rotate_account(rig.engine, jobs["B"])
+        finally:
+            hold.set()
+        assert (await first).result is JobResult.SUCCEEDED
+        assert (await rotate_account(rig.engine, jobs["B"])).result is JobResult.SUCCEEDED
+        versions = [v.version for v in world.versions]
+        assert [v for _, v in account.binding_history] == versions
+        await check(rig, account, versions[2], Outcome())
+
+    async def test_throttled_patch_is_never_resent_over_a_newer_move(self, rig: Rig) -> None:
+        """A's PATCH to v2 is answered 429 Retry-After 1 s; B (v3) runs meanwhile. A is
+        deferred (the SDK does not re-send the old body), and its redelivery skips."""
+        world = _World(rig)
+        account = world.account()
+        jobs = world.jobs(account, 1, 2)
+        rig.estate.sandbox.faults.add(
+            host="management.azure.com",
+            path=account.name,
+            method="PATCH",
+            status=429,
+            retry_after=1,
+            count=1,
+        )
+        with pytest.raises(ThrottledError):
+            await rotate_account(rig.engine, jobs["A"])
+        assert (await rotate_account(rig.engine, jobs["B"])).result is JobResult.SUCCEEDED
+        assert (await rotate_account(rig.engine, jobs["A"])).result is JobResult.SKIPPED
+        versions = [v.version for v in world.versions]
+        assert [v for _, v in account.binding_history] == [versions[0], versions[2]]
+        await check(rig, account, versions[2], Outcome())
