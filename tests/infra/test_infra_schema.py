@@ -204,6 +204,33 @@ class TestEveryResource:
 class TestCheckerCatches:
     """The checker is not vacuous: planted mistakes are found."""
 
+    @pytest.mark.parametrize(
+        ("original", "planted", "expected"),
+        [
+            (
+                "allowSharedKeyAccess: false",
+                "allowSharedKeyAcess: false",
+                "properties.allowSharedKeyAcess: no such property",
+            ),
+            (
+                "minimumTlsVersion: 'TLS1_2'",
+                "minimumTlsVersion: 'TLS1_4'",
+                "properties.minimumTlsVersion: 'TLS1_4' is not one of",
+            ),
+        ],
+        ids=["typo", "bad-enum"],
+    )
+    def test_planted_in_the_real_template(self, original: str, planted: str, expected: str) -> None:
+        """A typo or a bad enum planted in the real storage.bicep fails its check."""
+        source = (INFRA / "app" / "storage.bicep").read_text(encoding="utf-8")
+        assert source.count(original) == 1
+        template = cast(dict[str, Any], BicepParser().parse(text=source.replace(original, planted)))
+        resource = template["resources"]["storageAccount"]
+        model, models = load_model(MODELS[(resource["type"], resource["api_version"])])
+        found = [str(p) for p in Validator(template, models).check_body(resource["config"], model)]
+        assert len(found) == 1
+        assert found[0].startswith(expected)
+
     SITE = """
 param name string
 resource site 'Microsoft.Web/sites@2024-04-01' = {
