@@ -116,3 +116,37 @@ class TestInterruptedSweep:
         assert "Traceback" not in ended.stderr
         assert "of 6 account(s) finished" in ended.stderr
         assert "to finish: cmk sweep" in ended.stderr
+
+
+class TestInterruptedDemo:
+    def test_between_acts(self, tmp_path: Path):
+        """`cmk demo` interrupted once act 2 has begun: the acts so far are on stdout, one
+        line on stderr says it stopped and how to run it again; exit 130, no traceback."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CMK_", "AZURE_"))}
+        env.pop("AzureWebJobsStorage", None)
+        process = subprocess.Popen(
+            [str(CMK), "demo"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        seen = []
+        try:
+            for line in process.stdout:  # bounded by the demo itself
+                seen.append(line)
+                if line.startswith("Act 2"):
+                    process.send_signal(signal.SIGINT)
+                    break
+            rest, err = process.communicate(timeout=CEILING_SECONDS)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 130, err
+        assert "Traceback" not in err
+        assert "cmk demo: interrupted" in err and "run `cmk demo` again" in err
+        assert any(line.startswith("Act 1") for line in seen)
+        assert "demo finished" not in rest
