@@ -43,3 +43,15 @@ class TestCliReference:
         for command in ("status", "plan", "sweep", "rotate", "versions", "replay", "history"):
             assert command in SCHEMAS
         assert {"demo", "error"} <= set(SCHEMAS)
+
+    def test_conventions_are_documented(self):
+        """docs/cli.md documents --output, --version, every exit code, Ctrl-C and the
+        interrupted error document."""
+        text = (DOCS / "cli.md").read_text()
+        for part in ("`-o json`", "`-o tsv`", "`--json`", "`cmk --version`", "`--query`"):
+            assert part in text, part
+        for code in ("| 0 |", "| 1 |", "| 2 |", "| 130 |"):
+            assert code in text, code
+        assert (
+            "interrupted" in SCHEMAS["error"]["properties"]["error"]["properties"]["kind"]["enum"]
+        )
