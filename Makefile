@@ -81,3 +81,21 @@ $(AZCLI_STAMP):
 
 az-cli-check: $(AZCLI_STAMP) $(STAMP)
 	CMK_AZ_CLI=$(abspath $(AZCLI_VENV))/bin/az $(BIN)/pytest tests/sandbox/test_azure_cli.py -q -p no:cacheprovider
+
+# The Azure SDK for JavaScript against `cmk sandbox up` (tests/sandbox/test_node_sdk.py):
+# the latest packages from npm in a folder of their own (delete .node-azsdk/.installed to
+# fetch newer ones). `clients-check` runs both foreign-client checks.
+NODE_SDK_DIR := .node-azsdk
+NODE_SDK_STAMP := $(NODE_SDK_DIR)/.installed
+.PHONY: node-sdk-check clients-check
+
+$(NODE_SDK_STAMP):
+	mkdir -p $(NODE_SDK_DIR)
+	test -f $(NODE_SDK_DIR)/package.json || echo '{"name": "cmk-node-sdk-check", "private": true}' > $(NODE_SDK_DIR)/package.json
+	cd $(NODE_SDK_DIR) && npm install --no-audit --no-fund --loglevel=error @azure/identity @azure/keyvault-keys @azure/arm-resources-subscriptions
+	touch $@
+
+node-sdk-check: $(NODE_SDK_STAMP) $(STAMP)
+	CMK_NODE_SDK=$(abspath $(NODE_SDK_DIR)) $(BIN)/pytest tests/sandbox/test_node_sdk.py -q -p no:cacheprovider
+
+clients-check: az-cli-check node-sdk-check

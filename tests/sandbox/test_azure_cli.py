@@ -4,44 +4,30 @@
 runs this module with ``CMK_AZ_CLI`` naming its ``az``; without that variable every test
 is skipped (installing the CLI takes minutes, so ``make test`` does not). The CLI sees
 only the variables of the env file ``cmk sandbox up --env-file`` writes (plus a private
-``AZURE_CONFIG_DIR``), exactly as a user who sourced it.
+``AZURE_CONFIG_DIR``), exactly as a user who sourced it (the ``sandbox_up`` fixture).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_sandbox import SandboxUp, sandbox_up  # noqa: F401 (the fixture)
 
 AZ = os.environ.get("CMK_AZ_CLI", "")
 pytestmark = pytest.mark.skipif(
     not AZ or not Path(AZ).exists(), reason="set CMK_AZ_CLI to an az binary (make az-cli-check)"
 )
 
-START_CEILING_SECONDS = 60.0  # only bounds a hang; readiness is the env file appearing
 AZ_CEILING_SECONDS = 180.0
 VAULT, KEY = "kv-cmk-weu", "ai-cmk"
 GROUP, ACCOUNT = "rg-ai-weu", "ai-prod-weu-01"
 GRAPH = "https://management.azure.com/providers/Microsoft.ResourceGraph/resources"
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    """``export NAME=value`` lines (values shell-quoted by ``shlex.quote``)."""
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        env[name] = shlex.split(value)[0] if value else ""
-    return env
 
 
 @dataclass
@@ -65,35 +51,18 @@ class Cli:
 
 
 @pytest.fixture(scope="module")
-def az(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
-    """``cmk sandbox up`` in a subprocess, and ``az`` logged in with its managed identity."""
-    root = tmp_path_factory.mktemp("azcli")
-    env_file = root / "sandbox.env"
-    command = [sys.executable, "-m", "cmk.cli", "sandbox", "up", "--no-azurite"]
-    command += ["--env-file", str(env_file), "--state-dir", str(root / "state")]
-    log = (root / "up.log").open("w")
-    up = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + START_CEILING_SECONDS
-        while not env_file.exists():
-            assert up.poll() is None, (root / "up.log").read_text()
-            assert time.monotonic() < deadline, "cmk sandbox up did not write its env file"
-            time.sleep(0.1)
-        env = {
-            "PATH": os.environ["PATH"],
-            "HOME": str(root),
-            "AZURE_CONFIG_DIR": str(root / "azure"),
+def az(sandbox_up: SandboxUp) -> Cli:  # noqa: F811 (the imported fixture)
+    """``az`` logged in with the sandbox's managed identity, its profile kept private."""
+    cli = Cli(
+        {
+            **sandbox_up.env,
+            "AZURE_CONFIG_DIR": str(sandbox_up.root / "azure"),
             "AZURE_CORE_COLLECT_TELEMETRY": "no",
-            **_read_env_file(env_file),
         }
-        cli = Cli(env)
-        login = cli.run("login", "--identity", "--output", "json")
-        assert login.returncode == 0, login.stderr
-        yield cli
-    finally:
-        up.send_signal(signal.SIGINT)
-        up.wait(timeout=30)
-        log.close()
+    )
+    login = cli.run("login", "--identity", "--output", "json")
+    assert login.returncode == 0, login.stderr
+    return cli
 
 
 class TestAccount:
