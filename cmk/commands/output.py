@@ -235,6 +235,8 @@ class Output:
             if isinstance(renderable, str | Text):  # a line: never wrapped (grep-able)
                 self.console.print(_safe(renderable), soft_wrap=True)
             elif isinstance(renderable, DataTable):
+                if renderable.title_text:
+                    self.console.print(Text(clean(renderable.title_text)), soft_wrap=True)
                 self.console.print(fit(self.console, renderable))
             else:
                 self.console.print(renderable)
@@ -287,7 +289,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
 
 
 def _rich_table(title: str, columns: list[str], cells: list[list[Text]]) -> DataTable:
-    result = DataTable(title=Text(clean(title)), title_justify="left", show_lines=False)
+    result = DataTable(show_lines=False)  # the title is a line of its own: never padded
     for index, column in enumerate(columns):
         widest = max((len(row[index].plain) for row in cells if index < len(row)), default=0)
         keep = column in WHOLE_COLUMNS

@@ -76,7 +76,7 @@ class TestColours:
         assert "stale" in text and _colours(text) == []
 
     def test_pipes_get_plain_text(self, world: World):
-        """Piped, stdout and stderr hold no escape code at all."""
+        """Piped, stdout and stderr hold no escape code, and no line is padded."""
         world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
         result = subprocess.run(
             [str(CMK), "sweep"],
@@ -88,6 +88,7 @@ class TestColours:
         )
         assert result.returncode == 0, result.stderr
         assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
+        assert not [line for line in result.stdout.splitlines() if line.endswith(" ")]
         assert "moving accounts: 6/6" in result.stderr  # progress as lines, not a bar
 
     def test_names_stay_whole_on_80_columns(self, world: World):
