@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options
-from cmk.commands.scope import scope_warnings, warn
+from cmk.commands.scope import scope_line, scope_warnings, warn
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import print_alerts, print_sweep
 from cmk.usecases import SweepReport, plan
@@ -49,6 +49,7 @@ async def _plan(session: Session) -> int:
         f" {len(report.moves)} to move, {len(report.findings)} findings,"
         f" {len(report.alerts)} alerts a sweep would raise, {report.out_of_scope} out of scope"
     )
+    output.print(scope_line(session.settings))
     return code
 
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 from cmk.commands.output import EXIT_FINDINGS, Output
 from cmk.settings import Settings
 
-__all__ = ["scope_warnings", "warn"]
+__all__ = ["scope_line", "scope_warnings", "warn"]
+
+
+def scope_line(settings: Settings) -> str:
+    """Which subscriptions and vaults a run covered, for the end of its output."""
+    vaults = sorted(url.removeprefix("https://") for url in settings.vault_allowlist)
+    return (
+        f"scope: {len(settings.subscriptions)} subscription(s) of CMK_SUBSCRIPTIONS"
+        f" ({', '.join(settings.subscriptions) or 'none'}); {len(vaults)} vault(s) of"
+        f" CMK_VAULT_ALLOWLIST ({', '.join(vaults) or 'none'})"
+    )
 
 
 def scope_warnings(settings: Settings, in_scope: int) -> list[str]:

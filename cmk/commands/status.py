@@ -19,7 +19,7 @@ from cmk.commands.output import (
     styled,
     table,
 )
-from cmk.commands.scope import scope_warnings, warn
+from cmk.commands.scope import scope_line, scope_warnings, warn
 from cmk.commands.session import Session, run_command
 from cmk.usecases import AccountStatus, BindingState, status
 
@@ -76,6 +76,7 @@ async def _status(session: Session) -> int:
     output.print(table(f"{len(accounts)} CMK accounts", columns, rows))
     parts = [Text.assemble(styled(state), f": {n}") for state, n in counts.items() if n]
     output.print(Text("  ").join(parts))
+    output.print(scope_line(session.settings))
     return code
 
 

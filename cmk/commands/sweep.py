@@ -14,7 +14,7 @@ from typing import Any
 
 from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
 from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options
-from cmk.commands.scope import scope_warnings, warn
+from cmk.commands.scope import scope_line, scope_warnings, warn
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import job_summary, jobs_failed, print_jobs, print_sweep
 from cmk.usecases import sweep
@@ -83,6 +83,7 @@ async def _sweep(session: Session) -> int:
         f" {len(report.findings)} findings, {report.alerts_published} new alerts"
         + (f"; {retries} transient errors retried (-v shows each)" if retries else "")
     )
+    output.print(scope_line(session.settings))
     return code
 
 

@@ -64,9 +64,13 @@ class TestScope:
         assert "cmk: warning: no CMK account in scope" in run.err
 
     def test_plan_in_scope_has_no_warning(self, world: World, cmk):
-        """With the vaults in scope, plan has no scope warning."""
+        """With the vaults in scope, plan has no scope warning and says what it covered."""
         run = cmk("plan", "--json")
         assert run.valid("plan")["warnings"] == [] and "warning" not in run.err
+        run = cmk("plan")
+        [scope] = [line for line in run.out.splitlines() if line.startswith("scope: ")]
+        assert "3 subscription(s) of CMK_SUBSCRIPTIONS" in scope
+        assert "kv-demo-weu.vault.azure.net" in scope
 
     def test_versions_refuses_a_vault_off_the_allowlist(self, world: World, cmk, monkeypatch):
         """versions honours CMK_VAULT_ALLOWLIST as every path does: exit 2, add it there."""
