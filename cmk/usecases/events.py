@@ -282,11 +282,15 @@ async def _noticed(
         created_version,
         extra=_extra(event, "claim"),
     )
-    return await _bind_created(engine, event, view, created)
+    return await _bind_created(engine, event, view, created, EventOutcome.FANNED_OUT)
 
 
 async def _bind_created(
-    engine: Engine, event: KeyVaultEvent, view: KeyVersions, created: KeyVersion
+    engine: Engine,
+    event: KeyVaultEvent,
+    view: KeyVersions,
+    created: KeyVersion,
+    outcome: EventOutcome = EventOutcome.ROTATED,
 ) -> EventReport:
     rejected = await reject_unbindable(engine, created)
     if rejected is not None:
@@ -300,7 +304,7 @@ async def _bind_created(
             detail=reasons,
         )
     fresh = view if view.get(created.version) else view.with_latest(created)
-    return await _spread(engine, event, fresh, EventOutcome.ROTATED, created)
+    return await _spread(engine, event, fresh, outcome, created)
 
 
 async def on_expired(engine: Engine, event: KeyVaultEvent) -> EventReport:

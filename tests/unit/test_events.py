@@ -224,11 +224,14 @@ class TestKeyEvents:
         event["eventTime"] = "2024-01-02T03:04:05"
         assert parse_key_event(event).event_time == datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
 
-    def test_eventgrid_topic_may_be_absent(self) -> None:
-        """An Event Grid event without topic has no vault_id (data.Id still decides)."""
-        event = key_event()
-        del event["topic"]
-        assert parse_key_event(event).vault_id is None
+    @pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])
+    def test_event_without_its_vault_is_rejected(self, schema: str) -> None:
+        """An event without topic (Event Grid) or source (CloudEvents) is refused alike:
+        Event Grid always names the vault, so its absence means the event is not genuine."""
+        event = key_event(schema)  # type: ignore[arg-type]
+        del event["topic" if schema == "eventgrid" else "source"]
+        with pytest.raises(InvalidEvent, match="missing"):
+            parse_key_event(event)
 
     def test_subject_may_be_absent(self) -> None:
         """A CloudEvent without subject (optional in the spec) is accepted."""

@@ -1,0 +1,182 @@
+"""The safety cases of one notice, one failure, one sweep: each once broke, each now holds.
+
+- A near-expiry notice creates at most one version, whatever follows: the new version is
+  rejected by policy, a transient failure after the creation, redeliveries.
+- One failure of one account's move alerts once, whichever step sees it, naming the
+  target version.
+- A sweep alerts an allow-listed key it cannot read (once, naming its accounts), and does
+  not alert a stale binding it moves itself.
+- Alerts are independent: one that cannot be published stays pending, the others go out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+from usecase_rig import Rig
+
+from cmk.errors import ServiceUnavailable
+from cmk.keyid import KeyId
+from cmk.ports import JobStep, RotationJob
+from cmk.resource_id import AccountId
+from cmk.sandbox.world import KeyEventType
+from cmk.usecases import EventOutcome, on_near_expiry, rotate_account, sweep
+from cmk.usecases.report import JobResult
+
+
+class TestOneNoticeOneVersion:
+    """A KeyNearExpiry notice (key + expiring version) creates at most one version."""
+
+    async def test_rejected_new_version_is_not_recreated_on_redelivery(self, rig: Rig) -> None:
+        """The version created for the notice fails the policy (4096-bit, like its
+        template): three deliveries make one version and one version_rejected alert."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        expiring = estate.version(estate.kv, size=4096, expires=now + timedelta(days=10))
+        estate.account("acct-r", estate.kv, expiring.version)
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring)
+
+        reports = [await on_near_expiry(rig.engine, event) for _ in range(3)]
+
+        assert [r.outcome for r in reports] == [EventOutcome.VERSION_REJECTED] * 3
+        assert len(estate.kv.keys["cmk"].versions) == 2
+        assert {r.created_version for r in reports} == {estate.kv.keys["cmk"].versions[-1].version}
+        assert len(rig.alerts("version_rejected")) == 1
+        rig.check_invariants()
+
+    async def test_transient_failure_after_creation_creates_nothing_more(self, rig: Rig) -> None:
+        """The handler fails after creating the version (Resource Graph answers 503): the
+        redelivery finds the notice's version and fans out to it, creating no other."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        expiring = estate.version(
+            estate.kv, created=now - timedelta(days=355), expires=now + timedelta(days=10)
+        )
+        account = estate.account("acct-t", estate.kv, expiring.version)
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring)
+        rule = estate.sandbox.faults.add(host="management.azure.com", status=503)
+        try:
+            got = await on_near_expiry(rig.engine, event)
+            raise AssertionError(f"the fan-out should have failed: {got}")
+        except ServiceUnavailable:
+            pass
+        finally:
+            estate.sandbox.faults.remove(rule)
+        assert len(estate.kv.keys["cmk"].versions) == 2
+
+        report = await on_near_expiry(rig.engine, event)
+        await rig.drain()
+
+        assert report.outcome is EventOutcome.FANNED_OUT
+        assert len(estate.kv.keys["cmk"].versions) == 2
+        assert account.encryption.key_version == estate.kv.keys["cmk"].versions[-1].version
+        rig.check_invariants()
+
+
+class TestOneFailureOneAlert:
+    """A failed update alerts once, whichever step (VERIFY, a later ROTATE) sees it."""
+
+    async def test_failed_verify_then_rotate_alerts_once_naming_the_target(self, rig: Rig) -> None:
+        """The account's update ends Failed and its identity lost access: VERIFY alerts
+        account_update_failed naming the target; the next ROTATE of the same target, which
+        finds no usable identity, does not alert again."""
+        estate = rig.estate
+        old = estate.version(estate.kv)
+        estate.world.clock.advance(timedelta(minutes=1))
+        new = estate.version(estate.kv)
+        account = estate.account("acct-f", estate.kv, old.version)
+        account.provisioning_state = "Failed"
+        job = RotationJob(
+            AccountId.parse(account.resource_id),
+            KeyId(estate.kv.url, "cmk", new.version),
+            trigger="test",
+        )
+        verify = await rotate_account(rig.engine, replace(job, step=JobStep.VERIFY))
+        assert verify.result is JobResult.FAILED
+        assert new.version in (verify.cause or "") and old.version in (verify.cause or "")
+        account.identity.system = None  # the identity is gone too
+        again = await rotate_account(rig.engine, job)
+        assert again.result is JobResult.FAILED
+        alerts = [a for a in rig.alerts() if a["subject"].lower() == account.resource_id.lower()]
+        assert len(alerts) == 1, alerts
+        assert alerts[0]["type"] == "CmkRotator.account_update_failed"
+        assert alerts[0]["data"]["toVersion"] == new.version
+
+
+class TestSweepAlerts:
+    """A sweep alerts what needs a human, and only that."""
+
+    async def test_unreadable_key_alerts_once_naming_its_accounts(self, rig: Rig) -> None:
+        """The app lost access to an allow-listed key: one key_unreadable alert listing the
+        accounts, on every sweep still one; an account's Failed state is still reported."""
+        estate = rig.estate
+        version = estate.version(estate.kv, key="lost")
+        first = estate.account("acct-u1", estate.kv, version.version, key="lost")
+        second = estate.account("acct-u2", estate.kv, version.version, key="lost")
+        second.provisioning_state = "Failed"
+        estate.sandbox.faults.add(
+            host=f"{estate.kv.name}.vault.azure.net", path="/keys/lost", status=403
+        )
+
+        report = await sweep(rig.engine)
+        await sweep(rig.engine)
+
+        unreadable = rig.alerts("key_unreadable")
+        assert len(unreadable) == 1
+        cause = unreadable[0]["data"]["cause"]
+        assert first.name in cause and second.name in cause
+        kinds = {(f.subject.rsplit("/", 1)[-1], f.kind) for f in report.findings}
+        assert ("acct-u2", "update_failed") in kinds
+        assert rig.alerts("account_update_failed")
+
+    async def test_stale_binding_moved_by_the_run_is_not_alerted(self, rig: Rig) -> None:
+        """A binding stale for longer than the grace period, first seen by this sweep, is
+        moved, not alerted; one whose move has failed to land for longer than the grace
+        period is alerted (binding_stale) once."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        old = estate.version(estate.kv, created=now - timedelta(days=10))
+        new = estate.version(estate.kv, created=now - timedelta(days=5))
+        moved = estate.account("acct-s1", estate.kv, old.version)
+        stuck = estate.account("acct-s2", estate.kv, old.version)
+        rule = estate.sandbox.faults.add(
+            host="management.azure.com", path="acct-s2", method="PATCH", status=500
+        )
+
+        await sweep(rig.engine)
+        await rig.drain()
+
+        assert moved.encryption.key_version == new.version
+        assert stuck.encryption.key_version == old.version
+        assert rig.alerts("binding_stale") == []
+        estate.world.clock.advance(rig.engine.settings.stale_grace + timedelta(hours=1))
+        await sweep(rig.engine)
+        await sweep(rig.engine)
+        stale = rig.alerts("binding_stale")
+        assert [a["subject"].rsplit("/", 1)[-1] for a in stale] == ["acct-s2"]
+        estate.sandbox.faults.remove(rule)
+
+
+class TestIndependentAlerts:
+    """One alert that cannot be published never cancels or loses another."""
+
+    async def test_pending_alert_is_delivered_by_the_next_sweep(self, rig: Rig) -> None:
+        """With the topic down, a sweep's alerts are recorded pending (none lost, no
+        error); the next sweep delivers each exactly once."""
+        estate = rig.estate
+        version = estate.version(estate.kv, enabled=False)
+        estate.account("acct-p1", estate.kv, version.version)
+        estate.account("acct-p2", estate.kv, version.version)
+        rule = estate.sandbox.faults.add(host=rig.topic.host, status=503)
+
+        first = await sweep(rig.engine)
+
+        assert first.alerts and rig.alerts() == []
+        estate.sandbox.faults.remove(rule)
+        await sweep(rig.engine)
+        delivered = rig.alerts()
+        assert len(delivered) == len(first.alerts)
+        await sweep(rig.engine)
+        assert len(rig.alerts()) == len(delivered)
+        rig.check_invariants()
