@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -72,6 +74,9 @@ OPTIONAL_COLUMNS = (
     "newest",
     "bound",
 )
+
+#: How often work of unknown length says it is still going, when not on a terminal.
+STILL_WORKING_SECONDS = 10.0
 
 #: Width of tables when stdout is not a terminal (pipes, CI logs, tests).
 PIPE_WIDTH = 200
@@ -247,12 +252,27 @@ class Output:
 
     @contextmanager
     def working(self, description: str) -> Iterator[None]:
-        """A spinner on stderr while work of unknown length runs (only on a terminal)."""
-        if not self.err.is_terminal:
-            yield
+        """While work of unknown length runs: a spinner on stderr on a terminal, else a
+        line every :data:`STILL_WORKING_SECONDS` (none when it is over sooner)."""
+        if self.err.is_terminal:
+            with self.err.status(Text(clean(description)), spinner="dots"):
+                yield
             return
-        with self.err.status(Text(clean(description)), spinner="dots"):
+        done = threading.Event()
+        started = time.monotonic()
+
+        def remind() -> None:
+            while not done.wait(STILL_WORKING_SECONDS):
+                seconds = time.monotonic() - started
+                self.err.print(Text(clean(f"{description}... ({seconds:.0f}s)")), soft_wrap=True)
+
+        reminder = threading.Thread(target=remind, name="cmk-still-working", daemon=True)
+        reminder.start()
+        try:
             yield
+        finally:
+            done.set()
+            reminder.join()
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Ticker]:

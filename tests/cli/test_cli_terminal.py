@@ -3,14 +3,20 @@ codes when piped. `cmk` runs as a process on a real pseudo-terminal, or on pipes
 
 from __future__ import annotations
 
+import io
 import os
 import pty
 import re
 import subprocess
 import sys
+import time
+from contextlib import redirect_stderr
 from pathlib import Path
 
 from cli_rig import World
+
+from cmk.commands import output as output_module
+from cmk.commands.output import Output
 
 CMK = Path(sys.executable).parent / "cmk"
 CEILING_SECONDS = 60
@@ -108,3 +114,31 @@ class TestColours:
         for account in cmk_accounts:
             group = account.resource_id.split("/")[4]
             assert f"{group}/{account.name}" in plain, account.name
+
+
+class TestProgressWhenPiped:
+    def test_long_work_says_it_is_still_going(self, monkeypatch):
+        """Not on a terminal, work of unknown length prints a line now and then on stderr,
+        and stops when the work ends."""
+        monkeypatch.setattr(output_module, "STILL_WORKING_SECONDS", 0.01)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            output = Output(False)
+            with output.working("reading the inventory"):
+                deadline = time.monotonic() + CEILING_SECONDS
+                while "reading the inventory... (" not in err.getvalue():
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+            after = err.getvalue()
+            time.sleep(0.05)
+        assert err.getvalue() == after  # nothing more once the work is over
+
+    def test_counted_work_prints_tenths(self):
+        """Not on a terminal, counted work prints a line at every tenth, retries included."""
+        err = io.StringIO()
+        with redirect_stderr(err), Output(False).progress("moving accounts", 20) as ticker:
+            ticker.retried()
+            for _ in range(20):
+                ticker.advance()
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 10 and lines[-1] == "moving accounts: 20/20, 1 retries"
