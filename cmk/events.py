@@ -148,8 +148,12 @@ def _decode(payload: object) -> object:
             raise InvalidEvent(f"payload is not UTF-8: {error.reason}") from None
     if not isinstance(payload, str):
         return payload
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise InvalidEvent(f"payload of {len(payload)} characters exceeds {MAX_PAYLOAD_BYTES}")
+    size = len(payload.encode("utf-8", "surrogatepass"))
+    if size > MAX_PAYLOAD_BYTES:
+        # The limit is on what was received, in bytes, not on characters or on a
+        # re-serialised object. (Decoded objects from the Functions binding were already
+        # bounded by Event Grid's own 1 MB per event.)
+        raise InvalidEvent(f"payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         return json.loads(
             payload,

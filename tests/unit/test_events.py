@@ -389,6 +389,7 @@ class TestMalformedInput:
             (_deep(100_000), "nested too deeply|malformed"),
             ('{"id": "a", "id": "b"}', "appears more than once"),
             ("x" * (MAX_PAYLOAD_BYTES + 1), "exceeds"),
+            ("é" * (MAX_PAYLOAD_BYTES // 2 + 1), "bytes exceeds"),  # in bytes, not characters
             (42, "must be a JSON object"),
             (None, "must be a JSON object"),
             ({1: "x"}, "not a string"),
