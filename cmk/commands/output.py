@@ -11,20 +11,27 @@ import json
 import sys
 import threading
 import time
-import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from enum import Enum
 from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
-from cmk.keyid import KeyId
-from cmk.resource_id import AccountId
+from cmk.commands.cells import (
+    DataTable,
+    age,
+    cell,
+    clean,
+    fit,
+    short_account,
+    short_key,
+    short_version,
+    styled,
+    table,
+    tsv_cell,
+)
 from cmk.usecases.report import to_jsonable
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "DataTable",
     "Output",
     "Ticker",
+    "age",
     "cell",
     "clean",
     "common_options",
@@ -53,49 +61,11 @@ EXIT_USAGE = 2
 
 #: The formats of ``-o/--output`` (as the Azure CLI's, without yaml).
 OUTPUT_FORMATS = ("table", "json", "tsv")
-
-#: Unicode categories shown escaped: controls, formats (bidi overrides), surrogates,
-#: private use and unassigned.
-_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-
-#: Columns a narrow terminal never cuts (up to MAX_WHOLE_WIDTH): what names the row.
-WHOLE_COLUMNS = frozenset({"account", "state", "result", "outcome"})
-MAX_WHOLE_WIDTH = 48
-#: The narrowest a column is worth showing (``abcdefg…``).
-MIN_READABLE = 10
-#: Columns left out, in this order, when a table does not fit the terminal.
-OPTIONAL_COLUMNS = (
-    "trigger",
-    "attempts",
-    "enqueued",
-    "created",
-    "age",
-    "subscription",
-    "newest",
-    "bound",
-)
-
 #: How often work of unknown length says it is still going, when not on a terminal.
 STILL_WORKING_SECONDS = 10.0
 
 #: Width of tables when stdout is not a terminal (pipes, CI logs, tests).
 PIPE_WIDTH = 200
-
-STATE_STYLES = {
-    "current": "green",
-    "succeeded": "green",
-    "ok": "green",
-    "stale": "yellow",
-    "submitted": "yellow",
-    "would_update": "cyan",
-    "skipped": "dim",
-    "out_of_scope": "dim",
-    "unsafe": "bold red",
-    "failing": "red",
-    "failed": "red",
-    "rejected": "red",
-    "error": "red",
-}
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -120,23 +90,6 @@ def output_format(args: argparse.Namespace) -> str:
     """The output format of a run: ``--output``, with ``--json`` as its alias."""
     chosen = getattr(args, "output", None)
     return "json" if getattr(args, "json", False) else str(chosen or "table")
-
-
-def clean(text: str, *, newlines: bool = True) -> str:
-    """External text made safe for a terminal: control and format characters (escape
-    sequences, carriage returns, bidi overrides) are shown escaped, never interpreted."""
-    return "".join(_clean_char(char, newlines) for char in text)
-
-
-def _clean_char(char: str, newlines: bool) -> str:
-    if char == "\n" and newlines:
-        return char
-    if char == "\t":
-        return " "
-    if unicodedata.category(char) in _UNPRINTABLE:
-        code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    return char
 
 
 class Ticker(Protocol):
@@ -195,16 +148,6 @@ class _LineTicker:
 
     def retried(self) -> None:
         self.retries += 1
-
-
-class DataTable(Table):
-    """A rich table that also keeps its cells (to fit a narrow terminal) and its rows as
-    plain text for ``--output tsv``."""
-
-    title_text: str = ""
-    column_names: list[str]
-    cells: list[list[Text]]
-    tsv_rows: list[list[str]]
 
 
 class Output:
@@ -297,128 +240,3 @@ class Output:
 
 def _safe(renderable: object) -> object:
     return Text(clean(renderable)) if isinstance(renderable, str) else renderable
-
-
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> DataTable:
-    """A table; cells are rendered with :func:`cell` (plain text, never markup). Long
-    words end with an ellipsis instead of being split; ``-o json`` has the full values."""
-    cells = [[cell(value) for value in row] for row in rows]
-    result = _rich_table(title, list(columns), cells)
-    result.tsv_rows = [[tsv_cell(value) for value in row] for row in rows]
-    return result
-
-
-def _rich_table(title: str, columns: list[str], cells: list[list[Text]]) -> DataTable:
-    result = DataTable(show_lines=False)  # the title is a line of its own: never padded
-    for index, column in enumerate(columns):
-        widest = max((len(row[index].plain) for row in cells if index < len(row)), default=0)
-        keep = column in WHOLE_COLUMNS
-        result.add_column(
-            Text(clean(column)),
-            overflow="ellipsis",
-            width=min(widest, MAX_WHOLE_WIDTH) if keep and widest else None,
-        )
-    for row_cells in cells:
-        result.add_row(*row_cells)
-    result.title_text, result.column_names, result.cells = title, columns, cells
-    result.tsv_rows = []
-    return result
-
-
-def _needed(columns: list[str], cells: list[list[Text]]) -> int:
-    """The width a table needs to stay readable: whole columns whole, the others at least
-    :data:`MIN_READABLE` characters, plus borders and padding."""
-    total = 1
-    for index, column in enumerate(columns):
-        widest = max((len(row[index].plain) for row in cells if index < len(row)), default=0)
-        wanted = min(widest, MAX_WHOLE_WIDTH) if column in WHOLE_COLUMNS else MIN_READABLE
-        total += max(min(wanted, widest), 1) + 3
-    return total
-
-
-def fit(console: Console, data: DataTable) -> DataTable:
-    """``data`` without its optional columns, one by one, until it fits the console (the
-    columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything)."""
-    columns, cells = list(data.column_names), [list(row) for row in data.cells]
-    fitted = data
-    while _needed(columns, cells) > console.width:
-        optional = [name for name in OPTIONAL_COLUMNS if name in columns]
-        if not optional:
-            break
-        drop = columns.index(optional[0])
-        del columns[drop]
-        for row in cells:
-            del row[drop]
-        fitted = _rich_table(data.title_text, columns, cells)
-    return fitted
-
-
-def cell(value: object) -> Text:
-    """One table cell (None as a dash, times short, states coloured by :func:`styled`)."""
-    if isinstance(value, Text):
-        return value
-    if value is None or value == "":
-        return Text("-")
-    if isinstance(value, bool):
-        return Text("yes" if value else "no")
-    if isinstance(value, datetime):
-        return Text(value.strftime("%Y-%m-%d %H:%M:%S"))
-    if isinstance(value, timedelta):
-        return Text(age(value))
-    if isinstance(value, AccountId):
-        return Text(clean(short_account(value)))
-    if isinstance(value, KeyId):
-        return Text(clean(short_key(value)))
-    if isinstance(value, Enum):
-        return Text(clean(str(value.value)))
-    return Text(clean(str(value)))
-
-
-def tsv_cell(value: object) -> str:
-    """One ``--output tsv`` field: the full value, on one line, without tabs."""
-    if isinstance(value, Text):
-        value = value.plain
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return f"{value.total_seconds():.0f}"
-    if isinstance(value, Enum):
-        value = value.value
-    return clean(str(value), newlines=False).replace("\n", " ")
-
-
-def styled(state: str) -> Text:
-    """A state word in its colour (no colour with NO_COLOR or when piped)."""
-    return Text(clean(state), style=STATE_STYLES.get(state, ""))
-
-
-def age(delta: timedelta) -> str:
-    """A duration for humans: 45s, 12m, 5.2h, 3.0d."""
-    seconds = delta.total_seconds()
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-def short_account(account: AccountId) -> str:
-    """``resource-group/name`` of an account."""
-    return f"{account.resource_group}/{account.name}"
-
-
-def short_key(key: KeyId) -> str:
-    """``vault/key`` (and ``/version`` when versioned, shortened)."""
-    text = f"{key.vault_name}/{key.name}"
-    return f"{text}/{short_version(key.version)}" if key.version else text
-
-
-def short_version(version: str | None) -> str:
-    """The first 8 characters of a version (enough to tell versions apart)."""
-    return version[:8] if version else "-"
