@@ -13,7 +13,6 @@ sandbox, Azurite and the sandbox's temporary state directory; then it exits 143.
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import time
@@ -113,10 +112,6 @@ def _stopped_by_sigterm() -> Iterator[None]:
 def demo_command(args: argparse.Namespace) -> int:
     output = Output(bool(args.json))
     configure_logging(bool(args.verbose), quiet=True)
-    if not args.verbose:
-        # The app's clients live until the process ends (as in Azure Functions); their
-        # "Unclosed client session" notices at exit are not news.
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     started = time.monotonic()
     try:
         with _stopped_by_sigterm():
