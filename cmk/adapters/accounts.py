@@ -4,20 +4,19 @@ One ``CognitiveServicesManagementClient`` per subscription, from a factory, cach
 and closed by :meth:`CognitiveAccounts.close`.
 
 :meth:`CognitiveAccounts.update_key_version` is the one write this product makes in
-ARM. It reads the account first (to keep ``keyVaultUri``, ``keyName`` and
-``identityClientId`` exactly as the account has them, to refuse a binding that changed
-since the caller read it — another key, or another version: the caller re-plans — and to
-answer without a PATCH when the version is already in place or being applied), then
-PATCHes only ``properties.encryption``::
+ARM. It starts from the caller's deciding read of the account, made under the account's
+write lease (to keep ``keyVaultUri``, ``keyName`` and ``identityClientId`` exactly as the
+account has them, and to answer without a PATCH when the version is already in place or
+being applied), then PATCHes only ``properties.encryption``, once::
 
     {"properties": {"encryption": {"keySource": "Microsoft.KeyVault",
         "keyVaultProperties": {"keyVaultUri": ..., "keyName": ..., "keyVersion": <new>,
                                "identityClientId": ...}}}}
 
-and follows the long-running operation for at most ``wait``. Past that it returns
-IN_PROGRESS: the operation goes on in Azure and a later VERIFY job reads the result.
-On success it GETs the account again and requires ``provisioningState`` Succeeded with
-the new version in place.
+and follows the long-running operation's status for at most ``wait``. Past that it
+returns IN_PROGRESS: the operation goes on in Azure and a later VERIFY job reads the
+result. The Succeeded status of the operation the PATCH started verifies it: no final GET
+of the account repeats what the status proved (:mod:`cmk.adapters.account_polling`).
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 
 from cmk.adapters._errors import azure_errors, translate
 from cmk.adapters._sdk import text_of
+from cmk.adapters.account_polling import StatusPolling
 from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
 from cmk.keyid import KeyId
 from cmk.planner import Binding
@@ -223,39 +223,34 @@ class CognitiveAccounts:
         """PATCH only ``keyVersion`` (keeping keyVaultUri, keyName, identityClientId) and
         wait up to ``wait`` for the long-running operation.
 
-        The account is read once more right before the PATCH (its keyVaultProperties go
-        back exactly as ARM spells them); the operation's own final GET verifies it.
+        ``record`` is the caller's deciding read, made under the account's write lease:
+        its keyVaultProperties go back exactly as ARM spelled them, so no second read is
+        needed. A record that did not come from a GET of the account (no
+        ``key_vault_reference``) is read once here first.
 
-        Returns SUCCEEDED once the account is verified on ``version``, IN_PROGRESS when
-        the operation outlives ``wait`` (or was already running for this version). A
-        Failed operation raises UpdateFailed / AccessDenied with the RP's code; 409 /
-        429 / 5xx raise a TransientError.
+        Returns SUCCEEDED once the status of the operation the PATCH started is
+        Succeeded (that status poll is the verifying read), IN_PROGRESS when it outlives
+        ``wait`` (or was already running for this version). A Failed operation raises
+        UpdateFailed / AccessDenied with the RP's code; 409 / 429 / 5xx raise a
+        TransientError — the PATCH is never re-sent by the SDK.
         """
         account_id = record.account_id
         if record.binding is None:
             raise UpdateFailed(f"account {account_id} has no customer-managed key to update")
         target = record.binding.key_id.with_version(version)
-        seen = record.binding.key_id
-        # Read it again right before the PATCH: whatever the caller saw, the PATCH must
-        # carry the binding ARM holds now, and never put back a key it has left.
-        record = account_record(await self.read(account_id), account_id)
+        if record.key_vault_reference is None:
+            record = await self._reread(record, target)
         self._check_current(record, target)
         reference = record.key_vault_reference
         assert reference is not None and record.binding is not None
-        now_bound = record.binding.key_id
-        if now_bound not in (seen, target):
-            # Another update moved it since the caller decided: let the caller decide again
-            # (its ordering check keeps the account from ever going back).
-            raise ServiceUnavailable(
-                f"account {account_id} moved from {seen.version} to {now_bound.version}"
-                " since it was read; re-planning"
-            )
         outcome = self._already(record, target)
         if outcome is not None:
             return outcome
-        poller = await self._patch(account_id, reference, target)
-        updated = await follow(poller, f"updating account {account_id} to {target}", wait)
-        if updated is None:
+        client = self.client(account_id.subscription_id)
+        polling = self._polling(client)
+        poller = await self._patch(account_id, reference, target, polling)
+        done = await follow(poller, f"updating account {account_id} to {target}", wait)
+        if done is None:
             logger.info(
                 "update of %s to %s still running after %s; verify later",
                 account_id,
@@ -264,8 +259,30 @@ class CognitiveAccounts:
                 extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
             )
             return UpdateOutcome.IN_PROGRESS
-        # The operation's final GET is the verification: no extra read.
-        return self._verified(account_record(updated, account_id), target)
+        # The operation our PATCH started ended Succeeded: the change we sent — this one
+        # version, under the account's write lease — is in place. Its status is the
+        # verifying read. Only an answer showing the account on another key (never
+        # expected) costs one more GET to find out what happened.
+        accepted = polling.accepted
+        shown = None if accepted is None else account_record(accepted, account_id).binding
+        if shown is None or shown.key_id.same_key(target):
+            return UpdateOutcome.SUCCEEDED
+        return await self.verify(account_id, target)
+
+    async def _reread(self, seen: AccountRecord, target: KeyId) -> AccountRecord:
+        """Read the account for a PATCH; refuse a binding that moved since ``seen``."""
+        record = account_record(await self.read(seen.account_id), seen.account_id)
+        self._check_current(record, target)
+        assert seen.binding is not None and record.binding is not None
+        now_bound = record.binding.key_id
+        if now_bound not in (seen.binding.key_id, target):
+            # Another update moved it since the caller decided: let the caller decide again
+            # (its ordering check keeps the account from ever going back).
+            raise ServiceUnavailable(
+                f"account {seen.account_id} moved from {seen.binding.key_id.version} to"
+                f" {now_bound.version} since it was read; re-planning"
+            )
+        return record
 
     def _check_current(self, now: AccountRecord, target: KeyId) -> None:
         """Refuse to change an account no longer bound to ``target``'s key."""
@@ -292,7 +309,11 @@ class CognitiveAccounts:
         return None
 
     async def _patch(
-        self, account_id: AccountId, current: KeyVaultReference, target: KeyId
+        self,
+        account_id: AccountId,
+        current: KeyVaultReference,
+        target: KeyId,
+        polling: StatusPolling,
     ) -> AsyncLROPoller[Account]:
         """Send the PATCH once. The SDK would re-send it by itself after a 429 with
         Retry-After, a 5xx or a timeout — the old body, after others may have moved the
@@ -311,15 +332,15 @@ class CognitiveAccounts:
                 account_id.resource_group,
                 account_id.name,
                 body,
-                polling=self._polling(client),
+                polling=polling,
                 retry_total=0,
             )
 
-    def _polling(self, client: CognitiveServicesManagementClient) -> AsyncARMPolling:
-        """The LRO polling method, built here so the PATCH's options stay off the polls."""
+    def _polling(self, client: CognitiveServicesManagementClient) -> StatusPolling:
+        """The LRO polling of an update, built here so the PATCH's options stay off it."""
         if self._polling_interval is not None:
-            return _FixedIntervalPolling(timeout=self._polling_interval)
-        return AsyncARMPolling(timeout=client._config.polling_interval)
+            return StatusPolling(self._polling_interval, fixed_interval=True)
+        return StatusPolling(client._config.polling_interval)
 
     async def verify(self, account_id: AccountId, target: KeyId) -> UpdateOutcome:
         """GET the account: SUCCEEDED when Succeeded on ``target``, IN_PROGRESS while an

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -313,11 +314,12 @@ class TestCognitiveAccountsUpdate:
         assert caught.value.retry_after == 5
 
     async def test_changed_binding_is_refused(self, cloud: Cloud, services: Services) -> None:
-        """If the account moved to another key since it was read, nothing is patched."""
+        """A record that is not a GET of the account (an inventory row) is read again
+        first: if the account moved to another key since, nothing is patched."""
         old = cloud.add_version(cloud.vault).version
         cloud.add_version(cloud.vault, "other")
         account = cloud.add_account("moved", cloud.vault, old)
-        record = await services.accounts.get(_id("moved"))
+        record = replace(await services.accounts.get(_id("moved")), key_vault_reference=None)
         account.encryption.key_name = "other"
         with pytest.raises(UpdateFailed, match="no longer bound"):
             await services.accounts.update_key_version(record, "f" * 32, WAIT)
@@ -326,13 +328,13 @@ class TestCognitiveAccountsUpdate:
     async def test_version_moved_since_read_is_replanned(
         self, cloud: Cloud, services: Services
     ) -> None:
-        """Read on v1, moved to v3 by another job, asked for v2: no PATCH (it would go
-        back); a transient error makes the caller re-plan."""
+        """An inventory row on v1, the account moved to v3 since, asked for v2: no PATCH
+        (it would go back); a transient error makes the caller re-plan."""
         v1 = cloud.add_version(cloud.vault).version
         v2 = cloud.add_version(cloud.vault).version
         v3 = cloud.add_version(cloud.vault).version
         account = cloud.add_account("raced", cloud.vault, v1)
-        record = await services.accounts.get(_id("raced"))
+        record = replace(await services.accounts.get(_id("raced")), key_vault_reference=None)
         account.encryption.key_version = v3
         with pytest.raises(ServiceUnavailable, match="re-planning"):
             await services.accounts.update_key_version(record, v2, WAIT)
@@ -355,3 +357,31 @@ class TestCognitiveAccountsUpdate:
         )
         assert outcomes == [UpdateOutcome.SUCCEEDED, UpdateOutcome.SUCCEEDED]
         assert first.encryption.key_version == second.encryption.key_version == new
+
+
+class TestUpdateCost:
+    """A verified update costs the PATCH and its status polls: no re-read, no final GET."""
+
+    async def test_update_reads_only_the_operation_status(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """From the caller's deciding read to SUCCEEDED: one PATCH, the Azure-AsyncOperation
+        status poll(s), and no GET of the account (the Succeeded status of the operation our
+        PATCH started proves the version is in place)."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        account = cloud.add_account("cheap", cloud.vault, old, lro_seconds=0.2)
+        record = await services.accounts.get(_id("cheap"))
+        cloud.sandbox.counters.reset()
+
+        outcome = await services.accounts.update_key_version(record, new, WAIT)
+
+        assert outcome is UpdateOutcome.SUCCEEDED
+        assert account.encryption.key_version == new
+        account_gets = cloud.sandbox.counters.count(
+            host="management.azure.com", path=r"/accounts/cheap$", method="GET"
+        )
+        polls = cloud.sandbox.counters.count(host="management.azure.com", method="GET")
+        assert _patches(cloud) == 1
+        assert account_gets == 0
+        assert polls >= 1  # the operation's status
