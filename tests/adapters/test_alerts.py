@@ -123,9 +123,7 @@ class TestEventGridAlerts:
         with caplog.at_level(logging.INFO):
             assert await publishing.alerts.raise_alert(_alert()) is False
             assert await publishing.ledger.is_alert_open(_alert().dedup_key)
-            assert [key async for key in publishing.ledger.pending_alerts()] == [
-                _alert().dedup_key
-            ]
+            assert [key async for key in publishing.ledger.pending_alerts()] == [_alert().dedup_key]
             cloud.sandbox.faults.remove(rule)
             assert await publishing.alerts.raise_alert(_alert()) is True  # dedup delivers it
             assert await publishing.alerts.raise_alert(_alert()) is False  # now sent: dedup

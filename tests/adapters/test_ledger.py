@@ -40,11 +40,11 @@ def _entry(
     return LedgerEntry(**fields)  # type: ignore[arg-type]
 
 
-
 async def _open(ledger: TableLedger, key: tuple[str, str, str]) -> bool:
     """Record an alert in the outbox: True if it was not recorded before."""
     row = AlertRow(key, "event-1", f"CmkRotator.{key[2]}", key[0], {})
     return await ledger.record_alert(key, row, uuid.uuid4().hex) is AlertState.NEW
+
 
 class TestTableKeys:
     def test_account_partition_has_no_slash(self) -> None:

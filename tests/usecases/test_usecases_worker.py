@@ -268,7 +268,9 @@ class TestOnPoison:
         report = await on_poison(rig.engine, job)
         await on_poison(rig.engine, job)
 
-        assert report.result is JobResult.FAILED and (report.cause or "").startswith("the job exhausted its retries")
+        assert report.result is JobResult.FAILED and (report.cause or "").startswith(
+            "the job exhausted its retries"
+        )
         assert len(rig.alerts("account_update_failed")) == 1
         await rig.check_ledger()
 
