@@ -40,6 +40,18 @@ def _timeout(settings: Settings, seconds: float) -> Settings:
     return replace(settings, update_timeout=timedelta(seconds=seconds))
 
 
+async def _settled(rig: Rig, account: AccountState) -> None:
+    """Wait until ARM reports the account's update finished (a condition, read through the
+    SDK; the ceiling only bounds a hang)."""
+    account_id = AccountId.parse(account.resource_id)
+    for _ in range(1200):
+        record = await rig.engine.accounts.get(account_id)
+        if record.provisioning_state.lower() not in ("updating", "accepted"):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{account.name} still updating")
+
+
 class TestRotateAccount:
     async def test_moves_the_account_and_records_success(self, rig: Rig) -> None:
         """A ROTATE job PATCHes keyVersion only and records SUCCEEDED with one attempt."""
@@ -121,7 +133,7 @@ class TestRotateAccount:
         assert report.result is JobResult.SUBMITTED
         assert [j.step for j in await rig.queued()] == [JobStep.VERIFY]
         assert (await rig.ledger(account))[0].state is LedgerState.SUBMITTED
-        await asyncio.sleep(1.1)
+        await _settled(rig, account)
         assert [r.result for r in await rig.drain()] == [JobResult.SUCCEEDED]
         assert account.encryption.key_version == new.version
         await rig.check_ledger()
@@ -192,7 +204,7 @@ class TestRotateAccount:
 
         assert duplicate.result is JobResult.SUBMITTED
         assert [j.step for j in await rig.queued()] == [JobStep.VERIFY, JobStep.VERIFY]
-        await asyncio.sleep(1.1)
+        await _settled(rig, account)
         assert {r.result for r in await rig.drain()} == {JobResult.SUCCEEDED}
         assert account.encryption.key_version == new.version
         await rig.check_ledger()
