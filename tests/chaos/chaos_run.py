@@ -6,14 +6,20 @@ events, switches every fault on at once, then:
 
 1. creates new versions of k1, k2, k3 (events), h1 (Managed HSM: no event) and a
    policy-rejected RSA-4096 version of k4 (event);
-2. once a tenth of the updates (at most 24) were PATCHed, kills host A (in-flight invocations
-   cancelled, their messages abandoned until their lease ends) and starts host C (two
-   instances), while a burst of dropped LRO polls makes some workers fail after PATCH
-   and before recording;
+2. once a tenth of the updates (at most 24) were PATCHed and host A has invocations in
+   flight, kills host A (those invocations cancelled, their messages abandoned until
+   their lease ends) and starts host C (two instances), while a burst of dropped LRO polls
+   makes some workers fail after PATCH and before recording;
 3. disables k3's new version while updates to it are running, and waits until every
    delivery is done and the queues are idle;
 4. creates a third version of k3 (the operator's answer), waits again, fires the timer
    sweep once, waits again, and snapshots the world, ledger, alerts and counters.
+
+Chance decides nothing the tests claim: every random draw (fault probabilities, Event
+Grid duplicates, delays and reordering, the pollers' jitter) comes from the run's seed
+(``--chaos-seed``); the first event is duplicated whatever the draw, each kind of fault
+has a rule that fires on its first match, and host A is killed at a moment it has
+invocations in flight. The waits are conditions; their ceilings only bound a hang.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from chaos_world import TOPIC, scenario
 
 from cmk.adapters.ledger import TableLedger
 from cmk.ports import LedgerEntry
-from cmk.sandbox import funchost_queues
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.faults import FaultRule
 from cmk.sandbox.funchost import FunctionsHost
@@ -51,6 +56,9 @@ KEY_PATH = r"/keys/"
 #: Lease of a message taken by the killed host: how soon the queue hands it out again
 #: (the real host's lease is ~10 minutes; compressed here).
 KILLED_LEASE_SECONDS = 6
+#: Ceiling of each wait for the run to progress: bounds a hang, decides nothing (generous,
+#: so a loaded 2-core machine passes; the run usually needs a small part of it).
+HANG_SECONDS = 600.0
 HOST_OVERRIDES = {
     "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
@@ -85,18 +93,21 @@ class ChaosResult:
     faults: dict[str, int]
     statuses: Counter[int] = field(default_factory=Counter)
     function_failures: dict[str, int] = field(default_factory=dict)
+    failure_causes: dict[str, int] = field(default_factory=dict)  # error type -> count
     invocations: dict[str, int] = field(default_factory=dict)
     poisoned: int = 0
     event_deliveries: int = 0
     event_duplicates: int = 0
     killed_in_flight: int = 0
     sweep_enqueued: int = 0
+    seed: int = 0
 
     def figures(self) -> dict[str, object]:
         """The figures the run prints."""
         alert_types = Counter(str(a["type"]).removeprefix("CmkRotator.") for a in self.alerts)
         throttled = self.statuses[429] - self.faults.get("429", 0)
         return {
+            "seed": self.seed,
             "accounts": self.size,
             "seconds": round(self.seconds, 1),
             "faults_injected": dict(sorted(self.faults.items())),
@@ -104,6 +115,7 @@ class ChaosResult:
             "responses_by_status": dict(sorted(self.statuses.items())),
             "function_invocations": dict(sorted(self.invocations.items())),
             "function_failures_retried": dict(sorted(self.function_failures.items())),
+            "failure_causes": dict(sorted(self.failure_causes.items())),
             "poisoned": self.poisoned,
             "event_deliveries": self.event_deliveries,
             "event_duplicates": self.event_duplicates,
@@ -112,12 +124,15 @@ class ChaosResult:
         }
 
 
-def _add_faults(sandbox: Sandbox) -> dict[str, list[FaultRule]]:
-    """Every kind of fault at once, at rates the retries can absorb."""
+def _add_faults(sandbox: Sandbox, seed: int) -> dict[str, list[FaultRule]]:
+    """Every kind of fault at once, at rates the retries can absorb; the first rule of each
+    kind fires on its first match, so each kind fires whatever the draws."""
     faults = sandbox.faults
-    faults.seed(20250101)
+    faults.seed(seed)
     return {
         "429": [
+            faults.add(host=ARM, path=ACCOUNT_PATH, method="PATCH", status=429, retry_after=1,
+                       count=1),
             faults.add(host=ARM, path=ACCOUNT_PATH, method="PATCH", status=429, retry_after=1,
                        probability=0.08),
             faults.add(host=ARM, path=ACCOUNT_PATH, method="PATCH", status=429,
@@ -135,10 +150,13 @@ def _add_faults(sandbox: Sandbox) -> dict[str, list[FaultRule]]:
                        probability=0.05),
         ],
         "drop": [
+            faults.add(host="*.vault.azure.net", path=KEY_PATH, method="GET", drop=True,
+                       count=1),
             faults.add(host=ARM, path=ACCOUNT_PATH, method="PATCH", drop=True, probability=0.03),
             faults.add(host="*.vault.azure.net", path=KEY_PATH, drop=True, probability=0.02),
         ],
         "latency": [
+            faults.add(host=ARM, path=ACCOUNT_PATH, method="GET", latency=0.05, count=1),
             faults.add(host="*.vault.azure.net", latency=0.05, probability=0.2),
             faults.add(host=ARM, path=STATUS_PATH, latency=0.2, probability=0.1),
         ],
@@ -153,7 +171,8 @@ def _arm_patches(sandbox: Sandbox) -> int:
     )
 
 
-async def _until(condition: Callable[[], bool], within: float, what: str) -> None:
+async def _until(condition: Callable[[], bool], what: str, within: float = HANG_SECONDS) -> None:
+    """Wait for ``condition``; ``within`` only bounds a hang."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
@@ -185,7 +204,7 @@ class _Queues:
             await client.close()
 
 
-async def _idle(queues: _Queues, hosts: list[FunctionsHost], within: float) -> None:
+async def _idle(queues: _Queues, hosts: list[FunctionsHost], within: float = HANG_SECONDS) -> None:
     """Wait until no message is queued (visible or not) and nothing runs, twice in a row."""
     deadline, quiet = time.monotonic() + within, 0
     while quiet < 2:
@@ -227,9 +246,11 @@ def _group_of(name: str) -> str:
 
 
 async def run_chaos(
-    sandbox: Sandbox, azurite: str, size: int, monkeypatch: pytest.MonkeyPatch
+    sandbox: Sandbox, azurite: str, size: int, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> ChaosResult:
-    """Run the chaos scenario (see the module docstring) and snapshot the result."""
+    """Run the chaos scenario (see the module docstring) with every random draw from
+    ``seed``, and snapshot the result."""
+    sandbox.reseed(seed)
     seeded = sandbox.seed(scenario(size))
     suffix = uuid.uuid4().hex[:8]
     queue, table = f"chaos-jobs-{suffix}", f"chaosledger{suffix}"
@@ -245,9 +266,9 @@ async def run_chaos(
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(funchost_queues, "STOP_GRACE_SECONDS", 0.0)  # stop() kills
     eventgrid = sandbox.eventgrid
     eventgrid.duplicate_probability = 0.5
+    eventgrid.force_duplicates = 1
     eventgrid.max_delay = 1.5
     eventgrid.reorder = True
     dispatch = _Dispatch("on_key_new_version")
@@ -255,11 +276,14 @@ async def run_chaos(
     subscription = eventgrid.subscribe(
         dispatch, included_event_types=[KeyEventType.NEW_VERSION], vaults=key_vaults
     )
-    rules = _add_faults(sandbox)
+    rules = _add_faults(sandbox, seed)
     queues = _Queues(azurite, queue)
-    host_a = FunctionsHost(APP_DIR, settings=settings, instances=2, serve_http=False)
-    host_b = FunctionsHost(APP_DIR, settings=settings, instances=1, serve_http=False)
-    host_c = FunctionsHost(APP_DIR, settings=settings, instances=2, serve_http=False)
+    host_a, host_b, host_c = (
+        FunctionsHost(
+            APP_DIR, settings=settings, instances=n, serve_http=False, random_seed=seed + i
+        )
+        for i, n in enumerate((2, 1, 2), start=1)
+    )
     started = time.monotonic()
     killed = 0
     try:
@@ -275,13 +299,16 @@ async def run_chaos(
         rejected = _new_version(sandbox, "kvchaos2", "k4", size=4096)
 
         # 2. kill host A mid-update; a burst of failed LRO polls after PATCH
-        await _until(lambda: _arm_patches(sandbox) >= min(size // 10, 24), 180, "first PATCHes")
+        await _until(lambda: _arm_patches(sandbox) >= min(size // 10, 24), "first PATCHes")
+        await _until(
+            lambda: any(listener.in_flight for listener in host_a._listeners),
+            "host A with invocations in flight",
+        )
+        killed = await host_a.kill()  # cancels at once: nothing runs between check and kill
+        dispatch.live = [host_b]
         rules["drop"].append(
             sandbox.faults.add(host=ARM, path=STATUS_PATH, method="GET", drop=True, count=12)
         )
-        dispatch.live = [host_b]
-        killed = sum(listener.in_flight for listener in host_a._listeners)
-        await host_a.stop()
         await host_c.start()
         dispatch.live = [host_b, host_c]
 
@@ -292,22 +319,21 @@ async def run_chaos(
                 a.provisioning_state == "Updating" or a.encryption.key_version == k3_v2.version
                 for a in k3
             ),
-            60,
             "k3 updates",
         )
         with sandbox.world.lock:
             k3_v2.enabled = False
             disabled_at = sandbox.world.clock.now()
-        await asyncio.to_thread(sandbox.drain_events, 120.0)
-        await _idle(queues, [host_b, host_c], within=240)
+        await asyncio.to_thread(sandbox.drain_events, HANG_SECONDS)
+        await _idle(queues, [host_b, host_c])
 
         # 4. the operator creates a valid version; then one sweep
         _new_version(sandbox, "kvchaos2", "k3")
-        await asyncio.to_thread(sandbox.drain_events, 120.0)
-        await _idle(queues, [host_b, host_c], within=240)
+        await asyncio.to_thread(sandbox.drain_events, HANG_SECONDS)
+        await _idle(queues, [host_b, host_c])
         before = host_c.invocations["rotate_account"] + host_b.invocations["rotate_account"]
         await host_c.fire_timer("sweep")
-        await _idle(queues, [host_b, host_c], within=240)
+        await _idle(queues, [host_b, host_c])
         after = host_c.invocations["rotate_account"] + host_b.invocations["rotate_account"]
         seconds = time.monotonic() - started
         ledger = await _ledger(azurite, table)
@@ -356,12 +382,18 @@ async def run_chaos(
         faults={kind: sum(rule.hits for rule in found) for kind, found in rules.items()},
         statuses=statuses,
         function_failures=dict(sum((h.failures for h in hosts), Counter())),
+        failure_causes=dict(
+            Counter(
+                (i.error or "").split(":", 1)[0] for h in hosts for i in h.log if not i.succeeded
+            )
+        ),
         invocations=dict(sum((h.invocations for h in hosts), Counter())),
         poisoned=sum(sum(h.poisoned.values()) for h in hosts),
         event_deliveries=deliveries,
         event_duplicates=deliveries - distinct,
         killed_in_flight=killed,
         sweep_enqueued=after - before,
+        seed=seed,
     )
 
 

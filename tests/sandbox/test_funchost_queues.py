@@ -172,3 +172,34 @@ class TestQueueTrigger:
         with pytest.raises(FunctionIndexError, match="AzureWebJobsStorage"):
             await host.start()
         assert host.port == 0
+
+
+class TestStopAndKill:
+    async def test_stop_closes_the_apps_resources(self, settings: dict[str, str]):
+        """Stopping the host awaits aclose() of the app's module-level resources, once."""
+        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+            assert host.module.resources.closed == 0
+        assert host.module.resources.closed == 1
+        await host.stop()  # idempotent: nothing left to close
+        assert host.module.resources.closed == 1
+
+    async def test_kill_cancels_what_is_in_flight_and_leaves_the_messages(
+        self, settings: dict[str, str], jobs: QueueClient
+    ):
+        """kill() cancels the invocations in flight (they stay unfinished, not failed) and
+        their messages stay in the queue for another instance once their lease ends."""
+        for n in range(2):
+            await jobs.send_message(f"block-{n}")
+        host = FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False)
+        await host.start()
+        try:
+            await host.wait_for(lambda: host.invocations["on_job"] == 2)
+            killed = await host.kill()
+            assert not _received(host, "on_job")  # both were still blocked
+        finally:
+            host.module.RELEASE.set()  # free the worker threads
+            await host.stop()
+        assert killed == 2
+        assert not host.failures
+        properties = await jobs.get_queue_properties()
+        assert properties.approximate_message_count == 2  # invisible, not deleted

@@ -132,6 +132,38 @@ class TestSubscriptions:
         assert len(collector.events) == 2
         assert collector.events[0]["id"] == collector.events[1]["id"]
 
+    def test_forced_duplicates_whatever_the_odds(self, sandbox: Sandbox):
+        """force_duplicates=1 duplicates the next delivery even at probability 0."""
+        collector = Collector()
+        sandbox.eventgrid.subscribe(collector)
+        sandbox.eventgrid.force_duplicates = 1
+        for version in ("a" * 32, "b" * 32, "c" * 32):
+            sandbox.world.emit(_event(version))
+        sandbox.drain_events()
+        versions = sorted(e["data"]["Version"] for e in collector.events)
+        assert versions == ["a" * 32, "a" * 32, "b" * 32, "c" * 32]
+        assert sandbox.eventgrid.duplicated == 1
+
+    def test_the_seed_decides_the_duplicates(self, sandbox: Sandbox):
+        """At probability 0.5 the same seed duplicates the same events: reset() rewinds to
+        the seed, so a replay draws what the first run drew."""
+
+        def duplicated() -> list[bool]:
+            collector = Collector()
+            sandbox.eventgrid.subscribe(collector)
+            sandbox.eventgrid.duplicate_probability = 0.5
+            versions = [f"{i:032x}" for i in range(40)]
+            for version in versions:
+                sandbox.world.emit(_event(version))
+            sandbox.drain_events()
+            received = [e["data"]["Version"] for e in collector.events]
+            return [received.count(version) == 2 for version in versions]
+
+        first = duplicated()
+        sandbox.reset()
+        assert duplicated() == first
+        assert any(first) and not all(first)  # the odds were drawn, not fixed
+
     def test_reordering(self, sandbox: Sandbox):
         """With reorder on, 30 events in a row do not all arrive in emission order."""
         collector = Collector()

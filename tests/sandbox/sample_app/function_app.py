@@ -18,6 +18,21 @@ RECEIVED: dict[str, list[Any]] = {}
 # function name -> how many more invocations fail (a negative count: fail forever)
 FAIL: dict[str, int] = {}
 _lock = threading.Lock()
+# "block-*" job messages wait for this (at most a minute) before they are recorded
+RELEASE = threading.Event()
+
+
+class Resources:
+    """What an app keeps for its process (clients, an engine): the host closes it."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+resources = Resources()
 
 
 def _record(function: str, value: Any) -> None:
@@ -55,6 +70,8 @@ def on_job(msg: func.QueueMessage) -> None:
     body = msg.get_body().decode("utf-8")
     if body.startswith("slow"):
         threading.Event().wait(0.3)
+    if body.startswith("block"):
+        RELEASE.wait(60)
     _record(
         "on_job",
         {
