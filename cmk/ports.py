@@ -30,7 +30,13 @@ class KeyStore(Protocol):
         ...
 
     async def get_version(self, key: KeyId) -> KeyVersion:
-        """One named version (``key.version`` must be set)."""
+        """One named version (``key.version`` must be set); may come from a short-lived
+        per-process cache (see :meth:`forget`)."""
+        ...
+
+    def forget(self, key: KeyId) -> None:
+        """Drop what is cached about ``key`` (every version of it when versionless): after
+        a key event, or a bind the resource provider refused."""
         ...
 
     async def list_versions(self, key: KeyId) -> list[KeyVersion]:

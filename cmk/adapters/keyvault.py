@@ -22,6 +22,7 @@ from azure.keyvault.keys.aio import KeyClient
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
+from cmk.adapters.version_cache import VersionCache
 from cmk.errors import InvalidInput, NotFound, ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion
@@ -69,6 +70,8 @@ class KeyVaultKeys:
     ``client_options`` go to every ``KeyClient`` (retry settings, transport).
     ``clock`` is the time new versions' expiry is computed from in :meth:`create_like`.
     ``max_concurrency`` bounds the parallel GETs of :meth:`list_versions`.
+    ``cache_seconds`` keeps what :meth:`get_version` read for that long, shared by every
+    caller of this adapter (:mod:`cmk.adapters.version_cache`; 0 turns it off).
     """
 
     def __init__(
@@ -78,7 +81,9 @@ class KeyVaultKeys:
         client_options: Mapping[str, Any] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         max_concurrency: int = 8,
+        cache_seconds: float = 30.0,
     ) -> None:
+        self.cache = VersionCache(cache_seconds)
         self._credential = credential
         self._options = dict(client_options or {})
         self._clock = clock
@@ -104,15 +109,27 @@ class KeyVaultKeys:
         base = key.versionless()
         with azure_errors(f"reading the latest version of {base}"):
             found = await self.client(base.vault_url).get_key(base.name)
-        return key_version(base, found)
+        version = key_version(base, found)
+        self.cache.put(version)
+        return version
 
     async def get_version(self, key: KeyId) -> KeyVersion:
-        """One named version (``key.version`` must be set)."""
+        """One named version (``key.version`` must be set), from the cache while fresh."""
         if key.version is None:
             raise InvalidInput(f"get_version needs a versioned key id, got {key}")
+        return await self.cache.get(key, lambda: self._read(key))
+
+    def forget(self, key: KeyId) -> None:
+        """Drop what is cached about ``key`` (every version of it when versionless)."""
+        self.cache.forget(key)
+
+    async def _read(self, key: KeyId) -> KeyVersion:
+        assert key.version is not None
         with azure_errors(f"reading {key}"):
             found = await self.client(key.vault_url).get_key(key.name, key.version)
-        return key_version(key.versionless(), found)
+        version = key_version(key.versionless(), found)
+        self.cache.put(version)
+        return version
 
     async def list_versions(self, key: KeyId) -> list[KeyVersion]:
         """Every version of ``key`` with full properties, in no particular order."""
@@ -128,7 +145,7 @@ class KeyVaultKeys:
 
         async def read(version: str) -> KeyVersion:
             async with gate:
-                return await self.get_version(base.with_version(version))
+                return await self._read(base.with_version(version))  # fresh, never cached
 
         return list(await asyncio.gather(*(read(version) for version in versions)))
 
@@ -155,7 +172,9 @@ class KeyVaultKeys:
         base = key.versionless()
         with azure_errors(f"rotating {base}"):
             rotated = await self.client(base.vault_url).rotate_key(base.name)
-        return key_version(base, rotated)
+        version = key_version(base, rotated)
+        self.cache.put(version)
+        return version
 
     async def create_like(self, template: KeyVersion) -> KeyVersion:
         """Create a new version with the same type, size and operations as ``template``.
@@ -181,4 +200,6 @@ class KeyVaultKeys:
                 key_operations=sorted(template.key_ops),
                 expires_on=expires_on,
             )
-        return key_version(base, created)
+        version = key_version(base, created)
+        self.cache.put(version)
+        return version

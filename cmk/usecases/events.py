@@ -73,6 +73,7 @@ async def _open(engine: Engine, event: KeyVaultEvent, *, full: bool) -> KeyVersi
         detail = f"vault {event.key_id.vault_url} is not in the allow-list"
         return _report(engine, event, EventOutcome.OUT_OF_SCOPE, detail=detail)
     key = event.key_id.versionless()
+    engine.keys.forget(key)  # the event says the key changed: nothing cached about it holds
     try:
         return await KeyVersions.load(
             engine.keys, key, engine.policy, engine.now(), list_if_unbindable=full

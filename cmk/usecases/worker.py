@@ -279,9 +279,23 @@ async def _rotate(step: _Step) -> JobReport:
         )
     except KeyAccessDenied as error:
         raise _IdentityDenied(str(error)) from error
+    except UpdateFailed as error:
+        return await _refused(step, record, error)
     if outcome is UpdateOutcome.SUCCEEDED:
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)
     return await step.verify_later(record_submitted=True)
+
+
+async def _refused(step: _Step, record: AccountRecord, error: UpdateFailed) -> JobReport:
+    """The resource provider refused the PATCH. What we knew of the key may be stale (the
+    version was disabled or edited since it was cached): forget it, and decide again from
+    Key Vault's answer — a version superseded meanwhile is skipped, one the policy now
+    rejects fails with the policy's reason, anything else with the provider's."""
+    step.engine.keys.forget(step.job.target.versionless())
+    cause = await _skip_cause(step, record)
+    if cause is not None:
+        return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)
+    raise error
 
 
 async def _verify(step: _Step) -> JobReport:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -164,3 +165,31 @@ class TestKeyVaultKeys:
         with pytest.raises(ThrottledError) as caught:
             await services.keys.latest(_key(cloud.vault))
         assert caught.value.retry_after == 7
+
+
+def _reads(cloud: Cloud, version: str) -> int:
+    """GETs of one version that Key Vault answered (not the auth challenge's 401)."""
+    records = cloud.sandbox.counters.matching(path=version, method="GET")
+    return sum(1 for record in records if record.status == 200)
+
+
+class TestVersionCacheOnKeyVault:
+    """get_version reads Key Vault once per version and process, until forgotten."""
+
+    async def test_one_read_per_version_until_forgotten(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """Fifty concurrent get_version calls make one GET; forget() makes the next one read
+        again and see a version disabled meanwhile."""
+        state = cloud.add_version(cloud.vault)
+        key = _key(cloud.vault).with_version(state.version)
+        cloud.sandbox.counters.reset()
+
+        found = await asyncio.gather(*(services.keys.get_version(key) for _ in range(50)))
+
+        assert _reads(cloud, state.version) == 1 and all(v.enabled for v in found)
+        state.enabled = False
+        assert (await services.keys.get_version(key)).enabled is True  # cached
+        services.keys.forget(key.versionless())
+        assert (await services.keys.get_version(key)).enabled is False
+        assert _reads(cloud, state.version) == 2

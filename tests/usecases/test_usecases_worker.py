@@ -297,3 +297,24 @@ class TestOnPoison:
         assert report.result is JobResult.SKIPPED
         assert (await rig.ledger(account))[0].state is LedgerState.SUCCEEDED
         assert rig.alerts() == []
+
+
+class TestCachedVersions:
+    """A version disabled after it was cached is never bound."""
+
+    async def test_version_disabled_after_caching_is_refused_and_rechecked(self, rig: Rig) -> None:
+        """The target is read (cached), then disabled in Key Vault; the job's PATCH is
+        refused by the resource provider (KeyDisabled), the worker forgets the key, reads
+        it again and fails the job with the policy's reason: the account never moves."""
+        account, old, new = _pair(rig)
+        target = KeyId(rig.estate.kv.url, "cmk", new.version)
+        assert (await rig.engine.keys.get_version(target)).enabled  # now cached
+        new.enabled = False
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.FAILED
+        assert "disabled" in (report.cause or "")
+        assert account.encryption.key_version == old.version
+        assert [v for _, v in account.binding_history] == [old.version]
+        assert len(rig.alerts("account_update_failed")) == 1
