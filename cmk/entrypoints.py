@@ -31,11 +31,15 @@ from datetime import timedelta
 from cmk.adapters.jobqueue import decode_job
 from cmk.errors import (
     AccessDenied,
+    CmkError,
+    ConfigurationError,
     InvalidInput,
+    InvalidKeyId,
     NotFound,
     OutOfScope,
     PermanentError,
     ThrottledError,
+    TransientError,
 )
 from cmk.events import IgnoredEvent, KeyVaultEventType, parse_event
 from cmk.keyid import KeyId
@@ -54,9 +58,19 @@ from cmk.usecases import (
     status,
     sweep,
 )
+from cmk.usecases.answers import (
+    EXIT_FINDINGS,
+    EXIT_USAGE,
+    error_answer,
+    plan_answer,
+    rotation_answer,
+    status_answer,
+    sweep_answer,
+)
 from cmk.usecases.context import Engine
 from cmk.usecases.report import to_jsonable
 from cmk.usecases.rotate import rotate_key
+from cmk.usecases.subscriptions import subscription_scope
 
 __all__ = [
     "MAX_DEFERRALS",
@@ -202,25 +216,70 @@ async def run_sweep(engine: Engine) -> SweepReport:
 
 JsonResponse = tuple[int, object]
 
+#: The fix an HTTP caller is given when the app's identity may not rotate a key.
+_ROTATE_GRANT = (
+    "grant the Function app's managed identity 'Key Vault Crypto Officer' on the key or"
+    " vault (or get, create, rotate in its access policy)"
+)
+
+
+def _error(status: int, kind: str, message: str, fix: str = "", **details: object) -> JsonResponse:
+    """An HTTP error in the CLI's error schema (``{error: {kind, message, fix, exit_code}}``);
+    ``exit_code`` is what ``cmk`` exits with for the same error."""
+    code = EXIT_FINDINGS if kind in ("conflict", "transient", "failed") else EXIT_USAGE
+    return status, to_jsonable(error_answer(kind, message, fix, code, **details).document)
+
+
+def _failure(error: CmkError) -> JsonResponse:
+    """What a status, plan or sweep call answers when it cannot finish."""
+    if isinstance(error, ConfigurationError):
+        return _error(500, "configuration", str(error), "fix the app settings named above")
+    if isinstance(error, AccessDenied):
+        fix = "grant the app's identity the roles of docs/deployment.md (Least privilege)"
+        return _error(403, "access_denied", str(error), fix)
+    if isinstance(error, TransientError):
+        return _error(503, "transient", str(error), "a service did not answer; call again")
+    return _error(500, "failed", str(error))
+
 
 async def http_status(engine: Engine) -> JsonResponse:
-    """GET /api/status: every CMK-bound account in scope and its state."""
-    return 200, to_jsonable(await status(engine))
+    """GET /api/status: every CMK-bound account in scope and its state, as ``cmk status
+    -o json`` prints it (``{accounts, summary, scope, warnings, exit_code}``)."""
+    try:
+        accounts = await status(engine)
+        scope = await subscription_scope(engine)
+    except CmkError as error:
+        return _failure(error)
+    return 200, to_jsonable(status_answer(engine.settings, accounts, scope).document)
 
 
 async def http_plan(engine: Engine) -> JsonResponse:
-    """GET /api/plan: what a sweep would do (a dry run)."""
-    return 200, to_jsonable(await plan(engine))
+    """GET /api/plan: what a sweep would do (a dry run), as ``cmk plan -o json`` prints it
+    (``{plan, scope, warnings, exit_code}``)."""
+    try:
+        report = await plan(engine)
+        scope = await subscription_scope(engine)
+    except CmkError as error:
+        return _failure(error)
+    return 200, to_jsonable(plan_answer(engine.settings, report, scope).document)
 
 
 async def http_sweep(engine: Engine) -> JsonResponse:
-    """POST /api/sweep: sweep now."""
-    return 200, to_jsonable(await sweep(engine))
+    """POST /api/sweep: sweep now, as ``cmk sweep -o json`` prints it (``{sweep, jobs,
+    summary, scope, warnings, exit_code}``); the moves are enqueued for the queue
+    workers, so ``jobs`` is empty and ``sweep.enqueued`` counts them."""
+    try:
+        report = await sweep(engine)
+        scope = await subscription_scope(engine)
+    except CmkError as error:
+        return _failure(error)
+    return 200, to_jsonable(sweep_answer(engine.settings, report, [], scope).document)
 
 
 async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False) -> JsonResponse:
     """POST /api/rotate?key_id=...[&force=true]: create a new version of one key now and
-    move every bound account.
+    move every bound account; answers as ``cmk rotate --enqueue -o json`` prints
+    (``{rotation, jobs, summary, exit_code}``), errors as the CLI's.
 
     400 for a missing, invalid or versioned key id or a vault outside the allow-list, 403
     when the app's identity may not read or rotate the key, 404 for a key that does not
@@ -229,9 +288,12 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
     it created), unless ``force``: a retried or doubled call does not make two versions.
     """
     if not key_id:
-        return 400, {
-            "error": "key_id is required, e.g. ?key_id=https://myvault.vault.azure.net/keys/mykey"
-        }
+        return _error(
+            400,
+            "usage",
+            "key_id is required",
+            "add ?key_id=https://myvault.vault.azure.net/keys/mykey (the versionless key id)",
+        )
     try:
         parsed = KeyId.parse(key_id)
         if parsed.version:
@@ -243,21 +305,35 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
             raise OutOfScope(f"vault {parsed.vault_url} is not in CMK_VAULT_ALLOWLIST")
         cooling = None if engine.dry_run else await _cool_down(engine, parsed, force=force)
         if cooling is not None:
-            return 409, cooling
+            return cooling
         report = await _rotate_once(engine, parsed)
     except _RotationInProgress as error:
-        return 409, {"error": f"{error}; not rotating again", "createdVersion": None}
-    except (InvalidInput, OutOfScope) as error:
-        return 400, {"error": str(error)}
+        return _error(
+            409,
+            "conflict",
+            f"{error}; not rotating again",
+            "wait for that call to finish; GET /api/status shows the result",
+            created_version=None,
+        )
+    except ConfigurationError as error:
+        return _failure(error)
+    except InvalidKeyId as error:
+        return _error(400, "usage", str(error), "give a key id such as " + _KEY_EXAMPLE)
+    except InvalidInput as error:
+        return _error(400, "usage", str(error))
+    except OutOfScope as error:
+        fix = "add the vault to the app setting CMK_VAULT_ALLOWLIST"
+        return _error(400, "configuration", str(error), fix)
     except AccessDenied as error:
-        return 403, {
-            "error": f"the app's identity may not rotate this key: {error}",
-            "fix": "grant the Function app's managed identity 'Key Vault Crypto Officer'"
-            " on the key or vault (or get, create, rotate in its access policy)",
-        }
+        message = f"the app's identity may not rotate this key: {error}"
+        return _error(403, "access_denied", message, _ROTATE_GRANT)
     except NotFound as error:
-        return 404, {"error": str(error)}
-    return 200, to_jsonable(report)
+        fix = "check the key id (GET /api/status lists the keys in scope)"
+        return _error(404, "not_found", str(error), fix)
+    return 200, to_jsonable(rotation_answer(report, []).document)
+
+
+_KEY_EXAMPLE = "https://myvault.vault.azure.net/keys/mykey"
 
 
 class _RotationInProgress(Exception):
@@ -268,20 +344,23 @@ def _rotation_claim(key: KeyId) -> str:
     return f"http-rotate|{key.versionless()}"
 
 
-async def _cool_down(engine: Engine, key: KeyId, *, force: bool) -> dict[str, object] | None:
-    """The 409 body when ``key`` was rotated here within the cool-down, else None (and the
-    way is cleared for this rotation)."""
+async def _cool_down(engine: Engine, key: KeyId, *, force: bool) -> JsonResponse | None:
+    """The 409 answer when ``key`` was rotated here within the cool-down, else None (and
+    the way is cleared for this rotation)."""
     name, window = _rotation_claim(key), engine.settings.rotate_cooldown
     last = await engine.ledger.claim_record(name)
     if last is not None and not force and engine.now() - last.claimed < window:
         until = last.claimed + window
-        return {
-            "error": f"{key} was rotated through this endpoint at {last.claimed.isoformat()}"
+        return _error(
+            409,
+            "conflict",
+            f"{key} was rotated through this endpoint at {last.claimed.isoformat()}"
             f" (created version {last.created_version or 'in progress'}); another rotation"
             f" before {until.isoformat()} needs force=true",
-            "createdVersion": last.created_version,
-            "coolDownUntil": until.isoformat(),
-        }
+            "add force=true to rotate again now (CMK_ROTATE_COOLDOWN_MINUTES)",
+            created_version=last.created_version,
+            cool_down_until=until.isoformat(),
+        )
     if last is not None:
         await engine.ledger.release_claim(name)
     return None

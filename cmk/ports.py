@@ -129,6 +129,24 @@ class Inventory(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """A subscription the identity can read (ARM ``GET /subscriptions``)."""
+
+    subscription_id: str  # lowercase
+    display_name: str
+    state: str  # Enabled, Warned, PastDue, Disabled, Deleted
+
+
+class SubscriptionDirectory(Protocol):
+    """The subscriptions the identity can read: the default scope when CMK_SUBSCRIPTIONS
+    is unset, and the check that each configured one is visible."""
+
+    async def readable(self) -> list[Subscription]:
+        """Every subscription ARM lists for the caller, in ARM's order."""
+        ...
+
+
 # --- jobs, ledger, alerts -------------------------------------------------------------
 
 

@@ -46,6 +46,7 @@ class Runtime:
             ledger=services.ledger if storage else cast(Ledger, _Unconfigured("ledger")),
             alerts=services.alerts if storage else cast(AlertSink, _Unconfigured("alerts")),
             settings=settings,
+            subscriptions=services.subscriptions,
         )
 
     async def prepare_storage(self) -> None:

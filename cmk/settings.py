@@ -40,6 +40,11 @@ _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
 _SECRET_PART = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;]*")
 ALLOWED_KEY_SIZES = frozenset({2048, 3072, 4096})
+_MISSING_STORAGE = (
+    "AzureWebJobsStorage is not set: set it to a storage connection string, or set"
+    " AzureWebJobsStorage__accountName (or __queueServiceUri and __tableServiceUri)"
+    " to use the app's managed identity"
+)
 
 #: Every environment variable :meth:`Settings.from_environ` reads (all documented).
 ENVIRONMENT_VARIABLES = (
@@ -128,8 +133,10 @@ class Settings:
     storage: StorageSettings | None = None
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
-        """Read and validate every setting; raise one ConfigurationError listing all problems."""
+    def from_environ(cls, environ: Mapping[str, str], *, require_storage: bool = False) -> Settings:
+        """Read and validate every setting; raise one ConfigurationError listing all
+        problems. With ``require_storage``, missing storage is one of those problems (so a
+        command that needs it reports it together with the others, not on a later run)."""
         reader, default = _Reader(environ), cls()
         cloud = reader.get("CMK_AZURE_CLOUD", default.cloud, _cloud)
         settings = cls(
@@ -164,6 +171,9 @@ class Settings:
             ),
             storage=_storage(reader, cloud),
         )
+        storage_named = any(p.startswith("AzureWebJobsStorage") for p in reader.problems)
+        if require_storage and settings.storage is None and not storage_named:
+            reader.problems.append(_MISSING_STORAGE)
         reader.raise_problems()
         return settings
 
@@ -172,11 +182,12 @@ class Settings:
         return replace(self, dry_run=dry_run)
 
     def require_subscriptions(self) -> tuple[str, ...]:
-        """The subscription scope, or a ConfigurationError if none is configured."""
+        """CMK_SUBSCRIPTIONS, or a ConfigurationError if it is empty: for code that has no
+        subscription directory to default to (see :mod:`cmk.usecases.subscriptions`)."""
         if not self.subscriptions:
             raise ConfigurationError(
-                "CMK_SUBSCRIPTIONS is empty: the sweep needs the subscriptions to inventory;"
-                " set it to comma-separated subscription ids"
+                "CMK_SUBSCRIPTIONS is empty and no list of the subscriptions the identity can"
+                " read is available: set it to comma-separated subscription ids"
                 " (e.g. CMK_SUBSCRIPTIONS=00000000-0000-0000-0000-000000000000)"
             )
         return self.subscriptions
@@ -184,11 +195,7 @@ class Settings:
     def require_storage(self) -> StorageSettings:
         """The Function app's storage, or a ConfigurationError if it is not configured."""
         if self.storage is None:
-            raise ConfigurationError(
-                "AzureWebJobsStorage is not set: set it to a storage connection string, or set"
-                " AzureWebJobsStorage__accountName (or __queueServiceUri and __tableServiceUri)"
-                " to use the app's managed identity"
-            )
+            raise ConfigurationError(_MISSING_STORAGE)
         return self.storage
 
     def vault_in_scope(self, key_id: KeyId) -> bool:

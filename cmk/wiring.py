@@ -11,7 +11,8 @@
   cloud's authority (in Azure Functions: the app's managed identity);
 - Key Vault clients per vault (challenge auth finds the audience in any cloud);
 - ARM clients (Cognitive Services per subscription, Resource Graph) on the cloud's ARM
-  endpoint with its token scope (``base_url=``, ``credential_scopes=``);
+  endpoint with its token scope (``base_url=``, ``credential_scopes=``), and an ARM
+  pipeline for the subscriptions the identity can read (the default scope);
 - the Storage queue and table from ``AzureWebJobsStorage`` (connection string, or
   identity-based service URIs), messages base64 as Functions expects;
 - the Event Grid publisher when CMK_ALERT_TOPIC_ENDPOINT is set (else alerts are
@@ -33,11 +34,14 @@ from types import TracebackType
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.pipeline import policies as core_policies
 from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.data.tables.aio import TableClient
 from azure.eventgrid.aio import EventGridPublisherClient
 from azure.identity.aio import DefaultAzureCredential
 from azure.mgmt.cognitiveservices.aio import CognitiveServicesManagementClient
+from azure.mgmt.core import AsyncARMPipelineClient
+from azure.mgmt.core.policies import ARMHttpLoggingPolicy, AsyncARMChallengeAuthenticationPolicy
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
 from azure.storage.queue.aio import QueueClient
 
@@ -48,6 +52,7 @@ from cmk.adapters.inventory import ResourceGraphInventory
 from cmk.adapters.jobqueue import StorageJobQueue, message_policies
 from cmk.adapters.keyvault import KeyVaultKeys
 from cmk.adapters.ledger import TableLedger
+from cmk.adapters.subscriptions import ArmSubscriptions
 from cmk.settings import Settings, StorageSettings
 
 __all__ = ["RetryOptions", "Services", "WiringOptions"]
@@ -108,12 +113,15 @@ class WiringOptions:
 
     ``polling_interval`` (seconds) fixes the ARM long-running-operation poll period;
     None follows ``Retry-After``. ``clock`` dates new key versions' expiry.
+    ``subscriptions_ttl`` (seconds) is how long the list of subscriptions the identity
+    can read is reused before ARM is asked again.
     """
 
     retry: RetryOptions = field(default_factory=RetryOptions)
     polling_interval: float | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     key_read_concurrency: int = 8
+    subscriptions_ttl: float = 300.0
 
 
 class Services:
@@ -157,6 +165,14 @@ class Services:
         self._closers.append(graph.close)
         self.inventory = ResourceGraphInventory(graph, fallback=self.accounts)
 
+        pipeline = self._arm_pipeline()
+        self._closers.append(pipeline.close)
+        self.subscriptions = ArmSubscriptions(
+            pipeline,
+            settings.cloud.endpoints.arm_endpoint,
+            ttl=self.options.subscriptions_ttl,
+        )
+
         self._jobs: StorageJobQueue | None = None
         self._ledger: TableLedger | None = None
         self._alerts: EventGridAlerts | None = None
@@ -173,6 +189,33 @@ class Services:
             "user_agent": USER_AGENT,
             **self.options.retry.core_client_options(),
         }
+
+    def _arm_pipeline(self) -> AsyncARMPipelineClient[Any, Any]:
+        """A bare ARM pipeline (token scope, retry, user agent, ARM's logging policy) for
+        calls no management client we deploy makes (``GET /subscriptions``)."""
+        endpoints = self.settings.cloud.endpoints
+        retry = self.options.retry
+        retry_policy = (
+            AsyncRetryPolicy(**retry.core_options())
+            if retry.backoff
+            else _ImmediateRetryPolicy(**retry.core_options())
+        )
+        return AsyncARMPipelineClient(
+            base_url=endpoints.arm_endpoint,
+            policies=[
+                core_policies.RequestIdPolicy(),
+                core_policies.HeadersPolicy(),
+                core_policies.UserAgentPolicy(user_agent=USER_AGENT),
+                core_policies.ProxyPolicy(),
+                core_policies.ContentDecodePolicy(),
+                retry_policy,
+                AsyncARMChallengeAuthenticationPolicy(self.credential, endpoints.arm_scope),
+                core_policies.CustomHookPolicy(),
+                core_policies.NetworkTraceLoggingPolicy(),
+                core_policies.DistributedTracingPolicy(),
+                ARMHttpLoggingPolicy(),
+            ],
+        )
 
     @classmethod
     def from_settings(

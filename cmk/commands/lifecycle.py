@@ -18,6 +18,7 @@ from rich.text import Text
 
 from cmk.commands.errors import UsageError
 from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, Output, common_options, styled, table
+from cmk.commands.scope import resolve, warn
 from cmk.commands.session import Session, run_command
 from cmk.keyid import KeyId, parse_vault_url
 from cmk.lifecycle.changes import Change, ChangeOutcome, disable, enable, switch
@@ -114,19 +115,22 @@ async def _with_lifecycle(session: Session, body: Callable[[Lifecycle], Awaitabl
 
 
 async def _check(session: Session) -> int:
-    args, settings = session.args, session.settings
+    args = session.args
     if bool(args.account_ids) == bool(args.all):
         what = "both ACCOUNT_ID and --all" if args.all else "no ACCOUNT_ID and no --all"
         raise UsageError(
             f"cmk check was given {what}: give the accounts to check (ARM resource ids),"
-            " or --all for every CMK account in CMK_SUBSCRIPTIONS"
+            " or --all for every CMK account in scope (CMK_SUBSCRIPTIONS, or every"
+            " subscription the identity can read)"
         )
     key = KeyId.parse(args.key) if args.key else None
     accounts = [AccountId.parse(text) for text in args.account_ids]
     if args.all:
         inventory = session.runtime.services.inventory
-        subscriptions = settings.require_subscriptions()
-        accounts = [r.account_id async for r in inventory.cmk_accounts(subscriptions)]
+        scope = await resolve(session.engine())
+        warn(session.output, scope.warnings())
+        found = inventory.cmk_accounts(scope.subscriptions)
+        accounts = [r.account_id async for r in found]
 
     async def run(lc: Lifecycle) -> int:
         report = await check_accounts(lc, accounts, key)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options
-from cmk.commands.scope import scope_line, scope_warnings, warn
+from cmk.commands.output import common_options
+from cmk.commands.scope import resolve, scope_line, warn
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import print_alerts, print_sweep
-from cmk.usecases import SweepReport, plan
+from cmk.usecases import plan
+from cmk.usecases.answers import plan_answer, plan_exit_code
 
 __all__ = ["add_parser", "plan_exit_code"]
 
@@ -28,20 +29,17 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=plan_command)
 
 
-def plan_exit_code(report: SweepReport) -> int:
-    """1 when a human must look at something: findings or unreadable keys."""
-    return EXIT_FINDINGS if report.findings or report.errors else EXIT_OK
-
-
 async def _plan(session: Session) -> int:
+    engine = session.engine()
     with session.output.working("reading the inventory and the keys"):
-        report = await plan(session.engine())
+        report = await plan(engine)
     output = session.output
-    warnings = scope_warnings(session.settings, report.accounts - report.out_of_scope)
-    code = warn(output, warnings, plan_exit_code(report))
+    scope = await resolve(engine)
+    answer = plan_answer(session.settings, report, scope)
+    warn(output, answer.warnings)
     if output.json_mode:
-        output.emit_json({"plan": report, "warnings": warnings, "exit_code": code})
-        return code
+        output.emit_json(answer.document)
+        return answer.exit_code
     print_sweep(output, report)
     print_alerts(output, report.alerts)
     output.print(
@@ -49,8 +47,8 @@ async def _plan(session: Session) -> int:
         f" {len(report.moves)} to move, {len(report.findings)} findings,"
         f" {len(report.alerts)} alerts a sweep would raise, {report.out_of_scope} out of scope"
     )
-    output.print(scope_line(session.settings))
-    return code
+    output.print(scope_line(session.settings, scope))
+    return answer.exit_code
 
 
 def plan_command(args: argparse.Namespace) -> int:

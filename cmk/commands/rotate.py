@@ -14,11 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 from cmk.commands.inline import CollectedJobs, run_jobs
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options, short_version
+from cmk.commands.output import EXIT_OK, common_options, short_version
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import (
     job_summary,
-    jobs_failed,
     print_alerts,
     print_findings,
     print_jobs,
@@ -28,6 +27,7 @@ from cmk.commands.versions import require_in_scope
 from cmk.keyid import KeyId
 from cmk.settings import Settings
 from cmk.usecases import EventOutcome, EventReport, PlannedMove
+from cmk.usecases.answers import rotation_answer, rotation_exit_code
 from cmk.usecases.rotate import ROTATE_EVENT_TYPE, rotate_key
 from cmk.usecases.versions import key_versions
 
@@ -97,14 +97,7 @@ async def _dry_run(session: Session, key: KeyId) -> int:
         detail=f"dry run: would create a new version and move {len(moves)} account(s)",
     )
     if output.json_mode:
-        document = {
-            "rotation": rotation,
-            "jobs": [],
-            "summary": job_summary([]),
-            "checks": checks,
-            "exit_code": EXIT_OK,
-        }
-        output.emit_json(document)
+        output.emit_json(rotation_answer(rotation, [], checks=checks).document)
         return EXIT_OK
     print_moves(output, moves, f"Accounts that would move to the new version of {key}")
     output.print("The new version must pass, or no account moves:")
@@ -146,19 +139,11 @@ async def _rotate(session: Session) -> int:
         results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
         retries = ticker.retries
     rejected = report.outcome is EventOutcome.VERSION_REJECTED
-    failed = rejected or jobs_failed(results) or bool(report.findings)
-    code = EXIT_FINDINGS if failed else EXIT_OK
+    code = rotation_exit_code(report, results)
     if inline:
         report = replace(report, enqueued=0)
     if output.json_mode:
-        output.emit_json(
-            {
-                "rotation": report,
-                "jobs": results,
-                "summary": job_summary(results),
-                "exit_code": code,
-            }
-        )
+        output.emit_json(rotation_answer(report, results).document)
         return code
     print_moves(output, report.moves, "Accounts to move")
     print_findings(output, report.findings)

@@ -1,47 +1,37 @@
-"""Scope mistakes that look like success: an empty CMK_VAULT_ALLOWLIST, or no CMK account
-in scope at all (a CMK_SUBSCRIPTIONS typo, or subscriptions the identity cannot read:
-Resource Graph answers nothing rather than an error). A command that finds one warns on
-stderr and exits 1 instead of reporting a clean, empty run."""
+"""Which subscriptions a run covered, and scope mistakes that look like success: an empty
+CMK_VAULT_ALLOWLIST, a subscription of CMK_SUBSCRIPTIONS the identity cannot see, or no
+CMK account in scope at all (Resource Graph answers nothing rather than an error for a
+subscription it cannot see). A command that finds one warns on stderr and exits 1 instead
+of reporting a clean, empty run (:func:`~cmk.usecases.answers.scope_warnings`, shared with
+the HTTP endpoints)."""
 
 from __future__ import annotations
 
-from cmk.commands.output import EXIT_FINDINGS, Output
+from cmk.commands.output import Output
 from cmk.settings import Settings
+from cmk.usecases.answers import scope_source, scope_warnings
+from cmk.usecases.context import Engine
+from cmk.usecases.subscriptions import SubscriptionScope, subscription_scope
 
-__all__ = ["scope_line", "scope_warnings", "warn"]
+__all__ = ["resolve", "scope_line", "scope_warnings", "warn"]
 
 
-def scope_line(settings: Settings) -> str:
+async def resolve(engine: Engine) -> SubscriptionScope:
+    """The run's subscription scope (the adapter reuses the list the use case just read)."""
+    return await subscription_scope(engine)
+
+
+def scope_line(settings: Settings, scope: SubscriptionScope) -> str:
     """Which subscriptions and vaults a run covered, for the end of its output."""
     vaults = sorted(url.removeprefix("https://") for url in settings.vault_allowlist)
+    names = ", ".join(scope.label(s) for s in scope.subscriptions) or "none"
     return (
-        f"scope: {len(settings.subscriptions)} subscription(s) of CMK_SUBSCRIPTIONS"
-        f" ({', '.join(settings.subscriptions) or 'none'}); {len(vaults)} vault(s) of"
-        f" CMK_VAULT_ALLOWLIST ({', '.join(vaults) or 'none'})"
+        f"scope: {len(scope.subscriptions)} subscription(s) {scope_source(scope)} ({names});"
+        f" {len(vaults)} vault(s) of CMK_VAULT_ALLOWLIST ({', '.join(vaults) or 'none'})"
     )
 
 
-def scope_warnings(settings: Settings, in_scope: int) -> list[str]:
-    """What is wrong with the scope of a run that found ``in_scope`` accounts in scope."""
-    warnings = []
-    if not settings.vault_allowlist:
-        warnings.append(
-            "CMK_VAULT_ALLOWLIST is empty: no vault is in scope, so nothing is ever"
-            " rotated; set it to the URLs of the vaults to manage (docs/configuration.md)"
-        )
-    if in_scope == 0:
-        subscriptions = ", ".join(settings.subscriptions) or "none"
-        warnings.append(
-            f"no CMK account in scope in the {len(settings.subscriptions)} subscription(s)"
-            f" of CMK_SUBSCRIPTIONS ({subscriptions}): check the ids, and that the signed-in"
-            " identity can read them (Resource Graph returns nothing for a subscription it"
-            " cannot see, rather than an error)"
-        )
-    return warnings
-
-
-def warn(output: Output, warnings: list[str], code: int) -> int:
-    """Print each warning on stderr; the exit code, at least 1 when there is one."""
+def warn(output: Output, warnings: list[str]) -> None:
+    """Print each warning on stderr (the answer's exit code already counts them)."""
     for warning in warnings:
         output.note(f"cmk: warning: {warning}")
-    return max(code, EXIT_FINDINGS) if warnings else code

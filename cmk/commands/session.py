@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from cmk.commands.errors import explain
 from cmk.commands.interrupt import EXIT_INTERRUPTED, Journal
 from cmk.commands.output import Output, output_format
+from cmk.commands.unreachable import sandbox_gone
 from cmk.runtime import Runtime
 from cmk.settings import Settings
+from cmk.usecases.answers import error_answer
 from cmk.usecases.context import Engine
 
 __all__ = ["Session", "configure_logging", "fail", "interrupted", "run_command"]
@@ -47,6 +49,10 @@ def configure_logging(verbose: bool, *, quiet: bool = False) -> None:
         cmk.setLevel(logging.CRITICAL if quiet else logging.WARNING)
         azure.setLevel(logging.CRITICAL if quiet else logging.ERROR)
     logging.getLogger("cmk.alerts").setLevel(logging.NOTSET if verbose else logging.CRITICAL)
+    # the scope's warnings are the command's own (cmk: warning: ...); logged for the app
+    logging.getLogger("cmk.usecases.subscriptions").setLevel(
+        logging.NOTSET if verbose else logging.ERROR
+    )
 
 
 @dataclass
@@ -70,7 +76,7 @@ Body = Callable[[Session], Awaitable[int]]
 
 def fail(args: argparse.Namespace, output: Output, error: BaseException) -> int:
     """Report ``error`` on stderr (and as the JSON document with ``--json``)."""
-    failure = explain(error)
+    failure = sandbox_gone(error, os.environ) or explain(error)
     output.note(failure.text())
     if getattr(args, "json", False):
         output.emit_json(
@@ -89,17 +95,10 @@ def fail(args: argparse.Namespace, output: Output, error: BaseException) -> int:
 def interrupted(args: argparse.Namespace, output: Output, journal: Journal) -> int:
     """Report an interruption (Ctrl-C): what was done, what was not, what finishes it."""
     output.note(journal.message())
-    if getattr(args, "json", False):
-        output.emit_json(
-            {
-                "error": {
-                    "kind": "interrupted",
-                    "message": journal.message(),
-                    "fix": f"run `{journal.finish}`" if journal.finish else "",
-                    "exit_code": EXIT_INTERRUPTED,
-                }
-            }
-        )
+    if output.json_mode:
+        fix = f"run `{journal.finish}`" if journal.finish else ""
+        answer = error_answer("interrupted", journal.message(), fix, EXIT_INTERRUPTED)
+        output.emit_json(answer.document)
     return EXIT_INTERRUPTED
 
 
@@ -118,9 +117,7 @@ def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -
     configure_logging(bool(getattr(args, "verbose", False)))
     journal = Journal(str(getattr(args, "command", "") or "cmk"))
     try:
-        settings = Settings.from_environ(os.environ)
-        if storage:
-            settings.require_storage()
+        settings = Settings.from_environ(os.environ, require_storage=storage)
         return asyncio.run(_run(args, output, settings, body, journal))
     except KeyboardInterrupt:
         return interrupted(args, output, journal)

@@ -6,26 +6,22 @@ CMK_VAULT_ALLOWLIST, no CMK account in CMK_SUBSCRIPTIONS): a warning on stderr s
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from typing import Any
 
 from rich.text import Text
 
 from cmk.commands.output import (
-    EXIT_FINDINGS,
-    EXIT_OK,
     common_options,
     short_version,
     styled,
     table,
 )
-from cmk.commands.scope import scope_line, scope_warnings, warn
+from cmk.commands.scope import resolve, scope_line, warn
 from cmk.commands.session import Session, run_command
-from cmk.usecases import AccountStatus, BindingState, status
+from cmk.usecases import status
+from cmk.usecases.answers import status_answer, status_summary
 
 __all__ = ["add_parser"]
-
-_NOT_GOOD = (BindingState.STALE, BindingState.UNSAFE, BindingState.FAILING)
 
 
 def add_parser(subparsers: Any) -> None:
@@ -39,26 +35,17 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=status_command)
 
 
-def summary(accounts: list[AccountStatus]) -> dict[str, int]:
-    """How many accounts are in each state (every state present)."""
-    counts = Counter(a.state.value for a in accounts)
-    return {state.value: counts.get(state.value, 0) for state in BindingState}
-
-
 async def _status(session: Session) -> int:
+    engine = session.engine()
     with session.output.working("reading the inventory and the keys"):
-        accounts = await status(session.engine())
-    counts = summary(accounts)
-    code = EXIT_FINDINGS if any(counts[s.value] for s in _NOT_GOOD) else EXIT_OK
+        accounts = await status(engine)
     output = session.output
-    in_scope = len(accounts) - counts[BindingState.OUT_OF_SCOPE.value]
-    warnings = scope_warnings(session.settings, in_scope)
-    code = warn(output, warnings, code)
+    scope = await resolve(engine)
+    answer = status_answer(session.settings, accounts, scope)
+    warn(output, answer.warnings)
     if output.json_mode:
-        output.emit_json(
-            {"accounts": accounts, "summary": counts, "warnings": warnings, "exit_code": code}
-        )
-        return code
+        output.emit_json(answer.document)
+        return answer.exit_code
     rows = [
         (
             a.account_id,
@@ -74,10 +61,11 @@ async def _status(session: Session) -> int:
     ]
     columns = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
     output.print(table(f"{len(accounts)} CMK accounts", columns, rows))
+    counts = status_summary(accounts)
     parts = [Text.assemble(styled(state), f": {n}") for state, n in counts.items() if n]
     output.print(Text("  ").join(parts))
-    output.print(scope_line(session.settings))
-    return code
+    output.print(scope_line(session.settings, scope))
+    return answer.exit_code
 
 
 def status_command(args: argparse.Namespace) -> int:

@@ -13,11 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options
-from cmk.commands.scope import scope_line, scope_warnings, warn
+from cmk.commands.output import common_options
+from cmk.commands.scope import resolve, scope_line, warn
 from cmk.commands.session import Session, run_command
-from cmk.commands.tables import job_summary, jobs_failed, print_jobs, print_sweep
+from cmk.commands.tables import job_summary, print_jobs, print_sweep
 from cmk.usecases import sweep
+from cmk.usecases.answers import sweep_answer
 
 __all__ = ["add_parser"]
 
@@ -58,22 +59,13 @@ async def _sweep(session: Session) -> int:
     with output.progress("moving accounts", len(jobs)) as ticker:
         results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
         retries = ticker.retries
-    failed = jobs_failed(results)
-    code = EXIT_FINDINGS if failed or report.findings or report.errors else EXIT_OK
-    warnings = scope_warnings(session.settings, report.accounts - report.out_of_scope)
-    code = warn(output, warnings, code)
+    scope = await resolve(engine)
+    answer = sweep_answer(session.settings, report, results, scope)
+    warn(output, answer.warnings)
     counts = job_summary(results)
     if output.json_mode:
-        output.emit_json(
-            {
-                "sweep": report,
-                "jobs": results,
-                "summary": counts,
-                "warnings": warnings,
-                "exit_code": code,
-            }
-        )
-        return code
+        output.emit_json(answer.document)
+        return answer.exit_code
     print_sweep(output, report)
     print_jobs(output, results)
     done = ", ".join(f"{n} {result}" for result, n in counts.items() if n) or "nothing to move"
@@ -83,8 +75,8 @@ async def _sweep(session: Session) -> int:
         f" {len(report.findings)} findings, {report.alerts_published} new alerts"
         + (f"; {retries} transient errors retried (-v shows each)" if retries else "")
     )
-    output.print(scope_line(session.settings))
-    return code
+    output.print(scope_line(session.settings, scope))
+    return answer.exit_code
 
 
 def sweep_command(args: argparse.Namespace) -> int:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from rich.text import Text
 
 from cmk.commands.output import Output, clean, short_version, styled, table
 from cmk.ports import Alert
-from cmk.usecases import FindingReport, JobReport, JobResult, PlannedMove, SweepReport
+from cmk.usecases import FindingReport, JobReport, PlannedMove, SweepReport
+from cmk.usecases.answers import job_summary, jobs_failed
 
 __all__ = [
     "job_summary",
@@ -74,14 +74,3 @@ def print_jobs(output: Output, reports: Sequence[JobReport]) -> None:
     if rows:
         columns = ("account", "key", "to", "result", "attempts", "cause")
         output.print(table("Accounts", columns, rows))
-
-
-def job_summary(reports: Sequence[JobReport]) -> dict[str, int]:
-    """How many jobs ended with each result (every result present, zero if none)."""
-    counts = Counter(report.result.value for report in reports)
-    return {result.value: counts.get(result.value, 0) for result in JobResult}
-
-
-def jobs_failed(reports: Sequence[JobReport]) -> bool:
-    """True when any job failed for good or is still not verified."""
-    return any(r.result in (JobResult.FAILED, JobResult.SUBMITTED) for r in reports)

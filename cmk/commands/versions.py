@@ -18,10 +18,12 @@ from cmk.commands.output import (
     short_account,
     table,
 )
+from cmk.commands.scope import resolve, warn
 from cmk.commands.session import Session, run_command
 from cmk.errors import OutOfScope
 from cmk.keyid import KeyId
 from cmk.settings import Settings
+from cmk.usecases.answers import scope_answer, scope_source
 from cmk.usecases.versions import VersionUse, key_versions
 
 __all__ = ["add_parser", "require_in_scope"]
@@ -73,12 +75,22 @@ def require_in_scope(settings: Settings, key: KeyId) -> None:
 async def _versions(session: Session) -> int:
     key = KeyId.parse(session.args.key_id)
     require_in_scope(session.settings, key)
+    engine = session.engine()
     with session.output.working(f"reading the versions of {key} and who uses them"):
-        report = await key_versions(session.engine(), key)
-    code = EXIT_FINDINGS if report.unsafe_bindings else EXIT_OK
+        report = await key_versions(engine, key)
+    scope = await resolve(engine)
+    warnings = scope.warnings()  # a subscription not searched: "safe" may be wrong
+    code = EXIT_FINDINGS if report.unsafe_bindings or warnings else EXIT_OK
     output = session.output
+    warn(output, warnings)
     if output.json_mode:
-        output.emit_json({"key": report, "exit_code": code})
+        document = {
+            "key": report,
+            "scope": scope_answer(session.settings, scope),
+            "warnings": warnings,
+            "exit_code": code,
+        }
+        output.emit_json(document)
         return code
     rows = [
         (
@@ -106,8 +118,10 @@ async def _versions(session: Session) -> int:
         "why",
     )
     output.print(table(f"{report.key_id}", columns, rows))
+    names = ", ".join(scope.label(s) for s in scope.subscriptions) or "none"
     output.print(
-        f"accounts searched in {len(report.subscriptions)} subscription(s) of CMK_SUBSCRIPTIONS"
+        f"accounts searched in {len(scope.subscriptions)} subscription(s)"
+        f" {scope_source(scope)} ({names})"
     )
     return code
 

@@ -13,7 +13,15 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from cmk.policy import VersionPolicy
-from cmk.ports import AccountStore, AlertSink, Inventory, JobQueue, KeyStore, Ledger
+from cmk.ports import (
+    AccountStore,
+    AlertSink,
+    Inventory,
+    JobQueue,
+    KeyStore,
+    Ledger,
+    SubscriptionDirectory,
+)
 from cmk.settings import Settings
 
 __all__ = ["Engine", "gather_bounded", "task_scope", "utc_now"]
@@ -40,6 +48,8 @@ class Engine:
     is how long a near-expiry rotation claim holds before another worker may take over;
     ``write_lease`` how long an account's write lease holds (at least the update timeout
     plus a minute) before another job may take it over from a job that died.
+    ``subscriptions`` lists what the identity can read: the scope when CMK_SUBSCRIPTIONS
+    is unset (see :mod:`cmk.usecases.subscriptions`); None uses CMK_SUBSCRIPTIONS as is.
     """
 
     keys: KeyStore
@@ -55,6 +65,7 @@ class Engine:
     stuck_after: timedelta = timedelta(hours=1)
     claim_lease: timedelta = timedelta(minutes=10)
     write_lease: timedelta = timedelta(minutes=5)
+    subscriptions: SubscriptionDirectory | None = None
 
     @property
     def policy(self) -> VersionPolicy:

@@ -19,6 +19,7 @@ from cmk.ports import RotationJob
 from cmk.usecases.context import Engine, task_scope
 from cmk.usecases.keyview import KeyVersions, decide
 from cmk.usecases.report import FindingReport, PlannedMove
+from cmk.usecases.subscriptions import subscription_scope
 
 __all__ = ["FanOut", "fan_out", "job_for"]
 
@@ -79,7 +80,7 @@ async def fan_out(
         finally:
             gate.release()
 
-    subscriptions = engine.settings.require_subscriptions()
+    subscriptions = (await subscription_scope(engine)).subscriptions
     # Every chunk runs in this scope: if the inventory fails mid-stream (or a chunk does),
     # the other chunks are cancelled before the error propagates, and nothing is
     # enqueued after the invocation failed. A chunk starts only when the gate has room,

@@ -18,6 +18,7 @@ from cmk.policy import KeyVersion
 from cmk.ports import AccountRecord
 from cmk.usecases.context import Engine, gather_bounded
 from cmk.usecases.keyview import KeyVersions, decide
+from cmk.usecases.subscriptions import subscription_scope
 
 __all__ = ["KeySurvey", "Survey", "survey"]
 
@@ -62,8 +63,8 @@ class Survey:
 async def survey(engine: Engine) -> Survey:
     """Inventory everything in scope and decide every binding (no writes)."""
     result = Survey()
-    subscriptions = engine.settings.require_subscriptions()
-    async for record in engine.inventory.cmk_accounts(subscriptions):
+    scope = await subscription_scope(engine)
+    async for record in engine.inventory.cmk_accounts(scope.subscriptions):
         if record.binding is None:
             continue
         key = record.binding.key_id.versionless()

@@ -19,6 +19,7 @@ from cmk.ports import LedgerState
 from cmk.resource_id import AccountId
 from cmk.usecases.context import Engine
 from cmk.usecases.keyview import newest_bindable
+from cmk.usecases.subscriptions import subscription_scope
 
 __all__ = ["KeyVersionsReport", "VersionUse", "key_versions"]
 
@@ -77,7 +78,7 @@ def _verdict(
 async def key_versions(engine: Engine, key: KeyId) -> KeyVersionsReport:
     """Read every version of ``key`` and the accounts in scope bound to each (no writes)."""
     key = key.versionless()
-    subscriptions = engine.settings.require_subscriptions()
+    subscriptions = (await subscription_scope(engine)).subscriptions
     versions = await engine.keys.list_versions(key)
     current = await engine.keys.latest(key)
     now = engine.now()

@@ -7,12 +7,16 @@ from cli_rig import World
 
 
 class TestConfigurationErrors:
-    def test_missing_subscriptions_names_the_setting(self, world: World, cmk, monkeypatch):
-        """Without CMK_SUBSCRIPTIONS status exits 2 and says to set it."""
-        monkeypatch.delenv("CMK_SUBSCRIPTIONS")
+    def test_missing_storage_is_reported_with_the_other_problems(
+        self, world: World, cmk, monkeypatch
+    ):
+        """One run names every setting problem: a bad value and missing storage together."""
+        monkeypatch.delenv("AzureWebJobsStorage")
+        monkeypatch.setenv("CMK_MAX_CONCURRENCY", "lots")
         run = cmk("status")
         assert run.code == 2 and run.out == ""
-        assert "CMK_SUBSCRIPTIONS" in run.err and "cmk sandbox up" in run.err
+        assert "CMK_MAX_CONCURRENCY='lots'" in run.err
+        assert "AzureWebJobsStorage is not set" in run.err
 
     def test_missing_storage_in_json(self, world: World, cmk, monkeypatch):
         """Without AzureWebJobsStorage, --json prints the error document; exit 2."""

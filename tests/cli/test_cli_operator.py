@@ -53,15 +53,54 @@ class TestScope:
         assert "cmk: warning: CMK_VAULT_ALLOWLIST is empty" in run.err
 
     def test_unknown_subscription_warns_and_exits_1(self, world: World, cmk, monkeypatch):
-        """A CMK_SUBSCRIPTIONS the identity cannot see finds nothing: sweep warns, exit 1."""
+        """A CMK_SUBSCRIPTIONS the identity cannot see is named as such, and nothing found
+        in scope: sweep warns on stderr and in its JSON, exit 1."""
         typo = "11111111-2222-3333-4444-555555555555"
         monkeypatch.setenv("CMK_SUBSCRIPTIONS", typo)
         run = cmk("sweep", "--json")
         document = run.valid("sweep")
         assert run.code == 1 and document["exit_code"] == 1
-        [warning] = document["warnings"]
-        assert "no CMK account in scope" in warning and typo in warning
-        assert "cmk: warning: no CMK account in scope" in run.err
+        hidden, empty = document["warnings"]
+        assert typo in hidden and "not visible to the identity" in hidden
+        assert "no CMK account in scope" in empty
+        assert document["scope"]["not_visible"] == [typo]
+        assert document["scope"]["subscriptions"] == []
+        assert f"cmk: warning: subscription {typo} of CMK_SUBSCRIPTIONS" in run.err
+
+    def test_one_hidden_subscription_among_good_ones(self, world: World, cmk, monkeypatch):
+        """A typo next to real subscriptions: the real ones are inventoried, the typo is
+        warned about on stderr (exit 1) and left out of the scope line."""
+        real = sorted(world.sandbox.world.subscriptions)
+        typo = "11111111-2222-3333-4444-555555555555"
+        monkeypatch.setenv("CMK_SUBSCRIPTIONS", ",".join([*real, typo]))
+        run = cmk("status")
+        assert run.code == 1
+        assert f"cmk: warning: subscription {typo} of CMK_SUBSCRIPTIONS" in run.err
+        [scope] = [line for line in run.out.splitlines() if line.startswith("scope: ")]
+        assert f"{len(real)} subscription(s) of CMK_SUBSCRIPTIONS" in scope
+        assert typo not in scope and all(sub in scope for sub in real)
+
+    def test_without_subscriptions_the_scope_is_what_the_identity_reads(
+        self, world: World, cmk, monkeypatch
+    ):
+        """Without CMK_SUBSCRIPTIONS, status covers every subscription the identity can
+        read, names them (display name and id), and finds the same accounts."""
+        with_setting = cmk("status", "--json").valid("status")
+        monkeypatch.delenv("CMK_SUBSCRIPTIONS")
+        run = cmk("status", "--json")
+        document = run.valid("status")
+        assert document["scope"]["source"] == "readable by the identity"
+        assert {a["account_id"] for a in document["accounts"]} == {
+            a["account_id"] for a in with_setting["accounts"]
+        }
+        configured = {s["id"] for s in with_setting["scope"]["subscriptions"]}
+        assert configured <= {s["id"] for s in document["scope"]["subscriptions"]}
+        assert all(s["name"] for s in document["scope"]["subscriptions"])
+        table = cmk("status")
+        [scope] = [line for line in table.out.splitlines() if line.startswith("scope: ")]
+        assert "the identity can read (CMK_SUBSCRIPTIONS unset)" in scope
+        name = document["scope"]["subscriptions"][0]["name"]
+        assert name in scope
 
     def test_plan_in_scope_has_no_warning(self, world: World, cmk):
         """With the vaults in scope, plan has no scope warning and says what it covered."""

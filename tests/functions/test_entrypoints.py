@@ -28,6 +28,7 @@ from cmk.sandbox.core import Sandbox
 from cmk.sandbox.eventgrid import shape_event
 from cmk.sandbox.keyvault_model import add_key_version, key_event
 from cmk.sandbox.world import AccountState, KeyEventType, VaultKind, VaultState
+from cmk.sandbox.world import Subscription as ArmSubscription
 from cmk.settings import Settings
 from cmk.usecases import Engine
 from cmk.wiring import RetryOptions, WiringOptions
@@ -250,5 +251,103 @@ class TestHttpRotate:
         status, body = await entrypoints.http_rotate(rig.engine, f"{rig.locked.url}/keys/{KEY}")
 
         assert status == 403
-        assert isinstance(body, dict) and "may not rotate" in body["error"]
+        assert isinstance(body, dict) and "may not rotate" in body["error"]["message"]
+        assert body["error"]["kind"] == "access_denied" and body["error"]["fix"]
         assert len(rig.locked.keys[KEY].versions) == 1
+
+
+#: The members of each answer, as `cmk ... -o json` prints them (docs/cli.md).
+CLI_KEYS = {
+    "status": {"accounts", "summary", "scope", "warnings", "exit_code"},
+    "plan": {"plan", "scope", "warnings", "exit_code"},
+    "sweep": {"sweep", "jobs", "summary", "scope", "warnings", "exit_code"},
+}
+ERROR_KEYS = {"kind", "message", "fix", "exit_code"}
+HIDDEN_SUB = "7b7b7b7b-2222-4222-8222-222222222222"
+
+
+async def _runtime_with(rig: Rig, **values: str) -> Runtime:
+    """A second runtime over the same world with some settings changed ('' unsets one)."""
+    environ = {**rig.world.settings, "CMK_VAULT_ALLOWLIST": rig.world.vault.url, **values}
+    return Runtime(
+        Settings.from_environ({k: v for k, v in environ.items() if v}), options=TEST_OPTIONS
+    )
+
+
+class TestHttpAnswers:
+    """The HTTP endpoints answer in the CLI's schemas, and say which subscriptions they
+    covered."""
+
+    async def test_status_plan_sweep_answer_as_the_cli(self, rig: Rig) -> None:
+        """/api/status, /api/plan and /api/sweep carry exactly the members of `cmk status`,
+        `cmk plan` and `cmk sweep` -o json; a stale account makes status's exit_code 1,
+        while for plan and sweep a move is work, not a finding (0)."""
+        first = rig.world.first_version().version
+        rig.world.version()
+        rig.world.account("acct-schema", first)
+
+        answers = {
+            "status": await entrypoints.http_status(rig.engine),
+            "plan": await entrypoints.http_plan(rig.engine),
+            "sweep": await entrypoints.http_sweep(rig.engine),
+        }
+
+        for name, (status, body) in answers.items():
+            assert status == 200, name
+            assert isinstance(body, dict) and set(body) == CLI_KEYS[name], name
+            assert body["exit_code"] == (1 if name == "status" else 0), name
+            assert body["warnings"] == [], name
+            assert body["scope"]["source"] == "CMK_SUBSCRIPTIONS"
+            assert [s["id"] for s in body["scope"]["subscriptions"]] == [SUB]
+            assert body["scope"]["subscriptions"][0]["name"] == "sub-app"
+        status_body = answers["status"][1]
+        assert isinstance(status_body, dict)
+        assert status_body["summary"]["stale"] == 1
+        sweep_body = answers["sweep"][1]
+        assert isinstance(sweep_body, dict)
+        assert sweep_body["jobs"] == [] and sweep_body["sweep"]["enqueued"] == 1
+
+    async def test_configured_subscription_not_visible_is_a_warning(
+        self, rig: Rig, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A CMK_SUBSCRIPTIONS entry the identity cannot see is named in warnings (exit 1),
+        left out of the inventory, and logged at WARNING for the app's logs."""
+        first = rig.world.first_version().version
+        rig.world.account("acct-hidden", first)
+        async with await _runtime_with(rig, CMK_SUBSCRIPTIONS=f"{SUB},{HIDDEN_SUB}") as runtime:
+            with caplog.at_level("WARNING", logger="cmk.usecases.subscriptions"):
+                status, body = await entrypoints.http_status(runtime.engine())
+
+        assert status == 200 and isinstance(body, dict)
+        assert body["scope"]["not_visible"] == [HIDDEN_SUB]
+        assert [s["id"] for s in body["scope"]["subscriptions"]] == [SUB]
+        assert any(HIDDEN_SUB in w and "not visible" in w for w in body["warnings"])
+        assert body["exit_code"] == 1 and body["summary"]["current"] == 1
+        assert any(HIDDEN_SUB in r.getMessage() for r in caplog.records)
+
+    async def test_unset_subscriptions_means_every_readable_one(self, rig: Rig) -> None:
+        """Without CMK_SUBSCRIPTIONS the scope is what ARM lists for the identity: the
+        app's subscription (by name), not one it holds no role in."""
+        world = rig.sandbox.world
+        with world.lock:
+            world.subscriptions[HIDDEN_SUB] = ArmSubscription(HIDDEN_SUB, world.tenant_id, "x")
+        first = rig.world.first_version().version
+        rig.world.account("acct-default", first)
+        async with await _runtime_with(rig, CMK_SUBSCRIPTIONS="") as runtime:
+            status, body = await entrypoints.http_status(runtime.engine())
+
+        assert status == 200 and isinstance(body, dict)
+        scope = body["scope"]
+        assert scope["source"] == "readable by the identity"
+        ids = {s["id"]: s["name"] for s in scope["subscriptions"]}
+        assert ids[SUB] == "sub-app" and HIDDEN_SUB not in ids
+        assert [a["account_id"].rsplit("/", 1)[1] for a in body["accounts"]] == ["acct-default"]
+
+    async def test_errors_answer_as_the_cli(self, rig: Rig) -> None:
+        """An error answer is {error: {kind, message, fix, exit_code}} as the CLI's."""
+        status, body = await entrypoints.http_rotate(rig.engine, None)
+
+        assert status == 400 and isinstance(body, dict) and set(body) == {"error"}
+        assert set(body["error"]) == ERROR_KEYS
+        assert body["error"]["kind"] == "usage" and body["error"]["exit_code"] == 2
+        assert "key_id" in body["error"]["fix"]

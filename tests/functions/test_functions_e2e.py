@@ -258,10 +258,12 @@ class TestHttp:
         status, body = await _call(host, "GET", "status", key=host.function_key)
 
         assert status == 200
-        assert {row["account_id"].lower() for row in body} == _ids(accounts)
-        assert {(row["bound_version"], row["newest_version"]) for row in body} == {
+        rows = body["accounts"]  # the schema of `cmk status -o json`
+        assert {row["account_id"].lower() for row in rows} == _ids(accounts)
+        assert {(row["bound_version"], row["newest_version"]) for row in rows} == {
             (first.version, newer)
         }
+        assert body["summary"]["stale"] == 2 and body["exit_code"] == 1
 
     async def test_rotate_creates_a_version_and_moves_the_accounts(
         self, app_world: AppWorld, host: FunctionsHost
@@ -274,10 +276,11 @@ class TestHttp:
         status, body = await _call(host, "POST", "rotate", key=host.function_key, key_id=key_id)
 
         assert status == 200
-        assert body["outcome"] == "rotated"
-        created = body["created_version"]
+        rotation = body["rotation"]  # the schema of `cmk rotate -o json`
+        assert rotation["outcome"] == "rotated"
+        created = rotation["created_version"]
         assert [v.version for v in app_world.versions()] == [first.version, created]
-        assert {m["account_id"].lower() for m in body["moves"]} == _ids(accounts)
+        assert {m["account_id"].lower() for m in rotation["moves"]} == _ids(accounts)
         await host.wait_for(lambda: app_world.on_version(created), within=WITHIN)
         await host.wait_idle()
         app_world.check_invariants()
@@ -309,7 +312,8 @@ class TestHttp:
         answered, body = await _call(host, "POST", "rotate", key=host.function_key, **params)
 
         assert answered == status
-        assert message in body["error"] and body["error"]
+        assert message in body["error"]["message"] and body["error"]["message"]
+        assert body["error"]["exit_code"] == 2
         assert len(app_world.versions()) == 1
 
     async def test_unknown_key_is_not_found(self, app_world: AppWorld, host: FunctionsHost) -> None:
@@ -320,4 +324,5 @@ class TestHttp:
         answered, body = await _call(host, "POST", "rotate", key=host.function_key, key_id=key_id)
 
         assert answered == 404
-        assert "nosuchkey" in body["error"]
+        assert "nosuchkey" in body["error"]["message"]
+        assert body["error"]["kind"] == "not_found"

@@ -227,6 +227,38 @@ class TestBadValues:
             assert name in message
         assert "CMK_EXPIRY_MARGIN_DAYS" not in message
 
+    def test_missing_storage_is_reported_with_the_other_problems(self) -> None:
+        """With require_storage, a missing AzureWebJobsStorage is one line of the same error
+        as a bad value elsewhere: one run names every problem (not one per run)."""
+        environ = {"CMK_DRY_RUN": "maybe", "CMK_SUBSCRIPTIONS": "not-a-subscription"}
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_environ(environ, require_storage=True)
+        message = str(caught.value)
+        assert message.startswith("3 invalid setting(s):")
+        for name in ("CMK_DRY_RUN", "CMK_SUBSCRIPTIONS", "AzureWebJobsStorage is not set"):
+            assert name in message
+
+    def test_missing_storage_alone_when_required(self) -> None:
+        """With require_storage and nothing else wrong, the one problem is storage."""
+        with pytest.raises(ConfigurationError, match="AzureWebJobsStorage is not set"):
+            Settings.from_environ({}, require_storage=True)
+
+    def test_bad_storage_is_not_also_reported_missing(self) -> None:
+        """A malformed AzureWebJobsStorage is reported once, as malformed."""
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_environ({"AzureWebJobsStorage": "garbage"}, require_storage=True)
+        assert str(caught.value).startswith("1 invalid setting(s):")
+        assert "not a connection string" in str(caught.value)
+
+    def test_storage_not_required_by_default(self) -> None:
+        """Without require_storage, no storage is fine (ARM-only commands)."""
+        assert Settings.from_environ({}).storage is None
+
+    def test_subscriptions_are_optional(self) -> None:
+        """No CMK_SUBSCRIPTIONS is not a problem: the scope is then every subscription the
+        identity can read (cmk.usecases.subscriptions)."""
+        assert Settings.from_environ({}).subscriptions == ()
+
     def test_require_subscriptions_when_empty(self) -> None:
         """require_subscriptions() refuses an empty scope and names CMK_SUBSCRIPTIONS."""
         with pytest.raises(ConfigurationError, match="CMK_SUBSCRIPTIONS"):

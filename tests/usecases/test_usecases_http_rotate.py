@@ -21,10 +21,13 @@ class TestHttpRotate:
 
         status, body = await http_rotate(rig.engine, key)
         assert status == 200
-        created = body["created_version"]  # type: ignore[index]
+        created = body["rotation"]["created_version"]  # type: ignore[index]
         status, refused = await http_rotate(rig.engine, key)
         assert status == 409
-        assert refused["createdVersion"] == created  # type: ignore[index]
+        assert refused["created_version"] == created  # type: ignore[index]
+        assert refused["error"]["kind"] == "conflict"  # type: ignore[index]
+        assert "force=true" in refused["error"]["fix"]  # type: ignore[index]
+        assert refused["cool_down_until"]  # type: ignore[index]
         assert len(estate.kv.keys["cmk"].versions) == 2
 
         status, _ = await http_rotate(rig.engine, key, force=True)
@@ -38,5 +41,6 @@ class TestHttpRotate:
         estate = rig.estate
         version = estate.version(estate.kv)
         status, body = await http_rotate(rig.engine, f"{estate.kv.url}/keys/cmk/{version.version}")
-        assert status == 400 and "versionless" in body["error"]  # type: ignore[index]
+        assert status == 400 and "versionless" in body["error"]["message"]  # type: ignore[index]
+        assert body["error"]["exit_code"] == 2  # type: ignore[index]
         assert len(estate.kv.keys["cmk"].versions) == 1
