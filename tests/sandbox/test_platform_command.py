@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,15 +14,19 @@ from pathlib import Path
 import requests
 
 from cmk.cli import main
+from cmk.sandbox.command_env import live_owner, write_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Bounds a hang of the start-up (Azurite included); a loaded machine is slow, not wrong.
 HANG_SECONDS = 120
+UP = [sys.executable, "-m", "cmk.cli", "sandbox", "up"]
 
 
 def _env_file_values(path: Path) -> dict[str, str]:
     values = {}
     for line in path.read_text().splitlines():
+        if line.startswith("#"):  # the header: which sandbox wrote the file
+            continue
         name, _, value = line.removeprefix("export ").partition("=")
         values[name] = shlex.split(value)[0] if value else ""
     return values
@@ -97,6 +102,117 @@ class TestSandboxUp:
         )
         assert result.returncode == 1
         assert "$.subscriptions[0].name" in result.stderr
+
+
+def _start_up(env_file: Path | None, tmp_path: Path) -> subprocess.Popen[str]:
+    """`cmk sandbox up --no-azurite` (with ``--env-file`` if given), stdout to up.log."""
+    command = [*UP, "--no-azurite", "--state-dir", str(tmp_path / "state")]
+    if env_file is not None:
+        command += ["--env-file", str(env_file)]
+    with (tmp_path / "up.log").open("w") as log:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def _read_until(process: subprocess.Popen[str], log: Path, marker: str) -> str:
+    """What ``process`` wrote to ``log`` once it holds ``marker`` (the ceiling bounds a
+    hang)."""
+    deadline = time.monotonic() + HANG_SECONDS
+    while marker not in (shown := log.read_text()):
+        assert process.poll() is None, f"`up` ended early: {shown}"
+        assert time.monotonic() < deadline, f"no {marker!r} within {HANG_SECONDS} s: {shown}"
+        time.sleep(0.05)
+    return shown
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    """SIGINT, then its stderr."""
+    process.send_signal(signal.SIGINT)
+    return process.communicate(timeout=HANG_SECONDS)[1]
+
+
+class TestEnvFileHygiene:
+    def test_without_env_file_up_prints_the_export_lines(self, tmp_path):
+        """Without --env-file, `up` prints `export` lines a shell can run as they are."""
+        process = _start_up(None, tmp_path)
+        try:
+            shown = _read_until(process, tmp_path / "up.log", "stop with Ctrl-C")
+        finally:
+            err = _stop(process)
+        assert process.returncode == 0, err
+        exports = [line for line in shown.splitlines() if line.startswith("export ")]
+        names = {line.removeprefix("export ").partition("=")[0] for line in exports}
+        assert {"HTTPS_PROXY", "REQUESTS_CA_BUNDLE", "IDENTITY_ENDPOINT"} <= names
+        assert "pass --env-file FILE" in shown
+
+    def test_refuses_the_env_file_of_a_running_sandbox(self, tmp_path):
+        """A second `up` with the env file of one still running exits 2, naming its pid,
+        and leaves the file as it was."""
+        env_file = tmp_path / "sandbox.env"
+        first = _start_up(env_file, tmp_path)
+        try:
+            _read_until(first, tmp_path / "up.log", "stop with Ctrl-C")
+            before = env_file.read_text()
+            second = subprocess.run(
+                [*UP, "--no-azurite", "--env-file", str(env_file)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                text=True,
+                timeout=HANG_SECONDS,
+                check=False,
+            )
+            assert second.returncode == 2, second.stderr
+            assert f"pid {first.pid}" in second.stderr and "still running" in second.stderr
+            assert env_file.read_text() == before
+        finally:
+            err = _stop(first)
+        assert first.returncode == 0, err
+        assert not env_file.exists()
+
+
+class TestEnvFileOwner:
+    def test_a_live_process_with_an_answering_proxy_owns_the_file(self, tmp_path):
+        """The header's pid alive and its proxy accepting connections: the file is in use."""
+        path = tmp_path / "env"
+        with socket.create_server(("127.0.0.1", 0)) as proxy:
+            url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+            write_env_file(path, {"HTTPS_PROXY": url}, pid=os.getppid(), proxy_url=url)
+            owner = live_owner(path)
+        assert owner is not None and owner.pid == os.getppid()
+
+    def test_a_dead_process_owns_nothing(self, tmp_path):
+        """The header names a process that has ended: the file may be overwritten."""
+        path = tmp_path / "env"
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        with socket.create_server(("127.0.0.1", 0)) as proxy:
+            url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+            write_env_file(path, {"HTTPS_PROXY": url}, pid=dead.pid, proxy_url=url)
+            assert live_owner(path) is None
+
+    def test_a_proxy_that_refuses_owns_nothing(self, tmp_path):
+        """The process lives but nothing listens at the proxy: the sandbox is gone."""
+        path = tmp_path / "env"
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        write_env_file(path, {"HTTPS_PROXY": url}, pid=os.getppid(), proxy_url=url)
+        assert live_owner(path) is None
+
+    def test_a_file_without_header_is_judged_by_its_proxy(self, tmp_path):
+        """An env file of an older `up` (no header) is in use while its proxy answers."""
+        path = tmp_path / "env"
+        with socket.create_server(("127.0.0.1", 0)) as proxy:
+            url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+            path.write_text(f"export HTTPS_PROXY={url}\nexport NO_PROXY=127.0.0.1\n")
+            assert live_owner(path) is not None
+        assert live_owner(tmp_path / "missing") is None
 
 
 class TestCli:

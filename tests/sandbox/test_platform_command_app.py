@@ -1,0 +1,203 @@
+"""``cmk sandbox up --app``: the Functions app rehearsed locally with one command. The user
+rotates a key from another shell (the env file sourced, the Python SDKs, nothing of ours)
+and every bound account moves; Ctrl-C stops the host, the sandbox and Azurite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cli_sandbox import read_env_file
+
+ROOT = Path(__file__).resolve().parents[2]
+CMK = Path(sys.executable).parent / "cmk"
+SDK_SHELL = Path(__file__).with_name("sdk_shell.py")
+#: Bound hangs only (start-up of the sandbox, Azurite and the host; convergence; stop) on a
+#: loaded machine: slow is not wrong.
+HANG_SECONDS = 180
+BOUND_ACCOUNTS = 3
+SCENARIO = {
+    "tenants": [{"name": "contoso"}],
+    "subscriptions": [
+        {"name": "platform", "id": "8c3e6d79-2d90-4f80-9c63-3b2e4c5d6e01"},
+        {"name": "ai", "id": "8c3e6d79-2d90-4f80-9c63-3b2e4c5d6e02"},
+    ],
+    "regions": ["westeurope"],
+    "vaults": [
+        {
+            "name": "kv-rehearse",
+            "subscription": "platform",
+            "resourceGroup": "rg-keys",
+            "location": "westeurope",
+            "keys": [
+                {
+                    "name": "ai-cmk",
+                    "kty": "RSA",
+                    "size": 2048,
+                    "versions": [{"created": "-30d", "exp": "+335d"}],
+                }
+            ],
+        }
+    ],
+    "accounts": [
+        {
+            "name": "ai-{i:02d}",
+            "count": BOUND_ACCOUNTS,
+            "subscription": "ai",
+            "resourceGroup": "rg-ai",
+            "location": "westeurope",
+            "lroSeconds": 0.2,
+            "identity": {"system": True},
+            "encryption": {"vault": "kv-rehearse", "key": "ai-cmk", "identity": "system"},
+        },
+        {
+            "name": "ai-mmk",
+            "subscription": "ai",
+            "resourceGroup": "rg-ai",
+            "location": "westeurope",
+        },
+    ],
+    "topics": [
+        {
+            "name": "cmk-alerts",
+            "subscription": "platform",
+            "resourceGroup": "rg-cmk",
+            "location": "westeurope",
+            "inputSchema": "CloudEventSchemaV1_0",
+        }
+    ],
+    "roleAssignments": [
+        {"principal": "app", "role": "Key Vault Crypto Officer", "scope": "vault:kv-rehearse"},
+        {"principal": "app", "role": "Reader", "scope": "subscription:platform"},
+        {"principal": "app", "role": "Reader", "scope": "subscription:ai"},
+        {"principal": "app", "role": "Cognitive Services Contributor", "scope": "subscription:ai"},
+        {"principal": "app", "role": "EventGrid Data Sender", "scope": "topic:cmk-alerts"},
+    ],
+}
+
+
+def _processes_in(directory: Path) -> list[str]:
+    """Command lines of the processes whose working directory is under ``directory``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = (proc / "cwd").resolve()
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cwd.is_relative_to(directory):
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def _clean_environ(**extra: str) -> dict[str, str]:
+    """This process's environment without settings or credentials that would steer ``up``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CMK_", "AZURE_"))}
+    env.pop("AzureWebJobsStorage", None)
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _shell(env: dict[str, str], *argv: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run a command as in a shell that sourced the env file (ceiling: a hang)."""
+    return subprocess.run(
+        [str(a) for a in argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_SECONDS + 60,
+        check=False,
+    )
+
+
+class TestSandboxUpApp:
+    def test_a_key_rotated_in_another_shell_moves_every_bound_account(self, tmp_path: Path) -> None:
+        """`up --app --instances 2`: a key rotated with the Key Vault SDK from a shell that
+        sourced the env file moves every bound account (read through ARM), `cmk status`
+        shows each on the new version, SIGINT stops everything with no Azurite left, and
+        the CLI then says the sandbox is gone."""
+        scenario, env_file, state = tmp_path / "world.json", tmp_path / "up.env", tmp_path / "s"
+        scenario.write_text(json.dumps(SCENARIO))
+        log = tmp_path / "up.log"
+        command = [str(CMK), "sandbox", "up", "--app", "--instances", "2"]
+        command += ["--scenario", str(scenario), "--env-file", str(env_file)]
+        command += ["--state-dir", str(state)]
+        with log.open("w") as output:
+            up = subprocess.Popen(
+                command, cwd=ROOT, env=_clean_environ(), stdout=output, stderr=subprocess.STDOUT
+            )
+        try:
+            deadline = time.monotonic() + HANG_SECONDS
+            while not env_file.exists():
+                assert up.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, f"never ready: {log.read_text()}"
+                time.sleep(0.1)
+            values = read_env_file(env_file)
+            shell = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **values}
+            vault = values["CMK_VAULT_ALLOWLIST"]
+            assert _processes_in(state), "Azurite should run in the state directory"
+
+            rotated = _shell(shell, sys.executable, SDK_SHELL, "rotate", vault, "ai-cmk")
+            assert rotated.returncode == 0, rotated.stderr
+            version = rotated.stdout.strip()
+            moved = _shell(
+                shell, sys.executable, SDK_SHELL, "wait-bound", vault, "ai-cmk", version,
+                str(HANG_SECONDS),
+            )  # fmt: skip
+            assert moved.returncode == 0, f"{moved.stderr}\n{log.read_text()}"
+            assert set(json.loads(moved.stdout).values()) == {version}
+            assert len(json.loads(moved.stdout)) == BOUND_ACCOUNTS
+
+            status = _shell(shell, CMK, "status", "-o", "json")
+            assert status.returncode == 0, status.stderr
+            rows = json.loads(status.stdout)["accounts"]
+            bound = [r for r in rows if r["key_id"] and r["key_id"].endswith("/keys/ai-cmk")]
+            assert [r["bound_version"] for r in bound] == [version] * BOUND_ACCOUNTS
+            assert {r["state"] for r in bound} == {"current"}
+        finally:
+            up.send_signal(signal.SIGINT)
+            up.wait(timeout=HANG_SECONDS)
+        assert up.returncode == 0, log.read_text()
+        assert "stopped" in log.read_text()
+        assert not env_file.exists()
+        assert _processes_in(state) == []
+
+        gone = _shell(shell, CMK, "status")
+        assert gone.returncode == 2, gone.stderr
+        proxy = values["HTTPS_PROXY"].removeprefix("http://")
+        assert f"no sandbox answers at {proxy} — is `cmk sandbox up` still running?" in gone.stderr
+
+    def test_app_without_azurite_is_a_usage_error(self, tmp_path: Path) -> None:
+        """`up --app --no-azurite` exits 2 before starting anything: the queues need it."""
+        result = subprocess.run(
+            [str(CMK), "sandbox", "up", "--app", "--no-azurite"],
+            cwd=ROOT,
+            env=_clean_environ(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "--app needs Azurite" in result.stderr
+
+    def test_instances_without_app_is_a_usage_error(self) -> None:
+        """`up --instances 2` without --app exits 2 naming the missing option."""
+        result = subprocess.run(
+            [str(CMK), "sandbox", "up", "--instances", "2"],
+            cwd=ROOT,
+            env=_clean_environ(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "--instances needs --app" in result.stderr
