@@ -66,6 +66,8 @@ class FaultRule:
     count: int | None = None  # fire at most this many times (None: forever)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     hits: int = 0
+    # its own draws, so what it decides does not depend on other rules' traffic
+    draws: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.status is None and not self.drop and self.latency <= 0 and self.hold is None:
@@ -102,12 +104,17 @@ class FaultRule:
 
 
 class Faults:
-    """The active fault rules. Thread-safe: tests add rules while the loop serves."""
+    """The active fault rules. Thread-safe: tests add rules while the loop serves.
+
+    With a seed, the n-th rule added since :meth:`clear` (or :meth:`seed`) draws from
+    ``(seed, n)``: whether it fires on its k-th matching request is fixed by the seed,
+    whatever requests other rules saw meanwhile."""
 
     def __init__(self, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
-        self._random = random.Random(seed)
+        self._seed = seed
+        self._added = 0
 
     def add(
         self,
@@ -139,8 +146,13 @@ class Faults:
             count=count,
         )
         with self._lock:
+            self._added += 1
+            self._seed_rule(rule, self._added)
             self._rules.append(rule)
         return rule
+
+    def _seed_rule(self, rule: FaultRule, ordinal: int) -> None:
+        rule.draws.seed(None if self._seed is None else f"{self._seed}:{ordinal}")
 
     def remove(self, rule: FaultRule) -> None:
         with self._lock:
@@ -149,11 +161,16 @@ class Faults:
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
+            self._added = 0
 
     def seed(self, seed: int) -> None:
-        """Make probabilistic rules repeatable."""
+        """Make probabilistic rules repeatable: the rules present and those added later
+        draw from ``seed`` (rule by rule, see the class docstring)."""
         with self._lock:
-            self._random.seed(seed)
+            self._seed = seed
+            for ordinal, rule in enumerate(self._rules, start=1):
+                self._seed_rule(rule, ordinal)
+            self._added = len(self._rules)
 
     @property
     def rules(self) -> list[FaultRule]:
@@ -169,7 +186,7 @@ class Faults:
                     continue
                 if not rule.matches(host, path, method):
                     continue
-                if rule.probability < 1.0 and self._random.random() >= rule.probability:
+                if rule.probability < 1.0 and rule.draws.random() >= rule.probability:
                     continue
                 rule.hits += 1
                 fired.append(rule)

@@ -74,6 +74,31 @@ class TestFaultRule:
         assert first == run()
         assert 230 < sum(first) < 370
 
+    def test_a_rules_draws_do_not_depend_on_other_traffic(self):
+        """With a seed, whether a rule fires on its k-th matching request is the same
+        however many requests another probabilistic rule saw in between."""
+
+        def vault_faults(other_requests: int) -> list[bool]:
+            faults = Faults(seed=11)
+            faults.add(host="*.vault.azure.net", status=500, probability=0.5)
+            faults.add(host="management.azure.com", status=429, probability=0.5)
+            fired = []
+            for _ in range(200):
+                for _ in range(other_requests):
+                    faults.fire("management.azure.com", "/", "GET")
+                fired.append(bool(faults.fire("kv.vault.azure.net", "/keys/k", "GET")))
+            return fired
+
+        assert vault_faults(0) == vault_faults(3)
+
+    def test_reseeding_rewinds_the_rules(self):
+        """seed() makes the present rules draw again from the start of the seed."""
+        faults = Faults(seed=5)
+        faults.add(status=500, probability=0.5)
+        first = [bool(faults.fire("h", "/", "GET")) for _ in range(100)]
+        faults.seed(5)
+        assert [bool(faults.fire("h", "/", "GET")) for _ in range(100)] == first
+
 
 class TestFaultsOverHttp:
     def test_status_with_retry_after(self, service: Sandbox):
