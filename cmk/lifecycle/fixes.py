@@ -5,6 +5,7 @@ Pure text builders; ``vault`` names a vault or Managed HSM, ``key`` a key name.
 
 from __future__ import annotations
 
+from cmk.keyid import KeyId
 from cmk.lifecycle.model import VaultRecord
 
 ENCRYPTION_ROLE = "Key Vault Crypto Service Encryption User"
@@ -63,8 +64,11 @@ def enable_version(vault_name: str, key: str, version: str) -> str:
     )
 
 
-def rotate(vault_name: str, key: str) -> str:
-    return f"az keyvault key rotate --vault-name {vault_name} --name {key}  (a fresh version)"
+def rotate(key: KeyId) -> str:
+    """A fresh version of ``key``: ``cmk rotate`` creates it (rotation policy, else the same
+    parameters), checks it against the policy and moves every account bound to the key,
+    which ``az keyvault key rotate`` alone leaves on the old version."""
+    return f"cmk rotate {key.versionless()}  (a fresh version; bound accounts follow it)"
 
 
 def identity(account_name: str, resource_group: str, client_id: str | None) -> str:
@@ -75,7 +79,7 @@ def identity(account_name: str, resource_group: str, client_id: str | None) -> s
             f"--resource-group {resource_group} --user-assigned-identities <identity id>"
         )
     return (
-        "run `cmk enable` (it enables a system-assigned identity), or "
         f"az cognitiveservices account identity assign --name {account_name} "
-        f"--resource-group {resource_group}"
+        f"--resource-group {resource_group}  (a system-assigned identity; `cmk enable`"
+        " creates one itself for an account without CMK)"
     )

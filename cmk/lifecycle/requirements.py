@@ -70,7 +70,7 @@ def _key_fix(code: ReasonCode, facts: Facts, version: KeyVersion) -> str:
     if code is ReasonCode.DISABLED:
         return fixes.enable_version(vault, name, version.version)
     if code in (ReasonCode.NOT_YET_VALID, ReasonCode.EXPIRED, ReasonCode.EXPIRING):
-        return fixes.rotate(vault, name)
+        return fixes.rotate(facts.key)
     if code in (ReasonCode.KEY_TYPE, ReasonCode.KEY_SIZE, ReasonCode.KEY_OPS):
         return fixes.new_key_version(vault, name)
     if code is ReasonCode.PURGEABLE and facts.vault is not None:

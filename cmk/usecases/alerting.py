@@ -57,8 +57,8 @@ def account_failed(job: RotationJob, cause: str, *, identity: bool = False) -> A
         cause=cause,
         remediation=_GRANT
         if identity
-        else "fix the cause, then run 'cmk sweep' (or wait for the next timer sweep); "
-        "'cmk history --account <id>' shows each attempt",
+        else "fix the cause; the next sweep (the timer's, or one started by hand) retries the"
+        " account; 'cmk history --account <id>' shows each attempt",
     )
 
 
@@ -73,7 +73,9 @@ def version_rejected(version: KeyVersion, reasons: Iterable[str]) -> Alert:
         to_version=version.version,
         cause="; ".join(reasons),
         remediation="create a new version that meets the policy (RSA of an allowed size,"
-        " wrapKey/unwrapKey, enabled, valid dates, purge-protected vault)",
+        " wrapKey/unwrapKey, enabled, valid dates, purge-protected vault), e.g. 'az keyvault"
+        " key create --kty RSA-HSM --size 2048 --ops wrapKey unwrapKey'; accounts follow it."
+        " A rotation would copy the rejected version's shape",
     )
 
 
@@ -87,8 +89,9 @@ def near_expiry_unrotated(expiring: KeyId, cause: str) -> Alert:
         from_version=expiring.version,
         to_version=expiring.version,  # one alert per expiring version
         cause=cause,
-        remediation="rotate the key (az keyvault key rotate) or enable"
-        " CMK_ROTATE_ON_NEAR_EXPIRY; accounts follow the new version automatically",
+        remediation=f"'cmk rotate {expiring.versionless()}' creates a version that passes the"
+        " policy and moves every bound account (or set CMK_ROTATE_ON_NEAR_EXPIRY=true and the"
+        " app rotates on the next notice)",
     )
 
 
@@ -165,8 +168,8 @@ def update_failed(account_id: AccountId, key: KeyId, to_version: str, cause: str
         from_version=key.version,
         to_version=to_version,
         cause=cause,
-        remediation="check the account's provisioningState and activity log, fix the cause,"
-        " then run 'cmk sweep' (or wait for the next timer sweep)",
+        remediation="check the account's provisioningState and activity log and fix the"
+        " cause; the next sweep (the timer's, or one started by hand) retries the account",
     )
 
 
@@ -198,8 +201,8 @@ def key_unreadable(key: KeyId, accounts: Iterable[AccountId], cause: str) -> Ale
         to_version=None,
         cause=f"{cause}; {len(names)} account(s) bound to it: {listed}",
         remediation="restore the Function app's access to the key (Key Vault Crypto Officer,"
-        " or get/list in the access policy), or restore the deleted key or vault; then run"
-        " 'cmk sweep'",
+        " or get/list in the access policy), or restore the deleted key or vault; the next"
+        " sweep then checks and moves its accounts",
     )
 
 
@@ -230,8 +233,8 @@ def event_failed(key_id: KeyId, event_id: str, cause: str) -> Alert:
         to_version=key_id.version,  # one alert per key version, however often delivered
         cause=f"event {event_id}: {cause}",
         remediation="fix the cause (e.g. grant the Function app's identity 'Key Vault Crypto"
-        " Officer' on the vault, or restore the key), then run 'cmk sweep' to move the"
-        " accounts; 'cmk replay <file>' re-runs a saved event",
+        " Officer' on the vault, or restore the key); the next sweep then moves the"
+        " accounts, or a saved copy of the event can be replayed",
     )
 
 

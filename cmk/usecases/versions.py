@@ -62,10 +62,24 @@ class KeyVersionsReport:
 
 
 def _verdict(
-    version: KeyVersion, bound: list[AccountId], moving: list[AccountId], newest: bool
+    version: KeyVersion,
+    bound: list[AccountId],
+    moving: list[AccountId],
+    newest: bool,
+    successor: bool,
 ) -> tuple[bool, str]:
+    """Whether ``version`` is safe to disable, and why; ``successor`` is True when a valid
+    version newer than it exists (so a sweep has somewhere to move its accounts)."""
+    if bound and successor:
+        return False, (
+            f"{len(bound)} account(s) use it: move them first ('cmk sweep' moves them to"
+            " the newest valid version)"
+        )
     if bound:
-        return False, f"{len(bound)} account(s) use it: move them first (cmk rotate / cmk sweep)"
+        return False, (
+            f"{len(bound)} account(s) use it and no newer valid version exists: 'cmk rotate'"
+            " creates one and moves them"
+        )
     if moving:
         return False, f"an update of {len(moving)} account(s) to it is in flight"
     if newest:
@@ -103,7 +117,8 @@ async def key_versions(engine: Engine, key: KeyId) -> KeyVersionsReport:
         verdict = evaluate(version, engine.policy, now)
         accounts = sorted(bound.get(version.version, []), key=str)
         newest = best is not None and best.version == version.version
-        safe, why = _verdict(version, accounts, moving.get(version.version, []), newest)
+        successor = best is not None and newness(best) > newness(version)
+        safe, why = _verdict(version, accounts, moving.get(version.version, []), newest, successor)
         uses.append(
             VersionUse(
                 version=version.version,

@@ -28,6 +28,18 @@ class TestVersions:
         assert "24 account(s) use it" in run.out
         assert "no account uses it" not in run.out
 
+    def test_advice_names_the_command_that_moves_them(self, world: World, cmk):
+        """A version in use with a newer valid one: 'cmk sweep' moves its accounts. Without
+        a newer valid version: 'cmk rotate' creates one. Never `az keyvault key rotate`,
+        which leaves the accounts behind."""
+        key_id = world.key_id("kv-demo-weu", "ai-cmk")
+        [only] = cmk("versions", key_id, "--json").valid("versions")["key"]["versions"]
+        assert "'cmk rotate' creates one and moves them" in only["verdict"]
+        world.new_version("kv-demo-weu", "ai-cmk")
+        _, old = cmk("versions", key_id, "--json").valid("versions")["key"]["versions"]
+        assert "'cmk sweep' moves them" in old["verdict"]
+        assert "az keyvault" not in old["verdict"] + only["verdict"]
+
     def test_bound_disabled_version_exits_1(self, world: World, cmk):
         """An account bound to a disabled version is a finding: exit 1."""
         world.vault("hsm-demo-weu").keys["ai-cmk-hsm"].versions[0].enabled = False

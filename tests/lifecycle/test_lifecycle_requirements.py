@@ -96,3 +96,19 @@ class TestPreflight:
         """A named client id the account does not have: the managed identity rule fails."""
         failed = _failed(replace(FACTS, identity_client_id="nope"))
         assert "managed identity" in failed and "nope" in failed["managed identity"]
+
+    def test_expiring_key_fix_is_cmk_rotate(self) -> None:
+        """An expiring version's fix is `cmk rotate KEY` (a version the accounts follow),
+        not `az keyvault key rotate`, which leaves bound accounts behind."""
+        soon = replace(VERSION, expires=NOW + timedelta(days=3))
+        fix = _failed(replace(FACTS, version=soon))["key not expired (exp)"]
+        assert fix.startswith("cmk rotate https://kvone.vault.azure.net/keys/cmk ")
+        assert "az keyvault key rotate" not in fix and "a" * 32 not in fix
+
+    def test_missing_system_identity_fix_is_the_az_command(self) -> None:
+        """No identity: the fix is the az command (usable whatever command found it);
+        `cmk enable` is only mentioned as doing it itself."""
+        none = AccountIdentity("None", None, None)
+        fix = _failed(replace(FACTS, identity=none))["managed identity"]
+        assert fix.startswith("az cognitiveservices account identity assign --name ai")
+        assert "run `cmk enable`" not in fix
