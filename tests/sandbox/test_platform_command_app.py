@@ -10,13 +10,22 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+import requests
 from cli_sandbox import read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CMK = Path(sys.executable).parent / "cmk"
 SDK_SHELL = Path(__file__).with_name("sdk_shell.py")
+AZ = os.environ.get("CMK_AZ_CLI")  # `make az-cli-check` names the az it installed
+needs_az = pytest.mark.skipif(
+    not AZ or not Path(AZ).exists(), reason="set CMK_AZ_CLI to an az binary (make az-cli-check)"
+)
 #: Bound hangs only (start-up of the sandbox, Azurite and the host; convergence; stop) on a
 #: loaded machine: slow is not wrong.
 HANG_SECONDS = 180
@@ -117,62 +126,115 @@ def _shell(env: dict[str, str], *argv: str | Path) -> subprocess.CompletedProces
     )
 
 
+@dataclass
+class AppUp:
+    """A running `cmk sandbox up --app` and a shell that sourced its env file."""
+
+    process: subprocess.Popen[bytes]
+    shell: dict[str, str]
+    values: dict[str, str]
+    log: Path
+
+    def wait_bound(self, version: str) -> dict[str, str]:
+        """Wait (through ARM) until every account bound to ai-cmk is on ``version``."""
+        vault = self.values["CMK_VAULT_ALLOWLIST"]
+        moved = _shell(
+            self.shell, sys.executable, SDK_SHELL, "wait-bound", vault, "ai-cmk", version,
+            str(HANG_SECONDS),
+        )  # fmt: skip
+        assert moved.returncode == 0, f"{moved.stderr}\n{self.log.read_text()}"
+        bound: dict[str, str] = json.loads(moved.stdout)
+        return bound
+
+
+@contextmanager
+def _app_up(tmp_path: Path, *options: str) -> Iterator[AppUp]:
+    """Start `cmk sandbox up --app` on SCENARIO; on exit SIGINT it and check it stopped
+    cleanly: exit 0, env file removed, no process (Azurite) left in its state directory."""
+    scenario, env_file, state = tmp_path / "world.json", tmp_path / "up.env", tmp_path / "s"
+    scenario.write_text(json.dumps(SCENARIO))
+    log = tmp_path / "up.log"
+    command = [str(CMK), "sandbox", "up", "--app", *options, "--scenario", str(scenario)]
+    command += ["--env-file", str(env_file), "--state-dir", str(state)]
+    with log.open("w") as output:
+        up = subprocess.Popen(
+            command, cwd=ROOT, env=_clean_environ(), stdout=output, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + HANG_SECONDS
+        while not env_file.exists():
+            assert up.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"never ready: {log.read_text()}"
+            time.sleep(0.1)
+        values = read_env_file(env_file)
+        shell = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **values}
+        assert _processes_in(state), "Azurite should run in the state directory"
+        yield AppUp(up, shell, values, log)
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=HANG_SECONDS)
+    assert up.returncode == 0, log.read_text()
+    assert "stopped" in log.read_text()
+    assert not env_file.exists()
+    assert _processes_in(state) == []
+
+
 class TestSandboxUpApp:
     def test_a_key_rotated_in_another_shell_moves_every_bound_account(self, tmp_path: Path) -> None:
         """`up --app --instances 2`: a key rotated with the Key Vault SDK from a shell that
         sourced the env file moves every bound account (read through ARM), `cmk status`
         shows each on the new version, SIGINT stops everything with no Azurite left, and
         the CLI then says the sandbox is gone."""
-        scenario, env_file, state = tmp_path / "world.json", tmp_path / "up.env", tmp_path / "s"
-        scenario.write_text(json.dumps(SCENARIO))
-        log = tmp_path / "up.log"
-        command = [str(CMK), "sandbox", "up", "--app", "--instances", "2"]
-        command += ["--scenario", str(scenario), "--env-file", str(env_file)]
-        command += ["--state-dir", str(state)]
-        with log.open("w") as output:
-            up = subprocess.Popen(
-                command, cwd=ROOT, env=_clean_environ(), stdout=output, stderr=subprocess.STDOUT
-            )
-        try:
-            deadline = time.monotonic() + HANG_SECONDS
-            while not env_file.exists():
-                assert up.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, f"never ready: {log.read_text()}"
-                time.sleep(0.1)
-            values = read_env_file(env_file)
-            shell = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **values}
-            vault = values["CMK_VAULT_ALLOWLIST"]
-            assert _processes_in(state), "Azurite should run in the state directory"
-
-            rotated = _shell(shell, sys.executable, SDK_SHELL, "rotate", vault, "ai-cmk")
+        with _app_up(tmp_path, "--instances", "2") as app:
+            vault = app.values["CMK_VAULT_ALLOWLIST"]
+            rotated = _shell(app.shell, sys.executable, SDK_SHELL, "rotate", vault, "ai-cmk")
             assert rotated.returncode == 0, rotated.stderr
             version = rotated.stdout.strip()
-            moved = _shell(
-                shell, sys.executable, SDK_SHELL, "wait-bound", vault, "ai-cmk", version,
-                str(HANG_SECONDS),
-            )  # fmt: skip
-            assert moved.returncode == 0, f"{moved.stderr}\n{log.read_text()}"
-            assert set(json.loads(moved.stdout).values()) == {version}
-            assert len(json.loads(moved.stdout)) == BOUND_ACCOUNTS
+            bound = app.wait_bound(version)
+            assert list(bound.values()) == [version] * BOUND_ACCOUNTS
 
-            status = _shell(shell, CMK, "status", "-o", "json")
+            status = _shell(app.shell, CMK, "status", "-o", "json")
             assert status.returncode == 0, status.stderr
             rows = json.loads(status.stdout)["accounts"]
-            bound = [r for r in rows if r["key_id"] and r["key_id"].endswith("/keys/ai-cmk")]
-            assert [r["bound_version"] for r in bound] == [version] * BOUND_ACCOUNTS
-            assert {r["state"] for r in bound} == {"current"}
-        finally:
-            up.send_signal(signal.SIGINT)
-            up.wait(timeout=HANG_SECONDS)
-        assert up.returncode == 0, log.read_text()
-        assert "stopped" in log.read_text()
-        assert not env_file.exists()
-        assert _processes_in(state) == []
+            on_key = [r for r in rows if r["key_id"] and r["key_id"].endswith("/keys/ai-cmk")]
+            assert [r["bound_version"] for r in on_key] == [version] * BOUND_ACCOUNTS
+            assert {r["state"] for r in on_key} == {"current"}
 
-        gone = _shell(shell, CMK, "status")
+        gone = _shell(app.shell, CMK, "status")
         assert gone.returncode == 2, gone.stderr
-        proxy = values["HTTPS_PROXY"].removeprefix("http://")
+        proxy = app.values["HTTPS_PROXY"].removeprefix("http://")
         assert f"no sandbox answers at {proxy} — is `cmk sandbox up` still running?" in gone.stderr
+
+    def test_the_http_endpoints_answer_with_the_function_key(self, tmp_path: Path) -> None:
+        """The env file names the app's URL and function key: /api/status answers 200 with
+        them and 401 without."""
+        with _app_up(tmp_path) as app:
+            url = f"{app.values['CMK_SANDBOX_APP_URL']}/status"
+            key = app.values["CMK_SANDBOX_APP_KEY"]
+            with requests.Session() as session:
+                session.trust_env = False
+                assert session.get(url, timeout=HANG_SECONDS).status_code == 401
+                answer = session.get(url, headers={"x-functions-key": key}, timeout=HANG_SECONDS)
+            assert answer.status_code == 200, answer.text
+            assert len(answer.json()["accounts"]) >= BOUND_ACCOUNTS
+
+    @pytest.mark.skipif(
+        not AZ or not Path(AZ).exists(), reason="set CMK_AZ_CLI (make az-cli-check)"
+    )
+    def test_az_keyvault_key_rotate_moves_every_bound_account(self, tmp_path: Path) -> None:
+        """The unmodified az CLI, logged in with the sandbox's managed identity, rotates the
+        key (`az keyvault key rotate`) and every bound account moves to the new version."""
+        with _app_up(tmp_path) as app:
+            az = {**app.shell, "AZURE_CONFIG_DIR": str(tmp_path / "azure")}
+            login = _shell(az, str(AZ), "login", "--identity", "-o", "none")
+            assert login.returncode == 0, login.stderr
+            rotated = _shell(
+                az, str(AZ), "keyvault", "key", "rotate", "--vault-name", "kv-rehearse",
+                "--name", "ai-cmk", "--query", "key.kid", "-o", "tsv",
+            )  # fmt: skip
+            assert rotated.returncode == 0, rotated.stderr
+            version = rotated.stdout.strip().rsplit("/", 1)[-1]
+            assert list(app.wait_bound(version).values()) == [version] * BOUND_ACCOUNTS
 
     def test_app_without_azurite_is_a_usage_error(self, tmp_path: Path) -> None:
         """`up --app --no-azurite` exits 2 before starting anything: the queues need it."""
