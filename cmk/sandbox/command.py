@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from cmk.commands.demo_stage import find_app_dir
+from cmk.commands.demo_stage import APP_FILE, find_app_dir
 from cmk.commands.errors import UsageError
 from cmk.commands.output import EXIT_USAGE
 from cmk.sandbox.command_app import app_settings, describe_app, run_app
@@ -154,6 +154,20 @@ def _remove_env_file(path: Path | None) -> None:
         path.unlink(missing_ok=True)
 
 
+def _app_dir(cwd: Path) -> Path:
+    """Where ``function_app.py`` is: the current directory first (as ``func start`` reads
+    it), else the clone the ``cmk`` package runs from; UsageError when neither has it."""
+    if (cwd / APP_FILE).is_file():
+        return cwd
+    try:
+        return find_app_dir(cwd)
+    except UsageError:
+        raise UsageError(
+            f"--app: {APP_FILE} is neither in {cwd} nor next to the cmk package: run it from"
+            " the directory of your Functions app (a clone of cmk-rotator)"
+        ) from None
+
+
 def up_command(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; 0 on a clean stop, 1 if the sandbox cannot start, 2 for a
     usage error (conflicting options, an env file of a running sandbox)."""
@@ -165,7 +179,7 @@ def up_command(args: argparse.Namespace) -> int:
 
     try:
         _check_arguments(args)
-        app_dir = find_app_dir(Path.cwd()) if args.app else None
+        app_dir = _app_dir(Path.cwd()) if args.app else None
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
