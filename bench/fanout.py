@@ -157,6 +157,7 @@ def _inline(stage: Stage, concurrency: int, within: float) -> dict[str, Any]:
     accounts = _accounts(stage)
     stage.reset_throttle()
     before = stage.counts()
+    before_routes = _routes(stage)
     version = _new_version(stage, emit=False)
     env = {**os.environ, "CMK_MAX_CONCURRENCY": str(concurrency)}
     watch = Stopwatch()
@@ -174,7 +175,28 @@ def _inline(stage: Stage, concurrency: int, within: float) -> dict[str, Any]:
         "exit_code": done.returncode,
         "concurrency": concurrency,
         "requests": delta(stage.counts(), before),
+        "arm_reads_by_route": _read_routes(stage, before_routes),
     }
+
+
+def _routes(stage: Stage) -> dict[str, int]:
+    """ARM GETs served so far, by kind of path (from the sandbox's request log)."""
+    found: dict[str, int] = {}
+    for record in stage.sandbox.counters.matching(host="management.azure.com", method="GET"):
+        path = record.path.lower()
+        kind = (
+            "operation status" if "/operationstatuses/" in path
+            else "operation result" if "/operationresults/" in path
+            else "account" if "/accounts/" in path
+            else "other"
+        )  # fmt: skip
+        found[kind] = found.get(kind, 0) + 1
+    return found
+
+
+def _read_routes(stage: Stage, before: dict[str, int]) -> dict[str, int]:
+    after = _routes(stage)
+    return {kind: n - before.get(kind, 0) for kind, n in after.items() if n > before.get(kind, 0)}
 
 
 def _baseline(stage: Stage, sample: int) -> dict[str, Any]:

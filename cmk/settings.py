@@ -63,6 +63,7 @@ ENVIRONMENT_VARIABLES = (
     "CMK_UPDATE_TIMEOUT_SECONDS",
     "CMK_MAX_CONCURRENCY",
     "CMK_ROTATE_COOLDOWN_MINUTES",
+    "CMK_KEY_CACHE_SECONDS",
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__queueServiceUri",
@@ -130,6 +131,7 @@ class Settings:
     update_timeout: timedelta = timedelta(seconds=120)
     max_concurrency: int = 32
     rotate_cooldown: timedelta = timedelta(minutes=10)
+    key_cache: timedelta = timedelta(seconds=30)
     storage: StorageSettings | None = None
 
     @classmethod
@@ -169,6 +171,7 @@ class Settings:
             rotate_cooldown=reader.get(
                 "CMK_ROTATE_COOLDOWN_MINUTES", default.rotate_cooldown, _minutes
             ),
+            key_cache=reader.get("CMK_KEY_CACHE_SECONDS", default.key_cache, _seconds_or_zero),
             storage=_storage(reader, cloud),
         )
         storage_named = any(p.startswith("AzureWebJobsStorage") for p in reader.problems)
@@ -263,6 +266,10 @@ def _days(value: str) -> timedelta:
 
 def _hours(value: str) -> timedelta:
     return timedelta(hours=_number(value, "hours"))
+
+
+def _seconds_or_zero(value: str) -> timedelta:
+    return timedelta(seconds=_number(value, "seconds"))
 
 
 def _minutes(value: str) -> timedelta:

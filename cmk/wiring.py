@@ -150,6 +150,7 @@ class Services:
             client_options={"user_agent": USER_AGENT, **retry.core_client_options()},
             clock=self.options.clock,
             max_concurrency=self.options.key_read_concurrency,
+            cache_seconds=settings.key_cache.total_seconds(),
         )
         self._closers.append(self.keys.close)
 

@@ -82,6 +82,10 @@ param updateTimeoutSeconds int = 120
 @description('CMK_ROTATE_COOLDOWN_MINUTES: POST /api/rotate refuses a second rotation of one key within this many minutes unless forced; 0 turns it off.')
 param rotateCooldownMinutes int = 10
 
+@minValue(0)
+@description('CMK_KEY_CACHE_SECONDS: how long one instance reuses what it read of a key version; 0 reads Key Vault for every job.')
+param keyCacheSeconds int = 30
+
 @minValue(1)
 @description('CMK_MAX_CONCURRENCY: bound on parallel Azure calls of one invocation (fan-out, inline runs).')
 param maxConcurrency int = 32
@@ -234,6 +238,7 @@ module functionApp './app/function.bicep' = {
       CMK_UPDATE_TIMEOUT_SECONDS: string(updateTimeoutSeconds)
       CMK_MAX_CONCURRENCY: string(maxConcurrency)
       CMK_ROTATE_COOLDOWN_MINUTES: string(rotateCooldownMinutes)
+      CMK_KEY_CACHE_SECONDS: string(keyCacheSeconds)
     }
   }
 }

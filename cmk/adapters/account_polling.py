@@ -17,7 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from azure.core.pipeline import PipelineResponse
-from azure.core.polling.base_polling import LocationPolling, StatusCheckPolling
+from azure.core.polling.base_polling import (
+    LocationPolling,
+    OperationFailed,
+    StatusCheckPolling,
+)
 from azure.mgmt.cognitiveservices.models import Account
 from azure.mgmt.core.polling.arm_polling import (
     AzureAsyncOperationPolling,
@@ -69,3 +73,16 @@ class StatusPolling(AsyncARMPolling):
 
     def _extract_delay(self) -> float:
         return float(self._timeout) if self._fixed else super()._extract_delay()
+
+    async def _poll(self) -> None:
+        """azure-core's loop (pinned 1.41.0), with one change: the first status poll waits
+        for the ``Retry-After`` of the PATCH's answer, as every later one does, instead of
+        asking at once — an answer that says "try in 2 s" is not asked again after 20 ms."""
+        while not self.finished():
+            await self._delay()
+            await self.update_status()
+        if str(self.status()).lower() in ("failed", "canceled"):
+            raise OperationFailed("Operation failed or canceled")
+        final_get_url = self._operation.get_final_get_url(self._pipeline_response)
+        if final_get_url:  # only the algorithms other than the status one ask for it
+            self._pipeline_response = await self.request_status(final_get_url)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from adapter_world import RG, SUB, SUB2, Cloud
+from adapter_world import RG, SUB, SUB2, TEST_OPTIONS, Cloud, settings_for
 from azure.mgmt.cognitiveservices import models
 from azure.mgmt.cognitiveservices._utils.serialization import Serializer
 
@@ -390,3 +390,21 @@ class TestUpdateCost:
         assert _patches(cloud) == 1
         assert account_gets == 0
         assert polls >= 1  # the operation's status
+
+    async def test_first_status_poll_waits_for_retry_after(
+        self, cloud: Cloud, azurite: str
+    ) -> None:
+        """Polling paced by the service: the 202's Retry-After covers the whole update, so
+        one status poll finds it Succeeded (azure-core alone would ask once at once too)."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("paced", cloud.vault, old, lro_seconds=0.3)
+        options = replace(TEST_OPTIONS, polling_interval=None)
+        async with Services.from_settings(settings_for(azurite), options=options) as paced:
+            record = await paced.accounts.get(_id("paced"))
+            cloud.sandbox.counters.reset()
+            assert await paced.accounts.update_key_version(record, new, WAIT) is (
+                UpdateOutcome.SUCCEEDED
+            )
+        polls = cloud.sandbox.counters.count(path="operationStatuses", method="GET")
+        assert polls == 1

@@ -130,6 +130,8 @@ GOOD_VALUES = [
     ("CMK_UPDATE_TIMEOUT_SECONDS", "45.5", "update_timeout", timedelta(seconds=45.5)),
     ("CMK_MAX_CONCURRENCY", "8", "max_concurrency", 8),
     ("CMK_ROTATE_COOLDOWN_MINUTES", "0", "rotate_cooldown", timedelta(0)),
+    ("CMK_KEY_CACHE_SECONDS", "0", "key_cache", timedelta(0)),
+    ("CMK_KEY_CACHE_SECONDS", "5", "key_cache", timedelta(seconds=5)),
 ]
 
 
