@@ -8,7 +8,7 @@ the caller's to record and alert). Use cases depend only on these protocols.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -228,6 +228,16 @@ class Ledger(Protocol):
     async def history(
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> list[LedgerEntry]: ...
+
+    def iter_history(
+        self,
+        account_id: AccountId | None = None,
+        key: KeyId | None = None,
+        *,
+        states: Collection[LedgerState] | None = None,
+    ) -> AsyncIterator[LedgerEntry]:
+        """Rows streamed page by page; with ``states``, only rows in one of them."""
+        ...
 
     async def claim(
         self,

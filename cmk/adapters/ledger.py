@@ -23,7 +23,7 @@ escapes: no filter is ever built from unescaped input.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -138,11 +138,24 @@ class TableLedger(LeaseRows, AlertRows):
         return entries
 
     async def iter_history(
-        self, account_id: AccountId | None = None, key: KeyId | None = None
+        self,
+        account_id: AccountId | None = None,
+        key: KeyId | None = None,
+        *,
+        states: Collection[LedgerState] | None = None,
     ) -> AsyncIterator[LedgerEntry]:
-        """Like :meth:`history`, streamed in table order (nothing if there is no table)."""
+        """Like :meth:`history`, streamed in table order (nothing if there is no table);
+        with ``states``, only rows in one of them (filtered by the service: one paged query,
+        however many accounts the table holds)."""
         clauses = ["Kind eq @kind"]
         parameters: dict[str, Any] = {"kind": ENTRY}
+        if states:
+            names = sorted(state.value for state in states)
+            clauses.append(
+                # spaces around the parentheses: the SDK finds @names between spaces
+                "( " + " or ".join(f"State eq @state{i}" for i in range(len(names))) + " )"
+            )
+            parameters.update({f"state{i}": name for i, name in enumerate(names)})
         if account_id is not None:
             clauses.append("PartitionKey eq @partition")
             parameters["partition"] = account_partition(account_id)

@@ -45,16 +45,38 @@ def _rows(found: Survey) -> list[Row]:
     ]
 
 
+#: The ledger rows a sweep needs to know of: moves under way, and moves that failed.
+_OPEN_STATES = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED, LedgerState.FAILED})
+
+
+def _slot(account: AccountRecord | LedgerEntry, version: str) -> tuple[str, str]:
+    return (str(account.account_id).lower(), version.lower())
+
+
+async def _entries(
+    engine: Engine, wanted: set[tuple[str, str]], states: frozenset[LedgerState]
+) -> dict[tuple[str, str], LedgerEntry]:
+    """The ledger rows in ``states`` for the (account, version) pairs ``wanted``: one
+    filtered, paged query, not one point read per account."""
+    found: dict[tuple[str, str], LedgerEntry] = {}
+    if not wanted:
+        return found
+    async for entry in engine.ledger.iter_history(states=states):
+        slot = _slot(entry, entry.to_version)
+        if slot in wanted:
+            found[slot] = entry
+    return found
+
+
 async def _target_entries(engine: Engine, rows: list[Row]) -> list[LedgerEntry | None]:
-    """The ledger row of each move's target (None for bindings that do not move)."""
-
-    async def entry(decision: Decision, record: AccountRecord) -> LedgerEntry | None:
-        if not isinstance(decision, Move):
-            return None
-        return await engine.ledger.get(record.account_id, decision.target.version)
-
-    limit = engine.settings.max_concurrency
-    return await gather_bounded(limit, (entry(d, r) for _, r, d in rows))
+    """The open ledger row (planned, submitted or failed) of each move's target; None for
+    bindings that do not move and for targets with no open row."""
+    targets = [
+        _slot(record, decision.target.version) if isinstance(decision, Move) else None
+        for _, record, decision in rows
+    ]
+    found = await _entries(engine, {t for t in targets if t is not None}, _OPEN_STATES)
+    return [None if target is None else found.get(target) for target in targets]
 
 
 def _key_alerts(engine: Engine, item: KeySurvey) -> list[Alert]:
@@ -190,11 +212,15 @@ async def plan(engine: Engine) -> SweepReport:
     return await sweep(replace(engine, settings=replace(engine.settings, dry_run=True)))
 
 
-async def _bound_since(engine: Engine, record: AccountRecord) -> LedgerEntry | None:
-    assert record.binding is not None
-    version = record.binding.key_id.version or ""
-    entry = await engine.ledger.get(record.account_id, version)
-    return entry if entry is not None and entry.state is LedgerState.SUCCEEDED else None
+async def _bound_since(engine: Engine, rows: list[Row]) -> list[LedgerEntry | None]:
+    """The SUCCEEDED ledger row of each account's bound version (since when it is on it)."""
+    bound = [
+        _slot(record, record.binding.key_id.version or "") if record.binding else None
+        for _, record, _ in rows
+    ]
+    succeeded = frozenset({LedgerState.SUCCEEDED})
+    found = await _entries(engine, {b for b in bound if b is not None}, succeeded)
+    return [None if slot is None else found.get(slot) for slot in bound]
 
 
 def _status(
@@ -234,8 +260,7 @@ async def status(engine: Engine) -> list[AccountStatus]:
     found = await survey(engine)
     rows = _rows(found)
     entries = await _target_entries(engine, rows)
-    limit = engine.settings.max_concurrency
-    since = await gather_bounded(limit, (_bound_since(engine, r) for _, r, _ in rows))
+    since = await _bound_since(engine, rows)
     result = [
         _status(engine, row, assess(engine, row[1], row[2], entry, "status"), bound)
         for row, entry, bound in zip(rows, entries, since, strict=True)

@@ -278,3 +278,25 @@ class TestNoticeClaims:
         record = await services.ledger.claim_record(name)
         assert record is not None and record.created_version == "v" * 32
         assert await services.ledger.complete_claim(name, "w2", "x" * 32) is False
+
+
+class TestOpenRows:
+    """One filtered query finds the rows of given states, whatever else the table holds."""
+
+    async def test_iter_history_by_state(self, services: Services) -> None:
+        """Rows in the asked states come back; others, claims and alerts do not."""
+        tag = uuid.uuid4().hex[:6]
+        states = list(LedgerState)
+        for index, state in enumerate(states):
+            await services.ledger.record(_entry(f"{tag}-{index}", state=state))
+        await services.ledger.claim(f"claim-{tag}", "w1")
+        await _open(services.ledger, (f"{tag}-0", "a" * 32, "account_failure"))
+        wanted = {LedgerState.PLANNED, LedgerState.SUBMITTED, LedgerState.FAILED}
+
+        found = [
+            entry
+            async for entry in services.ledger.iter_history(states=wanted)
+            if entry.account_id.name.startswith(tag)
+        ]
+
+        assert sorted(e.state.value for e in found) == sorted(s.value for s in wanted)
