@@ -48,6 +48,13 @@ from azure.storage.queue.aio import QueueClient
 from cmk import __version__
 from cmk.adapters.accounts import CognitiveAccounts
 from cmk.adapters.alerts import EventGridAlerts
+from cmk.adapters.arm_budget import (
+    ARM_READS,
+    ARM_WRITES,
+    ArmBudget,
+    ArmPacingPolicy,
+    BucketSize,
+)
 from cmk.adapters.inventory import ResourceGraphInventory
 from cmk.adapters.jobqueue import StorageJobQueue, message_policies
 from cmk.adapters.keyvault import KeyVaultKeys
@@ -114,7 +121,8 @@ class WiringOptions:
     ``polling_interval`` (seconds) fixes the ARM long-running-operation poll period;
     None follows ``Retry-After``. ``clock`` dates new key versions' expiry.
     ``subscriptions_ttl`` (seconds) is how long the list of subscriptions the identity
-    can read is reused before ARM is asked again.
+    can read is reused before ARM is asked again. ``arm_reads`` / ``arm_writes`` size the
+    per-subscription buckets that pace ARM requests (ARM's own sizes by default).
     """
 
     retry: RetryOptions = field(default_factory=RetryOptions)
@@ -122,6 +130,8 @@ class WiringOptions:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     key_read_concurrency: int = 8
     subscriptions_ttl: float = 300.0
+    arm_reads: BucketSize = ARM_READS
+    arm_writes: BucketSize = ARM_WRITES
 
 
 class Services:
@@ -154,8 +164,14 @@ class Services:
         )
         self._closers.append(self.keys.close)
 
+        #: One process's view of each subscription's ARM budget, shared by every client.
+        self.arm_budget = ArmBudget(self.options.arm_reads, self.options.arm_writes)
+        pacing = ArmPacingPolicy(self.arm_budget)
+
         def cognitive_client(subscription_id: str) -> CognitiveServicesManagementClient:
-            return CognitiveServicesManagementClient(credential, subscription_id, **arm)
+            return CognitiveServicesManagementClient(
+                credential, subscription_id, per_retry_policies=[pacing], **arm
+            )
 
         self.accounts = CognitiveAccounts(
             cognitive_client, polling_interval=self.options.polling_interval
