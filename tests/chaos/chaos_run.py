@@ -56,9 +56,10 @@ KEY_PATH = r"/keys/"
 #: Lease of a message taken by the killed host: how soon the queue hands it out again
 #: (the real host's lease is ~10 minutes; compressed here).
 KILLED_LEASE_SECONDS = 6
-#: Ceiling of each wait for the run to progress: bounds a hang, decides nothing (generous,
-#: so a loaded 2-core machine passes; the run usually needs a small part of it).
-HANG_SECONDS = 600.0
+#: Ceiling of each wait for the run to progress: bounds a hang, decides nothing. Generous:
+#: the jobs host A held when it died wait out their write lease (5 minutes) before another
+#: host may take them, and a loaded 2-core machine is slower still.
+HANG_SECONDS = 900.0
 HOST_OVERRIDES = {
     "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
