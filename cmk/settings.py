@@ -64,6 +64,7 @@ ENVIRONMENT_VARIABLES = (
     "CMK_MAX_CONCURRENCY",
     "CMK_ROTATE_COOLDOWN_MINUTES",
     "CMK_KEY_CACHE_SECONDS",
+    "CMK_WRITE_LEASE_SECONDS",
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__queueServiceUri",
@@ -132,7 +133,17 @@ class Settings:
     max_concurrency: int = 32
     rotate_cooldown: timedelta = timedelta(minutes=10)
     key_cache: timedelta = timedelta(seconds=30)
+    write_lease: timedelta | None = None  # None: the update timeout plus a minute
     storage: StorageSettings | None = None
+
+    @property
+    def write_lease_ttl(self) -> timedelta:
+        """How long an account's write lease holds: how long a job that died holding it
+        blocks the account. At least the update timeout plus 5 s (the lease must outlast
+        the wait for the update); CMK_WRITE_LEASE_SECONDS, else the timeout plus a minute."""
+        floor = self.update_timeout + timedelta(seconds=5)
+        wanted = self.write_lease or self.update_timeout + timedelta(minutes=1)
+        return max(wanted, floor)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], *, require_storage: bool = False) -> Settings:
@@ -172,6 +183,7 @@ class Settings:
                 "CMK_ROTATE_COOLDOWN_MINUTES", default.rotate_cooldown, _minutes
             ),
             key_cache=reader.get("CMK_KEY_CACHE_SECONDS", default.key_cache, _seconds_or_zero),
+            write_lease=reader.get("CMK_WRITE_LEASE_SECONDS", None, _seconds),
             storage=_storage(reader, cloud),
         )
         storage_named = any(p.startswith("AzureWebJobsStorage") for p in reader.problems)

@@ -45,9 +45,7 @@ class Engine:
     ``owner`` names this process in ledger claims. ``verify_delay`` is how long a
     submitted update waits before its verify job runs; ``stuck_after`` is how long an
     update may stay submitted (or Updating) before it counts as stuck. ``claim_lease``
-    is how long a near-expiry rotation claim holds before another worker may take over;
-    ``write_lease`` how long an account's write lease holds (at least the update timeout
-    plus a minute) before another job may take it over from a job that died.
+    is how long a near-expiry rotation claim holds before another worker may take over.
     ``subscriptions`` lists what the identity can read: the scope when CMK_SUBSCRIPTIONS
     is unset (see :mod:`cmk.usecases.subscriptions`); None uses CMK_SUBSCRIPTIONS as is.
     """
@@ -64,7 +62,6 @@ class Engine:
     verify_delay: timedelta = timedelta(seconds=30)
     stuck_after: timedelta = timedelta(hours=1)
     claim_lease: timedelta = timedelta(minutes=10)
-    write_lease: timedelta = timedelta(minutes=5)
     subscriptions: SubscriptionDirectory | None = None
 
     @property

@@ -80,9 +80,8 @@ class _Step:
 
     @property
     def lease_ttl(self) -> timedelta:
-        """Long enough to cover the wait for the update, whatever it is configured to."""
-        settings = self.engine.settings
-        return max(self.engine.write_lease, settings.update_timeout + timedelta(minutes=1))
+        """Long enough to cover the wait for the update (see Settings.write_lease_ttl)."""
+        return self.engine.settings.write_lease_ttl
 
     async def take_lease(self) -> None:
         """Become the account's one writer, or raise AccountBusy (deferred, not failed)."""

@@ -132,6 +132,7 @@ GOOD_VALUES = [
     ("CMK_ROTATE_COOLDOWN_MINUTES", "0", "rotate_cooldown", timedelta(0)),
     ("CMK_KEY_CACHE_SECONDS", "0", "key_cache", timedelta(0)),
     ("CMK_KEY_CACHE_SECONDS", "5", "key_cache", timedelta(seconds=5)),
+    ("CMK_WRITE_LEASE_SECONDS", "90", "write_lease", timedelta(seconds=90)),
 ]
 
 
@@ -407,3 +408,15 @@ class TestAzureCloud:
         endpoints = cloud.endpoints
         for suffix in (endpoints.key_vault_suffix, endpoints.managed_hsm_suffix):
             assert KeyId.parse(f"https://kv-one.{suffix}/keys/k").cloud == cloud.value
+
+
+class TestWriteLease:
+    def test_lease_outlasts_the_update_wait(self) -> None:
+        """By default the lease is the update timeout plus a minute; a shorter setting is
+        raised to the timeout plus 5 s, so a lease never ends while its update is awaited."""
+        default = Settings(update_timeout=timedelta(seconds=120))
+        assert default.write_lease_ttl == timedelta(seconds=180)
+        short = Settings(update_timeout=timedelta(seconds=120), write_lease=timedelta(seconds=10))
+        assert short.write_lease_ttl == timedelta(seconds=125)
+        chosen = Settings(update_timeout=timedelta(seconds=5), write_lease=timedelta(seconds=20))
+        assert chosen.write_lease_ttl == timedelta(seconds=20)

@@ -59,7 +59,7 @@ async def settle(rig: Rig, jobs: dict[str, RotationJob], plan: Plan) -> Outcome:
     outcome = Outcome()
     pending = dict(jobs)
     deliveries: dict[str, int] = dict.fromkeys(jobs, 0)
-    lease = max(rig.engine.write_lease, rig.engine.settings.update_timeout + timedelta(minutes=1))
+    lease = rig.engine.settings.write_lease_ttl
     while pending:
         outcome.rounds += 1
         assert outcome.rounds < 40, f"did not settle: {outcome.trace}"
