@@ -207,6 +207,7 @@ class LeaseGrant:
     granted: bool
     holder: str
     expires: datetime
+    purpose: str = ""  # what the holder said it is doing
 
 
 @dataclass(frozen=True)
@@ -264,9 +265,10 @@ class Ledger(Protocol):
         ...
 
     async def acquire_lease(
-        self, name: str, owner: str, now: datetime, ttl: timedelta
+        self, name: str, owner: str, now: datetime, ttl: timedelta, *, purpose: str = ""
     ) -> LeaseGrant:
-        """Take the write lease ``name`` for ``ttl`` unless another live holder has it."""
+        """Take the write lease ``name`` for ``ttl`` unless another live holder has it;
+        ``purpose`` is told to whoever finds it held."""
         ...
 
     async def renew_lease(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:

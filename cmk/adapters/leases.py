@@ -121,17 +121,18 @@ class LeaseRows(TableRows):
     # --- write leases ----------------------------------------------------------------
 
     async def acquire_lease(
-        self, name: str, owner: str, now: datetime, ttl: timedelta
+        self, name: str, owner: str, now: datetime, ttl: timedelta, *, purpose: str = ""
     ) -> LeaseGrant:
-        """Take the lease ``name`` for ``ttl`` unless another live holder has it."""
-        entity = self._lease(name, owner, now + ttl)
+        """Take the lease ``name`` for ``ttl`` unless another live holder has it.
+        ``purpose`` (what the holder is doing) is told to whoever finds the lease held."""
+        entity = self._lease(name, owner, now + ttl, purpose)
         action = f"taking the write lease {name!r}"
         if await self.insert_once(entity, action):
-            return LeaseGrant(True, owner, now + ttl)
+            return LeaseGrant(True, owner, now + ttl, purpose)
         held = await self.get_row(LEASE_PARTITION, entity["RowKey"], action)
         if held is None:  # released meanwhile
             granted = await self.insert_once(entity, action)
-            return LeaseGrant(granted, owner if granted else "", now + ttl)
+            return LeaseGrant(granted, owner if granted else "", now + ttl, purpose)
         return await self._take_over(entity, held, now, action)
 
     async def _take_over(
@@ -139,15 +140,16 @@ class LeaseRows(TableRows):
     ) -> LeaseGrant:
         holder = str(held.get(OWNER) or "")
         expires = _time(held.get("Expires")) or now
+        purpose = str(held.get("Purpose") or "")
         if holder != entity[OWNER] and expires > now:
-            return LeaseGrant(False, holder, expires)
+            return LeaseGrant(False, holder, expires, purpose)
         if not await self.replace_if(entity, held, action):
-            return LeaseGrant(False, "", expires)
+            return LeaseGrant(False, "", expires, purpose)
         if holder != entity[OWNER]:
             logger.warning(
                 "took over write lease %r of %s (expired %s)", entity["Name"], holder, expires
             )
-        return LeaseGrant(True, entity[OWNER], entity["Expires"])
+        return LeaseGrant(True, entity[OWNER], entity["Expires"], entity["Purpose"])
 
     async def renew_lease(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
         """Extend our lease (right before a write): False if it is no longer ours."""
@@ -155,7 +157,8 @@ class LeaseRows(TableRows):
         held = await self.get_row(LEASE_PARTITION, self._row(name), action)
         if held is None or held.get(OWNER) != owner:
             return False
-        return await self.replace_if(self._lease(name, owner, now + ttl), held, action)
+        lease = self._lease(name, owner, now + ttl, str(held.get("Purpose") or ""))
+        return await self.replace_if(lease, held, action)
 
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease back if it is still ours (never someone else's)."""
@@ -164,11 +167,12 @@ class LeaseRows(TableRows):
         if held is not None and held.get(OWNER) == owner:
             await self.delete_if(held, action)
 
-    def _lease(self, name: str, owner: str, expires: datetime) -> dict[str, Any]:
+    def _lease(self, name: str, owner: str, expires: datetime, purpose: str) -> dict[str, Any]:
         return {
             "PartitionKey": LEASE_PARTITION,
             "RowKey": self._row(name),
             "Name": name,
             OWNER: owner,
             "Expires": expires.astimezone(UTC),
+            "Purpose": purpose,
         }

@@ -83,14 +83,25 @@ class _Step:
         """Long enough to cover the wait for the update (see Settings.write_lease_ttl)."""
         return self.engine.settings.write_lease_ttl
 
-    async def take_lease(self) -> None:
-        """Become the account's one writer, or raise AccountBusy (deferred, not failed)."""
+    @property
+    def purpose(self) -> str:
+        return f"move to {self.version}"
+
+    async def take_lease(self) -> JobReport | None:
+        """Become the account's one writer: None once the lease is ours. A job that finds
+        another job moving the account to the same version is a duplicate (a redelivered
+        event, a second fan-out): it ends at once — the holder does the work, and if the
+        holder dies its own message comes back. Any other holder: AccountBusy (deferred)."""
         engine = self.engine
         grant = await engine.ledger.acquire_lease(
-            self.lease, self.token, engine.now(), self.lease_ttl
+            self.lease, self.token, engine.now(), self.lease_ttl, purpose=self.purpose
         )
         if grant.granted:
-            return
+            return None
+        if grant.purpose == self.purpose:
+            cause = f"duplicate: another job is moving it to {self.version} now"
+            log.info(cause, extra=self.log_fields("duplicate"))
+            return self.report(JobResult.SKIPPED, cause)
         wait = (grant.expires - engine.now()).total_seconds()
         raise AccountBusy(
             f"account {self.job.account_id} is being changed by another job ({grant.holder},"
@@ -344,7 +355,9 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
             _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         )
     lease = _Step(engine, job, None)
-    await lease.take_lease()
+    duplicate = await lease.take_lease()
+    if duplicate is not None:
+        return duplicate
     try:
         step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         step.token = lease.token

@@ -57,12 +57,19 @@ KEY_PATH = r"/keys/"
 #: (the real host's lease is ~10 minutes; compressed here).
 KILLED_LEASE_SECONDS = 6
 #: Ceiling of each wait for the run to progress: bounds a hang, decides nothing. Generous:
-#: the jobs host A held when it died wait out their write lease (5 minutes) before another
+#: the jobs host A held when it died wait out their write lease (APP_TIMING) before another
 #: host may take them, and a loaded 2-core machine is slower still.
 HANG_SECONDS = 900.0
 HOST_OVERRIDES = {
     "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
+}
+#: The app's own timing, compressed like the host's: an update is awaited for 8 s (the
+#: slow LROs take 4 s), and a write lease left by the killed host ends 15 s later instead
+#: of the default update timeout plus a minute.
+APP_TIMING = {
+    "CMK_UPDATE_TIMEOUT_SECONDS": "8",
+    "CMK_WRITE_LEASE_SECONDS": "15",
 }
 
 
@@ -264,6 +271,7 @@ async def run_chaos(
         "CMK_SWEEP_SCHEDULE": "0 0 3 * * *",
         "CMK_LEDGER_TABLE": table,
         **HOST_OVERRIDES,
+        **APP_TIMING,
     }
     for name, value in settings.items():
         monkeypatch.setenv(name, value)

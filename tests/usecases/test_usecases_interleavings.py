@@ -254,3 +254,24 @@ class TestRequestsInFlight:
         versions = [v.version for v in world.versions]
         assert [v for _, v in account.binding_history] == [versions[0], versions[2]]
         await check(rig, account, versions[2], Outcome())
+
+    async def test_duplicate_job_ends_while_the_original_runs(self, rig: Rig) -> None:
+        """A second job for the same account and version (a duplicated event) finds the
+        first one holding the lease for that very move: it ends SKIPPED at once instead of
+        being deferred, and the first one completes the move."""
+        world = _World(rig)
+        account = world.account()
+        job = world.jobs(account, 1)["A"]
+        hold = threading.Event()
+        rule = rig.estate.sandbox.faults.add(
+            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
+        )
+        first = asyncio.create_task(rotate_account(rig.engine, job))
+        try:
+            await _until(lambda: rule.hits == 1 or first.done(), "the PATCH to reach the sandbox")
+            duplicate = await rotate_account(rig.engine, job)
+        finally:
+            hold.set()
+        assert duplicate.result is JobResult.SKIPPED and "duplicate" in (duplicate.cause or "")
+        assert (await first).result is JobResult.SUCCEEDED
+        assert account.encryption.key_version == world.versions[1].version
