@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -177,9 +178,11 @@ class TestClientDisconnect:
     def test_a_client_gone_mid_request_is_one_line(self, sandbox: Sandbox, caplog, abort):
         """A client that disconnects while its upload is read makes the sandbox log one
         INFO line naming the request, and no traceback."""
+        reading = threading.Event()  # the handler runs: a disconnect now is mid-request
 
         def upload_app(ctx: ServiceContext) -> web.Application:
             async def upload(request: web.Request) -> web.Response:
+                reading.set()
                 await request.read()
                 return web.Response(text="ok")
 
@@ -200,6 +203,7 @@ class TestClientDisconnect:
                 "Content-Length: 1000000\r\n\r\n".encode()
                 + b"x" * 1000
             )
+            assert reading.wait(60), "the request never reached the service"
             if abort:  # RST instead of FIN
                 client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
             client.close()
