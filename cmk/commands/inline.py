@@ -2,8 +2,11 @@
 
 The CLI's sweep and rotate plan exactly as the app does, but hand the jobs to
 :class:`CollectedJobs` and run each account's step machine
-(:func:`~cmk.usecases.rotate_account`) here with at most CMK_MAX_CONCURRENCY at once. As
-on the queue: a transient error is retried (up to :data:`MAX_DELIVERIES` deliveries, then
+(:func:`~cmk.usecases.rotate_account`) here, with at most CMK_MAX_CONCURRENCY at once *per
+subscription* (ARM's budget is per subscription; the ARM clients also pace each
+subscription's requests to it). As on the queue: a throttled or busy job waits for its
+``Retry-After`` without spending a delivery (at most :data:`MAX_DEFERRALS` times), any
+other transient error is retried (up to :data:`MAX_DELIVERIES` deliveries, then
 :func:`~cmk.usecases.on_poison` records the failure and alerts), and an update still
 running after CMK_UPDATE_TIMEOUT_SECONDS is verified again after a short delay.
 """
@@ -17,17 +20,19 @@ from dataclasses import replace
 from datetime import timedelta
 
 from cmk.commands.output import Ticker
-from cmk.errors import TransientError
+from cmk.errors import ThrottledError, TransientError
 from cmk.ports import RotationJob
 from cmk.usecases import JobReport, JobResult, PlannedMove, on_poison, rotate_account
 from cmk.usecases.context import Engine, gather_bounded
 
-__all__ = ["MAX_DELIVERIES", "CollectedJobs", "job_for_move", "run_jobs"]
+__all__ = ["MAX_DEFERRALS", "MAX_DELIVERIES", "CollectedJobs", "job_for_move", "run_jobs"]
 
 log = logging.getLogger(__name__)
 
 #: Deliveries of one job before it counts as poisoned (host.json maxDequeueCount).
 MAX_DELIVERIES = 5
+#: Waits of one job for a 429's or a busy account's Retry-After (cmk.entrypoints' deferrals).
+MAX_DEFERRALS = 20
 #: How long a submitted update waits before it is verified again.
 VERIFY_DELAY = timedelta(seconds=5)
 
@@ -66,16 +71,33 @@ def job_for_move(move: PlannedMove, trigger: str) -> RotationJob:
 async def _deliver(
     engine: Engine, job: RotationJob, retry_delay: float, ticker: Ticker
 ) -> JobReport:
-    for delivery in range(1, MAX_DELIVERIES + 1):
+    delivery, deferrals = 1, 0
+    while delivery <= MAX_DELIVERIES:
         try:
             return await rotate_account(engine, job)
+        except ThrottledError as error:
+            if deferrals < MAX_DEFERRALS:
+                deferrals += 1
+                ticker.retried()
+                await asyncio.sleep(max(1.0, error.retry_after or 1.0))
+                continue  # a deferral, not a delivery: as on the app's queue
+            deferrals = 0
+            delivery = await _retry(job, error, delivery, retry_delay, ticker)
         except TransientError as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            log.info("retrying %s: %s (delivery %d)", job.account_id, first_line, delivery)
-            ticker.retried()
-            if delivery < MAX_DELIVERIES:
-                await asyncio.sleep(retry_delay * 2**delivery)
+            delivery = await _retry(job, error, delivery, retry_delay, ticker)
     return await on_poison(engine, job)
+
+
+async def _retry(
+    job: RotationJob, error: TransientError, delivery: int, retry_delay: float, ticker: Ticker
+) -> int:
+    """Count a failed delivery (wait before the next); returns the next delivery's number."""
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    log.info("retrying %s: %s (delivery %d)", job.account_id, first_line, delivery)
+    ticker.retried()
+    if delivery < MAX_DELIVERIES:
+        await asyncio.sleep(retry_delay * 2**delivery)
+    return delivery + 1
 
 
 async def run_jobs(
@@ -94,20 +116,28 @@ async def run_jobs(
     collector = CollectedJobs()
     here = replace(engine, jobs=collector, verify_delay=verify_delay)
     reports: dict[tuple[str, str], JobReport] = {}
+    gates: dict[str, asyncio.Semaphore] = {}  # CMK_MAX_CONCURRENCY per subscription
+
+    async def one(job: RotationJob) -> JobReport:
+        gate = gates.setdefault(
+            job.account_id.subscription_id.lower(),
+            asyncio.Semaphore(engine.settings.max_concurrency),
+        )
+        async with gate:
+            report = await _deliver(here, job, retry_delay, ticker)
+        if report.result is not JobResult.SUBMITTED:
+            ticker.advance()
+            if on_result is not None:
+                on_result(report)
+        return report
+
     batch, delay = list(jobs), timedelta(0)
     while batch:
         if delay:
             await asyncio.sleep(delay.total_seconds())
-
-        async def one(job: RotationJob) -> JobReport:
-            report = await _deliver(here, job, retry_delay, ticker)
-            if report.result is not JobResult.SUBMITTED:
-                ticker.advance()
-                if on_result is not None:
-                    on_result(report)
-            return report
-
-        for report in await gather_bounded(engine.settings.max_concurrency, map(one, batch)):
+        subscriptions = {job.account_id.subscription_id.lower() for job in batch}
+        limit = engine.settings.max_concurrency * max(1, len(subscriptions))
+        for report in await gather_bounded(limit, map(one, batch)):
             reports[(str(report.account_id), report.target.version or "")] = report
         batch, delay = collector.take()
     return list(reports.values())
