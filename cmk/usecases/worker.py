@@ -87,25 +87,23 @@ class _Step:
     def purpose(self) -> str:
         return f"move to {self.version}"
 
-    async def take_lease(self) -> JobReport | None:
-        """Become the account's one writer: None once the lease is ours. A job that finds
-        another job moving the account to the same version is a duplicate (a redelivered
-        event, a second fan-out): it ends at once — the holder does the work, and if the
-        holder dies its own message comes back. Any other holder: AccountBusy (deferred)."""
+    async def take_lease(self) -> None:
+        """Become the account's one writer, or raise AccountBusy (deferred, not failed).
+
+        A job that finds the lease held waits even when the holder makes the very same
+        move (a duplicated event): the holder may be dead, and this may be its own message
+        redelivered — the only one left to do the work once the lease runs out."""
         engine = self.engine
         grant = await engine.ledger.acquire_lease(
             self.lease, self.token, engine.now(), self.lease_ttl, purpose=self.purpose
         )
         if grant.granted:
-            return None
-        if grant.purpose == self.purpose:
-            cause = f"duplicate: another job is moving it to {self.version} now"
-            log.info(cause, extra=self.log_fields("duplicate"))
-            return self.report(JobResult.SKIPPED, cause)
+            return
         wait = (grant.expires - engine.now()).total_seconds()
+        doing = f" ({grant.purpose})" if grant.purpose else ""
         raise AccountBusy(
-            f"account {self.job.account_id} is being changed by another job ({grant.holder},"
-            f" lease until {grant.expires:%H:%M:%S}); deferred",
+            f"account {self.job.account_id} is being changed by another job{doing}, lease"
+            f" until {grant.expires:%H:%M:%S}; deferred",
             retry_after=min(max(wait, 1.0), BUSY_RETRY_SECONDS),
         )
 
@@ -355,9 +353,7 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
             _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         )
     lease = _Step(engine, job, None)
-    duplicate = await lease.take_lease()
-    if duplicate is not None:
-        return duplicate
+    await lease.take_lease()
     try:
         step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         step.token = lease.token

@@ -255,10 +255,10 @@ class TestRequestsInFlight:
         assert [v for _, v in account.binding_history] == [versions[0], versions[2]]
         await check(rig, account, versions[2], Outcome())
 
-    async def test_duplicate_job_ends_while_the_original_runs(self, rig: Rig) -> None:
-        """A second job for the same account and version (a duplicated event) finds the
-        first one holding the lease for that very move: it ends SKIPPED at once instead of
-        being deferred, and the first one completes the move."""
+    async def test_duplicate_job_waits_for_the_original(self, rig: Rig) -> None:
+        """A second job for the same account and version (a duplicated event) while the
+        first one's PATCH is in flight is deferred, not dropped — the first could be dead
+        and this its own message redelivered; once the first has landed it ends at once."""
         world = _World(rig)
         account = world.account()
         job = world.jobs(account, 1)["A"]
@@ -269,9 +269,11 @@ class TestRequestsInFlight:
         first = asyncio.create_task(rotate_account(rig.engine, job))
         try:
             await _until(lambda: rule.hits == 1 or first.done(), "the PATCH to reach the sandbox")
-            duplicate = await rotate_account(rig.engine, job)
+            with pytest.raises(AccountBusy, match="move to"):
+                await rotate_account(rig.engine, job)
         finally:
             hold.set()
-        assert duplicate.result is JobResult.SKIPPED and "duplicate" in (duplicate.cause or "")
         assert (await first).result is JobResult.SUCCEEDED
-        assert account.encryption.key_version == world.versions[1].version
+        again = await rotate_account(rig.engine, job)
+        assert again.result is JobResult.SUCCEEDED and again.cause == "already on target"
+        assert [v for _, v in account.binding_history] == [world.v1, world.versions[1].version]
