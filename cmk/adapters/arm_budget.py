@@ -7,9 +7,10 @@ forms). :class:`ArmBudget` keeps one bucket per subscription and kind in the pro
 with ARM's sizes, and :class:`ArmPacingPolicy` — an azure-core policy placed after the
 retry policy, so every attempt is paced — takes a token before each request and waits
 for one when the bucket is empty. What ARM says is left corrects the bucket downwards (other
-callers, other instances of the app spend the same budget), and a 429 empties it for its
-``Retry-After``. Requests that name no subscription (Resource Graph, the subscription
-list) are not paced here.
+callers, other instances of the app spend the same budget), and ARM's own 429 (with its
+remaining header at 0) empties it for the ``Retry-After``; a 429 without that header is a
+resource provider's, about one request, and is left to the retry policy. Requests that
+name no subscription (Resource Graph, the subscription list) are not paced here.
 """
 
 from __future__ import annotations
@@ -166,12 +167,14 @@ class ArmPacingPolicy(AsyncHTTPPolicy):  # type: ignore[type-arg]
         response = await self.next.send(request)
         headers = response.http_response.headers
         bucket = self._budget.bucket(subscription, kind)
-        if response.http_response.status_code == 429:
+        remaining = _remaining(headers, kind)
+        if response.http_response.status_code == 429 and remaining == 0:
+            # ARM's own throttle (it says nothing is left): the whole subscription waits.
+            # A 429 without that header is a resource provider's, about this one request:
+            # the retry policy or the job's deferral waits for it, the others go on.
             bucket.throttled(_retry_after(headers))
+        elif remaining is not None:
+            bucket.left(remaining)
         else:
-            remaining = _remaining(headers, kind)
-            if remaining is not None:
-                bucket.left(remaining)
-            else:
-                bucket.heard()
+            bucket.heard()
         return response

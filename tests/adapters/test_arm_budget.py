@@ -124,3 +124,22 @@ class TestBeforeArmAnswers:
         fake.now += 0.1
         bucket._refill()
         assert bucket.tokens == pytest.approx(1.0)
+
+
+class TestWhose429:
+    async def test_only_arms_own_429_stops_the_subscription(
+        self, cloud: Cloud, azurite: str
+    ) -> None:
+        """A resource provider's 429 (no remaining header) holds back only its own request;
+        the subscription's other requests go on unpaced."""
+        version = cloud.add_version(cloud.vault).version
+        cloud.add_account("rp-throttled", cloud.vault, version)
+        cloud.add_account("neighbour", cloud.vault, version)
+        cloud.sandbox.faults.add(
+            host="management.azure.com", path="rp-throttled", status=429, retry_after=30, count=1
+        )
+        options = replace(TEST_OPTIONS, arm_reads=BucketSize(100, 25.0))
+        async with Services.from_settings(settings_for(azurite), options=options) as services:
+            await services.accounts.get(AccountId(SUB, RG, "rp-throttled"))  # retried by the SDK
+            await services.accounts.get(AccountId(SUB, RG, "neighbour"))
+            assert services.arm_budget.paced_requests == 0
