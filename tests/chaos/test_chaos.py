@@ -22,8 +22,9 @@ from cmk.ports import LedgerState
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 from cmk.sandbox.world import KeyVersionState
 
-#: The run (the first test's setup) takes 6-8 minutes, most of it the write lease (5 min)
-#: of the jobs the killed host held; on a loaded machine more. This ceiling bounds a hang.
+#: The run (the first test's setup) takes about two minutes, much of it the write lease
+#: (update timeout plus a minute) of the jobs the killed host held; on a loaded machine
+#: more. This ceiling only bounds a hang.
 pytestmark = pytest.mark.timeout(2400)
 
 ALLOWED_SIZES = frozenset({2048})
