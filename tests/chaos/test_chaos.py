@@ -22,8 +22,7 @@ from cmk.ports import LedgerState
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 from cmk.sandbox.world import KeyVersionState
 
-#: The run (the first test's setup) takes about two minutes, much of it the write lease
-#: (update timeout plus a minute) of the jobs the killed host held; on a loaded machine
+#: The run (the first test's setup) takes a couple of minutes; on a loaded 2-core machine
 #: more. This ceiling only bounds a hang.
 pytestmark = pytest.mark.timeout(2400)
 
