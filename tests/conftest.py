@@ -5,9 +5,10 @@
   kept), with the process environment pointing Azure SDK clients at it.
 - ``azurite`` (session): the Storage connection string of a running Azurite; a test that
   uses both ``sandbox`` and ``azurite`` also gets ``AzureWebJobsStorage`` set.
-- ``random_seed`` (session): the seed of every random choice the sandbox and the chaos
-  suite make: ``--chaos-seed``, else ``CMK_TEST_SEED``, else a fresh one. The header
-  prints it and every failure repeats it, so ``pytest --chaos-seed=N`` replays the draws.
+- ``random_seed`` (session): the seed of every random choice the sandbox, the chaos
+  suite and hypothesis make: ``--chaos-seed``, else ``CMK_TEST_SEED``, else a fresh one
+  (``--hypothesis-seed``, when given, wins for hypothesis). The header prints it and every
+  failure repeats it, so ``pytest --chaos-seed=N`` replays the draws.
 
 Leaks fail the suite: aiohttp reports an unclosed client session, connector or response
 through the event loop's exception handler (a log record, not a warning that a filter
@@ -71,9 +72,13 @@ class LeakLog(logging.Handler):
 LEAKS = LeakLog()
 
 
+@pytest.hookimpl(tryfirst=True)  # before hypothesis's plugin reads --hypothesis-seed
 def pytest_configure(config: pytest.Config) -> None:
     given = config.getoption("--chaos-seed", default=None) or os.environ.get("CMK_TEST_SEED")
-    config.stash[SEED] = int(given) if given else secrets.randbelow(2**32)
+    seed = int(given) if given else secrets.randbelow(2**32)
+    config.stash[SEED] = seed
+    if getattr(config.option, "hypothesis_seed", "absent") is None:
+        config.option.hypothesis_seed = str(seed)  # property tests replay with the seed too
     logging.getLogger("asyncio").addHandler(LEAKS)
 
 
