@@ -206,8 +206,11 @@ class EventGrid:
         self.retry_scale = 0.001
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        """Cancel pending deliveries (and wait until they ended); close the HTTP session."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -157,8 +157,10 @@ class SandboxServer:
         if self._proxy_sock is not None:
             self._proxy_sock.close()
             self._proxy_sock = None
-        for task in list(self._conn_tasks):
+        tunnels = list(self._conn_tasks)
+        for task in tunnels:
             task.cancel()
+        await asyncio.gather(*tunnels, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
