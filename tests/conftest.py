@@ -33,7 +33,14 @@ from cmk.sandbox.azurite import Azurite
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 
 SEED = pytest.StashKey[int]()
-LEAK_MESSAGES = ("Unclosed client session", "Unclosed connector", "Unclosed response")
+#: What asyncio logs (through the loop's exception handler) for what was left open: aiohttp
+#: sessions, connectors, responses, and tasks dropped while still pending.
+LEAK_MESSAGES = (
+    "Unclosed client session",
+    "Unclosed connector",
+    "Unclosed response",
+    "Task was destroyed but it is pending",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -53,7 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 class LeakLog(logging.Handler):
-    """Keeps the first line of each unclosed-session/connector report asyncio logs."""
+    """Keeps the first line of each report asyncio logs of something left open."""
 
     def __init__(self) -> None:
         super().__init__(logging.ERROR)
