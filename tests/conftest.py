@@ -11,7 +11,7 @@
   failure repeats it, so ``pytest --chaos-seed=N`` replays the draws.
 
 Leaks fail the suite: aiohttp reports an unclosed client session, connector or response
-through the event loop's exception handler (a log record, not a warning that a filter
+(and asyncio a task destroyed while pending) through the event loop's exception handler (a log record, not a warning that a filter
 could turn into an error), so a handler on the ``asyncio`` logger collects those records
 and the teardown of the test during which one appeared fails with them; whatever only
 the last garbage collection finds fails the session. Coroutines never awaited fail
@@ -54,8 +54,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--chaos-seed",
         type=int,
         default=None,
-        help="seed of the sandbox's and the chaos suite's random choices (default: "
-        "CMK_TEST_SEED, else a fresh one; a failing run prints the seed to pass here)",
+        help="seed of the random choices of the sandbox, the chaos suite and hypothesis "
+        "(default: CMK_TEST_SEED, else a fresh one; a failing run prints the seed to pass here)",
     )
 
 
@@ -110,6 +110,8 @@ def pytest_runtest_makereport(
         if leaks and report.passed:
             report.outcome = "failed"
             report.longrepr = "left unclosed (close what you open):\n" + "\n".join(leaks)
+        elif leaks:
+            report.sections.append(("left unclosed", "\n".join(leaks)))
     if report.failed:
         seed = item.config.stash[SEED]
         report.sections.append(("random seed", f"{seed}: replay with --chaos-seed={seed}"))
