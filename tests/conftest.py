@@ -11,10 +11,11 @@
   failure repeats it, so ``pytest --chaos-seed=N`` replays the draws.
 
 Leaks fail the suite: aiohttp reports an unclosed client session, connector or response
-(and asyncio a task destroyed while pending) through the event loop's exception handler (a log record, not a warning that a filter
-could turn into an error), so a handler on the ``asyncio`` logger collects those records
-and the teardown of the test during which one appeared fails with them; whatever only
-the last garbage collection finds fails the session. Coroutines never awaited fail
+(and asyncio a task destroyed while pending) through the event loop's exception handler
+(a log record, not a warning that a filter could turn into an error), so a handler on
+the ``asyncio`` logger collects those records and the teardown of the test during which
+one appeared fails with them; whatever only the last garbage collection finds fails the
+session. Coroutines never awaited fail
 through ``filterwarnings`` in pyproject.toml.
 """
 
