@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             hog.join()
         if not args.keep:
             shutil.rmtree(workdir / "clone", ignore_errors=True)
+            if not logs.resolve().is_relative_to(workdir.resolve()):
+                shutil.rmtree(workdir, ignore_errors=True)  # nothing of it is kept
 
     failed = [r for r in runs if not r.passed]
     hog_note = f" with {args.hog} CPU hog(s)" if args.hog else ""
