@@ -90,8 +90,11 @@ log = logging.getLogger(__name__)
 #: How often a throttled job is put back on the queue before its 429 propagates (and the
 #: host's own retries, then the poison queue, take over).
 MAX_DEFERRALS = 20
-#: How long a throttled job waits when the service gave no ``Retry-After``.
-DEFAULT_THROTTLE_DELAY = timedelta(seconds=30)
+#: How long a throttled job first waits when the service gave no ``Retry-After`` (ARM's
+#: own 429s always give one; a resource provider's may not): doubled at each deferral of
+#: the same job, up to :data:`MAX_THROTTLE_DELAY`.
+DEFAULT_THROTTLE_DELAY = timedelta(seconds=5)
+MAX_THROTTLE_DELAY = timedelta(seconds=60)
 #: The shortest wait before a deferred job runs again.
 MIN_THROTTLE_DELAY = timedelta(seconds=1)
 #: Up to this share of the delay is added at random, so deferred jobs do not all return
@@ -169,10 +172,14 @@ async def handle_job_message(engine: Engine, body: str | bytes) -> JobReport | N
         return None
 
 
-def throttle_delay(retry_after: float | None) -> timedelta:
-    """How long a throttled job waits: the service's ``Retry-After`` (else 30 s), at least
-    1 s, plus up to 25 % at random."""
-    base = DEFAULT_THROTTLE_DELAY if retry_after is None else timedelta(seconds=retry_after)
+def throttle_delay(retry_after: float | None, deferrals: int = 0) -> timedelta:
+    """How long a throttled job waits: the service's ``Retry-After`` (else 5 s doubled per
+    earlier deferral, at most a minute), at least 1 s, plus up to 25 % at random."""
+    if retry_after is None:
+        doubled: timedelta = DEFAULT_THROTTLE_DELAY * (2 ** min(deferrals, 10))
+        base = min(doubled, MAX_THROTTLE_DELAY)
+    else:
+        base = timedelta(seconds=retry_after)
     base = max(base, MIN_THROTTLE_DELAY)
     jitter = random.uniform(0.0, THROTTLE_JITTER)  # noqa: S311 -- spreading load, not a secret
     return base * (1 + jitter)
@@ -180,7 +187,7 @@ def throttle_delay(retry_after: float | None) -> timedelta:
 
 async def _defer(engine: Engine, job: RotationJob, error: ThrottledError) -> None:
     """Put ``job`` back on the queue after the throttle's delay, one deferral more."""
-    delay = throttle_delay(error.retry_after)
+    delay = throttle_delay(error.retry_after, job.deferrals)
     deferred = replace(job, deferrals=job.deferrals + 1)
     await engine.jobs.enqueue(deferred, delay=delay)
     log.warning(

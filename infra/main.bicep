@@ -86,6 +86,10 @@ param rotateCooldownMinutes int = 10
 @description('CMK_KEY_CACHE_SECONDS: how long one instance reuses what it read of a key version; 0 reads Key Vault for every job.')
 param keyCacheSeconds int = 30
 
+@minValue(0)
+@description('CMK_WRITE_LEASE_SECONDS: how long a crashed job blocks its account (0: the update timeout plus a minute).')
+param writeLeaseSeconds int = 0
+
 @minValue(1)
 @description('CMK_MAX_CONCURRENCY: bound on parallel Azure calls of one invocation (fan-out, inline runs).')
 param maxConcurrency int = 32
@@ -239,6 +243,7 @@ module functionApp './app/function.bicep' = {
       CMK_MAX_CONCURRENCY: string(maxConcurrency)
       CMK_ROTATE_COOLDOWN_MINUTES: string(rotateCooldownMinutes)
       CMK_KEY_CACHE_SECONDS: string(keyCacheSeconds)
+      CMK_WRITE_LEASE_SECONDS: writeLeaseSeconds == 0 ? '' : string(writeLeaseSeconds)
     }
   }
 }

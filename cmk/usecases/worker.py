@@ -56,8 +56,10 @@ log = logging.getLogger(__name__)
 
 _DONE = frozenset({LedgerState.SUCCEEDED, LedgerState.SKIPPED})
 _IN_FLIGHT = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED})
-#: The longest a job waits for another job's write lease before it looks again.
-BUSY_RETRY_SECONDS = 15.0
+#: How long a job first waits for another job's write lease before it looks again; each
+#: further deferral of the same job doubles it (a live holder is usually done within one
+#: update, a dead one holds the lease until it expires).
+BUSY_RETRY_SECONDS = 2.0
 
 
 class _IdentityDenied(PermanentError):
@@ -101,10 +103,11 @@ class _Step:
             return
         wait = (grant.expires - engine.now()).total_seconds()
         doing = f" ({grant.purpose})" if grant.purpose else ""
+        backoff = BUSY_RETRY_SECONDS * 2 ** min(self.job.deferrals, 10)
         raise AccountBusy(
             f"account {self.job.account_id} is being changed by another job{doing}, lease"
             f" until {grant.expires:%H:%M:%S}; deferred",
-            retry_after=min(max(wait, 1.0), BUSY_RETRY_SECONDS),
+            retry_after=min(max(wait, 1.0), backoff),
         )
 
     async def keep_lease(self) -> None:

@@ -64,12 +64,12 @@ HOST_OVERRIDES = {
     "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
 }
-#: The app's own timing, compressed like the host's: an update is awaited for 8 s (the
-#: slow LROs take 4 s), and a write lease left by the killed host ends 15 s later instead
-#: of the default update timeout plus a minute.
+#: The app's own timing, compressed like the host's: an update is awaited for 20 s (the
+#: slow LROs take 4 s; a loaded machine adds to that), and a write lease left by the killed
+#: host ends 25 s later instead of the default update timeout plus a minute.
 APP_TIMING = {
-    "CMK_UPDATE_TIMEOUT_SECONDS": "8",
-    "CMK_WRITE_LEASE_SECONDS": "15",
+    "CMK_UPDATE_TIMEOUT_SECONDS": "20",
+    "CMK_WRITE_LEASE_SECONDS": "25",
 }
 
 

@@ -124,10 +124,12 @@ class TestThrottleDelay:
         assert all(timedelta(seconds=8) <= d <= timedelta(seconds=10) for d in delays)
         assert len(delays) > 1
 
-    def test_without_retry_after_waits_30_seconds(self) -> None:
-        """Without a Retry-After the delay is 30 s plus jitter."""
-        delay = throttle_delay(None)
-        assert timedelta(seconds=30) <= delay <= timedelta(seconds=37.5)
+    def test_without_retry_after_backs_off(self) -> None:
+        """Without a Retry-After the delay is 5 s, doubled per earlier deferral of the job,
+        at most a minute (plus jitter)."""
+        assert timedelta(seconds=5) <= throttle_delay(None) <= timedelta(seconds=6.25)
+        assert timedelta(seconds=20) <= throttle_delay(None, 2) <= timedelta(seconds=25)
+        assert timedelta(seconds=60) <= throttle_delay(None, 9) <= timedelta(seconds=75)
 
     def test_zero_retry_after_waits_a_second(self) -> None:
         """A Retry-After of 0 still waits at least a second."""
