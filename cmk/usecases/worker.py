@@ -222,8 +222,12 @@ def _bound_version(step: _Step, record: AccountRecord) -> str:
 
 async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
     """Why this job must not move the account, or None. Re-validates the target: an
-    account never goes back to an older version, and a rejected target fails the job
-    unless a newer valid version has superseded it (that version's job moves the account)."""
+    account never goes back to an older version; a target the policy now rejects (disabled
+    or edited since the job was planned) is skipped when a newer valid version supersedes
+    it (that version's job moves the account) or when the account's own version is still
+    valid (nothing is wrong with the account: no alert; the key's newest version is the
+    sweep's business) — and fails the job only when the account is left on a version that
+    is not valid either, which needs a human."""
     assert record.binding is not None
     keys, policy = step.engine.keys, step.engine.policy
     target = await keys.get_version(step.job.target)
@@ -234,11 +238,18 @@ async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
         current = (await keys.latest(step.job.target.versionless())).version
     if version_order(bound, current) >= version_order(target, current):
         return f"already on {bound.version}, not older than {target.version}"
-    verdict = evaluate(target, policy, step.engine.now(), bound_vault=record.binding.key_id)
+    now = step.engine.now()
+    verdict = evaluate(target, policy, now, bound_vault=record.binding.key_id)
     if not verdict.bindable:
         newer = await _successor(step, target)
         if newer is not None:
             return f"superseded: {target.version} is no longer valid and {newer} replaces it"
+        if evaluate(bound, policy, now, bound_vault=record.binding.key_id).bindable:
+            reasons = "; ".join(str(reason) for reason in verdict.reasons)
+            return (
+                f"{target.version} is no longer valid ({reasons}); the account stays on"
+                f" {bound.version}, which is"
+            )
     verdict.require_bindable()
     return None
 

@@ -166,10 +166,25 @@ class TestRotateAccount:
         rig.check_invariants()
         await rig.check_ledger()
 
-    async def test_rejected_target_fails_without_patch(self, rig: Rig) -> None:
-        """A target disabled after planning is re-validated, FAILED and alerted, not bound."""
-        account, _, new = _pair(rig)
+    async def test_rejected_target_is_skipped_when_the_account_is_fine(self, rig: Rig) -> None:
+        """A target disabled after planning is re-validated and not bound; the account's own
+        version is still valid, so nothing needs a human: SKIPPED, no PATCH, no alert."""
+        account, old, new = _pair(rig)
         new.enabled = False
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.SKIPPED and "disabled" in (report.cause or "")
+        assert old.version in (report.cause or "")
+        assert rig.estate.sandbox.counters.matching(method="PATCH") == []
+        assert rig.alerts() == []
+
+    async def test_rejected_target_fails_when_the_account_is_not_fine(self, rig: Rig) -> None:
+        """A disabled target and an account on a version that is not valid either (here
+        disabled too): FAILED with the policy's reason and alerted once, never bound."""
+        account, old, new = _pair(rig)
+        new.enabled = False
+        old.enabled = False
 
         report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
 
@@ -305,7 +320,8 @@ class TestCachedVersions:
     async def test_version_disabled_after_caching_is_refused_and_rechecked(self, rig: Rig) -> None:
         """The target is read (cached), then disabled in Key Vault; the job's PATCH is
         refused by the resource provider (KeyDisabled), the worker forgets the key, reads
-        it again and fails the job with the policy's reason: the account never moves."""
+        it again and skips the move with the policy's reason: the account never moves, and
+        (its own version being valid) nobody is alerted."""
         account, old, new = _pair(rig)
         target = KeyId(rig.estate.kv.url, "cmk", new.version)
         assert (await rig.engine.keys.get_version(target)).enabled  # now cached
@@ -313,8 +329,9 @@ class TestCachedVersions:
 
         report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
 
-        assert report.result is JobResult.FAILED
+        assert report.result is JobResult.SKIPPED
         assert "disabled" in (report.cause or "")
         assert account.encryption.key_version == old.version
         assert [v for _, v in account.binding_history] == [old.version]
-        assert len(rig.alerts("account_update_failed")) == 1
+        assert rig.alerts() == []
+        assert len(rig.estate.sandbox.counters.matching(method="PATCH")) == 1  # then refused
