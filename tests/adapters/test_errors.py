@@ -60,6 +60,9 @@ class TestTranslate:
             (_http(409, "RequestConflict"), ServiceUnavailable),
             (_http(403), AccessDenied),
             (_http(401), AccessDenied),
+            (_http(401, "ExpiredAuthenticationToken"), ServiceUnavailable),  # a new token next time
+            (_http(401, "InvalidAuthenticationToken"), ServiceUnavailable),
+            (_http(401, "InvalidAuthenticationTokenTenant"), AccessDenied),  # wrong tenant: setup
             (_http(404), NotFound),
             (_http(400, "BadRequest"), UpdateFailed),
             (_http(400, "AuthorizationFailed"), AccessDenied),
