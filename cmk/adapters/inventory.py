@@ -20,12 +20,14 @@ filtered by key in Python.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient
-from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
+from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions, QueryResponse
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters.accounts import CognitiveAccounts
@@ -179,6 +181,8 @@ class ResourceGraphInventory:
         self._page_size = page_size
         #: rows skipped (unreadable) by the last :meth:`cmk_accounts` run
         self.skipped = 0
+        #: times a page waited for Resource Graph's per-user quota to reset
+        self.quota_waits = 0
 
     @property
     def client(self) -> ResourceGraphClient:
@@ -228,7 +232,10 @@ class ResourceGraphInventory:
                 ),
             )
             with azure_errors(f"querying Resource Graph for {len(subscriptions)} subscription(s)"):
-                page = await self._client.resources(request)
+                answer: Any = await self._client.resources(request, cls=_with_headers)
+            page: QueryResponse = answer[0]
+            headers: Mapping[str, str] = answer[1]
+            pause = quota_pause(headers)
             data: object = page.data
             rows: list[object] = data if isinstance(data, list) else []
             for row in rows:
@@ -247,6 +254,32 @@ class ResourceGraphInventory:
             skip_token = page.skip_token
             if not skip_token:
                 return
+            if pause:
+                # The per-user quota (~15 queries / 5 s) is spent: wait for its window to
+                # reset instead of asking for a page that would be answered 429.
+                logger.info("Resource Graph quota spent; next page in %.1f s", pause)
+                self.quota_waits += 1
+                await asyncio.sleep(pause)
+
+
+def _with_headers(response: Any, page: Any, _headers: Any) -> tuple[Any, Mapping[str, str]]:
+    """``cls`` of a Resource Graph call: the page and the HTTP headers it came with."""
+    return page, response.http_response.headers
+
+
+def quota_pause(headers: Mapping[str, str]) -> float:
+    """Seconds to wait before the next query: until the quota window resets when
+    ``x-ms-user-quota-remaining`` says none is left, else 0."""
+    remaining = str(headers.get("x-ms-user-quota-remaining") or "").strip()
+    if not remaining.isdigit() or int(remaining) > 0:
+        return 0.0
+    resets = str(headers.get("x-ms-user-quota-resets-after") or "").strip()
+    parts = resets.split(":")
+    try:
+        hours, minutes, seconds = (float(part) for part in parts) if len(parts) == 3 else (0, 0, 1)
+    except ValueError:
+        return 1.0
+    return min(max(hours * 3600 + minutes * 60 + seconds, 0.0), 60.0)
 
 
 def _bound_to(record: AccountRecord, key: KeyId | None) -> bool:

@@ -15,6 +15,7 @@ from cmk.adapters.inventory import (
     ResourceGraphInventory,
     cmk_accounts_query,
     kql_string,
+    quota_pause,
     record_from_row,
 )
 from cmk.errors import AccessDenied, InvalidInput
@@ -23,6 +24,7 @@ from cmk.ports import AccountRecord
 from cmk.sandbox import kql
 from cmk.sandbox.cognitive import seed_account
 from cmk.sandbox.resourcegraph import graph_for
+from cmk.sandbox.throttling import throttle_for
 from cmk.sandbox.world import Encryption
 from cmk.wiring import Services
 
@@ -271,3 +273,41 @@ class TestKeyedInventory:
         )
 
         assert sorted(r.account_id.name for r in records) == [f"mine-{i:05d}" for i in range(12)]
+
+
+class TestResourceGraphQuota:
+    async def test_pages_wait_for_the_quota_instead_of_meeting_429(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """With a quota of two queries per window, a five-page listing waits for the window
+        to reset when the answer says none is left: every account, no query answered 429."""
+        version = cloud.add_version(cloud.vault).version
+        _seed_many(cloud, SUB, 10, version)
+        throttle = throttle_for(cloud.world)
+        throttle.configure(graph_quota=2, graph_window_seconds=1.0)
+        try:
+            inventory = ResourceGraphInventory(services.inventory.client, page_size=2)
+            cloud.sandbox.counters.reset()
+            records = await _collect(inventory, (SUB,))
+        finally:
+            throttle.configure(graph_quota=15, graph_window_seconds=5.0)
+        assert len(records) == 10
+        assert inventory.quota_waits >= 1
+        refused = [
+            r for r in cloud.sandbox.counters.matching(path="ResourceGraph") if r.status == 429
+        ]
+        assert refused == []
+
+    @pytest.mark.parametrize(
+        ("headers", "pause"),
+        [
+            ({"x-ms-user-quota-remaining": "3", "x-ms-user-quota-resets-after": "00:00:05"}, 0),
+            ({"x-ms-user-quota-remaining": "0", "x-ms-user-quota-resets-after": "00:00:05"}, 5),
+            ({"x-ms-user-quota-remaining": "0", "x-ms-user-quota-resets-after": "01:00:00"}, 60),
+            ({"x-ms-user-quota-remaining": "0"}, 1),
+            ({}, 0),
+        ],
+    )
+    def test_quota_pause(self, headers: dict[str, str], pause: float) -> None:
+        """Wait only when none is left: until the window resets, at most a minute."""
+        assert quota_pause(headers) == pause
