@@ -165,7 +165,7 @@ def _parse_path(original: str, path: str) -> tuple[str, str | None]:
     return name, version
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyId:
     """A normalized Key Vault / Managed HSM key identifier, with or without version.
 

@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Binding:
     """What one account's ``encryption.keyVaultProperties`` points at (a versioned key)."""
 
@@ -79,7 +79,7 @@ class UpToDate:
     version: KeyVersion
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Move:
     """Bind the account to ``target``; urgent when the bound version is unsafe."""
 
@@ -94,7 +94,7 @@ class Move:
         return self.finding is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     """A binding we will not change; ``target`` is the best bindable version, if any.
 

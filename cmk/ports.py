@@ -59,7 +59,7 @@ class KeyStore(Protocol):
 # --- Cognitive Services accounts ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyVaultReference:
     """``encryption.keyVaultProperties`` exactly as ARM returned it (original letter case):
     what a PATCH must send back unchanged apart from ``keyVersion``."""
@@ -70,7 +70,7 @@ class KeyVaultReference:
     identity_client_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccountRecord:
     """What the engine knows of one account: its binding (None when it uses
     Microsoft-managed keys) and the state of its last update."""

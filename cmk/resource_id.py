@@ -98,7 +98,7 @@ def _with_context(text: object, error: InvalidResourceId) -> InvalidResourceId:
     return InvalidResourceId(f"invalid resource id {text!r}: {error}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AccountId:
     """A ``Microsoft.CognitiveServices/accounts`` resource id, stored in lowercase."""
 
