@@ -45,7 +45,7 @@ class VersionCache:
         self._ttl = ttl
         self._clock = clock
         self._entries: dict[str, tuple[float, KeyVersion]] = {}
-        self._reads: dict[str, asyncio.Future[KeyVersion]] = {}
+        self._reads: dict[str, asyncio.Future[KeyVersion | None]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -58,19 +58,28 @@ class VersionCache:
         if not self.enabled:
             return await read()
         slot = _slot(key)
-        entry = self._entries.get(slot)
-        if entry is not None and self._clock() - entry[0] < self._ttl:
+        while True:
+            entry = self._entries.get(slot)
+            if entry is not None and self._clock() - entry[0] < self._ttl:
+                self.hits += 1
+                return entry[1]
+            pending = self._reads.get(slot)
+            if pending is None:
+                break
             self.hits += 1
-            return entry[1]
-        pending = self._reads.get(slot)
-        if pending is not None:
-            self.hits += 1
-            return await asyncio.shield(pending)
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            # The reader was cancelled (its invocation stopped): that is no answer for the
+            # others, who read for themselves rather than inherit its cancellation.
         self.misses += 1
-        future: asyncio.Future[KeyVersion] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[KeyVersion | None] = asyncio.get_running_loop().create_future()
         self._reads[slot] = future
         try:
             version = await read()
+        except asyncio.CancelledError:
+            future.set_result(None)
+            raise
         except BaseException as error:
             future.set_exception(error)
             future.exception()  # retrieved: a miss nobody else waited on logs nothing

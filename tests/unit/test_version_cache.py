@@ -99,3 +99,26 @@ class TestVersionCache:
         await cache.get(key, reads)
         await cache.get(key, reads)
         assert reads.count == 2
+
+    async def test_a_cancelled_reader_does_not_cancel_the_others(self) -> None:
+        """The job reading a version is cancelled mid-read (its host stops it): the jobs
+        waiting for that read are not cancelled with it; one of them reads instead."""
+        cache = VersionCache(30.0, clock=lambda: 0.0)
+        key = KeyId(VAULT, "cmk", "e" * 32)
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def slow() -> KeyVersion:
+            started.set()
+            await release.wait()
+            return _version("cmk", "e" * 32)
+
+        reader = asyncio.create_task(cache.get(key, slow))
+        await started.wait()
+        reads = Reads(_version("cmk", "e" * 32))
+        waiters = [asyncio.create_task(cache.get(key, reads)) for _ in range(3)]
+        await asyncio.sleep(0)  # the waiters park on the reader's read
+        reader.cancel()
+        results = await asyncio.gather(*waiters)
+        assert reader.cancelled()
+        assert [r.version for r in results] == ["e" * 32] * 3
+        assert reads.count == 1  # the first waiter read; the others shared its answer
