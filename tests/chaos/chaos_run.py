@@ -179,12 +179,22 @@ def _arm_patches(sandbox: Sandbox) -> int:
     )
 
 
+def _task_dump() -> str:
+    """Every pending task of the loop and the line it waits on: what a hang is stuck in."""
+    lines = []
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=3)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        lines.append(f"{task.get_name()}: {where}")
+    return "\n".join(sorted(lines))
+
+
 async def _until(condition: Callable[[], bool], what: str, within: float = HANG_SECONDS) -> None:
-    """Wait for ``condition``; ``within`` only bounds a hang."""
+    """Wait for ``condition``; ``within`` only bounds a hang (and then says what hangs)."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {within} s: {what}")
+            raise TimeoutError(f"not within {within} s: {what}\ntasks:\n{_task_dump()}")
         await asyncio.sleep(0.05)
 
 
@@ -218,7 +228,9 @@ async def _idle(queues: _Queues, hosts: list[FunctionsHost], within: float = HAN
     while quiet < 2:
         if time.monotonic() > deadline:
             counts = [dict(h.invocations) for h in hosts]
-            raise TimeoutError(f"queues not idle within {within} s; invocations {counts}")
+            raise TimeoutError(
+                f"queues not idle within {within} s; invocations {counts}\ntasks:\n{_task_dump()}"
+            )
         in_flight = sum(listener.in_flight for h in hosts for listener in h._listeners)
         busy = in_flight + await queues.messages()
         quiet = quiet + 1 if busy == 0 else 0
