@@ -86,17 +86,20 @@ def alert_data(alert: Alert) -> dict[str, Any]:
     }
 
 
+def alert_row(alert: Alert, event_id: str | None = None) -> AlertRow:
+    """The outbox row of ``alert``: its CloudEvent's parts, with a new id unless given."""
+    return AlertRow(
+        alert.dedup_key,
+        event_id or str(uuid.uuid4()),
+        event_type(alert),
+        alert.subject,
+        alert_data(alert),
+    )
+
+
 def alert_event(alert: Alert, event_id: str | None = None) -> CloudEvent[dict[str, Any]]:
     """The CloudEvent published for ``alert`` (``event_id`` stays the same on a retry)."""
-    return _event(
-        AlertRow(
-            alert.dedup_key,
-            event_id or str(uuid.uuid4()),
-            event_type(alert),
-            alert.subject,
-            alert_data(alert),
-        )
-    )
+    return _event(alert_row(alert, event_id))
 
 
 def _event(row: AlertRow) -> CloudEvent[dict[str, Any]]:
@@ -132,9 +135,7 @@ class EventGridAlerts:
         """Record the alert unless it is recorded already, then deliver it (see the module
         docstring); True if this call delivered it."""
         token = f"{self._owner}:{uuid.uuid4().hex[:8]}"
-        row = AlertRow(
-            alert.dedup_key, str(uuid.uuid4()), event_type(alert), alert.subject, alert_data(alert)
-        )
+        row = alert_row(alert)
         details = {"Severity": alert.severity.value, "Cause": alert.cause[:16000]}
         state = await self._ledger.record_alert(alert.dedup_key, row, token, details)
         if state is AlertState.SENT:
