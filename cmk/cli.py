@@ -101,7 +101,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if getattr(args, "json", False) and chosen not in (None, "json"):
         parser.error(f"--json is --output json: give one of --json and --output {chosen}")
     if hasattr(args, "output"):
-        args.output = "json" if getattr(args, "json", False) else chosen or "table"
+        default = "json" if getattr(args, "query", None) is not None else "table"
+        args.output = "json" if getattr(args, "json", False) else chosen or default
         args.json = args.output == "json"
     return args
 

@@ -16,7 +16,7 @@ import argparse
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -27,7 +27,14 @@ from rich.text import Text
 
 from cmk.commands.demo_stage import find_app_dir, stage
 from cmk.commands.demo_story import ACTS, Act
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, Output, common_options, table
+from cmk.commands.output import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    Output,
+    common_options,
+    output_format,
+    table,
+)
 from cmk.commands.session import configure_logging, fail
 
 __all__ = ["add_parser", "run_demo"]
@@ -48,8 +55,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run_demo(output: Output, instances: int) -> list[Act]:
-    """Set the stage and play every act; the acts' outcomes."""
-    say = output.print
+    """Set the stage and play every act; the acts' outcomes. With ``-o json`` (or
+    ``--query``) stdout keeps the one document: the story goes to stderr, one line per act,
+    so a script's log shows progress."""
+    say = _progress(output) if output.json_mode else output.print
     app_dir = find_app_dir(Path.cwd())
     started = time.monotonic()
     with stage(app_dir, instances=instances) as scene:
@@ -70,6 +79,18 @@ def run_demo(output: Output, instances: int) -> list[Act]:
             act.seconds = round(time.monotonic() - act_started, 1)
             acts.append(act)
     return acts
+
+
+def _progress(output: Output) -> Callable[..., None]:
+    """What the story says, reduced to its headings (on stderr)."""
+
+    def say(*renderables: object) -> None:
+        for renderable in renderables:
+            if isinstance(renderable, Rule):
+                title = renderable.title
+                output.note(f"cmk demo: {title.plain if isinstance(title, Text) else title}")
+
+    return say
 
 
 def _results(output: Output, acts: list[Act], seconds: float, code: int) -> None:
@@ -110,7 +131,7 @@ def _stopped_by_sigterm() -> Iterator[None]:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    output = Output(bool(args.json))
+    output = Output(bool(args.json), output_format(args), args.query)
     configure_logging(bool(args.verbose), quiet=True)
     started = time.monotonic()
     try:

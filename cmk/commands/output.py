@@ -1,5 +1,6 @@
 """How every command speaks: tables on stdout, one JSON document with ``-o json``
-(``--json``) or tab-separated rows with ``-o tsv``; progress and messages on stderr; exit
+(``--json``) or tab-separated rows with ``-o tsv``, or what ``--query`` (JMESPath) picks
+from the JSON document; progress and messages on stderr; exit
 codes 0 (all good), 1 (failures or findings), 2 (usage or configuration error), 130
 (interrupted). Text from outside (errors, Azure's messages, resource names) is never
 parsed as markup and its control characters are shown escaped."""
@@ -32,6 +33,7 @@ from cmk.commands.cells import (
     table,
     tsv_cell,
 )
+from cmk.commands.query import InvalidQueryError, Query, result_table, tsv_lines
 from cmk.usecases.report import to_jsonable
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "DataTable",
     "Output",
+    "Query",
     "Ticker",
     "age",
     "cell",
@@ -81,9 +84,24 @@ def common_options() -> argparse.ArgumentParser:
     )
     parent.add_argument("--json", action="store_true", help="the same as --output json")
     parent.add_argument(
+        "--query",
+        metavar="JMESPATH",
+        type=_query,
+        default=None,
+        help="a JMESPath expression applied to the JSON document, as in the Azure CLI;"
+        " the result is shown as json unless --output says tsv or table",
+    )
+    parent.add_argument(
         "-v", "--verbose", action="store_true", help="log what happens (INFO) on stderr"
     )
     return parent
+
+
+def _query(text: str) -> Query:
+    try:
+        return Query(text)
+    except InvalidQueryError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def output_format(args: argparse.Namespace) -> str:
@@ -154,22 +172,55 @@ class Output:
     """The console of one command run. Strings given to it are printed as they are: never
     parsed as markup, emoji codes or highlighting; styles come only from :class:`Text`."""
 
-    def __init__(self, json_mode: bool, output_format: str | None = None) -> None:
+    def __init__(
+        self, json_mode: bool, output_format: str | None = None, query: Query | None = None
+    ) -> None:
         self.format = output_format or ("json" if json_mode else "table")
-        self.json_mode = self.format == "json"
+        self.query = query
+        # with a query, every command builds its JSON document; the query's result is
+        # then shown in ``format``
+        self.json_mode = self.format == "json" or query is not None
         self.console = Console(highlight=False, markup=False, emoji=False)
         if not self.console.is_terminal:
             self.console.width = PIPE_WIDTH
         self.err = Console(stderr=True, highlight=False, markup=False, emoji=False)
 
     def emit_json(self, document: object) -> None:
-        """Print ``document`` (reports are converted) as the one JSON document on stdout."""
-        sys.stdout.write(json.dumps(to_jsonable(document), indent=2) + "\n")
+        """Print ``document`` (reports are converted) as the one JSON document on stdout,
+        or what ``--query`` picks from it, in the chosen format."""
+        data = to_jsonable(document)
+        if self.query is None:
+            self._write_json(data)
+            return
+        result = self.query.search(data)
+        if self.format == "tsv":
+            sys.stdout.write("".join(f"{line}\n" for line in tsv_lines(result)))
+            sys.stdout.flush()
+        elif self.format == "table":
+            shown = result_table(result)
+            self.console.print(
+                Text(clean(shown)) if isinstance(shown, str) else fit(self.console, shown),
+                soft_wrap=isinstance(shown, str),
+            )
+        else:
+            self._write_json(result)
+
+    def emit_error(self, document: object) -> None:
+        """An error's JSON document on stdout with ``-o json``; with ``--query`` nothing
+        (the message is on stderr, as the Azure CLI does: a script sees no result)."""
+        if self.format == "json" and self.query is None:
+            self._write_json(to_jsonable(document))
+
+    @staticmethod
+    def _write_json(data: object) -> None:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         sys.stdout.flush()
 
     def print(self, *renderables: object) -> None:
         """Print for humans on stdout: tables and lines in table mode, only the rows of
-        tables with ``--output tsv``, nothing with ``--output json``."""
+        tables with ``--output tsv``, nothing with ``--output json`` or ``--query``."""
+        if self.query is not None:
+            return
         if self.format == "tsv":
             for renderable in renderables:
                 if isinstance(renderable, DataTable):

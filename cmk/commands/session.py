@@ -78,8 +78,8 @@ def fail(args: argparse.Namespace, output: Output, error: BaseException) -> int:
     """Report ``error`` on stderr (and as the JSON document with ``--json``)."""
     failure = sandbox_gone(error, os.environ) or explain(error)
     output.note(failure.text())
-    if getattr(args, "json", False):
-        output.emit_json(
+    if output.json_mode:
+        output.emit_error(
             {
                 "error": {
                     "kind": failure.kind,
@@ -98,7 +98,7 @@ def interrupted(args: argparse.Namespace, output: Output, journal: Journal) -> i
     if output.json_mode:
         fix = f"run `{journal.finish}`" if journal.finish else ""
         answer = error_answer("interrupted", journal.message(), fix, EXIT_INTERRUPTED)
-        output.emit_json(answer.document)
+        output.emit_error(answer.document)
     return EXIT_INTERRUPTED
 
 
@@ -113,7 +113,9 @@ async def _run(
 def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -> int:
     """Read the settings, run ``body`` on a fresh event loop, map errors to exit codes.
     With ``storage``, AzureWebJobsStorage must be configured (queue, ledger, alerts)."""
-    output = Output(bool(getattr(args, "json", False)), output_format(args))
+    output = Output(
+        bool(getattr(args, "json", False)), output_format(args), getattr(args, "query", None)
+    )
     configure_logging(bool(getattr(args, "verbose", False)))
     journal = Journal(str(getattr(args, "command", "") or "cmk"))
     try:

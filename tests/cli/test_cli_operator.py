@@ -161,6 +161,44 @@ class TestAzureCliConventions:
         ids = {line.split("\t")[0] for line in lines}
         assert ids == {a["account_id"] for a in status["accounts"]}
 
+    def test_query_picks_from_the_json_document(self, world: World, cmk):
+        """--query applies JMESPath to the JSON document; its result is JSON by default,
+        one line per value with -o tsv, and a table with -o table."""
+        status = cmk("status", "--json").json
+        ids = sorted(a["account_id"] for a in status["accounts"])
+        query = "sort(accounts[].account_id)"
+        assert cmk("status", "--query", query).json == ids
+        assert cmk("status", "--query", query, "-o", "tsv").out.splitlines() == ids
+        count = cmk("status", "--query", "length(accounts)", "-o", "tsv")
+        assert count.code == 0 and count.out == f"{len(ids)}\n"
+        rows = cmk("status", "--query", "accounts[].{id: account_id}", "-o", "table").out
+        assert rows.splitlines()[1:2] and all(i.rsplit("/", 1)[-1][:6] in rows for i in ids)
+
+    def test_documented_queries_work(self, world: World, cmk):
+        """The --query examples of docs/cli.md pick what they say from the documents."""
+        world.new_version("kv-demo-weu", "ai-cmk")  # its accounts are stale now
+        status = cmk("status", "--json").json
+        stale = [a["account_id"] for a in status["accounts"] if a["state"] == "stale"]
+        run = cmk("status", "--query", "accounts[?state=='stale'].account_id", "-o", "tsv")
+        assert stale and run.out.splitlines() == stale
+        moves = cmk("plan", "--json").json["plan"]["moves"]
+        assert cmk("plan", "--query", "length(plan.moves)").json == len(moves)
+        key_id = world.key_id("kv-demo-weu", "ai-cmk")
+        versions = cmk("versions", key_id, "--json").json["key"]["versions"]
+        safe = cmk("versions", key_id, "--query", "key.versions[?safe_to_disable].version")
+        assert safe.json == [v["version"] for v in versions if v["safe_to_disable"]]
+
+    def test_invalid_query_is_a_usage_error(self, cmk):
+        """A --query that is not JMESPath: exit 2 with the parser's message, nothing run."""
+        run = cmk("status", "--query", "accounts[?")
+        assert run.code == 2 and "--query is not valid JMESPath" in run.err
+        assert run.out == ""
+
+    def test_query_leaves_errors_on_stderr(self, world: World, cmk):
+        """With --query, an error is a message on stderr and nothing on stdout."""
+        run = cmk("versions", TYPOS[0], "--query", "versions")
+        assert run.code == 2 and "invalid key id" in run.err and run.out == ""
+
     def test_json_and_another_output_conflict(self, cmk):
         """--json with -o tsv is a usage error: exit 2."""
         run = cmk("status", "--json", "-o", "tsv")

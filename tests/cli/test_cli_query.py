@@ -1,0 +1,52 @@
+"""--query's result shown as the Azure CLI shows it (pure: no Azure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cmk.commands.query import InvalidQueryError, Query, result_table, tsv_lines
+
+
+class TestTsv:
+    def test_a_list_of_values_is_one_line_each(self):
+        assert tsv_lines(["a", 1, True, None]) == ["a", "1", "true", ""]
+
+    def test_an_object_is_its_values_by_sorted_key(self):
+        """Nested lists become their length, nested objects an empty field (az's rules)."""
+        assert tsv_lines({"b": 2, "a": "x", "c": [1, 2, 3], "d": {"e": 1}}) == ["x\t2\t3\t"]
+
+    def test_a_list_of_objects_is_one_row_each(self):
+        assert tsv_lines([{"id": "a", "n": 1}, {"id": "b", "n": 2}]) == ["a\t1", "b\t2"]
+
+    def test_no_result_prints_nothing(self):
+        assert tsv_lines(None) == []
+
+    def test_values_stay_on_one_line(self):
+        [line] = tsv_lines(["two\nlines\tand a tab"])
+        assert "\n" not in line and "\t" not in line and line.endswith("and a tab")
+
+
+class TestTable:
+    def test_objects_become_columns(self):
+        shown = result_table([{"id": "a", "n": 1}, {"id": "b", "extra": [1, 2]}])
+        assert not isinstance(shown, str)
+        assert shown.column_names == ["id", "n", "extra"]
+        assert [[c.plain for c in row] for row in shown.cells] == [
+            ["a", "1", "-"],
+            ["b", "-", "[2]"],
+        ]
+
+    def test_a_value_is_one_line(self):
+        assert result_table(12) == "12"
+
+
+class TestQuery:
+    def test_search(self):
+        assert Query("a[?n > `1`].id").search(
+            {"a": [{"id": "x", "n": 1}, {"id": "y", "n": 2}]}
+        ) == ["y"]
+
+    @pytest.mark.parametrize("expression", ["a[?", "", "a..b"])
+    def test_invalid_expression_is_refused_with_the_reason(self, expression):
+        with pytest.raises(InvalidQueryError, match="not valid JMESPath"):
+            Query(expression)
