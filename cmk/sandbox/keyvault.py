@@ -8,6 +8,10 @@ other-tenant token), the ``api-version`` check (400), then per-operation authori
 through :meth:`World.key_access` (403 ``Forbidden`` with inner ``ForbiddenByRbac``, or
 ``AccessDenied`` on access-policy vaults).
 
+Then the request is metered against the vault's documented transaction limits
+(:mod:`cmk.sandbox.keyvault_limits`, switched with ARM's throttling): over a vault's, 429
+``Throttled`` with ``Retry-After``; over a Managed HSM's capacity, a later answer.
+
 Operations: create, get (latest or a version), update, list versions, list keys (paged
 with ``maxresults`` <= 25 and ``$skiptoken`` in ``nextLink``), rotate, rotation policy
 get/put. Anything else answers 501 ``NotImplemented`` so a gap is never mistaken for
@@ -20,6 +24,7 @@ re-exported here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -46,6 +51,7 @@ from cmk.sandbox.keyvault_json import (
     rotation_policy_body,
     skiptoken,
 )
+from cmk.sandbox.keyvault_limits import THROTTLED_CODE, THROTTLED_MESSAGE, KeyShape, Meter
 from cmk.sandbox.keyvault_model import (
     KeyNotFoundError,
     KeyParameterError,
@@ -58,6 +64,7 @@ from cmk.sandbox.keyvault_model import (
     whole_seconds,
 )
 from cmk.sandbox.keyvault_versions import api_level, unrecognized_message
+from cmk.sandbox.throttling import throttle_for
 from cmk.sandbox.world import KeyState, KeyVersionState, Principal, VaultKind, VaultState
 
 # The world helpers other parts of the sandbox call through this module.
@@ -66,6 +73,11 @@ __all__ = ["add_key_version", "build_app", "emit_due_expiry_events", "rotate_key
 MAX_PAGE_SIZE = 25
 SERVICE_VERSION = "1.9.2655.1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Handlers of one key's transactions (the rest are vault-level: list keys, unknown paths).
+_KEY_HANDLERS = frozenset(
+    {"get_key", "update_key", "list_versions", "rotate", "get_rotation_policy",
+     "put_rotation_policy"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,7 @@ class _KeyVaultService:
                 )
             principal = self._authenticate(request, vault)
             request[_CALLER] = _Caller(vault, principal, self._api_version(request))
+            await self._meter(request, vault)
             try:
                 return await handler(request)
             except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
@@ -145,6 +158,41 @@ class _KeyVaultService:
                 f"https://sts.windows.net/{vault.tenant_id}/, found: https://sts.windows.net/{tenant}/.",
             )
         return claims.principal
+
+    async def _meter(self, request: web.Request, vault: VaultState) -> None:
+        """Count the request against the vault's transaction limits; 429 when over them."""
+        meter, shape = await self._transaction(request, vault)
+        decision = throttle_for(self._world).vault(vault, meter, shape)
+        if decision.delay > 0:  # a Managed HSM at capacity: the answer waits its turn
+            await asyncio.sleep(decision.delay)
+        if not decision.allowed:
+            raise KeyVaultError(429, THROTTLED_CODE, THROTTLED_MESSAGE, headers=decision.headers)
+
+    async def _transaction(
+        self, request: web.Request, vault: VaultState
+    ) -> tuple[Meter, KeyShape | None]:
+        """Which limit a request counts against, and the key type and size that weigh it."""
+        handler = getattr(request.match_info.handler, "__name__", "")
+        if handler == "create_key":
+            try:
+                body = json.loads(await request.text() or "null")
+            except json.JSONDecodeError:
+                body = None
+            body = body if isinstance(body, dict) else {}
+            kty, size = body.get("kty"), body.get("key_size")
+            return Meter.KEY_CREATE, KeyShape(
+                kty if isinstance(kty, str) else "RSA", size if isinstance(size, int) else None
+            )
+        name = request.match_info.get("name")
+        if handler not in _KEY_HANDLERS or name is None:
+            return Meter.VAULT, None
+        with self._world.lock:
+            key = vault.keys.get(name.lower())
+            latest = key.latest() if key is not None else None
+            if latest is None:
+                return Meter.VAULT, None
+            shape = KeyShape(latest.kty, latest.size)
+        return (Meter.KEY_CREATE if handler == "rotate" else Meter.KEY_OTHER), shape
 
     @staticmethod
     def _api_version(request: web.Request) -> str:

@@ -12,13 +12,20 @@ setting (:attr:`Throttle.region`), and buckets are kept per (subscription, regio
 Resource Graph meters per user: 15 queries per 5-second window, reported in
 ``x-ms-user-quota-remaining`` and ``x-ms-user-quota-resets-after`` (``hh:mm:ss``).
 
+Key Vault's and Managed HSM's per-vault transaction limits (:mod:`cmk.sandbox.keyvault_limits`)
+hang off the same throttle as :attr:`Throttle.keyvault`: ``enabled`` switches ARM, Resource
+Graph and Key Vault together, ``reset()`` refills all of them, and
+``throttle.keyvault.enabled`` switches Key Vault's alone.
+
 Throttling is on by default and can be switched off or resized per world::
 
     throttle = throttle_for(world)
     throttle.enabled = False
     throttle.configure(read_capacity=5, read_refill_per_second=1)
+    throttle.keyvault.configure(vault_window_seconds=2, retry_after=False)
 
-Buckets use a monotonic clock, never the world's settable clock.
+ARM's buckets use a monotonic clock, never the world's settable clock; Key Vault's windows
+read the world's clock (``world.clock``), so tests pin or move it.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cmk.sandbox.world import World
+from cmk.sandbox.keyvault_limits import KeyShape, KeyVaultLimits, LimitDecision, Meter
+from cmk.sandbox.world import VaultKind, VaultState, World
 
 
 @dataclass
@@ -101,21 +109,23 @@ class Throttle:
     graph_quota: int = 15
     graph_window_seconds: float = 5.0
     clock: Callable[[], float] = time.monotonic
+    keyvault: KeyVaultLimits = field(default_factory=lambda: KeyVaultLimits(clock=time.time))
     _buckets: dict[tuple[str, str, str], TokenBucket] = field(default_factory=dict)
     _graph: dict[str, _QuotaWindow] = field(default_factory=dict)
 
     def configure(self, **settings: float | int | bool | str) -> None:
         """Change capacities/refill rates/quota (names as the attributes); resets buckets."""
         for name, value in settings.items():
-            if name.startswith("_") or not hasattr(self, name):
+            if name.startswith("_") or name == "keyvault" or not hasattr(self, name):
                 raise ValueError(f"unknown throttle setting {name!r}")
             setattr(self, name, value)
         self.reset()
 
     def reset(self) -> None:
-        """Refill every bucket and quota window."""
+        """Refill every bucket and quota window (Key Vault's too)."""
         self._buckets.clear()
         self._graph.clear()
+        self.keyvault.reset()
 
     def arm(self, subscription_id: str, *, write: bool) -> Decision:
         """Meter one ARM request on a subscription (``write``: PUT/PATCH/DELETE/POST)."""
@@ -133,6 +143,16 @@ class Throttle:
             return Decision(True, {header: str(bucket.remaining)})
         retry = bucket.retry_after()
         return Decision(False, {header: "0", "Retry-After": str(retry)}, retry)
+
+    def vault(self, vault: VaultState, meter: Meter, shape: KeyShape | None) -> LimitDecision:
+        """Meter one Key Vault or Managed HSM transaction (allowed while switched off)."""
+        if not self.enabled:
+            return LimitDecision(True)
+        if vault.kind is VaultKind.MANAGED_HSM:
+            return self.keyvault.meter_hsm(vault.host, meter)
+        return self.keyvault.meter_vault(
+            vault.host, vault.subscription_id, vault.location, meter, shape
+        )
 
     def graph(self, principal_id: str) -> Decision:
         """Meter one Resource Graph query for a caller."""
@@ -162,5 +182,7 @@ def throttle_for(world: World) -> Throttle:
     """The throttle of a world (created on first use, enabled)."""
     throttle = _THROTTLES.get(world)
     if throttle is None:
-        throttle = _THROTTLES[world] = Throttle()
+        clock = world.clock  # not the world: the throttle must not keep its world alive
+        limits = KeyVaultLimits(clock=lambda: clock.now().timestamp())
+        throttle = _THROTTLES[world] = Throttle(keyvault=limits)
     return throttle
