@@ -12,8 +12,9 @@ import os
 
 import azure.functions as func
 
-from cmk import entrypoints
+from cmk import entrypoints, operations
 from cmk.events import KeyVaultEventType
+from cmk.ports import OperationKind
 from cmk.runtime import EngineProvider
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -101,11 +102,20 @@ def _json(result: entrypoints.JsonResponse) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=code, mimetype="application/json")
 
 
+def _answer(answer: operations.HttpAnswer) -> func.HttpResponse:
+    code, body, headers = answer
+    return func.HttpResponse(
+        json.dumps(body), status_code=code, headers=headers, mimetype="application/json"
+    )
+
+
 @app.function_name("http_status")
 @app.route(route="status", methods=["GET"])
 async def http_status(req: func.HttpRequest) -> func.HttpResponse:
-    """Every CMK-bound account in scope and its state."""
-    return _json(await entrypoints.http_status(await engines.engine()))
+    """Every CMK-bound account in scope and its state (202 and a status URL when it takes
+    longer than CMK_HTTP_ANSWER_SECONDS)."""
+    engine = await engines.engine()
+    return _answer(await operations.accept(engine, OperationKind.STATUS, req.url))
 
 
 @app.function_name("http_plan")
@@ -118,8 +128,28 @@ async def http_plan(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("http_sweep")
 @app.route(route="sweep", methods=["POST"])
 async def http_sweep(req: func.HttpRequest) -> func.HttpResponse:
-    """Sweep now."""
-    return _json(await entrypoints.http_sweep(await engines.engine()))
+    """Sweep now (202 and a status URL when it takes longer than CMK_HTTP_ANSWER_SECONDS)."""
+    engine = await engines.engine()
+    return _answer(await operations.accept(engine, OperationKind.SWEEP, req.url))
+
+
+@app.function_name("http_operation")
+@app.route(route="operations/{operation_id}", methods=["GET"])
+async def http_operation(req: func.HttpRequest) -> func.HttpResponse:
+    """The status URL of an accepted status or sweep: 202 while it runs, then its answer."""
+    engine = await engines.engine()
+    operation_id = req.route_params.get("operation_id", "")
+    return _answer(await operations.poll(engine, operation_id, req.url))
+
+
+@app.function_name("run_operation")
+@app.queue_trigger(
+    arg_name="msg", queue_name="%CMK_JOB_QUEUE%-ops", connection="AzureWebJobsStorage"
+)
+async def run_operation(msg: func.QueueMessage) -> None:
+    """The work of an accepted status or sweep; its answer is kept for the status URL."""
+    engine = await engines.engine()
+    await operations.handle_operation_message(engine, msg.get_body(), msg.dequeue_count or 1)
 
 
 @app.function_name("http_rotate")

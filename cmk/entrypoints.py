@@ -74,6 +74,8 @@ from cmk.usecases.subscriptions import subscription_scope
 
 __all__ = [
     "MAX_DEFERRALS",
+    "error_document",
+    "failure_answer",
     "handle_job_message",
     "handle_key_event",
     "handle_poison_message",
@@ -82,6 +84,8 @@ __all__ = [
     "http_status",
     "http_sweep",
     "run_sweep",
+    "status_document",
+    "sweep_document",
     "throttle_delay",
 ]
 
@@ -237,7 +241,14 @@ def _error(status: int, kind: str, message: str, fix: str = "", **details: objec
     return status, to_jsonable(error_answer(kind, message, fix, code, **details).document)
 
 
-def _failure(error: CmkError) -> JsonResponse:
+def error_document(
+    status: int, kind: str, message: str, fix: str = "", **details: object
+) -> JsonResponse:
+    """An HTTP error in the CLI's error schema, with ``status`` (see :func:`_error`)."""
+    return _error(status, kind, message, fix, **details)
+
+
+def failure_answer(error: CmkError) -> JsonResponse:
     """What a status, plan or sweep call answers when it cannot finish."""
     if isinstance(error, ConfigurationError):
         return _error(500, "configuration", str(error), "fix the app settings named above")
@@ -249,15 +260,20 @@ def _failure(error: CmkError) -> JsonResponse:
     return _error(500, "failed", str(error))
 
 
+async def status_document(engine: Engine) -> object:
+    """The 200 document of GET /api/status (``cmk status -o json``); raises CmkError."""
+    accounts = await status(engine)
+    scope = await subscription_scope(engine)
+    return to_jsonable(status_answer(engine.settings, accounts, scope).document)
+
+
 async def http_status(engine: Engine) -> JsonResponse:
     """GET /api/status: every CMK-bound account in scope and its state, as ``cmk status
     -o json`` prints it (``{accounts, summary, scope, warnings, exit_code}``)."""
     try:
-        accounts = await status(engine)
-        scope = await subscription_scope(engine)
+        return 200, await status_document(engine)
     except CmkError as error:
-        return _failure(error)
-    return 200, to_jsonable(status_answer(engine.settings, accounts, scope).document)
+        return failure_answer(error)
 
 
 async def http_plan(engine: Engine) -> JsonResponse:
@@ -267,7 +283,7 @@ async def http_plan(engine: Engine) -> JsonResponse:
         report = await plan(engine)
         scope = await subscription_scope(engine)
     except CmkError as error:
-        return _failure(error)
+        return failure_answer(error)
     return 200, to_jsonable(plan_answer(engine.settings, report, scope).document)
 
 
@@ -276,11 +292,17 @@ async def http_sweep(engine: Engine) -> JsonResponse:
     summary, scope, warnings, exit_code}``); the moves are enqueued for the queue
     workers, so ``jobs`` is empty and ``sweep.enqueued`` counts them."""
     try:
-        report = await sweep(engine)
-        scope = await subscription_scope(engine)
+        return 200, await sweep_document(engine)
     except CmkError as error:
-        return _failure(error)
-    return 200, to_jsonable(sweep_answer(engine.settings, report, [], scope).document)
+        return failure_answer(error)
+
+
+async def sweep_document(engine: Engine) -> object:
+    """The 200 document of POST /api/sweep (``cmk sweep -o json``, ``jobs`` empty);
+    raises CmkError."""
+    report = await sweep(engine)
+    scope = await subscription_scope(engine)
+    return to_jsonable(sweep_answer(engine.settings, report, [], scope).document)
 
 
 async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False) -> JsonResponse:
@@ -323,7 +345,7 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
             created_version=None,
         )
     except ConfigurationError as error:
-        return _failure(error)
+        return failure_answer(error)
     except InvalidKeyId as error:
         return _error(400, "usage", str(error), "give a key id such as " + _KEY_EXAMPLE)
     except InvalidInput as error:

@@ -219,6 +219,78 @@ class ClaimRecord:
     created_version: str | None
 
 
+class OperationKind(StrEnum):
+    """What an HTTP operation runs: the work of ``GET /api/status`` or ``POST /api/sweep``."""
+
+    STATUS = "status"
+    SWEEP = "sweep"
+
+
+class OperationState(StrEnum):
+    NOT_STARTED = "not_started"  # accepted, on the operations queue
+    RUNNING = "running"  # a queue worker is on it
+    SUCCEEDED = "succeeded"  # its answer is the 200 document
+    FAILED = "failed"  # its answer is an error document
+
+    @property
+    def finished(self) -> bool:
+        return self in (OperationState.SUCCEEDED, OperationState.FAILED)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One accepted HTTP call whose work runs on the operations queue (the asynchronous
+    request-reply pattern): its state, and when its status URL stops answering."""
+
+    id: str  # 32 lowercase hex digits
+    kind: OperationKind
+    state: OperationState
+    created: datetime
+    deadline: datetime  # not finished by then: answered as failed
+    expires: datetime  # the status URL answers 404 from then on
+    started: datetime | None = None
+    finished: datetime | None = None
+    attempts: int = 0  # queue deliveries that started it
+    http_status: int | None = None  # of the answer, once finished
+
+
+@dataclass(frozen=True)
+class OperationAnswer:
+    """What the call would have answered directly: HTTP status and JSON document."""
+
+    status: int
+    document: object
+
+
+class OperationStore(Protocol):
+    async def accept(self, operation: Operation) -> None:
+        """Record the operation, then put it on the operations queue."""
+        ...
+
+    async def get(self, operation_id: str) -> Operation | None: ...
+
+    async def start(self, operation_id: str, now: datetime) -> Operation | None:
+        """Mark it running (one attempt more); None if it is gone; a finished one as is."""
+        ...
+
+    async def finish(
+        self, operation_id: str, answer: OperationAnswer, now: datetime, expires: datetime
+    ) -> Operation | None:
+        """Keep its answer, unless another finish came first (the first one stays);
+        the finished operation, or None if it is gone."""
+        ...
+
+    async def answer(self, operation: Operation) -> OperationAnswer:
+        """The answer kept by :meth:`finish` (the operation must be finished)."""
+        ...
+
+    async def forget(self, operation_id: str) -> None: ...
+
+    async def forget_expired(self, now: datetime, limit: int) -> int:
+        """Forget up to ``limit`` operations expired before ``now``; how many."""
+        ...
+
+
 class Ledger(Protocol):
     async def get(self, account_id: AccountId, to_version: str) -> LedgerEntry | None: ...
 

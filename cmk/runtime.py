@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import cast
 
 from cmk.errors import ConfigurationError
-from cmk.ports import AlertSink, JobQueue, Ledger
+from cmk.ports import AlertSink, JobQueue, Ledger, OperationStore
 from cmk.settings import Settings
 from cmk.usecases.context import Engine
 from cmk.wiring import Services, WiringOptions
@@ -47,6 +47,11 @@ class Runtime:
             alerts=services.alerts if storage else cast(AlertSink, _Unconfigured("alerts")),
             settings=settings,
             subscriptions=services.subscriptions,
+            operations=(
+                services.operations
+                if storage
+                else cast(OperationStore, _Unconfigured("HTTP operations store"))
+            ),
         )
 
     async def prepare_storage(self) -> None:

@@ -40,6 +40,12 @@ _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 _CRON_FIELD = re.compile(r"[0-9A-Za-z*/,?-]+")
 _SECRET_PART = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature|SharedAccessKey)=[^;]*")
 ALLOWED_KEY_SIZES = frozenset({2048, 3072, 4096})
+_QUEUE_NAME_MAX = 63
+#: The operations queue is CMK_JOB_QUEUE plus this (function_app.py binds the same name).
+OPERATION_QUEUE_SUFFIX = "-ops"
+#: The HTTP front end of Azure (App Service / Functions) ends a request after 230 s; an
+#: answer window must leave room for the answer itself.
+MAX_ANSWER_WINDOW = timedelta(seconds=220)
 _MISSING_STORAGE = (
     "AzureWebJobsStorage is not set: set it to a storage connection string, or set"
     " AzureWebJobsStorage__accountName (or __queueServiceUri and __tableServiceUri)"
@@ -65,6 +71,9 @@ ENVIRONMENT_VARIABLES = (
     "CMK_ROTATE_COOLDOWN_MINUTES",
     "CMK_KEY_CACHE_SECONDS",
     "CMK_WRITE_LEASE_SECONDS",
+    "CMK_HTTP_ANSWER_SECONDS",
+    "CMK_OPERATION_DEADLINE_MINUTES",
+    "CMK_OPERATION_RETENTION_HOURS",
     "AzureWebJobsStorage",
     "AzureWebJobsStorage__accountName",
     "AzureWebJobsStorage__queueServiceUri",
@@ -134,7 +143,16 @@ class Settings:
     rotate_cooldown: timedelta = timedelta(minutes=10)
     key_cache: timedelta = timedelta(seconds=30)
     write_lease: timedelta | None = None  # None: the update timeout plus a minute
+    http_answer_window: timedelta = timedelta(seconds=120)
+    operation_deadline: timedelta = timedelta(minutes=60)
+    operation_retention: timedelta = timedelta(hours=24)
     storage: StorageSettings | None = None
+
+    @property
+    def operation_queue(self) -> str:
+        """The queue of operations accepted by /api/status and /api/sweep (CMK_JOB_QUEUE
+        + ``-ops``; the function app's binding is ``%CMK_JOB_QUEUE%-ops``)."""
+        return f"{self.job_queue}{OPERATION_QUEUE_SUFFIX}"
 
     @property
     def write_lease_ttl(self) -> timedelta:
@@ -184,8 +202,25 @@ class Settings:
             ),
             key_cache=reader.get("CMK_KEY_CACHE_SECONDS", default.key_cache, _seconds_or_zero),
             write_lease=reader.get("CMK_WRITE_LEASE_SECONDS", None, _seconds),
+            http_answer_window=reader.get(
+                "CMK_HTTP_ANSWER_SECONDS", default.http_answer_window, _answer_window
+            ),
+            operation_deadline=reader.get(
+                "CMK_OPERATION_DEADLINE_MINUTES", default.operation_deadline, _positive_minutes
+            ),
+            operation_retention=reader.get(
+                "CMK_OPERATION_RETENTION_HOURS", default.operation_retention, _positive_hours
+            ),
             storage=_storage(reader, cloud),
         )
+        longest = _QUEUE_NAME_MAX - len(OPERATION_QUEUE_SUFFIX + "-poison")
+        if len(settings.job_queue) > longest:
+            reader.problems.append(
+                f"CMK_JOB_QUEUE={settings.job_queue!r}: at most {longest} characters, so that"
+                f" the queues the app derives from it ({{name}}-poison, {{name}}"
+                f"{OPERATION_QUEUE_SUFFIX} and {{name}}{OPERATION_QUEUE_SUFFIX}-poison) are"
+                f" valid queue names too"
+            )
         storage_named = any(p.startswith("AzureWebJobsStorage") for p in reader.problems)
         if require_storage and settings.storage is None and not storage_named:
             reader.problems.append(_MISSING_STORAGE)
@@ -290,6 +325,24 @@ def _minutes(value: str) -> timedelta:
 
 def _seconds(value: str) -> timedelta:
     return timedelta(seconds=_number(value, "seconds", positive=True))
+
+
+def _positive_minutes(value: str) -> timedelta:
+    return timedelta(minutes=_number(value, "minutes", positive=True))
+
+
+def _positive_hours(value: str) -> timedelta:
+    return timedelta(hours=_number(value, "hours", positive=True))
+
+
+def _answer_window(value: str) -> timedelta:
+    window = timedelta(seconds=_number(value, "seconds"))
+    if window > MAX_ANSWER_WINDOW:
+        raise ValueError(
+            f"must be at most {MAX_ANSWER_WINDOW.seconds} seconds: Azure's HTTP front end"
+            " ends a request after 230 s (use 0 to always answer 202 at once)"
+        )
+    return window
 
 
 def _concurrency(value: str) -> int:

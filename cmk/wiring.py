@@ -13,8 +13,9 @@
 - ARM clients (Cognitive Services per subscription, Resource Graph) on the cloud's ARM
   endpoint with its token scope (``base_url=``, ``credential_scopes=``), and an ARM
   pipeline for the subscriptions the identity can read (the default scope);
-- the Storage queue and table from ``AzureWebJobsStorage`` (connection string, or
-  identity-based service URIs), messages base64 as Functions expects;
+- the Storage queues (jobs, HTTP operations) and table from ``AzureWebJobsStorage``
+  (connection string, or identity-based service URIs), messages base64 as Functions
+  expects;
 - the Event Grid publisher when CMK_ALERT_TOPIC_ENDPOINT is set (else alerts are
   logged only);
 
@@ -59,6 +60,7 @@ from cmk.adapters.inventory import ResourceGraphInventory
 from cmk.adapters.jobqueue import StorageJobQueue, message_policies
 from cmk.adapters.keyvault import KeyVaultKeys
 from cmk.adapters.ledger import TableLedger
+from cmk.adapters.operations import TableOperations
 from cmk.adapters.subscriptions import ArmSubscriptions
 from cmk.settings import Settings, StorageSettings
 
@@ -192,6 +194,7 @@ class Services:
 
         self._jobs: StorageJobQueue | None = None
         self._ledger: TableLedger | None = None
+        self._operations: TableOperations | None = None
         self._alerts: EventGridAlerts | None = None
         if settings.storage is not None:
             self._build_storage(settings.storage)
@@ -259,6 +262,9 @@ class Services:
             queue = QueueClient.from_connection_string(
                 storage.connection_string, settings.job_queue, **queue_options
             )
+            operations = QueueClient.from_connection_string(
+                storage.connection_string, settings.operation_queue, **queue_options
+            )
             table = TableClient.from_connection_string(
                 storage.connection_string, table_name=settings.ledger_table, **table_options
             )
@@ -271,6 +277,12 @@ class Services:
                 credential=self.credential,
                 **queue_options,
             )
+            operations = QueueClient(
+                storage.queue_service_uri,
+                settings.operation_queue,
+                credential=self.credential,
+                **queue_options,
+            )
             table = TableClient(
                 storage.table_service_uri,
                 table_name=settings.ledger_table,
@@ -278,9 +290,11 @@ class Services:
                 **table_options,
             )
         self._closers.append(queue.close)
+        self._closers.append(operations.close)
         self._closers.append(table.close)
         self._jobs = StorageJobQueue(queue, max_concurrency=settings.max_concurrency)
         self._ledger = TableLedger(table)
+        self._operations = TableOperations(table, operations)
         publisher = None
         if settings.alert_topic_endpoint is not None:
             publisher = EventGridPublisherClient(
@@ -307,6 +321,15 @@ class Services:
             self.settings.require_storage()
         assert self._ledger is not None
         return self._ledger
+
+    @property
+    def operations(self) -> TableOperations:
+        """HTTP operations: rows in the ledger table, the operations queue (needs
+        AzureWebJobsStorage)."""
+        if self._operations is None:
+            self.settings.require_storage()
+        assert self._operations is not None
+        return self._operations
 
     @property
     def alerts(self) -> EventGridAlerts:

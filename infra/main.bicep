@@ -53,7 +53,8 @@ param rotateOnNearExpiry bool = true
 @description('CMK_SWEEP_SCHEDULE: six-field NCRONTAB schedule of the inventory sweep.')
 param sweepSchedule string = '0 0 * * * *'
 
-@description('CMK_JOB_QUEUE: the per-account job queue; the host names its poison queue {name}-poison.')
+@maxLength(52)
+@description('CMK_JOB_QUEUE: the per-account job queue; the host names its poison queue {name}-poison, and HTTP operations run on {name}-ops (whose poison queue is {name}-ops-poison: hence at most 52 characters).')
 param jobQueueName string = 'cmk-rotation-jobs'
 
 @description('CMK_LEDGER_TABLE: the ledger table.')
@@ -89,6 +90,19 @@ param keyCacheSeconds int = 30
 @minValue(0)
 @description('CMK_WRITE_LEASE_SECONDS: how long a crashed job blocks its account (0: the update timeout plus a minute).')
 param writeLeaseSeconds int = 0
+
+@minValue(0)
+@maxValue(220)
+@description('CMK_HTTP_ANSWER_SECONDS: how long GET /api/status and POST /api/sweep wait for their work before answering 202 with a status URL (Azure ends an HTTP request after 230 s).')
+param httpAnswerSeconds int = 120
+
+@minValue(1)
+@description('CMK_OPERATION_DEADLINE_MINUTES: an accepted status or sweep not finished this long after it was accepted is answered as failed at its status URL.')
+param operationDeadlineMinutes int = 60
+
+@minValue(1)
+@description('CMK_OPERATION_RETENTION_HOURS: how long a finished operation answers at its status URL.')
+param operationRetentionHours int = 24
 
 @minValue(1)
 @description('CMK_MAX_CONCURRENCY: bound on parallel Azure calls of one invocation (fan-out, inline runs).')
@@ -244,6 +258,9 @@ module functionApp './app/function.bicep' = {
       CMK_ROTATE_COOLDOWN_MINUTES: string(rotateCooldownMinutes)
       CMK_KEY_CACHE_SECONDS: string(keyCacheSeconds)
       CMK_WRITE_LEASE_SECONDS: writeLeaseSeconds == 0 ? '' : string(writeLeaseSeconds)
+      CMK_HTTP_ANSWER_SECONDS: string(httpAnswerSeconds)
+      CMK_OPERATION_DEADLINE_MINUTES: string(operationDeadlineMinutes)
+      CMK_OPERATION_RETENTION_HOURS: string(operationRetentionHours)
     }
   }
 }

@@ -20,6 +20,7 @@ from cmk.ports import (
     JobQueue,
     KeyStore,
     Ledger,
+    OperationStore,
     SubscriptionDirectory,
 )
 from cmk.settings import Settings
@@ -48,6 +49,7 @@ class Engine:
     is how long a near-expiry rotation claim holds before another worker may take over.
     ``subscriptions`` lists what the identity can read: the scope when CMK_SUBSCRIPTIONS
     is unset (see :mod:`cmk.usecases.subscriptions`); None uses CMK_SUBSCRIPTIONS as is.
+    ``operations`` keeps the HTTP operations of :mod:`cmk.operations` (None: not wired).
     """
 
     keys: KeyStore
@@ -63,6 +65,7 @@ class Engine:
     stuck_after: timedelta = timedelta(hours=1)
     claim_lease: timedelta = timedelta(minutes=10)
     subscriptions: SubscriptionDirectory | None = None
+    operations: OperationStore | None = None
 
     @property
     def policy(self) -> VersionPolicy:

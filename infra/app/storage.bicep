@@ -1,6 +1,7 @@
 // The app's own storage account: AzureWebJobsStorage (identity-based), the Flex deployment
-// container, the job queue and its poison queue, the ledger table, and the container Event
-// Grid dead-letters into. Shared-key access is off: every client uses Entra ID.
+// container, the job queue, its poison queue and the HTTP operations queue, the ledger table,
+// and the container Event Grid dead-letters into. Shared-key access is off: every client uses
+// Entra ID.
 param location string
 param tags object = {}
 param name string
@@ -21,6 +22,7 @@ param logAnalyticsWorkspaceId string
 param skuName string = 'Standard_GRS'
 
 var poisonQueueName = '${jobQueueName}-poison'
+var operationQueueName = '${jobQueueName}-ops'
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35: without VNet integration the Flex app reaches storage over the public endpoint; access is Entra ID only (shared key off). docs/deployment.md describes the private variant.
@@ -116,6 +118,13 @@ resource jobQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-0
 resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: poisonQueueName
+}
+
+// The queue of accepted /api/status and /api/sweep calls (run_operation). The app creates it
+// on first use too; declaring it keeps every queue of the app in one place.
+resource operationQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: operationQueueName
 }
 
 resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {

@@ -1,4 +1,4 @@
-"""function_app.py as the Functions host indexes it: the exact bindings of the ten
+"""function_app.py as the Functions host indexes it: the exact bindings of the twelve
 functions, the %SETTING% references and what they resolve to, and which Key Vault event
 type each Event Grid function handles, checked against the subscriptions in infra/."""
 
@@ -17,14 +17,20 @@ from cmk.sandbox.eventgrid import shape_event
 from cmk.sandbox.funchost import FunctionsHost
 from cmk.sandbox.funchost_index import FunctionIndexError, IndexedFunction
 from cmk.sandbox.world import KeyEvent, KeyEventType
+from cmk.settings import Settings
 
 EVENT_GRID = ("on_key_new_version", "on_key_near_expiry", "on_key_expired")
-QUEUE = {"rotate_account": "%CMK_JOB_QUEUE%", "on_poison": "%CMK_JOB_QUEUE%-poison"}
+QUEUE = {
+    "rotate_account": "%CMK_JOB_QUEUE%",
+    "on_poison": "%CMK_JOB_QUEUE%-poison",
+    "run_operation": "%CMK_JOB_QUEUE%-ops",
+}
 HTTP = {
     "http_status": ("GET", "status"),
     "http_plan": ("GET", "plan"),
     "http_sweep": ("POST", "sweep"),
     "http_rotate": ("POST", "rotate"),
+    "http_operation": ("GET", "operations/{operation_id}"),
 }
 # The event type each function is written for (its docstring and its call to entrypoints).
 HANDLES = {
@@ -43,10 +49,10 @@ def functions() -> dict[str, IndexedFunction]:
 class TestIndexedBindings:
     """What the worker sends the host for each function of function_app.py."""
 
-    def test_ten_functions_with_their_trigger_types(
+    def test_twelve_functions_with_their_trigger_types(
         self, functions: dict[str, IndexedFunction]
     ) -> None:
-        """Exactly the ten functions of the design, each with the right trigger type."""
+        """Exactly the twelve functions of the design, each with the right trigger type."""
         expected = {
             **dict.fromkeys(EVENT_GRID, "eventGridTrigger"),
             **dict.fromkeys(QUEUE, "queueTrigger"),
@@ -85,9 +91,12 @@ class TestIndexedBindings:
     def test_queue_names_resolve_from_the_setting(
         self, functions: dict[str, IndexedFunction]
     ) -> None:
-        """The worker and the poison trigger resolve to the job queue and its -poison queue."""
+        """The worker and the poison trigger resolve to the job queue and its -poison queue,
+        the operations worker to the -ops queue the app's settings name."""
         assert functions["rotate_account"].trigger["queueName"] == "cmk-rotation-jobs"
         assert functions["on_poison"].trigger["queueName"] == "cmk-rotation-jobs-poison"
+        operations = Settings.from_environ(example_values()).operation_queue
+        assert functions["run_operation"].trigger["queueName"] == operations
         for name in QUEUE:
             assert functions[name].settings == {"CMK_JOB_QUEUE": "cmk-rotation-jobs"}
             assert functions[name].trigger["connection"] == "AzureWebJobsStorage"
