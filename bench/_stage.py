@@ -15,10 +15,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cmk.sandbox.core import Sandbox
-from cmk.sandbox.throttling import throttle_for
+if TYPE_CHECKING:
+    from cmk.sandbox.core import Sandbox
 
 APP_DIR = Path(__file__).resolve().parent.parent
 REGION = "westeurope"
@@ -113,6 +113,8 @@ class Stage:
 
     def reset_throttle(self) -> None:
         """Refill every ARM bucket (between phases that must not share a budget)."""
+        from cmk.sandbox.throttling import throttle_for  # noqa: PLC0415 (sandbox code on demand)
+
         throttle_for(self.sandbox.world).reset()
 
     def counts(self) -> dict[str, int]:
@@ -153,7 +155,10 @@ def delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]
 
 @contextmanager
 def staged(document: dict[str, Any], *, queue_prefix: str) -> Iterator[Stage]:
-    """Start a sandbox with Azurite, seed ``document``, point this process at it."""
+    """Start a sandbox with Azurite, seed ``document``, point this process at it (the
+    sandbox serves from this process; :func:`bench._remote.remote_staged` runs it apart)."""
+    from cmk.sandbox.core import Sandbox  # noqa: PLC0415 (sandbox code only when staged here)
+
     sandbox = Sandbox(azurite=True)
     saved = dict(os.environ)
     try:
