@@ -29,6 +29,11 @@ class Assessment:
     alerts: list[Alert] = field(default_factory=list)
     findings: list[FindingReport] = field(default_factory=list)
 
+    @property
+    def healthy(self) -> bool:
+        """Nothing to alert and no failed update on record: the sweep closes its open alerts."""
+        return not self.alerts and self.state is not BindingState.FAILING
+
     def flag(self, state: BindingState, kind: str, detail: str, alert: Alert) -> None:
         """Record a problem: worsen the state, add a finding and its alert."""
         if state is BindingState.FAILING or self.state is BindingState.CURRENT:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from cmk.keyid import KeyId
 from cmk.planner import Decision, Move
 from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState
 from cmk.usecases import alerting
@@ -28,7 +29,7 @@ from cmk.usecases.report import (
     PlannedMove,
     SweepReport,
 )
-from cmk.usecases.survey import KeySurvey, Survey, survey
+from cmk.usecases.survey import KeySurvey, Survey, survey, survey_chunks
 
 __all__ = ["plan", "status", "sweep"]
 
@@ -125,37 +126,104 @@ def _unread(found: Survey) -> tuple[list[Alert], list[Assessment]]:
     return alerts, judged
 
 
-async def _resolve_recovered(engine: Engine, rows: list[Row], judged: list[Assessment]) -> int:
-    """Close the open alerts of accounts this sweep found healthy; returns how many.
+@dataclass
+class _Judged:
+    """One account the sweep keeps: a move (judged once the ledger is read) or a problem."""
+
+    record: AccountRecord
+    decision: Decision
+    assessment: Assessment | None = None
+
+
+class _Recovery:
+    """The accounts this sweep found healthy that have an open alert, by key.
 
     An account is healthy when its assessment raised no alert and no failed update of it
     is on record (the worker alerted that one; its success resolves it). The open alert
-    subjects are read once, so 100,000 healthy accounts cost one query, not 100,000;
-    only accounts with an open alert are resolved. A problem fixed by hand is thus closed,
-    and raised again if it comes back. Accounts whose key could not be read or that are
-    outside the allow-list were not judged, so their alerts stay open.
+    subjects are read once, when the first healthy account is met, so 100,000 healthy
+    accounts cost one query, not 100,000, and only those with an open alert are kept. A
+    dry run, or an app without storage (no alert rows), reads and resolves nothing.
     """
-    healthy = {
-        str(record.account_id).lower()
-        for (_, record, _), assessment in zip(rows, judged, strict=True)
-        if not assessment.alerts and assessment.state is not BindingState.FAILING
-    }
-    if not healthy:
-        return 0
-    recovered = sorted(healthy & await engine.alerts.open_subjects())
-    limit = engine.settings.max_concurrency
-    closed = await gather_bounded(limit, (engine.alerts.resolve(s) for s in recovered))
-    return sum(closed)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._active = not engine.dry_run and engine.settings.storage is not None
+        self._open: set[str] | None = None
+        self._by_key: dict[KeyId, set[str]] = {}
+
+    async def judged(self, key: KeyId, record: AccountRecord, assessment: Assessment) -> None:
+        """Note one judged account (kept only if healthy with an open alert)."""
+        if not self._active or not assessment.healthy:
+            return
+        if self._open is None:
+            self._open = await self._engine.alerts.open_subjects()
+        subject = str(record.account_id).lower()
+        if subject in self._open:
+            self._by_key.setdefault(key, set()).add(subject)
+
+    def forget(self, key: KeyId) -> None:
+        """Take back the accounts of a key that turned out unreadable (not judged)."""
+        self._by_key.pop(key, None)
+
+    async def resolve(self) -> int:
+        """Close the open alerts of the recovered accounts; returns how many.
+
+        A problem fixed by hand is thus closed, and raised again if it comes back.
+        Accounts whose key could not be read or that are outside the allow-list were not
+        judged, so their alerts stay open.
+        """
+        recovered = sorted(set[str]().union(*self._by_key.values()))
+        limit = self._engine.settings.max_concurrency
+        closed = await gather_bounded(limit, (self._engine.alerts.resolve(s) for s in recovered))
+        return sum(closed)
+
+
+async def _judge(
+    engine: Engine, found: Survey, recovery: _Recovery, run_id: str
+) -> dict[KeyId, list[_Judged]]:
+    """Stream the survey and judge each account as it comes; keep only the moves and the
+    accounts with a problem, by key. Moves are judged at the end, on one ledger query for
+    the open rows of their targets; keys found unreadable are left out (see ``_unread``)."""
+    kept: dict[KeyId, list[_Judged]] = {}
+    async for chunk in survey_chunks(engine, found):
+        for item, record, decision in chunk:
+            bucket = kept.setdefault(item.key, [])
+            if isinstance(decision, Move):
+                bucket.append(_Judged(record, decision))
+                continue
+            assessment = assess(engine, record, decision, None, run_id)
+            await recovery.judged(item.key, record, assessment)
+            if not assessment.healthy:
+                bucket.append(_Judged(record, decision, assessment))
+    for item in found.keys.values():
+        if item.error:
+            kept.pop(item.key, None)
+            recovery.forget(item.key)
+    moves = [
+        (key, judged, judged.decision)
+        for key, bucket in kept.items()
+        for judged in bucket
+        if isinstance(judged.decision, Move)
+    ]
+    entries = await _entries(
+        engine, {_slot(j.record, m.target.version) for _, j, m in moves}, _OPEN_STATES
+    )
+    for key, judged, move in moves:
+        entry = entries.get(_slot(judged.record, move.target.version))
+        judged.assessment = assess(engine, judged.record, move, entry, run_id)
+        await recovery.judged(key, judged.record, judged.assessment)
+    return {key: kept[key] for key in found.keys if key in kept}
 
 
 async def sweep(engine: Engine) -> SweepReport:
     """Inventory the scope, enqueue stale bindings and alert findings (nothing in a dry run)."""
     run_id = f"sweep:{engine.now():%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     flushed = await alerting.flush_pending(engine)  # what earlier runs could not deliver
-    found = await survey(engine)
-    rows = _rows(found)
-    entries = await _target_entries(engine, rows)
-    judged = [assess(engine, r, d, e, run_id) for (_, r, d), e in zip(rows, entries, strict=True)]
+    found = Survey()
+    recovery = _Recovery(engine)
+    kept = await _judge(engine, found, recovery, run_id)
+    kept_rows = [judged for bucket in kept.values() for judged in bucket]
+    judged = [j.assessment for j in kept_rows if j.assessment is not None]
     key_alerts = _unique(a for item in found.keys.values() for a in _key_alerts(engine, item))
     unread_alerts, unread = _unread(found)
     jobs = [assessment.job for assessment in judged if assessment.job is not None]
@@ -172,14 +240,16 @@ async def sweep(engine: Engine) -> SweepReport:
     raised, published = await alerting.publish(engine, alerts)
     resolved = 0
     if not engine.dry_run and engine.settings.storage is not None:  # no storage: no alert rows
-        resolved = await _resolve_recovered(engine, rows, judged)
+        resolved = await recovery.resolve()
     report = SweepReport(
         run_id=run_id,
         dry_run=engine.dry_run,
         accounts=found.accounts,
         keys_read=len(found.keys) - len(found.errors),
-        out_of_scope=len(found.out_of_scope),
-        moves=tuple(PlannedMove.from_move(d) for _, _, d in rows if isinstance(d, Move)),
+        out_of_scope=found.out_of_scope_accounts,
+        moves=tuple(
+            PlannedMove.from_move(j.decision) for j in kept_rows if isinstance(j.decision, Move)
+        ),
         findings=tuple(
             [
                 *_key_findings(key_alerts, found),
