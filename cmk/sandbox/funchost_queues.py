@@ -201,6 +201,25 @@ class QueueListener:
         try:
             await self._invoke(self.function, trigger, self.instance)
         except Exception:  # the function failed: release or poison, as the host does
+            failed = True
+        else:
+            failed = False
+        try:
+            await self._settle(message, failed=failed, dequeue_count=dequeue_count)
+        except AzureError as error:  # the host logs it; the lease's end brings it back
+            logger.warning(
+                "queue message could not be settled; it is visible again when its lease ends",
+                extra={
+                    "queue": self.queue_name,
+                    "message_id": message.id,
+                    "error": f"{type(error).__name__}: {error}",
+                },
+            )
+
+    async def _settle(self, message: QueueMessage, *, failed: bool, dequeue_count: int) -> None:
+        """After the invocation: delete on success; on failure release, or poison."""
+        assert self._client is not None
+        if failed:
             if dequeue_count >= self.options.max_dequeue_count:
                 await self._move_to_poison(message, "maxDequeueCount reached")
             else:

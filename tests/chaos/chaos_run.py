@@ -25,6 +25,7 @@ invocations in flight. The waits are conditions; their ceilings only bound a han
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections import Counter
@@ -59,7 +60,7 @@ KILLED_LEASE_SECONDS = 6
 #: Ceiling of each wait for the run to progress: bounds a hang, decides nothing. Generous:
 #: the jobs host A held when it died wait out their write lease (APP_TIMING) before another
 #: host may take them, and a loaded 2-core machine is slower still.
-HANG_SECONDS = 900.0
+HANG_SECONDS = float(os.environ.get("CMK_CHAOS_HANG_SECONDS", "900"))
 HOST_OVERRIDES = {
     "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
@@ -189,12 +190,68 @@ def _task_dump() -> str:
     return "\n".join(sorted(lines))
 
 
+class _Watch:
+    """What a hang report says beside the tasks: the world's progress, the hosts' recent
+    invocations, Event Grid's deliveries and the queues (set once the run has them)."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.hosts: list[FunctionsHost] = []
+        self.subscription: Any = None
+        self.queues: _Queues | None = None
+
+    async def report(self) -> str:
+        sandbox = self.sandbox
+        patches = Counter(
+            status
+            for (endpoint, status), n in sandbox.counters.by_status().items()
+            for _ in range(n)
+            if endpoint.startswith("PATCH ") and "/accounts/" in endpoint
+        )
+        lines = [f"PATCH /accounts by status: {dict(patches)}"]
+        with sandbox.world.lock:
+            states = Counter(a.provisioning_state for a in sandbox.world.accounts.values())
+        lines.append(f"accounts by provisioningState: {dict(states)}")
+        if self.subscription is not None:
+            s = self.subscription
+            lines.append(
+                f"event grid: {len(s.delivered)} delivered, {s.attempts} attempts,"
+                f" {s.failures} failures, {len(sandbox.eventgrid.dead_letters)} dead-lettered"
+            )
+        if self.queues is not None:
+            lines.append(
+                f"queued messages (job + poison, visible or not): {await self.queues.messages()}"
+            )
+        for number, host in enumerate(self.hosts):
+            in_flight = [listener.in_flight for listener in host._listeners]
+            lines.append(
+                f"host {number}: invocations {dict(host.invocations)}, failures"
+                f" {dict(host.failures)}, in flight {in_flight}, polls"
+                f" {[listener.polls for listener in host._listeners]}"
+            )
+            for invocation in host.log[-8:]:
+                lines.append(
+                    f"  {invocation.started:%H:%M:%S} {invocation.function}"
+                    f" #{invocation.instance} {invocation.seconds:.1f}s"
+                    f" {'ok' if invocation.succeeded else invocation.error}"
+                )
+        return "\n".join(lines)
+
+
+_WATCH: _Watch | None = None
+
+
+async def _hang_report() -> str:
+    state = await _WATCH.report() if _WATCH is not None else ""
+    return f"{state}\ntasks:\n{_task_dump()}"
+
+
 async def _until(condition: Callable[[], bool], what: str, within: float = HANG_SECONDS) -> None:
     """Wait for ``condition``; ``within`` only bounds a hang (and then says what hangs)."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {within} s: {what}\ntasks:\n{_task_dump()}")
+            raise TimeoutError(f"not within {within} s: {what}\n{await _hang_report()}")
         await asyncio.sleep(0.05)
 
 
@@ -229,7 +286,7 @@ async def _idle(queues: _Queues, hosts: list[FunctionsHost], within: float = HAN
         if time.monotonic() > deadline:
             counts = [dict(h.invocations) for h in hosts]
             raise TimeoutError(
-                f"queues not idle within {within} s; invocations {counts}\ntasks:\n{_task_dump()}"
+                f"queues not idle within {within} s; invocations {counts}\n{await _hang_report()}"
             )
         in_flight = sum(listener.in_flight for h in hosts for listener in h._listeners)
         busy = in_flight + await queues.messages()
@@ -305,6 +362,10 @@ async def run_chaos(
         )
         for i, n in enumerate((2, 1, 2), start=1)
     )
+    global _WATCH  # noqa: PLW0603 (one run at a time; read by the hang report only)
+    _WATCH = _Watch(sandbox)
+    _WATCH.hosts = [host_a, host_b, host_c]
+    _WATCH.subscription, _WATCH.queues = subscription, queues
     started = time.monotonic()
     killed = 0
     try:
