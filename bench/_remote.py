@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,11 @@ class RemoteStage:
     def counts(self) -> dict[str, int]:
         """Requests the sandbox served so far, by kind (exact: read from the sandbox)."""
         found: dict[str, int] = self._ask("counts")
+        return found
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far of the sandbox process and of its Azurite."""
+        found: dict[str, float] = self._ask("cpu")
         return found
 
     def reset_throttle(self) -> None:
@@ -134,6 +140,19 @@ def _stale(sandbox: Any) -> int:
     )
 
 
+def _cpu(sandbox: Any) -> dict[str, float]:
+    """CPU seconds of this process (every thread) and of the Azurite process (from /proc)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    found = {"sandbox": usage.ru_utime + usage.ru_stime, "azurite": 0.0}
+    process = getattr(sandbox.azurite, "_process", None)
+    try:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        found["azurite"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, IndexError, ValueError):
+        pass
+    return found
+
+
 def _serve(scenario: Path, answers: IO[str]) -> None:
     from cmk.sandbox.core import Sandbox  # noqa: PLC0415 (only the child runs a sandbox)
     from cmk.sandbox.throttling import throttle_for  # noqa: PLC0415
@@ -155,6 +174,8 @@ def _serve(scenario: Path, answers: IO[str]) -> None:
             command = line.strip()
             if command == "counts":
                 answer(request_counts(sandbox))
+            elif command == "cpu":
+                answer(_cpu(sandbox))
             elif command == "reset_throttle":
                 throttle_for(sandbox.world).reset()
                 answer({"ok": True})

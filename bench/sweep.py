@@ -26,6 +26,7 @@ import asyncio
 import math
 import os
 import resource
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -75,7 +76,72 @@ class _CountedLedger:
         return self.point_reads + pages
 
 
-LEDGER = {"requests": 0}
+class _Timeline:
+    """When (seconds since the sweep began) the inventory stream ended and the job sends
+    began and ended, and how long sends ran in all."""
+
+    def __init__(self) -> None:
+        self.origin = time.monotonic()
+        self.inventory_done: float | None = None
+        self.first_send: float | None = None
+        self.last_send_done: float | None = None
+        self.sending = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() - self.origin
+
+    def figures(self) -> dict[str, float | None]:
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 2)
+
+        return {
+            "inventory_streamed_at": rounded(self.inventory_done),
+            "first_send_at": rounded(self.first_send),
+            "last_send_done_at": rounded(self.last_send_done),
+            "sending": round(self.sending, 2),
+        }
+
+
+class _TimedQueue:
+    """The engine's job queue, noting its sends on the timeline."""
+
+    def __init__(self, inner: Any, timeline: _Timeline) -> None:
+        self._inner = inner
+        self._timeline = timeline
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def enqueue_many(self, *args: Any, **kwargs: Any) -> Any:
+        line = self._timeline
+        started = line.now()
+        if line.first_send is None:
+            line.first_send = started
+        try:
+            return await self._inner.enqueue_many(*args, **kwargs)
+        finally:
+            line.last_send_done = line.now()
+            line.sending += line.last_send_done - started
+
+
+class _TimedInventory:
+    """The engine's inventory, noting on the timeline when the full listing ended."""
+
+    def __init__(self, inner: Any, timeline: _Timeline) -> None:
+        self._inner = inner
+        self._timeline = timeline
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def cmk_accounts(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async for record in self._inner.cmk_accounts(*args, **kwargs):
+            yield record
+        if kwargs.get("key") is None and len(args) < 2:
+            self._timeline.inventory_done = self._timeline.now()
+
+
+LEDGER: dict[str, Any] = {"requests": 0}
 
 
 async def _sweep(dry_run: bool) -> SweepReport:
@@ -83,9 +149,11 @@ async def _sweep(dry_run: bool) -> SweepReport:
         engine = runtime.engine(dry_run=dry_run)
         if not dry_run:
             await runtime.prepare_storage()
-        counted = _CountedLedger(engine.ledger)
-        report = await sweep(replace(engine, ledger=counted))
+        counted, line = _CountedLedger(engine.ledger), _Timeline()
+        jobs, inventory = _TimedQueue(engine.jobs, line), _TimedInventory(engine.inventory, line)
+        report = await sweep(replace(engine, ledger=counted, jobs=jobs, inventory=inventory))
         LEDGER["requests"] = counted.requests
+        LEDGER["timeline"] = line.figures() | {"sweep_done_at": round(line.now(), 2)}
         return report
 
 
@@ -95,6 +163,11 @@ async def _queued(settings: dict[str, str]) -> int:
     ) as queue:
         properties = await queue.get_queue_properties()
         return int(properties.approximate_message_count or 0)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _maxrss_mb() -> float:
@@ -115,6 +188,7 @@ class _Served:
     settings: dict[str, str]
     stale: int
     counts: Callable[[], dict[str, int]]
+    cpu: Callable[[], dict[str, float]]
     reset_throttle: Callable[[], None]
     where: str
 
@@ -124,8 +198,8 @@ def _served(document: dict[str, Any], in_process: bool) -> Iterator[_Served]:
     if not in_process:
         with remote_staged(document, queue_prefix="sweep") as remote:
             yield _Served(
-                remote.settings, remote.stale, remote.counts, remote.reset_throttle,
-                f"own process (pid {remote.pid()})",
+                remote.settings, remote.stale, remote.counts, remote.cpu_seconds,
+                remote.reset_throttle, f"own process (pid {remote.pid()})",
             )  # fmt: skip
         return
     from bench._remote import _stale  # noqa: PLC0415 (the in-process comparison only)
@@ -133,20 +207,22 @@ def _served(document: dict[str, Any], in_process: bool) -> Iterator[_Served]:
     with staged(document, queue_prefix="sweep") as stage:
         stage.sandbox.set_throttling(True)
         yield _Served(
-            stage.settings, _stale(stage.sandbox), stage.counts, stage.reset_throttle,
-            "this process",
+            stage.settings, _stale(stage.sandbox), stage.counts, lambda: {},
+            stage.reset_throttle, "this process",
         )  # fmt: skip
 
 
 def run(accounts: int, keys: int, dry_run: bool, in_process: bool = False) -> dict[str, Any]:
     document = estate(accounts, subscriptions=4, keys=keys, vaults=5, stale_every=10)
     with _served(document, in_process) as served:
-        before = served.counts()
-        rss_before = _maxrss_mb()
+        before, cpu_before = served.counts(), served.cpu()
+        rss_before, own_cpu = _maxrss_mb(), _cpu_seconds()
         watch = Stopwatch()
         report = asyncio.run(_sweep(dry_run))
         seconds = watch.seconds()
-        ledger_requests = LEDGER["requests"]
+        own_cpu = _cpu_seconds() - own_cpu
+        cpu = {"sweep": own_cpu} | {n: v - cpu_before[n] for n, v in served.cpu().items()}
+        ledger_requests, phases = LEDGER["requests"], LEDGER["timeline"]
         rss_peak = _maxrss_mb()
         counts = delta(served.counts(), before)
         enqueued = 0 if dry_run else asyncio.run(_queued(served.settings))
@@ -180,6 +256,8 @@ def run(accounts: int, keys: int, dry_run: bool, in_process: bool = False) -> di
             f"{pages} pages at {GRAPH_QUOTA} queries per {GRAPH_WINDOW_SECONDS:g} s window"
         ),
         "seconds_over_floor": round(seconds / floor, 2) if floor else None,
+        "timeline_seconds": phases,
+        "cpu_seconds": {name: round(value, 2) for name, value in cpu.items()},
         "peak_rss_mb": round(rss_peak, 1),
         "rss_before_sweep_mb": round(rss_before, 1),
         "peak_rss_method": "ru_maxrss of the sweeping process (its whole life, timed sweep"
@@ -227,6 +305,8 @@ def main() -> None:
             f"  {result['seconds']} s = {result['seconds_over_floor']} x the Resource Graph"
             f" quota floor of {result['graph_quota_floor_seconds']} s"
             f" ({result['graph_quota_floor']})",
+            f"  timeline (s) {result['timeline_seconds']}",
+            f"  CPU seconds {result['cpu_seconds']}",
             f"  peak RSS {result['peak_rss_mb']} MB (ru_maxrss of the sweeping process;"
             f" {result['rss_before_sweep_mb']} MB before the sweep);"
             f" tracemalloc peak {result['peak_memory_mb']} MB (dry-run sweep)",

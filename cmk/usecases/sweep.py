@@ -11,6 +11,7 @@ found healthy, so a problem fixed by hand alerts again if it comes back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
@@ -18,10 +19,10 @@ from dataclasses import dataclass, replace
 
 from cmk.keyid import KeyId
 from cmk.planner import Decision, Move
-from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState
+from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState, RotationJob
 from cmk.usecases import alerting
 from cmk.usecases.assessment import Assessment, assess, assess_unread
-from cmk.usecases.context import Engine, gather_bounded
+from cmk.usecases.context import Engine, gather_bounded, task_scope
 from cmk.usecases.report import (
     AccountStatus,
     BindingState,
@@ -128,11 +129,49 @@ def _unread(found: Survey) -> tuple[list[Alert], list[Assessment]]:
 
 @dataclass
 class _Judged:
-    """One account the sweep keeps: a move (judged once the ledger is read) or a problem."""
+    """One account the sweep keeps: a move, or an account with a problem."""
 
     record: AccountRecord
     decision: Decision
-    assessment: Assessment | None = None
+    assessment: Assessment
+
+
+class _OpenRows:
+    """The open ledger rows (planned, submitted, failed) by (account, target version): one
+    filtered, paged query, not one point read per move, made when the first move needs it
+    (a sweep with nothing to move reads none)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._rows: dict[tuple[str, str], LedgerEntry] | None = None
+
+    async def of(self, record: AccountRecord, move: Move) -> LedgerEntry | None:
+        """The open row of ``move``'s target for ``record``, if any."""
+        if self._rows is None:
+            self._rows = {}
+            async for entry in self._engine.ledger.iter_history(states=_OPEN_STATES):
+                self._rows[_slot(entry, entry.to_version)] = entry
+        return self._rows.get(_slot(record, move.target.version))
+
+
+class _Sender:
+    """Jobs sent while the survey streams: each chunk's in the background, one chunk after
+    another, so the sends fill the waits for Resource Graph's quota instead of following
+    the survey (nothing in a dry run)."""
+
+    def __init__(self, engine: Engine, group: asyncio.TaskGroup) -> None:
+        self._engine = engine
+        self._group = group
+        self._turn = asyncio.Lock()  # first come, first served: chunks go in order
+        self.enqueued = 0
+
+    def send(self, jobs: list[RotationJob]) -> None:
+        if jobs and not self._engine.dry_run:
+            self._group.create_task(self._send(jobs))
+
+    async def _send(self, jobs: list[RotationJob]) -> None:
+        async with self._turn:
+            self.enqueued += await self._engine.jobs.enqueue_many(jobs)
 
 
 class _Recovery:
@@ -180,39 +219,37 @@ class _Recovery:
 
 async def _judge(
     engine: Engine, found: Survey, recovery: _Recovery, run_id: str
-) -> dict[KeyId, list[_Judged]]:
-    """Stream the survey and judge each account as it comes; keep only the moves and the
-    accounts with a problem, by key. Moves are judged at the end, on one ledger query for
-    the open rows of their targets; keys found unreadable are left out (see ``_unread``)."""
+) -> tuple[dict[KeyId, list[_Judged]], int]:
+    """Stream the survey, judge each account as it comes and send each chunk's jobs; keep
+    only the moves and the accounts with a problem, by key (in the survey's key order).
+    Returns them and how many jobs were sent.
+
+    Keys found unreadable are left out (see ``_unread``): when a key fails in a later chunk,
+    the jobs of its earlier chunks are already queued. That is safe (a job is a pointer:
+    the worker reads the key and the account again and moves nothing it cannot validate),
+    and the report counts them as enqueued.
+    """
     kept: dict[KeyId, list[_Judged]] = {}
-    async for chunk in survey_chunks(engine, found):
-        for item, record, decision in chunk:
-            bucket = kept.setdefault(item.key, [])
-            if isinstance(decision, Move):
-                bucket.append(_Judged(record, decision))
-                continue
-            assessment = assess(engine, record, decision, None, run_id)
-            await recovery.judged(item.key, record, assessment)
-            if not assessment.healthy:
-                bucket.append(_Judged(record, decision, assessment))
+    open_rows = _OpenRows(engine)
+    async with task_scope() as group:
+        sender = _Sender(engine, group)
+        async for chunk in survey_chunks(engine, found):
+            jobs: list[RotationJob] = []
+            for item, record, decision in chunk:
+                move = decision if isinstance(decision, Move) else None
+                entry = await open_rows.of(record, move) if move is not None else None
+                assessment = assess(engine, record, decision, entry, run_id)
+                await recovery.judged(item.key, record, assessment)
+                if move is not None or not assessment.healthy:
+                    kept.setdefault(item.key, []).append(_Judged(record, decision, assessment))
+                if assessment.job is not None:
+                    jobs.append(assessment.job)
+            sender.send(jobs)
     for item in found.keys.values():
         if item.error:
             kept.pop(item.key, None)
             recovery.forget(item.key)
-    moves = [
-        (key, judged, judged.decision)
-        for key, bucket in kept.items()
-        for judged in bucket
-        if isinstance(judged.decision, Move)
-    ]
-    entries = await _entries(
-        engine, {_slot(j.record, m.target.version) for _, j, m in moves}, _OPEN_STATES
-    )
-    for key, judged, move in moves:
-        entry = entries.get(_slot(judged.record, move.target.version))
-        judged.assessment = assess(engine, judged.record, move, entry, run_id)
-        await recovery.judged(key, judged.record, judged.assessment)
-    return {key: kept[key] for key in found.keys if key in kept}
+    return {key: kept[key] for key in found.keys if key in kept}, sender.enqueued
 
 
 async def sweep(engine: Engine) -> SweepReport:
@@ -221,15 +258,11 @@ async def sweep(engine: Engine) -> SweepReport:
     flushed = await alerting.flush_pending(engine)  # what earlier runs could not deliver
     found = Survey()
     recovery = _Recovery(engine)
-    kept = await _judge(engine, found, recovery, run_id)
+    kept, enqueued = await _judge(engine, found, recovery, run_id)
     kept_rows = [judged for bucket in kept.values() for judged in bucket]
-    judged = [j.assessment for j in kept_rows if j.assessment is not None]
+    judged = [j.assessment for j in kept_rows]
     key_alerts = _unique(a for item in found.keys.values() for a in _key_alerts(engine, item))
     unread_alerts, unread = _unread(found)
-    jobs = [assessment.job for assessment in judged if assessment.job is not None]
-    enqueued = 0
-    if jobs and not engine.dry_run:
-        enqueued = await engine.jobs.enqueue_many(jobs)
     alerts = _unique(
         [
             *key_alerts,

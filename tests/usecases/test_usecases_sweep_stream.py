@@ -114,3 +114,43 @@ class TestSurveyChunks:
             "d-stale",
         }
         assert await rig.queue_length() == 0
+
+
+class TestSweepSendsWhileStreaming:
+    async def test_sends_each_stale_account_once_in_chunks_of_one(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Jobs sent chunk by chunk (while the survey still streams) are one per stale
+        account, and the report counts them."""
+        _seed(rig)
+        monkeypatch.setattr(survey_module, "CHUNK_SIZE", 1)
+
+        report = await sweep(rig.engine)
+
+        assert report.enqueued == 2 == await rig.queue_length()
+        assert {job.account_id for job in await rig.queued()} == {
+            move.account_id for move in report.moves
+        }
+
+    async def test_jobs_sent_before_the_key_proves_unreadable_stay_queued(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A job sent for a key that a later chunk finds unreadable stays queued and counted
+        (the worker reads everything again before acting); the report lists no move of it."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        v1 = estate.version(estate.kv, created=now - timedelta(days=90))
+        v2 = estate.version(estate.kv, created=now - timedelta(days=60))
+        estate.version(estate.kv, created=now - timedelta(days=2))
+        estate.account("a-oldest", estate.kv, v1.version)
+        estate.account("b-older", estate.kv, v2.version)
+        estate.sandbox.faults.add(
+            host="*.vault.azure.net", path=f"/keys/cmk/{v2.version}", status=403
+        )
+        monkeypatch.setattr(survey_module, "CHUNK_SIZE", 1)
+
+        report = await sweep(rig.engine)
+
+        assert report.moves == () and len(report.errors) == 1
+        assert report.enqueued == 1 == await rig.queue_length()
+        assert [job.account_id.name for job in await rig.queued()] == ["a-oldest"]
