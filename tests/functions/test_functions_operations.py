@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,8 +23,8 @@ import pytest
 from app_world import ROOT, AppWorld, close_app
 
 from cmk import entrypoints, operations
-from cmk.adapters.operations import TableOperations
-from cmk.ports import OperationKind
+from cmk.adapters.operations import TableOperations, new_operation_id
+from cmk.ports import Operation, OperationAnswer, OperationKind, OperationState
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.faults import FaultRule
 from cmk.sandbox.funchost import FunctionsHost
@@ -259,6 +260,28 @@ class TestAcceptedAnswer:
         jsonschema.validate(done.body, CLI_SCHEMAS["error"])
         assert done.status == 403 and done.body["error"]["kind"] == "access_denied"
 
+    async def test_transient_failure_is_retried_then_answered_503(
+        self, app_world: AppWorld
+    ) -> None:
+        """A Resource Graph that keeps answering 503 fails the first deliveries of the
+        operation (the host delivers it again); the last attempt keeps the 503 answer."""
+        faults = app_world.sandbox.faults
+        faults.add(host=ARM, path=GRAPH, method="POST", status=503, retry_after=0.01)
+        async with _running(app_world, CMK_HTTP_ANSWER_SECONDS="0") as host:
+            accepted = await _call("GET", host.url("status"), key=host.function_key)
+            done = await _poll(accepted.headers["Location"], host.function_key)
+            await host.wait_idle()
+            runs = host.invocations_of("run_operation")
+
+        assert accepted.status == 202
+        assert done.status == 503 and done.body["error"]["kind"] == "transient"
+        jsonschema.validate(done.body, CLI_SCHEMAS["error"])
+        assert [(run.dequeue_count, run.succeeded) for run in runs] == [
+            (attempt, attempt == operations.ATTEMPTS)
+            for attempt in range(1, operations.ATTEMPTS + 1)
+        ]
+        assert not host.poisoned
+
 
 class TestStatusUrl:
     """The status URL: its keys, unknown and expired ids, and the deadline."""
@@ -369,3 +392,44 @@ def _clock(moment: datetime) -> Callable[[], datetime]:
 
 def _id(location: str) -> str:
     return location.split("?", maxsplit=1)[0].rsplit("/", 1)[1]
+
+
+class TestKeptAnswer:
+    """The answer rows in Table storage (through the app's own adapter, against Azurite)."""
+
+    async def test_answer_larger_than_an_entity_is_read_back_whole(
+        self, app_world: AppWorld
+    ) -> None:
+        """A document of several MB (gzip-resistant) is kept in chunk rows of under 1 MiB
+        and read back equal; a second finish does not replace the first answer."""
+        accounts = [{"account_id": secrets.token_hex(64)} for _ in range(40_000)]
+        document = {"accounts": accounts, "exit_code": 0}
+        async with FunctionsHost(ROOT, settings=app_world.settings, poll_queues=False) as host:
+            try:
+                engine = await _engine(host)
+                store = engine.operations
+                assert isinstance(store, TableOperations)
+                now = engine.now()
+                operation = Operation(
+                    id=new_operation_id(),
+                    kind=OperationKind.STATUS,
+                    state=OperationState.NOT_STARTED,
+                    created=now,
+                    deadline=now + timedelta(hours=1),
+                    expires=now + timedelta(hours=2),
+                )
+                await store.accept(operation)
+                kept = await store.finish(operation.id, OperationAnswer(200, document), now, now)
+                again = await store.finish(operation.id, OperationAnswer(503, {}), now, now)
+                assert kept is not None
+                answer = await store.answer(kept)
+                rows = await _operation_rows(host)
+            finally:
+                await close_app(host)
+
+        assert kept.state is OperationState.SUCCEEDED and again == kept
+        assert answer == OperationAnswer(200, document)
+        chunk_rows = [row for row in rows if row["PartitionKey"] != "operation"]
+        assert len(chunk_rows) > 1
+        sizes = [sum(len(v) for v in row.values() if isinstance(v, bytes)) for row in chunk_rows]
+        assert max(sizes) < 2**20 < sum(sizes)
