@@ -29,23 +29,26 @@ from cmk.sandbox.core import Sandbox
 from cmk.sandbox.faults import FaultRule
 from cmk.sandbox.funchost import FunctionsHost
 from cmk.usecases import Engine
-from tests.cli.cli_rig import documented_schemas
 
 #: Ceiling on any wait here: it only bounds a hang, it decides nothing.
 HANG = 30.0
 ARM = "management.azure.com"
 GRAPH = "/providers/Microsoft.ResourceGraph/resources"
-CLI_SCHEMAS = documented_schemas()
 _SCHEMA_BLOCK = re.compile(r"<!-- schema: (\S+) -->\s*```json\n(.*?)```", re.DOTALL)
+
+
+def _documented(page: str) -> dict[str, dict[str, Any]]:
+    """The JSON schemas of docs/``page`` by name, each with docs/cli.md's shared ``$defs``."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    blocks = {name: json.loads(body) for name, body in _SCHEMA_BLOCK.findall(text)}
+    cli = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    shared = dict(_SCHEMA_BLOCK.findall(cli))["$defs"]
+    return {name: {**schema, **json.loads(shared)} for name, schema in blocks.items()}
 
 
 def _functions_schema(name: str) -> dict[str, Any]:
     """A JSON schema documented in docs/functions.md."""
-    text = (ROOT / "docs" / "functions.md").read_text(encoding="utf-8")
-    blocks: dict[str, dict[str, Any]] = {
-        found: json.loads(body) for found, body in _SCHEMA_BLOCK.findall(text)
-    }
-    return blocks[name]
+    return _documented("functions.md")[name]
 
 
 @dataclass
@@ -141,6 +144,9 @@ async def _until(condition: Callable[[], bool]) -> None:
         if loop.time() > until:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.02)
+
+
+CLI_SCHEMAS = _documented("cli.md")
 
 
 class TestDirectAnswer:
