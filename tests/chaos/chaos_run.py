@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -172,11 +173,12 @@ def _add_faults(sandbox: Sandbox, seed: int) -> dict[str, list[FaultRule]]:
     }  # fmt: skip
 
 
-def _arm_patches(sandbox: Sandbox) -> int:
+def _capacity(host: FunctionsHost, function: str) -> int:
+    """How many invocations of a queue function ``host`` can have in flight at once."""
     return sum(
-        n
-        for (endpoint, _), n in sandbox.counters.by_status().items()
-        if endpoint.startswith("PATCH ") and "/accounts/" in endpoint
+        listener.options.batch_size + listener.options.new_batch_threshold
+        for listener in host._listeners
+        if listener.function.name == function
     )
 
 
@@ -368,9 +370,14 @@ async def run_chaos(
     _WATCH.subscription, _WATCH.queues = subscription, queues
     started = time.monotonic()
     killed = 0
+    held = threading.Event()
     try:
         await host_a.start()
         await host_b.start()
+        held_polls = _capacity(host_b, "rotate_account") + 8
+        hold = sandbox.faults.add(
+            host=ARM, path=STATUS_PATH, method="GET", hold=held, count=held_polls
+        )
         for listener in host_a._listeners:  # the killed host's leases end soon
             listener._receive_visibility = KILLED_LEASE_SECONDS
         dispatch.live = [host_a, host_b]
@@ -380,12 +387,10 @@ async def run_chaos(
         _new_version(sandbox, "hsmchaos1", "h1", kty="RSA-HSM")
         rejected = _new_version(sandbox, "kvchaos2", "k4", size=4096)
 
-        # 2. kill host A mid-update; a burst of failed LRO polls after PATCH
-        await _until(lambda: _arm_patches(sandbox) >= min(size // 10, 24), "first PATCHes")
-        await _until(
-            lambda: any(listener.in_flight for listener in host_a._listeners),
-            "host A with invocations in flight",
-        )
+        # 2. kill host A mid-update: the first status polls (each after its PATCH) are
+        # held, more than host B can have in flight, so host A has updates in flight by
+        # construction; a burst of failed LRO polls follows the kill
+        await _until(lambda: hold.hits >= held_polls, f"{held_polls} updates PATCHed and held")
         killed = await host_a.kill()  # cancels at once: nothing runs between check and kill
         dispatch.live = [host_b]
         rules["drop"].append(
@@ -393,6 +398,7 @@ async def run_chaos(
         )
         await host_c.start()
         dispatch.live = [host_b, host_c]
+        held.set()
 
         # 3. disable k3's new version while updates to it run
         k3 = [a for a in sandbox.world.accounts.values() if a.encryption.key_name == "k3"]
@@ -420,6 +426,7 @@ async def run_chaos(
         seconds = time.monotonic() - started
         ledger = await _ledger(azurite, table)
     finally:
+        held.set()
         for host in (host_a, host_b, host_c):
             await host.stop()
         await queues.close()
