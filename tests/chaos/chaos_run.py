@@ -6,10 +6,11 @@ events, switches every fault on at once, then:
 
 1. creates new versions of k1, k2, k3 (events), h1 (Managed HSM: no event) and a
    policy-rejected RSA-4096 version of k4 (event);
-2. once a tenth of the updates (at most 24) were PATCHed and host A has invocations in
-   flight, kills host A (those invocations cancelled, their messages abandoned until
-   their lease ends) and starts host C (two instances), while a burst of dropped LRO polls
-   makes some workers fail after PATCH and before recording;
+2. holds the first status polls (each after its PATCH) — more than host B can have in
+   flight, so host A has updates in flight — and once they are all held kills host A
+   (those invocations cancelled, their messages abandoned until their lease ends), starts
+   host C (two instances) and lets the polls go, while a burst of dropped LRO polls makes
+   some workers fail after PATCH and before recording;
 3. disables k3's new version while updates to it are running, and waits until every
    delivery is done and the queues are idle;
 4. creates a third version of k3 (the operator's answer), waits again, fires the timer
@@ -18,8 +19,8 @@ events, switches every fault on at once, then:
 Chance decides nothing the tests claim: every random draw (fault probabilities, Event
 Grid duplicates, delays and reordering, the pollers' jitter) comes from the run's seed
 (``--chaos-seed``); the first event is duplicated whatever the draw, each kind of fault
-has a rule that fires on its first match, and host A is killed at a moment it has
-invocations in flight. The waits are conditions; their ceilings only bound a hang.
+has a rule that fires on its first match, and host A is killed while updates it runs are
+held in flight. The waits are conditions; their ceilings only bound a hang.
 """
 
 from __future__ import annotations
