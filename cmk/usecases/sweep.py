@@ -7,6 +7,12 @@ protection, account without a usable identity, update stuck or failed, binding s
 beyond CMK_STALE_GRACE_HOURS. The alert sink deduplicates, so an hourly sweep does not
 alert twice about the same problem; and a sweep resolves the open alerts of accounts it
 found healthy, so a problem fixed by hand alerts again if it comes back.
+
+A sweep streams (:func:`~cmk.usecases.survey.survey_chunks`): each Resource Graph page's
+worth of accounts is decided and judged as it arrives, its jobs are sent while the next
+pages come, and only the moves and the accounts with a problem are kept, so 100,000
+accounts cost a sweep little more memory than its moves and findings. ``status`` reports
+every account, so it keeps them all.
 """
 
 from __future__ import annotations
