@@ -17,7 +17,9 @@ export PIP_NO_INPUT := 1
 
 test: setup lint typecheck doctor unit infra-check
 
-setup: $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
+# The three installs wait on the network, not the CPU: run them side by side.
+setup:
+	@$(MAKE) --no-print-directory -j3 $(STAMP) $(NODE_STAMP) $(CHECKOV_STAMP)
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,8 +47,15 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict cmk function_app.py
 
 # Offline checks of the Functions app (host.json, function_app.py, requirements, packaging).
+# The doctor reads every file under --path: it gets a copy of the app without the venvs,
+# node_modules and caches beside it (they hold nothing it checks; 50 s -> 10 s).
+DOCTOR_SKIP := .git .venv .venv-checkov .venv-azcli .node-azsdk node_modules .mypy_cache \
+	.ruff_cache .pytest_cache .hypothesis __pycache__ '*.egg-info' .sandbox
 doctor: $(STAMP)
-	$(BIN)/azure-functions-doctor doctor --path . --profile full
+	@stage=$$(mktemp -d) && trap 'rm -rf "$$stage"' EXIT && \
+	tar -c $(addprefix --exclude=,$(DOCTOR_SKIP)) . | tar -x -C "$$stage" && \
+	echo "$(BIN)/azure-functions-doctor doctor --path <copy of .> --profile full" && \
+	$(BIN)/azure-functions-doctor doctor --path "$$stage" --profile full
 
 unit: setup
 	$(BIN)/pytest
