@@ -205,8 +205,8 @@ def _inline(stage: Stage, concurrency: int, within: float) -> dict[str, Any]:
         "command": "cmk sweep --json",
         "exit_code": done.returncode,
         "concurrency": concurrency,
-        "requests": delta(_counts(stage), before),
-        "arm_reads_by_route": _read_routes(stage, before_routes),
+        "requests": (requests := delta(_counts(stage), before)),
+        "arm_reads_by_route": _read_routes(stage, before_routes, requests["total"]),
     }
 
 
@@ -225,7 +225,10 @@ def _routes(stage: Stage) -> dict[str, int]:
     return found
 
 
-def _read_routes(stage: Stage, before: dict[str, int]) -> dict[str, int]:
+def _read_routes(stage: Stage, before: dict[str, int], served: int) -> dict[str, int] | str:
+    kept = stage.sandbox.counters.log.maxlen
+    if kept is not None and served >= kept:
+        return f"not counted: the sandbox's request log keeps the last {kept} requests"
     after = _routes(stage)
     return {kind: n - before.get(kind, 0) for kind, n in after.items() if n > before.get(kind, 0)}
 
