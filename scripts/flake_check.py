@@ -34,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAK = re.compile(r"Unclosed (client session|connector)")
+#: What `make test`'s unit target passes to pytest (three workers, a file per worker).
+UNIT_OPTIONS = ("-n", "3", "--dist", "loadfile")
 SUMMARY = re.compile(r"^=+ (.*) in [0-9.]+s", re.MULTILINE)
 
 
@@ -91,6 +93,7 @@ def _run(clone: Path, number: int, logs: Path, extra: list[str]) -> Run:
                 str(clone / ".venv/bin/pytest"),
                 "-p",
                 "no:cacheprovider",
+                *UNIT_OPTIONS,
                 f"--chaos-seed={seed}",
                 *extra,
             ],

@@ -27,6 +27,7 @@ import os
 import secrets
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,10 @@ from cmk.sandbox.azurite import Azurite
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 
 SEED = pytest.StashKey[int]()
+#: What pytest-xdist's workers sent back: (section title, lines) for the terminal summary.
+WORKER_REPORTS = pytest.StashKey[list[tuple[str, list[str]]]]()
+#: The key under which a worker sends its leaks and its figures (``config.workeroutput``).
+LEAKS_OUTPUT, FIGURES_OUTPUT = "cmk_leaks", "cmk_figures"
 #: What asyncio logs (through the loop's exception handler) for what was left open: aiohttp
 #: sessions, connectors, responses, and tasks dropped while still pending.
 LEAK_MESSAGES = (
@@ -85,6 +90,9 @@ def pytest_configure(config: pytest.Config) -> None:
     given = config.getoption("--chaos-seed", default=None) or os.environ.get("CMK_TEST_SEED")
     seed = int(given) if given else secrets.randbelow(2**32)
     config.stash[SEED] = seed
+    config.stash[WORKER_REPORTS] = []
+    # pytest-xdist's workers start after this and inherit the environment: one seed for all
+    os.environ["CMK_TEST_SEED"] = str(seed)
     if getattr(config.option, "hypothesis_seed", "absent") is None:
         config.option.hypothesis_seed = str(seed)  # property tests replay with the seed too
     logging.getLogger("asyncio").addHandler(LEAKS)
@@ -120,9 +128,17 @@ def pytest_runtest_makereport(
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Whatever only a full collection finds (sessions in reference cycles) fails too."""
+    """Whatever only a full collection finds (sessions in reference cycles) fails too; a
+    pytest-xdist worker sends it to the controller, which fails the run with it."""
     gc.collect()
     leaks = LEAKS.take()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[LEAKS_OUTPUT] = leaks
+        return
+    for title, lines in session.config.stash[WORKER_REPORTS]:
+        if title == "left unclosed":
+            leaks.extend(lines)
     if leaks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
@@ -132,12 +148,53 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """A pytest-xdist worker finished: keep its leaks and figures for the summary."""
+    output = getattr(node, "workeroutput", {})
+    reports = node.config.stash[WORKER_REPORTS]
+    if output.get(LEAKS_OUTPUT):
+        reports.append(("left unclosed", list(output[LEAKS_OUTPUT])))
+    for title, text in output.get(FIGURES_OUTPUT, {}).items():
+        reports.append((title, str(text).splitlines()))
+
+
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
+    for title, lines in config.stash.get(WORKER_REPORTS, []):
+        if title != "left unclosed":
+            terminalreporter.section(title)
+            for line in lines:
+                terminalreporter.write_line(line)
     if terminalreporter.stats.get("failed") or terminalreporter.stats.get("error"):
         seed = config.stash[SEED]
         terminalreporter.write_line(f"random seed: {seed} (replay with --chaos-seed={seed})")
+
+
+@pytest.fixture(autouse=True)
+def _loggers_restored() -> Iterator[None]:
+    """Put every named logger back as the test found it (level, handlers, propagation).
+    Tests run ``cmk`` in-process, and the CLI sets its loggers' levels and handler as a
+    process does once: without this, one test's CLI run silences another's ``caplog``
+    (which test that is depends on the order the tests happen to run in)."""
+    loggers = logging.Logger.manager.loggerDict
+    before = {
+        name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled)
+        for name, logger in loggers.items()
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    for name, logger in list(loggers.items()):
+        if not isinstance(logger, logging.Logger):
+            continue
+        if name not in before:  # created during the test
+            logger.setLevel(logging.NOTSET)
+            continue
+        level, handlers, propagate, disabled = before[name]
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate, logger.disabled = propagate, disabled
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ The run's random draws come from the session's seed: a failing run prints it, an
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -42,6 +43,10 @@ def chaos(
                 monkeypatch.delenv(name, raising=False)
         result = asyncio.run(run_chaos(sandbox_server, azurite, size, monkeypatch, random_seed))
     request.config.stash[FIGURES] = result.figures()
+    workeroutput = getattr(request.config, "workeroutput", None)
+    if workeroutput is not None:  # under pytest-xdist: the controller prints the figures
+        figures = json.dumps(result.figures(), indent=2, default=str)
+        workeroutput.setdefault("cmk_figures", {})["chaos figures"] = figures
     print(result.figures())  # shown with -s
     try:
         yield result
