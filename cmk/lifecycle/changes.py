@@ -19,7 +19,7 @@ from cmk.keyid import KeyId
 from cmk.lifecycle.check import AccountCheck, evaluate_account
 from cmk.lifecycle.context import Lifecycle
 from cmk.lifecycle.model import AccountIdentity
-from cmk.lifecycle.requirements import Requirement
+from cmk.lifecycle.requirements import KEY_ACCESS, Requirement
 from cmk.ports import LedgerEntry, LedgerState, UpdateOutcome
 from cmk.resource_id import AccountId
 
@@ -56,9 +56,11 @@ class Change:
         return self.outcome is ChangeOutcome.REFUSED
 
 
-def _refusal(check: AccountCheck) -> str:
+def _refusal(requirements: tuple[Requirement, ...]) -> str:
     lines = [
-        f"{r.name}: {r.detail}" + (f" -> fix: {r.fix}" if r.fix else "") for r in check.failures
+        f"{r.name}: {r.detail}" + (f" -> fix: {r.fix}" if r.fix else "")
+        for r in requirements
+        if r.failed
     ]
     return "refused, nothing written: " + "; ".join(lines)
 
@@ -117,7 +119,7 @@ async def _bind(
         requirements=_pending_identity(check, identity, client_id, dry_run),
     )
     if any(r.failed for r in base.requirements) or check.key is None:
-        return replace(base, detail=_refusal(check))
+        return replace(base, detail=_refusal(base.requirements))
     if dry_run:
         return replace(base, outcome=ChangeOutcome.DRY_RUN, detail=f"would bind {check.key}")
     wait = lc.settings.update_timeout
@@ -133,13 +135,28 @@ async def _bind(
 def _pending_identity(
     check: AccountCheck, identity: AccountIdentity, client_id: str | None, dry_run: bool
 ) -> tuple[Requirement, ...]:
-    """In a dry run an account without identity would get one: not a failure yet."""
+    """In a dry run an account without identity would get one: not a failure yet. But
+    that new identity holds no permission on any key, so the real run would create it and
+    stop there, refused: the dry run says so, and refuses too."""
     if not (dry_run and client_id is None and identity.type.lower() == "none"):
         return check.requirements
     pending = Requirement(
         "managed identity", None, "none yet: enable would create a system-assigned identity"
     )
-    return tuple(pending if r.name == "managed identity" else r for r in check.requirements)
+    no_access = Requirement(
+        KEY_ACCESS,
+        False,
+        "the identity enable would create holds no permission on the key until it is granted",
+        "enable without --dry-run creates the identity, stops before binding and prints the"
+        " exact role assignment (or access policy) to grant; once it is granted, enable binds",
+    )
+    rules: list[Requirement] = []
+    for requirement in check.requirements:
+        if requirement.name == "managed identity":
+            rules += [pending, no_access]
+        elif requirement.name != KEY_ACCESS:
+            rules.append(requirement)
+    return tuple(rules)
 
 
 async def enable(

@@ -165,6 +165,10 @@ def _vault_rules(facts: Facts) -> list[Requirement]:
     ]
 
 
+#: The requirement that the account's identity may use the key.
+KEY_ACCESS = "identity has get, wrapKey, unwrapKey"
+
+
 def _identity_rules(facts: Facts) -> list[Requirement]:
     named = facts.identity_client_id
     principal = facts.identity.principal_for(named)
@@ -182,7 +186,7 @@ def _identity_rules(facts: Facts) -> list[Requirement]:
     access, vault = facts.access, facts.vault
     if principal is None or access is None or vault is None:
         return rules
-    name = "identity has get, wrapKey, unwrapKey"
+    name = KEY_ACCESS
     fix = fixes.key_access(vault, facts.key.name, principal)
     if access.holds is None:
         detail = "a Managed HSM authorizes keys with its local RBAC, not visible in ARM; verify"

@@ -10,6 +10,7 @@ from lifecycle_rig import Wired, account_id
 from cmk.events import KeyVaultEvent, parse_event
 from cmk.keyid import KeyId
 from cmk.lifecycle.changes import ChangeOutcome, enable
+from cmk.lifecycle.requirements import KEY_ACCESS
 from cmk.sandbox.eventgrid import shape_event
 from cmk.sandbox.keyvault_model import key_event
 from cmk.sandbox.world import KeyEventType
@@ -85,15 +86,35 @@ class TestEnable:
         assert "--enable-purge-protection true" in change.detail
         assert account.encryption.key_source == "Microsoft.CognitiveServices"
 
-    async def test_dry_run_writes_nothing(self, wired: Wired) -> None:
-        """A dry run on an account without identity: would bind, creates no identity."""
+    async def test_dry_run_writes_nothing_and_tells_the_truth(self, wired: Wired) -> None:
+        """A dry run on an account without identity creates none and writes nothing; it is
+        refused as the real run is: the identity enable creates holds no permission on the
+        key, so the real run creates it and stops before binding."""
         land = wired.land
         account = land.account("ai-dry", identity=False)
         key = KeyId.parse(land.key_id(land.kv))
-        change = await enable(wired.lc, account_id(account), key, dry_run=True)
-        assert change.outcome is ChangeOutcome.REFUSED or change.outcome is ChangeOutcome.DRY_RUN
+        dry = await enable(wired.lc, account_id(account), key, dry_run=True)
+        assert dry.outcome is ChangeOutcome.REFUSED
+        assert [r.name for r in dry.requirements if r.failed] == [KEY_ACCESS]
+        assert "no permission on the key" in dry.detail
         assert account.identity.type == "None"
         assert await wired.ledger(account) == []
+        real = await enable(wired.lc, account_id(account), key)
+        assert real.outcome is ChangeOutcome.REFUSED and real.identity_enabled
+        assert [r.name for r in real.requirements if r.failed] == [KEY_ACCESS]
+
+    async def test_dry_run_with_access_granted_would_bind(self, wired: Wired) -> None:
+        """An account whose identity may use the key: the dry run says it would bind, and
+        the real run binds."""
+        land = wired.land
+        account = land.account("ai-dry-ok")
+        land.grant(account, land.kv)
+        key = KeyId.parse(land.key_id(land.kv))
+        dry = await enable(wired.lc, account_id(account), key, dry_run=True)
+        assert dry.outcome is ChangeOutcome.DRY_RUN and "would bind" in dry.detail
+        assert account.encryption.key_source == "Microsoft.CognitiveServices"
+        real = await enable(wired.lc, account_id(account), key)
+        assert real.outcome is ChangeOutcome.DONE, real.detail
 
     async def test_new_version_reaches_the_account_through_rotation(self, wired: Wired) -> None:
         """After enable, a new version's event fans out and the worker moves the account."""
