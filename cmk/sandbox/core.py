@@ -195,6 +195,7 @@ class Sandbox:
             if server is not None:
                 self._call(server.stop())
             self._call(self.eventgrid.close())
+            self._call(_cancel_the_rest())
             loop.call_soon_threadsafe(loop.stop)
             if self._thread is not None:
                 self._thread.join(timeout=10)
@@ -455,3 +456,14 @@ class Sandbox:
     def drain_events(self, timeout: float = 10.0) -> None:
         """Wait until every pending Event Grid delivery finished (delivered or dead)."""
         self._call(self.eventgrid.drain(), timeout)
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel and await whatever still runs on the sandbox's loop (a request held by a
+    latency fault whose connection aiohttp has let go), so closing the loop destroys no
+    pending task and prints nothing."""
+    current = asyncio.current_task()
+    rest = [task for task in asyncio.all_tasks() if task is not current]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)

@@ -29,6 +29,18 @@ CREATE_VERSION = {"host": "*.vault.azure.net", "path": r"/keys/ai-cmk/(create|ro
 RESOURCE_GRAPH = {"host": "management.azure.com", "path": r"Microsoft\.ResourceGraph/resources"}
 
 
+#: Runs ARGV with SIGINT at its default. A suite started in the background (`make test &`,
+#: nohup) inherits SIGINT ignored, and a Python started with SIGINT ignored keeps ignoring
+#: it, as a background job should: `cmk` would run to the end and these tests would fail.
+#: (Not a preexec_fn: the sandbox's threads make forking with one unsafe.)
+CTRL_C_DEFAULT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def _interrupt(
     world: World, argv: list[str], hold: dict[str, str]
 ) -> subprocess.CompletedProcess[str]:
@@ -36,7 +48,7 @@ def _interrupt(
     it is waiting on it, and return how it ended."""
     rule: FaultRule = world.sandbox.faults.add(latency=HOLD_SECONDS, **hold)
     process = subprocess.Popen(
-        [str(CMK), *argv],
+        [*CTRL_C_DEFAULT, str(CMK), *argv],
         env=dict(os.environ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -125,7 +137,7 @@ class TestInterruptedDemo:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CMK_", "AZURE_"))}
         env.pop("AzureWebJobsStorage", None)
         process = subprocess.Popen(
-            [str(CMK), "demo"],
+            [*CTRL_C_DEFAULT, str(CMK), "demo"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
