@@ -155,7 +155,7 @@ def _cpu(sandbox: Any) -> dict[str, float]:
 
 def _serve(scenario: Path, answers: IO[str]) -> None:
     from cmk.sandbox.core import Sandbox  # noqa: PLC0415 (only the child runs a sandbox)
-    from cmk.sandbox.throttling import throttle_for  # noqa: PLC0415
+    from cmk.sandbox.platform.throttling import throttle_for  # noqa: PLC0415
 
     def answer(value: object) -> None:
         answers.write(json.dumps(value) + "\n")

@@ -113,7 +113,7 @@ class Stage:
 
     def reset_throttle(self) -> None:
         """Refill every ARM bucket (between phases that must not share a budget)."""
-        from cmk.sandbox.throttling import throttle_for  # noqa: PLC0415 (sandbox code on demand)
+        from cmk.sandbox.platform.throttling import throttle_for  # noqa: PLC0415 (sandbox code on demand)
 
         throttle_for(self.sandbox.world).reset()
 

@@ -15,7 +15,7 @@ the run is the largest over subscriptions. ``read_bound_seconds`` adds ARM's rea
 for the fewest reads an update needs (one LRO status poll and one verifying GET).
 
 Key Vault's per-vault limits and Managed HSM's capacity are on with ARM's throttling
-(cmk.sandbox.keyvault_limits); each phase reports its Key Vault requests and their 429s, and
+(cmk.sandbox.keyvault.limits); each phase reports its Key Vault requests and their 429s, and
 the Functions phase the jobs that reached the poison queue.
 
 ``--accounts 10000 --subscriptions 1`` is the write budget's run: (10,000 - 200) / 10 s =
@@ -62,8 +62,8 @@ from bench._stage import (
     parser,
     staged,
 )
-from cmk.sandbox.funchost import FunctionsHost
-from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.keyvault.model import add_key_version
 from cmk.sandbox.world import AccountState, KeyEventType, KeyVersionState, VaultState
 
 MIN_READS_PER_UPDATE = 2  # one LRO status poll, one verifying GET

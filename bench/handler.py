@@ -15,9 +15,9 @@ from typing import Any
 from azure.storage.queue.aio import QueueClient
 
 from bench._stage import APP_DIR, Stage, Stopwatch, delta, emit, estate, machine, parser, staged
-from cmk.sandbox.eventgrid import shape_event
-from cmk.sandbox.funchost import FunctionsHost
-from cmk.sandbox.keyvault_model import add_key_version, key_event
+from cmk.sandbox.eventgrid.service import shape_event
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.keyvault.model import add_key_version, key_event
 from cmk.sandbox.world import KeyEventType
 
 TARGET_SECONDS = 2.0

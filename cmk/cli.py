@@ -27,7 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cmk.commands.history",
     "cmk.commands.lifecycle",
     "cmk.commands.demo",
-    "cmk.sandbox.command",
+    "cmk.sandbox.command.up",
 )
 
 EXIT_CODES = (

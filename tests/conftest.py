@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from cmk.sandbox.azurite import Azurite
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
+from cmk.sandbox.platform.azurite import Azurite
 
 SEED = pytest.StashKey[int]()
 #: What pytest-xdist's workers sent back: (section title, lines) for the terminal summary.

@@ -1,6 +1,6 @@
 """``cmk demo``: the whole product on the local Azure sandbox in under a minute.
 
-It starts the sandbox and Azurite with the demo world (cmk/sandbox/demo_world.json: 48
+It starts the sandbox and Azurite with the demo world (cmk/sandbox/scenario/demo_world.json: 48
 CMK accounts over two Key Vaults and a Managed HSM), runs ``function_app.py`` on the local
 Functions host with two instances, subscribes the app's Event Grid functions to the Key
 Vaults, and tells four acts (:mod:`cmk.commands.demo_story`). It ends with a results

@@ -15,14 +15,14 @@ from typing import Any
 
 import cmk
 from cmk.commands.errors import UsageError
-from cmk.sandbox.azurite import AzuriteNotInstalled
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.funchost import FunctionsHost
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.platform.azurite import AzuriteNotInstalled
 from cmk.sandbox.world import AccountState, KeyEventType, VaultKind, VaultState, World
 
 __all__ = ["DEMO_WORLD", "Stage", "find_app_dir", "stage"]
 
-DEMO_WORLD = Path(__file__).resolve().parent.parent / "sandbox" / "demo_world.json"
+DEMO_WORLD = Path(__file__).resolve().parent.parent / "sandbox" / "scenario" / "demo_world.json"
 APP_FILE = "function_app.py"
 #: Event Grid subscriptions of the deployment (infra/app/event-subscriptions.bicep).
 SUBSCRIPTIONS = {

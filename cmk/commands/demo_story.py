@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from cmk.commands.demo_stage import Stage
-from cmk.sandbox.keyvault_model import add_key_version, rotate_key
+from cmk.sandbox.keyvault.model import add_key_version, rotate_key
 
 __all__ = ["ACTS", "Act", "Narrator"]
 

@@ -26,20 +26,20 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from cmk.sandbox.azurite import Azurite
-from cmk.sandbox.ca import SandboxCA
-from cmk.sandbox.context import ServiceContext
-from cmk.sandbox.eventgrid import EVENTGRID_HOSTS, EventGrid
-from cmk.sandbox.faults import Counters, Faults
-from cmk.sandbox.identity import (
+from cmk.sandbox.eventgrid.service import EVENTGRID_HOSTS, EventGrid
+from cmk.sandbox.identity.service import (
     HostIdentity,
     IdentityHosts,
     TokenService,
     build_identity_app,
     build_login_app,
 )
-from cmk.sandbox.scenario import SeededWorld, build_world, load
-from cmk.sandbox.server import Mount, SandboxServer
+from cmk.sandbox.platform.azurite import Azurite
+from cmk.sandbox.platform.ca import SandboxCA
+from cmk.sandbox.platform.context import ServiceContext
+from cmk.sandbox.platform.faults import Counters, Faults
+from cmk.sandbox.platform.server import Mount, SandboxServer
+from cmk.sandbox.scenario.loader import SeededWorld, build_world, load
 from cmk.sandbox.world import Principal, UserAssignedIdentity, World
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ ARM_HOSTS = ("management.azure.com", "management.chinacloudapi.cn", "management.
 LOGIN_HOSTS = ("login.microsoftonline.com", "login.chinacloudapi.cn", "login.microsoftonline.us")
 # (service name, module, host patterns): services other engineers build, mounted if present
 SERVICE_MODULES = (
-    ("keyvault", "cmk.sandbox.keyvault", KEYVAULT_HOSTS),
-    ("arm", "cmk.sandbox.arm", ARM_HOSTS),
+    ("keyvault", "cmk.sandbox.keyvault.service", KEYVAULT_HOSTS),
+    ("arm", "cmk.sandbox.arm.service", ARM_HOSTS),
 )
 DEFAULT_HOST = "app"
 START_TIMEOUT_SECONDS = 30.0
@@ -280,7 +280,7 @@ class Sandbox:
 
     def set_throttling(self, enabled: bool) -> None:
         """Switch ARM / Resource Graph throttling of the current world on or off."""
-        module = _service_module("cmk.sandbox.throttling")
+        module = _service_module("cmk.sandbox.platform.throttling")
         throttle_for = getattr(module, "throttle_for", None) if module else None
         if throttle_for is not None:
             throttle_for(self.world).enabled = enabled
@@ -321,7 +321,7 @@ class Sandbox:
 
     def add_service(self, name: str, hosts: Sequence[str], factory: ServiceFactory) -> None:
         """Serve ``factory(ctx)``'s application for ``hosts`` (patterns as in
-        :class:`~cmk.sandbox.server.Mount`; they must be emulated host names), ahead of the
+        :class:`~cmk.sandbox.platform.server.Mount`; they must be emulated host names), ahead of the
         built-in services, until :meth:`remove_service`; rebuilt on every reset."""
         self._extra_services[name] = (tuple(h.lower() for h in hosts), factory)
         if self._server is not None:
@@ -446,7 +446,7 @@ class Sandbox:
 
     def emit_due_expiry_events(self) -> int:
         """Emit expiry events due on the sandbox clock (Key Vault's helper, if present)."""
-        module = _service_module("cmk.sandbox.keyvault")
+        module = _service_module("cmk.sandbox.keyvault.service")
         emit = getattr(module, "emit_due_expiry_events", None) if module else None
         if emit is None:
             return 0

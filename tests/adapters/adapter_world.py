@@ -11,9 +11,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from cmk.sandbox.cognitive import seed_account
+from cmk.sandbox.arm.cognitive.accounts import seed_account
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.keyvault.model import add_key_version
 from cmk.sandbox.world import (
     AccountState,
     Encryption,

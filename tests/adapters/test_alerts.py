@@ -11,7 +11,7 @@ from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
 from cmk.keyid import KeyId
 from cmk.ports import Alert, AlertType, Severity
 from cmk.resource_id import AccountId
-from cmk.sandbox.eventgrid import Topic
+from cmk.sandbox.eventgrid.service import Topic
 from cmk.wiring import Services
 
 ACCOUNT = str(AccountId(SUB, RG, "acct"))

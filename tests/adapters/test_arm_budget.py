@@ -12,7 +12,7 @@ from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
 
 from cmk.adapters.arm_budget import ArmBudget, BucketSize
 from cmk.resource_id import AccountId
-from cmk.sandbox.throttling import throttle_for
+from cmk.sandbox.platform.throttling import throttle_for
 from cmk.wiring import Services
 
 

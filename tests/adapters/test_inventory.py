@@ -21,10 +21,10 @@ from cmk.adapters.inventory import (
 from cmk.errors import AccessDenied, InvalidInput
 from cmk.keyid import KeyId
 from cmk.ports import AccountRecord
-from cmk.sandbox import kql
-from cmk.sandbox.cognitive import seed_account
-from cmk.sandbox.resourcegraph import graph_for
-from cmk.sandbox.throttling import throttle_for
+from cmk.sandbox.arm.cognitive.accounts import seed_account
+from cmk.sandbox.platform.throttling import throttle_for
+from cmk.sandbox.resourcegraph.kql import language as kql
+from cmk.sandbox.resourcegraph.service import graph_for
 from cmk.sandbox.world import Encryption
 from cmk.wiring import Services
 

@@ -11,7 +11,7 @@ from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
 from cmk.errors import AccessDenied, ConfigurationError, ThrottledError
 from cmk.keyid import KeyId
 from cmk.resource_id import AccountId
-from cmk.sandbox.cognitive import rp_for
+from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.settings import AzureCloud, Settings, StorageSettings
 from cmk.wiring import RetryOptions, Services, WiringOptions
 

@@ -45,9 +45,9 @@ from chaos_world import TOPIC, scenario
 from cmk.adapters.ledger import TableLedger
 from cmk.ports import LedgerEntry
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.faults import FaultRule
-from cmk.sandbox.funchost import FunctionsHost
-from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.keyvault.model import add_key_version
+from cmk.sandbox.platform.faults import FaultRule
 from cmk.sandbox.world import KeyEventType, KeyVersionState, VaultState
 
 APP_DIR = Path(__file__).resolve().parents[2]

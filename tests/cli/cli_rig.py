@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.keyvault.model import add_key_version
 from cmk.sandbox.world import AccountState, VaultState
 
 CLI_DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"

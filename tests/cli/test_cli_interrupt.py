@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 from cli_rig import SCHEMAS, World
 
-from cmk.sandbox.faults import FaultRule
+from cmk.sandbox.platform.faults import FaultRule
 
 CMK = Path(sys.executable).parent / "cmk"
 #: Only bounds a hang: the signal is sent when the held request has arrived.

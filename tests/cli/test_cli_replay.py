@@ -9,8 +9,8 @@ from pathlib import Path
 from azure.storage.queue import QueueClient
 from cli_rig import World
 
-from cmk.sandbox.eventgrid import shape_event
-from cmk.sandbox.keyvault_model import key_event
+from cmk.sandbox.eventgrid.service import shape_event
+from cmk.sandbox.keyvault.model import key_event
 from cmk.sandbox.world import KeyEventType
 
 

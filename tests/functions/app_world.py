@@ -23,11 +23,11 @@ from pycep import BicepParser
 
 from cmk.ports import LedgerEntry
 from cmk.resource_id import AccountId
-from cmk.sandbox.cognitive import rp_for, seed_account
+from cmk.sandbox.arm.cognitive.accounts import rp_for, seed_account
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.eventgrid import Subscription, Topic
-from cmk.sandbox.funchost import FunctionsHost
-from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.eventgrid.service import Subscription, Topic
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.keyvault.model import add_key_version
 from cmk.sandbox.world import (
     AccountState,
     Encryption,

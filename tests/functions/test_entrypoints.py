@@ -25,8 +25,8 @@ from cmk.ports import RotationJob
 from cmk.resource_id import AccountId
 from cmk.runtime import Runtime
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.eventgrid import shape_event
-from cmk.sandbox.keyvault_model import add_key_version, key_event
+from cmk.sandbox.eventgrid.service import shape_event
+from cmk.sandbox.keyvault.model import add_key_version, key_event
 from cmk.sandbox.world import AccountState, KeyEventType, VaultKind, VaultState
 from cmk.sandbox.world import Subscription as ArmSubscription
 from cmk.settings import Settings

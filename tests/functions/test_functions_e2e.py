@@ -18,7 +18,7 @@ from azure.keyvault.keys.aio import KeyClient
 
 from cmk.ports import LedgerState
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.funchost import FunctionsHost
+from cmk.sandbox.funchost.host import FunctionsHost
 from cmk.sandbox.world import AccountState
 
 WITHIN = 20.0

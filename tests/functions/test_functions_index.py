@@ -13,9 +13,9 @@ from app_world import ROOT, AppWorld, close_app, example_values, infra_routes
 
 from cmk.events import KeyVaultEventType
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.eventgrid import shape_event
-from cmk.sandbox.funchost import FunctionsHost
-from cmk.sandbox.funchost_index import FunctionIndexError, IndexedFunction
+from cmk.sandbox.eventgrid.service import shape_event
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.funchost.index import FunctionIndexError, IndexedFunction
 from cmk.sandbox.world import KeyEvent, KeyEventType
 from cmk.settings import Settings
 

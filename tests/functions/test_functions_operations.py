@@ -26,8 +26,8 @@ from cmk import entrypoints, operations
 from cmk.adapters.operations import TableOperations, new_operation_id
 from cmk.ports import Operation, OperationAnswer, OperationKind, OperationState
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.faults import FaultRule
-from cmk.sandbox.funchost import FunctionsHost
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.platform.faults import FaultRule
 from cmk.usecases import Engine
 
 #: Ceiling on any wait here: it only bounds a hang, it decides nothing.

@@ -17,9 +17,9 @@ from cmk.adapters.jobqueue import decode_job
 from cmk.lifecycle.context import Lifecycle
 from cmk.lifecycle.services import LifecycleClients
 from cmk.resource_id import AccountId
-from cmk.sandbox.cognitive import seed_account
+from cmk.sandbox.arm.cognitive.accounts import seed_account
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.keyvault.model import add_key_version
 from cmk.sandbox.world import (
     AccountState,
     Encryption,

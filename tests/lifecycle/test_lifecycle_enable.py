@@ -11,8 +11,8 @@ from cmk.events import KeyVaultEvent, parse_event
 from cmk.keyid import KeyId
 from cmk.lifecycle.changes import ChangeOutcome, enable
 from cmk.lifecycle.requirements import KEY_ACCESS
-from cmk.sandbox.eventgrid import shape_event
-from cmk.sandbox.keyvault_model import key_event
+from cmk.sandbox.eventgrid.service import shape_event
+from cmk.sandbox.keyvault.model import key_event
 from cmk.sandbox.world import KeyEventType
 from cmk.usecases import on_new_version
 

@@ -30,9 +30,9 @@ from azure.mgmt.cognitiveservices.models import (
     Encryption as EncryptionModel,
 )
 
-from cmk.sandbox.cognitive import rp_for, seed_account
+from cmk.sandbox.arm.cognitive.accounts import rp_for, seed_account
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.throttling import throttle_for
+from cmk.sandbox.platform.throttling import throttle_for
 from cmk.sandbox.world import (
     Encryption,
     KeyState,

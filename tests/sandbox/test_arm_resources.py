@@ -10,7 +10,7 @@ import pytest
 import requests
 from azure.identity import DefaultAzureCredential
 
-from cmk.sandbox.cognitive import seed_account
+from cmk.sandbox.arm.cognitive.accounts import seed_account
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.world import Principal, Subscription, UserAssignedIdentity, VaultKind, VaultState
 

@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from azure.mgmt.cognitiveservices.models import Account
 
-from cmk.sandbox import arm
-from cmk.sandbox.cognitive import rp_for, seed_account
-from cmk.sandbox.context import ServiceContext, TokenClaims
-from cmk.sandbox.throttling import throttle_for
+from cmk.sandbox.arm import service as arm
+from cmk.sandbox.arm.cognitive.accounts import rp_for, seed_account
+from cmk.sandbox.platform.context import ServiceContext, TokenClaims
+from cmk.sandbox.platform.throttling import throttle_for
 from cmk.sandbox.world import (
     Encryption,
     KeyState,

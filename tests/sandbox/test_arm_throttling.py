@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cmk.sandbox.throttling import Throttle, TokenBucket, throttle_for
+from cmk.sandbox.platform.throttling import Throttle, TokenBucket, throttle_for
 from cmk.sandbox.world import World
 
 

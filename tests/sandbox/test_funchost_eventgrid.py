@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.eventgrid import CLOUDEVENT_SCHEMA, shape_event
-from cmk.sandbox.funchost import FunctionInvocationError, FunctionsHost
-from cmk.sandbox.funchost_http import EVENTGRID_SYSTEM_KEY
+from cmk.sandbox.eventgrid.service import CLOUDEVENT_SCHEMA, shape_event
+from cmk.sandbox.funchost.host import FunctionInvocationError, FunctionsHost
+from cmk.sandbox.funchost.http import EVENTGRID_SYSTEM_KEY
 from cmk.sandbox.world import KeyEvent, KeyEventType
 
 SAMPLE_APP = Path(__file__).parent / "sample_app"

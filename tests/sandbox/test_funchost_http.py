@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from cmk.sandbox.funchost import FunctionsHost
+from cmk.sandbox.funchost.host import FunctionsHost
 
 SAMPLE_APP = Path(__file__).parent / "sample_app"
 SETTINGS = {"SAMPLE_JOB_QUEUE": "http-jobs", "SAMPLE_SCHEDULE": "0 0 * * * *"}

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cmk.sandbox.funchost import FunctionsHost
-from cmk.sandbox.funchost_config import HostConfig, HostConfigError, QueueOptions, parse_timespan
-from cmk.sandbox.funchost_http import HostKeys, aiohttp_paths
-from cmk.sandbox.funchost_index import FunctionIndexError
-from cmk.sandbox.funchost_schedule import Schedule, ScheduleError
+from cmk.sandbox.funchost.config import HostConfig, HostConfigError, QueueOptions, parse_timespan
+from cmk.sandbox.funchost.host import FunctionsHost
+from cmk.sandbox.funchost.http import HostKeys, aiohttp_paths
+from cmk.sandbox.funchost.index import FunctionIndexError
+from cmk.sandbox.funchost.schedule import Schedule, ScheduleError
 
 SAMPLE_APP = Path(__file__).parent / "sample_app"
 SETTINGS = {"SAMPLE_JOB_QUEUE": "sample-jobs", "SAMPLE_SCHEDULE": "0 */5 * * * *"}

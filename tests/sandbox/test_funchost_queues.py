@@ -14,8 +14,8 @@ import pytest
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from cmk.sandbox.funchost import FunctionsHost, Invocation
-from cmk.sandbox.funchost_index import FunctionIndexError
+from cmk.sandbox.funchost.host import FunctionsHost, Invocation
+from cmk.sandbox.funchost.index import FunctionIndexError
 
 SAMPLE_APP = Path(__file__).parent / "sample_app"
 

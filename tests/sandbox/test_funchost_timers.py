@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cmk.sandbox.funchost import FunctionInvocationError, FunctionsHost
+from cmk.sandbox.funchost.host import FunctionInvocationError, FunctionsHost
 
 SAMPLE_APP = Path(__file__).parent / "sample_app"
 SETTINGS = {"SAMPLE_JOB_QUEUE": "timer-jobs", "SAMPLE_SCHEDULE": "0 0 * * * *"}

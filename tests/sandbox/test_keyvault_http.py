@@ -1,4 +1,4 @@
-"""Tests for cmk.sandbox.keyvault over raw HTTP: paths, status codes, headers and bodies."""
+"""Tests for cmk.sandbox.keyvault.service over raw HTTP: paths, status codes, headers and bodies."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from cmk.sandbox.context import ServiceContext, TokenClaims
-from cmk.sandbox.keyvault import build_app
-from cmk.sandbox.keyvault_model import add_key_version
-from cmk.sandbox.keyvault_versions import (
+from cmk.sandbox.keyvault.model import add_key_version
+from cmk.sandbox.keyvault.service import build_app
+from cmk.sandbox.keyvault.versions import (
     API_VERSIONS,
     LATEST_STABLE,
     PREVIEW_VERSIONS,
     STABLE_VERSIONS,
 )
+from cmk.sandbox.platform.context import ServiceContext, TokenClaims
 from cmk.sandbox.world import KeyEvent, KeyEventType, Principal, VaultKind, VaultState, World
 
 SUB = "00000000-0000-4000-8000-000000000001"

@@ -15,14 +15,14 @@ from azure.identity import DefaultAzureCredential
 from azure.keyvault.keys import KeyClient
 
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.keyvault_limits import (
+from cmk.sandbox.keyvault.limits import (
     THROTTLED_MESSAGE,
     KeyLimit,
     KeyShape,
     KeyVaultLimits,
     Meter,
 )
-from cmk.sandbox.throttling import throttle_for
+from cmk.sandbox.platform.throttling import throttle_for
 from cmk.sandbox.world import VaultKind, VaultState, World
 
 SUB = "00000000-0000-4000-8000-0000000000ab"

@@ -1,4 +1,4 @@
-"""Tests for cmk.sandbox.keyvault_model: world helpers that add, rotate and expire versions."""
+"""Tests for cmk.sandbox.keyvault.model: world helpers that add, rotate and expire versions."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cmk.sandbox import keyvault
-from cmk.sandbox.keyvault_model import (
+from cmk.sandbox.keyvault import service as keyvault
+from cmk.sandbox.keyvault.model import (
     KeyNotFoundError,
     KeyParameterError,
     add_key_version,
@@ -142,7 +142,7 @@ class TestAddKeyVersion:
         assert add_key_version(world, hsm, "k", kty="RSA-HSM").kty == "RSA-HSM"
 
     def test_is_reexported_by_the_service_module(self) -> None:
-        """cmk.sandbox.keyvault exposes the helpers the sandbox core calls."""
+        """cmk.sandbox.keyvault.service exposes the helpers the sandbox core calls."""
         assert keyvault.add_key_version is add_key_version
         assert keyvault.rotate_key is rotate_key
         assert keyvault.emit_due_expiry_events is emit_due_expiry_events

@@ -26,7 +26,7 @@ from azure.keyvault.keys import (
 from azure.keyvault.keys.aio import KeyClient as AsyncKeyClient
 
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.keyvault_model import add_key_version
+from cmk.sandbox.keyvault.model import add_key_version
 from cmk.sandbox.world import KeyEvent, KeyEventType, Principal, VaultKind, VaultState
 
 SUB = "00000000-0000-4000-8000-0000000000aa"

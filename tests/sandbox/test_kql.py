@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cmk.sandbox import kql
+from cmk.sandbox.resourcegraph.kql import language as kql
 
 INVENTORY = (
     "Resources | where type =~ 'microsoft.cognitiveservices/accounts' "

@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from cmk.cli import main
-from cmk.sandbox.command_env import live_owner, write_env_file
+from cmk.sandbox.command.env import live_owner, write_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Bounds a hang of the start-up (Azurite included); a loaded machine is slow, not wrong.

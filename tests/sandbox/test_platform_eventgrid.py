@@ -22,8 +22,8 @@ from azure.identity.aio import DefaultAzureCredential as AsyncDefaultAzureCreden
 from azure.keyvault.keys import KeyClient
 
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.eventgrid import CLOUDEVENT_SCHEMA, shape_event
-from cmk.sandbox.server import bind_loopback
+from cmk.sandbox.eventgrid.service import CLOUDEVENT_SCHEMA, shape_event
+from cmk.sandbox.platform.server import bind_loopback
 from cmk.sandbox.world import KeyEvent, KeyEventType, VaultKind, VaultState
 
 VAULT_ID = (

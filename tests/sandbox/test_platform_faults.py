@@ -9,9 +9,9 @@ import pytest
 import requests
 from aiohttp import web
 
-from cmk.sandbox.context import ServiceContext
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.faults import Counters, FaultRule, Faults, RequestRecord
+from cmk.sandbox.platform.context import ServiceContext
+from cmk.sandbox.platform.faults import Counters, FaultRule, Faults, RequestRecord
 
 HOST = "faulty.vault.azure.net"
 URL = f"https://{HOST}/items/a"

@@ -17,9 +17,9 @@ from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.identity.aio import DefaultAzureCredential as AsyncDefaultAzureCredential
 from cryptography import x509
 
-from cmk.sandbox.context import AUDIENCE_ARM, AUDIENCE_VAULT
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.identity import TokenService
+from cmk.sandbox.identity.service import TokenService
+from cmk.sandbox.platform.context import AUDIENCE_ARM, AUDIENCE_VAULT
 from cmk.sandbox.world import Principal
 
 

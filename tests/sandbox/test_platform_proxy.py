@@ -17,9 +17,9 @@ import pytest
 import requests
 from aiohttp import web
 
-from cmk.sandbox.ca import SandboxCA, host_is_emulated
-from cmk.sandbox.context import ServiceContext
 from cmk.sandbox.core import Sandbox
+from cmk.sandbox.platform.ca import SandboxCA, host_is_emulated
+from cmk.sandbox.platform.context import ServiceContext
 
 PROBE_HOST = "probe.vault.azure.net"
 

@@ -11,9 +11,9 @@ import pytest
 from azure.identity import DefaultAzureCredential
 from azure.keyvault.keys import KeyClient
 
-from cmk.sandbox import scenario
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.scenario import ScenarioError, build_world, load
+from cmk.sandbox.scenario import loader as scenario
+from cmk.sandbox.scenario.loader import ScenarioError, build_world, load
 from cmk.sandbox.world import Principal, VaultKind
 
 

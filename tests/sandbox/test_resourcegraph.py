@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cmk.sandbox.cognitive import rp_for, seed_account
-from cmk.sandbox.resourcegraph import GraphError, ResourceGraph
+from cmk.sandbox.arm.cognitive.accounts import rp_for, seed_account
+from cmk.sandbox.resourcegraph.service import GraphError, ResourceGraph
 from cmk.sandbox.world import (
     Encryption,
     Principal,

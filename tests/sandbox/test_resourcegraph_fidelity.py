@@ -14,9 +14,9 @@ from azure.mgmt.resourcegraph import ResourceGraphClient
 from azure.mgmt.resourcegraph.aio import ResourceGraphClient as AsyncResourceGraphClient
 from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions
 
-from cmk.sandbox.cognitive import seed_account
+from cmk.sandbox.arm.cognitive.accounts import seed_account
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.throttling import throttle_for
+from cmk.sandbox.platform.throttling import throttle_for
 from cmk.sandbox.world import Encryption, Subscription, VaultKind, VaultState
 
 SUB = "5d0c3f6e-7a3b-4c1e-9f55-2b1f0b6a9c11"

@@ -17,7 +17,7 @@ from cmk.errors import CmkError
 from cmk.keyid import KeyId
 from cmk.ports import AccountRecord
 from cmk.resource_id import AccountId
-from cmk.sandbox.resourcegraph import graph_for
+from cmk.sandbox.resourcegraph.service import graph_for
 from cmk.sandbox.world import KeyEventType
 from cmk.usecases import Engine, on_new_version
 from cmk.usecases.fanout import fan_out

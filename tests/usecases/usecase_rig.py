@@ -21,10 +21,10 @@ from cmk.errors import TransientError
 from cmk.events import KeyVaultEvent, parse_event
 from cmk.ports import JobStep, LedgerEntry, LedgerState, RotationJob
 from cmk.resource_id import AccountId
-from cmk.sandbox.cognitive import seed_account
+from cmk.sandbox.arm.cognitive.accounts import seed_account
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.eventgrid import Topic, shape_event
-from cmk.sandbox.keyvault_model import add_key_version, key_event
+from cmk.sandbox.eventgrid.service import Topic, shape_event
+from cmk.sandbox.keyvault.model import add_key_version, key_event
 from cmk.sandbox.world import (
     AccountState,
     Encryption,

@@ -1,0 +1,221 @@
+"""ARM ``Microsoft.Authorization`` (api-version 2022-04-01) for :mod:`cmk.sandbox.arm.service`: role
+assignments and role definitions, from :attr:`World.role_assignments` and
+:data:`~cmk.sandbox.world.ROLE_ACTIONS`.
+
+* ``GET {scope}/providers/Microsoft.Authorization/roleAssignments`` — ``scope`` is a
+  subscription, resource group, resource or sub-resource (a vault's ``/keys/{name}``).
+  ``$filter=atScope()``: assignments at the scope or above it; ``principalId eq '{id}'``:
+  that principal's assignments at, above or below it; both (``and``): that principal's at or
+  above; none: everything at, above or below. Pages of :data:`PAGE_SIZE` with a ``nextLink``
+  (``$skipToken``). Needs ``Microsoft.Authorization/roleAssignments/read`` on the scope.
+* ``GET /subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{guid}`` — the
+  built-in role with ``permissions[].actions`` / ``dataActions``; 404
+  ``RoleDefinitionDoesNotExist``.
+
+Each built-in role carries its real role definition GUID and splits its permissions into
+control-plane ``actions`` and data-plane ``dataActions`` as Azure does (Owner, Contributor and
+Reader have no data actions: they do not grant key operations in an RBAC vault).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from cmk.sandbox.arm.cognitive.accounts import ArmError, iso
+from cmk.sandbox.arm.keyvault import Authorize, Handler, Json, require_get
+from cmk.sandbox.platform.context import TokenClaims
+from cmk.sandbox.world import ROLE_ACTIONS, RoleAssignment, World
+
+PAGE_SIZE = 100
+ASSIGNMENTS_READ = "Microsoft.Authorization/roleAssignments/read"
+
+_PROVIDER = r"/providers/Microsoft\.Authorization"
+ASSIGNMENTS = re.compile(
+    rf"^(?P<scope>/subscriptions/(?P<sub>[^/]+)(?:/.+?)?){_PROVIDER}/roleAssignments/?$",
+    re.IGNORECASE,
+)
+DEFINITION = re.compile(
+    rf"^/subscriptions/(?P<sub>[^/]+){_PROVIDER}/roleDefinitions/(?P<guid>[^/]+)/?$",
+    re.IGNORECASE,
+)
+_PRINCIPAL = re.compile(r"principalId\s+eq\s+'(?P<id>[^']+)'", re.IGNORECASE)
+_AT_SCOPE = re.compile(r"atScope\(\)", re.IGNORECASE)
+
+# Built-in roles: real role definition GUID, control-plane actions, data actions.
+BUILT_IN: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "Owner": ("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", ("*",), ()),
+    "Contributor": ("b24988ac-6180-42a0-ab88-20f7382dd24c", ("*",), ()),
+    "Reader": ("acdd72a7-3385-48ef-bd42-f606fba81ae7", ("*/read",), ()),
+    "Cognitive Services Contributor": (
+        "25fbc0a9-bd7c-42a3-aa1a-3b75d497ee68",
+        ("Microsoft.CognitiveServices/*",),
+        (),
+    ),
+    "Key Vault Administrator": (
+        "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+        ("Microsoft.KeyVault/vaults/*/read",),
+        ("Microsoft.KeyVault/vaults/*",),
+    ),
+    "Key Vault Crypto Officer": (
+        "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
+        ("Microsoft.KeyVault/vaults/*/read",),
+        (),
+    ),
+    "Key Vault Crypto User": ("12338af0-0e69-4776-bea7-57ae8d297424", (), ()),
+    "Key Vault Crypto Service Encryption User": (
+        "e147488a-f6f5-4113-8e2d-b22465e65bf6",
+        ("Microsoft.EventGrid/eventSubscriptions/read",),
+        (),
+    ),
+    "Key Vault Reader": (
+        "21090545-7ca7-4776-b22c-e363652d74d2",
+        ("Microsoft.KeyVault/vaults/*/read",),
+        ("Microsoft.KeyVault/vaults/*/read",),
+    ),
+    "EventGrid Data Sender": ("d5a91429-5739-47e2-a06b-3470a27159e7", (), ()),
+}
+_DATA_PREFIXES = ("microsoft.keyvault/vaults/keys", "microsoft.keyvault/vaults/keyrotationpolicies")
+
+
+def _is_data_action(action: str) -> bool:
+    lowered = action.lower()
+    return lowered.startswith(_DATA_PREFIXES) or lowered.endswith("/events/send/action")
+
+
+def role_guid(role: str) -> str:
+    """The role definition GUID of a built-in role (a stable made-up one for others)."""
+    known = BUILT_IN.get(role)
+    return known[0] if known else str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-role:{role}"))
+
+
+def role_permissions(role: str) -> dict[str, list[str]]:
+    """``actions`` / ``dataActions`` of a role: the table above plus the world's data actions."""
+    _, actions, data = BUILT_IN.get(role, ("", (), ()))
+    granted = ROLE_ACTIONS.get(role, frozenset())
+    data_actions = sorted({*data, *(a for a in granted if _is_data_action(a))})
+    if role not in BUILT_IN:
+        actions = tuple(sorted(a for a in granted if not _is_data_action(a)))
+    return {
+        "actions": list(actions),
+        "notActions": [],
+        "dataActions": data_actions,
+        "notDataActions": [],
+    }
+
+
+def _within(inner: str, outer: str) -> bool:
+    inner, outer = inner.lower().rstrip("/"), outer.lower().rstrip("/")
+    return inner == outer or inner.startswith(outer + "/")
+
+
+class AuthorizationArm:
+    """The role assignment and role definition routes over one world."""
+
+    def __init__(self, world: World, authorize: Authorize, reply: Json) -> None:
+        self.world = world
+        self.authorize = authorize
+        self.reply = reply
+
+    def routes(self) -> list[tuple[re.Pattern[str], Handler]]:
+        return [(DEFINITION, self.definition), (ASSIGNMENTS, self.assignments)]
+
+    def assignment_json(self, assignment: RoleAssignment) -> dict[str, Any]:
+        sub = assignment.scope.split("/")[2] if assignment.scope.count("/") >= 2 else ""
+        now = iso(self.world.clock.now())
+        return {
+            "id": f"{assignment.scope}/providers/Microsoft.Authorization/roleAssignments/"
+            f"{assignment.id}",
+            "name": assignment.id,
+            "type": "Microsoft.Authorization/roleAssignments",
+            "properties": {
+                "roleDefinitionId": f"/subscriptions/{sub}/providers/Microsoft.Authorization/"
+                f"roleDefinitions/{role_guid(assignment.role)}",
+                "principalId": assignment.principal_id,
+                "principalType": "ServicePrincipal",
+                "scope": assignment.scope,
+                "condition": None,
+                "conditionVersion": None,
+                "createdOn": now,
+                "updatedOn": now,
+                "createdBy": None,
+                "updatedBy": None,
+                "delegatedManagedIdentityResourceId": None,
+                "description": None,
+            },
+        }
+
+    def _selected(self, scope: str, text: str) -> list[RoleAssignment]:
+        principal = _PRINCIPAL.search(text)
+        at_scope = bool(_AT_SCOPE.search(text))
+        if text.strip() and principal is None and not at_scope:
+            raise ArmError(
+                400, "InvalidFilter", f"The filter '{text}' is not supported for this scope."
+            )
+        chosen: list[RoleAssignment] = []
+        for assignment in self.world.role_assignments:
+            if principal and assignment.principal_id.lower() != principal["id"].lower():
+                continue
+            above = _within(scope, assignment.scope)
+            below = _within(assignment.scope, scope)
+            if above or (below and not at_scope):
+                chosen.append(assignment)
+        return sorted(chosen, key=lambda a: a.id)
+
+    def assignments(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        require_get(request)
+        scope = groups["scope"]
+        self.authorize(claims, ASSIGNMENTS_READ, scope)
+        chosen = self._selected(scope, request.query.get("$filter", ""))
+        after = request.query.get("$skipToken")
+        if after:
+            chosen = [a for a in chosen if a.id > after]
+        page, rest = chosen[:PAGE_SIZE], chosen[PAGE_SIZE:]
+        body: dict[str, Any] = {"value": [self.assignment_json(a) for a in page]}
+        if rest:
+            query = "&".join(
+                f"{k}={quote(v, safe='')}" for k, v in request.query.items() if k != "$skipToken"
+            )
+            body["nextLink"] = (
+                f"https://{request.host}{request.path}?{query}&$skipToken={page[-1].id}"
+            )
+        return self.reply(200, body)
+
+    def definition(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        require_get(request)
+        guid = groups["guid"].lower()
+        role = next((r for r in ROLE_ACTIONS if role_guid(r) == guid), None)
+        if role is None:
+            raise ArmError(
+                404,
+                "RoleDefinitionDoesNotExist",
+                f"The specified role definition with ID '{groups['guid']}' does not exist.",
+            )
+        return self.reply(
+            200,
+            {
+                "id": f"/subscriptions/{groups['sub']}/providers/Microsoft.Authorization/"
+                f"roleDefinitions/{guid}",
+                "name": guid,
+                "type": "Microsoft.Authorization/roleDefinitions",
+                "properties": {
+                    "roleName": role,
+                    "type": "BuiltInRole",
+                    "description": f"{role} (sandbox built-in role)",
+                    "assignableScopes": ["/"],
+                    "permissions": [role_permissions(role)],
+                    "createdOn": None,
+                    "updatedOn": None,
+                    "createdBy": None,
+                    "updatedBy": None,
+                },
+            },
+        )

@@ -1,0 +1,320 @@
+"""What ARM answers before a client touches a resource: ``Microsoft.Resources``
+subscriptions, tenants, resource groups and the generic resource list, for
+:mod:`cmk.sandbox.arm.service`. ``az login`` lists subscriptions and tenants; ``az group``,
+``az resource list`` and the SDKs' ``ResourceManagementClient`` read the rest.
+
+Shapes follow ``specification/resources/resource-manager/Microsoft.Resources`` in
+Azure/azure-rest-api-specs (``subscriptions/stable/2022-12-01/subscriptions.json``:
+``Subscription``, ``TenantIdDescription``; ``resources/stable/2021-04-01/resources.json``:
+``ResourceGroup``, ``GenericResourceExpanded``):
+
+* ``GET /subscriptions`` — the subscriptions of the caller's tenant on which the caller
+  holds any role assignment (at, above or inside the subscription: ARM shows a
+  subscription to whoever can see something in it);
+* ``GET /subscriptions/{s}`` — one of those; a subscription the caller cannot see is
+  403 ``AuthorizationFailed`` (ARM's exact answer here is not documented);
+* ``GET /tenants`` — the caller's home tenant (a managed identity sees one tenant). Its
+  display name and domain are the sandbox's own (``Sandbox``, ``sandbox.onmicrosoft.com``);
+* ``GET|HEAD /subscriptions/{s}/resourcegroups[/{rg}]`` — resource groups, derived from
+  the world: every group holding a vault, Managed HSM, account or user-assigned identity,
+  located where its first resource (by name) is; each filtered by
+  ``Microsoft.Resources/subscriptions/resourceGroups/read``;
+* ``GET /subscriptions/{s}[/resourceGroups/{rg}]/resources`` — every resource the caller
+  may read (``{type}/read`` on it), ``$filter`` with ``resourceType``, ``name``,
+  ``location`` and ``resourceGroup`` ``eq`` clauses joined by ``and`` (others are 400
+  ``InvalidFilterInQueryString``); ``$top`` truncates; one page, no ``nextLink``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cmk.sandbox.arm.cognitive.accounts import ArmError
+from cmk.sandbox.arm.keyvault import require_get
+from cmk.sandbox.platform.context import TokenClaims
+from cmk.sandbox.world import Subscription, VaultKind, World
+
+Authorize = Callable[[TokenClaims, str, str], None]
+Handler = Callable[[web.Request, TokenClaims, dict[str, Any], bytes], web.Response]
+Json = Callable[[int, object], web.Response]
+
+_NAME = r"[^/]+"
+SUBSCRIPTIONS = re.compile(r"^/subscriptions/?$", re.IGNORECASE)
+TENANTS = re.compile(r"^/tenants/?$", re.IGNORECASE)
+SUBSCRIPTION = re.compile(rf"^/subscriptions/(?P<sub>{_NAME})/?$", re.IGNORECASE)
+GROUPS = re.compile(rf"^/subscriptions/(?P<sub>{_NAME})/resourcegroups/?$", re.IGNORECASE)
+GROUP = re.compile(
+    rf"^/subscriptions/(?P<sub>{_NAME})/resourcegroups/(?P<rg>{_NAME})/?$", re.IGNORECASE
+)
+RESOURCES = re.compile(
+    rf"^/subscriptions/(?P<sub>{_NAME})(?:/resourcegroups/(?P<rg>{_NAME}))?/resources/?$",
+    re.IGNORECASE,
+)
+SUBSCRIPTION_READ = "Microsoft.Resources/subscriptions/read"
+GROUP_READ = "Microsoft.Resources/subscriptions/resourceGroups/read"
+GROUP_TYPE = "Microsoft.Resources/resourceGroups"
+TENANT_DISPLAY_NAME = "Sandbox"
+TENANT_DOMAIN = "sandbox.onmicrosoft.com"
+_CLAUSE = re.compile(r"^\s*(?P<field>\w+)\s+eq\s+'(?P<value>(?:[^']|'')*)'\s*$", re.IGNORECASE)
+_FILTER_FIELDS = {"resourcetype": "type", "name": "name", "location": "location"}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A resource as the generic list shows it, with what RBAC needs to filter it."""
+
+    id: str
+    name: str
+    type: str
+    location: str
+    subscription_id: str
+    resource_group: str
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "type": self.type,
+            "location": self.location,
+            **dict(self.extra),
+        }
+
+
+def resources(world: World) -> Iterator[Resource]:
+    """Every resource of the world the generic list knows (vaults, HSMs, accounts, and the
+    user-assigned identities accounts name)."""
+    for vault in world.vaults.values():
+        kind = "vaults" if vault.kind is VaultKind.VAULT else "managedHSMs"
+        yield Resource(
+            vault.resource_id,
+            vault.name,
+            f"Microsoft.KeyVault/{kind}",
+            vault.location,
+            vault.subscription_id,
+            vault.resource_group,
+            (("tags", {}),),
+        )
+    identities: dict[str, Resource] = {}
+    for account in world.accounts.values():
+        yield Resource(
+            account.resource_id,
+            account.name,
+            "Microsoft.CognitiveServices/accounts",
+            account.location,
+            account.subscription_id,
+            account.resource_group,
+            (("kind", account.kind), ("sku", {"name": account.sku}), ("tags", account.tags)),
+        )
+        for uami in account.identity.user_assigned.values():
+            parts = uami.resource_id.split("/")
+            if len(parts) < 9:
+                continue
+            identities.setdefault(
+                uami.resource_id.lower(),
+                Resource(
+                    uami.resource_id,
+                    parts[-1],
+                    "Microsoft.ManagedIdentity/userAssignedIdentities",
+                    account.location,
+                    parts[2],
+                    parts[4],
+                    (("tags", {}),),
+                ),
+            )
+    yield from identities.values()
+
+
+def _sees_subscription(world: World, principal_id: str, subscription_id: str) -> bool:
+    """Whether any role assignment of the principal is at, above or inside the subscription."""
+    scope = f"/subscriptions/{subscription_id}".lower()
+    for assignment in world.role_assignments:
+        if assignment.principal_id != principal_id:
+            continue
+        held = assignment.scope.lower().rstrip("/")
+        if held in ("", scope) or held.startswith(scope + "/") or scope.startswith(held + "/"):
+            return True
+    return False
+
+
+def subscription_json(subscription: Subscription) -> dict[str, Any]:
+    return {
+        "id": f"/subscriptions/{subscription.subscription_id}",
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionId": subscription.subscription_id,
+        "tenantId": subscription.tenant_id,
+        "displayName": subscription.display_name,
+        "state": "Enabled",
+        "subscriptionPolicies": {
+            "locationPlacementId": "Public_2014-09-01",
+            "quotaId": "PayAsYouGo_2014-09-01",
+            "spendingLimit": "Off",
+        },
+    }
+
+
+def tenant_json(tenant_id: str) -> dict[str, Any]:
+    return {
+        "id": f"/tenants/{tenant_id}",
+        "tenantId": tenant_id,
+        "countryCode": "US",
+        "displayName": TENANT_DISPLAY_NAME,
+        "domains": [TENANT_DOMAIN],
+        "tenantCategory": "Home",
+        "defaultDomain": TENANT_DOMAIN,
+        "tenantType": "AAD",
+    }
+
+
+def _parse_filter(text: str) -> dict[str, str]:
+    """``resourceType eq 'x' and name eq 'y'`` -> {'type': 'x', 'name': 'y'} (lowercased)."""
+    wanted: dict[str, str] = {}
+    for clause in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
+        match = _CLAUSE.match(clause)
+        field = match["field"].lower() if match else ""
+        if match is None or (field not in _FILTER_FIELDS and field != "resourcegroup"):
+            raise ArmError(
+                400,
+                "InvalidFilterInQueryString",
+                f"Invalid $filter '{text}' specified in the query string. The sandbox supports "
+                "'eq' on resourceType, name, location and resourceGroup joined by 'and'.",
+            )
+        wanted[_FILTER_FIELDS.get(field, "resource_group")] = match["value"].replace("''", "'")
+    return {k: v.lower() for k, v in wanted.items()}
+
+
+class ResourcesArm:
+    """The routes, over one world; ``authorize`` is ARM's RBAC check (403 on failure)."""
+
+    def __init__(self, world: World, authorize: Authorize, reply: Json) -> None:
+        self.world = world
+        self.authorize = authorize
+        self.reply = reply
+
+    def tenant_routes(self) -> list[tuple[re.Pattern[str], Handler]]:
+        """Routes outside any subscription (no subscription check, no per-subscription meter)."""
+        return [(SUBSCRIPTIONS, self.list_subscriptions), (TENANTS, self.list_tenants)]
+
+    def routes(self) -> list[tuple[re.Pattern[str], Handler]]:
+        """Routes inside a subscription (checked and metered by ARM's pipeline)."""
+        return [
+            (SUBSCRIPTION, self.get_subscription),
+            (GROUPS, self.list_groups),
+            (GROUP, self.get_group),
+            (RESOURCES, self.list_resources),
+        ]
+
+    # --- tenant level ------------------------------------------------------------------
+    def list_subscriptions(
+        self, request: web.Request, claims: TokenClaims, _groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        require_get(request)
+        principal = claims.principal
+        with self.world.lock:
+            visible = [
+                subscription_json(s)
+                for s in sorted(self.world.subscriptions.values(), key=lambda s: s.display_name)
+                if s.tenant_id.lower() == principal.tenant_id.lower()
+                and _sees_subscription(self.world, principal.object_id, s.subscription_id)
+            ]
+        return self.reply(200, {"value": visible})
+
+    def list_tenants(
+        self, request: web.Request, claims: TokenClaims, _groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        require_get(request)
+        return self.reply(200, {"value": [tenant_json(claims.principal.tenant_id)]})
+
+    # --- subscription level -------------------------------------------------------------
+    def get_subscription(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        require_get(request)
+        subscription = self.world.subscriptions[groups["sub"].lower()]
+        if not _sees_subscription(
+            self.world, claims.principal.object_id, subscription.subscription_id
+        ):
+            self.authorize(claims, SUBSCRIPTION_READ, f"/subscriptions/{groups['sub']}")
+        return self.reply(200, subscription_json(subscription))
+
+    def _groups(self, subscription_id: str) -> dict[str, dict[str, Any]]:
+        """Resource groups of a subscription by lower name: their JSON."""
+        found: dict[str, dict[str, Any]] = {}
+        for resource in sorted(resources(self.world), key=lambda r: r.name.lower()):
+            if resource.subscription_id.lower() != subscription_id.lower():
+                continue
+            found.setdefault(
+                resource.resource_group.lower(),
+                {
+                    "id": f"/subscriptions/{resource.subscription_id}/resourceGroups/"
+                    f"{resource.resource_group}",
+                    "name": resource.resource_group,
+                    "type": GROUP_TYPE,
+                    "location": resource.location,
+                    "properties": {"provisioningState": "Succeeded"},
+                },
+            )
+        return dict(sorted(found.items()))
+
+    def list_groups(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        require_get(request)
+        oid = claims.principal.object_id
+        visible = [
+            group
+            for group in self._groups(groups["sub"]).values()
+            if self.world.rbac_allows(oid, GROUP_READ, group["id"])
+        ]
+        if not visible and not self.world.rbac_allows(
+            oid, GROUP_READ, f"/subscriptions/{groups['sub']}"
+        ):
+            self.authorize(claims, GROUP_READ, f"/subscriptions/{groups['sub']}")
+        return self.reply(200, {"value": visible})
+
+    def get_group(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        method = request.method.upper()
+        if method not in ("GET", "HEAD"):
+            require_get(request)
+        scope = f"/subscriptions/{groups['sub']}/resourceGroups/{groups['rg']}"
+        self.authorize(claims, GROUP_READ, scope)
+        group = self._groups(groups["sub"]).get(groups["rg"].lower())
+        if method == "HEAD":
+            return web.Response(status=204 if group else 404)
+        if group is None:
+            raise ArmError(
+                404, "ResourceGroupNotFound", f"Resource group '{groups['rg']}' could not be found."
+            )
+        return self.reply(200, group)
+
+    def list_resources(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        require_get(request)
+        wanted = _parse_filter(request.query["$filter"]) if "$filter" in request.query else {}
+        if groups["rg"]:
+            wanted["resource_group"] = groups["rg"].lower()
+        top = request.query.get("$top")
+        oid = claims.principal.object_id
+        found = [
+            r.json()
+            for r in sorted(resources(self.world), key=lambda r: r.id.lower())
+            if r.subscription_id.lower() == groups["sub"].lower()
+            and all(str(getattr(r, k)).lower() == v for k, v in wanted.items())
+            and self.world.rbac_allows(oid, f"{r.type}/read", r.id)
+        ]
+        if top is not None:
+            if not top.isdigit():
+                raise ArmError(
+                    400, "InvalidTopInQueryString", f"Invalid $top '{top}' in the query string."
+                )
+            found = found[: int(top)]
+        return self.reply(200, {"value": found})

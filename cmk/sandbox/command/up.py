@@ -1,0 +1,223 @@
+"""``cmk sandbox up``: run the local Azure in the foreground until SIGINT/SIGTERM.
+
+It starts the proxy, the services and Azurite, seeds the world (``--scenario`` or the
+built-in example), checks that every service answers, then writes ``export NAME=value``
+lines to ``--env-file`` (``source`` it in another shell; without it they are printed) and
+prints a short summary. With ``--app`` it also runs ``function_app.py`` on the local
+Functions host against it (:mod:`cmk.sandbox.command.app`).
+
+An env file whose sandbox still runs is never overwritten (:mod:`cmk.sandbox.command.env`);
+the file is removed when the sandbox that wrote it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import requests
+
+from cmk.commands.demo_stage import APP_FILE, find_app_dir
+from cmk.commands.errors import UsageError
+from cmk.commands.output import EXIT_USAGE
+from cmk.sandbox.command.app import app_settings, describe_app, run_app
+from cmk.sandbox.command.env import export_lines, live_owner, write_env_file
+from cmk.sandbox.core import Sandbox
+from cmk.sandbox.scenario.loader import ScenarioError, example_path
+
+READY_TIMEOUT_SECONDS = 10.0
+PROG = "cmk sandbox up"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``sandbox up`` on the ``cmk`` argument parser."""
+    sandbox = subparsers.add_parser("sandbox", help="the local Azure sandbox (development)")
+    commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    up = commands.add_parser("up", help="run the sandbox in the foreground")
+    up.add_argument("--scenario", type=Path, help="scenario JSON (default: built-in example)")
+    up.add_argument(
+        "--env-file",
+        type=Path,
+        help="write `export NAME=value` lines here (default: print them)",
+    )
+    up.add_argument("--state-dir", type=Path, help="CA bundle and logs (default: temporary)")
+    up.add_argument("--no-azurite", action="store_true", help="do not start Azurite")
+    up.add_argument(
+        "--app",
+        action="store_true",
+        help="also run function_app.py on the local Functions host against the sandbox",
+    )
+    up.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Functions host instances polling the queues (with --app; default 1)",
+    )
+    up.set_defaults(func=up_command)
+
+
+def _probe(sandbox: Sandbox) -> list[str]:
+    """Services that do not answer yet (any HTTP answer counts as answering)."""
+    proxies = {"https": sandbox.proxy_url}
+    verify = str(sandbox.ca_bundle)
+    urls = [
+        "https://management.azure.com/subscriptions?api-version=2022-12-01",
+        "https://login.microsoftonline.com/common/v2.0/.well-known/openid-configuration",
+        *(f"{v.url}/keys?api-version=7.5" for v in list(sandbox.world.vaults.values())[:1]),
+        *(t.endpoint for t in list(sandbox.eventgrid.topics.values())[:1]),
+    ]
+    silent: list[str] = []
+    with requests.Session() as session:
+        session.trust_env = False
+        for url in urls:
+            try:
+                session.get(url, proxies=proxies, verify=verify, timeout=2)
+            except requests.RequestException:
+                silent.append(url)
+        try:
+            session.get(sandbox.identity_endpoint, timeout=2)
+        except requests.RequestException:
+            silent.append(sandbox.identity_endpoint)
+    return silent
+
+
+def _wait_ready(sandbox: Sandbox) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while silent := _probe(sandbox):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sandbox services did not answer: {', '.join(silent)}")
+        time.sleep(0.05)
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """UsageError for options that do not go together or an env file still in use."""
+    if args.instances is not None and not args.app:
+        raise UsageError("--instances needs --app")
+    if args.instances is not None and args.instances < 1:
+        raise UsageError("--instances must be at least 1")
+    if args.app and args.no_azurite:
+        raise UsageError("--app needs Azurite (its queue triggers and ledger): drop --no-azurite")
+    if args.env_file and (owner := live_owner(args.env_file)):
+        raise UsageError(
+            f"{args.env_file} belongs to a sandbox that is still running ({owner.describe()}):"
+            " stop that `cmk sandbox up` (Ctrl-C in its shell) or pass another --env-file"
+        )
+
+
+def _summary(args: argparse.Namespace, sandbox: Sandbox, seconds: float) -> str:
+    world = sandbox.world
+    return (
+        f"{PROG}: ready in {seconds:.1f}s"
+        f" | proxy {sandbox.proxy_url} | identity {sandbox.identity_endpoint}\n"
+        f"  world: {len(world.subscriptions)} subscriptions, {len(world.vaults)} vaults,"
+        f" {sum(len(v.keys) for v in world.vaults.values())} keys,"
+        f" {len(world.accounts)} accounts, {len(sandbox.eventgrid.topics)} topics"
+        f" (scenario: {args.scenario or 'built-in example'})\n"
+        f"  storage: {'Azurite' if sandbox.azurite else 'none'}"
+    )
+
+
+def _publish_env(args: argparse.Namespace, env: dict[str, str], sandbox: Sandbox) -> str:
+    """Write the env file (refusing one a live sandbox owns) or return the export lines."""
+    if not args.env_file:
+        lines = "\n".join(export_lines(env))
+        return (
+            f"  env: run these in another shell (or pass --env-file FILE and source it):\n{lines}"
+        )
+    if owner := live_owner(args.env_file):  # another `up` got there while this one started
+        raise UsageError(
+            f"{args.env_file} now belongs to a sandbox that is still running"
+            f" ({owner.describe()}): pass another --env-file"
+        )
+    write_env_file(args.env_file, env, pid=os.getpid(), proxy_url=sandbox.proxy_url)
+    return f"  env: source {args.env_file}"
+
+
+def _remove_env_file(path: Path | None) -> None:
+    """Remove the env file if this process wrote it (it names our pid)."""
+    if path is None:
+        return
+    try:
+        header = path.read_text().partition("\n")[0]
+    except OSError:
+        return
+    if f"pid={os.getpid()} " in header:
+        path.unlink(missing_ok=True)
+
+
+def _app_dir(cwd: Path) -> Path:
+    """Where ``function_app.py`` is: the current directory first (as ``func start`` reads
+    it), else the clone the ``cmk`` package runs from; UsageError when neither has it."""
+    if (cwd / APP_FILE).is_file():
+        return cwd
+    try:
+        return find_app_dir(cwd)
+    except UsageError:
+        raise UsageError(
+            f"--app: {APP_FILE} is neither in {cwd} nor next to the cmk package: run it from"
+            " the directory of your Functions app (a clone of cmk-rotator)"
+        ) from None
+
+
+def up_command(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM; 0 on a clean stop, 1 if the sandbox cannot start, 2 for a
+    usage error (conflicting options, an env file of a running sandbox)."""
+    started = time.monotonic()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    try:
+        _check_arguments(args)
+        app_dir = _app_dir(Path.cwd()) if args.app else None
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    sandbox = Sandbox(args.state_dir, azurite=not args.no_azurite)
+    with ExitStack() as running:
+        running.callback(sandbox.stop)
+        try:
+            sandbox.start()
+            sandbox.seed(args.scenario or example_path())
+            _wait_ready(sandbox)
+            env = {**sandbox.env(), **sandbox.settings_env()}
+            lines = [_summary(args, sandbox, 0.0)]
+            if app_dir is not None:
+                settings = app_settings(sandbox, os.environ)
+                host = running.enter_context(
+                    run_app(sandbox, app_dir, settings, instances=args.instances or 1)
+                )
+                env |= {name: settings[name] for name in ("CMK_JOB_QUEUE", "CMK_SWEEP_SCHEDULE")}
+                env["CMK_SANDBOX_APP_URL"] = host.url("").rstrip("/")
+                env["CMK_SANDBOX_APP_KEY"] = host.function_key
+                lines.append(describe_app(host, sandbox))
+            lines[0] = _summary(args, sandbox, time.monotonic() - started)
+            lines.append(_publish_env(args, env, sandbox))
+        except UsageError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except ScenarioError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            print(f"{PROG}: the sandbox did not start: {exc}", file=sys.stderr)
+            return 1
+        running.callback(_remove_env_file, args.env_file)
+        print("\n".join([*lines, "  stop with Ctrl-C"]), flush=True)
+        while not stop.wait(0.5):
+            pass
+        print(f"{PROG}: stopping", flush=True)
+    print(f"{PROG}: stopped", flush=True)
+    return 0

@@ -1,0 +1,158 @@
+"""Compiled KQL scalar expressions: a function of a row and its Kusto type.
+
+The parser (:mod:`~cmk.sandbox.resourcegraph.kql.expression_parser`) builds :class:`Expr`
+values from these pieces: property paths, comparisons, ``in`` lists, ``and``/``or`` and the
+supported functions. Any comparison with null is false, including ``!=`` and ``!~``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from cmk.sandbox.resourcegraph.kql.values import Row, equal, sign, to_text
+
+Evaluator = Callable[[Row], object]
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A compiled scalar expression: how to evaluate it on a row, and its Kusto type."""
+
+    evaluate: Evaluator
+    kind: str  # string, bool, long, real, dynamic
+    default_name: str | None = None  # the column name an unnamed projection gets
+
+
+FUNCTIONS: Final[dict[str, tuple[str, Callable[[object], object]]]] = {
+    "tostring": ("string", to_text),
+    "tolower": ("string", lambda v: None if v is None else to_text(v).lower()),
+    "toupper": ("string", lambda v: None if v is None else to_text(v).upper()),
+    "isempty": ("bool", lambda v: v is None or v == ""),
+    "isnotempty": ("bool", lambda v: not (v is None or v == "")),
+    "isnull": ("bool", lambda v: v is None),
+    "isnotnull": ("bool", lambda v: v is not None),
+    "strlen": ("long", lambda v: None if v is None else len(to_text(v))),
+}
+
+COMPARISONS: Final = frozenset(
+    {
+        "==", "!=", "=~", "!~", "<", "<=", ">", ">=",
+        "contains", "!contains", "has", "!has", "startswith", "!startswith",
+        "endswith", "!endswith",
+    }
+)  # fmt: skip
+MEMBERSHIP: Final = frozenset({"in", "in~", "!in", "!in~"})
+
+
+def path_getter(column: str, steps: Sequence[str | int]) -> Evaluator:
+    """``column.step[0]['step']``: null as soon as a step finds nothing."""
+
+    def get(row: Row) -> object:
+        value = row.get(column)
+        for step in steps:
+            if isinstance(step, int):
+                value = (
+                    value[step]
+                    if isinstance(value, list) and -len(value) <= step < len(value)
+                    else None
+                )
+            elif isinstance(value, dict):
+                value = value.get(step)
+            else:
+                return None
+            if value is None:
+                return None
+        return value
+
+    return get
+
+
+def _text_op(name: str) -> Callable[[str, str], bool]:
+    if name == "contains":
+        return lambda a, b: b.lower() in a.lower()
+    if name == "startswith":
+        return lambda a, b: a.lower().startswith(b.lower())
+    if name == "endswith":
+        return lambda a, b: a.lower().endswith(b.lower())
+
+    def has(a: str, b: str) -> bool:
+        pattern = rf"(?<![A-Za-z0-9]){re.escape(b)}(?![A-Za-z0-9])"
+        return re.search(pattern, a, re.IGNORECASE) is not None
+
+    return has
+
+
+def compare(op: str, left: Evaluator, right: Evaluator) -> Evaluator:
+    """A binary comparison, one of :data:`COMPARISONS`."""
+    if op == "==":
+        return lambda row: equal(left(row), right(row))
+    if op == "!=":
+
+        def not_equal(row: Row) -> bool:
+            a, b = left(row), right(row)
+            return a is not None and b is not None and not equal(a, b)
+
+        return not_equal
+    if op in ("=~", "!~"):
+        negate = op == "!~"
+
+        def equal_ci(row: Row) -> bool:
+            a, b = left(row), right(row)
+            if a is None or b is None:
+                return False
+            return (to_text(a).lower() == to_text(b).lower()) != negate
+
+        return equal_ci
+    if op.lstrip("!") in ("contains", "has", "startswith", "endswith"):
+        test = _text_op(op.lstrip("!"))
+        negate = op.startswith("!")
+
+        def text(row: Row) -> bool:
+            a, b = left(row), right(row)
+            if a is None or b is None:
+                return False
+            return test(to_text(a), to_text(b)) != negate
+
+        return text
+
+    def ordered(row: Row) -> bool:
+        outcome = sign(left(row), right(row))
+        if outcome is None:
+            return False
+        return {"<": outcome < 0, "<=": outcome <= 0, ">": outcome > 0}.get(op, outcome >= 0)
+
+    return ordered
+
+
+def membership(op: str, left: Evaluator, items: list[object]) -> Evaluator:
+    """``in`` / ``!in`` (by equality) or ``in~`` / ``!in~`` (case-insensitive text)."""
+    negate = op.startswith("!")
+    if op.endswith("~"):
+        lowered = {to_text(i).lower() for i in items if i is not None}
+
+        def member_ci(row: Row) -> bool:
+            value = left(row)
+            if value is None:
+                return False
+            return (to_text(value).lower() in lowered) != negate
+
+        return member_ci
+
+    def member(row: Row) -> bool:
+        value = left(row)
+        if value is None:
+            return False
+        return any(equal(value, i) for i in items) != negate
+
+    return member
+
+
+def either(a: Evaluator, b: Evaluator) -> Evaluator:
+    return lambda row: a(row) is True or b(row) is True
+
+
+def both(a: Evaluator, b: Evaluator) -> Evaluator:
+    return lambda row: a(row) is True and b(row) is True
