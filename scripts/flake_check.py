@@ -12,7 +12,7 @@ What it does:
    processes burn CPU beside it (a shared CI machine);
 3. prints one line per run and then ``N passed, M failed``, with the seed and the log of
    each failing run. A run also fails when its output reports an unclosed aiohttp
-   session or connector.
+   session or connector, a pending task destroyed or a coroutine never awaited.
 
 The exit status is 0 only when every run passed. Logs stay in ``--logs`` (default: a
 ``flake-check`` directory under the clone's parent, printed at the end).
@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LEAK = re.compile(r"Unclosed (client session|connector)")
+LEAK = re.compile(
+    r"Unclosed (client session|connector)|Task was destroyed but it is pending"
+    r"|coroutine '[^']+' was never awaited"
+)
 #: What `make test`'s unit target passes to pytest (three workers, a file per worker).
 UNIT_OPTIONS = ("-n", "3", "--dist", "loadfile")
 SUMMARY = re.compile(r"^=+ (.*) in [0-9.]+s", re.MULTILINE)
