@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -59,8 +59,9 @@ class Principal:
 
 @dataclass
 class RoleAssignment:
-    """``principal_id`` holds ``role`` (a name in :data:`ROLE_ACTIONS`) at ``scope`` (an ARM id
-    prefix: subscription, resource group, vault, or vault key)."""
+    """``principal_id`` holds ``role`` (a name in :data:`ROLE_ACTIONS` or a custom role of the
+    world) at ``scope`` (an ARM id prefix: subscription, resource group, vault, or vault
+    key)."""
 
     principal_id: str
     scope: str
@@ -376,6 +377,8 @@ class World:
         self.accounts: dict[str, AccountState] = {}  # lower resource id -> account
         self.principals: dict[str, Principal] = {}  # object id -> principal
         self.role_assignments: list[RoleAssignment] = []
+        #: Custom role definitions (name -> actions), as a template's roleDefinitions make.
+        self.custom_roles: dict[str, frozenset[str]] = {}
         self._listeners: list[KeyEventListener] = []
 
     # events
@@ -402,9 +405,23 @@ class World:
         return next((p for p in self.principals.values() if p.client_id.lower() == c), None)
 
     # access
+    def define_role(self, name: str, actions: Iterable[str]) -> str:
+        """A custom role granting exactly ``actions`` (control and data plane, ``*`` as in
+        Azure); grant it by ``name`` like a built-in one."""
+        if name in ROLE_ACTIONS:
+            raise ValueError(f"{name!r} is a built-in role")
+        self.custom_roles[name] = frozenset(actions)
+        return name
+
+    def role_actions(self, role: str) -> frozenset[str]:
+        """What ``role`` (built-in or custom) grants."""
+        granted = ROLE_ACTIONS.get(role)
+        return granted if granted is not None else self.custom_roles[role]
+
     def grant(self, principal_id: str, scope: str, role: str) -> RoleAssignment:
-        if role not in ROLE_ACTIONS:
-            raise ValueError(f"unknown role {role!r}; known: {sorted(ROLE_ACTIONS)}")
+        if role not in ROLE_ACTIONS and role not in self.custom_roles:
+            known = sorted({*ROLE_ACTIONS, *self.custom_roles})
+            raise ValueError(f"unknown role {role!r}; known: {known}")
         assignment = RoleAssignment(principal_id, scope, role)
         self.role_assignments.append(assignment)
         return assignment
@@ -427,7 +444,7 @@ class World:
             if a.principal_id != principal_id:
                 continue
             if (target == scope or target.startswith(scope + "/")) and action_allowed(
-                ROLE_ACTIONS[a.role], action
+                self.role_actions(a.role), action
             ):
                 return True
         return False

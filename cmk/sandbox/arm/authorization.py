@@ -1,6 +1,7 @@
 """ARM ``Microsoft.Authorization`` (api-version 2022-04-01) for :mod:`cmk.sandbox.arm.service`: role
 assignments and role definitions, from :attr:`World.role_assignments` and
-:data:`~cmk.sandbox.world.ROLE_ACTIONS`.
+:data:`~cmk.sandbox.world.ROLE_ACTIONS` and the world's custom roles
+(:meth:`World.define_role`).
 
 * ``GET {scope}/providers/Microsoft.Authorization/roleAssignments`` — ``scope`` is a
   subscription, resource group, resource or sub-resource (a vault's ``/keys/{name}``).
@@ -93,10 +94,10 @@ def role_guid(role: str) -> str:
     return known[0] if known else str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-role:{role}"))
 
 
-def role_permissions(role: str) -> dict[str, list[str]]:
-    """``actions`` / ``dataActions`` of a role: the table above plus the world's data actions."""
+def role_permissions(role: str, granted: frozenset[str]) -> dict[str, list[str]]:
+    """``actions`` / ``dataActions`` of a role that grants ``granted`` in the world: the
+    table above plus the world's data actions."""
     _, actions, data = BUILT_IN.get(role, ("", (), ()))
-    granted = ROLE_ACTIONS.get(role, frozenset())
     data_actions = sorted({*data, *(a for a in granted if _is_data_action(a))})
     if role not in BUILT_IN:
         actions = tuple(sorted(a for a in granted if not _is_data_action(a)))
@@ -192,7 +193,9 @@ class AuthorizationArm:
     ) -> web.Response:
         require_get(request)
         guid = groups["guid"].lower()
-        role = next((r for r in ROLE_ACTIONS if role_guid(r) == guid), None)
+        roles = [*ROLE_ACTIONS, *self.world.custom_roles]
+        role = next((r for r in roles if role_guid(r) == guid), None)
+        built_in = role in ROLE_ACTIONS
         if role is None:
             raise ArmError(
                 404,
@@ -208,10 +211,10 @@ class AuthorizationArm:
                 "type": "Microsoft.Authorization/roleDefinitions",
                 "properties": {
                     "roleName": role,
-                    "type": "BuiltInRole",
-                    "description": f"{role} (sandbox built-in role)",
+                    "type": "BuiltInRole" if built_in else "CustomRole",
+                    "description": f"{role} (sandbox {'built-in' if built_in else 'custom'} role)",
                     "assignableScopes": ["/"],
-                    "permissions": [role_permissions(role)],
+                    "permissions": [role_permissions(role, self.world.role_actions(role))],
                     "createdOn": None,
                     "updatedOn": None,
                     "createdBy": None,
