@@ -64,3 +64,21 @@ class TestRoleAssignments:
         assert names == ["Key Vault Crypto Service Encryption User", "Key Vault Reader"]
         encryption = next(g for g in grants if g.role_name.endswith("Encryption User"))
         assert "Microsoft.KeyVault/vaults/keys/unwrap/action" in encryption.data_actions
+
+    async def test_a_custom_role_is_read_with_its_own_actions(self, wired: Wired) -> None:
+        """A role the world defines (as a template's roleDefinitions would) is read back by
+        name with exactly its data actions."""
+        land = wired.land
+        account = land.account("ai-custom-role")
+        assert account.identity.system is not None
+        pid = account.identity.system.object_id
+        actions = [
+            "Microsoft.KeyVault/vaults/keys/read",
+            "Microsoft.KeyVault/vaults/keys/wrap/action",
+        ]
+        role = land.world.define_role("Key wrapper (custom)", actions)
+        land.world.grant(pid, f"{land.kv.resource_id}/keys/cmk", role)
+        grants = await wired.clients.roles.grants_for(pid, f"{land.kv.resource_id}/keys/cmk")
+        assert [(g.role_name, sorted(g.data_actions)) for g in grants] == [
+            ("Key wrapper (custom)", sorted(actions))
+        ]
