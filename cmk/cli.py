@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 EXIT_CODES = (
     "exit codes: 0 all good, 1 failures or findings, 2 usage or configuration error,"
-    " 130 interrupted (Ctrl-C)"
+    " 130 interrupted (Ctrl-C), 141 output closed by its reader"
 )
 
 #: What an interrupted command that keeps no journal of its own says.
@@ -119,7 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = INTERRUPTED.get(str(args.command), "")
         sys.stderr.write(f"cmk {args.command}: interrupted" + (f"; {hint}" if hint else "") + "\n")
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     return result
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (`cmk status | head -1`): stop quietly with the exit
+    code of a process ended by SIGPIPE, and point stdout at /dev/null so that Python's
+    last flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

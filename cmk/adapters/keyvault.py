@@ -60,7 +60,9 @@ def key_version(requested: KeyId, key: KeyVaultKey) -> KeyVersion:
         not_before=_aware(properties.not_before),
         expires=_aware(properties.expires_on),
         created=created,
-        recovery_level=properties.recovery_level,
+        recovery_level=(
+            text_of(properties.recovery_level) if properties.recovery_level is not None else None
+        ),
     )
 
 

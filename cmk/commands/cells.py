@@ -133,7 +133,9 @@ def _needed(columns: list[str], cells: list[list[Text]]) -> int:
 
 def fit(console: Console, data: DataTable) -> DataTable:
     """``data`` without its optional columns, one by one, until it fits the console (the
-    columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything)."""
+    columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything). Off a
+    terminal no cell wraps: a row is one line (``grep`` finds it), a cell too long ends
+    with ``…``."""
     columns, cells = list(data.column_names), [list(row) for row in data.cells]
     fitted = data
     while _needed(columns, cells) > console.width:
@@ -145,7 +147,33 @@ def fit(console: Console, data: DataTable) -> DataTable:
         for row in cells:
             del row[drop]
         fitted = _rich_table(data.title_text, columns, cells)
+    if not console.is_terminal:
+        _one_line_rows(fitted, console.width)
     return fitted
+
+
+def _one_line_rows(data: DataTable, width: int) -> None:
+    """No cell of ``data`` wraps: the widest cut-able columns are narrowed (to no less than
+    :data:`MIN_READABLE`) until the table fits ``width``, and their cells end with ``…``."""
+    columns = list(data.column_names)
+    widths = [
+        max([len(name), *(len(row[i].plain) for row in data.cells if i < len(row))])
+        for i, name in enumerate(columns)
+    ]
+    for i, name in enumerate(columns):
+        if name in WHOLE_COLUMNS:
+            widths[i] = min(widths[i], MAX_WHOLE_WIDTH)
+    budget = width - (3 * len(columns) + 1)  # "│ " before each cell, " │" after the last
+    cut_able = [i for i, name in enumerate(columns) if name not in WHOLE_COLUMNS]
+    while sum(widths) > budget and cut_able:
+        widest = max(cut_able, key=lambda i: widths[i])
+        narrower = max(MIN_READABLE, widths[widest] - (sum(widths) - budget))
+        if narrower == widths[widest]:
+            break
+        widths[widest] = narrower
+    for column, column_width in zip(data.columns, widths, strict=True):
+        column.no_wrap = True
+        column.max_width = column_width
 
 
 def cell(value: object) -> Text:

@@ -1,10 +1,10 @@
 """``cmk demo``: the whole product on the local Azure sandbox in under a minute.
 
-It starts the sandbox and Azurite with the demo world (cmk/sandbox/scenario/demo_world.json: 48
-CMK accounts over two Key Vaults and a Managed HSM), runs ``function_app.py`` on the local
-Functions host with two instances, subscribes the app's Event Grid functions to the Key
-Vaults, and tells four acts (:mod:`cmk.commands.demo_story`). It ends with a results
-table and exits 0 only if every act went as expected (``--json`` prints the outcomes).
+It starts the sandbox and Azurite with the demo world (cmk/sandbox/scenario/demo_world.json:
+48 CMK accounts over two Key Vaults and a Managed HSM), runs ``function_app.py`` on the
+local Functions host with two instances, subscribes the app's Event Grid functions to the
+Key Vaults, and tells four acts. It ends with a results table and exits 0 only if every
+act went as expected (``--json`` prints the outcomes).
 
 Stopped by SIGTERM (or Ctrl-C) it still tears the stage down: the Functions host, the
 sandbox, Azurite and the sandbox's temporary state directory; then it exits 143.
@@ -25,7 +25,7 @@ from typing import Any
 from rich.rule import Rule
 from rich.text import Text
 
-from cmk.commands.demo_stage import find_app_dir, stage
+from cmk.commands.demo_stage import SUBSCRIPTIONS, find_app_dir, stage
 from cmk.commands.demo_story import ACTS, Act
 from cmk.commands.output import (
     EXIT_FINDINGS,
@@ -68,7 +68,9 @@ def run_demo(output: Output, instances: int) -> list[Act]:
             f"Local Azure ready in {time.monotonic() - started:.1f}s: {len(world.subscriptions)}"
             f" subscriptions, {len(world.vaults)} vaults, {len(world.accounts)} AI services"
             f" accounts; Azurite; {app_dir / 'function_app.py'} on {instances} Functions"
-            " instances; Event Grid wired to on_key_new_version / on_key_near_expiry."
+            " instances; Event Grid wired to "
+            + " / ".join(function for _, function in SUBSCRIPTIONS.values())
+            + "."
         )
         acts: list[Act] = []
         for play in ACTS:
@@ -140,6 +142,8 @@ def demo_command(args: argparse.Namespace) -> int:
     except Terminated as terminated:
         sys.stderr.write("cmk demo: terminated; the sandbox and Azurite were stopped\n")
         return int(terminated.code or 1)
+    except BrokenPipeError:
+        raise  # the reader of stdout is gone (cmk.cli ends quietly)
     except Exception as error:
         return fail(args, output, error)
     code = EXIT_OK if acts and all(a.ok for a in acts) else EXIT_FINDINGS

@@ -24,7 +24,7 @@ __all__ = ["DEMO_WORLD", "Stage", "find_app_dir", "stage"]
 
 DEMO_WORLD = Path(__file__).resolve().parent.parent / "sandbox" / "scenario" / "demo_world.json"
 APP_FILE = "function_app.py"
-#: Event Grid subscriptions of the deployment (infra/app/event-subscriptions.bicep).
+#: Event Grid subscriptions of the deployment (infra/app/vault-event-subscriptions.bicep).
 SUBSCRIPTIONS = {
     "cmk-key-new-version": (KeyEventType.NEW_VERSION, "on_key_new_version"),
     "cmk-key-near-expiry": (KeyEventType.NEAR_EXPIRY, "on_key_near_expiry"),

@@ -32,12 +32,12 @@ from cmk.settings import Settings
 __all__ = ["add_parser", "key_from_args"]
 
 
-CHECK_DOC = """`cmk check ACCOUNT_ID ... | --all [--key KEY_ID]`: every requirement of customer-
-managed keys (DESIGN §1) per account and key — key type and size, soft delete and purge
-protection, region and tenant, the identity and its permissions on the key — each failure
-with its fix, and which grants a revocation would cut accounts off by. Writes nothing.
-Exit 0 every requirement holds, 1 something fails, 2 usage (no ACCOUNT_ID and no --all, a
-bad id) or configuration error."""
+CHECK_DOC = """`cmk check ACCOUNT_ID ... | --all [--key KEY_ID]`: every requirement of
+customer-managed keys per account and key (docs/lifecycle.md) — key type and size, soft
+delete and purge protection, region and tenant, the identity and its permissions on the
+key — each failure with its fix, and which grants a revocation would cut accounts off by.
+Writes nothing. Exit 0 every requirement holds, 1 something fails, 2 usage (no ACCOUNT_ID
+and no --all, a bad id) or configuration error."""
 
 ENABLE_DOC = """`cmk enable ACCOUNT_ID --key KEY_ID`: turn customer-managed keys on for an
 account, after running every check of `cmk check` (including the permissions its identity
@@ -189,7 +189,7 @@ def _holds(requirement: Requirement) -> Text:
 
 def _requirements_table(title: str, requirements: tuple[Requirement, ...]) -> object:
     rows = [(_holds(r), r.name, r.detail, r.fix) for r in requirements]
-    return table(title, ("", "requirement", "found", "fix"), rows)
+    return table(title, ("result", "requirement", "found", "fix"), rows)
 
 
 def _print_check(output: Output, report: CheckReport, code: int) -> None:

@@ -168,6 +168,15 @@ class _LineTicker:
         self.retries += 1
 
 
+class _Stdout(Console):
+    """stdout's console: a reader that went away ends the command as a closed pipe does
+    anywhere else in `cmk` (exit 141, see :mod:`cmk.cli`), not with rich's exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 class Output:
     """The console of one command run. Strings given to it are printed as they are: never
     parsed as markup, emoji codes or highlighting; styles come only from :class:`Text`."""
@@ -180,7 +189,7 @@ class Output:
         # with a query, every command builds its JSON document; the query's result is
         # then shown in ``format``
         self.json_mode = self.format == "json" or query is not None
-        self.console = Console(highlight=False, markup=False, emoji=False)
+        self.console = _Stdout(highlight=False, markup=False, emoji=False)
         if not self.console.is_terminal:
             self.console.width = PIPE_WIDTH
         self.err = Console(stderr=True, highlight=False, markup=False, emoji=False)

@@ -123,6 +123,8 @@ def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -
         return asyncio.run(_run(args, output, settings, body, journal))
     except KeyboardInterrupt:
         return interrupted(args, output, journal)
+    except BrokenPipeError:
+        raise  # the reader of stdout is gone: nothing to tell it (cmk.cli ends quietly)
     except Exception as error:
         logging.getLogger(__name__).debug("command failed", exc_info=True)
         return fail(args, output, error)

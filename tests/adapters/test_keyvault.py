@@ -31,7 +31,8 @@ class TestKeyVaultKeys:
         assert found.key_ops == frozenset({"wrapKey", "unwrapKey"})
         assert found.expires == expires
         assert found.created.tzinfo is not None
-        assert found.recovery_level == "Recoverable"
+        # Plain text, not the SDK's str-enum (whose str() is DeletionRecoveryLevel.RECOVERABLE)
+        assert found.recovery_level == "Recoverable" and type(found.recovery_level) is str
 
     async def test_get_version_reads_an_older_version(
         self, cloud: Cloud, services: Services

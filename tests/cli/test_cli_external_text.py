@@ -144,3 +144,20 @@ class TestCommandsGivenAnyText:
         assert "Traceback" not in err.getvalue() and _no_raw_controls(err.getvalue())
         if as_json and out.getvalue():
             validate(json.loads(out.getvalue()), SCHEMAS["error"])
+
+
+def test_piped_tables_keep_each_row_on_one_line() -> None:
+    """Off a terminal a table row is one line, however long its cells: a long cell ends
+    with an ellipsis (``-o json`` has it whole), and the table is not padded to the width."""
+    out = io.StringIO()
+    long_detail = "replaces " + "/".join(f"segment{i}" for i in range(60))
+    with redirect_stdout(out):
+        Output(False, "table").print(
+            table("accounts", ("account", "detail"), [("rg/a", long_detail), ("rg/b", "short")])
+        )
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    rows = [line for line in lines if "rg/" in line]
+    assert len(rows) == 2, out.getvalue()
+    assert "…" in rows[0] and "│ short " in rows[1]
+    assert all("segment59" not in line for line in lines)
+    assert max(len(line) for line in lines) <= 200

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from app_world import ROOT, AppWorld, close_app, example_values, infra_routes
+from pycep import BicepParser
 
+from cmk.commands.demo_stage import SUBSCRIPTIONS
 from cmk.events import KeyVaultEventType
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.eventgrid.service import shape_event
@@ -154,6 +156,20 @@ class TestEventTypes:
         """Each subscription filters to the one event type its function is written for."""
         routes = infra_routes()
         assert routes == {name: (event_type.value,) for name, event_type in HANDLES.items()}
+
+    def test_the_local_rehearsal_wires_as_infra(self) -> None:
+        """`cmk demo` and `cmk sandbox up --app` subscribe the app as infra/ does: the same
+        subscription names, each to the same function and event type."""
+        parsed = BicepParser().parse(file_path=ROOT / "infra/app/vault-event-subscriptions.bicep")
+        names = {
+            str(resource["config"]["name"])
+            for resource in parsed["resources"].values()
+            if resource["type"] == "Microsoft.EventGrid/systemTopics/eventSubscriptions"
+        }
+        assert set(SUBSCRIPTIONS) == names
+        assert {
+            function: (event_type.value,) for event_type, function in SUBSCRIPTIONS.values()
+        } == (infra_routes())
 
     @pytest.mark.parametrize("name", EVENT_GRID)
     async def test_function_handles_its_own_event_type(

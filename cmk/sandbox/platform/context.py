@@ -1,9 +1,9 @@
 """What every emulated service gets: the world and a way to tell who is calling.
 
-A service module (``keyvault``, ``arm``, ``eventgrid``) exposes
-``build_app(ctx: ServiceContext) -> aiohttp.web.Application``; the sandbox server mounts
-it for the service's host names behind the TLS proxy, and wraps it with the fault and
-counter middleware, so services only implement Azure's behaviour.
+A service's module (``keyvault.service``, ``arm.service``; Event Grid's topics through
+their class) exposes ``build_app(ctx: ServiceContext) -> aiohttp.web.Application``; the
+sandbox server mounts it for the service's host names behind the TLS proxy, and wraps it
+with the fault and counter middleware, so services only implement Azure's behaviour.
 """
 
 from __future__ import annotations
