@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cmk.commands.replay",
     "cmk.commands.history",
     "cmk.commands.lifecycle",
+    "cmk.commands.smoke",
     "cmk.commands.demo",
     "cmk.sandbox.command.up",
 )
