@@ -333,3 +333,61 @@ class Validator:
                 else [Problem(p, f"a {kind} object goes here, not {v!r}")]
             ),
         )
+
+
+#: The properties of ARM's common ``Resource`` definition (common-types v2), all read-only.
+_COMMON_RESOURCE = ("id", "name", "type")
+_SPEC_PRIMITIVES = {"boolean": "bool", "integer": "int", "number": "float", "object": "object"}
+
+
+def _spec_kind(schema: dict[str, Any]) -> str:
+    """The msrest type string of an OpenAPI property schema."""
+    reference = schema.get("$ref")
+    if isinstance(reference, str):
+        return reference.rpartition("/")[2]
+    kind = schema.get("type")
+    if kind == "array":
+        return f"[{_spec_kind(schema['items'])}]"
+    if kind == "string":
+        return "duration" if schema.get("format") == "duration" else "str"
+    return _SPEC_PRIMITIVES[str(kind)]
+
+
+def _no_annotations(self: object) -> None:
+    """The ``__init__`` of a spec-built model: no annotation, so no enum (see _enum_of)."""
+
+
+def models_from_spec(name: str, definitions: dict[str, Any]) -> ModuleType:
+    """A models module built from a REST spec's ``definitions``, shaped as msrest's (for an
+    API version no installed ``azure-mgmt-*`` package still generates): one class per
+    definition with ``_attribute_map`` (``x-ms-client-flatten`` as ``properties.x`` keys)
+    and ``_validation`` (read-only). Enums are not modelled: the spec gives none here."""
+    module = ModuleType(name)
+    for definition, schema in definitions.items():
+        attribute_map: dict[str, dict[str, str]] = {}
+        validation: dict[str, dict[str, bool]] = {}
+        if any("common-types" in part.get("$ref", "") for part in schema.get("allOf", [])):
+            for common in _COMMON_RESOURCE:
+                attribute_map[common] = {"key": common, "type": "str"}
+                validation[common] = {"readonly": True}
+        for key, prop in schema.get("properties", {}).items():
+            target = prop.get("$ref", "").rpartition("/")[2]
+            if prop.get("x-ms-client-flatten") and target in definitions:
+                for inner, inner_prop in definitions[target]["properties"].items():
+                    attribute_map[f"{key}_{inner}"] = {
+                        "key": f"{key}.{inner}",
+                        "type": _spec_kind(inner_prop),
+                    }
+                continue
+            kind = "object" if "common-types" in prop.get("$ref", "") else _spec_kind(prop)
+            attribute_map[key] = {"key": key, "type": kind}
+            if prop.get("readOnly"):
+                validation[key] = {"readonly": True}
+        namespace = {
+            "_attribute_map": attribute_map,
+            "_validation": validation,
+            "__init__": _no_annotations,
+        }
+        model = type(definition, (), namespace)
+        setattr(module, definition, model)
+    return module

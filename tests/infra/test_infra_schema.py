@@ -8,17 +8,27 @@ type, a value outside an enum, a discriminator no subtype answers to.
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import pytest
 from pycep import BicepParser
 
-from tests.infra.arm_schema import ModelRef, Problem, Validator, load_model, operations_api_version
+from tests.infra.arm_schema import (
+    ModelRef,
+    Problem,
+    Validator,
+    load_model,
+    models_from_spec,
+    operations_api_version,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
+DATA = Path(__file__).parent / "data"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 
 _EG = "azure.mgmt.eventgrid"
@@ -98,15 +108,20 @@ MODELS: dict[tuple[str, str], ModelRef] = {
     ("Microsoft.Authorization/roleDefinitions", "2022-04-01"): ModelRef(_AUTH, "RoleDefinition"),
 }
 
-#: Types no installed package has a model for at that API version, each with the reason.
-#: The set is asserted exactly: a new gap is a decision, not an accident.
-UNCHECKED = {
+#: Types no installed package has a model for at that API version (azure-mgmt-monitor 7.x,
+#: needed for scheduledQueryRules 2023-12-01, dropped diagnostic settings; 6.x lacks the GA
+#: rule API): checked against models built from the REST spec's definitions, vendored under
+#: tests/infra/data with their source.
+SPEC_MODELS: dict[tuple[str, str], tuple[str, str]] = {
     ("Microsoft.Insights/diagnosticSettings", "2021-05-01-preview"): (
-        "azure-mgmt-monitor 7.x (needed for scheduledQueryRules 2023-12-01) dropped diagnostic"
-        " settings; 6.x has them but not the GA rule API. tests/infra/test_infra_templates.py"
-        " asserts this body's keys."
+        "diagnosticsSettings-2021-05-01-preview-definitions.json",
+        "DiagnosticSettingsResource",
     ),
 }
+
+#: Types checked by neither, each with the reason. Asserted exactly: a new gap is a
+#: decision, not an accident.
+UNCHECKED: dict[tuple[str, str], str] = {}
 
 
 @cache
@@ -129,10 +144,28 @@ def declared_resources() -> list[tuple[str, str, dict[str, Any]]]:
 RESOURCES = declared_resources()
 
 
+@cache
+def spec_models(file: str) -> ModuleType:
+    """The models built from a vendored REST spec's definitions."""
+    document = json.loads((DATA / file).read_text(encoding="utf-8"))
+    assert "https://github.com/Azure/azure-rest-api-specs/blob/" in document["_source"]
+    return models_from_spec(file, document["definitions"])
+
+
+def model_of(resource: dict[str, Any]) -> tuple[type, ModuleType]:
+    """The model class of a resource's type and API version, and its models module."""
+    key = (resource["type"], resource["api_version"])
+    if key in SPEC_MODELS:
+        file, name = SPEC_MODELS[key]
+        models = spec_models(file)
+        model: type = getattr(models, name)
+        return model, models
+    return load_model(MODELS[key])
+
+
 def check(relative: str, resource: dict[str, Any]) -> list[Problem]:
     """Problems of one resource body against its model."""
-    ref = MODELS[(resource["type"], resource["api_version"])]
-    model, models = load_model(ref)
+    model, models = model_of(resource)
     config = resource["config"]
     loops: frozenset[str] = frozenset()
     if "loop_type" in config:
@@ -174,7 +207,7 @@ class TestEveryResource:
     def test_every_type_and_version_is_known(self) -> None:
         """Each (type, API version) deployed has a model or a written reason it has none."""
         used = {(r["type"], r["api_version"]) for _, _, r in RESOURCES}
-        assert used - set(MODELS) == set(UNCHECKED)
+        assert used - set(MODELS) - set(SPEC_MODELS) == set(UNCHECKED)
         assert set(MODELS) <= used, "a model entry no template uses"
 
     @pytest.mark.parametrize("key", sorted(MODELS), ids="@".join)
@@ -193,7 +226,7 @@ class TestEveryResource:
         [
             pytest.param(rel, name, res, id=f"{rel}:{name}")
             for rel, name, res in RESOURCES
-            if (res["type"], res["api_version"]) in MODELS
+            if (res["type"], res["api_version"]) in MODELS | SPEC_MODELS
         ],
     )
     def test_body_fits_model(self, relative: str, name: str, resource: dict[str, Any]) -> None:
@@ -203,6 +236,35 @@ class TestEveryResource:
 
 class TestCheckerCatches:
     """The checker is not vacuous: planted mistakes are found."""
+
+    @pytest.mark.parametrize(
+        ("original", "planted", "expected"),
+        [
+            (
+                "workspaceId: logAnalyticsWorkspaceId",
+                "workspaceID: logAnalyticsWorkspaceId",
+                "properties.workspaceID: no such property",
+            ),
+            (
+                "category: 'StorageWrite'\n        enabled: true",
+                "category: 'StorageWrite'\n        enabled: 'true'",
+                "properties.logs[0].enabled: 'true' is not of type bool",
+            ),
+        ],
+        ids=["typo", "wrong-type"],
+    )
+    def test_planted_in_the_diagnostic_setting(
+        self, original: str, planted: str, expected: str
+    ) -> None:
+        """The diagnostic setting, checked against models built from the spec, is not
+        vacuous either: a typo or a wrong literal type is found."""
+        source = (INFRA / "app" / "storage.bicep").read_text(encoding="utf-8")
+        assert source.count(original) == 1
+        template = cast(dict[str, Any], BicepParser().parse(text=source.replace(original, planted)))
+        resource = template["resources"]["queueDiagnostics"]
+        model, models = model_of(resource)
+        found = [str(p) for p in Validator(template, models).check_body(resource["config"], model)]
+        assert any(expected in problem for problem in found), found
 
     @pytest.mark.parametrize(
         ("original", "planted", "expected"),
