@@ -206,6 +206,19 @@ class TestPaging:
 
 
 class TestSummarize:
+    def test_the_spec_example(self) -> None:
+        """The spec's summarize example, run as written: one row per location, each with the
+        location alone, in the example's response structure."""
+        example = json.loads((DATA / "ResourcesSummarizeQuery.json").read_text())
+        expected = example["responses"]["200"]["body"]
+        world, reader = _world(1)
+        for index, location in enumerate(("westus", "centralus")):
+            seed_account(world, SUB_A, "RG-AI", f"elsewhere{index}", location)
+        body = _query(ResourceGraph(world), reader, example["parameters"]["query"]["query"])
+        assert {k: type(v) for k, v in expected.items()} == {k: type(body[k]) for k in expected}
+        assert sorted(body["data"], key=lambda row: row["location"]) == expected["data"]
+        assert body["totalRecords"] == body["count"] == expected["totalRecords"]
+
     def test_cmk_inventory_summary_by_subscription(self) -> None:
         """count(), countif() and dcount() by a key over the readable subscriptions."""
         world, reader = _world(2)
