@@ -171,3 +171,18 @@ class TestSmoke:
         assert "CMK_MAX_CONCURRENCY" in found and "CMK_DRY_RUN" in found
         assert {r["result"] for n, r in rows.items() if n != "settings"} == {"not_run"}
         assert document["caller"] is None
+
+
+def test_no_token_stops_after_the_identity_row(
+    deployed: World, cmk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A credential that gets no token (here a managed identity endpoint that refuses it)
+    fails the identity row with the login hint; the checks that need it are not run."""
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-sandbox-secret")
+    run = cmk("smoke", "--json")
+    document = run.valid("smoke")
+    assert run.code == 1, run.out
+    rows = _rows(document)
+    assert rows["settings"]["result"] == "ok"
+    assert rows["identity"]["result"] == "failed" and "az login" in rows["identity"]["fix"]
+    assert {rows[n]["result"] for n in list(rows)[2:]} == {"not_run"}
