@@ -94,6 +94,17 @@ class Permission:
     conditional: bool = False
 
     @classmethod
+    def of_actions(cls, grant: RoleGrant) -> Permission:
+        """A role grant's control-plane actions."""
+        return cls(
+            grant.role_name,
+            grant.scope,
+            grant.actions,
+            grant.not_actions,
+            grant.condition is not None,
+        )
+
+    @classmethod
     def of_data_actions(cls, grant: RoleGrant) -> Permission:
         """A role grant's data actions (what :mod:`cmk.adapters.authorization` reads)."""
         return cls(

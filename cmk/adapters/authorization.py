@@ -6,16 +6,18 @@ cloud's ARM scope, retries, user agent)::
 
     GET {scope}/providers/Microsoft.Authorization/roleAssignments
         ?$filter=principalId eq '{id}'&api-version=2022-04-01   (at, above and below scope)
-    GET {roleDefinitionId}?api-version=2022-04-01              (permissions[].dataActions)
+    GET {roleDefinitionId}?api-version=2022-04-01              (permissions[]: data and control)
 
 :meth:`RoleAssignments.grants_for` keeps the assignments at the scope or above it and
-returns each with its role's data actions (role definitions are read once per process).
+returns each with its role's data actions and control-plane actions (role definitions are
+read once per process).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -45,6 +47,17 @@ def within_scope(scope: str, assignment_scope: str) -> bool:
     return outer in ("", "/") or inner == outer or inner.startswith(outer + "/")
 
 
+@dataclass(frozen=True)
+class _Definition:
+    """What a role definition grants, as read once per process."""
+
+    name: str
+    data_actions: tuple[str, ...]
+    not_data_actions: tuple[str, ...]
+    actions: tuple[str, ...]
+    not_actions: tuple[str, ...]
+
+
 class RoleAssignments:
     """Reads role assignments at a scope and their role definitions through ARM.
 
@@ -53,7 +66,7 @@ class RoleAssignments:
 
     def __init__(self, sender_for: Callable[[str], RequestSender]) -> None:
         self._sender_for = sender_for
-        self._definitions: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+        self._definitions: dict[str, _Definition] = {}
 
     async def _get(self, subscription: str, url: str, action: str) -> dict[str, Any]:
         with azure_errors(action):
@@ -66,7 +79,7 @@ class RoleAssignments:
 
     async def grants_for(self, principal_id: str, scope: str) -> list[RoleGrant]:
         """The principal's role assignments that apply at ``scope`` (at it or above), each with
-        its role's data actions."""
+        its role's data actions and control-plane actions."""
         subscription = scope.split("/")[2]
         query = quote(f"principalId eq '{principal_id}'", safe="")
         url: str | None = (
@@ -89,25 +102,23 @@ class RoleAssignments:
                 continue
             if not within_scope(scope, assigned_at):
                 continue
-            name, data, not_data = await self._definition(
-                subscription, str(props.get("roleDefinitionId") or "")
-            )
+            role = await self._definition(subscription, str(props.get("roleDefinitionId") or ""))
             grants.append(
                 RoleGrant(
                     assignment_id=str(item.get("id") or ""),
-                    role_name=name,
+                    role_name=role.name,
                     scope=assigned_at,
                     principal_id=principal_id.lower(),
-                    data_actions=data,
-                    not_data_actions=not_data,
+                    data_actions=role.data_actions,
+                    not_data_actions=role.not_data_actions,
                     condition=props.get("condition") or None,
+                    actions=role.actions,
+                    not_actions=role.not_actions,
                 )
             )
         return grants
 
-    async def _definition(
-        self, subscription: str, definition_id: str
-    ) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    async def _definition(self, subscription: str, definition_id: str) -> _Definition:
         key = definition_id.rsplit("/", 1)[-1].lower()
         cached = self._definitions.get(key)
         if cached is not None:
@@ -115,11 +126,17 @@ class RoleAssignments:
         url = f"{definition_id}?api-version={API_VERSION}"
         body = await self._get(subscription, url, f"reading role definition {definition_id}")
         props = body.get("properties") or {}
-        data: list[str] = []
-        not_data: list[str] = []
-        for permission in props.get("permissions") or []:
-            data.extend(str(a) for a in permission.get("dataActions") or [])
-            not_data.extend(str(a) for a in permission.get("notDataActions") or [])
-        found = (str(props.get("roleName") or key), tuple(data), tuple(not_data))
+        permissions = [p for p in props.get("permissions") or [] if isinstance(p, dict)]
+
+        def joined(name: str) -> tuple[str, ...]:
+            return tuple(str(a) for p in permissions for a in p.get(name) or [])
+
+        found = _Definition(
+            name=str(props.get("roleName") or key),
+            data_actions=joined("dataActions"),
+            not_data_actions=joined("notDataActions"),
+            actions=joined("actions"),
+            not_actions=joined("notActions"),
+        )
         self._definitions[key] = found
         return found

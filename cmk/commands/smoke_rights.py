@@ -3,17 +3,11 @@ one Resource Graph page) and on the keys of each vault in scope."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any, cast
-from urllib.parse import quote
-
-from azure.core.exceptions import HttpResponseError
-from azure.core.rest import HttpRequest
+from typing import cast
 
 from cmk.adapters._errors import azure_errors
-from cmk.adapters.authorization import API_VERSION, RequestSender, within_scope
 from cmk.adapters.inventory import ResourceGraphInventory
 from cmk.commands.cells import short_account
 from cmk.errors import AccessDenied, CmkError, NotFound
@@ -35,9 +29,6 @@ from cmk.smoke import (
     not_run,
 )
 from cmk.wiring import Services
-
-#: Pages of role assignments read per scope at most.
-_MAX_PAGES = 50
 
 
 def _operator_grant(caller: Caller | None, subscription: str) -> str:
@@ -73,9 +64,8 @@ async def account_rights(
     for subscription in in_scope:
         scope = f"/subscriptions/{subscription}"
         try:
-            permissions = await _control_permissions(
-                clients.vaults.client(subscription), caller.object_id, scope
-            )
+            grants = await clients.roles.grants_for(caller.object_id, scope)
+            permissions = [Permission.of_actions(grant) for grant in grants]
         except AccessDenied:
             results.append(Result.UNVERIFIED)
             found.append(
@@ -118,62 +108,6 @@ async def _resource_graph(services: Services, in_scope: tuple[str, ...]) -> Chec
     else:
         found = f"Resource Graph answered (first CMK account {short_account(first.account_id)})"
     return Check("resource graph", Result.OK, found)
-
-
-async def _control_permissions(
-    sender: RequestSender, principal_id: str, scope: str
-) -> list[Permission]:
-    """The principal's role assignments at ``scope`` or above, with their roles' control-plane
-    actions (:class:`cmk.adapters.authorization.RoleAssignments` reads data actions only)."""
-    query = quote(f"principalId eq '{principal_id}'", safe="")
-    url: str | None = (
-        f"{scope}/providers/Microsoft.Authorization/roleAssignments"
-        f"?$filter={query}&api-version={API_VERSION}"
-    )
-    assignments: list[dict[str, Any]] = []
-    for _ in range(_MAX_PAGES):
-        if url is None:
-            break
-        page = await _arm_get(sender, url, f"listing role assignments at {scope}")
-        assignments += [a for a in page.get("value", []) if isinstance(a, dict)]
-        next_link = page.get("nextLink")
-        url = next_link if isinstance(next_link, str) and next_link else None
-    definitions: dict[str, dict[str, Any]] = {}
-    permissions = []
-    for assignment in assignments:
-        props = assignment.get("properties") or {}
-        assigned_at = str(props.get("scope") or "")
-        if str(props.get("principalId", "")).lower() != principal_id.lower():
-            continue
-        if not within_scope(scope, assigned_at):
-            continue
-        definition_id = str(props.get("roleDefinitionId") or "")
-        if definition_id not in definitions:
-            definitions[definition_id] = await _arm_get(
-                sender, f"{definition_id}?api-version={API_VERSION}", "reading a role definition"
-            )
-        role = definitions[definition_id].get("properties") or {}
-        allowed: list[str] = []
-        denied: list[str] = []
-        for entry in role.get("permissions") or []:
-            allowed += [str(a) for a in entry.get("actions") or []]
-            denied += [str(a) for a in entry.get("notActions") or []]
-        name = str(role.get("roleName") or definition_id.rsplit("/", 1)[-1])
-        conditional = bool(props.get("condition"))
-        permissions.append(
-            Permission(name, assigned_at, tuple(allowed), tuple(denied), conditional)
-        )
-    return permissions
-
-
-async def _arm_get(sender: RequestSender, url: str, action: str) -> dict[str, Any]:
-    with azure_errors(action):
-        response = await sender.send_request(HttpRequest("GET", url))
-        await response.read()
-        if response.status_code >= 400:
-            raise HttpResponseError(response=response)
-        body = json.loads(response.text())
-    return body if isinstance(body, dict) else {}
 
 
 async def key_rights(

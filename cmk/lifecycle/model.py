@@ -64,7 +64,8 @@ class VaultRecord:
 
 @dataclass(frozen=True)
 class RoleGrant:
-    """A role assignment held by a principal, with the role definition's data actions."""
+    """A role assignment held by a principal, with the role definition's data actions and
+    control-plane actions."""
 
     assignment_id: str
     role_name: str
@@ -73,6 +74,8 @@ class RoleGrant:
     data_actions: tuple[str, ...]
     not_data_actions: tuple[str, ...] = ()
     condition: str | None = None
+    actions: tuple[str, ...] = ()
+    not_actions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

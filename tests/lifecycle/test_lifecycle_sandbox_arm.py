@@ -67,7 +67,7 @@ class TestRoleAssignments:
 
     async def test_a_custom_role_is_read_with_its_own_actions(self, wired: Wired) -> None:
         """A role the world defines (as a template's roleDefinitions would) is read back by
-        name with exactly its data actions."""
+        name with exactly its data actions and its control-plane actions."""
         land = wired.land
         account = land.account("ai-custom-role")
         assert account.identity.system is not None
@@ -76,9 +76,10 @@ class TestRoleAssignments:
             "Microsoft.KeyVault/vaults/keys/read",
             "Microsoft.KeyVault/vaults/keys/wrap/action",
         ]
-        role = land.world.define_role("Key wrapper (custom)", actions)
+        control = ["Microsoft.KeyVault/vaults/read"]
+        role = land.world.define_role("Key wrapper (custom)", [*actions, *control])
         land.world.grant(pid, f"{land.kv.resource_id}/keys/cmk", role)
         grants = await wired.clients.roles.grants_for(pid, f"{land.kv.resource_id}/keys/cmk")
-        assert [(g.role_name, sorted(g.data_actions)) for g in grants] == [
-            ("Key wrapper (custom)", sorted(actions))
+        assert [(g.role_name, sorted(g.data_actions), list(g.actions)) for g in grants] == [
+            ("Key wrapper (custom)", sorted(actions), control)
         ]
