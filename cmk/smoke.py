@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from cmk.lifecycle.access import action_matches
+from cmk.lifecycle.access import role_allows
 from cmk.lifecycle.model import RoleGrant
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "KEY_POLICY_PERMISSIONS",
     "Caller",
     "Check",
-    "Permission",
     "Result",
     "combined",
     "decode_claims",
@@ -82,49 +81,10 @@ class Check:
     fix: str = ""
 
 
-@dataclass(frozen=True)
-class Permission:
-    """What one role assignment allows: actions (control or data plane) and the exceptions
-    of the same role. An assignment with an ABAC condition is not counted."""
-
-    role_name: str
-    scope: str
-    allowed: tuple[str, ...]
-    denied: tuple[str, ...] = ()
-    conditional: bool = False
-
-    @classmethod
-    def of_actions(cls, grant: RoleGrant) -> Permission:
-        """A role grant's control-plane actions."""
-        return cls(
-            grant.role_name,
-            grant.scope,
-            grant.actions,
-            grant.not_actions,
-            grant.condition is not None,
-        )
-
-    @classmethod
-    def of_data_actions(cls, grant: RoleGrant) -> Permission:
-        """A role grant's data actions (what :mod:`cmk.adapters.authorization` reads)."""
-        return cls(
-            grant.role_name,
-            grant.scope,
-            grant.data_actions,
-            grant.not_data_actions,
-            grant.condition is not None,
-        )
-
-    def allows(self, action: str) -> bool:
-        if self.conditional:
-            return False
-        allowed = any(action_matches(pattern, action) for pattern in self.allowed)
-        return allowed and not any(action_matches(pattern, action) for pattern in self.denied)
-
-
-def missing(required: Iterable[str], permissions: Sequence[Permission]) -> tuple[str, ...]:
-    """The actions of ``required`` that none of ``permissions`` allows."""
-    return tuple(a for a in required if not any(p.allows(a) for p in permissions))
+def missing(required: Iterable[str], grants: Sequence[RoleGrant], *, data: bool) -> tuple[str, ...]:
+    """The actions of ``required`` (data actions, or control-plane ones) that none of
+    ``grants`` allows."""
+    return tuple(a for a in required if not any(role_allows(g, a, data=data) for g in grants))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from cmk.smoke import (
     KEY_POLICY_PERMISSIONS,
     Caller,
     Check,
-    Permission,
     Result,
     combined,
     missing,
@@ -65,7 +64,6 @@ async def account_rights(
         scope = f"/subscriptions/{subscription}"
         try:
             grants = await clients.roles.grants_for(caller.object_id, scope)
-            permissions = [Permission.of_actions(grant) for grant in grants]
         except AccessDenied:
             results.append(Result.UNVERIFIED)
             found.append(
@@ -73,9 +71,9 @@ async def account_rights(
                 " Microsoft.Authorization/roleAssignments/read, e.g. Reader)"
             )
             continue
-        gone = missing(ACCOUNT_ACTIONS, permissions)
+        gone = missing(ACCOUNT_ACTIONS, grants, data=False)
         if not gone:
-            roles = ", ".join(sorted({p.role_name for p in permissions if p.allowed}))
+            roles = ", ".join(sorted({g.role_name for g in grants if g.actions}))
             results.append(Result.OK)
             found.append(f"{subscription}: accounts read/write, operationResults via {roles}")
             continue
@@ -191,9 +189,8 @@ async def _key_grants(
     """The rights missing on ``vault`` and what gives the others."""
     if vault.rbac_authorization:
         grants = await clients.roles.grants_for(caller.object_id, str(vault.vault_id))
-        permissions = [Permission.of_data_actions(g) for g in grants]
-        gone = tuple(_short(a) for a in missing(KEY_ACTIONS, permissions))
-        roles = sorted({p.role_name for p in permissions if p.allowed})
+        gone = tuple(_short(a) for a in missing(KEY_ACTIONS, grants, data=True))
+        roles = sorted({g.role_name for g in grants if g.data_actions})
         return gone, f"role(s) {', '.join(roles) or 'none'}"
     held: set[str] = set()
     for policy in vault.access_policies:

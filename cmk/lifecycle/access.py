@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cmk.lifecycle.model import KEY_DATA_ACTIONS, Grant, GrantKind, RoleGrant, VaultRecord
 
-__all__ = ["KeyAccess", "action_matches", "key_access", "scope_applies"]
+__all__ = ["KeyAccess", "action_matches", "key_access", "role_allows", "scope_applies"]
 
 REQUIRED = tuple(KEY_DATA_ACTIONS)  # get, wrapKey, unwrapKey
 
@@ -71,16 +71,24 @@ class KeyAccess:
         return tuple(only.values())
 
 
-def _role_permissions(grant: RoleGrant) -> frozenset[str]:
+def role_allows(grant: RoleGrant, action: str, *, data: bool = True) -> bool:
+    """Whether ``grant``'s role allows ``action``: a data action (``data``) or a control-plane
+    one, matched by a pattern and by none of the role's exceptions. An assignment with an
+    ABAC condition allows nothing here."""
     if grant.condition:
-        return frozenset()
-    held = set()
-    for permission, action in KEY_DATA_ACTIONS.items():
-        allowed = any(action_matches(p, action) for p in grant.data_actions)
-        denied = any(action_matches(p, action) for p in grant.not_data_actions)
-        if allowed and not denied:
-            held.add(permission)
-    return frozenset(held)
+        return False
+    allowed, denied = (
+        (grant.data_actions, grant.not_data_actions) if data else (grant.actions, grant.not_actions)
+    )
+    return any(action_matches(p, action) for p in allowed) and not any(
+        action_matches(p, action) for p in denied
+    )
+
+
+def _role_permissions(grant: RoleGrant) -> frozenset[str]:
+    return frozenset(
+        permission for permission, action in KEY_DATA_ACTIONS.items() if role_allows(grant, action)
+    )
 
 
 def _policy_grants(principal_id: str, vault: VaultRecord) -> list[Grant]:
