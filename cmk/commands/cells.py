@@ -103,10 +103,15 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
     return result
 
 
+def _widest(cells: list[list[Text]], index: int) -> int:
+    """The longest text in column ``index`` (0 for none)."""
+    return max((len(row[index].plain) for row in cells if index < len(row)), default=0)
+
+
 def _rich_table(title: str, columns: list[str], cells: list[list[Text]]) -> DataTable:
     result = DataTable(show_lines=False)  # the title is a line of its own: never padded
     for index, column in enumerate(columns):
-        widest = max((len(row[index].plain) for row in cells if index < len(row)), default=0)
+        widest = _widest(cells, index)
         keep = column in WHOLE_COLUMNS
         result.add_column(
             Text(clean(column)),
@@ -125,7 +130,7 @@ def _needed(columns: list[str], cells: list[list[Text]]) -> int:
     :data:`MIN_READABLE` characters, plus borders and padding."""
     total = 1
     for index, column in enumerate(columns):
-        widest = max((len(row[index].plain) for row in cells if index < len(row)), default=0)
+        widest = _widest(cells, index)
         wanted = min(widest, MAX_WHOLE_WIDTH) if column in WHOLE_COLUMNS else MIN_READABLE
         total += max(min(wanted, widest), 1) + 3
     return total
@@ -156,10 +161,7 @@ def _one_line_rows(data: DataTable, width: int) -> None:
     """No cell of ``data`` wraps: the widest cut-able columns are narrowed (to no less than
     :data:`MIN_READABLE`) until the table fits ``width``, and their cells end with ``…``."""
     columns = list(data.column_names)
-    widths = [
-        max([len(name), *(len(row[i].plain) for row in data.cells if i < len(row))])
-        for i, name in enumerate(columns)
-    ]
+    widths = [max(len(name), _widest(data.cells, i)) for i, name in enumerate(columns)]
     for i, name in enumerate(columns):
         if name in WHOLE_COLUMNS:
             widths[i] = min(widths[i], MAX_WHOLE_WIDTH)
