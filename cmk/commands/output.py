@@ -18,6 +18,7 @@ from typing import Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.rule import Rule
 from rich.text import Text
 
 from cmk.commands.cells import (
@@ -246,6 +247,12 @@ class Output:
                 if renderable.title_text:
                     self.console.print(Text(clean(renderable.title_text)), soft_wrap=True)
                 self.console.print(fit(self.console, renderable))
+            elif isinstance(renderable, Rule) and not self.console.is_terminal:
+                # a heading, not a line drawn across the pipe's width
+                title = renderable.title
+                title = title if isinstance(title, str) else title.plain
+                heading = f"{title} ──" if renderable.align == "left" else f"── {title} ──"
+                self.console.print(Text(clean(heading)), soft_wrap=True)
             else:
                 self.console.print(renderable)
 

@@ -14,6 +14,7 @@ from cli_rig import SCHEMAS
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jsonschema import validate
+from rich.rule import Rule
 
 from cmk.cli import main
 from cmk.commands.errors import UsageError
@@ -161,3 +162,14 @@ def test_piped_tables_keep_each_row_on_one_line() -> None:
     assert "…" in rows[0] and "│ short " in rows[1]
     assert all("segment59" not in line for line in lines)
     assert max(len(line) for line in lines) <= 200
+
+
+def test_piped_rules_are_headings_not_lines_across_the_width() -> None:
+    """Off a terminal a rule prints as a short heading (its title), not a line padded to
+    the pipe's width."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        output = Output(False, "table")
+        output.print(Rule("Results"))
+        output.print(Rule("Act 1: a new key version arrives", align="left"))
+    assert out.getvalue().splitlines() == ["── Results ──", "Act 1: a new key version arrives ──"]
