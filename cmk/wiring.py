@@ -56,6 +56,7 @@ from cmk.adapters.arm_budget import (
     ArmPacingPolicy,
     BucketSize,
 )
+from cmk.adapters.http_transport import transport_options
 from cmk.adapters.inventory import ResourceGraphInventory
 from cmk.adapters.jobqueue import StorageJobQueue, message_policies
 from cmk.adapters.keyvault import KeyVaultKeys
@@ -172,7 +173,11 @@ class Services:
 
         def cognitive_client(subscription_id: str) -> CognitiveServicesManagementClient:
             return CognitiveServicesManagementClient(
-                credential, subscription_id, per_retry_policies=[pacing], **arm
+                credential,
+                subscription_id,
+                per_retry_policies=[pacing],
+                **arm,
+                **transport_options(),
             )
 
         self.accounts = CognitiveAccounts(
@@ -180,7 +185,7 @@ class Services:
         )
         self._closers.append(self.accounts.close)
 
-        graph = ResourceGraphClient(credential, **arm)
+        graph = ResourceGraphClient(credential, **arm, **transport_options())
         self._closers.append(graph.close)
         self.inventory = ResourceGraphInventory(graph, fallback=self.accounts)
 
@@ -235,6 +240,7 @@ class Services:
                 core_policies.DistributedTracingPolicy(),
                 ARMHttpLoggingPolicy(),
             ],
+            **transport_options(),
         )
 
     @classmethod
@@ -260,13 +266,22 @@ class Services:
         table_options = {**retry.core_options(), "user_agent": USER_AGENT}
         if storage.connection_string is not None:
             queue = QueueClient.from_connection_string(
-                storage.connection_string, settings.job_queue, **queue_options
+                storage.connection_string,
+                settings.job_queue,
+                **queue_options,
+                **transport_options(),
             )
             operations = QueueClient.from_connection_string(
-                storage.connection_string, settings.operation_queue, **queue_options
+                storage.connection_string,
+                settings.operation_queue,
+                **queue_options,
+                **transport_options(),
             )
             table = TableClient.from_connection_string(
-                storage.connection_string, table_name=settings.ledger_table, **table_options
+                storage.connection_string,
+                table_name=settings.ledger_table,
+                **table_options,
+                **transport_options(),
             )
         else:
             assert storage.queue_service_uri is not None
@@ -276,18 +291,21 @@ class Services:
                 settings.job_queue,
                 credential=self.credential,
                 **queue_options,
+                **transport_options(),
             )
             operations = QueueClient(
                 storage.queue_service_uri,
                 settings.operation_queue,
                 credential=self.credential,
                 **queue_options,
+                **transport_options(),
             )
             table = TableClient(
                 storage.table_service_uri,
                 table_name=settings.ledger_table,
                 credential=self.credential,
                 **table_options,
+                **transport_options(),
             )
         self._closers.append(queue.close)
         self._closers.append(operations.close)
@@ -302,6 +320,7 @@ class Services:
                 self.credential,
                 user_agent=USER_AGENT,
                 **retry.core_options(),
+                **transport_options(),
             )
             self._closers.append(publisher.close)
         self._alerts = EventGridAlerts(publisher, self._ledger, logging.getLogger("cmk.alerts"))

@@ -22,6 +22,7 @@ from azure.keyvault.keys.aio import KeyClient
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
+from cmk.adapters.http_transport import transport_options
 from cmk.adapters.version_cache import VersionCache
 from cmk.errors import InvalidInput, NotFound, ServiceUnavailable
 from cmk.keyid import KeyId
@@ -96,7 +97,7 @@ class KeyVaultKeys:
         """The cached ``KeyClient`` of one vault (normalized URL)."""
         client = self._clients.get(vault_url)
         if client is None:
-            client = KeyClient(vault_url, self._credential, **self._options)
+            client = KeyClient(vault_url, self._credential, **self._options, **transport_options())
             self._clients[vault_url] = client
         return client
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp.client
 import pytest
 from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
+from azure.keyvault.keys.aio import KeyClient
 
 from cmk.errors import AccessDenied, ConfigurationError, ThrottledError
 from cmk.keyid import KeyId
+from cmk.ports import RotationJob
 from cmk.resource_id import AccountId
 from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.settings import AzureCloud, Settings, StorageSettings
@@ -108,3 +114,41 @@ class TestServices:
         async with asyncio.timeout(HANG_SECONDS):
             await services.accounts.update_key_version(record, new, timedelta(seconds=10))
         assert account.encryption.key_version == new
+
+
+class TestTransport:
+    async def test_no_request_asks_the_environment_for_its_proxy(
+        self, cloud: Cloud, services: Services, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """aiohttp with trust_env looks up HTTPS_PROXY/NO_PROXY and ~/.netrc on a thread for
+        every request; the clients Services builds name their proxy themselves (read once),
+        and still reach the sandbox — which only answers through its proxy."""
+        asked: list[str] = []
+        lookup = aiohttp.client.get_env_proxy_for_url
+
+        def spy(url: Any) -> Any:
+            asked.append(str(url))
+            return lookup(url)
+
+        monkeypatch.setattr(aiohttp.client, "get_env_proxy_for_url", spy)
+        version = cloud.add_version(cloud.vault).version
+        cloud.add_account("acct", cloud.vault, version)
+        key = KeyId(cloud.vault.url, "cmk")
+        await services.keys.latest(key)
+        record = await services.accounts.get(AccountId(SUB, RG, "acct"))
+        found = [found async for found in services.inventory.cmk_accounts([SUB], key)]
+        await services.subscriptions.readable()
+        await services.jobs.enqueue(
+            RotationJob(record.account_id, key.with_version(version), trigger="test")
+        )
+        await services.ledger.get(record.account_id, version)
+        assert [str(found.account_id).lower() for found in found] == [
+            str(record.account_id).lower()
+        ]
+        identity = urlsplit(os.environ["IDENTITY_ENDPOINT"]).netloc
+        assert [url for url in asked if urlsplit(url).netloc != identity] == []
+
+        # The spy sees what a client built the SDK's default way asks.
+        async with KeyClient(cloud.vault.url, services.credential) as plain:
+            await plain.get_key("cmk")
+        assert any(cloud.vault.host in url for url in asked)
