@@ -13,6 +13,8 @@ notice) was done, and what it produced. A lease is held for a while and released
 writer per account from its deciding read to its verify. Both are won by an insert, and
 taken over (when the holder died: past ``lease`` / ``Expires``) by an ETag-conditional
 replace, so of several contenders exactly one wins. Times come from the caller's clock.
+A lease's holder remembers its ETag: renewing and releasing are one conditional request
+each, and a row changed since (taken over) makes them read it before deciding.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.data.tables import TableEntity
+from azure.data.tables.aio import TableClient
 
 from cmk.adapters.table_rows import OWNER, TableRows, table_key
 from cmk.ports import ClaimRecord, LeaseGrant
@@ -42,6 +45,13 @@ def _time(value: object) -> datetime | None:
 
 class LeaseRows(TableRows):
     """Claims (kept) and write leases (held, then released) in the ledger table."""
+
+    def __init__(self, table_client: TableClient) -> None:
+        super().__init__(table_client)
+        #: The ETag of each lease this process holds, by (name, owner token): renewing or
+        #: releasing it is one conditional request, not a read and a write. Only a miss
+        #: (412/404: taken over, or a lost response hid our own write) reads the row.
+        self._held: dict[tuple[str, str], str] = {}
 
     @staticmethod
     def _row(name: str) -> str:
@@ -127,13 +137,16 @@ class LeaseRows(TableRows):
         ``purpose`` (what the holder is doing) is told to whoever finds the lease held."""
         entity = self._lease(name, owner, now + ttl, purpose)
         action = f"taking the write lease {name!r}"
-        if await self.insert_once(entity, action):
-            return LeaseGrant(True, owner, now + ttl, purpose)
-        held = await self.get_row(LEASE_PARTITION, entity["RowKey"], action)
-        if held is None:  # released meanwhile
-            granted = await self.insert_once(entity, action)
-            return LeaseGrant(granted, owner if granted else "", now + ttl, purpose)
-        return await self._take_over(entity, held, now, action)
+        etag = await self.insert_owned(entity, action)
+        if etag is None:
+            held = await self.get_row(LEASE_PARTITION, entity["RowKey"], action)
+            if held is not None:
+                return await self._take_over(entity, held, now, action)
+            etag = await self.insert_owned(entity, action)  # released meanwhile
+            if etag is None:
+                return LeaseGrant(False, "", now + ttl, purpose)
+        self._held[(name, owner)] = etag
+        return LeaseGrant(True, owner, now + ttl, purpose)
 
     async def _take_over(
         self, entity: dict[str, Any], held: TableEntity, now: datetime, action: str
@@ -143,27 +156,44 @@ class LeaseRows(TableRows):
         purpose = str(held.get("Purpose") or "")
         if holder != entity[OWNER] and expires > now:
             return LeaseGrant(False, holder, expires, purpose)
-        if not await self.replace_if(entity, held, action):
+        etag = await self.replace_at(entity, str(held.metadata["etag"]), action)
+        if etag is None:
             return LeaseGrant(False, "", expires, purpose)
         if holder != entity[OWNER]:
             logger.warning(
                 "took over write lease %r of %s (expired %s)", entity["Name"], holder, expires
             )
+        self._held[(entity["Name"], entity[OWNER])] = etag
         return LeaseGrant(True, entity[OWNER], entity["Expires"], entity["Purpose"])
 
     async def renew_lease(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
         """Extend our lease (right before a write): False if it is no longer ours."""
         action = f"renewing the write lease {name!r}"
-        held = await self.get_row(LEASE_PARTITION, self._row(name), action)
-        if held is None or held.get(OWNER) != owner:
-            return False
-        lease = self._lease(name, owner, now + ttl, str(held.get("Purpose") or ""))
-        return await self.replace_if(lease, held, action)
+        row = self._row(name)
+        expires = {"PartitionKey": LEASE_PARTITION, "RowKey": row, "Expires": now + ttl}
+        etag = self._held.get((name, owner))
+        if etag is not None:
+            etag = await self.replace_at(expires, etag, action, merge=True)
+        if etag is None:
+            held = await self.get_row(LEASE_PARTITION, row, action)
+            if held is None or held.get(OWNER) != owner:
+                self._held.pop((name, owner), None)
+                return False
+            etag = await self.replace_at(expires, str(held.metadata["etag"]), action, merge=True)
+            if etag is None:
+                self._held.pop((name, owner), None)
+                return False
+        self._held[(name, owner)] = etag
+        return True
 
     async def release_lease(self, name: str, owner: str) -> None:
         """Give the lease back if it is still ours (never someone else's)."""
         action = f"releasing the write lease {name!r}"
-        held = await self.get_row(LEASE_PARTITION, self._row(name), action)
+        row = self._row(name)
+        etag = self._held.pop((name, owner), None)
+        if etag is not None and await self.delete_at(LEASE_PARTITION, row, etag, action):
+            return
+        held = await self.get_row(LEASE_PARTITION, row, action)
         if held is not None and held.get(OWNER) == owner:
             await self.delete_if(held, action)
 

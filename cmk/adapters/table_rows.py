@@ -71,18 +71,24 @@ class TableRows:
     async def insert_once(self, entity: dict[str, Any], action: str) -> bool:
         """Insert ``entity``: True if the row is ours (inserted now, or by a lost-response
         retry of this very insert: same :data:`OWNER`), False if someone else's exists."""
+        return await self.insert_owned(entity, action) is not None
+
+    async def insert_owned(self, entity: dict[str, Any], action: str) -> str | None:
+        """:meth:`insert_once`, answering the ETag of our row (None if it is not ours)."""
         await self.ensure_table()
         try:
-            await self._client.create_entity(entity)
+            written = await self._client.create_entity(entity)
         except ResourceExistsError:
             owner = entity.get(OWNER)
             if not owner:
-                return False
+                return None
             held = await self.get_row(entity["PartitionKey"], entity["RowKey"], action)
-            return held is not None and held.get(OWNER) == owner
+            if held is None or held.get(OWNER) != owner:
+                return None
+            return str(held.metadata["etag"])
         except AzureError as error:
             raise translate(error, action) from error
-        return True
+        return str(written["etag"])
 
     async def get_row(self, partition: str, row: str, action: str) -> TableEntity | None:
         """The entity, or None when it (or the whole table) does not exist; never creates."""
@@ -98,27 +104,38 @@ class TableRows:
     ) -> bool:
         """Write ``entity`` over ``held`` only if the row is unchanged since it was read:
         True if written, False if another writer changed or deleted it first."""
+        etag = str(held.metadata["etag"])
+        return await self.replace_at(entity, etag, action, merge=merge) is not None
+
+    async def replace_at(
+        self, entity: dict[str, Any], etag: str, action: str, *, merge: bool = False
+    ) -> str | None:
+        """Write ``entity`` only if the row still has ``etag``: its new ETag, or None if
+        another writer changed or deleted it first (or a lost response hid our own write,
+        which the caller tells apart by reading the row)."""
         try:
-            await self._client.update_entity(
+            written = await self._client.update_entity(
                 entity,
                 mode=UpdateMode.MERGE if merge else UpdateMode.REPLACE,
-                etag=held.metadata["etag"],
+                etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )
         except (ResourceModifiedError, ResourceNotFoundError):
-            return False
+            return None
         except AzureError as error:
             raise translate(error, action) from error
-        return True
+        return str(written["etag"])
 
     async def delete_if(self, held: TableEntity, action: str) -> bool:
         """Delete ``held`` only if unchanged since it was read: True if deleted by us."""
+        etag = str(held.metadata["etag"])
+        return await self.delete_at(held["PartitionKey"], held["RowKey"], etag, action)
+
+    async def delete_at(self, partition: str, row: str, etag: str, action: str) -> bool:
+        """Delete the row only if it still has ``etag``: True if deleted by us."""
         try:
             await self._client.delete_entity(
-                held["PartitionKey"],
-                held["RowKey"],
-                etag=held.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
+                partition, row, etag=etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             return False

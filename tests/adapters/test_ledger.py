@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 from adapter_world import RG, SUB
+from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from cmk.adapters.ledger import TableLedger, account_partition, table_key
@@ -263,6 +266,61 @@ class TestWriteLeases:
         assert await services.ledger.renew_lease(name, "b", later, TTL) is True
         await services.ledger.release_lease(name, "stalled")  # not its lease any more
         assert not (await services.ledger.acquire_lease(name, "c", later, TTL)).granted
+
+    async def test_renew_and_release_are_one_request_each(
+        self, services: Services, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The holder remembers its lease's ETag: renewing and releasing do not read the
+        row first (2 Table requests per job, not 4)."""
+        name = f"account|{uuid.uuid4().hex[:6]}"
+        assert (await services.ledger.acquire_lease(name, "a", NOW, TTL)).granted
+        reads = _count_reads(services, monkeypatch)
+        assert await services.ledger.renew_lease(name, "a", NOW + TTL / 2, TTL) is True
+        await services.ledger.release_lease(name, "a")
+        assert reads == []
+        assert (await services.ledger.acquire_lease(name, "c", NOW, TTL)).granted
+
+    async def test_renew_after_a_lost_response_is_still_ours(self, services: Services) -> None:
+        """Our own write whose response was lost left the row with an ETag we never saw:
+        the conditional renew misses (412), the row is read, and it is still ours."""
+        name = f"account|{uuid.uuid4().hex[:6]}"
+        assert (await services.ledger.acquire_lease(name, "a", NOW, TTL)).granted
+        row = {"PartitionKey": "lease", "RowKey": table_key(name), "Expires": NOW + TTL}
+        await services.ledger.client.update_entity(row, mode=UpdateMode.MERGE)  # "lost" write
+        assert await services.ledger.renew_lease(name, "a", NOW + TTL / 2, TTL) is True
+        assert not (await services.ledger.acquire_lease(name, "b", NOW + TTL, TTL)).granted
+        await services.ledger.release_lease(name, "a")
+        assert (await services.ledger.acquire_lease(name, "b", NOW + TTL, TTL)).granted
+
+    async def test_a_taken_over_lease_is_neither_renewed_nor_released(
+        self, services: Services
+    ) -> None:
+        """With a remembered ETag that is stale because another job took the lease over,
+        the old holder's renew answers False and its release leaves the new holder's row."""
+        name = f"account|{uuid.uuid4().hex[:6]}"
+        other = TableLedger(services.ledger.client)  # another instance of the app
+        assert (await services.ledger.acquire_lease(name, "stalled", NOW, TTL)).granted
+        later = NOW + TTL + timedelta(seconds=1)
+        assert (await other.acquire_lease(name, "b", later, TTL)).granted
+        assert await services.ledger.renew_lease(name, "stalled", later, TTL) is False
+        await services.ledger.release_lease(name, "stalled")
+        held = await services.ledger.client.get_entity("lease", table_key(name))
+        assert held["Owner"] == "b"
+        assert await other.renew_lease(name, "b", later, TTL) is True
+
+
+def _count_reads(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every point read of the ledger table from now on."""
+    reads: list[str] = []
+    client = services.ledger.client
+    real = client.get_entity
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        reads.append(str(args))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(client, "get_entity", spy)
+    return reads
 
 
 class TestNoticeClaims:
