@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import replace
 from datetime import timedelta
 
@@ -22,6 +23,7 @@ from cmk.errors import (
 )
 from cmk.ports import UpdateOutcome
 from cmk.resource_id import AccountId
+from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.sandbox.world import Principal, UserAssignedIdentity
 from cmk.wiring import Services
 
@@ -213,19 +215,16 @@ class TestCognitiveAccountsUpdate:
         """An LRO longer than the wait returns IN_PROGRESS; it finishes in ARM and verifies."""
         old = cloud.add_version(cloud.vault).version
         new = cloud.add_version(cloud.vault).version
-        account = cloud.add_account("slow", cloud.vault, old, lro_seconds=1.0)
+        # held open (whatever the load) until the test ends it in ARM below
+        account = cloud.add_account("slow", cloud.vault, old, lro_seconds=math.inf)
         record = await services.accounts.get(_id("slow"))
         outcome = await services.accounts.update_key_version(record, new, timedelta(seconds=0.1))
         assert outcome is UpdateOutcome.IN_PROGRESS
         target = record.binding.key_id.with_version(new)  # type: ignore[union-attr]
         assert await services.accounts.verify(_id("slow"), target) is UpdateOutcome.IN_PROGRESS
-        outcome = UpdateOutcome.IN_PROGRESS
-        for _ in range(1200):  # until ARM says it finished; the ceiling only bounds a hang
-            outcome = await services.accounts.verify(_id("slow"), target)
-            if outcome is not UpdateOutcome.IN_PROGRESS:
-                break
-            await asyncio.sleep(0.05)
-        assert outcome is UpdateOutcome.SUCCEEDED
+        assert account.encryption.key_version == old
+        rp_for(cloud.world).finish_now(account.resource_id)
+        assert await services.accounts.verify(_id("slow"), target) is UpdateOutcome.SUCCEEDED
         assert account.encryption.key_version == new
         assert _patches(cloud) == 1
 
@@ -235,7 +234,8 @@ class TestCognitiveAccountsUpdate:
         old = cloud.add_version(cloud.vault).version
         mid = cloud.add_version(cloud.vault).version
         new = cloud.add_version(cloud.vault).version
-        cloud.add_account("busy", cloud.vault, old, lro_seconds=2.0)
+        # held open until the test ends, so all three requests meet the running update
+        cloud.add_account("busy", cloud.vault, old, lro_seconds=math.inf)
         stale = await services.accounts.get(_id("busy"))
         first = await services.accounts.update_key_version(stale, mid, timedelta(0))
         assert first is UpdateOutcome.IN_PROGRESS

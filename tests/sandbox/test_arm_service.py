@@ -4,6 +4,7 @@ the Cognitive Services accounts RP, authentication, RBAC and throttling."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -370,6 +371,30 @@ class TestUpdates:
         assert status == 200
         assert final["properties"]["encryption"]["keyVaultProperties"]["keyVersion"] == "1" * 32
         assert [v for _, v in account.binding_history] == ["0" * 32, "1" * 32]
+
+    async def test_held_operation_runs_until_finished_now(self, env: Env) -> None:
+        """lro_seconds=inf keeps an update InProgress however much time passes (Retry-After
+        at the cap); finish_now ends it at once, Succeeded and bound, and only once."""
+        account = env.world.account(env.url().split("?")[0])
+        assert account is not None
+        account.lro_seconds = math.inf
+        _, headers, _ = await env.call("PATCH", env.url(), body=_cmk("1" * 32))
+        status_url = "/" + headers["Azure-AsyncOperation"].split("/", 3)[3]
+        assert headers["Retry-After"] == "15"
+        env.clock.now += 10**9
+        _, headers, body = await env.call("GET", status_url)
+        assert (body["status"], headers["Retry-After"]) == ("InProgress", "15")
+        assert account.provisioning_state == "Updating"
+
+        operation = rp_for(env.world).finish_now(account.resource_id.upper())
+
+        assert operation.status == "Succeeded"
+        _, _, body = await env.call("GET", status_url)
+        assert body["status"] == "Succeeded"
+        assert account.provisioning_state == "Succeeded"
+        assert [v for _, v in account.binding_history] == ["0" * 32, "1" * 32]
+        with pytest.raises(KeyError):
+            rp_for(env.world).finish_now(account.resource_id)
 
     async def test_get_settles_finished_operation(self, env: Env) -> None:
         """A GET after the duration shows Succeeded without anyone polling the status."""

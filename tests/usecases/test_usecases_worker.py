@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import replace
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ from cmk.errors import TransientError
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
+from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.sandbox.world import AccountState, KeyVersionState, VaultState
 from cmk.settings import Settings
 from cmk.usecases import JobResult, on_poison, rotate_account
@@ -40,16 +42,12 @@ def _timeout(settings: Settings, seconds: float) -> Settings:
     return replace(settings, update_timeout=timedelta(seconds=seconds))
 
 
-async def _settled(rig: Rig, account: AccountState) -> None:
-    """Wait until ARM reports the account's update finished (a condition, read through the
-    SDK; the ceiling only bounds a hang)."""
-    account_id = AccountId.parse(account.resource_id)
-    for _ in range(1200):
-        record = await rig.engine.accounts.get(account_id)
-        if record.provisioning_state.lower() not in ("updating", "accepted"):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{account.name} still updating")
+async def _finish(rig: Rig, account: AccountState) -> None:
+    """End the account's held update (seeded with ``lro_seconds=math.inf``) in ARM, and
+    check through the SDK that ARM reports it finished."""
+    rp_for(rig.world).finish_now(account.resource_id)
+    record = await rig.engine.accounts.get(AccountId.parse(account.resource_id))
+    assert record.provisioning_state == "Succeeded", record.provisioning_state
 
 
 class TestRotateAccount:
@@ -124,7 +122,7 @@ class TestRotateAccount:
 
     async def test_slow_update_is_submitted_and_verified_later(self, rig: Rig) -> None:
         """An update longer than the wait bound records SUBMITTED and queues a VERIFY job."""
-        account, _, new = _pair(rig, lro_seconds=1.0)
+        account, _, new = _pair(rig, lro_seconds=math.inf)  # runs until _finish ends it
         engine = rig.engine
         fast = replace(engine, settings=_timeout(engine.settings, 0.1))
 
@@ -133,7 +131,7 @@ class TestRotateAccount:
         assert report.result is JobResult.SUBMITTED
         assert [j.step for j in await rig.queued()] == [JobStep.VERIFY]
         assert (await rig.ledger(account))[0].state is LedgerState.SUBMITTED
-        await _settled(rig, account)
+        await _finish(rig, account)
         assert [r.result for r in await rig.drain()] == [JobResult.SUCCEEDED]
         assert account.encryption.key_version == new.version
         await rig.check_ledger()
@@ -209,7 +207,7 @@ class TestRotateAccount:
     async def test_duplicate_job_during_own_update_verifies_later(self, rig: Rig) -> None:
         """A second job for a target whose update is still running queues a VERIFY job
         instead of failing the delivery; the update then verifies."""
-        account, _, new = _pair(rig, lro_seconds=1.0)
+        account, _, new = _pair(rig, lro_seconds=math.inf)  # runs until _finish ends it
         engine = rig.engine
         fast = replace(engine, settings=_timeout(engine.settings, 0.1))
         job = _job(account, rig.estate.kv, new)
@@ -219,7 +217,7 @@ class TestRotateAccount:
 
         assert duplicate.result is JobResult.SUBMITTED
         assert [j.step for j in await rig.queued()] == [JobStep.VERIFY, JobStep.VERIFY]
-        await _settled(rig, account)
+        await _finish(rig, account)
         assert {r.result for r in await rig.drain()} == {JobResult.SUCCEEDED}
         assert account.encryption.key_version == new.version
         await rig.check_ledger()

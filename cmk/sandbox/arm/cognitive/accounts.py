@@ -23,9 +23,12 @@ A PATCH (or PUT) that changes ``properties.encryption`` answers ``202 Accepted``
 account (``provisioningState: Updating``) and ``Azure-AsyncOperation`` (operation status),
 ``Location`` (operation result) and ``Retry-After`` headers — what ``begin_update``'s
 ARMPolling follows. The operation takes ``AccountState.lro_seconds`` of real (monotonic)
-time; it is settled lazily whenever the account, a listing, Resource Graph or the status
-endpoint is read. ``Retry-After`` is the remaining time in whole seconds, clamped to
-``retry_after_floor``..``retry_after_cap`` (1..15 s; tests lower the floor to poll faster).
+time (``CognitiveRP.clock``); it is settled lazily whenever the account, a listing, Resource
+Graph or the status endpoint is read. An update with ``lro_seconds=math.inf`` runs until
+:meth:`CognitiveRP.finish_now` ends it: how a test holds an update open for as long as it
+needs, whatever the machine's load, and then decides when it ends. ``Retry-After`` is the
+remaining time in whole seconds, clamped to ``retry_after_floor``..``retry_after_cap``
+(1..15 s; tests lower the floor to poll faster).
 A PATCH without an encryption change (tags, sku, identity only), or one restating the
 current binding, answers ``200`` with ``provisioningState: Succeeded`` at once. A write while an
 update is in flight answers ``409 RequestConflict`` with ARM's "provisioning state is not
@@ -194,6 +197,15 @@ class CognitiveRP:
 
     def retry_after(self, operation: Operation) -> str:
         return retry_after(operation, self.clock(), self.retry_after_floor, self.retry_after_cap)
+
+    def finish_now(self, resource_id: str) -> Operation:
+        """End the account's running update at once, as if its ``lro_seconds`` had passed
+        (Key Vault checks included), and return it. Takes the world's lock: callable from a
+        test's thread while the server runs. Raises KeyError when no update is running."""
+        with self.world.lock:
+            operation = self._inflight[resource_id.lower()]
+            self._complete(operation)
+            return operation
 
     def _complete(self, operation: Operation) -> None:
         self._inflight.pop(operation.account_key, None)
