@@ -27,7 +27,7 @@ param environmentName string
 })
 param location string
 
-@description('Name of the resource group to create; empty derives rg-{environmentName}.')
+@description('Name of the app\'s own resource group; empty derives rg-{environmentName}. NEVER a Key Vault\'s resource group (nor a group holding anything else): `azd down` deletes this whole group, keys included. The postprovision hook refuses a group that is one of vaults[].resourceGroup in this subscription.')
 param resourceGroupName string = ''
 
 @description('Key Vaults whose keys the app rotates: [{name, resourceGroup, subscriptionId, location, systemTopicName?}]. They make CMK_VAULT_ALLOWLIST here; their system topics and key roles are deployed by app/vaults.bicep (step 2), outside what azd down deletes.')
@@ -122,7 +122,7 @@ param alertWebhookUrl string = ''
 @description('UserAssigned (default, as the Azure-Samples Flex templates): a user-assigned identity is created and granted before the app exists. SystemAssigned: the app runs as its own identity, granted after the app is created.')
 param appIdentityType string = 'UserAssigned'
 
-@description('Principal ids (object ids) of operators, people or a group, who run the cmk CLI against this deployment: they get the ledger and queue data roles, the alert sender role, the account role on each managed subscription and (step 2) the key role on each vault; exactly what the app has, nothing on blobs.')
+@description('Principal ids (object ids) of operators, people or a group, who run the cmk CLI against this deployment: they get the ledger and queue data roles, the alert sender role, the account role on each managed subscription and (step 2) the key role on each vault, as the app has; besides, Storage Blob Data Reader on the dead-letter container only (cmk replay) and read access to the role assignments on those subscriptions and vaults (cmk smoke).')
 param operatorPrincipalIds array = []
 
 @allowed([
@@ -291,6 +291,7 @@ module rbacBeforeApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 1 : 
   params: {
     appPrincipalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
+    deadLetterContainerName: storage.outputs.deadLetterContainerName
     alertTopicName: alerting.outputs.topicName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     operatorPrincipalIds: operatorPrincipalIds
@@ -304,6 +305,7 @@ module rbacAfterApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 0 : 1
   params: {
     appPrincipalId: functionApp.outputs.systemAssignedPrincipalId
     storageAccountName: storage.outputs.name
+    deadLetterContainerName: storage.outputs.deadLetterContainerName
     alertTopicName: alerting.outputs.topicName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     operatorPrincipalIds: operatorPrincipalIds

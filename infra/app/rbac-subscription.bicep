@@ -75,4 +75,44 @@ resource operatorAccountOperator 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }]
 
+// Why each action: `cmk smoke` decides the account rights (the operator's own and the app's)
+// from the role assignments at this subscription and their role definitions; without these
+// reads both rows stay `unverified`. They expose who holds which role here, no data, and
+// change nothing. Operators only: the app never reads role assignments.
+var grantReaderActions = [
+  'Microsoft.Authorization/roleAssignments/read'
+  'Microsoft.Authorization/roleDefinitions/read'
+]
+
+resource grantReader 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(subscription().id, 'cmk-rotator-grant-reader', environmentName)
+  properties: {
+    roleName: 'CMK rotator grant reader (${environmentName}, ${subscription().subscriptionId})'
+    description: 'Reads role assignments and role definitions, so cmk smoke can check who holds the rotator roles.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: grantReaderActions
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      subscription().id
+    ]
+  }
+}
+
+// Why: `cmk smoke` run by an operator checks the account role of the operator and of the app
+// here (docs/deployment.md); reading role assignments is what decides those rows.
+resource operatorGrantReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(subscription().id, principalId, grantReader.id)
+  properties: {
+    roleDefinitionId: grantReader.id
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]
+
 output roleDefinitionId string = accountOperator.id

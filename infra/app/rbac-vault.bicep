@@ -77,3 +77,45 @@ resource operatorKeyRotator 'Microsoft.Authorization/roleAssignments@2022-04-01'
     principalType: operatorPrincipalType
   }
 }]
+
+// Why each action: `cmk smoke` finds the vault (vaults/read: its resource, never its keys or
+// secrets) and decides the key rights (the operator's own and the app's) from the role
+// assignments at the vault and their role definitions; without these reads both rows stay
+// `unverified`. Operators only: the app reads keys through the data plane alone.
+var vaultGrantReaderActions = [
+  'Microsoft.Authorization/roleAssignments/read'
+  'Microsoft.Authorization/roleDefinitions/read'
+  'Microsoft.KeyVault/vaults/read'
+]
+
+resource vaultGrantReader 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'cmk-rotator-vault-grant-reader', environmentName)
+  properties: {
+    roleName: 'CMK rotator vault grant reader (${environmentName}, ${uniqueString(resourceGroup().id)})'
+    description: 'Reads a vault resource, its role assignments and role definitions, so cmk smoke can check who holds the key rotator role.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: vaultGrantReaderActions
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
+}
+
+// Why: `cmk smoke` run by an operator checks the key role of the operator and of the app on
+// this vault (docs/deployment.md). Scoped to this vault, not its resource group.
+resource operatorVaultGrantReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(vault.id, principalId, vaultGrantReader.id)
+  scope: vault
+  properties: {
+    roleDefinitionId: vaultGrantReader.id
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]

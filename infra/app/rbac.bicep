@@ -5,6 +5,9 @@
 // (both deployed by vaults.bicep): Bicep reaches another scope only through a module.
 param appPrincipalId string
 param storageAccountName string
+
+@description('The container the vaults\' system topics dead-letter into (operators read it to replay).')
+param deadLetterContainerName string
 param alertTopicName string
 param applicationInsightsName string
 
@@ -24,12 +27,17 @@ var roles = {
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
   eventGridDataSender: 'd5a91429-5739-47e2-a06b-3470a27159e7'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
+}
+
+resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  name: '${storageAccountName}/default/${deadLetterContainerName}'
 }
 
 resource alertTopic 'Microsoft.EventGrid/topics@2025-02-15' existing = {
@@ -104,7 +112,8 @@ resource appTelemetryPublisher 'Microsoft.Authorization/roleAssignments@2022-04-
 // Why: operators run `cmk status`, `history`, `sweep`, `rotate` and `replay` from their shell
 // against this deployment: they read and write the ledger table (status, history, the
 // records of what they move), and enqueue jobs (`rotate --enqueue`, `replay`). Shared-key
-// access is off, so these are data roles. Own account only; no blob access.
+// access is off, so these are data roles. Own account only; blobs: the dead-letter container
+// alone, read-only (operatorDeadLetterReader).
 resource operatorQueueData 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
   name: guid(storageAccount.id, principalId, roles.storageQueueDataContributor)
   scope: storageAccount
@@ -133,6 +142,19 @@ resource operatorAlertTopicSender 'Microsoft.Authorization/roleAssignments@2022-
   scope: alertTopic
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventGridDataSender)
+    principalId: principalId
+    principalType: operatorPrincipalType
+  }
+}]
+
+// Why: `cmk replay` takes the events Event Grid dead-lettered; with shared keys off, operators
+// download them with `az storage blob download-batch --auth-mode login`. Read only, on the
+// dead-letter container only: not the host's leases, not the deployment package.
+resource operatorDeadLetterReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for principalId in operatorPrincipalIds: {
+  name: guid(deadLetterContainer.id, principalId, roles.storageBlobDataReader)
+  scope: deadLetterContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
     principalId: principalId
     principalType: operatorPrincipalType
   }

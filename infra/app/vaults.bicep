@@ -29,7 +29,7 @@ param deadLetterContainerName string = 'eventgrid-deadletter'
 @description('The vaults: [{name, subscriptionId, resourceGroup, location, systemTopicName, adopt}] (EVENT_VAULTS). adopt: the topic exists and is left as it is.')
 param vaults array
 
-@description('Principal ids of operators granted the key role too (main.bicep output CMK_OPERATOR_PRINCIPAL_IDS).')
+@description('Principal ids of operators granted the key role too, and read access to the vault and its role assignments for cmk smoke (main.bicep output CMK_OPERATOR_PRINCIPAL_IDS).')
 param operatorPrincipalIds array = []
 
 @allowed([

@@ -68,6 +68,7 @@ def run_hook(
     listed: str = "",
     vaults: list[dict[str, Any]] | None = None,
     topic_identity: str = "SystemAssigned",
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[str], list[dict[str, Any]]]:
     """Run infra/hooks/<hook> with the recording az; (result, az calls, parameter files)."""
     bin_dir = tmp_path / "bin"
@@ -96,6 +97,7 @@ def run_hook(
         "CMK_OPERATOR_PRINCIPAL_TYPE": "User",
         "CMK_FUNCTIONS_WAIT_ATTEMPTS": str(attempts),
         "CMK_FUNCTIONS_WAIT_SECONDS": "0",
+        **(extra_env or {}),
     }
     result = subprocess.run(
         ["sh", str(HOOKS / hook)],
@@ -192,6 +194,75 @@ class TestPostprovision:
         assert "refusing to adopt the system topic existing-topic" in result.stderr
         assert "System assigned" in result.stderr
         assert not any(call.startswith("deployment") for call in calls)
+
+    def test_refuses_a_vault_group_as_the_app_group(self, tmp_path: Path) -> None:
+        """The app's group is a vault's (names differ only in case, same subscription):
+        refused before anything is deployed, saying not to run `azd down`."""
+        clash = {**VAULTS[0], "resourceGroup": "RG-CMK"}
+        result, calls, _ = run_hook(
+            tmp_path,
+            "postprovision.sh",
+            vaults=[clash],
+            extra_env={"AZURE_SUBSCRIPTION_ID": "s"},
+        )
+        assert result.returncode == 1
+        assert "refusing: the app's resource group rg-cmk is the resource group" in result.stderr
+        assert "of vault(s) kv1" in result.stderr
+        assert "Do NOT run `azd down`" in result.stderr
+        assert calls == []
+
+    def test_same_group_name_in_another_subscription_deploys(self, tmp_path: Path) -> None:
+        """A vault group named like the app's but in another subscription is another group."""
+        elsewhere = {**VAULTS[0], "resourceGroup": "rg-cmk", "subscriptionId": "other"}
+        result, calls, _ = run_hook(
+            tmp_path,
+            "postprovision.sh",
+            vaults=[elsewhere],
+            extra_env={"AZURE_SUBSCRIPTION_ID": "s"},
+        )
+        assert result.returncode == 0, result.stderr
+        assert calls[0].startswith("deployment sub create")
+
+    def test_refuses_without_python3(self, tmp_path: Path) -> None:
+        """Without python3 (a PATH holding only the tools the check uses) the check still
+        refuses the vault's group, in any subscription."""
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        for tool in ("tr", "grep", "sed"):
+            found = shutil.which(tool)
+            assert found is not None, tool
+            (bin_dir / tool).symlink_to(found)
+        sh = shutil.which("sh")
+        assert sh is not None
+        clash = {**VAULTS[0], "resourceGroup": "rg-CMK", "subscriptionId": "other"}
+        result = subprocess.run(
+            [sh, str(HOOKS / "postprovision.sh")],
+            env={
+                "PATH": str(bin_dir),
+                "AZURE_ENV_NAME": "e",
+                "AZURE_LOCATION": "l",
+                "AZURE_RESOURCE_GROUP": "rg-cmk",
+                "AZURE_STORAGE_ACCOUNT_NAME": "st",
+                "CMK_APP_PRINCIPAL_ID": "p",
+                "EVENT_DEAD_LETTER_CONTAINER": "c",
+                "EVENT_VAULTS": json.dumps([clash]),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert "of vault(s) kv1" in result.stderr and "Do NOT run `azd down`" in result.stderr
+
+    def test_both_hooks_guard_the_vault_groups(self) -> None:
+        """The Windows hook carries the same refusal (pwsh cannot run here)."""
+        source = (HOOKS / "postprovision.ps1").read_text(encoding="utf-8")
+        assert "$_.resourceGroup -eq $env:AZURE_RESOURCE_GROUP" in source
+        assert "Do NOT run ``azd down``" in source
+        assert source.index("refusing: the app's resource group") < source.index(
+            "'deployment', 'sub', 'create'"
+        )
 
     def test_no_vaults_no_deployment(self, tmp_path: Path) -> None:
         """Without vaults the hook says so and calls nothing."""

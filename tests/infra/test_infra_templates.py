@@ -71,6 +71,7 @@ ROLE_KEYS = {
     "storageTableDataContributor": "Storage Table Data Contributor",
     "storageBlobDataOwner": "Storage Blob Data Owner",
     "storageBlobDataContributor": "Storage Blob Data Contributor",
+    "storageBlobDataReader": "Storage Blob Data Reader",
     "eventGridDataSender": "EventGrid Data Sender",
     "monitoringMetricsPublisher": "Monitoring Metrics Publisher",
 }
@@ -521,7 +522,19 @@ class TestRoleAssignments:
         ("app/rbac.bicep", "operatorAlertTopicSender"): ("alertTopic", "eventGridDataSender"),
         ("app/rbac-subscription.bicep", "operatorAccountOperator"): (None, "accountOperator.id"),
         ("app/rbac-vault.bicep", "operatorKeyRotator"): ("vault", "keyRotator.id"),
+        ("app/rbac.bicep", "operatorDeadLetterReader"): (
+            "deadLetterContainer",
+            "storageBlobDataReader",
+        ),
+        ("app/rbac-subscription.bicep", "operatorGrantReader"): (None, "grantReader.id"),
+        ("app/rbac-vault.bicep", "operatorVaultGrantReader"): ("vault", "vaultGrantReader.id"),
     }
+
+    # What operators hold beyond the app's roles, each for one command: the dead letters
+    # `cmk replay` takes, and the role assignments `cmk smoke` decides its rights rows from.
+    OPERATOR_EXTRAS = frozenset(
+        {"operatorDeadLetterReader", "operatorGrantReader", "operatorVaultGrantReader"}
+    )
 
     # Operators' assignments: one per operator principal, of the type the parameter says.
     OPERATOR_ASSIGNMENTS = frozenset(name for _, name in EXPECTED if name.startswith("operator"))
@@ -547,6 +560,9 @@ class TestRoleAssignments:
             for relative in ("app/rbac.bicep", "app/rbac-dead-letter.bicep")
         }
         assert set(tables["app/rbac.bicep"]) == set(ROLE_KEYS) - {"storageBlobDataContributor"}
+        assert tables["app/rbac.bicep"]["storageBlobDataReader"] == (
+            "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+        )
         assert set(tables["app/rbac-dead-letter.bicep"]) == {"storageBlobDataContributor"}
         for relative, roles in tables.items():
             for key, role_id in roles.items():
@@ -601,7 +617,8 @@ class TestRoleAssignments:
 
     def test_operators_get_what_the_app_has(self) -> None:
         """Operators loop over operatorPrincipalIds, wired from main.bicep to every grant
-        module, and get no role the app does not have (no blob role at all)."""
+        module, and get the app's roles plus exactly: Storage Blob Data Reader on the
+        dead-letter container (for `cmk replay`) and the grant readers (for `cmk smoke`)."""
         for relative, name, resource in resources_of_type(
             "Microsoft.Authorization/roleAssignments"
         ):
@@ -616,6 +633,11 @@ class TestRoleAssignments:
             params = body(main["modules"][name])["params"]
             assert params["operatorPrincipalIds"] == "operatorPrincipalIds", name
             assert params["operatorPrincipalType"] == "operatorPrincipalType", name
+        for name in ("rbacBeforeApp", "rbacAfterApp"):
+            params = body(main["modules"][name])["params"]
+            assert render(params["deadLetterContainerName"]) == (
+                "storage.outputs.deadLetterContainerName"
+            ), name
         vault_params = body(template("app/vaults.bicep")["modules"]["rbacVaults"])["params"]
         assert vault_params["operatorPrincipalIds"] == "operatorPrincipalIds"
         assert "CMK_OPERATOR_PRINCIPAL_IDS" in main["outputs"]
@@ -624,10 +646,63 @@ class TestRoleAssignments:
             assert "CMK_OPERATOR_PRINCIPAL_IDS" in source, hook
         app_roles = {self.EXPECTED[key][1] for key in self.EXPECTED if key[1].startswith("app")}
         operator_roles = {
-            self.EXPECTED[key][1] for key in self.EXPECTED if key[1] in self.OPERATOR_ASSIGNMENTS
+            self.EXPECTED[key][1]
+            for key in self.EXPECTED
+            if key[1] in self.OPERATOR_ASSIGNMENTS - self.OPERATOR_EXTRAS
         }
         assert operator_roles <= app_roles
         assert not any("Blob" in role for role in operator_roles)
+        blob_grants = {
+            key: value
+            for key, value in self.EXPECTED.items()
+            if key[1] in self.OPERATOR_ASSIGNMENTS and "Blob" in value[1]
+        }
+        assert blob_grants == {
+            ("app/rbac.bicep", "operatorDeadLetterReader"): (
+                "deadLetterContainer",
+                "storageBlobDataReader",
+            )
+        }
+        container = template("app/rbac.bicep")["resources"]["deadLetterContainer"]
+        assert container["existing"] is True
+        assert container["type"] == "Microsoft.Storage/storageAccounts/blobServices/containers"
+        assert "deadLetterContainerName" in render(container["config"]["name"])
+
+    @pytest.mark.parametrize(
+        ("relative", "variable", "expected"),
+        [
+            (
+                "app/rbac-subscription.bicep",
+                "grantReaderActions",
+                {
+                    "Microsoft.Authorization/roleAssignments/read",
+                    "Microsoft.Authorization/roleDefinitions/read",
+                },
+            ),
+            (
+                "app/rbac-vault.bicep",
+                "vaultGrantReaderActions",
+                {
+                    "Microsoft.Authorization/roleAssignments/read",
+                    "Microsoft.Authorization/roleDefinitions/read",
+                    "Microsoft.KeyVault/vaults/read",
+                },
+            ),
+        ],
+    )
+    def test_grant_readers_only_read(
+        self, relative: str, variable: str, expected: set[str]
+    ) -> None:
+        """The operators' grant-reader roles read assignments, definitions (and the vault
+        resource), nothing else: no write, no data action; the app is never granted them."""
+        parsed = template(relative)
+        assert set(parsed["variables"][variable]["value"]) == expected
+        role_name = "grantReader" if variable == "grantReaderActions" else "vaultGrantReader"
+        permissions = parsed["resources"][role_name]["config"]["properties"]["permissions"][0]
+        assert permissions["actions"] == variable
+        assert permissions["dataActions"] == []
+        app_roles = {value[1] for key, value in self.EXPECTED.items() if key[1].startswith("app")}
+        assert f"{role_name}.id" not in app_roles
 
     def test_account_role_is_narrow(self) -> None:
         """The Cognitive Services custom role: read/write accounts, poll operations, no more."""
