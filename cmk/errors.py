@@ -52,6 +52,12 @@ class ServiceUnavailable(TransientError):
     """5xx, timeout, dropped connection, or a resource busy with another update."""
 
 
+class UpdateUnanswered(ServiceUnavailable):
+    """A PATCH was sent and got no answer (timeout, connection lost after sending): it may
+    still be applied. Its writer keeps the account's write lease until it expires, so no
+    other job PATCHes until a late arrival can no longer land."""
+
+
 class PermanentError(CmkError):
     """A failure retrying cannot fix: record, alert once, and move on."""
 

@@ -139,6 +139,9 @@ class Settings:
     cloud: AzureCloud = AzureCloud.PUBLIC
     stale_grace: timedelta = timedelta(hours=24)
     update_timeout: timedelta = timedelta(seconds=120)
+    #: How long a PATCH may go unanswered before it is abandoned (then the job keeps
+    #: the write lease until it expires: the PATCH may still land). Not a setting.
+    patch_timeout: timedelta = timedelta(seconds=30)
     max_concurrency: int = 32
     rotate_cooldown: timedelta = timedelta(minutes=10)
     key_cache: timedelta = timedelta(seconds=30)
@@ -158,8 +161,13 @@ class Settings:
     def write_lease_ttl(self) -> timedelta:
         """How long an account's write lease holds: how long a job that died holding it
         blocks the account. At least the update timeout plus 5 s (the lease must outlast
-        the wait for the update); CMK_WRITE_LEASE_SECONDS, else the timeout plus a minute."""
-        floor = self.update_timeout + timedelta(seconds=5)
+        the wait for the update) and the PATCH timeout plus 30 s (an unanswered PATCH
+        abandoned at its timeout has that long to land, or not, before another job may
+        write); CMK_WRITE_LEASE_SECONDS, else the update timeout plus a minute."""
+        floor = max(
+            self.update_timeout + timedelta(seconds=5),
+            self.patch_timeout + timedelta(seconds=30),
+        )
         wanted = self.write_lease or self.update_timeout + timedelta(minutes=1)
         return max(wanted, floor)
 

@@ -181,7 +181,9 @@ class Services:
             )
 
         self.accounts = CognitiveAccounts(
-            cognitive_client, polling_interval=self.options.polling_interval
+            cognitive_client,
+            polling_interval=self.options.polling_interval,
+            patch_timeout=settings.patch_timeout.total_seconds(),
         )
         self._closers.append(self.accounts.close)
 

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ServiceResponseError
 from azure.core.polling import AsyncLROPoller
 from azure.core.polling.base_polling import OperationFailed
 from azure.mgmt.cognitiveservices.aio import CognitiveServicesManagementClient
@@ -42,7 +42,13 @@ from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from cmk.adapters._errors import azure_errors, translate
 from cmk.adapters._sdk import text_of
 from cmk.adapters.account_polling import StatusPolling
-from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
+from cmk.errors import (
+    CmkError,
+    InvalidInput,
+    ServiceUnavailable,
+    UpdateFailed,
+    UpdateUnanswered,
+)
 from cmk.keyid import KeyId
 from cmk.planner import Binding
 from cmk.ports import BUSY_STATES, AccountRecord, KeyVaultReference, UpdateOutcome
@@ -166,9 +172,16 @@ class CognitiveAccounts:
     default behaviour).
     """
 
-    def __init__(self, client_for: ClientFactory, *, polling_interval: float | None = None) -> None:
+    def __init__(
+        self,
+        client_for: ClientFactory,
+        *,
+        polling_interval: float | None = None,
+        patch_timeout: float = 30.0,
+    ) -> None:
         self._client_for = client_for
         self._polling_interval = polling_interval
+        self._patch_timeout = patch_timeout
         self._clients: dict[str, CognitiveServicesManagementClient] = {}
 
     def client(self, subscription_id: str) -> CognitiveServicesManagementClient:
@@ -318,7 +331,12 @@ class CognitiveAccounts:
         """Send the PATCH once. The SDK would re-send it by itself after a 429 with
         Retry-After, a 5xx or a timeout — the old body, after others may have moved the
         account on — so its retries are off for this one request (``retry_total=0``); the
-        caller re-reads and decides again instead. The status polls keep their retries."""
+        caller re-reads and decides again instead. The status polls keep their retries.
+
+        The PATCH must be answered within ``patch_timeout`` (well inside the caller's
+        write lease). Unanswered — the timeout, or the connection lost after the request
+        went out — it may still be applied: :class:`~cmk.errors.UpdateUnanswered`, and
+        the caller keeps its lease until it expires."""
         body = encryption_patch(current, target.version or "")
         client = self.client(account_id.subscription_id)
         logger.info(
@@ -327,14 +345,30 @@ class CognitiveAccounts:
             target.version,
             extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
         )
-        with azure_errors(f"updating account {account_id} to {target}"):
-            return await client.accounts.begin_update(
-                account_id.resource_group,
-                account_id.name,
-                body,
-                polling=polling,
-                retry_total=0,
-            )
+        action = f"updating account {account_id} to {target}"
+        try:
+            async with asyncio.timeout(self._patch_timeout):
+                with azure_errors(action):
+                    return await client.accounts.begin_update(
+                        account_id.resource_group,
+                        account_id.name,
+                        body,
+                        polling=polling,
+                        retry_total=0,
+                        read_timeout=self._patch_timeout,
+                    )
+        except TimeoutError as error:
+            raise UpdateUnanswered(
+                f"{action}: no answer within {self._patch_timeout:g} s; the update may still"
+                " be applied, so the account is re-read once its write lease expires"
+            ) from error
+        except ServiceUnavailable as error:
+            if isinstance(error.__cause__, ServiceResponseError | TimeoutError):
+                raise UpdateUnanswered(
+                    f"{error}; the update may still be applied, so the account is re-read"
+                    " once its write lease expires"
+                ) from error
+            raise
 
     def _polling(self, client: CognitiveServicesManagementClient) -> StatusPolling:
         """The LRO polling of an update, built here so the PATCH's options stay off it."""

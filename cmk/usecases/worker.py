@@ -13,6 +13,9 @@ taken over (it stalled past the expiry) stops before writing. A job that finds t
 held raises :class:`~cmk.errors.AccountBusy` and is deferred like a 429. The PATCH itself
 is never retried blindly (see :mod:`cmk.adapters.accounts`): a 429, 5xx or timeout on it
 comes back here as a transient error, and the next delivery re-reads before any PATCH.
+A PATCH that got no answer at all (:class:`~cmk.errors.UpdateUnanswered`) may still be
+applied: its job keeps the lease until it expires instead of releasing it, so no other
+job writes before a late arrival could land.
 
 Transient errors propagate (the queue retries, then :func:`on_poison`, whose alert
 carries the last error); permanent ones become a FAILED ledger row and one alert, and
@@ -34,6 +37,7 @@ from cmk.errors import (
     ThrottledError,
     TransientError,
     UpdateFailed,
+    UpdateUnanswered,
 )
 from cmk.planner import version_order
 from cmk.policy import KeyVersion, evaluate
@@ -368,17 +372,26 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
         )
     lease = _Step(engine, job, None)
     await lease.take_lease()
+    unanswered = False
     try:
         step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         step.token = lease.token
         try:
             return await _run(step)
         except TransientError as error:
+            unanswered = isinstance(error, UpdateUnanswered)
             if not isinstance(error, ThrottledError):
                 await step.note_error(error)
             raise
     finally:
-        await lease.drop_lease()
+        if unanswered:
+            # The PATCH may still land: nobody else may write until the lease runs out.
+            log.warning(
+                "write lease kept until it expires: the update got no answer",
+                extra=lease.log_fields("lease"),
+            )
+        else:
+            await lease.drop_lease()
 
 
 async def _run(step: _Step) -> JobReport:

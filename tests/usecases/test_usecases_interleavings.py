@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -28,7 +28,8 @@ import pytest
 from interleave import Fault, Killed, Plan, Scheduler, gated
 from usecase_rig import Rig
 
-from cmk.errors import AccountBusy, ThrottledError, TransientError
+from cmk.adapters.accounts import CognitiveAccounts
+from cmk.errors import AccountBusy, ThrottledError, TransientError, UpdateUnanswered
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
@@ -231,6 +232,41 @@ class TestRequestsInFlight:
         assert (await rotate_account(rig.engine, jobs["B"])).result is JobResult.SUCCEEDED
         versions = [v.version for v in world.versions]
         assert [v for _, v in account.binding_history] == versions
+        await check(rig, account, versions[2], Outcome())
+
+    async def test_unanswered_patch_keeps_the_lease_until_it_cannot_land(self, rig: Rig) -> None:
+        """A's PATCH to v2 gets no answer (held in the network past its timeout): A keeps
+        the lease instead of releasing it, so B (v3) is deferred until the lease expires,
+        and A's request, abandoned by its client, never reaches ARM. Released at once, B
+        would move the account to v3 and A's PATCH, landing late, take it back to v2."""
+        world = _World(rig)
+        account = world.account()
+        jobs = world.jobs(account, 1, 2)
+        accounts = CognitiveAccounts(rig.services.accounts.client, patch_timeout=0.3)
+        impatient = replace(rig.engine, accounts=accounts)
+        hold = threading.Event()
+        sandbox = rig.estate.sandbox
+        rule = sandbox.faults.add(
+            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
+        )
+
+        def dropped() -> bool:
+            patches = sandbox.counters.matching(host="management.azure.com", method="PATCH")
+            return any(record.fault == rule.id and record.status == 0 for record in patches)
+
+        try:
+            with pytest.raises(UpdateUnanswered):
+                await rotate_account(impatient, jobs["A"])
+            with pytest.raises(AccountBusy):
+                await rotate_account(rig.engine, jobs["B"])
+            await _until(dropped, "the abandoned PATCH to be dropped in the network")
+        finally:
+            hold.set()
+        rig.world.clock.advance(rig.engine.settings.write_lease_ttl + timedelta(seconds=1))
+        assert (await rotate_account(rig.engine, jobs["B"])).result is JobResult.SUCCEEDED
+        assert (await rotate_account(rig.engine, jobs["A"])).result is JobResult.SKIPPED
+        versions = [v.version for v in world.versions]
+        assert [v for _, v in account.binding_history] == [versions[0], versions[2]]
         await check(rig, account, versions[2], Outcome())
 
     async def test_throttled_patch_is_never_resent_over_a_newer_move(self, rig: Rig) -> None:

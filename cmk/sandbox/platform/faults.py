@@ -15,7 +15,10 @@ path), and method; it fires with a probability and/or for a number of times::
 
 ``hold`` (a ``threading.Event``) parks a matching request until the event is set — a
 test that must put something *between* a client's request and its answer (another
-client's whole update, say) holds it there, deterministically, without a sleep.
+client's whole update, say) holds it there, deterministically, without a sleep. A held
+request is one still in the network: if its client gives up on it (a timeout, a closed
+connection) while it is held, it never reaches the service — it is logged with status 0
+and the rule's id, and never handled.
 """
 
 from __future__ import annotations
@@ -273,6 +276,20 @@ class Counters:
 
 
 EndpointNamer = Callable[[web.Request], str]
+
+
+async def _hold(rule: FaultRule, request: web.Request) -> bool:
+    """Park ``request`` until ``rule.hold`` is set (polled: many held requests take no
+    thread each): True to deliver it then, False if its client gave up meanwhile."""
+    assert rule.hold is not None
+    while not rule.hold.is_set():  # a threading.Event, set by tests
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return False
+        await asyncio.sleep(HOLD_POLL_SECONDS)
+    return True
+
+
 #: How often a held request looks at its event.
 HOLD_POLL_SECONDS = 0.01
 
@@ -291,14 +308,17 @@ def middleware(faults: Faults, counters: Counters, endpoint_of: EndpointNamer) -
         delay = sum(r.latency for r in fired)
         if delay > 0:
             await asyncio.sleep(delay)
+        abandoned: FaultRule | None = None
         for rule in fired:
-            if rule.hold is not None:  # polled: many held requests take no thread each
-                while not rule.hold.is_set():  # noqa: ASYNC110 (a threading.Event, set by tests)
-                    await asyncio.sleep(HOLD_POLL_SECONDS)
+            if rule.hold is not None and not await _hold(rule, request):
+                abandoned = rule
+                break
         answer = next((r for r in fired if r.drop or r.status is not None), None)
         status = 0
-        fault_id: str | None = answer.id if answer else None
+        fault_id = abandoned.id if abandoned else answer.id if answer else None
         try:
+            if abandoned is not None:
+                raise asyncio.CancelledError  # the client gave up: the service never saw it
             if answer is not None and answer.drop:
                 if request.transport is not None:
                     request.transport.abort()
