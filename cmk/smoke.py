@@ -1,5 +1,6 @@
 """The post-deploy smoke test's judgments (``cmk smoke``): who the caller is, from its token;
-which of the rights the app needs a set of role grants leaves out; each check's result and
+which of the rights the app needs a set of role grants (the caller's, or the deployed app's
+identity's) leaves out; each check's result and
 its fix; the exit code. Pure: :mod:`cmk.commands.smoke` reads Azure and calls these.
 
 A check is ``ok``, ``failed``, ``unverified`` (it could not be decided from what the caller
@@ -48,6 +49,8 @@ CHECKS = (
     "subscriptions",
     "account rights",
     "key rights",
+    "app account rights",
+    "app key rights",
     "storage",
     "alert topic",
 )
@@ -109,6 +112,12 @@ class Caller:
             name=text("upn", "unique_name", "preferred_username", "name"),
             delegated="scp" in claims or claims.get("idtyp") == "user",
         )
+
+    @classmethod
+    def app(cls, principal_id: str) -> Caller:
+        """The deployed app's identity (CMK_APP_PRINCIPAL_ID): a service principal whose
+        grants are checked, never signed in as."""
+        return cls(principal_id.strip().lower(), "", "", "the app", delegated=False)
 
     def describe(self) -> str:
         kind = "user" if self.delegated else "application"

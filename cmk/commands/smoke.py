@@ -19,7 +19,13 @@ from cmk.commands.errors import LOGIN_HINT
 from cmk.commands.interrupt import Journal
 from cmk.commands.output import Output, common_options, output_format, styled, table
 from cmk.commands.session import configure_logging, fail, interrupted
-from cmk.commands.smoke_rights import account_rights, key_rights, operator_role_fix
+from cmk.commands.smoke_rights import (
+    account_rights,
+    app_account_rights,
+    app_key_rights,
+    key_rights,
+    operator_role_fix,
+)
 from cmk.commands.smoke_storage import alert_topic, storage_check
 from cmk.errors import CmkError, ConfigurationError
 from cmk.lifecycle.services import LifecycleClients
@@ -44,8 +50,10 @@ are (the ARM token's oid, appid, tid); that each subscription in scope is visibl
 role assignments on each grant accounts/read, accounts/write and
 locations/operationResults/read, and that Resource Graph answers; that the keys of each vault
 of CMK_VAULT_ALLOWLIST can be listed and your grants include keys/create and keys/rotate; that
-the job queue, its poison queue, the operations queue and the ledger table answer; and that
-an Event Grid token can be had for the alert topic. One row per check: ok, failed,
+the deployed app's identity (--app-principal-id, default $CMK_APP_PRINCIPAL_ID) holds the
+same account and key rights, read from its role assignments; that the job queue, its poison
+queue, the operations queue and the ledger table answer; and that an Event Grid token can be
+had for the alert topic. One row per check: ok, failed,
 unverified (not decidable from what you may read; not a failure) or not_run. Writes nothing
 and publishes no event. Exit 0 every check ok or unverified, 1 one failed, 2 usage or
 invalid settings."""
@@ -65,6 +73,13 @@ def add_parser(subparsers: Any) -> None:
         help="post-deploy smoke test: settings, identity, rights, storage, alert topic",
         description=DOC,
     )
+    parser.add_argument(
+        "--app-principal-id",
+        default=os.environ.get("CMK_APP_PRINCIPAL_ID", ""),
+        metavar="OBJECT_ID",
+        help="object id of the deployed app's identity, whose grants are checked too"
+        " (default: $CMK_APP_PRINCIPAL_ID, a main.bicep output in `azd env get-values`)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -80,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
             checks = [row, *not_run(CHECKS[1:], "the settings are invalid")]
             return _print(output, checks, None)
         with output.working("cmk smoke: checking the deployment"):
-            checks, caller = asyncio.run(_smoke(settings))
+            app = Caller.app(args.app_principal_id) if args.app_principal_id.strip() else None
+            checks, caller = asyncio.run(_smoke(settings, app))
         return _print(output, checks, caller)
     except KeyboardInterrupt:
         return interrupted(args, output, journal)
@@ -95,7 +111,7 @@ def _one_line(text: str) -> str:
     return lines[0] + (" " + "; ".join(lines[1:]) if lines[1:] else "") if lines else text
 
 
-async def _smoke(settings: Settings) -> tuple[list[Check], Caller | None]:
+async def _smoke(settings: Settings, app: Caller | None) -> tuple[list[Check], Caller | None]:
     checks = [_settings(settings)]
     async with Runtime(settings) as runtime, LifecycleClients(runtime.services) as clients:
         services = runtime.services
@@ -109,6 +125,8 @@ async def _smoke(settings: Settings) -> tuple[list[Check], Caller | None]:
         checks.append(await account_rights(services, clients, caller, in_scope))
         vault_search = (*in_scope, *readable)
         checks.append(await key_rights(settings, services, clients, caller, vault_search))
+        checks.append(await app_account_rights(clients, app, in_scope))
+        checks.append(await app_key_rights(settings, clients, app, vault_search))
         checks.append(await storage_check(settings, services, caller))
         checks.append(await alert_topic(settings, services))
     return checks, caller

@@ -53,22 +53,58 @@ def _short(action: str) -> str:
 async def account_rights(
     services: Services, clients: LifecycleClients, caller: Caller | None, in_scope: tuple[str, ...]
 ) -> Check:
+    """The caller's account role at each subscription in scope, and one Resource Graph page."""
     if caller is None:
         return Check("account rights", Result.UNVERIFIED, "the caller's object id is unknown")
     if not in_scope:
         return not_run(["account rights"], "no subscription in scope is visible")[0]
+    grants = await _account_grants(clients, caller, in_scope)
+    graph = await _resource_graph(services, in_scope)
+    return Check(
+        "account rights",
+        combined((grants.result, graph.result)),
+        "; ".join(found for found in (grants.found, graph.found) if found),
+        "; ".join(fix for fix in (grants.fix, graph.fix) if fix),
+    )
+
+
+_NO_APP = (
+    "the app's principal is unknown: export CMK_APP_PRINCIPAL_ID (azd env get-values) or pass"
+    " --app-principal-id"
+)
+
+
+async def app_account_rights(
+    clients: LifecycleClients, app: Caller | None, in_scope: tuple[str, ...]
+) -> Check:
+    """The deployed app's account role at each subscription in scope, read with the caller's
+    right to read role assignments (infra's grant reader role gives operators that)."""
+    if app is None:
+        return Check("app account rights", Result.UNVERIFIED, _NO_APP)
+    if not in_scope:
+        return not_run(["app account rights"], "no subscription in scope is visible")[0]
+    grants = await _account_grants(clients, app, in_scope)
+    found = f"app {app.object_id}: {grants.found}"
+    return Check("app account rights", grants.result, found, grants.fix)
+
+
+async def _account_grants(
+    clients: LifecycleClients, principal: Caller, in_scope: tuple[str, ...]
+) -> Check:
+    """Whether ``principal``'s role assignments at each subscription grant ACCOUNT_ACTIONS."""
     results: list[Result] = []
     found: list[str] = []
     fixes: list[str] = []
     for subscription in in_scope:
         scope = f"/subscriptions/{subscription}"
         try:
-            grants = await clients.roles.grants_for(caller.object_id, scope)
+            grants = await clients.roles.grants_for(principal.object_id, scope)
         except AccessDenied:
             results.append(Result.UNVERIFIED)
             found.append(
                 f"{subscription}: cannot read role assignments (needs"
-                " Microsoft.Authorization/roleAssignments/read, e.g. Reader)"
+                " Microsoft.Authorization/roleAssignments/read: infra's grant reader role, or"
+                " Reader)"
             )
             continue
         gone = missing(ACCOUNT_ACTIONS, grants, data=False)
@@ -77,18 +113,13 @@ async def account_rights(
             results.append(Result.OK)
             found.append(f"{subscription}: accounts read/write, operationResults via {roles}")
             continue
-        results.append(Result.UNVERIFIED if caller.delegated else Result.FAILED)
+        results.append(Result.UNVERIFIED if principal.delegated else Result.FAILED)
         group = " (none of your own assignments; a group's are not listed)"
         found.append(
-            f"{subscription}: missing {', '.join(gone)}{group if caller.delegated else ''}"
+            f"{subscription}: missing {', '.join(gone)}{group if principal.delegated else ''}"
         )
-        fixes.append(f"grant {', '.join(gone)}: {_operator_grant(caller, subscription)}")
-    graph = await _resource_graph(services, in_scope)
-    results.append(graph.result)
-    found.append(graph.found)
-    if graph.fix:
-        fixes.append(graph.fix)
-    return Check("account rights", combined(results), "; ".join(found), "; ".join(fixes))
+        fixes.append(f"grant {', '.join(gone)}: {_operator_grant(principal, subscription)}")
+    return Check("grants", combined(results), "; ".join(found), "; ".join(fixes))
 
 
 async def _resource_graph(services: Services, in_scope: tuple[str, ...]) -> Check:
@@ -163,6 +194,52 @@ async def _vault_rights(
     group = " (not in your own grants; a group's are not listed)" if caller.delegated else ""
     return Check(
         name, result, f"{seen}; missing {', '.join(gone)}{group}", _key_fix(vault, caller, gone)
+    )
+
+
+async def app_key_rights(
+    settings: Settings,
+    clients: LifecycleClients,
+    app: Caller | None,
+    subscriptions: tuple[str, ...],
+) -> Check:
+    """Per vault of CMK_VAULT_ALLOWLIST: the deployed app's key role (or access policy)."""
+    if app is None:
+        return Check("app key rights", Result.UNVERIFIED, _NO_APP)
+    if not settings.vault_allowlist:
+        return not_run(["app key rights"], "CMK_VAULT_ALLOWLIST is empty")[0]
+    parts = [
+        await _app_vault_rights(clients, app, url, subscriptions)
+        for url in sorted(settings.vault_allowlist)
+    ]
+    return Check(
+        "app key rights",
+        combined(p.result for p in parts),
+        f"app {app.object_id}: " + "; ".join(p.found for p in parts),
+        "; ".join(p.fix for p in parts if p.fix),
+    )
+
+
+async def _app_vault_rights(
+    clients: LifecycleClients, app: Caller, vault_url: str, subscriptions: tuple[str, ...]
+) -> Check:
+    name = vault_url.removeprefix("https://").split(".", 1)[0]
+    try:
+        vault = await clients.vaults.find(KeyId(vault_url, "smoke"), subscriptions)
+    except CmkError as error:
+        found = f"{name}: the vault resource is not readable ({error})"
+        return Check(name, Result.UNVERIFIED, found)
+    if vault.is_managed_hsm:
+        found = f"{name}: unverified: a Managed HSM's local RBAC is not visible in ARM"
+        return Check(name, Result.UNVERIFIED, found)
+    try:
+        gone, via = await _key_grants(clients, app, vault)
+    except AccessDenied as error:
+        return Check(name, Result.UNVERIFIED, f"{name}: grants not read: {error}")
+    if not gone:
+        return Check(name, Result.OK, f"{name}: read, create, rotate via {via}")
+    return Check(
+        name, Result.FAILED, f"{name}: missing {', '.join(gone)}", _key_fix(vault, app, gone)
     )
 
 

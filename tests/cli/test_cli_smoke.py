@@ -1,16 +1,20 @@
 """``cmk smoke`` against the sandbox and Azurite: every check of a sound deployment is ok,
-and each thing a deployment can miss (a role, a queue, the table, a subscription, a setting)
-is the failed row that names it, with its fix."""
+and each thing a deployment can miss (a role, a queue, the table, a subscription, a setting,
+the app identity's own grants) is the failed row that names it, with its fix; an operator
+holding exactly infra's operator roles gets every rights row decided."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 
 import pytest
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.queue.aio import QueueServiceClient
 from cli_rig import World
+
+from cmk.sandbox.world import Principal, VaultKind
 
 #: The actions of infra's custom account operator role (infra/app/rbac-subscription.bicep).
 OPERATOR_ACTIONS = (
@@ -20,6 +24,33 @@ OPERATOR_ACTIONS = (
     "Microsoft.Resources/subscriptions/read",
     "Microsoft.Resources/subscriptions/resourceGroups/read",
 )
+
+#: infra's key rotator role (infra/app/rbac-vault.bicep, data actions).
+KEY_ROTATOR_ACTIONS = (
+    "Microsoft.KeyVault/vaults/keys/read",
+    "Microsoft.KeyVault/vaults/keys/create/action",
+    "Microsoft.KeyVault/vaults/keys/rotate/action",
+    "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
+)
+
+#: infra's grant reader roles for operators (rbac-subscription.bicep, rbac-vault.bicep).
+GRANT_READER_ACTIONS = (
+    "Microsoft.Authorization/roleAssignments/read",
+    "Microsoft.Authorization/roleDefinitions/read",
+)
+VAULT_GRANT_READER_ACTIONS = (*GRANT_READER_ACTIONS, "Microsoft.KeyVault/vaults/read")
+
+ROWS = [
+    "settings",
+    "identity",
+    "subscriptions",
+    "account rights",
+    "key rights",
+    "app account rights",
+    "app key rights",
+    "storage",
+    "alert topic",
+]
 
 
 async def _create_storage(connection_string: str, queues: list[str], table: str) -> None:
@@ -31,10 +62,10 @@ async def _create_storage(connection_string: str, queues: list[str], table: str)
 
 
 @pytest.fixture
-def deployed(world: World, azurite: str) -> World:
-    """The demo world as infra deploys it: the queues and the ledger table exist, and the app
+def deployed(world: World, azurite: str, monkeypatch: pytest.MonkeyPatch) -> World:
+    """The demo world as infra deploys it: the queues and the ledger table exist, the app
     holds the account operator role on every managed subscription (the demo world gives it
-    only Reader on `platform`, which holds the vaults)."""
+    only Reader on `platform`, which holds the vaults), and CMK_APP_PRINCIPAL_ID names it."""
     job_queue = os.environ["CMK_JOB_QUEUE"]
     queues = [job_queue, f"{job_queue}-poison", f"{job_queue}-ops"]
     asyncio.run(_create_storage(azurite, queues, os.environ["CMK_LEDGER_TABLE"]))
@@ -42,7 +73,34 @@ def deployed(world: World, azurite: str) -> World:
     role = state.define_role("CMK rotator account operator (test)", OPERATOR_ACTIONS)
     for subscription in state.subscriptions:
         state.grant(world.sandbox.app_principal.object_id, f"/subscriptions/{subscription}", role)
+    monkeypatch.setenv("CMK_APP_PRINCIPAL_ID", world.sandbox.app_principal.object_id)
     return world
+
+
+@pytest.fixture
+def operator(deployed: World, monkeypatch: pytest.MonkeyPatch) -> Principal:
+    """An operator signed in as its own identity, holding exactly infra's operator roles: the
+    account operator and grant reader roles on every subscription, the key rotator and vault
+    grant reader roles on every Key Vault, and the key role on the Managed HSM as its docs
+    say to grant it by hand (the storage is Azurite's, by connection string)."""
+    sandbox = deployed.sandbox
+    state = sandbox.world
+    person = Principal.new("cmk-operator", sandbox.tenant_id)
+    sandbox.add_host_identity("operator", person)
+    account = state.define_role("account operator (operator)", OPERATOR_ACTIONS)
+    reader = state.define_role("grant reader (operator)", GRANT_READER_ACTIONS)
+    keys = state.define_role("key rotator (operator)", KEY_ROTATOR_ACTIONS)
+    vault_reader = state.define_role("vault grant reader (operator)", VAULT_GRANT_READER_ACTIONS)
+    for subscription in state.subscriptions:
+        for role in (account, reader):
+            state.grant(person.object_id, f"/subscriptions/{subscription}", role)
+    for vault in state.vaults.values():
+        # A Managed HSM's key role is granted by hand in its local RBAC (docs/deployment.md)
+        state.grant(person.object_id, vault.resource_id, keys)
+        if vault.kind is VaultKind.VAULT:
+            state.grant(person.object_id, vault.resource_id, vault_reader)
+    monkeypatch.setenv("IDENTITY_HEADER", sandbox.env("operator")["IDENTITY_HEADER"])
+    return person
 
 
 def _rows(document: dict) -> dict[str, dict]:
@@ -57,18 +115,12 @@ class TestSmoke:
         document = run.valid("smoke")
         assert run.code == 0, run.out
         rows = _rows(document)
-        assert list(rows) == [
-            "settings",
-            "identity",
-            "subscriptions",
-            "account rights",
-            "key rights",
-            "storage",
-            "alert topic",
-        ]
-        assert all(r["result"] == "ok" for n, r in rows.items() if n != "key rights"), rows
-        assert rows["key rights"]["result"] == "unverified"
-        assert "Managed HSM" in rows["key rights"]["found"]
+        assert list(rows) == ROWS
+        key_rows = {"key rights", "app key rights"}
+        assert all(r["result"] == "ok" for n, r in rows.items() if n not in key_rows), rows
+        for name in key_rows:
+            assert rows[name]["result"] == "unverified"
+            assert "Managed HSM" in rows[name]["found"]
         principal = deployed.sandbox.app_principal
         assert document["caller"]["object_id"] == principal.object_id.lower()
         assert principal.object_id.lower() in rows["identity"]["found"]
@@ -78,7 +130,7 @@ class TestSmoke:
         """The default output is a table with one row per check and a summary line."""
         run = cmk("smoke")
         assert run.code == 0, run.out
-        for check in ("settings", "identity", "subscriptions", "account rights", "storage"):
+        for check in ROWS:
             assert check in run.out
         assert "nothing written, no event published" in run.out
 
@@ -115,6 +167,86 @@ class TestSmoke:
         assert run.code == 0
         assert account["result"] == "unverified"
         assert "roleAssignments/read" in account["found"]
+
+    def test_an_operator_with_the_template_roles_decides_every_rights_row(
+        self, deployed: World, operator: Principal, cmk
+    ):
+        """Signed in as an operator holding only infra's operator roles, the rights rows are
+        decided, not unverified: the operator's own and the app's, read from the role
+        assignments; only the Managed HSM (local RBAC, not in ARM) stays unverified; exit 0."""
+        run = cmk("smoke", "--json")
+        document = run.valid("smoke")
+        rows = _rows(document)
+        assert run.code == 0, run.out
+        assert document["caller"]["object_id"] == operator.object_id.lower()
+        assert rows["account rights"]["result"] == "ok", rows["account rights"]
+        assert rows["app account rights"]["result"] == "ok", rows["app account rights"]
+        app = deployed.sandbox.app_principal.object_id.lower()
+        assert rows["app account rights"]["found"].startswith(f"app {app}: ")
+        state = deployed.sandbox.world
+        key_vaults = sorted(v.name for v in state.vaults.values() if v.kind is VaultKind.VAULT)
+        decided = {
+            "key rights": r"(kv-[\w-]+): keys listed \(\d+\+?\); create, rotate via",
+            "app key rights": r"(kv-[\w-]+): read, create, rotate via",
+        }
+        for name, pattern in decided.items():
+            found = rows[name]["found"]
+            assert rows[name]["result"] == "unverified", found  # the Managed HSM only
+            assert sorted(re.findall(pattern, found)) == key_vaults, found
+            assert "missing" not in found and "hsm-demo-weu" in found, found
+
+    def test_the_app_without_its_account_role_fails_its_own_row(
+        self, deployed: World, operator: Principal, cmk
+    ):
+        """The app's identity lacking the account operator role on one subscription fails the
+        app account rights row, naming the subscription, with the fix for the app's
+        principal; the operator's own row stays ok; exit 1."""
+        state = deployed.sandbox.world
+        app = deployed.sandbox.app_principal.object_id
+        subscription = sorted(state.subscriptions)[1]
+        state.revoke(app, f"/subscriptions/{subscription}")
+        run = cmk("smoke", "--json")
+        rows = _rows(run.valid("smoke"))
+        assert run.code == 1
+        assert rows["account rights"]["result"] == "ok"
+        row = rows["app account rights"]
+        assert row["result"] == "failed"
+        assert f"{subscription}: missing" in row["found"]
+        assert "Microsoft.CognitiveServices/accounts/write" in row["found"]
+        assert f"--assignee-object-id {app.lower()}" in row["fix"]
+        assert f"--scope /subscriptions/{subscription}" in row["fix"]
+
+    def test_without_the_grant_reader_the_app_rows_are_unverified(
+        self, deployed: World, operator: Principal, cmk
+    ):
+        """An operator without the grant reader role on a subscription cannot see the app's
+        grants there: unverified, naming the role that decides it; not a failure."""
+        state = deployed.sandbox.world
+        scope = f"/subscriptions/{sorted(state.subscriptions)[1]}"
+        state.revoke(operator.object_id, scope)
+        state.grant(operator.object_id, scope, "account operator (operator)")
+        run = cmk("smoke", "--json")
+        rows = _rows(run.valid("smoke"))
+        assert run.code == 0, run.out
+        for name in ("account rights", "app account rights"):
+            assert rows[name]["result"] == "unverified"
+            assert "grant reader" in rows[name]["found"]
+
+    def test_without_the_app_principal_the_app_rows_are_unverified(
+        self, deployed: World, cmk, monkeypatch: pytest.MonkeyPatch
+    ):
+        """With no CMK_APP_PRINCIPAL_ID and no --app-principal-id the app's rows say how to
+        name it and are unverified (exit 0); the option names it."""
+        monkeypatch.delenv("CMK_APP_PRINCIPAL_ID")
+        run = cmk("smoke", "--json")
+        rows = _rows(run.valid("smoke"))
+        assert run.code == 0, run.out
+        for name in ("app account rights", "app key rights"):
+            assert rows[name]["result"] == "unverified"
+            assert "CMK_APP_PRINCIPAL_ID" in rows[name]["found"]
+        app = deployed.sandbox.app_principal.object_id
+        named = _rows(cmk("smoke", "--json", "--app-principal-id", app).valid("smoke"))
+        assert named["app account rights"]["result"] == "ok"
 
     def test_a_missing_ledger_table_fails_storage(
         self, deployed: World, cmk, monkeypatch: pytest.MonkeyPatch
