@@ -30,9 +30,12 @@ def app_world(sandbox: Sandbox, azurite: str) -> AppWorld:
 
 
 @pytest.fixture
-async def host(app_world: AppWorld) -> AsyncIterator[FunctionsHost]:
-    """The app on two worker instances, polling its Azurite queues, serving HTTP."""
-    async with FunctionsHost(ROOT, settings=app_world.settings, instances=2) as running:
+async def host(app_world: AppWorld, random_seed: int) -> AsyncIterator[FunctionsHost]:
+    """The app on two worker instances, polling its Azurite queues (jitter from the
+    session's seed), serving HTTP."""
+    async with FunctionsHost(
+        ROOT, settings=app_world.settings, instances=2, random_seed=random_seed
+    ) as running:
         try:
             yield running
         finally:

@@ -67,9 +67,11 @@ def app_world(sandbox: Sandbox, azurite: str) -> AppWorld:
 
 @asynccontextmanager
 async def _running(app_world: AppWorld, **settings: str) -> AsyncIterator[FunctionsHost]:
-    """The app on one instance with ``settings`` on top of the world's."""
+    """The app on one instance with ``settings`` on top of the world's; its queue polling
+    jitter comes from the session's seed (the sandbox's)."""
     values = {**app_world.settings, **settings}
-    async with FunctionsHost(ROOT, settings=values, instances=1) as host:
+    seed = app_world.sandbox.random_seed
+    async with FunctionsHost(ROOT, settings=values, instances=1, random_seed=seed) as host:
         try:
             yield host
         finally:

@@ -1,9 +1,11 @@
 """Queue triggers on the local Functions host against Azurite: messages processed and
 deleted, failures retried up to maxDequeueCount then moved to the poison queue (whose
-trigger fires once), undecodable messages poisoned, bounded concurrency and scale-out."""
+trigger fires once), undecodable messages poisoned, bounded concurrency and scale-out.
+Every host's polling jitter is drawn from the session's seed (``random_seed``)."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -70,10 +72,17 @@ def _max_overlap(invocations: list[Invocation]) -> int:
 
 class TestQueueTrigger:
     async def test_message_is_processed_and_deleted(
-        self, settings: dict[str, str], jobs: QueueClient, azurite: str, queue_name: str
+        self,
+        settings: dict[str, str],
+        jobs: QueueClient,
+        azurite: str,
+        queue_name: str,
+        random_seed: int,
     ):
         """A base64 message reaches the function as a QueueMessage and is then deleted."""
-        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+        async with FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        ) as host:
             sent = await jobs.send_message('{"account": "a1"}')
             await host.wait_for(lambda: host.invocations["on_job"] == 1)
             await host.wait_idle()
@@ -85,10 +94,17 @@ class TestQueueTrigger:
         assert await _count(azurite, queue_name) == 0
 
     async def test_failing_message_is_retried_then_poisoned(
-        self, settings: dict[str, str], jobs: QueueClient, azurite: str, queue_name: str
+        self,
+        settings: dict[str, str],
+        jobs: QueueClient,
+        azurite: str,
+        queue_name: str,
+        random_seed: int,
     ):
         """maxDequeueCount (3) attempts, then <queue>-poison; its trigger fires exactly once."""
-        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+        async with FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        ) as host:
             await jobs.send_message("poison-me")
             await host.wait_for(lambda: host.invocations["on_job_poison"] == 1)
             await host.wait_idle()
@@ -103,10 +119,12 @@ class TestQueueTrigger:
         assert await _count(azurite, f"{queue_name}-poison") == 0
 
     async def test_poison_trigger_fires_once_even_after_waiting(
-        self, settings: dict[str, str], jobs: QueueClient
+        self, settings: dict[str, str], jobs: QueueClient, random_seed: int
     ):
         """Polling on after poisoning invokes neither function again."""
-        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+        async with FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        ) as host:
             await jobs.send_message("poison-again")
             await host.wait_for(lambda: host.invocations["on_job_poison"] == 1)
             with pytest.raises(TimeoutError):
@@ -117,23 +135,27 @@ class TestQueueTrigger:
         assert host.invocations["on_job"] == 3 and host.invocations["on_job_poison"] == 1
 
     async def test_invalid_base64_is_poisoned_without_invocation(
-        self, settings: dict[str, str], azurite: str, queue_name: str
+        self, settings: dict[str, str], azurite: str, queue_name: str, random_seed: int
     ):
         """A message that is not base64 goes straight to the poison queue."""
         async with QueueClient.from_connection_string(azurite, queue_name) as raw:
             await raw.create_queue()
             await raw.send_message("not base64 at all!")
-            async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+            async with FunctionsHost(
+                SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+            ) as host:
                 await host.wait_for(lambda: host.poisoned[queue_name] == 1)
         assert host.invocations["on_job"] == 0
 
     async def test_concurrency_is_bounded_per_instance(
-        self, settings: dict[str, str], jobs: QueueClient
+        self, settings: dict[str, str], jobs: QueueClient, random_seed: int
     ):
         """Slow messages run in parallel, at most batchSize + newBatchThreshold (6) at once."""
         for n in range(14):
             await jobs.send_message(f"slow-{n}")
-        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+        async with FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        ) as host:
             await host.wait_for(lambda: host.invocations["on_job"] == 14, within=120)
         overlap = _max_overlap(host.invocations_of("on_job"))
         assert 1 < overlap <= 6
@@ -141,33 +163,55 @@ class TestQueueTrigger:
             f"slow-{n}" for n in range(14)
         )
 
-    async def test_instances_share_the_queue(self, settings: dict[str, str], jobs: QueueClient):
+    async def test_instances_share_the_queue(
+        self, settings: dict[str, str], jobs: QueueClient, random_seed: int
+    ):
         """With two instances both take messages, and each message is processed once."""
         for n in range(16):
             await jobs.send_message(f"slow-{n}")
         async with FunctionsHost(
-            SAMPLE_APP, settings=settings, serve_http=False, instances=2
+            SAMPLE_APP, settings=settings, serve_http=False, instances=2, random_seed=random_seed
         ) as host:
             await host.wait_for(lambda: host.invocations["on_job"] == 16, within=120)
         invocations = host.invocations_of("on_job")
         assert {i.instance for i in invocations} == {0, 1}
         assert len({r["id"] for r in _received(host, "on_job")}) == 16
 
-    async def test_missing_queue_counts_as_empty(self, settings: dict[str, str]):
+    async def test_missing_queue_counts_as_empty(self, settings: dict[str, str], random_seed: int):
         """A trigger queue that does not exist yet is polled without errors or invocations."""
-        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+        async with FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        ) as host:
             with pytest.raises(TimeoutError):
                 await host.wait_for(lambda: bool(host.log), within=0.5)
         assert not host.failures
 
+    async def test_polling_jitter_seed_is_reported(
+        self, settings: dict[str, str], random_seed: int, caplog: pytest.LogCaptureFixture
+    ):
+        """The pollers' seed is the one given, or a drawn one: either way host.random_seed
+        and logged when polling starts, so a run can be replayed."""
+        caplog.set_level(logging.INFO, logger="cmk.sandbox.funchost.host")
+        async with FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        ) as given:
+            pass
+        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as drawn:
+            pass
+        assert given.random_seed == random_seed
+        logged = [r for r in caplog.records if hasattr(r, "random_seed")]
+        assert [r.random_seed for r in logged] == [random_seed, drawn.random_seed]
+        assert f"random_seed={drawn.random_seed}" in logged[-1].getMessage()
+
     async def test_missing_connection_fails_at_start(
-        self, queue_name: str, monkeypatch: pytest.MonkeyPatch
+        self, queue_name: str, monkeypatch: pytest.MonkeyPatch, random_seed: int
     ):
         """Without AzureWebJobsStorage the host refuses to start, naming the setting."""
         monkeypatch.delenv("AzureWebJobsStorage", raising=False)
         host = FunctionsHost(
             SAMPLE_APP,
             settings={"SAMPLE_JOB_QUEUE": queue_name, "SAMPLE_SCHEDULE": "0 0 * * * *"},
+            random_seed=random_seed,
         )
         with pytest.raises(FunctionIndexError, match="AzureWebJobsStorage"):
             await host.start()
@@ -175,22 +219,26 @@ class TestQueueTrigger:
 
 
 class TestStopAndKill:
-    async def test_stop_closes_the_apps_resources(self, settings: dict[str, str]):
+    async def test_stop_closes_the_apps_resources(self, settings: dict[str, str], random_seed: int):
         """Stopping the host awaits aclose() of the app's module-level resources, once."""
-        async with FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False) as host:
+        async with FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        ) as host:
             assert host.module.resources.closed == 0
         assert host.module.resources.closed == 1
         await host.stop()  # idempotent: nothing left to close
         assert host.module.resources.closed == 1
 
     async def test_kill_cancels_what_is_in_flight_and_leaves_the_messages(
-        self, settings: dict[str, str], jobs: QueueClient
+        self, settings: dict[str, str], jobs: QueueClient, random_seed: int
     ):
         """kill() cancels the invocations in flight (they stay unfinished, not failed) and
         their messages stay in the queue for another instance once their lease ends."""
         for n in range(2):
             await jobs.send_message(f"block-{n}")
-        host = FunctionsHost(SAMPLE_APP, settings=settings, serve_http=False)
+        host = FunctionsHost(
+            SAMPLE_APP, settings=settings, serve_http=False, random_seed=random_seed
+        )
         await host.start()
         try:
             await host.wait_for(lambda: host.invocations["on_job"] == 2)

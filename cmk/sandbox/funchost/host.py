@@ -14,7 +14,9 @@ installed here. It loads ``function_app.py`` the way the Python worker does, res
 When the host stops it closes what the app keeps for its process: every module-level
 object of ``function_app.py`` with an async ``aclose()`` (an engine provider, a client),
 as a worker process ending would, so no session or connector outlives the host. The
-queue pollers' jitter is drawn from ``random_seed`` (reported as ``host.random_seed``).
+queue pollers' jitter is drawn from ``random_seed``: pass one to replay a run (the tests
+pass their session's seed); without one the host draws a fresh seed. Either way it is
+``host.random_seed`` and logged (INFO) when the pollers start.
 
 Use ``async with FunctionsHost(app_dir, settings=...) as host:`` on the caller's loop,
 or ``with FunctionsHost(...) as host:`` to run it on a loop thread of its own (sync
@@ -234,6 +236,12 @@ class FunctionsHost:
                         )
                         listener.start()
                         self._listeners.append(listener)
+                if self._listeners:
+                    logger.info(
+                        "queue polling jitter seeded with random_seed=%s",
+                        self.random_seed,
+                        extra={"random_seed": self.random_seed},
+                    )
             if self.run_schedules:
                 self._scheduler = TimerScheduler(list(functions.values()), self.fire_timer)
                 self._scheduler.start()
