@@ -335,7 +335,7 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
         cooling = None if engine.dry_run else await _cool_down(engine, parsed, force=force)
         if cooling is not None:
             return cooling
-        report = await _rotate_once(engine, parsed)
+        report = await _rotate_once(engine, parsed, force=force)
     except _RotationInProgress as error:
         return _error(
             409,
@@ -374,8 +374,8 @@ def _rotation_claim(key: KeyId) -> str:
 
 
 async def _cool_down(engine: Engine, key: KeyId, *, force: bool) -> JsonResponse | None:
-    """The 409 answer when ``key`` was rotated here within the cool-down, else None (and
-    the way is cleared for this rotation)."""
+    """The 409 answer when ``key`` was rotated here within the cool-down, else None (the
+    rotation then takes the claim over, see :func:`_rotate_once`)."""
     name, window = _rotation_claim(key), engine.settings.rotate_cooldown
     last = await engine.ledger.claim_record(name)
     if last is not None and not force and engine.now() - last.claimed < window:
@@ -390,17 +390,22 @@ async def _cool_down(engine: Engine, key: KeyId, *, force: bool) -> JsonResponse
             created_version=last.created_version,
             cool_down_until=until.isoformat(),
         )
-    if last is not None:
-        await engine.ledger.release_claim(name)
     return None
 
 
-async def _rotate_once(engine: Engine, key: KeyId) -> EventReport:
-    """Rotate under the endpoint's claim, so two calls at once create one version."""
+async def _rotate_once(engine: Engine, key: KeyId, *, force: bool) -> EventReport:
+    """Rotate under the endpoint's claim, so two calls at once create one version. The
+    last rotation's claim is taken over, never deleted: ETag-conditional, so of two calls
+    after the cool-down (or two with force=true) exactly one rotates. A claim whose
+    rotation never finished (its caller died) is taken over after the cool-down too."""
     if engine.dry_run:
         return await rotate_key(engine, key, trigger="http")
     name, token = _rotation_claim(key), f"{engine.owner}:http:{uuid.uuid4().hex[:12]}"
-    if not await engine.ledger.claim(name, token, now=engine.now()):
+    window = engine.settings.rotate_cooldown
+    done_after = timedelta(0) if force else window
+    if not await engine.ledger.claim(
+        name, token, lease=window, now=engine.now(), done_after=done_after
+    ):
         raise _RotationInProgress(f"{key} is being rotated by another call right now")
     try:
         report = await rotate_key(engine, key, trigger="http")

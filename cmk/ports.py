@@ -319,9 +319,11 @@ class Ledger(Protocol):
         *,
         lease: timedelta | None = None,
         now: datetime | None = None,
+        done_after: timedelta | None = None,
     ) -> bool:
         """Atomically claim ``name`` (a Table insert): True for exactly one caller. A claim
-        older than ``lease`` whose work is not recorded done may be taken over (atomically)."""
+        older than ``lease`` whose work is not recorded done may be taken over (atomically);
+        with ``done_after``, so may one whose work is done, once older than that."""
         ...
 
     async def claim_record(self, name: str) -> ClaimRecord | None:

@@ -66,11 +66,14 @@ class LeaseRows(TableRows):
         *,
         lease: timedelta | None = None,
         now: datetime | None = None,
+        done_after: timedelta | None = None,
     ) -> bool:
         """Atomically claim ``name`` (a Table insert): True for exactly one caller.
 
         With ``lease``, a claim older than the lease whose work is not recorded as done
-        (its holder died before finishing) can be taken over, also atomically.
+        (its holder died before finishing) can be taken over, also atomically; with
+        ``done_after``, a claim whose work is done can be, once older than that (a
+        cool-down that ran out). Of several callers taking over, exactly one wins.
         """
         now = now or datetime.now(UTC)
         entity: dict[str, Any] = {
@@ -83,13 +86,14 @@ class LeaseRows(TableRows):
         action = f"claiming {name!r}"
         if await self.insert_once(entity, action):
             return True
-        if lease is None:
+        if lease is None and done_after is None:
             return False
         held = await self.get_row(CLAIM_PARTITION, entity["RowKey"], action)
         if held is None:
             return await self.insert_once(entity, action)
         claimed = _time(held.get("Claimed"))
-        if held.get("Created") or claimed is None or now - claimed < lease:
+        wait = done_after if held.get("Created") else lease
+        if claimed is None or wait is None or now - claimed < wait:
             return False
         if not await self.replace_if(entity, held, action):
             return False

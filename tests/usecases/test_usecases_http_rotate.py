@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from usecase_rig import Rig
 
 from cmk.entrypoints import http_rotate
@@ -44,3 +49,72 @@ class TestHttpRotate:
         assert status == 400 and "versionless" in body["error"]["message"]  # type: ignore[index]
         assert body["error"]["exit_code"] == 2  # type: ignore[index]
         assert len(estate.kv.keys["cmk"].versions) == 1
+
+
+class _Interleaved:
+    """The ledger, with caller B stopped right after reading the rotation claim (its
+    cool-down check) until caller A has taken the claim (``after="claimed"``; A then waits
+    for B to finish) or has finished its whole rotation (``after="done"``)."""
+
+    def __init__(self, ledger: Any, after: str) -> None:
+        self._ledger = ledger
+        self.after = after
+        self.b_has_read = asyncio.Event()
+        self.a_claimed = asyncio.Event()
+        self.a_is_done = asyncio.Event()
+        self.b_is_done = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ledger, name)
+
+    async def claim_record(self, name: str) -> Any:
+        record = await self._ledger.claim_record(name)
+        if _CALLER.get() == "B":
+            self.b_has_read.set()
+            await (self.a_claimed if self.after == "claimed" else self.a_is_done).wait()
+        elif _CALLER.get() == "A":
+            await self.b_has_read.wait()
+        return record
+
+    async def claim(self, *args: Any, **kwargs: Any) -> bool:
+        won = bool(await self._ledger.claim(*args, **kwargs))
+        if _CALLER.get() == "A" and self.after == "claimed":
+            self.a_claimed.set()
+            await self.b_is_done.wait()
+        return won
+
+
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+
+class TestHttpRotateRaces:
+    """Two calls at once whose cool-down checks both passed: the claim, taken over by an
+    ETag-conditional write and never deleted, lets exactly one of them rotate."""
+
+    @pytest.mark.parametrize(
+        ("force", "after"),
+        [(False, "done"), (False, "claimed"), (True, "claimed")],
+        ids=["after-cool-down-B-late", "after-cool-down-overlapping", "force-overlapping"],
+    )
+    async def test_two_calls_create_one_version(self, rig: Rig, force: bool, after: str) -> None:
+        estate = rig.estate
+        estate.version(estate.kv)
+        key = f"{estate.kv.url}/keys/cmk"
+        assert (await http_rotate(rig.engine, key))[0] == 200  # an earlier rotation
+        if not force:
+            estate.world.clock.advance(rig.engine.settings.rotate_cooldown + timedelta(seconds=1))
+        before = len(estate.kv.keys["cmk"].versions)
+        ledger = _Interleaved(rig.engine.ledger, after)
+        engine = replace(rig.engine, ledger=ledger)
+
+        async def call(caller: str) -> tuple[int, Any]:
+            _CALLER.set(caller)
+            try:
+                return await http_rotate(engine, key, force=force)
+            finally:
+                (ledger.a_is_done if caller == "A" else ledger.b_is_done).set()
+
+        (a_status, _), (b_status, b_body) = await asyncio.gather(call("A"), call("B"))
+        assert len(estate.kv.keys["cmk"].versions) - before == 1
+        assert (a_status, b_status) == (200, 409)
+        assert b_body["error"]["kind"] == "conflict"
