@@ -213,6 +213,92 @@ class TestGenericResources:
         assert response.json()["error"]["code"] == "InvalidFilterInQueryString"
 
 
+class TestResourceListAsAzAsksForIt:
+    """``az resource list`` sends an empty $filter and $expand=createdTime,changedTime,
+    provisioningState (api-version 2024-11-01)."""
+
+    AZ_PARAMS = {
+        "$filter": "",
+        "$expand": "createdTime,changedTime,provisioningState",
+        "api-version": "2024-11-01",
+    }
+
+    def test_blank_filter_is_no_filter(self, seeded: Seeded):
+        """An empty $filter lists what no $filter lists, instead of a 400."""
+        path = f"/subscriptions/{SUB_A}/resources"
+        listed = seeded.ok(path, self.AZ_PARAMS)["value"]
+        assert [r["id"] for r in listed] == [r["id"] for r in seeded.ok(path)["value"]]
+        blank = seeded.ok(path, {**API_RESOURCES, "$filter": "  "})["value"]
+        assert len(blank) == len(listed) == 3
+
+    def test_expand_adds_the_generic_resource_expanded_fields(self, seeded: Seeded):
+        """Accounts gain createdTime/changedTime/provisioningState; others the state."""
+        listed = seeded.ok(f"/subscriptions/{SUB_A}/resources", self.AZ_PARAMS)["value"]
+        by_type = {r["type"]: r for r in listed}
+        account = by_type["Microsoft.CognitiveServices/accounts"]
+        assert account["provisioningState"] == "Succeeded"
+        assert account["createdTime"].endswith("Z")
+        assert account["changedTime"] >= account["createdTime"]
+        vault = by_type["Microsoft.KeyVault/vaults"]
+        assert vault["provisioningState"] == "Succeeded"
+        assert "createdTime" not in vault
+        plain = seeded.ok(f"/subscriptions/{SUB_A}/resources")["value"]
+        assert not any("provisioningState" in r for r in plain)
+
+    def test_only_the_asked_fields_are_expanded(self, seeded: Seeded):
+        """$expand=provisioningState adds that field alone; unknown terms are ignored."""
+        listed = seeded.ok(
+            f"/subscriptions/{SUB_A}/resources",
+            {**API_RESOURCES, "$expand": "ProvisioningState,somethingElse"},
+        )["value"]
+        assert all(r["provisioningState"] == "Succeeded" for r in listed)
+        assert not any("createdTime" in r or "changedTime" in r for r in listed)
+
+
+class TestOneInventory:
+    """ARM's generic list and Resource Graph's Resources table show the same resources."""
+
+    def test_accounts_carry_their_identity(self, seeded: Seeded):
+        """An account in the generic list has the identity its GET shows."""
+        body = seeded.ok(
+            f"/subscriptions/{SUB_A}/resources",
+            {**API_RESOURCES, "$filter": "resourceType eq 'Microsoft.CognitiveServices/accounts'"},
+        )
+        [account] = body["value"]
+        shown = seeded.ok(account["id"], {"api-version": "2025-09-01"})
+        assert account["identity"] == shown["identity"]
+        assert MI_ID in account["identity"]["userAssignedIdentities"]
+
+    def test_a_group_holding_only_a_topic_is_listed(self, seeded: Seeded):
+        """An Event Grid custom topic is a resource; its group is a resource group."""
+        topic = seeded.sandbox.eventgrid.create_topic(
+            "alerts-a", region="northeurope", subscription_id=SUB_A, resource_group="rg-alerts"
+        )
+        groups = seeded.ok(f"/subscriptions/{SUB_A}/resourcegroups")["value"]
+        assert {"name": "rg-alerts", "location": "northeurope"}.items() <= {
+            g["name"]: g for g in groups
+        }["rg-alerts"].items()
+        [listed] = seeded.ok(f"/subscriptions/{SUB_A}/resourceGroups/rg-alerts/resources")["value"]
+        assert (listed["id"], listed["type"]) == (topic.resource_id, "Microsoft.EventGrid/topics")
+
+    def test_resource_graph_and_arm_list_the_same_types(self, seeded: Seeded):
+        """Resources | distinct type equals the generic list's types (lowercased)."""
+        seeded.sandbox.eventgrid.create_topic("alerts-b", subscription_id=SUB_A)
+        arm = {r["type"].lower() for r in seeded.ok(f"/subscriptions/{SUB_A}/resources")["value"]}
+        response = requests.post(
+            f"{ARM}/providers/Microsoft.ResourceGraph/resources",
+            params={"api-version": "2021-03-01"},
+            json={"subscriptions": [SUB_A], "query": "Resources | distinct type"},
+            headers={"Authorization": f"Bearer {seeded.token}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        graph = {row["type"] for row in response.json()["data"]}
+        assert graph == arm
+        assert "microsoft.managedidentity/userassignedidentities" in graph
+        assert "microsoft.eventgrid/topics" in graph
+
+
 class TestResourceManagementSdk:
     def test_sdk_lists_subscriptions_groups_and_resources(self, seeded: Seeded):
         """SubscriptionClient and ResourceManagementClient work unmodified against ARM."""

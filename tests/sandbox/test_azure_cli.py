@@ -80,6 +80,33 @@ class TestAccount:
         assert token["tenant"] == az.json("account", "show")["tenantId"]
 
 
+class TestResources:
+    def test_group_list_shows_the_group_holding_only_a_topic(self, az: Cli):
+        """az group list: the platform subscription's key group and alert-topic group."""
+        groups = az.json("group", "list", "--subscription", "platform")
+        assert {"rg-keys", "rg-cmk"} <= {g["name"] for g in groups}
+        assert all(g["properties"]["provisioningState"] == "Succeeded" for g in groups)
+
+    def test_plain_resource_list(self, az: Cli):
+        """az resource list (empty $filter, $expand of the times and state) lists vaults,
+        the HSM and the alert topic, each with its provisioningState."""
+        listed = az.json("resource", "list", "--subscription", "platform")
+        by_name = {r["name"]: r for r in listed}
+        assert by_name[VAULT]["type"] == "Microsoft.KeyVault/vaults"
+        assert by_name["cmk-alerts"]["type"] == "Microsoft.EventGrid/topics"
+        assert {r["provisioningState"] for r in listed} == {"Succeeded"}
+
+    def test_resource_list_of_accounts_has_their_times_and_identity(self, az: Cli):
+        """az resource list --resource-type: accounts with createdTime and identity."""
+        listed = az.json(
+            "resource", "list", "--subscription", "ai-prod", "-g", GROUP,
+            "--resource-type", "Microsoft.CognitiveServices/accounts",
+        )  # fmt: skip
+        account = {r["name"]: r for r in listed}[ACCOUNT]
+        assert account["createdTime"] and account["changedTime"]
+        assert account["identity"]["type"] in ("UserAssigned", "SystemAssigned, UserAssigned")
+
+
 class TestKeyVault:
     def test_list_versions_show_and_rotate(self, az: Cli):
         """key list-versions / show / rotate: rotate adds the version show then returns."""

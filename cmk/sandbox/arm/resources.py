@@ -22,7 +22,18 @@ Azure/azure-rest-api-specs (``subscriptions/stable/2022-12-01/subscriptions.json
 * ``GET /subscriptions/{s}[/resourceGroups/{rg}]/resources`` — every resource the caller
   may read (``{type}/read`` on it), ``$filter`` with ``resourceType``, ``name``,
   ``location`` and ``resourceGroup`` ``eq`` clauses joined by ``and`` (others are 400
-  ``InvalidFilterInQueryString``); ``$top`` truncates; one page, no ``nextLink``.
+  ``InvalidFilterInQueryString``; an empty ``$filter``, as plain ``az resource list`` sends,
+  is no filter); ``$expand`` with any of ``createdTime``, ``changedTime`` and
+  ``provisioningState`` adds those ``GenericResourceExpanded`` fields (other ``$expand``
+  terms are ignored: what ARM answers to them is not documented); ``$top`` truncates; one
+  page, no ``nextLink``.
+
+The resources are the world's vaults and Managed HSMs, Cognitive Services accounts (with
+their ``identity``), the user-assigned identities accounts name and the Event Grid custom
+topics (:func:`resources`); Resource Graph's ``Resources`` table shows the same set. Only
+accounts record when they were created and changed (``createdTime``: created;
+``changedTime``: the last key-version binding, else created); the other kinds carry
+``provisioningState`` alone when expanded, since the world keeps no time for them.
 """
 
 from __future__ import annotations
@@ -30,12 +41,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from cmk.sandbox.arm.cognitive.accounts import ArmError
+from cmk.sandbox.arm.cognitive.accounts import ArmError, identity_json
 from cmk.sandbox.arm.keyvault import require_get
+from cmk.sandbox.eventgrid.service import EventGrid, Topic
 from cmk.sandbox.platform.context import TokenClaims
 from cmk.sandbox.world import Subscription, VaultKind, World
 
@@ -62,6 +75,9 @@ TENANT_DISPLAY_NAME = "Sandbox"
 TENANT_DOMAIN = "sandbox.onmicrosoft.com"
 _CLAUSE = re.compile(r"^\s*(?P<field>\w+)\s+eq\s+'(?P<value>(?:[^']|'')*)'\s*$", re.IGNORECASE)
 _FILTER_FIELDS = {"resourcetype": "type", "name": "name", "location": "location"}
+#: The ``GenericResourceExpanded`` fields ``$expand`` may ask for, by lower name.
+EXPANDABLE = {"createdtime": "createdTime", "changedtime": "changedTime",
+              "provisioningstate": "provisioningState"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,20 +91,52 @@ class Resource:
     subscription_id: str
     resource_group: str
     extra: tuple[tuple[str, Any], ...] = ()
+    #: What Resource Graph shows as the row's ``properties`` (None: the kind has its own
+    #: row builder in :mod:`cmk.sandbox.resourcegraph.service`).
+    properties: dict[str, Any] | None = None
+    created: datetime | None = None
+    changed: datetime | None = None
+    provisioning_state: str = "Succeeded"
 
-    def json(self) -> dict[str, Any]:
-        return {
+    def json(self, expand: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The ``GenericResourceExpanded`` body, with the ``$expand`` fields asked for."""
+        body = {
             "id": self.id,
             "name": self.name,
             "type": self.type,
             "location": self.location,
             **dict(self.extra),
         }
+        if "createdTime" in expand and self.created is not None:
+            body["createdTime"] = _timestamp(self.created)
+        if "changedTime" in expand and self.changed is not None:
+            body["changedTime"] = _timestamp(self.changed)
+        if "provisioningState" in expand:
+            body["provisioningState"] = self.provisioning_state
+        return body
+
+
+def _timestamp(when: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, as ARM writes ``date-time`` fields."""
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def event_grid_topics(world: World) -> list[Topic]:
+    """The custom topics of the Event Grid serving ``world``: the one that attached itself
+    to the world's key events (:meth:`EventGrid.attach`); the world keeps no other link."""
+    listeners = getattr(world, "_listeners", ())
+    grids = {id(g): g for g in (getattr(fn, "__self__", None) for fn in listeners)}
+    return [
+        topic
+        for grid in grids.values()
+        if isinstance(grid, EventGrid)
+        for topic in list(grid.topics.values())
+    ]
 
 
 def resources(world: World) -> Iterator[Resource]:
-    """Every resource of the world the generic list knows (vaults, HSMs, accounts, and the
-    user-assigned identities accounts name)."""
+    """Every resource of the world the generic list knows (vaults, HSMs, accounts, the
+    user-assigned identities accounts name, and Event Grid custom topics)."""
     for vault in world.vaults.values():
         kind = "vaults" if vault.kind is VaultKind.VAULT else "managedHSMs"
         yield Resource(
@@ -100,8 +148,8 @@ def resources(world: World) -> Iterator[Resource]:
             vault.resource_group,
             (("tags", {}),),
         )
-    identities: dict[str, Resource] = {}
     for account in world.accounts.values():
+        identity = identity_json(account) if account.identity.type != "None" else None
         yield Resource(
             account.resource_id,
             account.name,
@@ -109,25 +157,59 @@ def resources(world: World) -> Iterator[Resource]:
             account.location,
             account.subscription_id,
             account.resource_group,
-            (("kind", account.kind), ("sku", {"name": account.sku}), ("tags", account.tags)),
+            (
+                ("kind", account.kind),
+                ("sku", {"name": account.sku}),
+                ("tags", dict(account.tags)),
+                *((("identity", identity),) if identity else ()),
+            ),
+            created=account.created,
+            changed=max([account.created, *(when for when, _ in account.binding_history)]),
+            provisioning_state=account.provisioning_state,
         )
+    yield from other_resources(world)
+
+
+def other_resources(world: World) -> Iterator[Resource]:
+    """The resources Resource Graph has no row builder of its own for: the user-assigned
+    identities accounts name (located with the first account naming them) and the Event
+    Grid custom topics; each with its ``properties``."""
+    identities: dict[str, Resource] = {}
+    for account in world.accounts.values():
         for uami in account.identity.user_assigned.values():
             parts = uami.resource_id.split("/")
-            if len(parts) < 9:
+            if len(parts) < 9 or uami.resource_id.lower() in identities:
                 continue
-            identities.setdefault(
-                uami.resource_id.lower(),
-                Resource(
-                    uami.resource_id,
-                    parts[-1],
-                    "Microsoft.ManagedIdentity/userAssignedIdentities",
-                    account.location,
-                    parts[2],
-                    parts[4],
-                    (("tags", {}),),
-                ),
+            identities[uami.resource_id.lower()] = Resource(
+                uami.resource_id,
+                parts[-1],
+                "Microsoft.ManagedIdentity/userAssignedIdentities",
+                account.location,
+                parts[2],
+                parts[4],
+                (("tags", {}),),
+                {
+                    "tenantId": uami.principal.tenant_id,
+                    "principalId": uami.principal.object_id,
+                    "clientId": uami.principal.client_id,
+                },
             )
     yield from identities.values()
+    for topic in event_grid_topics(world):
+        parts = topic.resource_id.split("/")
+        properties: dict[str, Any] = {"endpoint": topic.endpoint, "provisioningState": "Succeeded"}
+        if topic.input_schema is not None:
+            properties["inputSchema"] = topic.input_schema
+        yield Resource(
+            topic.resource_id,
+            topic.name,
+            "Microsoft.EventGrid/topics",
+            topic.region,
+            parts[2],
+            parts[4],
+            (("tags", {}),),
+            properties,
+        )
 
 
 def _sees_subscription(world: World, principal_id: str, subscription_id: str) -> bool:
@@ -173,8 +255,11 @@ def tenant_json(tenant_id: str) -> dict[str, Any]:
 
 
 def _parse_filter(text: str) -> dict[str, str]:
-    """``resourceType eq 'x' and name eq 'y'`` -> {'type': 'x', 'name': 'y'} (lowercased)."""
+    """``resourceType eq 'x' and name eq 'y'`` -> {'type': 'x', 'name': 'y'} (lowercased);
+    a blank filter is none."""
     wanted: dict[str, str] = {}
+    if not text.strip():
+        return wanted
     for clause in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
         match = _CLAUSE.match(clause)
         field = match["field"].lower() if match else ""
@@ -187,6 +272,13 @@ def _parse_filter(text: str) -> dict[str, str]:
             )
         wanted[_FILTER_FIELDS.get(field, "resource_group")] = match["value"].replace("''", "'")
     return {k: v.lower() for k, v in wanted.items()}
+
+
+def _parse_expand(text: str) -> frozenset[str]:
+    """``createdTime,changedTime,provisioningState`` -> those field names (any case);
+    other terms are dropped."""
+    terms = (EXPANDABLE.get(term.strip().lower()) for term in text.split(","))
+    return frozenset(term for term in terms if term)
 
 
 class ResourcesArm:
@@ -299,13 +391,14 @@ class ResourcesArm:
         self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
     ) -> web.Response:
         require_get(request)
-        wanted = _parse_filter(request.query["$filter"]) if "$filter" in request.query else {}
+        wanted = _parse_filter(request.query.get("$filter", ""))
+        expand = _parse_expand(request.query.get("$expand", ""))
         if groups["rg"]:
             wanted["resource_group"] = groups["rg"].lower()
         top = request.query.get("$top")
         oid = claims.principal.object_id
         found = [
-            r.json()
+            r.json(expand)
             for r in sorted(resources(self.world), key=lambda r: r.id.lower())
             if r.subscription_id.lower() == groups["sub"].lower()
             and all(str(getattr(r, k)).lower() == v for k, v in wanted.items())

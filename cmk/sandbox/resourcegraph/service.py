@@ -1,8 +1,11 @@
 """Azure Resource Graph: ``POST /providers/Microsoft.ResourceGraph/resources``.
 
 The ``Resources`` table holds the world's Cognitive Services accounts
-(``microsoft.cognitiveservices/accounts``) and key vaults (``microsoft.keyvault/vaults``,
-``microsoft.keyvault/managedhsms``), with ARG's columns (``id``, ``name``, ``type``
+(``microsoft.cognitiveservices/accounts``), key vaults (``microsoft.keyvault/vaults``,
+``microsoft.keyvault/managedhsms``), the user-assigned identities accounts name
+(``microsoft.managedidentity/userassignedidentities``) and Event Grid custom topics
+(``microsoft.eventgrid/topics``) — the same resources as ARM's generic list
+(:func:`cmk.sandbox.arm.resources.resources`) — with ARG's columns (``id``, ``name``, ``type``
 lowercase, ``tenantId``, ``kind``, ``location``, ``resourceGroup`` lowercase,
 ``subscriptionId``, ``sku``, ``properties``, ``tags``, ``identity``, ...). Queries are
 evaluated by :mod:`cmk.sandbox.resourcegraph.kql.language` (an honest subset); anything
@@ -40,6 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cmk.sandbox.arm.cognitive.accounts import identity_json, properties_json, rp_for
+from cmk.sandbox.arm.resources import Resource, other_resources
 from cmk.sandbox.resourcegraph.kql import language as kql
 from cmk.sandbox.world import AccountState, VaultKind, VaultState, World
 
@@ -195,6 +199,28 @@ def vault_row(vault: VaultState) -> kql.Row:
     }
 
 
+def resource_row(resource: Resource, tenant_id: str) -> kql.Row:
+    """A row for a kind without a builder of its own (user-assigned identity, topic)."""
+    return {
+        "id": resource.id,
+        "name": resource.name,
+        "type": resource.type.lower(),
+        "tenantId": tenant_id,
+        "kind": "",
+        "location": resource.location,
+        "resourceGroup": resource.resource_group.lower(),
+        "subscriptionId": resource.subscription_id,
+        "managedBy": "",
+        "sku": None,
+        "plan": None,
+        "properties": dict(resource.properties or {}),
+        "tags": {},
+        "identity": None,
+        "zones": None,
+        "extendedLocation": None,
+    }
+
+
 # --- the service ---------------------------------------------------------------------
 
 
@@ -220,6 +246,7 @@ class ResourceGraph:
         rp = rp_for(world)
         rp.settle_all()
         rows: list[kql.Row] = []
+        others = list(other_resources(world))
         for sub_id in subscriptions:
             subscription = world.subscriptions.get(sub_id.lower())
             if subscription is None:
@@ -244,6 +271,11 @@ class ResourceGraph:
                     principal_id, f"Microsoft.KeyVault/{rtype}/read", vault.resource_id
                 ):
                     rows.append(vault_row(vault))
+            for resource in others:
+                if resource.subscription_id.lower() == sub_id.lower() and world.rbac_allows(
+                    principal_id, f"{resource.type}/read", resource.id
+                ):
+                    rows.append(resource_row(resource, subscription.tenant_id))
         return rows
 
     def query(self, principal_id: str, request: object) -> dict[str, Any]:
