@@ -213,6 +213,46 @@ class TestGenericResources:
         assert response.json()["error"]["code"] == "InvalidFilterInQueryString"
 
 
+class TestApiVersions:
+    """Microsoft.Resources routes check their own api-versions (the spec's folders)."""
+
+    @pytest.mark.parametrize(
+        ("path", "version"),
+        [
+            ("/subscriptions", "2022-12-01"),  # az CLI, Python and Node SubscriptionClient
+            ("/tenants", "2022-12-01"),
+            (f"/subscriptions/{SUB_A}", "2020-01-01"),
+            (f"/subscriptions/{SUB_A}/resourcegroups", "2024-11-01"),  # az CLI
+            (f"/subscriptions/{SUB_A}/resources", "2025-03-01"),  # azure-mgmt-resource
+            (f"/subscriptions/{SUB_A}/resourceGroups/rg-keys", "2021-04-01"),
+        ],
+    )
+    def test_the_versions_clients_use_are_accepted(self, seeded: Seeded, path: str, version: str):
+        response = seeded.get(path, {"api-version": version})
+        assert response.status_code == 200, response.text
+
+    @pytest.mark.parametrize(
+        "path", ["/subscriptions", "/tenants", f"/subscriptions/{SUB_A}/resources"]
+    )
+    def test_an_unknown_version_names_the_supported_ones(self, seeded: Seeded, path: str):
+        """2099-01-01: 400 InvalidApiVersionParameter listing Microsoft.Resources' versions
+        newest first, not another provider's."""
+        response = seeded.get(path, {"api-version": "2099-01-01"})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "InvalidApiVersionParameter"
+        listed = error["message"].split("supported versions are '")[1].rstrip("'.").split(",")
+        assert listed == sorted(listed, reverse=True)
+        assert {"2025-04-01", "2024-11-01", "2022-12-01", "2021-04-01"} <= set(listed)
+        assert "2025-09-01" not in listed  # a Cognitive Services version
+
+    def test_malformed_version_is_the_same_error(self, seeded: Seeded):
+        """A version that is not a date at all gets the same answer."""
+        response = seeded.get("/subscriptions", {"api-version": "latest"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "InvalidApiVersionParameter"
+
+
 class TestResourceListAsAzAsksForIt:
     """``az resource list`` sends an empty $filter and $expand=createdTime,changedTime,
     provisioningState (api-version 2024-11-01)."""

@@ -28,6 +28,9 @@ Azure/azure-rest-api-specs (``subscriptions/stable/2022-12-01/subscriptions.json
   terms are ignored: what ARM answers to them is not documented); ``$top`` truncates; one
   page, no ``nextLink``.
 
+Every route accepts the api-versions of :data:`API_VERSIONS` (the Microsoft.Resources spec
+folders) and answers any other with ARM's 400 ``InvalidApiVersionParameter`` naming them.
+
 The resources are the world's vaults and Managed HSMs, Cognitive Services accounts (with
 their ``identity``), the user-assigned identities accounts name and the Event Grid custom
 topics (:func:`resources`); Resource Graph's ``Resources`` table shows the same set. Only
@@ -75,6 +78,34 @@ TENANT_DISPLAY_NAME = "Sandbox"
 TENANT_DOMAIN = "sandbox.onmicrosoft.com"
 _CLAUSE = re.compile(r"^\s*(?P<field>\w+)\s+eq\s+'(?P<value>(?:[^']|'')*)'\s*$", re.IGNORECASE)
 _FILTER_FIELDS = {"resourcetype": "type", "name": "name", "location": "location"}
+#: The api-versions of these routes: the version folders of
+#: ``specification/resources/resource-manager/Microsoft.Resources/resources`` (``resources.json``:
+#: resource groups, the generic list) and ``.../Microsoft.Resources/subscriptions``
+#: (``subscriptions.json``: subscriptions, tenants) in Azure/azure-rest-api-specs, as their
+#: ``readme.md`` tags list them (commits 01fd66f3 and 1311a1c7). ARM checks all of these
+#: routes against one list for the namespace (its ``InvalidApiVersionParameter`` message names
+#: the same versions for ``/subscriptions`` and for resource groups), so each route accepts the
+#: union. ARM's own list is longer — it also holds the versions of the namespace's other types
+#: (deployments, tags, ...) and legacy forms such as ``2014-04`` — which the sandbox does not
+#: serve. az CLI uses 2024-11-01 (resources) and 2022-12-01 (subscriptions); azure-mgmt-resource
+#: 2025-03-01 and 2022-12-01; @azure/arm-resources-subscriptions 2022-12-01.
+API_VERSIONS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            # resources/
+            "2015-11-01", "2016-02-01", "2016-07-01", "2016-09-01", "2017-05-10",
+            "2018-02-01", "2018-05-01", "2019-03-01", "2019-05-01", "2019-05-10",
+            "2019-07-01", "2019-08-01", "2019-10-01", "2020-06-01", "2020-08-01",
+            "2020-10-01", "2021-01-01", "2021-04-01", "2022-09-01", "2023-07-01",
+            "2024-03-01", "2024-07-01", "2024-11-01", "2025-03-01", "2025-04-01",
+            "2025-08-01-preview",
+            # subscriptions/
+            "2016-06-01", "2018-06-01", "2019-06-01", "2019-11-01", "2020-01-01",
+            "2022-12-01",
+        },
+        reverse=True,
+    )
+)  # fmt: skip
 #: The ``GenericResourceExpanded`` fields ``$expand`` may ask for, by lower name.
 EXPANDABLE = {"createdtime": "createdTime", "changedtime": "changedTime",
               "provisioningstate": "provisioningState"}  # fmt: skip
@@ -274,6 +305,18 @@ def _parse_filter(text: str) -> dict[str, str]:
     return {k: v.lower() for k, v in wanted.items()}
 
 
+def require_api_version(api_version: str) -> None:
+    """ARM's 400 ``InvalidApiVersionParameter`` unless ``api_version`` is one of
+    :data:`API_VERSIONS` (the message lists them newest first, as ARM does)."""
+    if api_version not in API_VERSIONS:
+        raise ArmError(
+            400,
+            "InvalidApiVersionParameter",
+            f"The api-version '{api_version}' is invalid. The supported versions are "
+            f"'{','.join(API_VERSIONS)}'.",
+        )
+
+
 def _parse_expand(text: str) -> frozenset[str]:
     """``createdTime,changedTime,provisioningState`` -> those field names (any case);
     other terms are dropped."""
@@ -292,6 +335,12 @@ class ResourcesArm:
     def tenant_routes(self) -> list[tuple[re.Pattern[str], Handler]]:
         """Routes outside any subscription (no subscription check, no per-subscription meter)."""
         return [(SUBSCRIPTIONS, self.list_subscriptions), (TENANTS, self.list_tenants)]
+
+    def serves(self, path: str) -> bool:
+        """Whether ``path`` is one of these routes (their api-versions are
+        :data:`API_VERSIONS`)."""
+        routes = (*self.tenant_routes(), *self.routes())
+        return any(pattern.match(path) for pattern, _ in routes)
 
     def routes(self) -> list[tuple[re.Pattern[str], Handler]]:
         """Routes inside a subscription (checked and metered by ARM's pipeline)."""

@@ -25,7 +25,9 @@ Every request goes through, in ARM's order: ``api-version`` present (400
 ``MissingApiVersionParameter``), bearer token (401 ``AuthenticationFailed`` when missing,
 ``InvalidAuthenticationToken`` when invalid, ``InvalidAuthenticationTokenAudience`` unless
 issued for ``https://management.azure.com`` or ``https://management.core.windows.net``,
-``InvalidAuthenticationTokenTenant`` for another tenant's subscription), subscription
+``InvalidAuthenticationTokenTenant`` for another tenant's subscription), ``api-version``
+known (400 ``InvalidApiVersionParameter``: the Microsoft.Resources routes check their own
+list, :data:`cmk.sandbox.arm.resources.API_VERSIONS`; the others only its form), subscription
 exists (404 ``SubscriptionNotFound``), throttling (429 with ``Retry-After``), RBAC (403
 ``AuthorizationFailed`` with ARM's message), then the resource provider. Responses carry
 ``x-ms-request-id``, ``x-ms-correlation-request-id``, ``x-ms-routing-request-id`` and the
@@ -54,7 +56,7 @@ from cmk.sandbox.arm.cognitive.accounts import (
     rp_for,
 )
 from cmk.sandbox.arm.keyvault import KeyVaultArm
-from cmk.sandbox.arm.resources import ResourcesArm
+from cmk.sandbox.arm.resources import ResourcesArm, require_api_version
 from cmk.sandbox.platform.context import (
     AUDIENCE_ARM,
     ServiceContext,
@@ -166,7 +168,9 @@ class _Arm:
         claims = self._authenticate(request)
         if _GRAPH.match(path):
             return self._graph(request, claims, api_version, body, extra)
-        if not _API_VERSION.match(api_version):
+        if self.resources.serves(path):
+            require_api_version(api_version)
+        elif not _API_VERSION.match(api_version):
             raise _error(
                 400,
                 "InvalidApiVersionParameter",
