@@ -38,6 +38,29 @@ WHOLE_COLUMNS = frozenset({"account", "state", "result", "outcome"})
 MAX_WHOLE_WIDTH = 48
 #: The narrowest a column is worth showing (``abcdefg…``).
 MIN_READABLE = 10
+#: Columns of free text (messages, reasons, fixes, lists): off a terminal these are cut
+#: to fit the width; ids, versions and names stay whole (the line is longer instead).
+FREE_TEXT_COLUMNS = frozenset(
+    {
+        "accounts",
+        "act",
+        "bindable",
+        "cause",
+        "detail",
+        "expected",
+        "fix",
+        "found",
+        "message",
+        "observed",
+        "reason",
+        "remediation",
+        "tags",
+        "verdict",
+        "why",
+    }
+)
+#: The widest an id column is shown off a terminal (longer is not an id).
+MAX_ID_WIDTH = 300
 #: Columns left out, in this order, when a table does not fit the terminal.
 OPTIONAL_COLUMNS = (
     "trigger",
@@ -89,17 +112,29 @@ class DataTable(Table):
     plain text for ``--output tsv``."""
 
     title_text: str = ""
+    #: The width the fitted table needs off a terminal (ids are never cut), or None.
+    line_width: int | None = None
     column_names: list[str]
     cells: list[list[Text]]
     tsv_rows: list[list[str]]
 
 
-def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> DataTable:
+def table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    tsv: Sequence[Sequence[object]] | None = None,
+) -> DataTable:
     """A table; cells are rendered with :func:`cell` (plain text, never markup). Long
-    words end with an ellipsis instead of being split; ``-o json`` has the full values."""
+    words end with an ellipsis instead of being split; ``-o json`` has the full values.
+    ``tsv`` are the rows of ``--output tsv`` when they differ from the table's (full ids
+    and versions where the table shortens them, one value per field): each field is
+    rendered with :func:`tsv_cell`."""
     cells = [[cell(value) for value in row] for row in rows]
     result = _rich_table(title, list(columns), cells)
-    result.tsv_rows = [[tsv_cell(value) for value in row] for row in rows]
+    fields = rows if tsv is None else tsv
+    result.tsv_rows = [[tsv_cell(value) for value in row] for row in fields]
     return result
 
 
@@ -139,8 +174,9 @@ def _needed(columns: list[str], cells: list[list[Text]]) -> int:
 def fit(console: Console, data: DataTable) -> DataTable:
     """``data`` without its optional columns, one by one, until it fits the console (the
     columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything). Off a
-    terminal no cell wraps: a row is one line (``grep`` finds it), a cell too long ends
-    with ``…``."""
+    terminal no cell wraps: a row is one line (``grep`` finds it); free-text columns are
+    cut to fit (ending with ``…``) while ids stay whole, so a line may be wider than the
+    console (:attr:`DataTable.line_width`)."""
     columns, cells = list(data.column_names), [list(row) for row in data.cells]
     fitted = data
     while _needed(columns, cells) > console.width:
@@ -152,30 +188,38 @@ def fit(console: Console, data: DataTable) -> DataTable:
         for row in cells:
             del row[drop]
         fitted = _rich_table(data.title_text, columns, cells)
+    fitted.line_width = None
     if not console.is_terminal:
-        _one_line_rows(fitted, console.width)
+        fitted.line_width = _one_line_rows(fitted, console.width)
     return fitted
 
 
-def _one_line_rows(data: DataTable, width: int) -> None:
-    """No cell of ``data`` wraps: the widest cut-able columns are narrowed (to no less than
-    :data:`MIN_READABLE`) until the table fits ``width``, and their cells end with ``…``."""
+def _one_line_rows(data: DataTable, width: int) -> int:
+    """No cell of ``data`` wraps: the widest free-text columns are narrowed (to no less
+    than :data:`MIN_READABLE`) until the table fits ``width``, and their cells end with
+    ``…``; other columns (ids, versions, names) are kept whole up to :data:`MAX_ID_WIDTH`.
+    Returns the width the table needs (``width`` or more)."""
     columns = list(data.column_names)
-    widths = [max(len(name), _widest(data.cells, i)) for i, name in enumerate(columns)]
-    for i, name in enumerate(columns):
-        if name in WHOLE_COLUMNS:
-            widths[i] = min(widths[i], MAX_WHOLE_WIDTH)
-    budget = width - (3 * len(columns) + 1)  # "│ " before each cell, " │" after the last
-    cut_able = [i for i, name in enumerate(columns) if name not in WHOLE_COLUMNS]
-    while sum(widths) > budget and cut_able:
-        widest = max(cut_able, key=lambda i: widths[i])
-        narrower = max(MIN_READABLE, widths[widest] - (sum(widths) - budget))
-        if narrower == widths[widest]:
+    widths = [
+        min(MAX_ID_WIDTH, max(len(name), _widest(data.cells, i))) for i, name in enumerate(columns)
+    ]
+    borders = 3 * len(columns) + 1  # "│ " before each cell, " │" after the last
+    budget = width - borders
+    free = [i for i, name in enumerate(columns) if name in FREE_TEXT_COLUMNS]
+    while (over := sum(widths) - budget) > 0:
+        cut_able = [i for i in free if widths[i] > MIN_READABLE]
+        if not cut_able:
             break
-        widths[widest] = narrower
+        top = max(widths[i] for i in cut_able)
+        widest = [i for i in cut_able if widths[i] == top]
+        below = max([widths[i] for i in cut_able if widths[i] < top], default=MIN_READABLE)
+        step = min(top - below, -(-over // len(widest)))  # the widest down to the next
+        for i in widest:
+            widths[i] -= step
     for column, column_width in zip(data.columns, widths, strict=True):
         column.no_wrap = True
-        column.max_width = column_width
+        column.width = column.max_width = column_width
+    return max(width, sum(widths) + borders)
 
 
 def cell(value: object) -> Text:

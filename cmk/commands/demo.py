@@ -103,7 +103,7 @@ def _results(output: Output, acts: list[Act], seconds: float, code: int) -> None
         return
     rows = [(a.number, a.title, a.expected, a.observed, f"{a.seconds}s", _mark(a.ok)) for a in acts]
     output.print(Rule("Results"))
-    output.print(table("", ("#", "act", "expected", "observed", "time", ""), rows))
+    output.print(table("", ("#", "act", "expected", "observed", "time", "result"), rows))
     verdict = "every outcome as expected" if code == EXIT_OK else "SOME OUTCOMES WERE NOT"
     output.print(f"demo finished in {seconds:.1f}s: {verdict}")
 

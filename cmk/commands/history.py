@@ -92,8 +92,22 @@ async def _history(session: Session) -> int:
         )
         for e in entries
     ]
+    tsv = [
+        (
+            e.updated,
+            e.account_id,
+            e.key_id,
+            e.from_version,
+            e.to_version,
+            e.state.value,
+            e.attempts,
+            e.trigger,
+            e.cause,
+        )
+        for e in entries
+    ]
     columns = ("updated", "account", "key", "version", "state", "attempts", "trigger", "cause")
-    output.print(table(f"{len(entries)} ledger rows (newest first)", columns, rows))
+    output.print(table(f"{len(entries)} ledger rows (newest first)", columns, rows, tsv=tsv))
     return code
 
 

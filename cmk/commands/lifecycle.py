@@ -29,7 +29,7 @@ from cmk.lifecycle.services import LifecycleClients
 from cmk.resource_id import AccountId
 from cmk.settings import Settings
 
-__all__ = ["add_parser", "key_from_args"]
+__all__ = ["add_parser", "change_line", "key_from_args"]
 
 
 CHECK_DOC = """`cmk check ACCOUNT_ID ... | --all [--key KEY_ID]`: every requirement of
@@ -152,8 +152,8 @@ async def _change(session: Session) -> int:
             change = await disable(lc, account_id, confirmed=args.yes, dry_run=dry_run)
             if dry_run and change.outcome is ChangeOutcome.REFUSED:
                 detail = (
-                    f"dry run, nothing written: would take the account off {change.previous}"
-                    " and back to Microsoft-managed keys"
+                    f"would take the account off {change.previous} and back to"
+                    " Microsoft-managed keys"
                 )
                 change = replace(change, outcome=ChangeOutcome.DRY_RUN, detail=detail)
         else:
@@ -168,7 +168,7 @@ async def _change(session: Session) -> int:
             else:
                 change = await switch(lc, account_id, key, dry_run=dry_run)
         code = EXIT_FINDINGS if change.outcome is ChangeOutcome.REFUSED else EXIT_OK
-        _print_change(session.output, change, code)
+        _print_change(session.output, change, code, dry_run=dry_run)
         return code
 
     if args.command == "disable" and not (args.yes or dry_run):
@@ -187,9 +187,22 @@ def _holds(requirement: Requirement) -> Text:
     return styled("ok") if requirement.holds else styled("failed")
 
 
-def _requirements_table(title: str, requirements: tuple[Requirement, ...]) -> object:
+def _requirements_table(
+    title: str, account_id: AccountId, key: KeyId | None, requirements: tuple[Requirement, ...]
+) -> object:
+    """One row per requirement. ``-o tsv``: account id, key id, result, requirement, found,
+    fix (the table's title names the account; each tsv row does)."""
     rows = [(_holds(r), r.name, r.detail, r.fix) for r in requirements]
-    return table(title, ("result", "requirement", "found", "fix"), rows)
+    tsv = [(account_id, key, _holds(r), r.name, r.detail, r.fix) for r in requirements]
+    return table(title, ("result", "requirement", "found", "fix"), rows, tsv=tsv)
+
+
+def _print_fixes(output: Output, requirements: tuple[Requirement, ...]) -> None:
+    """The fix of each failed requirement in full, under its table (a cell may be cut to
+    fit the terminal; the fix is what the operator needs whole)."""
+    for requirement in requirements:
+        if requirement.failed and requirement.fix:
+            output.print(f"  {requirement.name} — fix: {requirement.fix}")
 
 
 def _print_check(output: Output, report: CheckReport, code: int) -> None:
@@ -206,22 +219,49 @@ def _print_check(output: Output, report: CheckReport, code: int) -> None:
         return
     for check in report.checks:
         title = f"{check.account_id} — {check.key or 'no key'}"
-        output.print(_requirements_table(title, check.requirements))
+        output.print(_requirements_table(title, check.account_id, check.key, check.requirements))
+        _print_fixes(output, check.requirements)
     rows = [(str(r.grant), ", ".join(a.name for a in r.cut_off)) for r in revocations]
+    tsv = [(str(r.grant), ",".join(str(a) for a in r.cut_off)) for r in revocations]
     if rows:
-        output.print(table("Revoking would cut off", ("grant", "accounts"), rows))
+        output.print(table("Revoking would cut off", ("grant", "accounts"), rows, tsv=tsv))
     failed = sum(1 for check in report.checks if not check.ok)
     output.print(f"check: {len(report.checks)} account(s), {failed} with failed requirements")
 
 
-def _print_change(output: Output, change: Change, code: int) -> None:
+def _print_change(output: Output, change: Change, code: int, *, dry_run: bool) -> None:
     if output.json_mode:
         output.emit_json({"change": change, "exit_code": code})
         return
     if change.requirements:
+        title = f"{change.action} {change.account_id}"
         output.print(
-            _requirements_table(f"{change.action} {change.account_id}", change.requirements)
+            _requirements_table(title, change.account_id, change.target, change.requirements)
         )
+        _print_fixes(output, change.requirements)
     if change.identity_enabled:
         output.print(f"enabled a system-assigned identity: principal {change.principal_id}")
-    output.print(f"{change.action} {change.account_id}: {change.outcome.value}; {change.detail}")
+    output.print(change_line(change, dry_run=dry_run))
+
+
+def change_line(change: Change, *, dry_run: bool) -> str:
+    """What a lifecycle command did, in one sentence: ``disable ID (dry run): would take
+    the account off …``; a refusal names the failed requirements (their fixes are above)."""
+    head = f"{change.action} {change.account_id}" + (" (dry run)" if dry_run else "")
+    detail = change.detail.removeprefix(f"{change.action}: ")
+    failed = [r.name for r in change.requirements if r.failed]
+    if change.outcome is ChangeOutcome.REFUSED and failed:
+        return (
+            f"{head}: refused, nothing written: {len(failed)} requirement(s) failed"
+            f" ({', '.join(failed)}); each fix is listed above"
+        )
+    if change.outcome is ChangeOutcome.DRY_RUN:
+        return f"{head}: nothing written; {detail.removeprefix('dry run, nothing written: ')}"
+    if change.outcome is ChangeOutcome.REFUSED:
+        return (
+            f"{head}: refused, nothing written: {detail.removeprefix('refused, nothing written: ')}"
+        )
+    outcome = change.outcome.value.replace("_", " ")
+    if detail.startswith(outcome):
+        return f"{head}: {detail}"
+    return f"{head}: {outcome}; {detail}" if detail else f"{head}: {outcome}"

@@ -208,10 +208,10 @@ class Output:
             sys.stdout.flush()
         elif self.format == "table":
             shown = result_table(result)
-            self.console.print(
-                Text(clean(shown)) if isinstance(shown, str) else fit(self.console, shown),
-                soft_wrap=isinstance(shown, str),
-            )
+            if isinstance(shown, str):
+                self.console.print(Text(clean(shown)), soft_wrap=True)
+            else:
+                self._print_table(shown)
         else:
             self._write_json(result)
 
@@ -246,7 +246,7 @@ class Output:
             elif isinstance(renderable, DataTable):
                 if renderable.title_text:
                     self.console.print(Text(clean(renderable.title_text)), soft_wrap=True)
-                self.console.print(fit(self.console, renderable))
+                self._print_table(renderable)
             elif isinstance(renderable, Rule) and not self.console.is_terminal:
                 # a heading, not a line drawn across the pipe's width
                 title = renderable.title
@@ -255,6 +255,20 @@ class Output:
                 self.console.print(Text(clean(heading)), soft_wrap=True)
             else:
                 self.console.print(renderable)
+
+    def _print_table(self, data: DataTable) -> None:
+        """``data`` fitted to the console; off a terminal a table whose ids need more than
+        the width is printed wider (a pipe has no width to wrap at)."""
+        fitted = fit(self.console, data)
+        width = self.console.width
+        if fitted.line_width is not None and fitted.line_width > width:
+            self.console.width = fitted.line_width
+            try:
+                self.console.print(fitted)
+            finally:
+                self.console.width = width
+            return
+        self.console.print(fitted)
 
     def note(self, message: str) -> None:
         """A message for humans on stderr (also in JSON mode), printed as plain text."""

@@ -177,8 +177,20 @@ async def _replay(session: Session) -> int:
         )
         for o in outcomes
     ]
+    tsv = [
+        (
+            o.index,
+            o.event_id,
+            o.event_type,
+            o.key_id,
+            o.outcome,
+            o.report.enqueued if o.report else None,
+            o.detail,
+        )
+        for o in outcomes
+    ]
     columns = ("#", "event id", "type", "key", "outcome", "enqueued", "detail")
-    output.print(table(f"{len(outcomes)} events from {args.file}", columns, rows))
+    output.print(table(f"{len(outcomes)} events from {args.file}", columns, rows, tsv=tsv))
     print_jobs(output, results)
     return code
 

@@ -59,8 +59,21 @@ async def _status(session: Session) -> int:
         )
         for a in accounts
     ]
+    tsv = [
+        (
+            a.account_id,
+            a.subscription_id,
+            a.key_id,
+            a.bound_version,
+            a.newest_version,
+            a.state.value,
+            a.age,
+            a.detail,
+        )
+        for a in accounts
+    ]
     columns = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
-    output.print(table(f"{len(accounts)} CMK accounts", columns, rows))
+    output.print(table(f"{len(accounts)} CMK accounts", columns, rows, tsv=tsv))
     counts = status_summary(accounts)
     parts = [Text.assemble(styled(state), f": {n}") for state, n in counts.items() if n]
     output.print(Text("  ").join(parts))

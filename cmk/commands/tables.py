@@ -7,7 +7,10 @@ from collections.abc import Sequence
 from rich.text import Text
 
 from cmk.commands.output import Output, clean, short_version, styled, table
+from cmk.errors import InvalidInput
+from cmk.keyid import KeyId
 from cmk.ports import Alert
+from cmk.resource_id import AccountId
 from cmk.usecases import FindingReport, JobReport, PlannedMove, SweepReport
 from cmk.usecases.answers import job_summary, jobs_failed
 
@@ -19,34 +22,65 @@ __all__ = [
     "print_jobs",
     "print_moves",
     "print_sweep",
+    "subject_cell",
 ]
 
 
 def print_moves(output: Output, moves: Sequence[PlannedMove], title: str = "Moves") -> None:
+    """One row per move. ``-o tsv``: account id, key id, from version, to version,
+    priority, reason (full ids and versions)."""
     rows = [
         (
             m.account_id,
             m.key_id,
             f"{short_version(m.from_version)} -> {short_version(m.to_version)}",
-            "urgent" if m.urgent else "",
+            _priority(m.urgent),
             m.reason,
         )
         for m in moves
     ]
+    tsv = [
+        (m.account_id, m.key_id, m.from_version, m.to_version, _priority(m.urgent), m.reason)
+        for m in moves
+    ]
     if rows:
-        output.print(table(title, ("account", "key", "version", "", "reason"), rows))
+        columns = ("account", "key", "version", "priority", "reason")
+        output.print(table(title, columns, rows, tsv=tsv))
+
+
+def _priority(urgent: bool) -> str:
+    """Whether a move jumps the queue: the bound version is unsafe (disabled, expiring)."""
+    return "urgent" if urgent else "normal"
+
+
+def subject_cell(subject: str) -> object:
+    """A finding's or alert's subject as the tables show it: an account as
+    ``resource-group/name``, a key as ``vault/key``, anything else as it is."""
+    try:
+        return AccountId.parse(subject)
+    except InvalidInput:
+        pass
+    try:
+        return KeyId.parse(subject)
+    except InvalidInput:
+        return subject
 
 
 def print_findings(output: Output, findings: Sequence[FindingReport]) -> None:
-    rows = [(f.kind, f.subject.rsplit("/", 1)[-1], f.key_id, f.detail) for f in findings]
+    """One row per finding. ``-o tsv``: kind, subject (full id), key id, detail."""
+    rows = [(f.kind, subject_cell(f.subject), f.key_id, f.detail) for f in findings]
+    tsv = [(f.kind, f.subject, f.key_id, f.detail) for f in findings]
     if rows:
-        output.print(table("Findings", ("kind", "subject", "key", "detail"), rows))
+        output.print(table("Findings", ("kind", "subject", "key", "detail"), rows, tsv=tsv))
 
 
 def print_alerts(output: Output, alerts: Sequence[Alert]) -> None:
-    rows = [(a.severity.value, a.type.value, a.subject.rsplit("/", 1)[-1], a.cause) for a in alerts]
+    """One row per alert. ``-o tsv``: severity, type, subject (full id), cause."""
+    rows = [(a.severity.value, a.type.value, subject_cell(a.subject), a.cause) for a in alerts]
+    tsv = [(a.severity.value, a.type.value, a.subject, a.cause) for a in alerts]
     if rows:
-        output.print(table("Alerts", ("severity", "type", "subject", "cause"), rows))
+        columns = ("severity", "type", "subject", "cause")
+        output.print(table("Alerts", columns, rows, tsv=tsv))
 
 
 def print_sweep(output: Output, report: SweepReport) -> None:
@@ -60,6 +94,9 @@ def print_sweep(output: Output, report: SweepReport) -> None:
 
 
 def print_jobs(output: Output, reports: Sequence[JobReport]) -> None:
+    """One row per job. ``-o tsv``: account id, key id, to version, result, attempts,
+    cause (full ids and versions)."""
+    ordered = sorted(reports, key=lambda r: str(r.account_id))
     rows = [
         (
             r.account_id,
@@ -69,8 +106,19 @@ def print_jobs(output: Output, reports: Sequence[JobReport]) -> None:
             r.attempts,
             r.cause,
         )
-        for r in sorted(reports, key=lambda r: str(r.account_id))
+        for r in ordered
+    ]
+    tsv = [
+        (
+            r.account_id,
+            r.target.versionless(),
+            r.target.version,
+            r.result.value,
+            r.attempts,
+            r.cause,
+        )
+        for r in ordered
     ]
     if rows:
         columns = ("account", "key", "to", "result", "attempts", "cause")
-        output.print(table("Accounts", columns, rows))
+        output.print(table("Accounts", columns, rows, tsv=tsv))

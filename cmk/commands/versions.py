@@ -102,6 +102,20 @@ async def _versions(session: Session) -> int:
             _bindable(use),
             f"{len(use.accounts)}: {_users(use)}" if use.accounts else "0",
             Text("yes", style="green") if use.safe_to_disable else Text("no", style="red"),
+        )
+        for use in report.versions
+    ]
+    tsv = [
+        (
+            use.version,
+            _tags(use),
+            use.enabled,
+            use.created,
+            use.expires,
+            use.bindable,
+            "; ".join(use.reasons),
+            ",".join(str(account) for account in use.accounts),
+            use.safe_to_disable,
             use.verdict,
         )
         for use in report.versions
@@ -115,9 +129,12 @@ async def _versions(session: Session) -> int:
         "bindable",
         "accounts",
         "safe to disable",
-        "why",
     )
-    output.print(table(f"{report.key_id}", columns, rows))
+    output.print(table(f"{report.key_id}", columns, rows, tsv=tsv))
+    # why each version is or is not safe to disable: whole, whatever the width
+    output.print("why, per version:")
+    for use in report.versions:
+        output.print(f"  {use.version}: {use.verdict}")
     names = ", ".join(scope.label(s) for s in scope.subscriptions) or "none"
     output.print(
         f"accounts searched in {len(scope.subscriptions)} subscription(s)"
