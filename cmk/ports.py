@@ -410,8 +410,14 @@ class AlertSink(Protocol):
         """Deliver every alert recorded but not yet delivered; returns how many."""
         ...
 
-    async def resolve(self, subject: str, to_version: str | None = None) -> int:
-        """Close the open alerts of a subject (after a success); returns how many."""
+    async def resolve(
+        self,
+        subject: str,
+        to_version: str | None = None,
+        groups: Collection[str] | None = None,
+    ) -> int:
+        """Close the open alerts of a subject (after a success); only those of ``groups``
+        (:attr:`Alert.dedup_key`'s cause group) when given; returns how many."""
         ...
 
     async def open_subjects(self) -> set[str]:

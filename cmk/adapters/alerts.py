@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -181,9 +182,15 @@ class EventGridAlerts:
         await self._ledger.finish_delivery(dedup_key, sent=True)
         return True
 
-    async def resolve(self, subject: str, to_version: str | None = None) -> int:
-        """Close the open alerts of a subject (after a success); returns how many."""
-        closed = await self._ledger.close_alerts(subject, to_version)
+    async def resolve(
+        self,
+        subject: str,
+        to_version: str | None = None,
+        groups: Collection[str] | None = None,
+    ) -> int:
+        """Close the open alerts of a subject (after a success); only those of ``groups``
+        when given; returns how many."""
+        closed = await self._ledger.close_alerts(subject, to_version, groups)
         if closed:
             self._logger.info(
                 "resolved %d alert(s) for %s",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -181,9 +181,15 @@ class AlertRows(TableRows):
         subject, to_version, group = dedup_key
         await self.delete_row(_partition(subject), _row(to_version, group))
 
-    async def close_alerts(self, subject: str, to_version: str | None = None) -> int:
-        """Close the recorded alerts of ``subject`` (only those for ``to_version`` when
-        given); returns how many were closed (none if there is no table)."""
+    async def close_alerts(
+        self,
+        subject: str,
+        to_version: str | None = None,
+        groups: Collection[str] | None = None,
+    ) -> int:
+        """Close the recorded alerts of ``subject`` (only those for ``to_version``, and of
+        the cause ``groups``, when given); returns how many were closed (none if there is
+        no table)."""
         clauses = ["PartitionKey eq @partition"]
         parameters: dict[str, Any] = {"partition": _partition(subject)}
         if to_version is not None:
@@ -197,6 +203,9 @@ class AlertRows(TableRows):
                 rows = [(entity["PartitionKey"], entity["RowKey"]) async for entity in pages]
             except ResourceNotFoundError:  # no table, so no open alert
                 return 0
+        if groups is not None:
+            wanted = {table_key(group) for group in groups}
+            rows = [(partition, row) for partition, row in rows if row.rsplit("|", 1)[-1] in wanted]
         for partition, row in rows:
             await self.delete_row(partition, row)
         return len(rows)

@@ -30,6 +30,7 @@ __all__ = [
     "near_expiry_unrotated",
     "publish",
     "unsafe_move",
+    "unsafe_moves",
     "update_failed",
     "vault_not_recoverable",
     "version_rejected",
@@ -126,8 +127,16 @@ def finding_alert(finding: Finding) -> Alert:
     )
 
 
+def unsafe_moves(moves: Iterable[Move]) -> list[Alert]:
+    """The alerts of urgent moves: only those whose bound version is broken (disabled or
+    expired: the account may be failing to decrypt now, and someone made it so). A bound
+    version that is merely expiring or fails the policy is repaired by the move itself:
+    no alert, unless the move fails (the worker alerts that)."""
+    return [unsafe_move(move) for move in moves if move.finding in _BROKEN]
+
+
 def unsafe_move(move: Move) -> Alert:
-    """An account bound to an unsafe version; a move to a valid version is on its way."""
+    """An account bound to a broken version; a move to a valid version is on its way."""
     binding = move.binding
     kind = move.finding or FindingKind.BOUND_VERSION_REJECTED
     return Alert(
@@ -173,15 +182,18 @@ def update_failed(account_id: AccountId, key: KeyId, to_version: str, cause: str
     )
 
 
-def identity_missing(account_id: AccountId, key: KeyId, cause: str) -> Alert:
-    """The account has no identity that can use its key."""
+def identity_missing(
+    account_id: AccountId, key: KeyId, cause: str, to_version: str | None = None
+) -> Alert:
+    """The account has no identity that can use its key. ``to_version`` is the version a
+    move would bind (the same alert the worker raises when that move fails for it)."""
     return Alert(
         type=AlertType.IDENTITY_MISSING,
         severity=Severity.ERROR,
         subject=str(account_id),
         key_id=key.versionless(),
         from_version=key.version,
-        to_version=None,
+        to_version=to_version,
         cause=cause,
         remediation=_GRANT,
     )

@@ -85,8 +85,9 @@ def _arm_checks(record: AccountRecord, target: str, result: Assessment) -> None:
         result.flag(BindingState.FAILING, "update_failed", cause, alert)
     if not record.has_usable_identity:
         cause = f"no identity can use the key (identity type {record.identity_type})"
-        alert = alerting.identity_missing(binding.account_id, binding.key_id, cause)
+        alert = alerting.identity_missing(binding.account_id, binding.key_id, cause, target)
         result.flag(BindingState.FAILING, "identity_missing", cause, alert)
+        result.job = None  # a move would fail for it: alerted once, here
 
 
 def assess_unread(record: AccountRecord, cause: str) -> Assessment:
@@ -110,14 +111,15 @@ def _assess_move(
     now, binding, target = engine.now(), move.binding, move.target.version
     result.state = BindingState.UNSAFE if move.urgent else BindingState.STALE
     result.detail = move.reason
-    if move.urgent:
-        result.alerts.append(alerting.unsafe_move(move))
+    result.alerts += alerting.unsafe_moves([move] if move.urgent else [])
     # Stale past the grace period *and* the move has been tried for longer than that: a
-    # binding this very run moves (first seen now) is repaired, not alerted.
+    # binding this very run moves (first seen now) is repaired, not alerted; a move that
+    # failed was alerted by the worker (account_update_failed), not again as stale.
     stale_for = now - move.target.created
     grace = engine.settings.stale_grace
     trying_for = now - entry.created if entry is not None else None
-    if stale_for > grace and trying_for is not None and trying_for > grace:
+    failed = entry is not None and entry.state is LedgerState.FAILED
+    if stale_for > grace and trying_for is not None and trying_for > grace and not failed:
         alert = alerting.binding_stale(move, _age(stale_for))
         result.flag(result.state, "binding_stale", f"stale for {_age(stale_for)}", alert)
     in_flight = entry is not None and entry.state is LedgerState.SUBMITTED

@@ -113,7 +113,7 @@ async def _finish(
 
 def _fan_alerts(fan: FanOut) -> list[Alert]:
     alerts = [alerting.finding_alert(finding) for finding in fan.findings]
-    alerts += [alerting.unsafe_move(move) for move in fan.moves if move.urgent]
+    alerts += alerting.unsafe_moves(move for move in fan.moves if move.urgent)
     return alerts
 
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
-from cmk.errors import CmkError
+from cmk.errors import CmkError, TransientError
 from cmk.keyid import KeyId
 from cmk.planner import Decision
 from cmk.policy import KeyVersion
@@ -48,6 +48,8 @@ class KeySurvey:
     records: list[AccountRecord] = field(default_factory=list)
     view: KeyVersions | None = None
     error: str | None = None
+    #: the error may pass (throttled, unavailable): reported, not alerted
+    transient: bool = False
     decisions: list[Decision] = field(default_factory=list)
     accounts: int = 0
     #: accounts decided before the key turned out unreadable (listed again at the end)
@@ -176,6 +178,7 @@ async def _read(
         versions = await item.view.covering(bindings)
     except CmkError as error:
         item.error = str(error) or type(error).__name__
+        item.transient = isinstance(error, TransientError)
         log.warning("cannot read %s: %s", item.key, item.error, extra={"cmk_key_id": str(item.key)})
         item.records += records
         item.decisions = []

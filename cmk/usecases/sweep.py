@@ -24,8 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from cmk.keyid import KeyId
-from cmk.planner import Decision, Move
-from cmk.ports import AccountRecord, Alert, LedgerEntry, LedgerState, RotationJob
+from cmk.planner import Decision, Move, UpToDate
+from cmk.ports import AccountRecord, Alert, AlertType, LedgerEntry, LedgerState, RotationJob
 from cmk.usecases import alerting
 from cmk.usecases.assessment import Assessment, assess, assess_unread
 from cmk.usecases.context import Engine, gather_bounded, task_scope
@@ -55,6 +55,7 @@ def _rows(found: Survey) -> list[Row]:
 
 #: The ledger rows a sweep needs to know of: moves under way, and moves that failed.
 _OPEN_STATES = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED, LedgerState.FAILED})
+_IN_FLIGHT = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED})
 
 
 def _slot(account: AccountRecord | LedgerEntry, version: str) -> tuple[str, str]:
@@ -120,15 +121,17 @@ def _key_findings(alerts: list[Alert], found: Survey) -> list[FindingReport]:
 
 
 def _unread(found: Survey) -> tuple[list[Alert], list[Assessment]]:
-    """Keys the sweep could not read: one alert per key naming its accounts, and each
-    account judged on what ARM alone says (a Failed update, a missing identity)."""
+    """Keys the sweep could not read: one alert per key naming its accounts (not for a
+    throttled or unavailable vault), and each account judged on what ARM alone says (a
+    Failed update, a missing identity)."""
     alerts: list[Alert] = []
     judged: list[Assessment] = []
     for item in found.keys.values():
         if not item.error:
             continue
         accounts = [record.account_id for record in item.records]
-        alerts.append(alerting.key_unreadable(item.key, accounts, item.error))
+        if not item.transient:  # throttled or unavailable: the next sweep reads it again
+            alerts.append(alerting.key_unreadable(item.key, accounts, item.error))
         judged += [assess_unread(record, item.error) for record in item.records]
     return alerts, judged
 
@@ -144,20 +147,69 @@ class _Judged:
 
 class _OpenRows:
     """The open ledger rows (planned, submitted, failed) by (account, target version): one
-    filtered, paged query, not one point read per move, made when the first move needs it
-    (a sweep with nothing to move reads none)."""
+    filtered, paged query, not one point read per move.
 
-    def __init__(self, engine: Engine) -> None:
+    It also closes what ARM shows is over: a planned or submitted row whose account is on
+    that very version (Succeeded) is recorded succeeded, and one whose account is on the
+    key's newest valid version while the row names another is recorded skipped
+    (superseded) — rows an interrupted ``cmk rotate`` or a lost job leaves behind, which
+    would otherwise count as moves in flight for ever (``cmk versions``). A dry run (or
+    an app without storage) reads the rows only when a move needs them and closes none.
+    """
+
+    def __init__(self, engine: Engine, run_id: str) -> None:
         self._engine = engine
+        self._run_id = run_id
+        self._closing = not engine.dry_run and engine.settings.storage is not None
         self._rows: dict[tuple[str, str], LedgerEntry] | None = None
+        self._by_account: dict[str, list[LedgerEntry]] = {}
+        self.closed: list[LedgerEntry] = []
 
-    async def of(self, record: AccountRecord, move: Move) -> LedgerEntry | None:
-        """The open row of ``move``'s target for ``record``, if any."""
+    async def _load(self) -> dict[tuple[str, str], LedgerEntry]:
         if self._rows is None:
             self._rows = {}
             async for entry in self._engine.ledger.iter_history(states=_OPEN_STATES):
                 self._rows[_slot(entry, entry.to_version)] = entry
-        return self._rows.get(_slot(record, move.target.version))
+                if entry.state in _IN_FLIGHT:
+                    account = str(entry.account_id).lower()
+                    self._by_account.setdefault(account, []).append(entry)
+        return self._rows
+
+    async def of(self, record: AccountRecord, move: Move) -> LedgerEntry | None:
+        """The open row of ``move``'s target for ``record``, if any."""
+        return (await self._load()).get(_slot(record, move.target.version))
+
+    async def settle(self, record: AccountRecord, decision: Decision) -> None:
+        """Note the in-flight rows of ``record`` that ARM shows are over (see above)."""
+        if not self._closing or record.binding is None:
+            return
+        await self._load()
+        bound = (record.binding.key_id.version or "").lower()
+        done = record.provisioning_state.lower() == "succeeded"
+        now = self._engine.now()
+        for entry in self._by_account.pop(str(record.account_id).lower(), []):
+            if entry.to_version.lower() == bound and done:
+                cause = f"verified on the account by {self._run_id}"
+                self.closed.append(
+                    replace(entry, state=LedgerState.SUCCEEDED, cause=cause, updated=now)
+                )
+            elif isinstance(decision, UpToDate) and entry.to_version.lower() != bound:
+                cause = f"superseded: the account is on {bound}, the newest valid version"
+                self.closed.append(
+                    replace(entry, state=LedgerState.SKIPPED, cause=cause, updated=now)
+                )
+
+    async def write(self) -> None:
+        """Record the rows :meth:`settle` closed."""
+        limit = self._engine.settings.max_concurrency
+        await gather_bounded(limit, (self._engine.ledger.record(e) for e in self.closed))
+        if self.closed:
+            log.info(
+                "%s: closed %d ledger row(s) whose move is over",
+                self._run_id,
+                len(self.closed),
+                extra={"cmk_step": "sweep"},
+            )
 
 
 class _Sender:
@@ -192,18 +244,22 @@ class _Recovery:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._active = not engine.dry_run and engine.settings.storage is not None
+        self.active = not engine.dry_run and engine.settings.storage is not None
         self._open: set[str] | None = None
         self._by_key: dict[KeyId, set[str]] = {}
 
-    async def judged(self, key: KeyId, record: AccountRecord, assessment: Assessment) -> None:
-        """Note one judged account (kept only if healthy with an open alert)."""
-        if not self._active or not assessment.healthy:
-            return
+    async def open_subjects(self) -> set[str]:
+        """The subjects with an open alert (lowercase), read once per sweep."""
         if self._open is None:
             self._open = await self._engine.alerts.open_subjects()
+        return self._open
+
+    async def judged(self, key: KeyId, record: AccountRecord, assessment: Assessment) -> None:
+        """Note one judged account (kept only if healthy with an open alert)."""
+        if not self.active or not assessment.healthy:
+            return
         subject = str(record.account_id).lower()
-        if subject in self._open:
+        if subject in await self.open_subjects():
             self._by_key.setdefault(key, set()).add(subject)
 
     def forget(self, key: KeyId) -> None:
@@ -223,6 +279,54 @@ class _Recovery:
         return sum(closed)
 
 
+#: Key- and vault-level alerts a sweep closes once what they report no longer holds.
+_KEY_GROUPS = (
+    AlertType.KEY_UNREADABLE,
+    AlertType.KEY_NEAR_EXPIRY_UNROTATED,
+    AlertType.VERSION_REJECTED,
+)
+
+
+async def _resolve_keys(
+    engine: Engine, found: Survey, raised: list[Alert], recovery: _Recovery
+) -> int:
+    """Close the key-level alerts of the keys this sweep read whose condition cleared: a
+    key readable again (key_unreadable), no longer near expiry without a successor, whose
+    newest version is valid now (version_rejected), a vault purge-protected now. What
+    still holds — raised (or deduplicated) by this very sweep — stays open."""
+    if not recovery.active:
+        return 0
+    still = {(alert.subject.lower(), alert.dedup_key[2]) for alert in raised}
+    open_subjects = await recovery.open_subjects()
+    closing: list[tuple[str, list[str]]] = []
+    vaults: set[str] = set()
+    for item in found.keys.values():
+        latest, view = item.latest, item.view
+        if item.error or latest is None or view is None:
+            continue
+        subject = str(item.key.versionless()).lower()
+        groups = [group.value for group in _KEY_GROUPS if (subject, group.value) not in still]
+        newest = view.newest_bindable(engine.policy, engine.now())
+        if newest is None or newest.version != latest.version:
+            groups.remove(AlertType.VERSION_REJECTED.value)  # the newest is still rejected
+        if subject in open_subjects and groups:
+            closing.append((subject, groups))
+        vault = latest.key_id.vault_url.lower()
+        if "purgeable" not in (latest.recovery_level or "").lower():
+            vaults.add(vault)
+    group = AlertType.VAULT_NOT_RECOVERABLE.value
+    closing += [
+        (vault, [group])
+        for vault in sorted(vaults)
+        if vault in open_subjects and (vault, group) not in still
+    ]
+    limit = engine.settings.max_concurrency
+    closed = await gather_bounded(
+        limit, (engine.alerts.resolve(subject, groups=groups) for subject, groups in closing)
+    )
+    return sum(closed)
+
+
 async def _judge(
     engine: Engine, found: Survey, recovery: _Recovery, run_id: str
 ) -> tuple[dict[KeyId, list[_Judged]], int]:
@@ -236,7 +340,7 @@ async def _judge(
     and the report counts them as enqueued.
     """
     kept: dict[KeyId, list[_Judged]] = {}
-    open_rows = _OpenRows(engine)
+    open_rows = _OpenRows(engine, run_id)
     async with task_scope() as group:
         sender = _Sender(engine, group)
         async for chunk in survey_chunks(engine, found):
@@ -245,12 +349,14 @@ async def _judge(
                 move = decision if isinstance(decision, Move) else None
                 entry = await open_rows.of(record, move) if move is not None else None
                 assessment = assess(engine, record, decision, entry, run_id)
+                await open_rows.settle(record, decision)
                 await recovery.judged(item.key, record, assessment)
                 if move is not None or not assessment.healthy:
                     kept.setdefault(item.key, []).append(_Judged(record, decision, assessment))
                 if assessment.job is not None:
                     jobs.append(assessment.job)
             sender.send(jobs)
+    await open_rows.write()
     for item in found.keys.values():
         if item.error:
             kept.pop(item.key, None)
@@ -280,6 +386,7 @@ async def sweep(engine: Engine) -> SweepReport:
     resolved = 0
     if not engine.dry_run and engine.settings.storage is not None:  # no storage: no alert rows
         resolved = await recovery.resolve()
+        resolved += await _resolve_keys(engine, found, alerts, recovery)
     report = SweepReport(
         run_id=run_id,
         dry_run=engine.dry_run,

@@ -371,7 +371,14 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
             _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         )
     lease = _Step(engine, job, None)
-    await lease.take_lease()
+    try:
+        await lease.take_lease()
+    except AccountBusy:
+        raise
+    except BaseException:
+        # Cancelled (or failed) while taking it: the insert may have landed all the same.
+        await lease.drop_lease()
+        raise
     unanswered = False
     try:
         step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))

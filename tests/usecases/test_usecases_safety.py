@@ -11,18 +11,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from datetime import timedelta
 
 from usecase_rig import Rig
 
-from cmk.errors import ServiceUnavailable
+from cmk.errors import ServiceUnavailable, TransientError
 from cmk.keyid import KeyId
-from cmk.ports import JobStep, RotationJob
+from cmk.ports import JobStep, LedgerEntry, LedgerState, RotationJob
 from cmk.resource_id import AccountId
 from cmk.sandbox.world import KeyEventType
 from cmk.usecases import EventOutcome, on_near_expiry, rotate_account, sweep
 from cmk.usecases.report import JobResult
+from cmk.usecases.versions import key_versions
 
 
 class TestOneNoticeOneVersion:
@@ -132,8 +134,8 @@ class TestSweepAlerts:
 
     async def test_stale_binding_moved_by_the_run_is_not_alerted(self, rig: Rig) -> None:
         """A binding stale for longer than the grace period, first seen by this sweep, is
-        moved, not alerted; one whose move has failed to land for longer than the grace
-        period is alerted (binding_stale) once."""
+        moved, not alerted; one whose move was planned and never finished (nor failed)
+        for longer than the grace period is alerted (binding_stale) once."""
         estate = rig.estate
         now = estate.world.clock.now()
         old = estate.version(estate.kv, created=now - timedelta(days=10))
@@ -145,7 +147,7 @@ class TestSweepAlerts:
         )
 
         await sweep(rig.engine)
-        await rig.drain()
+        await _run_each_once(rig)  # acct-s2's job fails once, then its message is lost
 
         assert moved.encryption.key_version == new.version
         assert stuck.encryption.key_version == old.version
@@ -155,7 +157,146 @@ class TestSweepAlerts:
         await sweep(rig.engine)
         stale = rig.alerts("binding_stale")
         assert [a["subject"].rsplit("/", 1)[-1] for a in stale] == ["acct-s2"]
+        assert rig.alerts("account_update_failed") == []
         estate.sandbox.faults.remove(rule)
+
+    async def test_failed_move_is_alerted_once_not_again_as_stale(self, rig: Rig) -> None:
+        """A move that failed for good alerts account_update_failed (the worker); sweeps
+        past the grace period do not add binding_stale for the same account and target."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        old = estate.version(estate.kv, created=now - timedelta(days=10))
+        estate.version(estate.kv, created=now - timedelta(days=5))
+        estate.account("acct-f2", estate.kv, old.version)
+        estate.sandbox.faults.add(
+            host="management.azure.com", path="acct-f2", method="PATCH", status=500
+        )
+
+        await sweep(rig.engine)
+        await rig.drain()  # five deliveries, then the poison alert
+        estate.world.clock.advance(rig.engine.settings.stale_grace + timedelta(hours=1))
+        await sweep(rig.engine)
+        await rig.drain()
+
+        assert [a["type"] for a in rig.alerts()] == ["CmkRotator.account_update_failed"]
+
+    async def test_routine_urgent_move_alerts_nobody(self, rig: Rig) -> None:
+        """An account on a version expiring within the margin, with a valid newer one: the
+        sweep moves it and nobody is alerted (the move repairs it). One on a disabled
+        version is alerted (critical: it may be failing now), and moved."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        expiring = estate.version(estate.kv, expires=now + timedelta(days=5))
+        disabled = estate.version(estate.kv, enabled=False)
+        estate.world.clock.advance(timedelta(minutes=1))
+        newest = estate.version(estate.kv)
+        routine = estate.account("acct-e1", estate.kv, expiring.version)
+        broken = estate.account("acct-e2", estate.kv, disabled.version)
+
+        await sweep(rig.engine)
+        await rig.drain()
+
+        assert routine.encryption.key_version == newest.version
+        assert broken.encryption.key_version == newest.version
+        alerts = [(a["type"], a["subject"].rsplit("/", 1)[-1]) for a in rig.alerts()]
+        assert alerts == [("CmkRotator.binding_unsafe", "acct-e2")]
+        assert rig.alerts("binding_unsafe")[0]["data"]["severity"] == "critical"
+
+    async def test_missing_identity_alerts_once_and_queues_nothing(self, rig: Rig) -> None:
+        """A stale account with no identity that can use the key: the sweep alerts
+        identity_missing naming the move's target and queues no job bound to fail; the
+        worker's own failure of that move (a job already queued) does not alert again."""
+        estate = rig.estate
+        old = estate.version(estate.kv)
+        estate.world.clock.advance(timedelta(minutes=1))
+        new = estate.version(estate.kv)
+        account = estate.account("acct-i", estate.kv, old.version)
+        account.identity.system = None
+        job = RotationJob(
+            AccountId.parse(account.resource_id),
+            KeyId(estate.kv.url, "cmk", new.version),
+            trigger="test",
+        )
+
+        report = await sweep(rig.engine)
+        assert report.enqueued == 0
+        assert (await rotate_account(rig.engine, job)).result is JobResult.FAILED
+
+        alerts = rig.alerts()
+        assert [a["type"] for a in alerts] == ["CmkRotator.identity_missing"]
+        assert alerts[0]["data"]["toVersion"] == new.version
+
+
+class TestKeyAlerts:
+    """A key-level alert means the key needs a human now: raised once, closed when it
+    clears, raised again if it comes back; never for a vault that is only busy."""
+
+    async def test_throttled_or_unavailable_vault_is_not_unreadable(self, rig: Rig) -> None:
+        """A 429 or 503 on the key is reported by the sweep, not alerted; a 403 later is."""
+        estate = rig.estate
+        version = estate.version(estate.kv, key="busy")
+        estate.account("acct-b", estate.kv, version.version, key="busy")
+        host = f"{estate.kv.name}.vault.azure.net"
+        for status in (429, 503):
+            rule = estate.sandbox.faults.add(host=host, path="/keys/busy", status=status)
+            report = await sweep(rig.engine)
+            estate.sandbox.faults.remove(rule)
+            assert report.errors and rig.alerts() == []
+        rule = estate.sandbox.faults.add(host=host, path="/keys/busy", status=403)
+        await sweep(rig.engine)
+        assert len(rig.alerts("key_unreadable")) == 1
+
+    async def test_unreadable_key_is_closed_when_read_and_alerted_again(self, rig: Rig) -> None:
+        """Access lost: one alert. Restored: the sweep reads the key and closes it. Lost
+        again: alerted again (a second alert, not swallowed by the first)."""
+        estate = rig.estate
+        version = estate.version(estate.kv, key="flaky")
+        estate.account("acct-k", estate.kv, version.version, key="flaky")
+        host = f"{estate.kv.name}.vault.azure.net"
+
+        rule = estate.sandbox.faults.add(host=host, path="/keys/flaky", status=403)
+        await sweep(rig.engine)
+        estate.sandbox.faults.remove(rule)
+        await sweep(rig.engine)
+        assert len(rig.alerts("key_unreadable")) == 1
+        rule = estate.sandbox.faults.add(host=host, path="/keys/flaky", status=403)
+        await sweep(rig.engine)
+        await sweep(rig.engine)
+
+        assert len(rig.alerts("key_unreadable")) == 2
+
+    async def test_rejected_version_alert_closes_once_a_valid_version_is_newest(
+        self, rig: Rig
+    ) -> None:
+        """version_rejected stays open while the newest version is rejected (sweeps do not
+        close it); once a valid version is the newest, the next sweep closes it."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        expiring = estate.version(estate.kv, size=4096, expires=now + timedelta(days=10))
+        estate.account("acct-v", estate.kv, expiring.version)
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring)
+        await on_near_expiry(rig.engine, event)
+        assert len(rig.alerts("version_rejected")) == 1
+        key = str(KeyId(estate.kv.url, "cmk")).lower()
+
+        await sweep(rig.engine)
+        assert key in await rig.engine.alerts.open_subjects()
+        estate.world.clock.advance(timedelta(minutes=1))
+        estate.version(estate.kv)  # a human creates a valid version
+        await sweep(rig.engine)
+
+        open_now = await rig.engine.alerts.open_subjects()
+        assert key not in open_now
+        assert len(rig.alerts("version_rejected")) == 1
+
+
+async def _run_each_once(rig: Rig) -> None:
+    """Run every queued job once, then lose the queue (as a host that died would leave
+    it, with the messages' deliveries spent): a transient failure stays on the ledger."""
+    for job in await rig.queued():
+        with contextlib.suppress(TransientError):
+            await rotate_account(rig.engine, job)
+    await rig.services.jobs.client.clear_messages()
 
 
 class TestIndependentAlerts:
@@ -179,4 +320,45 @@ class TestIndependentAlerts:
         assert len(delivered) == len(first.alerts)
         await sweep(rig.engine)
         assert len(rig.alerts()) == len(delivered)
+        rig.check_invariants()
+
+
+class TestLeftoverRows:
+    """Rows an interrupted `cmk rotate` (or a lost job) leaves planned are closed by the
+    next sweep from what ARM shows, so no version counts as in flight for ever."""
+
+    async def test_sweep_closes_rows_whose_move_is_over(self, rig: Rig) -> None:
+        estate = rig.estate
+        old = estate.version(estate.kv)
+        estate.world.clock.advance(timedelta(minutes=1))
+        newest = estate.version(estate.kv)
+        on_newest = estate.account("acct-l1", estate.kv, newest.version)
+        key = KeyId(estate.kv.url, "cmk")
+        now = estate.world.clock.now()
+
+        def planned(version: str) -> LedgerEntry:
+            return LedgerEntry(
+                AccountId.parse(on_newest.resource_id),
+                key,
+                version,
+                None,
+                LedgerState.PLANNED,
+                1,
+                None,
+                "cli:rotate",
+                now,
+                now,
+            )
+
+        await rig.engine.ledger.record(planned(old.version))  # a move the account passed
+        await rig.engine.ledger.record(planned(newest.version))  # landed, never recorded
+        before = await key_versions(rig.engine, key)
+        assert next(v for v in before.versions if v.version == old.version).in_flight
+
+        await sweep(rig.engine)
+
+        states = {e.to_version: e.state for e in await rig.ledger(on_newest)}
+        assert states == {old.version: LedgerState.SKIPPED, newest.version: LedgerState.SUCCEEDED}
+        after = await key_versions(rig.engine, key)
+        assert all(v.in_flight == () for v in after.versions)
         rig.check_invariants()
