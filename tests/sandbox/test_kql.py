@@ -246,7 +246,70 @@ class TestSummarize:
         assert query.run(GROUPED) == [{"set_id": ["1", "2"]}]
 
 
+class TestArgMaxArgMin:
+    """arg_max / arg_min: the row of each group where an expression is greatest / least."""
+
+    def test_arg_max_star_returns_the_whole_row_after_the_keys(self) -> None:
+        """arg_max(id, *) by type: type, id, then every other input column in order."""
+        query = kql.parse(
+            "Resources | project id, type, location, properties | summarize arg_max(id, *) by type"
+        )
+        assert [name for name, _ in query.columns] == ["type", "id", "location", "properties"]
+        assert query.run(GROUPED) == [
+            {"type": "a", **{k: v for k, v in GROUPED[3].items() if k != "type"}},
+            {"type": "b", **{k: v for k, v in GROUPED[2].items() if k != "type"}},
+        ]
+
+    def test_arg_min_with_named_columns_and_other_aggregates(self) -> None:
+        """arg_min(id, location), count() by type: the columns in the order written."""
+        query = kql.parse("Resources | summarize arg_min(id, location), count() by type")
+        assert [name for name, _ in query.columns] == ["type", "id", "location", "count_"]
+        assert query.run(GROUPED) == [
+            {"type": "a", "id": "1", "location": "x", "count_": 3},
+            {"type": "b", "id": "3", "location": "x", "count_": 1},
+        ]
+
+    def test_nulls_are_skipped_and_an_expression_is_named_max_column(self) -> None:
+        """A null is never the maximum; a non-column expression is max_<column>."""
+        query = kql.parse("Resources | summarize arg_max(tostring(location), id)")
+        assert query.columns[0] == ("max_location", "string")
+        assert query.run(GROUPED) == [{"max_location": "y", "id": "2"}]
+        over_nulls = kql.parse("Resources | summarize arg_max(properties.keySource, id)")
+        assert over_nulls.run(GROUPED) == [
+            {"max_properties_keySource": "Microsoft.KeyVault", "id": "1"}
+        ]
+
+    def test_latest_version_per_key_idiom(self) -> None:
+        """The inventory idiom: newest row per group, later operators see its columns."""
+        query = kql.parse(
+            "Resources | summarize arg_max(id, *) by location | project location, id "
+            "| order by id asc"
+        )
+        assert query.run(GROUPED) == [
+            {"location": "y", "id": "2"},
+            {"location": "x", "id": "3"},
+            {"location": None, "id": "4"},
+        ]
+
+
 class TestDistinctTopCount:
+    def test_distinct_star_is_every_column(self) -> None:
+        """distinct * keeps one row per distinct whole row."""
+        query = kql.parse("Resources | distinct *")
+        assert [name for name, _ in query.columns] == list(kql.RESOURCES_SCHEMA)
+        rows = [{name: row.get(name) for name in kql.RESOURCES_SCHEMA} for row in GROUPED]
+        assert query.run([*GROUPED, GROUPED[1]]) == rows
+
+    def test_dcount_accepts_an_accuracy_level(self) -> None:
+        """dcount(expr, 0..4): the level is accepted and the count stays exact."""
+        query = kql.parse("Resources | summarize dcount(location, 4) by type")
+        assert query.run(GROUPED) == [
+            {"type": "a", "dcount_location": 2},
+            {"type": "b", "dcount_location": 1},
+        ]
+        with pytest.raises(kql.KqlError):
+            kql.parse("Resources | summarize dcount(location, 5)")
+
     def test_distinct_keeps_one_row_per_tuple(self) -> None:
         """distinct type, location: columns narrowed, duplicates dropped, null is a value."""
         query = kql.parse("Resources | distinct type, location")
@@ -318,7 +381,9 @@ class TestRejects:
     @pytest.mark.parametrize(
         ("query", "token"),
         [
-            ("Resources | summarize arg_max(name, id) by type", "arg_max"),
+            ("Resources | summarize sum(1) by type", "sum"),
+            ("Resources | summarize max(name)", "max"),
+            ("Resources | summarize latest = arg_max(name, *)", "arg_max"),
             ("Resources | join (Resources) on id", "join"),
             ("Resources | mv-expand kind=array tags", "kind"),
             ("Resources | mv-expand zones, tags", ","),

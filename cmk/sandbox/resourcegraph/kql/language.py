@@ -19,8 +19,9 @@ Supported
   nulls last for ``desc`` and first for ``asc``, as in Kusto);
   ``limit n`` / ``take n``; ``count``;
   ``summarize [name =] agg(...)[, ...] [by [name =] expr[, ...]]`` with ``count()``,
-  ``countif(predicate)``, ``dcount(expr)``, ``make_set(expr[, maxSize])``;
-  ``distinct col[, ...]``; ``top n by <expr> [asc|desc] [nulls first|last]``;
+  ``countif(predicate)``, ``dcount(expr[, accuracy])``, ``make_set(expr[, maxSize])``,
+  ``arg_max(expr, * | col[, ...])``, ``arg_min(expr, * | col[, ...])``;
+  ``distinct col[, ...]`` / ``distinct *``; ``top n by <expr> [asc|desc] [nulls first|last]``;
   ``mv-expand [name =] <expr>`` (one column, no options);
   (see :mod:`~cmk.sandbox.resourcegraph.kql.summarize` for names and null handling).
 * Expressions: string literals ('...' or "..."), integers and decimals, ``true``/``false``,
@@ -44,7 +45,7 @@ Semantics and known differences
   ``dynamic`` (paging then is impossible, see ``resourcegraph``): the string columns of
   ``Resources`` and the results of ``tostring``/``tolower``/... are ``string``; property
   paths and the ``properties``/``identity``/``tags``/``sku`` columns are ``dynamic``.
-* Not supported (rejected): other aggregates (``sum``, ``arg_max``, ...), ``join``,
+* Not supported (rejected): other aggregates (``sum``, ``max``, ``avg``, ...), ``join``,
   ``union``, ``mv-expand`` options and several columns, ``parse``,
   ``extend`` without a name, ``let``, datetime functions, ``iff``/``case``, regex
   operators, arithmetic, and every other function or operator not listed above.

@@ -1,19 +1,30 @@
 """KQL's grouping operators for the sandbox's Resource Graph: ``summarize`` and ``distinct``.
 
 ``summarize [Name =] Aggregate(...)[, ...] [by [Name =] Expr[, ...]]`` with the aggregates
-``count()``, ``countif(predicate)``, ``dcount(expr)`` and ``make_set(expr[, maxSize])``:
+``count()``, ``countif(predicate)``, ``dcount(expr[, accuracy])``,
+``make_set(expr[, maxSize])`` and ``arg_max(expr, * | col[, ...])`` /
+``arg_min(expr, * | col[, ...])``:
 
 * output columns are the ``by`` keys, then the aggregates, in the order written;
 * default names as Kusto gives them: ``count_``, ``countif_``, ``dcount_<column>``,
   ``set_<column>``; a key that is not a column takes the name of the column it reads
   (``tostring(properties.x)`` -> ``properties_x``), else ``Column1``, ``Column2``, ...;
+* ``arg_max``/``arg_min`` give several columns: the expression (a column keeps its name,
+  anything else is ``max_<column>`` / ``min_<column>``, as ``max()`` names it), then the
+  columns asked for — with ``*`` every input column but the ``by`` keys and the expression's,
+  in input order — taken from the row of the group where the expression is greatest
+  (least); rows where it is null are skipped (all null: every column null); of equal rows
+  the first wins (Kusto picks any one). ``Name =`` is not accepted before them (Kusto names
+  only the first column that way; the sandbox rejects it as unsupported);
+* ``dcount``'s accuracy level (0-4) is accepted and changes nothing: the count is exact;
 * without ``by`` the result is one row, also over no rows (``count_`` 0); with ``by`` each
   distinct key tuple is one row, in order of first appearance (Kusto does not promise an
   order either); null is a key value of its own;
 * ``dcount`` and ``make_set`` ignore nulls, as Kusto does; ``dcount`` is exact here where
   Kusto's is an estimate (they agree on small sets).
 
-``distinct col[, ...]`` keeps the first row of each distinct tuple of those columns.
+``distinct col[, ...]`` keeps the first row of each distinct tuple of those columns;
+``distinct *`` of all of them.
 """
 
 from __future__ import annotations
@@ -24,13 +35,15 @@ from dataclasses import dataclass
 
 from cmk.sandbox.resourcegraph.kql.expression_parser import ExpressionParser
 from cmk.sandbox.resourcegraph.kql.expressions import Evaluator, Expr
-from cmk.sandbox.resourcegraph.kql.values import Row
+from cmk.sandbox.resourcegraph.kql.values import Row, sort_key
 
 Stage = Callable[[list[Row]], list[Row]]
 # Folds the rows of one group into the aggregate's value.
 Fold = Callable[[list[Row]], object]
 
-AGGREGATES = ("count", "countif", "dcount", "make_set")
+AGGREGATES = ("count", "countif", "dcount", "make_set", "arg_max", "arg_min")
+#: Kusto's accuracy levels of ``dcount`` (0 fastest ... 4 most accurate).
+DCOUNT_ACCURACY = range(5)
 
 
 def group_key(value: object) -> tuple[str, str]:
@@ -40,9 +53,14 @@ def group_key(value: object) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Aggregate:
-    name: str
-    kind: str
-    fold: Fold
+    """One aggregate: its output columns (name, kind) and what fills them from a group."""
+
+    columns: tuple[tuple[str, str], ...]
+    fold: Callable[[list[Row]], dict[str, object]]
+
+    @staticmethod
+    def single(name: str, kind: str, fold: Fold) -> Aggregate:
+        return Aggregate(((name, kind),), lambda rows: {name: fold(rows)})
 
 
 def _count(_rows: list[Row]) -> object:
@@ -70,25 +88,58 @@ def _make_set(get: Evaluator, limit: int) -> Fold:
     return fold
 
 
+def _arg_extreme(
+    get: Evaluator, largest: bool, columns: dict[str, Evaluator]
+) -> Callable[[list[Row]], dict[str, object]]:
+    def fold(rows: list[Row]) -> dict[str, object]:
+        best: Row | None = None
+        best_key: tuple[int, object] | None = None
+        for row in rows:
+            value = get(row)
+            if value is None:
+                continue
+            key = sort_key(value)
+            if best_key is None or (key > best_key if largest else key < best_key):
+                best, best_key = row, key
+        return {name: (read(best) if best is not None else None) for name, read in columns.items()}
+
+    return fold
+
+
 class GroupingParser(ExpressionParser):
     """``summarize`` and ``distinct`` over the schema of the query so far."""
 
+    #: The ``by`` keys of the summarize being parsed (``arg_max(x, *)`` leaves them out).
+    _key_names: frozenset[str] = frozenset()
+
     def summarize(self) -> Stage:
-        aggregates: list[Aggregate] = []
+        # Aggregates read the input's columns, but arg_max(x, *) leaves out the by keys, so
+        # those are parsed first: remember where the aggregates start and come back.
+        start = self.i
         if not self.at("by"):
-            aggregates = self.comma_separated(self._aggregate)
+            self._skip_to_by()
         keys: list[tuple[str, Expr]] = []
+        end = self.i
         if self.at("by"):
             self.next()
             for index, (name, expr) in enumerate(self.comma_separated(self._key), start=1):
                 keys.append((name or f"Column{index}", expr))
+        after = self.i
+        aggregates: list[Aggregate] = []
+        if start != end:
+            self.i = start
+            self._key_names = frozenset(name for name, _ in keys)
+            aggregates = self.comma_separated(self._aggregate)
+            if self.i != end:
+                raise self.fail()
+            self.i = after
         if not aggregates and not keys:
             raise self.fail()
-        names = [name for name, _ in keys] + [a.name for a in aggregates]
+        names = [name for name, _ in keys] + [n for a in aggregates for n, _ in a.columns]
         if len(set(names)) != len(names):
             raise self.fail()
         self.schema = {name: expr.kind for name, expr in keys} | {
-            a.name: a.kind for a in aggregates
+            name: kind for a in aggregates for name, kind in a.columns
         }
         getters = [(name, expr.evaluate) for name, expr in keys]
 
@@ -101,15 +152,31 @@ class GroupingParser(ExpressionParser):
             if not getters and not groups:
                 groups[()] = ({}, [])
             return [
-                {**values, **{a.name: a.fold(members) for a in aggregates}}
+                {**values, **{k: v for a in aggregates for k, v in a.fold(members).items()}}
                 for values, members in groups.values()
             ]
 
         return run
 
+    def _skip_to_by(self) -> None:
+        """Move to the ``by`` of this summarize outside any parentheses (or to its end)."""
+        depth = 0
+        while self.tok.kind != "eof":
+            if depth == 0 and (self.at("by") or self.at("|")):
+                return
+            if self.at("(", "["):
+                depth += 1
+            elif self.at(")", "]"):
+                depth -= 1
+            self.next()
+
     def distinct(self) -> Stage:
         start = self.tok
-        names = self.comma_separated(self.ident)
+        if self.at("*"):
+            self.next()
+            names = list(self.schema)
+        else:
+            names = self.comma_separated(self.ident)
         for name in names:
             if name not in self.schema:
                 raise self.fail(start)
@@ -167,16 +234,29 @@ class GroupingParser(ExpressionParser):
         self.expect("(")
         if token.text == "count":
             self.expect(")")
-            return Aggregate(explicit or "count_", "long", _count)
+            return Aggregate.single(explicit or "count_", "long", _count)
         start = self.i
         argument = self.expression()
         if token.text == "countif":
             self.expect(")")
-            return Aggregate(explicit or "countif_", "long", _countif(argument.evaluate))
+            return Aggregate.single(explicit or "countif_", "long", _countif(argument.evaluate))
         suffix = argument.default_name or self._column_read(start) or ""
+        if token.text in ("arg_max", "arg_min"):
+            if explicit is not None:
+                raise self.fail(token, unsupported=True)
+            return self._arg_extreme(token.text == "arg_max", argument, suffix)
         if token.text == "dcount":
+            if self.at(","):
+                self.next()
+                level = self.next()
+                if level.kind != "number" or "." in level.text:
+                    raise self.fail(level)
+                if int(level.text) not in DCOUNT_ACCURACY:
+                    raise self.fail(level)
             self.expect(")")
-            return Aggregate(explicit or f"dcount_{suffix}", "long", _dcount(argument.evaluate))
+            return Aggregate.single(
+                explicit or f"dcount_{suffix}", "long", _dcount(argument.evaluate)
+            )
         limit = 1_048_576  # Kusto's default maximum of make_set
         if self.at(","):
             self.next()
@@ -185,6 +265,42 @@ class GroupingParser(ExpressionParser):
                 raise self.fail(size)
             limit = int(size.text)
         self.expect(")")
-        return Aggregate(
+        return Aggregate.single(
             explicit or f"set_{suffix}", "dynamic", _make_set(argument.evaluate, limit)
         )
+
+    def _arg_extreme(self, largest: bool, argument: Expr, suffix: str) -> Aggregate:
+        """The rest of ``arg_max(expr, * | col[, ...])`` after ``expr``."""
+        name = argument.default_name
+        if name is None or name not in self.schema:
+            name = f"{'max' if largest else 'min'}_{suffix}"
+        columns: dict[str, tuple[str, Evaluator]] = {name: (argument.kind, argument.evaluate)}
+        self.expect(",")
+        if self.at("*"):
+            self.next()
+            for column, kind in self.schema.items():
+                if column not in self._key_names and column not in columns:
+                    columns[column] = (kind, _column(column))
+        else:
+            for column in self.comma_separated(self._returned_column):
+                if column in columns:
+                    raise self.fail()
+                columns[column] = (self.schema[column], _column(column))
+        self.expect(")")
+        return Aggregate(
+            tuple((column, kind) for column, (kind, _) in columns.items()),
+            _arg_extreme(
+                argument.evaluate, largest, {column: get for column, (_, get) in columns.items()}
+            ),
+        )
+
+    def _returned_column(self) -> str:
+        token = self.tok
+        column = self.ident()
+        if column not in self.schema or self.at(".", "["):
+            raise self.fail(token, unsupported=column in self.schema)
+        return column
+
+
+def _column(name: str) -> Evaluator:
+    return lambda row: row.get(name)

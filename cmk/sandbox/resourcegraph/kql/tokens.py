@@ -37,7 +37,7 @@ _TOKEN_RE = re.compile(
   | (?P<string>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")
   | (?P<number>\d+(?:\.\d+)?)
   | (?P<op>!in~|!in(?![A-Za-z0-9_])|in~|!contains|!has|!startswith|!endswith
-         |==|!=|=~|!~|<=|>=|[<>|,()\[\].=])
+         |==|!=|=~|!~|<=|>=|[<>|,()\[\].=*])
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:-(?:away|keep|rename|reorder|expand|apply))?)
     """,
     re.VERBOSE,
