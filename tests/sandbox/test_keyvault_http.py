@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,9 @@ from cmk.sandbox.keyvault.versions import (
 )
 from cmk.sandbox.platform.context import ServiceContext, TokenClaims
 from cmk.sandbox.world import KeyEvent, KeyEventType, Principal, VaultKind, VaultState, World
+
+#: The version folders of the Key Vault keys spec, with their source.
+SPEC_FOLDERS = Path(__file__).parent / "data" / "keyvault" / "keys-spec-folders.json"
 
 SUB = "00000000-0000-4000-8000-000000000001"
 API = "2025-07-01"
@@ -220,13 +225,17 @@ class TestApiVersion:
         bundle = await env.ok("GET", "/keys/k/", api=api)
         assert bundle["key"]["kid"].startswith(f"{env.vault.url}/keys/k/")
 
-    def test_the_list_has_what_the_spec_publishes(self) -> None:
-        """Stable 7.0 to 7.6 and 2025-07-01, previews such as 7.6-preview.2, in the list."""
-        for version in ("7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"):
-            assert version in STABLE_VERSIONS
-        for version in ("7.4-preview.1", "7.5-preview.1", "7.6-preview.2", "2025-06-01-preview"):
-            assert version in PREVIEW_VERSIONS
-        assert LATEST_STABLE not in PREVIEW_VERSIONS
+    def test_the_list_is_what_the_spec_publishes(self) -> None:
+        """Exactly the version folders of the vendored spec listing: stable ones stable,
+        preview ones preview, the latest stable folder the one errors recommend."""
+        listing = json.loads(SPEC_FOLDERS.read_text())
+        assert "azure-rest-api-specs" in listing["_source"]
+        published = {f.rsplit("/", 1)[1]: f.split("/")[1] for f in listing["folders"]}
+        assert set(API_VERSIONS) == set(published)
+        assert {v for v, level in published.items() if level == "stable"} == set(STABLE_VERSIONS)
+        assert {v for v, level in published.items() if level == "preview"} == set(PREVIEW_VERSIONS)
+        stable_order = [f.rsplit("/", 1)[1] for f in listing["folders"] if "/stable/" in f]
+        assert stable_order[-1] == LATEST_STABLE
 
     @pytest.mark.parametrize("api", ["7.9", "7.6-preview.3", "2025-07-02", "latest", "8"])
     async def test_unknown_version_answers_as_key_vault(self, env: Env, api: str) -> None:
