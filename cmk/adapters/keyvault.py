@@ -171,10 +171,12 @@ class KeyVaultKeys:
         return rotates or bool(policy.expires_in)
 
     async def rotate(self, key: KeyId) -> KeyVersion:
-        """Create a new version with Key Vault's rotate operation."""
+        """Create a new version with Key Vault's rotate operation. Sent once: the SDK would
+        re-send it after a 5xx or a lost answer, and a re-sent create makes a second
+        version; the caller (a claim, a redelivery) decides again instead."""
         base = key.versionless()
         with azure_errors(f"rotating {base}"):
-            rotated = await self.client(base.vault_url).rotate_key(base.name)
+            rotated = await self.client(base.vault_url).rotate_key(base.name, retry_total=0)
         version = key_version(base, rotated)
         self.cache.put(version)
         return version
@@ -183,7 +185,8 @@ class KeyVaultKeys:
         """Create a new version with the same type, size and operations as ``template``.
 
         Only RSA / RSA-HSM templates of known size can be copied. When the template
-        expires, the new version gets the same validity period, counted from now.
+        expires, the new version gets the same validity period, counted from now. Sent
+        once, like :meth:`rotate`.
         """
         if template.kty not in _RSA_TYPES or template.size is None:
             raise InvalidInput(
@@ -202,6 +205,7 @@ class KeyVaultKeys:
                 hardware_protected=template.kty == "RSA-HSM",
                 key_operations=sorted(template.key_ops),
                 expires_on=expires_on,
+                retry_total=0,
             )
         version = key_version(base, created)
         self.cache.put(version)

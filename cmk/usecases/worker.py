@@ -34,7 +34,6 @@ from cmk.errors import (
     KeyAccessDenied,
     PermanentError,
     ServiceUnavailable,
-    ThrottledError,
     TransientError,
     UpdateFailed,
     UpdateUnanswered,
@@ -387,7 +386,7 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
             return await _run(step)
         except TransientError as error:
             unanswered = isinstance(error, UpdateUnanswered)
-            if not isinstance(error, ThrottledError):
+            if not isinstance(error, AccountBusy):  # a 429 too: a poison alert names it
                 await step.note_error(error)
             raise
     finally:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from adapter_world import SUB2, Cloud
 
-from cmk.errors import AccessDenied, InvalidInput, NotFound, ThrottledError
+from cmk.errors import AccessDenied, InvalidInput, NotFound, ServiceUnavailable, ThrottledError
 from cmk.keyid import KeyId
 from cmk.sandbox.world import RotationPolicy, VaultState
 from cmk.wiring import Services
@@ -80,6 +80,25 @@ class TestKeyVaultKeys:
         assert rotated.version != first.version
         assert (await services.keys.latest(_key(cloud.vault))).version == rotated.version
         assert len(cloud.vault.keys["cmk"].versions) == 2
+
+    @pytest.mark.parametrize("operation", ["rotate", "create"])
+    async def test_version_creation_is_sent_once(
+        self, cloud: Cloud, services: Services, operation: str
+    ) -> None:
+        """A create or rotate answered 503 is not re-sent by the SDK (a re-sent create whose
+        first answer was lost makes a second version): the caller gets the error."""
+        cloud.add_version(cloud.vault)
+        template = await services.keys.latest(_key(cloud.vault))
+        rule = cloud.sandbox.faults.add(
+            host=cloud.vault.host, path=f"/keys/cmk/{operation}", method="POST", status=503
+        )
+        with pytest.raises(ServiceUnavailable):
+            if operation == "rotate":
+                await services.keys.rotate(_key(cloud.vault))
+            else:
+                await services.keys.create_like(template)
+        assert rule.hits == 1
+        assert len(cloud.vault.keys["cmk"].versions) == 1
 
     @pytest.mark.parametrize("vault_name", ["vault", "hsm"])
     async def test_create_like_copies_type_size_ops_and_lifetime(

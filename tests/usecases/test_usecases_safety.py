@@ -11,10 +11,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from usecase_rig import Rig
 
 from cmk.errors import ServiceUnavailable, TransientError
@@ -362,3 +365,37 @@ class TestLeftoverRows:
         after = await key_versions(rig.engine, key)
         assert all(v.in_flight == () for v in after.versions)
         rig.check_invariants()
+
+
+class TestCancelledJobs:
+    """A job cancelled (Ctrl-C of `cmk sweep`, a host stopping) leaves no write lease."""
+
+    async def test_cancelled_while_taking_the_lease_gives_it_back(self, rig: Rig) -> None:
+        """The lease's insert landed, then the job was cancelled before it heard so: the
+        lease is released, and the next job for the account runs at once."""
+        estate = rig.estate
+        old = estate.version(estate.kv)
+        estate.world.clock.advance(timedelta(minutes=1))
+        new = estate.version(estate.kv)
+        account = estate.account("acct-c", estate.kv, old.version)
+        job = RotationJob(
+            AccountId.parse(account.resource_id),
+            KeyId(estate.kv.url, "cmk", new.version),
+            trigger="test",
+        )
+        ledger = rig.engine.ledger
+
+        class CancelledAfterInsert:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(ledger, name)
+
+            async def acquire_lease(self, *args: Any, **kwargs: Any) -> Any:
+                await ledger.acquire_lease(*args, **kwargs)
+                raise asyncio.CancelledError
+
+        cancelled = replace(rig.engine, ledger=CancelledAfterInsert())
+        with pytest.raises(asyncio.CancelledError):
+            await rotate_account(cancelled, job)
+
+        assert (await rotate_account(rig.engine, job)).result is JobResult.SUCCEEDED
+        assert account.encryption.key_version == new.version
