@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import re
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +78,26 @@ def _plain_parser(parser: argparse.ArgumentParser) -> None:
                 _plain_parser(subparser)
 
 
+class ParseError(Exception):
+    """A command line ``parser`` cannot parse: ``message`` says why."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser, self.message = parser, message
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are raised (with the parser of the subcommand that failed),
+    so that :func:`main` can print that subcommand's usage and, with ``--json``, the
+    error document."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ParseError(self, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``cmk`` parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cmk",
         description="Customer-managed key rotation for Azure AI services accounts.",
         epilog=EXIT_CODES,
@@ -96,12 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the (innermost) subcommand ``args`` chose; ``parser`` for none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None) or "")
+            if chosen is not None:
+                return _subparser(chosen, args)
+    return parser
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    command = _subparser(parser, args)
+    if extras:  # the subcommand's usage, not cmk's
+        command.error(f"unrecognized arguments: {' '.join(extras)}")
     chosen = getattr(args, "output", None)
     if getattr(args, "json", False) and chosen not in (None, "json"):
-        parser.error(f"--json is --output json: give one of --json and --output {chosen}")
+        command.error(f"--json is --output json: give one of --json and --output {chosen}")
     if hasattr(args, "output"):
         default = "json" if getattr(args, "query", None) is not None else "table"
         args.output = "json" if getattr(args, "json", False) else chosen or default
@@ -110,11 +144,22 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cmk`` console script; returns the exit code."""
+    """Entry point of the ``cmk`` console script; returns the exit code. Ctrl-C at any
+    point, also while the commands' modules are imported, ends quietly with 130."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while starting (importing, parsing): nothing was done
+        sys.stderr.write("cmk: interrupted while starting; nothing was done\n")
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _parse(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error (2, message already printed)
+    except SystemExit as exit_:  # --help or --version (0)
         return exit_.code if isinstance(exit_.code, int) else 2
+    except ParseError as error:
+        return _usage_error(error, sys.argv[1:] if argv is None else list(argv))
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:  # commands with a journal report it themselves
@@ -124,6 +169,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_gone()
     return result
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON output (``--json``, ``-o json``,
+    ``--output json``) without ``--query``: as parsing failed, read from the words."""
+    if any(word == "--query" or word.startswith("--query=") for word in argv):
+        return False
+    for index, word in enumerate(argv):
+        following = argv[index + 1] if index + 1 < len(argv) else ""
+        if word == "--json" or word in ("-ojson", "--output=json"):
+            return True
+        if word in ("-o", "--output") and following == "json":
+            return True
+    return False
+
+
+def _usage_error(error: ParseError, argv: list[str]) -> int:
+    """A command line that cannot be parsed: the usage of the (sub)command and the reason
+    on stderr, as argparse prints them, and with ``--json`` the error document (kind
+    ``usage``) on stdout; exit 2."""
+    parser = error.parser
+    parser.print_usage(sys.stderr)
+    sys.stderr.write(f"{parser.prog}: error: {error.message}\n")
+    if _wants_json(argv):
+        fix = f"see `{parser.prog} --help`"
+        document = {
+            "error": {"kind": "usage", "message": error.message, "fix": fix, "exit_code": 2}
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.flush()
+    return 2
 
 
 def _reader_gone() -> int:

@@ -6,8 +6,9 @@ local Functions host with two instances, subscribes the app's Event Grid functio
 Key Vaults, and tells four acts. It ends with a results table and exits 0 only if every
 act went as expected (``--json`` prints the outcomes).
 
-Stopped by SIGTERM (or Ctrl-C) it still tears the stage down: the Functions host, the
-sandbox, Azurite and the sandbox's temporary state directory; then it exits 143.
+Stopped by Ctrl-C or SIGTERM it still tears the stage down: the Functions host, the
+sandbox, Azurite and the sandbox's temporary state directory; then it exits 130 after
+Ctrl-C (SIGINT), 143 after SIGTERM.
 """
 
 from __future__ import annotations
