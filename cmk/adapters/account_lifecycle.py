@@ -4,6 +4,8 @@ Rotation changes one field (:meth:`CognitiveAccounts.update_key_version`); the l
 changes more: it enables a system-assigned identity, points the encryption at a key, or
 returns the account to Microsoft-managed keys. Each write first checks no other update
 is running, follows the long-running operation for a bounded time, and verifies by GET.
+The encryption PATCHes are sent once (no SDK re-send of an old body after a 429 or 5xx),
+under the account's write lease taken by :mod:`cmk.lifecycle.changes`.
 """
 
 from __future__ import annotations
@@ -128,9 +130,13 @@ class AccountLifecycle:
             "%s", action, extra={"cmk_account_id": str(account_id), "cmk_step": "encryption"}
         )
         accounts = self._accounts.client(account_id.subscription_id).accounts
-        with azure_errors(action):
+        with azure_errors(action):  # sent once, like the rotation's PATCH: never re-sent blindly
             return await accounts.begin_update(
-                account_id.resource_group, account_id.name, body, **self._accounts.poll_options()
+                account_id.resource_group,
+                account_id.name,
+                body,
+                retry_total=0,
+                **self._accounts.poll_options(),
             )
 
 

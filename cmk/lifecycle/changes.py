@@ -12,9 +12,13 @@ with the newest valid version, verify it by GET and record a ledger row. ``disab
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from cmk.errors import AccountBusy
 from cmk.keyid import KeyId
 from cmk.lifecycle.check import AccountCheck, evaluate_account
 from cmk.lifecycle.context import Lifecycle
@@ -22,6 +26,7 @@ from cmk.lifecycle.model import AccountIdentity
 from cmk.lifecycle.requirements import KEY_ACCESS, Requirement
 from cmk.ports import LedgerEntry, LedgerState, UpdateOutcome
 from cmk.resource_id import AccountId
+from cmk.usecases.worker import account_lease_name
 
 __all__ = ["MICROSOFT_MANAGED", "Change", "ChangeOutcome", "disable", "enable", "switch"]
 
@@ -63,6 +68,30 @@ def _refusal(requirements: tuple[Requirement, ...]) -> str:
         if r.failed
     ]
     return "refused, nothing written: " + "; ".join(lines)
+
+
+@asynccontextmanager
+async def _one_writer(lc: Lifecycle, account_id: AccountId, purpose: str) -> AsyncIterator[None]:
+    """Hold the account's write lease — the rotation worker's — while changing it: no job
+    moves the account between this change's read and its PATCH (a job's PATCH carries the
+    key it read, and would undo a switch). Held by a job: AccountBusy, nothing written."""
+    name = account_lease_name(account_id)
+    token = f"{lc.trigger}:{uuid.uuid4().hex[:12]}"
+    now = lc.now()
+    grant = await lc.ledger.acquire_lease(
+        name, token, now, lc.settings.write_lease_ttl, purpose=purpose
+    )
+    if not grant.granted:
+        doing = f" ({grant.purpose})" if grant.purpose else ""
+        raise AccountBusy(
+            f"account {account_id} is being changed by a rotation job{doing} until"
+            f" {grant.expires:%H:%M:%S} UTC; nothing written, run the command again then",
+            retry_after=max(1.0, (grant.expires - now).total_seconds()),
+        )
+    try:
+        yield
+    finally:
+        await lc.ledger.release_lease(name, token)
 
 
 async def _record(
@@ -123,12 +152,14 @@ async def _bind(
     if dry_run:
         return replace(base, outcome=ChangeOutcome.DRY_RUN, detail=f"would bind {check.key}")
     wait = lc.settings.update_timeout
-    result = await lc.writer.set_encryption(account_id, check.key, client_id, wait)
-    outcome = ChangeOutcome.DONE if result is UpdateOutcome.SUCCEEDED else ChangeOutcome.IN_PROGRESS
-    verb = "bound and verified" if outcome is ChangeOutcome.DONE else "update submitted for"
-    change = replace(base, outcome=outcome, detail=f"{action}: {verb} {check.key}")
-    from_version = previous.version if previous is not None else None
-    await _record(lc, change, check.key, check.key.version or "", from_version)
+    async with _one_writer(lc, account_id, f"{action} to {check.key}"):
+        result = await lc.writer.set_encryption(account_id, check.key, client_id, wait)
+        done = result is UpdateOutcome.SUCCEEDED
+        outcome = ChangeOutcome.DONE if done else ChangeOutcome.IN_PROGRESS
+        verb = "bound and verified" if outcome is ChangeOutcome.DONE else "update submitted for"
+        change = replace(base, outcome=outcome, detail=f"{action}: {verb} {check.key}")
+        from_version = previous.version if previous is not None else None
+        await _record(lc, change, check.key, check.key.version or "", from_version)
     return change
 
 
@@ -228,13 +259,14 @@ async def disable(
             " Microsoft-managed keys; pass --yes to confirm"
         )
         return replace(base, detail=detail)
-    result = await lc.writer.use_microsoft_keys(account_id, lc.settings.update_timeout)
-    done = result is UpdateOutcome.SUCCEEDED
-    change = replace(
-        base,
-        outcome=ChangeOutcome.DONE if done else ChangeOutcome.IN_PROGRESS,
-        detail=f"disable: {'now uses' if done else 'switching to'} Microsoft-managed keys"
-        f" (was {bound.key_id})",
-    )
-    await _record(lc, change, bound.key_id, MICROSOFT_MANAGED, bound.key_id.version)
+    async with _one_writer(lc, account_id, "disable: back to Microsoft-managed keys"):
+        result = await lc.writer.use_microsoft_keys(account_id, lc.settings.update_timeout)
+        done = result is UpdateOutcome.SUCCEEDED
+        change = replace(
+            base,
+            outcome=ChangeOutcome.DONE if done else ChangeOutcome.IN_PROGRESS,
+            detail=f"disable: {'now uses' if done else 'switching to'} Microsoft-managed keys"
+            f" (was {bound.key_id})",
+        )
+        await _record(lc, change, bound.key_id, MICROSOFT_MANAGED, bound.key_id.version)
     return change

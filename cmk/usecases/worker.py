@@ -53,7 +53,7 @@ from cmk.usecases import alerting
 from cmk.usecases.context import Engine
 from cmk.usecases.report import JobReport, JobResult
 
-__all__ = ["on_poison", "rotate_account"]
+__all__ = ["account_lease_name", "on_poison", "rotate_account"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ _IN_FLIGHT = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED})
 #: further deferral of the same job doubles it (a live holder is usually done within one
 #: update, a dead one holds the lease until it expires).
 BUSY_RETRY_SECONDS = 2.0
+
+
+def account_lease_name(account_id: object) -> str:
+    """The name of an account's write lease (one writer per account: jobs, lifecycle)."""
+    return f"account|{str(account_id).lower()}"
 
 
 class _IdentityDenied(PermanentError):
@@ -80,7 +85,7 @@ class _Step:
         self.from_version = job.from_version
         bump = 1 if job.step is JobStep.ROTATE else 0
         self.attempts = (previous.attempts if previous else 0) + bump
-        self.lease = f"account|{str(job.account_id).lower()}"
+        self.lease = account_lease_name(job.account_id)
         self.token = f"{engine.owner}:{uuid.uuid4().hex[:12]}"
 
     @property

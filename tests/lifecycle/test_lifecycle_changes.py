@@ -5,10 +5,13 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import pytest
 from lifecycle_rig import Wired, account_id
 
+from cmk.errors import AccountBusy
 from cmk.keyid import KeyId
 from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, switch
+from cmk.usecases.worker import account_lease_name
 
 
 class TestSwitch:
@@ -94,3 +97,35 @@ class TestDisable:
         ]
         again = await disable(wired.lc, account_id(account), confirmed=True)
         assert again.outcome is ChangeOutcome.UNCHANGED
+
+
+class TestOneWriter:
+    """A lifecycle change takes the account's write lease, the rotation worker's: while a
+    job holds it, switch and disable write nothing; once it is released, they run."""
+
+    async def test_switch_and_disable_wait_for_a_rotation_job(self, wired: Wired) -> None:
+        land = wired.land
+        account = land.bound("ai-busy", land.kv, land.first.version)
+        land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        lease = account_lease_name(account_id(account))
+        ttl = wired.lc.settings.write_lease_ttl
+        held = await wired.lc.ledger.acquire_lease(
+            lease, "job-1", wired.lc.now(), ttl, purpose="move to abc"
+        )
+        assert held.granted
+
+        with pytest.raises(AccountBusy, match="move to abc"):
+            await switch(wired.lc, account_id(account), key)
+        with pytest.raises(AccountBusy):
+            await disable(wired.lc, account_id(account), confirmed=True)
+        assert account.encryption.key_name == "cmk"
+        assert await wired.ledger(account) == []
+
+        await wired.lc.ledger.release_lease(lease, "job-1")
+        change = await switch(wired.lc, account_id(account), key)
+        assert change.outcome is ChangeOutcome.DONE, change.detail
+        assert account.encryption.key_name == "other"
+        regained = await wired.lc.ledger.acquire_lease(lease, "job-2", wired.lc.now(), ttl)
+        assert regained.granted  # the change gave the lease back
