@@ -19,8 +19,10 @@ events, switches every fault on at once, then:
 Chance decides nothing the tests claim: every random draw (fault probabilities, Event
 Grid duplicates, delays and reordering, the pollers' jitter) comes from the run's seed
 (``--chaos-seed``); the first event is duplicated whatever the draw, each kind of fault
-has a rule that fires on its first match, and host A is killed while updates it runs are
-held in flight. The waits are conditions; their ceilings only bound a hang.
+has a rule that fires on its first match, the first PATCH of a Managed HSM account loses
+its connection (so a ``rotate_account`` invocation fails and is retried, see
+:func:`_add_faults`), and host A is killed while updates it runs are held in flight.
+The waits are conditions; their ceilings only bound a hang.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ from cmk.sandbox.world import KeyEventType, KeyVersionState, VaultState
 APP_DIR = Path(__file__).resolve().parents[2]
 ARM = "management.azure.com"
 ACCOUNT_PATH = r"/providers/Microsoft\.CognitiveServices/accounts/[^/]+$"
+#: The Managed HSM group's accounts: only the sweep moves them (no events), so their first
+#: PATCH comes after host A's death, from a host that lives to see the retry.
+HSM_ACCOUNT_PATH = r"/providers/Microsoft\.CognitiveServices/accounts/ai-h1-[^/]+$"
 STATUS_PATH = r"/operationStatuses/"
 GRAPH_PATH = r"/providers/Microsoft\.ResourceGraph/resources"
 KEY_PATH = r"/keys/"
@@ -137,9 +142,20 @@ class ChaosResult:
 
 def _add_faults(sandbox: Sandbox, seed: int) -> dict[str, list[FaultRule]]:
     """Every kind of fault at once, at rates the retries can absorb; the first rule of each
-    kind fires on its first match, so each kind fires whatever the draws."""
+    kind fires on its first match, so each kind fires whatever the draws.
+
+    One function invocation fails by construction: the connection of the first PATCH of a
+    Managed HSM account (the sweep's job, on host B or C) is dropped before ARM sees it.
+    The SDK never re-sends a PATCH (``retry_total=0``), so the adapter raises
+    ServiceUnavailable, a TransientError that neither the worker nor
+    ``entrypoints.handle_job_message`` (which defers only throttling) catches: the
+    ``rotate_account`` function fails, the host counts it in ``failures`` and the queue
+    delivers the message again, and the retry re-reads and PATCHes. The rule is added
+    first: of the rules that fire on a request the first one answers, so no other PATCH
+    rule can take its place."""
     faults = sandbox.faults
     faults.seed(seed)
+    failing_patch = faults.add(host=ARM, path=HSM_ACCOUNT_PATH, method="PATCH", drop=True, count=1)
     return {
         "429": [
             faults.add(host=ARM, path=ACCOUNT_PATH, method="PATCH", status=429, retry_after=1,
@@ -161,6 +177,7 @@ def _add_faults(sandbox: Sandbox, seed: int) -> dict[str, list[FaultRule]]:
                        probability=0.05),
         ],
         "drop": [
+            failing_patch,
             faults.add(host="*.vault.azure.net", path=KEY_PATH, method="GET", drop=True,
                        count=1),
             faults.add(host=ARM, path=ACCOUNT_PATH, method="PATCH", drop=True, probability=0.03),
