@@ -19,7 +19,7 @@ import pytest
 from chaos_options import FIGURES, chaos_size
 from chaos_run import Binding, ChaosResult, run_chaos
 
-from cmk.ports import LedgerState
+from cmk.ports import LedgerEntry, LedgerState
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 from cmk.sandbox.world import KeyVersionState
 
@@ -202,15 +202,25 @@ class TestChaosRun:
         assert poison <= chaos.poisoned
 
     def test_the_ledger_agrees_with_arm(self, chaos: ChaosResult):
-        """Every SUCCEEDED row names a version the account was bound to; nothing is left
-        PLANNED or SUBMITTED."""
+        """Every SUCCEEDED row names a version the account was bound to; the account's
+        last move is the newest SUCCEEDED row, naming the version ARM has now; nothing is
+        left PLANNED or SUBMITTED."""
         accounts = {a.resource_id.lower(): a for a in chaos.accounts}
+        newest: dict[str, LedgerEntry] = {}
         for entry in chaos.ledger:
             account = accounts[str(entry.account_id).lower()]
             assert entry.state not in (LedgerState.PLANNED, LedgerState.SUBMITTED), entry
             if entry.state is LedgerState.SUCCEEDED:
                 bound = [v for _, v in account.history]
                 assert entry.to_version in bound, f"{account.name}: {entry} vs {bound}"
+                key = account.resource_id.lower()
+                if key not in newest or entry.updated > newest[key].updated:
+                    newest[key] = entry
+        for key, account in accounts.items():
+            bound = [v for _, v in account.history]
+            if len(set(bound)) > 1:  # it moved: its last move is recorded, and is ARM's
+                assert key in newest, f"{account.name} moved to {bound[-1]}, no SUCCEEDED row"
+                assert newest[key].to_version == bound[-1], f"{account.name}: {bound}"
 
     def test_the_chaos_really_happened(self, chaos: ChaosResult):
         """Faults of every kind fired, events were duplicated, a host died with work in
