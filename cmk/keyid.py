@@ -50,66 +50,75 @@ _VERSION = re.compile(r"[0-9A-Fa-f]{32}")
 _SCHEME = "https://"
 
 
-def _fail(text: str, problem: str) -> InvalidKeyId:
-    return InvalidKeyId(f"invalid key id {text!r}: {problem}")
+#: What a vault URL looks like, in the errors about one.
+_VAULT_URL = "a vault URL is https://{vault}.vault.azure.net or https://{hsm}.managedhsm.azure.net"
 
 
-def _check_characters(text: str) -> None:
+def _fail(text: str, problem: str, what: str = "key id") -> InvalidKeyId:
+    if what == "vault url":
+        return InvalidKeyId(f"invalid vault URL {text!r}: {problem} ({_VAULT_URL})")
+    return InvalidKeyId(f"invalid {what} {text!r}: {problem}")
+
+
+def _check_characters(text: str, what: str = "key id") -> None:
     if not text.isascii():
-        raise _fail(text, "contains non-ASCII characters")
+        raise _fail(text, "contains non-ASCII characters", what)
     for position, char in enumerate(text):
         if char.isspace() or not char.isprintable():
-            raise _fail(text, f"contains whitespace or a control character at {position}")
+            raise _fail(text, f"contains whitespace or a control character at {position}", what)
     if "\\" in text:
-        raise _fail(text, "contains a backslash")
+        raise _fail(text, "contains a backslash", what)
     if "%" in text:
-        raise _fail(text, "percent-encoding is not allowed")
+        raise _fail(text, "percent-encoding is not allowed", what)
 
 
-def _split_authority(original: str, text: str) -> tuple[str, str]:
+def _split_authority(original: str, text: str, what: str = "key id") -> tuple[str, str]:
     """Check scheme, user info, query and fragment; return (authority, path)."""
     if text[: len(_SCHEME)].lower() != _SCHEME:
         if text[:7].lower() == "http://":
-            raise _fail(original, "must use https, not http")
-        raise _fail(original, "must start with https://")
+            raise _fail(original, "must use https, not http", what)
+        raise _fail(original, "must start with https://", what)
     rest = text[len(_SCHEME) :]
     authority, slash, path = rest.partition("/")
     if "@" in authority:
-        raise _fail(original, "user info (user@host) is not allowed")
+        raise _fail(original, "user info (user@host) is not allowed", what)
     if "?" in text:
-        raise _fail(original, "a query string is not allowed")
+        raise _fail(original, "a query string is not allowed", what)
     if "#" in text:
-        raise _fail(original, "a fragment is not allowed")
+        raise _fail(original, "a fragment is not allowed", what)
     return authority, slash + path
 
 
-def _vault_host(original: str, authority: str) -> str:
+def _vault_host(original: str, authority: str, what: str = "key id") -> str:
     """Validate ``host[:443]`` and return the lowercase host."""
     if "[" in authority or "]" in authority:
-        raise _fail(original, "an IP address literal is not a Key Vault host")
+        raise _fail(original, "an IP address literal is not a Key Vault host", what)
     host, colon, port = authority.partition(":")
     if colon and port != "443":
-        raise _fail(original, f"port {port!r} is not allowed; only 443 (https)")
+        raise _fail(original, f"port {port!r} is not allowed; only 443 (https)", what)
     host = host.lower()
     if not host:
-        raise _fail(original, "the host is empty")
+        raise _fail(original, "the host is empty", what)
     for suffix in VAULT_SUFFIXES:
         if host.endswith("." + suffix):
             vault = host[: -len(suffix) - 1]
             if "." in vault:
-                raise _fail(original, f"host {host!r} must be a single name before .{suffix}")
-            _check_vault_name(original, vault)
+                raise _fail(original, f"host {host!r} must be a single name before .{suffix}", what)
+            _check_vault_name(original, vault, what)
             return host
     expected = ", ".join(f"{{vault}}.{suffix}" for suffix in VAULT_SUFFIXES)
-    raise _fail(original, f"host {host!r} is not a Key Vault or Managed HSM host ({expected})")
+    raise _fail(
+        original, f"host {host!r} is not a Key Vault or Managed HSM host ({expected})", what
+    )
 
 
-def _check_vault_name(original: str, vault: str) -> None:
+def _check_vault_name(original: str, vault: str, what: str = "key id") -> None:
     if not _VAULT_NAME.fullmatch(vault) or "--" in vault:
         raise _fail(
             original,
             f"vault name {vault!r} must be 3-24 letters, digits or dashes, start with a "
             "letter, end with a letter or digit, and have no consecutive dashes",
+            what,
         )
 
 
@@ -131,17 +140,17 @@ def _prepare(text: object, what: str) -> str:
     stripped = text.strip()
     if not stripped:
         raise InvalidKeyId(f"{what} is empty")
-    _check_characters(stripped)
+    _check_characters(stripped, what)
     return stripped
 
 
 def parse_vault_url(text: object) -> str:
     """Normalize a vault URL (``https://{vault}.{suffix}[:443][/]``) or raise InvalidKeyId."""
     stripped = _prepare(text, "vault url")
-    authority, path = _split_authority(stripped, stripped)
-    host = _vault_host(stripped, authority)
+    authority, path = _split_authority(stripped, stripped, "vault url")
+    host = _vault_host(stripped, authority, "vault url")
     if path not in ("", "/"):
-        raise _fail(stripped, "a vault url must not have a path")
+        raise _fail(stripped, "a vault url must not have a path", "vault url")
     return _SCHEME + host
 
 
@@ -157,7 +166,8 @@ def _parse_path(original: str, path: str) -> tuple[str, str | None]:
     if any(segment == "" for segment in segments):
         raise _fail(original, "empty path segment (//) or missing key name")
     if len(segments) > 3:
-        raise _fail(original, f"unexpected path segments after the version: {segments[3:]}")
+        extra = "/".join(segments[3:])
+        raise _fail(original, f"unexpected path segments after the version: /{extra}")
     name = _check_key_name(original, segments[1]) if len(segments) > 1 else ""
     if not name:
         raise _fail(original, "the key name is missing")

@@ -31,7 +31,12 @@ LOGIN_HINT = (
 
 
 class UsageError(Exception):
-    """A command was given something it cannot use (a bad file, conflicting options)."""
+    """A command was given something it cannot use (a bad file, conflicting options);
+    ``fix`` says what to give instead."""
+
+    def __init__(self, message: str, *, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ def explain(error: BaseException) -> Failure:
     """The exit code and how-to-fix message for ``error``."""
     message = str(error).strip() or type(error).__name__
     if isinstance(error, UsageError):
-        return Failure(EXIT_USAGE, "usage", message, "")
+        return Failure(EXIT_USAGE, "usage", message, error.fix)
     if isinstance(error, ConfigurationError):
         fix = "set the variables named above (docs/configuration.md); " + SANDBOX_HINT
         return Failure(EXIT_USAGE, "configuration", message, fix)

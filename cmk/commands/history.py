@@ -76,6 +76,8 @@ async def _history(session: Session) -> int:
         entries = [e for e in entries if short_account(e.account_id).lower() == short.lower()]
     entries = sorted(entries, key=lambda e: e.updated, reverse=True)[: max(0, args.limit)]
     code = EXIT_FINDINGS if failing_now(entries) else EXIT_OK
+    if not entries:
+        output.note(_nothing(args, session.settings.ledger_table))
     if output.json_mode:
         output.emit_json({"entries": entries, "exit_code": code})
         return code
@@ -106,9 +108,27 @@ async def _history(session: Session) -> int:
         )
         for e in entries
     ]
+    if not entries:
+        return code
     columns = ("updated", "account", "key", "version", "state", "attempts", "trigger", "cause")
     output.print(table(f"{len(entries)} ledger rows (newest first)", columns, rows, tsv=tsv))
     return code
+
+
+def _nothing(args: argparse.Namespace, ledger_table: str) -> str:
+    """What an empty history says: for which account or key, and why that may be."""
+    if args.account:
+        return (
+            f"cmk: no ledger rows for account {args.account}: cmk has not moved it yet, or the"
+            " id is not one it knows (`cmk status` lists the accounts in scope as"
+            " RESOURCE_GROUP/NAME)"
+        )
+    if args.key:
+        return (
+            f"cmk: no ledger rows for key {args.key}: no account was moved on it yet, or the"
+            " key id is not one cmk knows (`cmk status` lists the keys in scope)"
+        )
+    return f"cmk: the ledger (table {ledger_table} of CMK_LEDGER_TABLE) has no rows yet"
 
 
 def history_command(args: argparse.Namespace) -> int:

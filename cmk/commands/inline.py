@@ -20,7 +20,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from cmk.commands.output import Ticker
-from cmk.errors import ThrottledError, TransientError
+from cmk.errors import AccountBusy, ThrottledError, TransientError
 from cmk.ports import RotationJob
 from cmk.usecases import JobReport, JobResult, PlannedMove, on_poison, rotate_account
 from cmk.usecases.context import Engine, gather_bounded
@@ -78,7 +78,11 @@ async def _deliver(
         except ThrottledError as error:
             if deferrals < MAX_DEFERRALS:
                 deferrals += 1
-                ticker.retried()
+                if isinstance(error, AccountBusy):  # another job writes it: not an error
+                    log.info("%s waits for its write lease, held by another job", job.account_id)
+                    ticker.waited()
+                else:
+                    ticker.retried()
                 await asyncio.sleep(max(1.0, error.retry_after or 1.0))
                 continue  # a deferral, not a delivery: as on the app's queue
             deferrals = 0
@@ -112,7 +116,8 @@ async def run_jobs(
     """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target.
     ``on_result`` hears of each job as it ends (not of ``submitted`` ones, which are
     verified again), so an interrupted run can say how far it got. Transient errors are
-    counted on the ticker and logged one line each at INFO (``-v``)."""
+    counted on the ticker (waits for a write lease apart from them) and logged one line each
+    at INFO (``-v``)."""
     collector = CollectedJobs()
     here = replace(engine, jobs=collector, verify_delay=verify_delay)
     reports: dict[tuple[str, str], JobReport] = {}

@@ -17,9 +17,19 @@ from typing import Any
 from rich.text import Text
 
 from cmk.commands.errors import UsageError
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, Output, common_options, styled, table
+from cmk.commands.history import SHORT_ACCOUNT
+from cmk.commands.output import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    Output,
+    common_options,
+    short_account,
+    styled,
+    table,
+)
 from cmk.commands.scope import resolve, warn
 from cmk.commands.session import Session, run_command
+from cmk.errors import NotFound
 from cmk.keyid import KeyId, parse_vault_url
 from cmk.lifecycle.changes import Change, ChangeOutcome, disable, enable, switch
 from cmk.lifecycle.check import CheckReport, check_accounts
@@ -36,8 +46,9 @@ CHECK_DOC = """`cmk check ACCOUNT_ID ... | --all [--key KEY_ID]`: every requirem
 customer-managed keys per account and key (docs/lifecycle.md) — key type and size, soft
 delete and purge protection, region and tenant, the identity and its permissions on the
 key — each failure with its fix, and which grants a revocation would cut accounts off by.
-Writes nothing. Exit 0 every requirement holds, 1 something fails, 2 usage (no ACCOUNT_ID
-and no --all, a bad id) or configuration error."""
+ACCOUNT_ID is an ARM resource id, or RESOURCE_GROUP/NAME of a CMK account in scope as the
+tables show it. Writes nothing. Exit 0 every requirement holds, 1 something fails, 2 usage
+(no ACCOUNT_ID and no --all, a bad id) or configuration error."""
 
 ENABLE_DOC = """`cmk enable ACCOUNT_ID --key KEY_ID`: turn customer-managed keys on for an
 account, after running every check of `cmk check` (including the permissions its identity
@@ -62,7 +73,12 @@ def add_parser(subparsers: Any) -> None:
         help="CMK preflight: every requirement per account",
         description=CHECK_DOC,
     )
-    check.add_argument("account_ids", nargs="*", metavar="ACCOUNT_ID")
+    check.add_argument(
+        "account_ids",
+        nargs="*",
+        metavar="ACCOUNT_ID",
+        help="ARM resource id, or RESOURCE_GROUP/NAME of a CMK account in scope",
+    )
     check.add_argument("--all", action="store_true", help="every CMK account in scope")
     check.add_argument("--key", help="check this key instead of the bound one")
     check.set_defaults(func=lambda args: run_command(args, _check, storage=False))
@@ -98,11 +114,17 @@ def add_parser(subparsers: Any) -> None:
 def key_from_args(args: argparse.Namespace, settings: Settings) -> KeyId:
     """The key of ``--key``, or of ``--vault`` (name or URL) with ``--key-name``."""
     if args.key and (args.vault or args.key_name):
-        raise UsageError("give either --key or --vault with --key-name, not both")
+        raise UsageError(
+            "cmk was given both --key and --vault/--key-name",
+            fix="give either --key KEY_ID, or --vault NAME_OR_URL with --key-name NAME",
+        )
     if args.key:
         return KeyId.parse(args.key)
     if not (args.vault and args.key_name):
-        raise UsageError("give the key: --key KEY_ID, or --vault NAME_OR_URL --key-name NAME")
+        raise UsageError(
+            "no key given",
+            fix="give the key: --key KEY_ID, or --vault NAME_OR_URL --key-name NAME",
+        )
     vault = str(args.vault)
     if "://" not in vault:
         vault = f"https://{vault}.{settings.cloud.endpoints.key_vault_suffix}"
@@ -119,12 +141,13 @@ async def _check(session: Session) -> int:
     if bool(args.account_ids) == bool(args.all):
         what = "both ACCOUNT_ID and --all" if args.all else "no ACCOUNT_ID and no --all"
         raise UsageError(
-            f"cmk check was given {what}: give the accounts to check (ARM resource ids),"
-            " or --all for every CMK account in scope (CMK_SUBSCRIPTIONS, or every"
-            " subscription the identity can read)"
+            f"check was given {what}",
+            fix="give the accounts to check (ARM resource ids, or RESOURCE_GROUP/NAME), or"
+            " --all for every CMK account in scope (CMK_SUBSCRIPTIONS, or every subscription"
+            " the identity can read): `cmk check --all`",
         )
     key = KeyId.parse(args.key) if args.key else None
-    accounts = [AccountId.parse(text) for text in args.account_ids]
+    accounts = await _accounts(session, list(args.account_ids))
     if args.all:
         inventory = session.runtime.services.inventory
         scope = await resolve(session.engine())
@@ -139,6 +162,37 @@ async def _check(session: Session) -> int:
         return code
 
     return await _with_lifecycle(session, run)
+
+
+async def _accounts(session: Session, texts: list[str]) -> list[AccountId]:
+    """The accounts named by ``texts``: ARM resource ids, or RESOURCE_GROUP/NAME as every
+    table shows an account (as ``cmk history --account`` takes it), found among the CMK
+    accounts of the subscriptions in scope."""
+    if not any(SHORT_ACCOUNT.fullmatch(text) for text in texts):
+        return [AccountId.parse(text) for text in texts]
+    scope = await resolve(session.engine())
+    warn(session.output, scope.warnings())
+    by_short: dict[str, list[AccountId]] = {}
+    async for record in session.runtime.services.inventory.cmk_accounts(scope.subscriptions):
+        by_short.setdefault(short_account(record.account_id).lower(), []).append(record.account_id)
+    accounts: list[AccountId] = []
+    for text in texts:
+        if not SHORT_ACCOUNT.fullmatch(text):
+            accounts.append(AccountId.parse(text))
+            continue
+        found = by_short.get(text.lower(), [])
+        if not found:
+            raise NotFound(
+                f"no CMK account {text} in the {len(scope.subscriptions)} subscription(s) in"
+                " scope (an account without customer-managed keys needs its ARM resource id)"
+            )
+        if len(found) > 1:
+            raise UsageError(
+                f"{text} names {len(found)} accounts: " + ", ".join(str(a) for a in found),
+                fix="give the ARM resource id of the account to check",
+            )
+        accounts.extend(found)
+    return accounts
 
 
 async def _change(session: Session) -> int:
@@ -173,8 +227,9 @@ async def _change(session: Session) -> int:
 
     if args.command == "disable" and not (args.yes or dry_run):
         raise UsageError(
-            "disable takes the account off customer-managed keys: pass --yes to confirm,"
-            " or --dry-run to see what it would do"
+            "disable takes the account off customer-managed keys: it needs --yes",
+            fix=f"pass --yes to confirm (`cmk disable {args.account_id} --yes`), or --dry-run"
+            " to see what it would do",
         )
     if args.command == "disable" and args.yes and not dry_run:
         await session.runtime.prepare_storage()

@@ -12,7 +12,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -43,6 +43,7 @@ __all__ = [
     "EXIT_USAGE",
     "OUTPUT_FORMATS",
     "DataTable",
+    "LineTicker",
     "Output",
     "Query",
     "Ticker",
@@ -67,6 +68,8 @@ EXIT_USAGE = 2
 OUTPUT_FORMATS = ("table", "json", "tsv")
 #: How often work of unknown length says it is still going, when not on a terminal.
 STILL_WORKING_SECONDS = 10.0
+#: How often progress off a terminal checks whether such a line is due.
+REMIND_CHECK_SECONDS = 1.0
 
 #: Width of tables when stdout is not a terminal (pipes, CI logs, tests).
 PIPE_WIDTH = 200
@@ -112,18 +115,26 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 class Ticker(Protocol):
-    """What long work reports progress to."""
+    """What long work reports progress to: jobs done, transient errors retried, and waits
+    for an account's write lease that another job holds (not errors: the job is deferred
+    until the lease is free)."""
 
     def advance(self, amount: int = 1) -> None: ...
 
     def retried(self) -> None: ...
 
+    def waited(self) -> None: ...
+
     @property
     def retries(self) -> int: ...
+
+    @property
+    def waits(self) -> int: ...
 
 
 class _NoTicker:
     retries = 0
+    waits = 0
 
     def advance(self, amount: int = 1) -> None:
         return None
@@ -131,42 +142,96 @@ class _NoTicker:
     def retried(self) -> None:
         return None
 
+    def waited(self) -> None:
+        return None
+
+
+def _counts(retries: int, waits: int) -> str:
+    """The retries and lease waits of a ticker, for its line or bar ("" for none)."""
+    parts = [f"{retries} retries"] if retries else []
+    if waits:
+        parts.append(f"{waits} waits for a write lease")
+    return ", ".join(parts)
+
 
 class _ProgressTicker:
-    """A live bar on a terminal; retries are counted in its description."""
+    """A live bar on a terminal; retries and lease waits are counted in its description."""
 
     def __init__(self, progress: Progress, task: int, description: str) -> None:
         self._progress, self._task, self._description = progress, task, description
-        self.retries = 0
+        self.retries = self.waits = 0
 
     def advance(self, amount: int = 1) -> None:
         self._progress.advance(self._task, amount)  # type: ignore[arg-type]
 
     def retried(self) -> None:
         self.retries += 1
-        text = f"{self._description} ({self.retries} retries)"
+        self._describe()
+
+    def waited(self) -> None:
+        self.waits += 1
+        self._describe()
+
+    def _describe(self) -> None:
+        text = f"{self._description} ({_counts(self.retries, self.waits)})"
         self._progress.update(self._task, description=text)  # type: ignore[arg-type]
 
 
-class _LineTicker:
-    """Progress as a line on stderr at every tenth of the work (not on a terminal)."""
+class LineTicker:
+    """Progress as lines on stderr when it is not a terminal: one at every tenth of the
+    work, and one at least every :data:`STILL_WORKING_SECONDS` while work goes on
+    (:meth:`remind` is called periodically; ``clock`` is injected for tests)."""
 
-    def __init__(self, err: Console, description: str, total: int) -> None:
+    def __init__(
+        self,
+        err: Console,
+        description: str,
+        total: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        every: float = STILL_WORKING_SECONDS,
+    ) -> None:
         self._err, self._description, self._total = err, description, total
+        self._clock, self._every = clock, every
         self._done = self._shown = 0
-        self.retries = 0
+        self._started = self._last = clock()
+        self._lock = threading.Lock()
+        self.retries = self.waits = 0
 
     def advance(self, amount: int = 1) -> None:
-        self._done += amount
-        tenth = self._done * 10 // self._total
-        if tenth > self._shown:
-            self._shown = tenth
-            retries = f", {self.retries} retries" if self.retries else ""
-            line = f"{self._description}: {self._done}/{self._total}{retries}"
-            self._err.print(Text(clean(line)), soft_wrap=True)
+        with self._lock:
+            self._done += amount
+            tenth = self._done * 10 // self._total
+            if tenth > self._shown:
+                self._shown = tenth
+                self._line()
+                return
+        self.remind()
 
     def retried(self) -> None:
         self.retries += 1
+        self.remind()
+
+    def waited(self) -> None:
+        self.waits += 1
+        self.remind()
+
+    def remind(self) -> None:
+        """A line if none was printed for :data:`STILL_WORKING_SECONDS`."""
+        with self._lock:
+            if self._clock() - self._last >= self._every:
+                self._line()
+
+    def _line(self) -> None:
+        now = self._clock()
+        self._last = now
+        counts = _counts(self.retries, self.waits)
+        line = (
+            f"{self._description}: {self._done}/{self._total}"
+            + (f", {counts}" if counts else "")
+            + f" ({now - self._started:.0f}s)"
+        )
+        self._err.print(Text(clean(line)), soft_wrap=True)
 
 
 class _Stdout(Console):
@@ -203,6 +268,8 @@ class Output:
             self._write_json(data)
             return
         result = self.query.search(data)
+        if result is None:  # nothing matched: nothing printed, as the Azure CLI does
+            return
         if self.format == "tsv":
             sys.stdout.write("".join(f"{line}\n" for line in tsv_lines(result)))
             sys.stdout.flush()
@@ -300,13 +367,26 @@ class Output:
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Ticker]:
-        """Progress on stderr while the block runs: a live bar on a terminal, a line at
-        every tenth of the work otherwise."""
+        """Progress on stderr while the block runs: a live bar on a terminal; otherwise a
+        line at every tenth of the work and at least every :data:`STILL_WORKING_SECONDS`."""
         if total <= 0:
             yield _NoTicker()
             return
         if not self.err.is_terminal:
-            yield _LineTicker(self.err, description, total)
+            ticker = LineTicker(self.err, description, total)
+            done = threading.Event()
+
+            def remind() -> None:
+                while not done.wait(REMIND_CHECK_SECONDS):
+                    ticker.remind()
+
+            reminder = threading.Thread(target=remind, name="cmk-progress", daemon=True)
+            reminder.start()
+            try:
+                yield ticker
+            finally:
+                done.set()
+                reminder.join()
             return
         columns = (
             TextColumn("{task.description}"),

@@ -7,6 +7,7 @@ instead. One outcome per event; exit 1 when an event was malformed or failed."""
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -69,21 +70,56 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=replay_command)
 
 
+#: Byte-order marks and the encoding each announces (UTF-32's first: it starts as UTF-16's).
+BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+#: What an event file should be, for the fixes of the errors about one.
+EVENTS_FIX = (
+    "give the dead-letter blob as downloaded (`az storage blob download`), or a file of Event"
+    " Grid events: a JSON array, one JSON object, or JSON lines"
+)
+
+
+def read_text(path: Path) -> str:
+    """FILE's text: UTF-8 (with or without a byte-order mark), or UTF-16/UTF-32 with one
+    (PowerShell's `>` and `Out-File` write UTF-16 with a BOM)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UsageError(
+            f"cannot read {path}: {error.strerror or error}",
+            fix="check the path and that you may read the file",
+        ) from None
+    encoding = next((name for bom, name in BOMS if data.startswith(bom)), "utf-8")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{path} is not UTF-8 text (byte {error.start} cannot be decoded): not an event"
+            " file, or one in another encoding without a byte-order mark",
+            fix="convert it to UTF-8 (PowerShell: `Get-Content FILE | Set-Content -Encoding"
+            " utf8 FILE.json`; iconv -f ENCODING -t UTF-8), or " + EVENTS_FIX,
+        ) from None
+
+
 def load_items(path: Path) -> list[object]:
     """The events in FILE: a JSON array, one object, or one JSON value per line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as error:
-        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    text = read_text(path)
     if not text.strip():
-        raise UsageError(f"{path} is empty: give a file of Event Grid events")
+        raise UsageError(f"{path} is empty", fix=EVENTS_FIX)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as error:
         if not _json_lines(text):
             raise UsageError(
                 f"{path} is not valid JSON: {error.msg} at line {error.lineno} column"
-                f" {error.colno} (a truncated file?)"
+                f" {error.colno} (a truncated file?)",
+                fix="download the blob again, or repair the file at that place; " + EVENTS_FIX,
             ) from None
         items: list[object] = []
         for number, line in enumerate(text.splitlines(), start=1):

@@ -22,6 +22,7 @@ from cmk.commands.tables import (
     print_findings,
     print_jobs,
     print_moves,
+    retry_note,
 )
 from cmk.commands.versions import require_in_scope
 from cmk.keyid import KeyId
@@ -137,7 +138,7 @@ async def _rotate(session: Session) -> int:
         f"moving accounts to {short_version(report.target_version)}", len(jobs)
     ) as ticker:
         results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
-        retries = ticker.retries
+        retries, waits = ticker.retries, ticker.waits
     rejected = report.outcome is EventOutcome.VERSION_REJECTED
     code = rotation_exit_code(report, results)
     if inline:
@@ -161,7 +162,7 @@ async def _rotate(session: Session) -> int:
     output.print(
         f"rotate {key}: {outcome}; new version {created}; {where}"
         + (f"; {report.detail}" if report.detail else "")
-        + (f"; {retries} transient errors retried (-v shows each)" if retries else "")
+        + retry_note(retries, waits)
     )
     return code
 

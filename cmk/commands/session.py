@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cmk.commands.errors import explain
 from cmk.commands.interrupt import EXIT_INTERRUPTED, Journal
@@ -77,6 +77,8 @@ Body = Callable[[Session], Awaitable[int]]
 def fail(args: argparse.Namespace, output: Output, error: BaseException) -> int:
     """Report ``error`` on stderr (and as the JSON document with ``--json``)."""
     failure = sandbox_gone(error, os.environ) or explain(error)
+    if not failure.fix and failure.kind == "usage":  # every usage error says what to do
+        failure = replace(failure, fix=f"see `cmk {getattr(args, 'command', '')} --help`")
     output.note(failure.text())
     if output.json_mode:
         output.emit_error(

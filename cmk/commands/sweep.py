@@ -16,8 +16,10 @@ from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
 from cmk.commands.output import common_options
 from cmk.commands.scope import resolve, scope_line, warn
 from cmk.commands.session import Session, run_command
-from cmk.commands.tables import job_summary, print_jobs, print_sweep
-from cmk.usecases import sweep
+from cmk.commands.tables import job_summary, print_jobs, print_sweep, retry_note
+from cmk.ports import LedgerEntry, LedgerState, RotationJob
+from cmk.resource_id import AccountId
+from cmk.usecases import PlannedMove, sweep
 from cmk.usecases.answers import sweep_answer
 
 __all__ = ["add_parser"]
@@ -58,7 +60,7 @@ async def _sweep(session: Session) -> int:
     journal.moving(len(jobs), finish="cmk sweep")
     with output.progress("moving accounts", len(jobs)) as ticker:
         results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
-        retries = ticker.retries
+        retries, waits = ticker.retries, ticker.waits
     scope = await resolve(engine)
     answer = sweep_answer(session.settings, report, results, scope)
     warn(output, answer.warnings)
@@ -68,15 +70,54 @@ async def _sweep(session: Session) -> int:
         return answer.exit_code
     print_sweep(output, report)
     print_jobs(output, results)
-    done = ", ".join(f"{n} {result}" for result, n in counts.items() if n) or "nothing to move"
+    sent = _sent(jobs)
+    unsent = [m for m in report.moves if _slot(m.account_id, m.to_version) not in sent]
+    in_flight = await _in_flight(session, unsent)
+    done = ", ".join(f"{n} {result}" for result, n in counts.items() if n)
+    if in_flight:
+        done = ", ".join(filter(None, [done, _in_flight_text(in_flight)]))
+    if len(unsent) > len(in_flight):
+        held = len(unsent) - len(in_flight)
+        done = ", ".join(
+            filter(None, [done, f"{held} not sent (account busy, or see the findings)"])
+        )
     output.print(
         f"sweep{' (dry run)' if engine.dry_run else ''}: {report.accounts} accounts,"
-        f" {report.keys_read} keys, {len(jobs)} jobs run here: {done};"
+        f" {report.keys_read} keys, {len(jobs)} jobs run here: {done or 'nothing to move'};"
         f" {len(report.findings)} findings, {report.alerts_published} new alerts"
-        + (f"; {retries} transient errors retried (-v shows each)" if retries else "")
+        + retry_note(retries, waits)
     )
     output.print(scope_line(session.settings, scope))
     return answer.exit_code
+
+
+def _slot(account: AccountId, version: str | None) -> tuple[str, str]:
+    return str(account).lower(), (version or "").lower()
+
+
+def _sent(jobs: list[RotationJob]) -> set[tuple[str, str]]:
+    return {_slot(job.account_id, job.target.version) for job in jobs}
+
+
+async def _in_flight(session: Session, moves: list[PlannedMove]) -> list[LedgerEntry]:
+    """The submitted ledger rows of ``moves`` (moves the sweep did not send again: their
+    update is already in flight), from one filtered query of the ledger."""
+    if not moves:
+        return []
+    wanted = {_slot(m.account_id, m.to_version) for m in moves}
+    ledger = session.runtime.services.ledger
+    return [
+        entry
+        async for entry in ledger.iter_history(states={LedgerState.SUBMITTED})
+        if _slot(entry.account_id, entry.to_version) in wanted
+    ]
+
+
+def _in_flight_text(entries: list[LedgerEntry]) -> str:
+    """``N already in flight (submitted at …), not re-sent``."""
+    times = sorted({entry.updated.isoformat(timespec="seconds") for entry in entries})
+    when = f"at {times[0]}" if len(times) == 1 else f"between {times[0]} and {times[-1]}"
+    return f"{len(entries)} already in flight (submitted {when}), not re-sent"
 
 
 def sweep_command(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ __all__ = [
     "print_jobs",
     "print_moves",
     "print_sweep",
+    "retry_note",
     "subject_cell",
 ]
 
@@ -91,6 +92,18 @@ def print_sweep(output: Output, report: SweepReport) -> None:
         print_alerts(output, report.alerts)
     for error in report.errors:
         output.print(Text.assemble(("error:", "red"), " ", clean(error)))
+
+
+def retry_note(retries: int, waits: int) -> str:
+    """The end of a summary: transient errors retried, and waits for an account's write
+    lease that another job held (deferred, not errors); "" for none."""
+    note = f"; {retries} transient errors retried (-v shows each)" if retries else ""
+    if waits:
+        note += (
+            f"; waited {waits} time(s) for an account's write lease, held by another job"
+            " (deferred, not an error)"
+        )
+    return note
 
 
 def print_jobs(output: Output, reports: Sequence[JobReport]) -> None:

@@ -123,8 +123,11 @@ def scope_source(scope: SubscriptionScope) -> str:
     return "the identity can read (CMK_SUBSCRIPTIONS unset)"
 
 
-def scope_warnings(settings: Settings, in_scope: int, scope: SubscriptionScope) -> list[str]:
-    """What is wrong with the scope of a run that found ``in_scope`` accounts in scope: a
+def scope_warnings(
+    settings: Settings, in_scope: int, scope: SubscriptionScope, out_of_scope: int = 0
+) -> list[str]:
+    """What is wrong with the scope of a run that found ``in_scope`` accounts in scope
+    (and ``out_of_scope`` CMK accounts on vaults outside CMK_VAULT_ALLOWLIST): a
     configured subscription the identity cannot see, an empty CMK_VAULT_ALLOWLIST, no
     CMK account at all (Resource Graph answers nothing, not an error, for what it cannot
     see). Each one makes the exit code at least 1."""
@@ -134,7 +137,16 @@ def scope_warnings(settings: Settings, in_scope: int, scope: SubscriptionScope) 
             "CMK_VAULT_ALLOWLIST is empty: no vault is in scope, so nothing is ever"
             " rotated; set it to the URLs of the vaults to manage (docs/configuration.md)"
         )
-    if in_scope == 0:
+    if in_scope == 0 and out_of_scope:
+        vaults = len(settings.vault_allowlist)
+        allowed = f"it lists {vaults} other vault(s)" if vaults else "it is empty"
+        warnings.append(
+            f"no CMK account in scope: the {out_of_scope} CMK account(s) found in the"
+            f" {len(scope.subscriptions)} subscription(s) {scope_source(scope)} all use"
+            f" vaults outside CMK_VAULT_ALLOWLIST ({allowed}); add their vaults to it"
+            " (`cmk status` lists them as out_of_scope)"
+        )
+    elif in_scope == 0:
         subscriptions = ", ".join(scope.subscriptions) or "none"
         warnings.append(
             f"no CMK account in scope in the {len(scope.subscriptions)} subscription(s)"
@@ -172,7 +184,8 @@ def status_answer(
     """``cmk status`` / ``GET /api/status``."""
     counts = status_summary(accounts)
     in_scope = len(accounts) - counts[BindingState.OUT_OF_SCOPE.value]
-    warnings = scope_warnings(settings, in_scope, scope)
+    out_of_scope = counts[BindingState.OUT_OF_SCOPE.value]
+    warnings = scope_warnings(settings, in_scope, scope, out_of_scope)
     return Answer(
         {
             "accounts": list(accounts),
@@ -186,7 +199,8 @@ def status_answer(
 
 def plan_answer(settings: Settings, report: SweepReport, scope: SubscriptionScope) -> Answer:
     """``cmk plan`` / ``GET /api/plan``."""
-    warnings = scope_warnings(settings, report.accounts - report.out_of_scope, scope)
+    in_scope = report.accounts - report.out_of_scope
+    warnings = scope_warnings(settings, in_scope, scope, report.out_of_scope)
     return Answer(
         {
             "plan": report,
@@ -204,7 +218,8 @@ def sweep_answer(
     scope: SubscriptionScope,
 ) -> Answer:
     """``cmk sweep`` (jobs run in the CLI) / ``POST /api/sweep`` (jobs enqueued: none here)."""
-    warnings = scope_warnings(settings, report.accounts - report.out_of_scope, scope)
+    in_scope = report.accounts - report.out_of_scope
+    warnings = scope_warnings(settings, in_scope, scope, report.out_of_scope)
     failed = jobs_failed(jobs) or report.findings or report.errors
     return Answer(
         {

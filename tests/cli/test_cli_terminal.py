@@ -142,4 +142,4 @@ class TestProgressWhenPiped:
             for _ in range(20):
                 ticker.advance()
         lines = err.getvalue().splitlines()
-        assert len(lines) == 10 and lines[-1] == "moving accounts: 20/20, 1 retries"
+        assert len(lines) == 10 and lines[-1].startswith("moving accounts: 20/20, 1 retries (")
