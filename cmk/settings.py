@@ -67,6 +67,7 @@ ENVIRONMENT_VARIABLES = (
     "CMK_AZURE_CLOUD",
     "CMK_STALE_GRACE_HOURS",
     "CMK_UPDATE_TIMEOUT_SECONDS",
+    "CMK_PATCH_TIMEOUT_SECONDS",
     "CMK_MAX_CONCURRENCY",
     "CMK_ROTATE_COOLDOWN_MINUTES",
     "CMK_KEY_CACHE_SECONDS",
@@ -140,7 +141,7 @@ class Settings:
     stale_grace: timedelta = timedelta(hours=24)
     update_timeout: timedelta = timedelta(seconds=120)
     #: How long a PATCH may go unanswered before it is abandoned (then the job keeps
-    #: the write lease until it expires: the PATCH may still land). Not a setting.
+    #: the write lease until it expires: the PATCH may still land).
     patch_timeout: timedelta = timedelta(seconds=30)
     max_concurrency: int = 32
     rotate_cooldown: timedelta = timedelta(minutes=10)
@@ -161,13 +162,10 @@ class Settings:
     def write_lease_ttl(self) -> timedelta:
         """How long an account's write lease holds: how long a job that died holding it
         blocks the account. At least the update timeout plus 5 s (the lease must outlast
-        the wait for the update) and the PATCH timeout plus 30 s (an unanswered PATCH
-        abandoned at its timeout has that long to land, or not, before another job may
-        write); CMK_WRITE_LEASE_SECONDS, else the update timeout plus a minute."""
-        floor = max(
-            self.update_timeout + timedelta(seconds=5),
-            self.patch_timeout + timedelta(seconds=30),
-        )
+        the wait for the update) and twice the PATCH timeout (an unanswered PATCH,
+        abandoned at its timeout, has as long again to land, or not, before another job
+        may write); CMK_WRITE_LEASE_SECONDS, else the update timeout plus a minute."""
+        floor = max(self.update_timeout + timedelta(seconds=5), 2 * self.patch_timeout)
         wanted = self.write_lease or self.update_timeout + timedelta(minutes=1)
         return max(wanted, floor)
 
@@ -202,6 +200,7 @@ class Settings:
             update_timeout=reader.get(
                 "CMK_UPDATE_TIMEOUT_SECONDS", default.update_timeout, _seconds
             ),
+            patch_timeout=reader.get("CMK_PATCH_TIMEOUT_SECONDS", default.patch_timeout, _seconds),
             max_concurrency=reader.get(
                 "CMK_MAX_CONCURRENCY", default.max_concurrency, _concurrency
             ),

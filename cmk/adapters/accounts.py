@@ -27,7 +27,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ServiceResponseError
+import aiohttp
+from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
 from azure.core.polling import AsyncLROPoller
 from azure.core.polling.base_polling import OperationFailed
 from azure.mgmt.cognitiveservices.aio import CognitiveServicesManagementClient
@@ -154,6 +155,19 @@ async def follow(poller: AsyncLROPoller[Account], action: str, wait: timedelta) 
         raise
     except Exception as error:
         raise translate(error, action) from error
+
+
+def _maybe_sent(error: BaseException | None) -> bool:
+    """Whether a request that failed with ``error`` may have reached the service: anything
+    but a refused connection (nothing was sent). azure-core reports a connection lost
+    mid-exchange ("Server disconnected", reset) as a ServiceRequestError too, so the
+    aiohttp error inside tells them apart."""
+    if isinstance(error, ServiceResponseError | TimeoutError):
+        return True
+    if not isinstance(error, ServiceRequestError):
+        return False
+    inner = error.inner_exception or error.__cause__
+    return not isinstance(inner, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
 
 
 class _FixedIntervalPolling(AsyncARMPolling):
@@ -363,7 +377,7 @@ class CognitiveAccounts:
                 " be applied, so the account is re-read once its write lease expires"
             ) from error
         except ServiceUnavailable as error:
-            if isinstance(error.__cause__, ServiceResponseError | TimeoutError):
+            if _maybe_sent(error.__cause__):
                 raise UpdateUnanswered(
                     f"{error}; the update may still be applied, so the account is re-read"
                     " once its write lease expires"

@@ -8,18 +8,22 @@ import math
 from dataclasses import replace
 from datetime import timedelta
 
+import aiohttp
 import pytest
 from adapter_world import RG, SUB, SUB2, TEST_OPTIONS, Cloud, settings_for
+from aiohttp.client_reqrep import ConnectionKey
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 from azure.mgmt.cognitiveservices import models
 from azure.mgmt.cognitiveservices._utils.serialization import Serializer
 
-from cmk.adapters.accounts import encryption_patch
+from cmk.adapters.accounts import _maybe_sent, encryption_patch
 from cmk.errors import (
     AccessDenied,
     NotFound,
     ServiceUnavailable,
     ThrottledError,
     UpdateFailed,
+    UpdateUnanswered,
 )
 from cmk.ports import UpdateOutcome
 from cmk.resource_id import AccountId
@@ -302,6 +306,36 @@ class TestCognitiveAccountsUpdate:
         with pytest.raises(ServiceUnavailable):
             await services.accounts.update_key_version(record, new, WAIT)
         assert cloud.sandbox.counters.count(path="flaky", method="PATCH") == 1
+
+    async def test_lost_connection_on_patch_is_unanswered(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """A PATCH whose connection drops before the answer may have been applied:
+        UpdateUnanswered (its job keeps the write lease), sent once; a 503 (answered) is
+        not. Telling them apart is the aiohttp error inside azure-core's
+        ServiceRequestError: only a refused connection proves nothing was sent."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("dropped", cloud.vault, old)
+        cloud.sandbox.faults.add(
+            host="management.azure.com", path="dropped", method="PATCH", drop=True, count=1
+        )
+        record = await services.accounts.get(_id("dropped"))
+        with pytest.raises(UpdateUnanswered):
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert cloud.sandbox.counters.count(path="dropped", method="PATCH") == 1
+
+    def test_only_a_refused_connection_proves_nothing_was_sent(self) -> None:
+        refused = aiohttp.ClientConnectorError(
+            ConnectionKey("management.azure.com", 443, True, True, None, None, None),
+            OSError(111, "Connection refused"),
+        )
+        assert not _maybe_sent(ServiceRequestError(refused, error=refused))
+        dropped = aiohttp.ServerDisconnectedError()
+        assert _maybe_sent(ServiceRequestError(dropped, error=dropped))
+        assert _maybe_sent(ServiceResponseError("read timed out"))
+        assert _maybe_sent(TimeoutError())
+        assert not _maybe_sent(None)
 
     async def test_persistent_throttling_is_throttled_error(
         self, cloud: Cloud, services: Services

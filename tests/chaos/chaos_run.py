@@ -72,12 +72,15 @@ HOST_OVERRIDES = {
     "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
     "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
 }
-#: The app's own timing, compressed like the host's: an update is awaited for 20 s (the
-#: slow LROs take 4 s; a loaded machine adds to that), and a write lease left by the killed
-#: host ends 25 s later instead of the default update timeout plus a minute.
+#: The app's own timing, compressed like the host's: an update is awaited for 10 s (the
+#: slow LROs take 4 s; a longer one is verified by a later job, as in Azure), an
+#: unanswered PATCH is given up after 5 s, and a write lease — left by the killed host, or
+#: kept by a job whose PATCH lost its connection — ends 15 s later instead of the default
+#: update timeout plus a minute (the floor is max(update + 5 s, 2 x PATCH timeout)).
 APP_TIMING = {
-    "CMK_UPDATE_TIMEOUT_SECONDS": "20",
-    "CMK_WRITE_LEASE_SECONDS": "25",
+    "CMK_UPDATE_TIMEOUT_SECONDS": "10",
+    "CMK_PATCH_TIMEOUT_SECONDS": "5",
+    "CMK_WRITE_LEASE_SECONDS": "15",
 }
 
 

@@ -427,5 +427,16 @@ class TestWriteLease:
         assert default.write_lease_ttl == timedelta(seconds=180)
         short = Settings(update_timeout=timedelta(seconds=120), write_lease=timedelta(seconds=10))
         assert short.write_lease_ttl == timedelta(seconds=125)
-        chosen = Settings(update_timeout=timedelta(seconds=5), write_lease=timedelta(seconds=20))
+        chosen = Settings(
+            update_timeout=timedelta(seconds=5),
+            patch_timeout=timedelta(seconds=5),
+            write_lease=timedelta(seconds=20),
+        )
         assert chosen.write_lease_ttl == timedelta(seconds=20)
+
+    def test_lease_outlasts_an_unanswered_patch(self) -> None:
+        """An unanswered PATCH keeps the lease: it lasts at least twice the PATCH timeout."""
+        quick = Settings(update_timeout=timedelta(seconds=5), write_lease=timedelta(seconds=20))
+        assert quick.write_lease_ttl == timedelta(seconds=60)  # 2 x the 30 s default
+        read = Settings.from_environ({"CMK_PATCH_TIMEOUT_SECONDS": "12"})
+        assert read.patch_timeout == timedelta(seconds=12)
