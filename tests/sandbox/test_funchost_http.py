@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from cmk.sandbox.funchost.host import FunctionsHost
 
@@ -73,13 +74,17 @@ class TestHttpTrigger:
                 assert resp.status == 202
         assert host.module.RECEIVED["reset_item"] == [{"item_id": "42", "body": {"x": 1}}]
 
-    async def test_failing_function_answers_500(self):
-        """An exception in the function is a bare 500, counted as a failure."""
+    async def test_failing_function_answers_500(self, caplog: pytest.LogCaptureFixture):
+        """An exception in the function is a bare 500, counted as a failure, and logged
+        with the function's name and the error in the text (what `cmk sandbox up` shows)."""
         async with _host() as host, aiohttp.ClientSession() as http:
             host.module.FAIL["ping"] = 1
             async with http.get(host.url("ping")) as response:
                 assert response.status == 500
         assert host.failures["ping"] == 1
+        failed = [r.getMessage() for r in caplog.records if "invocation" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].startswith("function ping invocation ")
+        assert failed[0].endswith(" failed: RuntimeError: ping failed on purpose")
 
     async def test_unknown_route_is_404(self):
         """A path no function serves is 404."""

@@ -401,8 +401,11 @@ class FunctionsHost:
             self.failures[function.name] += 1
             error = f"{type(exc).__name__}: {exc}"
             record(error)
-            logger.warning(
-                "function invocation failed",
+            logger.warning(  # what failed and why in the text: `cmk sandbox up` prints no extras
+                "function %s invocation %s failed: %s",
+                function.name,
+                invocation_id,
+                error,
                 extra={"function": function.name, "invocation_id": invocation_id, "error": error},
             )
             raise FunctionInvocationError(f"{function.name}: {error}") from exc
