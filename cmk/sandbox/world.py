@@ -380,6 +380,9 @@ class World:
         #: Custom role definitions (name -> actions), as a template's roleDefinitions make.
         self.custom_roles: dict[str, frozenset[str]] = {}
         self._listeners: list[KeyEventListener] = []
+        #: The Event Grid services serving this world (``EventGrid.attach``): ARM lists
+        #: their custom topics as resources. Typed loosely: the world imports no service.
+        self.event_grids: list[object] = []
 
     # events
     def add_key_event_listener(self, listener: KeyEventListener) -> None:

@@ -153,13 +153,11 @@ def _timestamp(when: datetime) -> str:
 
 
 def event_grid_topics(world: World) -> list[Topic]:
-    """The custom topics of the Event Grid serving ``world``: the one that attached itself
-    to the world's key events (:meth:`EventGrid.attach`); the world keeps no other link."""
-    listeners = getattr(world, "_listeners", ())
-    grids = {id(g): g for g in (getattr(fn, "__self__", None) for fn in listeners)}
+    """The custom topics of the Event Grid services serving ``world`` (those that
+    attached themselves to it: :meth:`EventGrid.attach`)."""
     return [
         topic
-        for grid in grids.values()
+        for grid in world.event_grids
         if isinstance(grid, EventGrid)
         for topic in list(grid.topics.values())
     ]

@@ -179,8 +179,9 @@ class EventGrid:
         self._loop = loop
 
     def attach(self, world: World) -> None:
-        """Receive ``world``'s key events."""
+        """Receive ``world``'s key events, and be listed by its ARM (custom topics)."""
         world.add_key_event_listener(self._on_key_event)
+        world.event_grids.append(self)
 
     def seed(self, seed: int | None) -> None:
         """Draw later random choices from ``seed`` (and rewind to it on :meth:`reset`)."""
