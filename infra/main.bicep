@@ -79,6 +79,10 @@ param staleGraceHours int = 24
 @description('CMK_UPDATE_TIMEOUT_SECONDS: how long a worker waits on one encryption update before a verify job takes over.')
 param updateTimeoutSeconds int = 120
 
+@minValue(1)
+@description('CMK_PATCH_TIMEOUT_SECONDS: how long the PATCH of an account\'s keyVersion may go unanswered; unanswered, its job keeps the account\'s write lease until it expires (the lease lasts at least twice this).')
+param patchTimeoutSeconds int = 30
+
 @minValue(0)
 @description('CMK_ROTATE_COOLDOWN_MINUTES: POST /api/rotate refuses a second rotation of one key within this many minutes unless forced; 0 turns it off.')
 param rotateCooldownMinutes int = 10
@@ -254,6 +258,7 @@ module functionApp './app/function.bicep' = {
       CMK_AZURE_CLOUD: azureCloud
       CMK_STALE_GRACE_HOURS: string(staleGraceHours)
       CMK_UPDATE_TIMEOUT_SECONDS: string(updateTimeoutSeconds)
+      CMK_PATCH_TIMEOUT_SECONDS: string(patchTimeoutSeconds)
       CMK_MAX_CONCURRENCY: string(maxConcurrency)
       CMK_ROTATE_COOLDOWN_MINUTES: string(rotateCooldownMinutes)
       CMK_KEY_CACHE_SECONDS: string(keyCacheSeconds)

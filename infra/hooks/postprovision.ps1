@@ -14,21 +14,10 @@ if ($vaults.Count -eq 0) {
     exit 0
 }
 
-# The app's resource group must not be a vault's: `azd down` deletes every resource group
-# main.bicep deployed into, and a vault's group holds the keys. Names compare case-insensitively
-# (-eq); without AZURE_SUBSCRIPTION_ID a vault group of the same name in any subscription counts.
-$clashes = @($vaults | Where-Object {
-        ($_.resourceGroup -eq $env:AZURE_RESOURCE_GROUP) -and
-        (-not $env:AZURE_SUBSCRIPTION_ID -or $_.subscriptionId -eq $env:AZURE_SUBSCRIPTION_ID)
-    } | ForEach-Object { $_.name })
-if ($clashes.Count -gt 0) {
-    Write-Error ("postprovision: refusing: the app's resource group $($env:AZURE_RESOURCE_GROUP) is the resource group " +
-        "of vault(s) $($clashes -join ', ') (CMK_VAULTS). ``azd down`` deletes every resource group this deployment " +
-        "touched: it would delete the vault and its keys. Do NOT run ``azd down`` for this environment. Give the app " +
-        "a group of its own (a different environment name, or main.bicep's resourceGroupName), provision that, and " +
-        "remove what main.bicep created in $($env:AZURE_RESOURCE_GROUP) by hand (docs/deployment.md).") -ErrorAction Continue
-    exit 1
-}
+# The app's resource group must not be a vault's (preprovision refused it already; checked
+# again here, before the vault side, for a run that skipped that hook).
+. (Join-Path $PSScriptRoot 'app-group-guard.ps1')
+if (-not (Test-AppGroup 'postprovision' 'after' $env:AZURE_RESOURCE_GROUP $vaults)) { exit 1 }
 
 # An adopted system topic (systemTopicName given in CMK_VAULTS) is read, never redeployed, so
 # its tags and identity stay as they are; it must already have a system-assigned identity.

@@ -22,34 +22,10 @@ if [ "$(printf '%s' "$vaults" | tr -d ' \n')" = "[]" ]; then
   exit 0
 fi
 
-# The app's resource group must not be a vault's: `azd down` deletes every resource group
-# main.bicep deployed into, and a vault's group holds the keys. main.bicep has just deployed
-# into AZURE_RESOURCE_GROUP, so refuse before the vault side and say what not to run.
-# Resource group names are case-insensitive; without AZURE_SUBSCRIPTION_ID (or python3) a
-# vault group of the same name in any subscription counts.
-app_group="$(printf '%s' "$AZURE_RESOURCE_GROUP" | tr '[:upper:]' '[:lower:]')"
-if command -v python3 >/dev/null 2>&1; then
-  clashes="$(printf '%s' "$vaults" | python3 -c '
-import json, sys
-group, subscription = sys.argv[1].lower(), sys.argv[2].lower()
-for v in json.load(sys.stdin):
-    same_subscription = not subscription or str(v.get("subscriptionId", "")).lower() == subscription
-    if same_subscription and str(v.get("resourceGroup", "")).lower() == group:
-        print(v.get("name", "?"))
-' "$app_group" "${AZURE_SUBSCRIPTION_ID:-}")"
-else
-  clashes="$(printf '%s' "$vaults" | tr -d ' \n' | tr '{' '\n' \
-    | grep -i "\"resourceGroup\":\"$app_group\"" | sed -n 's/.*"name":"\([^"]*\)".*/\1/p')" || true
-fi
-if [ -n "$clashes" ]; then
-  echo "postprovision: refusing: the app's resource group $AZURE_RESOURCE_GROUP is the resource group" >&2
-  echo "postprovision: of vault(s) $(printf '%s' "$clashes" | tr '\n' ' ')(CMK_VAULTS). \`azd down\` deletes every" >&2
-  echo "postprovision: resource group this deployment touched: it would delete the vault and its keys." >&2
-  echo "postprovision: Do NOT run \`azd down\` for this environment. Give the app a group of its own" >&2
-  echo "postprovision: (a different environment name, or main.bicep's resourceGroupName), provision that," >&2
-  echo "postprovision: and remove what main.bicep created in $AZURE_RESOURCE_GROUP by hand (docs/deployment.md)." >&2
-  exit 1
-fi
+# The app's resource group must not be a vault's (preprovision refused it already; checked
+# again here, before the vault side, for a run that skipped that hook).
+. "${0%/*}/app-group-guard.sh"
+app_group_guard postprovision after "$AZURE_RESOURCE_GROUP" "$vaults"
 
 # An adopted system topic (systemTopicName given in CMK_VAULTS) is read, never redeployed, so
 # its tags and identity stay as they are; it must already have a system-assigned identity,

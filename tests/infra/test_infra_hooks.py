@@ -256,13 +256,17 @@ class TestPostprovision:
         assert "of vault(s) kv1" in result.stderr and "Do NOT run `azd down`" in result.stderr
 
     def test_both_hooks_guard_the_vault_groups(self) -> None:
-        """The Windows hook carries the same refusal (pwsh cannot run here)."""
+        """The Windows hooks carry the same refusal (pwsh cannot run here): the shared
+        guard compares the groups, postprovision calls it before deploying anything."""
+        guard = (HOOKS / "app-group-guard.ps1").read_text(encoding="utf-8")
+        assert "$_.resourceGroup -eq $AppGroup" in guard
+        assert "Do NOT run ``azd down``" in guard and "Nothing was deployed" in guard
         source = (HOOKS / "postprovision.ps1").read_text(encoding="utf-8")
-        assert "$_.resourceGroup -eq $env:AZURE_RESOURCE_GROUP" in source
-        assert "Do NOT run ``azd down``" in source
-        assert source.index("refusing: the app's resource group") < source.index(
-            "'deployment', 'sub', 'create'"
-        )
+        call = "Test-AppGroup 'postprovision' 'after' $env:AZURE_RESOURCE_GROUP $vaults"
+        assert source.index(call) < source.index("'deployment', 'sub', 'create'")
+        before = (HOOKS / "preprovision.ps1").read_text(encoding="utf-8")
+        assert "Test-AppGroup 'preprovision' 'before' $group $vaults" in before
+        assert '"rg-$($env:AZURE_ENV_NAME)"' in before
 
     def test_no_vaults_no_deployment(self, tmp_path: Path) -> None:
         """Without vaults the hook says so and calls nothing."""
@@ -287,3 +291,57 @@ class TestPostprovision:
         )
         assert result.returncode == 0
         assert "no vaults configured" in result.stdout
+
+
+class TestPreprovision:
+    """preprovision refuses, before main.bicep deploys anything, an app resource group that
+    is a Key Vault's: azd names it rg-<environment name>."""
+
+    def _run(self, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        sh = shutil.which("sh")
+        assert sh is not None
+        return subprocess.run(
+            [sh, str(HOOKS / "preprovision.sh")],
+            env={"PATH": os.environ["PATH"], **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def test_refuses_the_environment_group_of_a_vault(self) -> None:
+        clash = {**VAULTS[0], "resourceGroup": "RG-Keys"}
+        result = self._run(
+            {
+                "AZURE_ENV_NAME": "keys",
+                "AZURE_SUBSCRIPTION_ID": "s",
+                "CMK_VAULTS": json.dumps([clash]),
+            }
+        )
+        assert result.returncode == 1
+        assert "preprovision: refusing: the app's resource group rg-keys" in result.stderr
+        assert "of vault(s) kv1" in result.stderr and "Nothing was deployed" in result.stderr
+
+    def test_a_group_of_its_own_passes(self) -> None:
+        result = self._run({"AZURE_ENV_NAME": "cmk-prod", "CMK_VAULTS": json.dumps(VAULTS)})
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+
+    def test_the_provisioned_group_is_checked_once_known(self) -> None:
+        result = self._run(
+            {
+                "AZURE_ENV_NAME": "cmk-prod",
+                "AZURE_RESOURCE_GROUP": "rg-keys",
+                "CMK_VAULTS": json.dumps(VAULTS),
+            }
+        )
+        assert result.returncode == 1 and "rg-keys" in result.stderr
+
+    def test_without_vaults_passes(self) -> None:
+        assert self._run({"AZURE_ENV_NAME": "keys"}).returncode == 0
+
+    def test_azure_yaml_runs_it_before_provisioning(self) -> None:
+        text = (ROOT / "azure.yaml").read_text(encoding="utf-8")
+        assert "run: ./infra/hooks/preprovision.sh" in text
+        assert "run: ./infra/hooks/preprovision.ps1" in text
+        assert text.index("preprovision:") < text.index("postprovision:")
