@@ -18,6 +18,7 @@ from azure.storage.queue.aio import QueueClient
 
 from cmk.sandbox.funchost.host import FunctionsHost, Invocation
 from cmk.sandbox.funchost.index import FunctionIndexError
+from cmk.sandbox.funchost.queues import _on_loopback
 
 SAMPLE_APP = Path(__file__).parent / "sample_app"
 
@@ -251,3 +252,21 @@ class TestStopAndKill:
         assert not host.failures
         properties = await jobs.get_queue_properties()
         assert properties.approximate_message_count == 2  # invisible, not deleted
+
+
+class TestLoopbackStorage:
+    """The host's queue clients skip aiohttp's per-request proxy lookup only for storage on
+    this machine (Azurite), which no proxy can serve."""
+
+    @pytest.mark.parametrize(
+        ("connection_string", "direct"),
+        [
+            ("UseDevelopmentStorage=true", True),
+            ("AccountName=a;AccountKey=k;QueueEndpoint=http://127.0.0.1:10001/a", True),
+            ("AccountName=a;AccountKey=k;QueueEndpoint=http://localhost:10001/a", True),
+            ("DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k", False),
+            ("AccountName=a;AccountKey=k;QueueEndpoint=https://a.queue.core.windows.net", False),
+        ],
+    )
+    def test_only_loopback_storage_goes_direct(self, connection_string: str, direct: bool) -> None:
+        assert _on_loopback(connection_string) is direct
