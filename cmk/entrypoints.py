@@ -155,7 +155,8 @@ async def handle_key_event(
             },
         )
         cause = f"{type(error).__name__}: {error}"
-        await alerting.publish(engine, [alerting.event_failed(key, parsed.event_id, cause)])
+        failed = alerting.event_failed(key, parsed.event_id, cause)
+        await alerting.publish(engine, [failed], durable=True)  # unrecorded: the event retries
         return None
 
 

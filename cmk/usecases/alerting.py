@@ -250,30 +250,52 @@ def event_failed(key_id: KeyId, event_id: str, cause: str) -> Alert:
     )
 
 
-async def publish(engine: Engine, alerts: Iterable[Alert]) -> tuple[tuple[Alert, ...], int]:
+async def publish(
+    engine: Engine, alerts: Iterable[Alert], *, durable: bool = False
+) -> tuple[tuple[Alert, ...], int]:
     """Raise each alert (not in a dry run); returns the alerts and how many were published.
 
     Each alert is recorded in the outbox before it is published, and the sink writes its
     structured ERROR log line once. Publishes are independent: one that fails (or cannot
-    even be recorded) never cancels another; it is logged, and what was recorded stays
-    pending for the next run. Once the topic has taken one alert, alerts left pending by
-    earlier runs are delivered too.
+    even be recorded) never cancels another; what was recorded stays pending for the next
+    run. Once the topic has taken one alert, alerts left pending by earlier runs are
+    delivered too.
+
+    An alert that cannot even be recorded is logged and dropped — a sweep computes its
+    alerts again — unless ``durable``: alerts no later run would raise again (a job's own
+    failure, a failed event, a rejected version) then make this raise that error once
+    every other alert was tried, so the work that raised them is retried instead of
+    completing without its alert.
     """
     raised = tuple(alerts)
     if engine.dry_run or not raised:
         return raised, 0
     limit = engine.settings.max_concurrency
-    published = await gather_bounded(limit, (_raise(engine, alert) for alert in raised))
-    delivered = sum(published)
+    outcomes = await gather_bounded(
+        limit, (_raise(engine, alert, durable=durable) for alert in raised)
+    )
+    delivered = sum(1 for outcome in outcomes if outcome is True)
     if delivered:
         await _flush(engine)
+    unrecorded = [outcome for outcome in outcomes if isinstance(outcome, CmkError)]
+    if unrecorded:
+        raise unrecorded[0]
     return raised, delivered
 
 
-async def _raise(engine: Engine, alert: Alert) -> bool:
+async def _raise(engine: Engine, alert: Alert, *, durable: bool) -> bool | CmkError:
     try:
         return await engine.alerts.raise_alert(alert)
     except CmkError as error:
+        if durable:
+            log.warning(
+                "could not record alert %s for %s; the work that raised it is retried: %s",
+                alert.type.value,
+                alert.subject,
+                error,
+                extra={"cmk_subject": alert.subject, "cmk_alert_type": alert.type.value},
+            )
+            return error
         log.error(
             "could not record alert %s for %s (the next sweep raises it again): %s",
             alert.type.value,

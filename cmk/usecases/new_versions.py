@@ -29,5 +29,6 @@ async def reject_unbindable(
     if verdict.bindable:
         return None
     reasons = [str(reason) for reason in verdict.reasons]
-    raised, _ = await alerting.publish(engine, [alerting.version_rejected(version, reasons)])
+    rejected = alerting.version_rejected(version, reasons)
+    raised, _ = await alerting.publish(engine, [rejected], durable=True)
     return raised, "; ".join(reasons)

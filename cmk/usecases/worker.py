@@ -184,9 +184,12 @@ class _Step:
         return self.report(result, cause)
 
     async def fail(self, cause: str, *, identity: bool = False) -> JobReport:
-        await self.record(LedgerState.FAILED, cause)
+        """Alert, then record FAILED. No later run raises this alert again (a sweep defers
+        to the worker's), so an alert that cannot be recorded raises its error: the job
+        is retried rather than completed without its alert."""
         alert = alerting.account_failed(self.job, cause, identity=identity)
-        await alerting.publish(self.engine, [alert])
+        await alerting.publish(self.engine, [alert], durable=True)
+        await self.record(LedgerState.FAILED, cause)
         log.error("rotation failed: %s", cause, extra=self.log_fields("failed"))
         return self.report(JobResult.FAILED, cause, alert)
 

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -215,6 +215,30 @@ class TestKeyEventFailures:
         assert event["id"] in alert["data"]["cause"]
         assert "AccessDenied" in alert["data"]["cause"]
         assert len(rig.world.alerts()) == 1
+
+    async def test_alert_that_cannot_be_recorded_retries_the_event(self, rig: Rig) -> None:
+        """The event failed for good but its event_failed alert cannot be recorded (the
+        ledger table answers 503): the event fails too, so Event Grid delivers it again,
+        and that delivery raises the alert — no event is completed without its alert."""
+        event, _ = rig.locked_event()
+        sink = rig.engine.alerts
+
+        class TableDown:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(sink, name)
+
+            async def raise_alert(self, alert: Any) -> bool:
+                raise ServiceUnavailable("recording the alert failed: 503")
+
+        down = replace(rig.engine, alerts=TableDown())
+        with pytest.raises(ServiceUnavailable):
+            await entrypoints.handle_key_event(down, event, KeyVaultEventType.NEW_VERSION)
+        assert rig.world.alerts() == []
+
+        again = await entrypoints.handle_key_event(rig.engine, event, KeyVaultEventType.NEW_VERSION)
+
+        assert again is None
+        assert len(rig.world.alerts("event_failed")) == 1
 
     async def test_transient_error_still_propagates(self, rig: Rig) -> None:
         """A Key Vault that keeps answering 503 fails the event (Event Grid retries), with

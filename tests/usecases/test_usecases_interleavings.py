@@ -180,6 +180,31 @@ class TestTwoJobsOneAccount:
         assert [v for _, v in account.binding_history] == [world.v1, world.versions[2].version]
 
 
+class TestPermanentFailures:
+    """The account's identity cannot use the key: every move fails for good. Whatever the
+    interleaving and the fault, the account stays where it was, and each failed move (one
+    per target version) is alerted exactly once — never twice, never by another step."""
+
+    @pytest.mark.parametrize("fault", [None, *Fault])
+    async def test_each_failed_move_alerts_once(self, rig: Rig, fault: Fault | None) -> None:
+        world = _World(rig)
+        for k in range(12):
+            account = rig.estate.account(f"denied{k}", rig.estate.kv, world.v1, grant=False)
+            jobs = world.jobs(account, 1, 2)
+            faulted = None if fault is None else ("A", k, fault)
+            plan = Plan(order=[("A", k + 1), ("B", None), ("A", None)], fault=faulted)
+            outcome = await settle(rig, jobs, plan)
+            trace = " ".join(outcome.trace)
+            assert [v for _, v in account.binding_history] == [world.v1], trace
+            rig.check_invariants()
+            await rig.check_ledger()  # each FAILED row: exactly one alert
+            entries = await rig.engine.ledger.history(AccountId.parse(account.resource_id))
+            failed = {e.to_version for e in entries if e.state is LedgerState.FAILED}
+            mine = [a for a in rig.alerts() if a["subject"].lower() == account.resource_id.lower()]
+            assert {a["data"]["toVersion"] for a in mine} == failed, trace
+            assert len(mine) == len(failed) >= 1, trace
+
+
 class TestThreeJobsSeeded:
     """Three jobs (v2, v3 and a duplicate v2) in seeded random orders with random faults."""
 
