@@ -307,8 +307,8 @@ async def _resolve_keys(
         subject = str(item.key.versionless()).lower()
         groups = [group.value for group in _KEY_GROUPS if (subject, group.value) not in still]
         newest = view.newest_bindable(engine.policy, engine.now())
-        if newest is None or newest.version != latest.version:
-            groups.remove(AlertType.VERSION_REJECTED.value)  # the newest is still rejected
+        if newest is None or newest.version != latest.version:  # the newest is still rejected
+            groups = [group for group in groups if group != AlertType.VERSION_REJECTED.value]
         if subject in open_subjects and groups:
             closing.append((subject, groups))
         vault = latest.key_id.vault_url.lower()
