@@ -410,8 +410,13 @@ async def _rotate_once(engine: Engine, key: KeyId, *, force: bool) -> EventRepor
         raise _RotationInProgress(f"{key} is being rotated by another call right now")
     try:
         report = await rotate_key(engine, key, trigger="http")
-    except PermanentError:
-        await engine.ledger.release_claim(name)  # refused before creating: allow a retry
+    except Exception:
+        # Refused, or failed on the way (Key Vault 5xx, an enqueue): the caller got an
+        # error, so a retry — with or without force — must not meet "being rotated".
+        try:
+            await engine.ledger.release_claim(name, token)
+        except CmkError as error:
+            log.warning("rotation claim %s not released (a retry waits it out): %s", name, error)
         raise
     if report.created_version:
         await engine.ledger.complete_claim(name, token, report.created_version)

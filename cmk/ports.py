@@ -298,6 +298,11 @@ class Ledger(Protocol):
         """Insert or replace the row for (account, to_version)."""
         ...
 
+    async def replace_unchanged(self, seen: LedgerEntry, entry: LedgerEntry) -> bool:
+        """Replace the row ``seen`` was read from with ``entry`` only if nobody wrote it
+        since (same state, same ``updated``): True if written."""
+        ...
+
     async def history(
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> list[LedgerEntry]: ...
@@ -334,8 +339,9 @@ class Ledger(Protocol):
         """Record the version the claim's work created; False if ``owner`` lost the claim."""
         ...
 
-    async def release_claim(self, name: str) -> None:
-        """Drop the claim ``name`` (its work failed before doing anything)."""
+    async def release_claim(self, name: str, owner: str | None = None) -> None:
+        """Drop the claim ``name`` (its work failed before doing anything); with ``owner``,
+        only while that owner still holds it."""
         ...
 
     async def acquire_lease(

@@ -129,15 +129,10 @@ class AccountLifecycle:
         logger.info(
             "%s", action, extra={"cmk_account_id": str(account_id), "cmk_step": "encryption"}
         )
-        accounts = self._accounts.client(account_id.subscription_id).accounts
-        with azure_errors(action):  # sent once, like the rotation's PATCH: never re-sent blindly
-            return await accounts.begin_update(
-                account_id.resource_group,
-                account_id.name,
-                body,
-                retry_total=0,
-                **self._accounts.poll_options(),
-            )
+        # Sent once and answered in time, like the rotation's PATCH (UpdateUnanswered else).
+        return await self._accounts.send_patch(
+            account_id, body, action, **self._accounts.poll_options()
+        )
 
 
 def account_identity(account: Account) -> AccountIdentity:

@@ -40,7 +40,7 @@ from azure.mgmt.cognitiveservices.models import (
 )
 from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 
-from cmk.adapters._errors import azure_errors, translate
+from cmk.adapters._errors import azure_errors, status_code, translate
 from cmk.adapters._sdk import text_of
 from cmk.adapters.account_polling import StatusPolling
 from cmk.errors import (
@@ -155,6 +155,10 @@ async def follow(poller: AsyncLROPoller[Account], action: str, wait: timedelta) 
         raise
     except Exception as error:
         raise translate(error, action) from error
+
+
+#: Answers of a front end that forwarded the request and gave up waiting for the service.
+_GATEWAY_STATUSES = frozenset({408, 502, 504})
 
 
 def _maybe_sent(error: BaseException | None) -> bool:
@@ -352,7 +356,6 @@ class CognitiveAccounts:
         went out — it may still be applied: :class:`~cmk.errors.UpdateUnanswered`, and
         the caller keeps its lease until it expires."""
         body = encryption_patch(current, target.version or "")
-        client = self.client(account_id.subscription_id)
         logger.info(
             "updating account %s to key version %s",
             account_id,
@@ -360,6 +363,16 @@ class CognitiveAccounts:
             extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
         )
         action = f"updating account {account_id} to {target}"
+        return await self.send_patch(account_id, body, action, polling=polling)
+
+    async def send_patch(
+        self, account_id: AccountId, body: Account, action: str, **options: Any
+    ) -> AsyncLROPoller[Account]:
+        """PATCH ``body`` onto the account once (``retry_total=0``), answered within
+        ``patch_timeout``; :class:`~cmk.errors.UpdateUnanswered` when it may still be
+        applied: no answer in time, the connection lost after it went out, or a gateway's
+        408/502/504 (the resource provider did not answer the front end in time)."""
+        client = self.client(account_id.subscription_id)
         try:
             async with asyncio.timeout(self._patch_timeout):
                 with azure_errors(action):
@@ -367,9 +380,9 @@ class CognitiveAccounts:
                         account_id.resource_group,
                         account_id.name,
                         body,
-                        polling=polling,
                         retry_total=0,
                         read_timeout=self._patch_timeout,
+                        **options,
                     )
         except TimeoutError as error:
             raise UpdateUnanswered(
@@ -377,7 +390,9 @@ class CognitiveAccounts:
                 " be applied, so the account is re-read once its write lease expires"
             ) from error
         except ServiceUnavailable as error:
-            if _maybe_sent(error.__cause__):
+            cause = error.__cause__
+            gateway = cause is not None and status_code(cause) in _GATEWAY_STATUSES
+            if gateway or _maybe_sent(cause):
                 raise UpdateUnanswered(
                     f"{error}; the update may still be applied, so the account is re-read"
                     " once its write lease expires"

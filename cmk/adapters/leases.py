@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 CLAIM_PARTITION = "claim"
 LEASE_PARTITION = "lease"
+#: How many held leases' ETags one process remembers at most.
+HELD_ETAGS = 4096
 
 
 def _time(value: object) -> datetime | None:
@@ -52,6 +54,14 @@ class LeaseRows(TableRows):
         #: releasing it is one conditional request, not a read and a write. Only a miss
         #: (412/404: taken over, or a lost response hid our own write) reads the row.
         self._held: dict[tuple[str, str], str] = {}
+
+    def _remember(self, name: str, owner: str, etag: str) -> None:
+        """Keep a held lease's ETag; the oldest are forgotten past :data:`HELD_ETAGS`
+        (leases kept to expiry are never released here: forgetting one only costs a read)."""
+        self._held.pop((name, owner), None)
+        self._held[(name, owner)] = etag
+        while len(self._held) > HELD_ETAGS:
+            self._held.pop(next(iter(self._held)))
 
     @staticmethod
     def _row(name: str) -> str:
@@ -122,10 +132,17 @@ class LeaseRows(TableRows):
             {**update, "Created": created_version}, held, action, merge=True
         )
 
-    async def release_claim(self, name: str) -> None:
+    async def release_claim(self, name: str, owner: str | None = None) -> None:
         """Drop the claim ``name`` (its work failed before doing anything), so the next
-        caller can claim it again. Dropping a claim nobody holds does nothing."""
-        await self.delete_row(CLAIM_PARTITION, self._row(name))
+        caller can claim it again — with ``owner``, only while that owner still holds it.
+        Dropping a claim nobody holds does nothing."""
+        if owner is None:
+            await self.delete_row(CLAIM_PARTITION, self._row(name))
+            return
+        action = f"releasing claim {name!r}"
+        held = await self.get_row(CLAIM_PARTITION, self._row(name), action)
+        if held is not None and held.get(OWNER) == owner:
+            await self.delete_if(held, action)
 
     async def claim_owner(self, name: str) -> str | None:
         """Who holds the claim ``name``, or None if nobody does."""
@@ -149,7 +166,7 @@ class LeaseRows(TableRows):
             etag = await self.insert_owned(entity, action)  # released meanwhile
             if etag is None:
                 return LeaseGrant(False, "", now + ttl, purpose)
-        self._held[(name, owner)] = etag
+        self._remember(name, owner, etag)
         return LeaseGrant(True, owner, now + ttl, purpose)
 
     async def _take_over(
@@ -167,7 +184,7 @@ class LeaseRows(TableRows):
             logger.warning(
                 "took over write lease %r of %s (expired %s)", entity["Name"], holder, expires
             )
-        self._held[(entity["Name"], entity[OWNER])] = etag
+        self._remember(entity["Name"], entity[OWNER], etag)
         return LeaseGrant(True, entity[OWNER], entity["Expires"], entity["Purpose"])
 
     async def renew_lease(self, name: str, owner: str, now: datetime, ttl: timedelta) -> bool:
@@ -187,7 +204,7 @@ class LeaseRows(TableRows):
             if etag is None:
                 self._held.pop((name, owner), None)
                 return False
-        self._held[(name, owner)] = etag
+        self._remember(name, owner, etag)
         return True
 
     async def release_lease(self, name: str, owner: str) -> None:

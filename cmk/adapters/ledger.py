@@ -129,6 +129,19 @@ class TableLedger(LeaseRows, AlertRows):
         with azure_errors(f"recording the ledger row of {entry.account_id} -> {entry.to_version}"):
             await self._client.upsert_entity(_to_entity(entry), mode=UpdateMode.REPLACE)
 
+    async def replace_unchanged(self, seen: LedgerEntry, entry: LedgerEntry) -> bool:
+        """Replace the row ``seen`` was read from with ``entry`` only if nobody wrote it
+        since: read it, compare state and ``Updated``, then an ETag-conditional replace
+        (a writer in between makes it False, never overwritten)."""
+        action = f"settling the ledger row of {seen.account_id} -> {seen.to_version}"
+        row = table_key(seen.to_version.lower())
+        held = await self.get_row(account_partition(seen.account_id), row, action)
+        if held is None or held.get("State") != seen.state.value:
+            return False
+        if _aware(held.get("Updated")) != seen.updated.astimezone(UTC):
+            return False
+        return await self.replace_if(_to_entity(entry), held, action)
+
     async def history(
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> list[LedgerEntry]:

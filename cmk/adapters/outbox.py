@@ -188,24 +188,32 @@ class AlertRows(TableRows):
         groups: Collection[str] | None = None,
     ) -> int:
         """Close the recorded alerts of ``subject`` (only those for ``to_version``, and of
-        the cause ``groups``, when given); returns how many were closed (none if there is
-        no table)."""
+        the cause ``groups``, when given — then never one still pending delivery); returns
+        how many were closed (none if there is no table)."""
         clauses = ["PartitionKey eq @partition"]
         parameters: dict[str, Any] = {"partition": _partition(subject)}
         if to_version is not None:
             clauses.append("ToVersion eq @version")
             parameters["version"] = to_version.lower()
         pages = self.client.query_entities(
-            " and ".join(clauses), parameters=parameters, select=["PartitionKey", "RowKey"]
+            " and ".join(clauses),
+            parameters=parameters,
+            select=["PartitionKey", "RowKey", "State"],
         )
         with azure_errors(f"listing the open alerts of {subject}"):
             try:
-                rows = [(entity["PartitionKey"], entity["RowKey"]) async for entity in pages]
+                found = [entity async for entity in pages]
             except ResourceNotFoundError:  # no table, so no open alert
                 return 0
         if groups is not None:
             wanted = {table_key(group) for group in groups}
-            rows = [(partition, row) for partition, row in rows if row.rsplit("|", 1)[-1] in wanted]
+            found = [
+                entity
+                for entity in found
+                if entity["RowKey"].rsplit("|", 1)[-1] in wanted
+                and entity.get("State") != AlertState.PENDING.value
+            ]
+        rows = [(entity["PartitionKey"], entity["RowKey"]) for entity in found]
         for partition, row in rows:
             await self.delete_row(partition, row)
         return len(rows)

@@ -12,13 +12,14 @@ with the newest valid version, verify it by GET and record a ledger row. ``disab
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from cmk.errors import AccountBusy
+from cmk.errors import AccountBusy, TransientError, UpdateUnanswered
 from cmk.keyid import KeyId
 from cmk.lifecycle.check import AccountCheck, evaluate_account
 from cmk.lifecycle.context import Lifecycle
@@ -29,6 +30,8 @@ from cmk.resource_id import AccountId
 from cmk.usecases.worker import account_lease_name
 
 __all__ = ["MICROSOFT_MANAGED", "Change", "ChangeOutcome", "disable", "enable", "switch"]
+
+log = logging.getLogger(__name__)
 
 #: The ledger's ``to_version`` of a move back to Microsoft-managed keys.
 MICROSOFT_MANAGED = "microsoft-managed"
@@ -74,13 +77,19 @@ def _refusal(requirements: tuple[Requirement, ...]) -> str:
 async def _one_writer(lc: Lifecycle, account_id: AccountId, purpose: str) -> AsyncIterator[None]:
     """Hold the account's write lease — the rotation worker's — while changing it: no job
     moves the account between this change's read and its PATCH (a job's PATCH carries the
-    key it read, and would undo a switch). Held by a job: AccountBusy, nothing written."""
+    key it read, and would undo a switch). Held by a job: AccountBusy, nothing written.
+    A PATCH that got no answer (or a run cancelled while it was out) may still land: the
+    lease is then kept until it expires, as the worker keeps its own."""
     name = account_lease_name(account_id)
     token = f"{lc.trigger}:{uuid.uuid4().hex[:12]}"
     now = lc.now()
-    grant = await lc.ledger.acquire_lease(
-        name, token, now, lc.settings.write_lease_ttl, purpose=purpose
-    )
+    try:
+        grant = await lc.ledger.acquire_lease(
+            name, token, now, lc.settings.write_lease_ttl, purpose=purpose
+        )
+    except BaseException:
+        await _give_back(lc, name, token)  # the insert may have landed all the same
+        raise
     if not grant.granted:
         doing = f" ({grant.purpose})" if grant.purpose else ""
         raise AccountBusy(
@@ -88,10 +97,30 @@ async def _one_writer(lc: Lifecycle, account_id: AccountId, purpose: str) -> Asy
             f" {grant.expires:%H:%M:%S} UTC; nothing written, run the command again then",
             retry_after=max(1.0, (grant.expires - now).total_seconds()),
         )
+    keep = False
     try:
         yield
+    except UpdateUnanswered:
+        keep = True
+        raise
+    except Exception:
+        raise
+    except BaseException:
+        keep = True  # cancelled while writing: the PATCH may be out
+        raise
     finally:
+        if keep:
+            log.warning("write lease of %s kept until it expires: the PATCH is unsettled", name)
+        else:
+            await _give_back(lc, name, token)
+
+
+async def _give_back(lc: Lifecycle, name: str, token: str) -> None:
+    """Release the lease; if that fails it simply expires (the change's outcome stands)."""
+    try:
         await lc.ledger.release_lease(name, token)
+    except TransientError as error:
+        log.warning("write lease %s not released (it expires): %s", name, error)
 
 
 async def _record(

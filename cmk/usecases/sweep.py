@@ -23,12 +23,16 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from cmk.errors import CmkError
 from cmk.keyid import KeyId
-from cmk.planner import Decision, Move, UpToDate
+from cmk.planner import Decision, Move, UpToDate, version_order
+from cmk.policy import KeyVersion
 from cmk.ports import AccountRecord, Alert, AlertType, LedgerEntry, LedgerState, RotationJob
 from cmk.usecases import alerting
 from cmk.usecases.assessment import Assessment, assess, assess_unread
 from cmk.usecases.context import Engine, gather_bounded, task_scope
+from cmk.usecases.events import DEFAULT_NOTICE
+from cmk.usecases.keyview import KeyVersions
 from cmk.usecases.report import (
     AccountStatus,
     BindingState,
@@ -163,7 +167,7 @@ class _OpenRows:
         self._closing = not engine.dry_run and engine.settings.storage is not None
         self._rows: dict[tuple[str, str], LedgerEntry] | None = None
         self._by_account: dict[str, list[LedgerEntry]] = {}
-        self.closed: list[LedgerEntry] = []
+        self.closed: list[tuple[LedgerEntry, LedgerEntry]] = []
 
     async def _load(self) -> dict[tuple[str, str], LedgerEntry]:
         if self._rows is None:
@@ -179,8 +183,13 @@ class _OpenRows:
         """The open row of ``move``'s target for ``record``, if any."""
         return (await self._load()).get(_slot(record, move.target.version))
 
-    async def settle(self, record: AccountRecord, decision: Decision) -> None:
-        """Note the in-flight rows of ``record`` that ARM shows are over (see above)."""
+    async def settle(
+        self, record: AccountRecord, decision: Decision, view: KeyVersions | None
+    ) -> None:
+        """Note the in-flight rows of ``record`` that ARM shows are over (see above). A
+        row is called superseded only when its version is older than the account's (read
+        from Key Vault if the sweep has not read it): one that cannot be read, or is newer
+        (created since the sweep read the key), is left alone."""
         if not self._closing or record.binding is None:
             return
         await self._load()
@@ -190,19 +199,34 @@ class _OpenRows:
         for entry in self._by_account.pop(str(record.account_id).lower(), []):
             if entry.to_version.lower() == bound and done:
                 cause = f"verified on the account by {self._run_id}"
-                self.closed.append(
-                    replace(entry, state=LedgerState.SUCCEEDED, cause=cause, updated=now)
-                )
-            elif isinstance(decision, UpToDate) and entry.to_version.lower() != bound:
+                state = LedgerState.SUCCEEDED
+            elif isinstance(decision, UpToDate) and await self._older(view, entry, decision):
                 cause = f"superseded: the account is on {bound}, the newest valid version"
-                self.closed.append(
-                    replace(entry, state=LedgerState.SKIPPED, cause=cause, updated=now)
+                state = LedgerState.SKIPPED
+            else:
+                continue
+            self.closed.append((entry, replace(entry, state=state, cause=cause, updated=now)))
+
+    async def _older(self, view: KeyVersions | None, entry: LedgerEntry, now: UpToDate) -> bool:
+        known = view.get(entry.to_version) if view is not None else None
+        if known is None:
+            try:
+                known = await self._engine.keys.get_version(
+                    entry.key_id.with_version(entry.to_version)
                 )
+            except CmkError:
+                return False
+        current = view.latest.version if view is not None else None
+        return version_order(known, current) < version_order(now.version, current)
 
     async def write(self) -> None:
-        """Record the rows :meth:`settle` closed."""
+        """Record the rows :meth:`settle` closed, each only if nobody wrote it since it
+        was read (a worker finishing it meanwhile wins)."""
         limit = self._engine.settings.max_concurrency
-        await gather_bounded(limit, (self._engine.ledger.record(e) for e in self.closed))
+        ledger = self._engine.ledger
+        await gather_bounded(
+            limit, (ledger.replace_unchanged(seen, closed) for seen, closed in self.closed)
+        )
         if self.closed:
             log.info(
                 "%s: closed %d ledger row(s) whose move is over",
@@ -287,6 +311,15 @@ _KEY_GROUPS = (
 )
 
 
+def _lasting(engine: Engine, newest: KeyVersion | None) -> bool:
+    """Whether ``newest`` is a valid version no near-expiry notice concerns yet (the event
+    handler's window: the margin, or Key Vault's default notice, whichever is longer)."""
+    if newest is None:
+        return False
+    horizon = engine.now() + max(engine.settings.expiry_margin, DEFAULT_NOTICE)
+    return newest.expires is None or newest.expires > horizon
+
+
 async def _resolve_keys(
     engine: Engine, found: Survey, raised: list[Alert], recovery: _Recovery
 ) -> int:
@@ -309,6 +342,8 @@ async def _resolve_keys(
         newest = view.newest_bindable(engine.policy, engine.now())
         if newest is None or newest.version != latest.version:  # the newest is still rejected
             groups = [group for group in groups if group != AlertType.VERSION_REJECTED.value]
+        if not _lasting(engine, newest):  # no successor that outlives any near-expiry notice
+            groups = [g for g in groups if g != AlertType.KEY_NEAR_EXPIRY_UNROTATED.value]
         if subject in open_subjects and groups:
             closing.append((subject, groups))
         vault = latest.key_id.vault_url.lower()
@@ -349,7 +384,7 @@ async def _judge(
                 move = decision if isinstance(decision, Move) else None
                 entry = await open_rows.of(record, move) if move is not None else None
                 assessment = assess(engine, record, decision, entry, run_id)
-                await open_rows.settle(record, decision)
+                await open_rows.settle(record, decision, item.view)
                 await recovery.judged(item.key, record, assessment)
                 if move is not None or not assessment.healthy:
                     kept.setdefault(item.key, []).append(_Judged(record, decision, assessment))

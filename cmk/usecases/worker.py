@@ -87,6 +87,9 @@ class _Step:
         self.attempts = (previous.attempts if previous else 0) + bump
         self.lease = account_lease_name(job.account_id)
         self.token = f"{engine.owner}:{uuid.uuid4().hex[:12]}"
+        #: A PATCH went out and its fate is unknown (no answer yet, none coming, or the
+        #: run cancelled meanwhile): the lease is kept until it expires.
+        self.patch_unsettled = False
 
     @property
     def lease_ttl(self) -> timedelta:
@@ -306,14 +309,23 @@ async def _rotate(step: _Step) -> JobReport:
         return step.report(JobResult.WOULD_UPDATE, f"would PATCH keyVersion {step.version}")
     await step.record(LedgerState.PLANNED)
     await step.keep_lease()
+    step.patch_unsettled = True  # until the PATCH is answered: a cancel now keeps the lease
     try:
         outcome = await engine.accounts.update_key_version(
             record, step.version, wait=engine.settings.update_timeout
         )
+    except UpdateUnanswered:
+        raise
     except KeyAccessDenied as error:
+        step.patch_unsettled = False
         raise _IdentityDenied(str(error)) from error
     except UpdateFailed as error:
+        step.patch_unsettled = False
         return await _refused(step, record, error)
+    except Exception:
+        step.patch_unsettled = False  # answered (429, 409, 5xx) or never sent
+        raise
+    step.patch_unsettled = False
     if outcome is UpdateOutcome.SUCCEEDED:
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)
     return await step.verify_later(record_submitted=True)
@@ -386,22 +398,22 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
         # Cancelled (or failed) while taking it: the insert may have landed all the same.
         await lease.drop_lease()
         raise
-    unanswered = False
+    step: _Step | None = None
     try:
         step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         step.token = lease.token
         try:
             return await _run(step)
         except TransientError as error:
-            unanswered = isinstance(error, UpdateUnanswered)
             if not isinstance(error, AccountBusy):  # a 429 too: a poison alert names it
                 await step.note_error(error)
             raise
     finally:
-        if unanswered:
-            # The PATCH may still land: nobody else may write until the lease runs out.
+        if step is not None and step.patch_unsettled:
+            # The PATCH got no answer, or the run was cancelled while it was out: it may
+            # still land, so nobody else may write until the lease runs out.
             log.warning(
-                "write lease kept until it expires: the update got no answer",
+                "write lease kept until it expires: the update's PATCH is unsettled",
                 extra=lease.log_fields("lease"),
             )
         else:

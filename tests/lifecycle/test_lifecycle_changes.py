@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 from lifecycle_rig import Wired, account_id
 
-from cmk.errors import AccountBusy
+from cmk.errors import AccountBusy, UpdateUnanswered
 from cmk.keyid import KeyId
 from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, switch
 from cmk.usecases.worker import account_lease_name
@@ -129,3 +129,23 @@ class TestOneWriter:
         assert account.encryption.key_name == "other"
         regained = await wired.lc.ledger.acquire_lease(lease, "job-2", wired.lc.now(), ttl)
         assert regained.granted  # the change gave the lease back
+
+    async def test_unanswered_switch_keeps_the_lease(self, wired: Wired) -> None:
+        """The switch's PATCH loses its connection: it may still land, so the command
+        fails as unanswered and keeps the lease; a rotation job is deferred meanwhile."""
+        land = wired.land
+        account = land.bound("ai-lost", land.kv, land.first.version)
+        land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        land.sandbox.faults.add(
+            host="management.azure.com", path="ai-lost", method="PATCH", drop=True, count=1
+        )
+
+        with pytest.raises(UpdateUnanswered):
+            await switch(wired.lc, account_id(account), key)
+
+        lease = account_lease_name(account_id(account))
+        ttl = wired.lc.settings.write_lease_ttl
+        job = await wired.lc.ledger.acquire_lease(lease, "job-1", wired.lc.now(), ttl)
+        assert not job.granted

@@ -12,6 +12,7 @@ import pytest
 from usecase_rig import Rig
 
 from cmk.entrypoints import http_rotate
+from cmk.errors import ServiceUnavailable
 
 
 class TestHttpRotate:
@@ -118,3 +119,22 @@ class TestHttpRotateRaces:
         assert len(estate.kv.keys["cmk"].versions) - before == 1
         assert (a_status, b_status) == (200, 409)
         assert b_body["error"]["kind"] == "conflict"
+
+
+class TestHttpRotateAfterAFailure:
+    async def test_a_failed_rotation_leaves_no_claim_behind(self, rig: Rig) -> None:
+        """Key Vault answers the create 503: the call fails, and its claim is released, so
+        the retry rotates at once instead of meeting "being rotated" for the cool-down."""
+        estate = rig.estate
+        estate.version(estate.kv)
+        key = f"{estate.kv.url}/keys/cmk"
+        estate.sandbox.faults.add(
+            host=estate.kv.host, path=r"/keys/cmk/(create|rotate)", method="POST", status=503,
+            count=1,
+        )  # fmt: skip
+
+        with pytest.raises(ServiceUnavailable):  # the function answers 5xx: a retry is due
+            await http_rotate(rig.engine, key)
+        status, body = await http_rotate(rig.engine, key)
+        assert status == 200, body
+        assert len(estate.kv.keys["cmk"].versions) == 2

@@ -294,6 +294,31 @@ class TestRequestsInFlight:
         assert [v for _, v in account.binding_history] == [versions[0], versions[2]]
         await check(rig, account, versions[2], Outcome())
 
+    async def test_run_cancelled_while_its_patch_is_out_keeps_the_lease(self, rig: Rig) -> None:
+        """A's run is cancelled (Ctrl-C, a host stopping) after its PATCH went out and
+        before an answer: the PATCH may still land, so A keeps the lease and B is deferred
+        until it expires; then B moves the account on."""
+        world = _World(rig)
+        account = world.account()
+        jobs = world.jobs(account, 1, 2)
+        hold = threading.Event()
+        rule = rig.estate.sandbox.faults.add(
+            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
+        )
+        first = asyncio.create_task(rotate_account(rig.engine, jobs["A"]))
+        try:
+            await _until(lambda: rule.hits == 1 or first.done(), "A's PATCH to reach the sandbox")
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            with pytest.raises(AccountBusy):
+                await rotate_account(rig.engine, jobs["B"])
+        finally:
+            hold.set()
+        rig.world.clock.advance(rig.engine.settings.write_lease_ttl + timedelta(seconds=1))
+        assert (await rotate_account(rig.engine, jobs["B"])).result is JobResult.SUCCEEDED
+        assert account.encryption.key_version == world.versions[2].version
+
     async def test_throttled_patch_is_never_resent_over_a_newer_move(self, rig: Rig) -> None:
         """A's PATCH to v2 is answered 429 Retry-After 1 s; B (v3) runs meanwhile. A is
         deferred (the SDK does not re-send the old body), and its redelivery skips."""

@@ -292,6 +292,30 @@ class TestKeyAlerts:
         assert key not in open_now
         assert len(rig.alerts("version_rejected")) == 1
 
+    async def test_near_expiry_alert_stays_until_a_lasting_successor(self, rig: Rig) -> None:
+        """The event handler alerts a version expiring in 20 days with rotation off; a
+        sweep with a 7-day margin does not raise it itself, and must not close it either:
+        no successor exists. A valid version that outlives the notice window closes it."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        expiring = estate.version(estate.kv, expires=now + timedelta(days=20))
+        estate.account("acct-n", estate.kv, expiring.version)
+        settings = replace(
+            rig.engine.settings, rotate_on_near_expiry=False, expiry_margin=timedelta(days=7)
+        )
+        engine = replace(rig.engine, settings=settings)
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring)
+        await on_near_expiry(engine, event)
+        assert len(rig.alerts("key_near_expiry_unrotated")) == 1
+        key = str(KeyId(estate.kv.url, "cmk")).lower()
+
+        await sweep(engine)
+        assert key in await engine.alerts.open_subjects()
+        estate.world.clock.advance(timedelta(minutes=1))
+        estate.version(estate.kv, expires=now + timedelta(days=365))
+        await sweep(engine)
+        assert key not in await engine.alerts.open_subjects()
+
 
 async def _run_each_once(rig: Rig) -> None:
     """Run every queued job once, then lose the queue (as a host that died would leave
@@ -365,6 +389,46 @@ class TestLeftoverRows:
         after = await key_versions(rig.engine, key)
         assert all(v.in_flight == () for v in after.versions)
         rig.check_invariants()
+
+    async def test_rows_of_unknown_or_newer_versions_and_rows_written_meanwhile_stay(
+        self, rig: Rig
+    ) -> None:
+        """A row for a version the sweep cannot place (not in Key Vault: created since it
+        read the key, or gone) is left alone; a row a worker writes while the sweep runs
+        keeps the worker's state (the sweep's write is conditional on what it read)."""
+        estate = rig.estate
+        newest = estate.version(estate.kv)
+        account = estate.account("acct-l2", estate.kv, newest.version)
+        key = KeyId(estate.kv.url, "cmk")
+        account_id = AccountId.parse(account.resource_id)
+        now = estate.world.clock.now()
+        unknown, landed = "f" * 32, newest.version
+        for version in (unknown, landed):
+            await rig.engine.ledger.record(
+                LedgerEntry(
+                    account_id, key, version, None, LedgerState.PLANNED, 1, None, "event", now, now
+                )
+            )
+        ledger = rig.engine.ledger
+
+        class WorkerFinishesMeanwhile:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(ledger, name)
+
+            async def iter_history(self, *args: Any, **kwargs: Any) -> Any:
+                async for entry in ledger.iter_history(*args, **kwargs):
+                    yield entry
+                row = await ledger.get(account_id, landed)
+                assert row is not None
+                await ledger.record(
+                    replace(row, state=LedgerState.SUCCEEDED, cause="the worker's", updated=now)
+                )
+
+        await sweep(replace(rig.engine, ledger=WorkerFinishesMeanwhile()))
+
+        rows = {e.to_version: e for e in await rig.ledger(account)}
+        assert rows[unknown].state is LedgerState.PLANNED
+        assert (rows[landed].state, rows[landed].cause) == (LedgerState.SUCCEEDED, "the worker's")
 
 
 class TestCancelledJobs:
