@@ -325,6 +325,22 @@ class TestCognitiveAccountsUpdate:
             await services.accounts.update_key_version(record, new, WAIT)
         assert cloud.sandbox.counters.count(path="dropped", method="PATCH") == 1
 
+    async def test_gateway_timeout_on_patch_is_unanswered(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """ARM's 504 (the resource provider did not answer the front end in time) may hide
+        an applied update: UpdateUnanswered, one PATCH."""
+        old = cloud.add_version(cloud.vault).version
+        new = cloud.add_version(cloud.vault).version
+        cloud.add_account("gateway", cloud.vault, old)
+        cloud.sandbox.faults.add(
+            host="management.azure.com", path="gateway", method="PATCH", status=504, count=1
+        )
+        record = await services.accounts.get(_id("gateway"))
+        with pytest.raises(UpdateUnanswered):
+            await services.accounts.update_key_version(record, new, WAIT)
+        assert cloud.sandbox.counters.count(path="gateway", method="PATCH") == 1
+
     def test_only_a_refused_connection_proves_nothing_was_sent(self) -> None:
         refused = aiohttp.ClientConnectorError(
             ConnectionKey("management.azure.com", 443, True, True, None, None, None),

@@ -12,6 +12,7 @@ from adapter_world import RG, SUB
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from cmk.adapters import leases
 from cmk.adapters.ledger import TableLedger, account_partition, table_key
 from cmk.adapters.outbox import AlertRow, AlertState
 from cmk.keyid import KeyId
@@ -229,6 +230,20 @@ class TestIdempotentInserts:
         assert await services.ledger.record_alert(key, row, "w2") is AlertState.PENDING
 
 
+class TestClosingAlerts:
+    async def test_closing_by_group_never_drops_an_alert_still_pending(
+        self, services: Services
+    ) -> None:
+        """A sweep closing a key's alerts by cause group leaves one not yet delivered: its
+        raiser recorded it because no later run raises it again."""
+        subject = f"https://kv{uuid.uuid4().hex[:6]}.vault.azure.net/keys/k"
+        key = (subject, "a" * 32, "version_rejected")
+        row = AlertRow(key, "e1", "CmkRotator.version_rejected", subject, {})
+        assert await services.ledger.record_alert(key, row, "w1") is AlertState.NEW
+        assert await services.ledger.close_alerts(subject, groups=["version_rejected"]) == 0
+        assert await services.ledger.close_alerts(subject) == 1  # a success closes it all
+
+
 class TestWriteLeases:
     """One writer per account: a lease is granted to one owner until it expires."""
 
@@ -307,6 +322,18 @@ class TestWriteLeases:
         held = await services.ledger.client.get_entity("lease", table_key(name))
         assert held["Owner"] == "b"
         assert await other.renew_lease(name, "b", later, TTL) is True
+
+    async def test_remembered_etags_are_bounded(
+        self, services: Services, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Leases kept to expiry are never released here: the process remembers at most
+        HELD_ETAGS of them, the oldest forgotten (a forgotten one costs a read, no more)."""
+        monkeypatch.setattr(leases, "HELD_ETAGS", 3)
+        names = [f"account|{uuid.uuid4().hex[:6]}" for _ in range(5)]
+        for name in names:
+            assert (await services.ledger.acquire_lease(name, "kept", NOW, TTL)).granted
+        assert len(services.ledger._held) == 3
+        assert await services.ledger.renew_lease(names[0], "kept", NOW, TTL) is True
 
 
 def _count_reads(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[str]:
