@@ -287,23 +287,17 @@ async def _raise(engine: Engine, alert: Alert, *, durable: bool) -> bool | CmkEr
     try:
         return await engine.alerts.raise_alert(alert)
     except CmkError as error:
-        if durable:
-            log.warning(
-                "could not record alert %s for %s; the work that raised it is retried: %s",
-                alert.type.value,
-                alert.subject,
-                error,
-                extra={"cmk_subject": alert.subject, "cmk_alert_type": alert.type.value},
-            )
-            return error
-        log.error(
-            "could not record alert %s for %s (the next sweep raises it again): %s",
+        then = "the work that raised it is retried" if durable else "the next sweep raises it again"
+        log.log(
+            logging.WARNING if durable else logging.ERROR,
+            "could not record alert %s for %s (%s): %s",
             alert.type.value,
             alert.subject,
+            then,
             error,
             extra={"cmk_subject": alert.subject, "cmk_alert_type": alert.type.value},
         )
-        return False
+        return error if durable else False
 
 
 async def _flush(engine: Engine) -> int:

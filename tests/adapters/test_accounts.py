@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import aiohttp
 import pytest
@@ -292,54 +293,35 @@ class TestCognitiveAccountsUpdate:
         )
         assert account.encryption.key_version == new
 
-    async def test_server_error_on_patch_is_not_resent(
-        self, cloud: Cloud, services: Services
+    @pytest.mark.parametrize(
+        ("fault", "raised"),
+        [
+            ({"status": 503}, ServiceUnavailable),
+            ({"drop": True}, UpdateUnanswered),
+            ({"status": 504}, UpdateUnanswered),
+        ],
+        ids=["503-answered", "connection-lost", "504-gateway"],
+    )
+    async def test_failed_patch_is_sent_once(
+        self, cloud: Cloud, services: Services, fault: dict[str, Any], raised: type
     ) -> None:
-        """A 503 on the PATCH is one request and a ServiceUnavailable, not an SDK retry."""
+        """A PATCH that fails is one request, never an SDK retry. Answered (503) it is a
+        ServiceUnavailable; one that may still have been applied — the connection dropped
+        before the answer, or ARM's 504 (the resource provider did not answer the front
+        end in time) — is UpdateUnanswered (its job keeps the write lease). Telling a lost
+        connection apart is the aiohttp error inside azure-core's ServiceRequestError:
+        only a refused connection proves nothing was sent."""
         old = cloud.add_version(cloud.vault).version
         new = cloud.add_version(cloud.vault).version
         cloud.add_account("flaky", cloud.vault, old)
         cloud.sandbox.faults.add(
-            host="management.azure.com", path="flaky", method="PATCH", status=503, count=1
+            host="management.azure.com", path="flaky", method="PATCH", count=1, **fault
         )
         record = await services.accounts.get(_id("flaky"))
-        with pytest.raises(ServiceUnavailable):
+        with pytest.raises(ServiceUnavailable) as failed:
             await services.accounts.update_key_version(record, new, WAIT)
+        assert type(failed.value) is raised
         assert cloud.sandbox.counters.count(path="flaky", method="PATCH") == 1
-
-    async def test_lost_connection_on_patch_is_unanswered(
-        self, cloud: Cloud, services: Services
-    ) -> None:
-        """A PATCH whose connection drops before the answer may have been applied:
-        UpdateUnanswered (its job keeps the write lease), sent once; a 503 (answered) is
-        not. Telling them apart is the aiohttp error inside azure-core's
-        ServiceRequestError: only a refused connection proves nothing was sent."""
-        old = cloud.add_version(cloud.vault).version
-        new = cloud.add_version(cloud.vault).version
-        cloud.add_account("dropped", cloud.vault, old)
-        cloud.sandbox.faults.add(
-            host="management.azure.com", path="dropped", method="PATCH", drop=True, count=1
-        )
-        record = await services.accounts.get(_id("dropped"))
-        with pytest.raises(UpdateUnanswered):
-            await services.accounts.update_key_version(record, new, WAIT)
-        assert cloud.sandbox.counters.count(path="dropped", method="PATCH") == 1
-
-    async def test_gateway_timeout_on_patch_is_unanswered(
-        self, cloud: Cloud, services: Services
-    ) -> None:
-        """ARM's 504 (the resource provider did not answer the front end in time) may hide
-        an applied update: UpdateUnanswered, one PATCH."""
-        old = cloud.add_version(cloud.vault).version
-        new = cloud.add_version(cloud.vault).version
-        cloud.add_account("gateway", cloud.vault, old)
-        cloud.sandbox.faults.add(
-            host="management.azure.com", path="gateway", method="PATCH", status=504, count=1
-        )
-        record = await services.accounts.get(_id("gateway"))
-        with pytest.raises(UpdateUnanswered):
-            await services.accounts.update_key_version(record, new, WAIT)
-        assert cloud.sandbox.counters.count(path="gateway", method="PATCH") == 1
 
     def test_only_a_refused_connection_proves_nothing_was_sent(self) -> None:
         refused = aiohttp.ClientConnectorError(

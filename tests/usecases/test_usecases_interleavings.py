@@ -33,6 +33,7 @@ from cmk.errors import AccountBusy, ThrottledError, TransientError, UpdateUnansw
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
+from cmk.sandbox.platform.faults import FaultRule
 from cmk.sandbox.world import AccountState, KeyVersionState
 from cmk.usecases import JobReport, on_poison, rotate_account
 from cmk.usecases.report import JobResult
@@ -230,6 +231,15 @@ async def _until(condition: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _hold_patch(rig: Rig, account: AccountState) -> tuple[threading.Event, FaultRule]:
+    """Hold the account's next PATCH in the network until the event is set."""
+    hold = threading.Event()
+    rule = rig.estate.sandbox.faults.add(
+        host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
+    )
+    return hold, rule
+
+
 class TestRequestsInFlight:
     """Interleavings inside one job's update, at the HTTP level: the sandbox holds A's PATCH
     (or answers it 429) while B runs, so only the write lease keeps B out."""
@@ -241,10 +251,7 @@ class TestRequestsInFlight:
         world = _World(rig)
         account = world.account()
         jobs = world.jobs(account, 1, 2)
-        hold = threading.Event()
-        rule = rig.estate.sandbox.faults.add(
-            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
-        )
+        hold, rule = _hold_patch(rig, account)
         first = asyncio.create_task(rotate_account(rig.engine, jobs["A"]))
         try:
             await _until(lambda: rule.hits == 1 or first.done(), "A's PATCH to reach the sandbox")
@@ -269,11 +276,8 @@ class TestRequestsInFlight:
         jobs = world.jobs(account, 1, 2)
         accounts = CognitiveAccounts(rig.services.accounts.client, patch_timeout=0.3)
         impatient = replace(rig.engine, accounts=accounts)
-        hold = threading.Event()
+        hold, rule = _hold_patch(rig, account)
         sandbox = rig.estate.sandbox
-        rule = sandbox.faults.add(
-            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
-        )
 
         def dropped() -> bool:
             patches = sandbox.counters.matching(host="management.azure.com", method="PATCH")
@@ -301,10 +305,7 @@ class TestRequestsInFlight:
         world = _World(rig)
         account = world.account()
         jobs = world.jobs(account, 1, 2)
-        hold = threading.Event()
-        rule = rig.estate.sandbox.faults.add(
-            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
-        )
+        hold, rule = _hold_patch(rig, account)
         first = asyncio.create_task(rotate_account(rig.engine, jobs["A"]))
         try:
             await _until(lambda: rule.hits == 1 or first.done(), "A's PATCH to reach the sandbox")
@@ -348,10 +349,7 @@ class TestRequestsInFlight:
         world = _World(rig)
         account = world.account()
         job = world.jobs(account, 1)["A"]
-        hold = threading.Event()
-        rule = rig.estate.sandbox.faults.add(
-            host="management.azure.com", path=account.name, method="PATCH", hold=hold, count=1
-        )
+        hold, rule = _hold_patch(rig, account)
         first = asyncio.create_task(rotate_account(rig.engine, job))
         try:
             await _until(lambda: rule.hits == 1 or first.done(), "the PATCH to reach the sandbox")

@@ -28,7 +28,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.queue import QueueMessage
+from azure.storage.queue import QueueMessage, QueueServiceClient
 from azure.storage.queue.aio import QueueClient
 
 from cmk.sandbox.funchost.config import MIN_POLLING_INTERVAL, QueueOptions
@@ -54,12 +54,10 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def _on_loopback(connection_string: str) -> bool:
-    """Whether the connection string's queue endpoint is on this machine (Azurite)."""
-    parts = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
-    if parts.get("UseDevelopmentStorage", "").lower() == "true":
-        return True
-    endpoint = parts.get("QueueEndpoint")
-    return endpoint is not None and urlsplit(endpoint).hostname in _LOOPBACK
+    """Whether the connection string's queue endpoint is on this machine (Azurite), as the
+    SDK reads it (a client object only: nothing is opened)."""
+    url = QueueServiceClient.from_connection_string(connection_string).url
+    return urlsplit(url).hostname in _LOOPBACK
 
 
 class QueueListener:
