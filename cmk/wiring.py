@@ -56,6 +56,11 @@ from cmk.adapters.arm_budget import (
     ArmPacingPolicy,
     BucketSize,
 )
+from cmk.adapters.credential import (
+    RenewingARMChallengePolicy,
+    RenewingCredential,
+    TokenRefusalPolicy,
+)
 from cmk.adapters.http_transport import transport_options
 from cmk.adapters.inventory import ResourceGraphInventory
 from cmk.adapters.jobqueue import StorageJobQueue, message_policies
@@ -156,11 +161,15 @@ class Services:
         if owns_credential:
             self._closers.append(credential.close)
         retry = self.options.retry
-        arm = self.arm_client_options()
 
+        #: Set when the credential is ours to renew (a service refused a token early).
+        self.renewing = credential if isinstance(credential, RenewingCredential) else None
+        key_options: dict[str, Any] = {"user_agent": USER_AGENT, **retry.core_client_options()}
+        if self.renewing is not None:
+            key_options["per_retry_policies"] = [TokenRefusalPolicy(self.renewing)]
         self.keys = KeyVaultKeys(
             credential,
-            client_options={"user_agent": USER_AGENT, **retry.core_client_options()},
+            client_options=key_options,
             clock=self.options.clock,
             max_concurrency=self.options.key_read_concurrency,
             cache_seconds=settings.key_cache.total_seconds(),
@@ -176,7 +185,7 @@ class Services:
                 credential,
                 subscription_id,
                 per_retry_policies=[pacing],
-                **arm,
+                **self.arm_client_options(),
                 **transport_options(),
             )
 
@@ -187,7 +196,7 @@ class Services:
         )
         self._closers.append(self.accounts.close)
 
-        graph = ResourceGraphClient(credential, **arm, **transport_options())
+        graph = ResourceGraphClient(credential, **self.arm_client_options(), **transport_options())
         self._closers.append(graph.close)
         self.inventory = ResourceGraphInventory(graph, fallback=self.accounts)
 
@@ -208,14 +217,24 @@ class Services:
 
     def arm_client_options(self) -> dict[str, Any]:
         """Keyword arguments every ARM management client gets: the cloud's endpoint and
-        token scope, the retry policy and our user agent."""
+        token scope, the authentication and retry policies and our user agent (new
+        policy objects on every call: a policy belongs to one client's pipeline)."""
         endpoints = self.settings.cloud.endpoints
         return {
             "base_url": endpoints.arm_endpoint,
             "credential_scopes": [endpoints.arm_scope],
+            "authentication_policy": self._arm_authentication(),
             "user_agent": USER_AGENT,
             **self.options.retry.core_client_options(),
         }
+
+    def _arm_authentication(self) -> AsyncARMChallengeAuthenticationPolicy:
+        """ARM's challenge policy; with a credential of ours, one that also replaces a
+        token ARM refused before it expired (:mod:`cmk.adapters.credential`)."""
+        scope = self.settings.cloud.endpoints.arm_scope
+        if self.renewing is not None:
+            return RenewingARMChallengePolicy(self.renewing, scope)
+        return AsyncARMChallengeAuthenticationPolicy(self.credential, scope)
 
     def _arm_pipeline(self) -> AsyncARMPipelineClient[Any, Any]:
         """A bare ARM pipeline (token scope, retry, user agent, ARM's logging policy) for
@@ -236,7 +255,7 @@ class Services:
                 core_policies.ProxyPolicy(),
                 core_policies.ContentDecodePolicy(),
                 retry_policy,
-                AsyncARMChallengeAuthenticationPolicy(self.credential, endpoints.arm_scope),
+                self._arm_authentication(),
                 core_policies.CustomHookPolicy(),
                 core_policies.NetworkTraceLoggingPolicy(),
                 core_policies.DistributedTracingPolicy(),
@@ -258,7 +277,7 @@ class Services:
         if credential is not None:
             return cls(settings, credential, options=options)
         authority = settings.cloud.endpoints.authority_host
-        built = DefaultAzureCredential(authority=authority)
+        built = RenewingCredential(lambda: DefaultAzureCredential(authority=authority))
         return cls(settings, built, options=options, owns_credential=True)
 
     def _build_storage(self, storage: StorageSettings) -> None:

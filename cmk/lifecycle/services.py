@@ -25,10 +25,11 @@ class LifecycleClients:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        arm = services.arm_client_options()
 
         def client_for(subscription_id: str) -> KeyVaultManagementClient:
-            return KeyVaultManagementClient(services.credential, subscription_id, **arm)
+            return KeyVaultManagementClient(
+                services.credential, subscription_id, **services.arm_client_options()
+            )
 
         self.vaults = KeyVaultResources(client_for)
         self.roles = RoleAssignments(self.vaults.client)

@@ -115,6 +115,17 @@ class TokenService:
 
     def __init__(self, key: SigningKey | None = None) -> None:
         self.key = key or SigningKey()
+        self._issued: set[str] = set()
+        self._revoked: set[str] = set()
+
+    def revoke_issued(self) -> int:
+        """Refuse every token issued so far, as Entra's continuous access evaluation or a
+        signing-key rollover does before the tokens expire: services answer them as
+        invalid (ARM ``401 InvalidAuthenticationToken``, Key Vault ``401`` with its
+        challenge); tokens issued afterwards are good. How many were revoked."""
+        revoked, self._issued = self._issued, set()
+        self._revoked |= revoked
+        return len(revoked)
 
     def jwks(self, issuer: str) -> dict[str, Any]:
         return {"keys": [self.key.jwk(issuer)]}
@@ -151,6 +162,7 @@ class TokenService:
             "uti": b64url(secrets.token_bytes(16)),
             "ver": "1.0",
         }
+        self._issued.add(claims["uti"])
         if resource_id:
             claims["xms_mirid"] = resource_id
         header = {"typ": "JWT", "alg": ALGORITHM, "x5t": self.key.kid, "kid": self.key.kid}
@@ -162,7 +174,7 @@ class TokenService:
 
     def verify(self, token: str) -> TokenClaims | None:
         """The claims of a valid, current token this sandbox signed; None for anything else
-        (wrong signature, key, algorithm or issuer; expired; not yet valid; malformed)."""
+        (wrong signature, key, algorithm or issuer; expired; revoked; not yet valid; malformed)."""
         parts = token.strip().split(".")
         if len(parts) != 3 or not all(parts):
             return None
@@ -183,6 +195,8 @@ class TokenService:
             audience = normalize_audience(str(claims["aud"]))
             expires_on, not_before = int(claims["exp"]), int(claims["nbf"])
             issuer = str(claims["iss"])
+            if str(claims.get("uti", "")) in self._revoked:
+                return None
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             return None
         now = time.time()
