@@ -13,8 +13,8 @@ what the SDK raised                             what we raise
 ServiceRequestError / ServiceResponseError,
 timeouts, no token (credential not reachable)
 401 ExpiredAuthenticationToken /               ServiceUnavailable (a new token next time:
-InvalidAuthenticationToken (ARM),              :mod:`cmk.adapters.credential` renews the
-Unauthorized (Key Vault: the token refused)     credential that handed the token out)
+InvalidAuthenticationToken                      :mod:`cmk.adapters.credential` renews the
+                                                credential that handed the token out)
 401, 403, an authorization error code           AccessDenied
 404                                             NotFound
 other 4xx, and a long-running operation that    UpdateFailed (the RP's error code first in
@@ -68,13 +68,14 @@ _ACCESS_CODES = frozenset(
     }
 )
 
-# 401 codes of a token the service refused (expired by its clock, revoked, signed by a
-# key it no longer trusts): the credential is renewed (cmk.adapters.credential) and the
-# next attempt carries a new token, so these are retried, never an account's permanent
-# failure. Key Vault answers every refused token 401 "Unauthorized" (its permission
-# errors are 403); ARM's 401s for another audience or tenant stay AccessDenied.
+# 401 codes of a token ARM refused (expired by its clock, revoked, signed by a key it no
+# longer trusts): the credential is renewed (cmk.adapters.credential) and the next
+# attempt carries a new token, so these are retried, never an account's permanent
+# failure. (Key Vault's 401 "Unauthorized" reaches us only after a new token was refused
+# too — cmk.adapters.credential sends the request again with one — so it stays
+# AccessDenied.)
 _STALE_TOKEN_CODES = frozenset(
-    {"expiredauthenticationtoken", "invalidauthenticationtoken", "tokenexpired", "unauthorized"}
+    {"expiredauthenticationtoken", "invalidauthenticationtoken", "tokenexpired"}
 )
 
 

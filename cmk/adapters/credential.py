@@ -18,10 +18,11 @@ copy on any 401 already; the credential's cache is the one that keeps it.)
   refused the same way), renews the credential, authorizes the request again and sends
   it once more: the refused request was not carried out, so sending it again is safe (a
   PATCH included).
-- :class:`TokenRefusalPolicy` is for Key Vault's clients, whose challenge policy cannot
-  be replaced: a per-retry policy that sees the 401 Key Vault's policy could not mend
-  (it asks the credential again, which still had the cached token) and renews the
-  credential, so the step's next attempt gets a new token.
+- :class:`TokenRefusalPolicy` does the same for Key Vault's clients, whose challenge
+  policy cannot be replaced: a per-retry policy above it that sees the 401 Key Vault's
+  policy could not mend (it asks the credential again, which still had the cached token),
+  renews the credential and sends the request once more through that policy, which now
+  gets a new token. A 401 that comes back after that is about more than a stale token.
 
 The Storage and Event Grid clients keep the SDK's behaviour: they authenticate with the
 connection string or the same credential, and a refused token there is retried with the
@@ -179,7 +180,8 @@ def token_refused(request: PipelineRequest[Any], response: PipelineResponse[Any,
 
 
 class TokenRefusalPolicy(AsyncHTTPPolicy[Any, Any]):
-    """Tells a :class:`RenewingCredential` which of its tokens a service refused."""
+    """Above a client's authentication policy: when the service refused the token, renew
+    the :class:`RenewingCredential` and send the request once more (with a new token)."""
 
     def __init__(self, credential: RenewingCredential) -> None:
         super().__init__()
@@ -188,9 +190,12 @@ class TokenRefusalPolicy(AsyncHTTPPolicy[Any, Any]):
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         response = await self.next.send(request)
         token = _bearer_token(request)
-        if token is not None and token_refused(request, response):
-            self._credential.refused(token, request.http_request.url.split("?", 1)[0])
-        return response
+        if token is None or not token_refused(request, response):
+            return response
+        self._credential.refused(token, request.http_request.url.split("?", 1)[0])
+        if not self._credential.outdated(token):
+            return response  # not renewed (too soon after the last): the same token again
+        return await self.next.send(request)
 
 
 class RenewingARMChallengePolicy(AsyncARMChallengeAuthenticationPolicy):

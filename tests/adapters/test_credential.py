@@ -9,6 +9,7 @@ expires.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
@@ -16,7 +17,7 @@ from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 
 from cmk.adapters.credential import RenewingCredential
-from cmk.errors import ServiceUnavailable
+from cmk.errors import AccessDenied
 from cmk.keyid import KeyId
 from cmk.resource_id import AccountId
 from cmk.wiring import Services
@@ -86,20 +87,49 @@ class TestArm:
 
 
 class TestKeyVault:
-    async def test_a_refused_token_is_transient_and_the_next_attempt_succeeds(
+    async def test_a_refused_token_is_replaced_within_the_same_call(
         self, cloud: Cloud, services: Services
     ) -> None:
         """Key Vault's own challenge policy asks the credential again at once (and gets
-        the cached token): the step fails transiently, the credential is renewed, and the
-        next attempt — the job's retry — reads the key."""
+        the cached token, refused again); then the credential is renewed and the read
+        sent once more: Key Vault's policy still holds the refused token for that first
+        send (refused a third time), then asks the renewed credential and is answered."""
         cloud.add_version(cloud.vault)
         key = KeyId(cloud.vault.url, "cmk")
         await services.keys.latest(key)
         cloud.sandbox.tokens.revoke_issued()
+        before = cloud.sandbox.counters.count(host=cloud.vault.host, path="/keys/cmk/$")
 
-        with pytest.raises(ServiceUnavailable, match="token"):
-            await services.keys.latest(key)
         assert (await services.keys.latest(key)).enabled
+
+        assert (
+            cloud.sandbox.counters.count(host=cloud.vault.host, path="/keys/cmk/$") - (before) == 4
+        )
+        assert _renewing(services).renewals == 1
+
+    async def test_a_new_token_refused_too_is_access_denied(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """Refused again with a brand-new token (revoked as it is issued): not a stale
+        token but a real refusal, reported as such."""
+        cloud.add_version(cloud.vault)
+        key = KeyId(cloud.vault.url, "cmk")
+        await services.keys.latest(key)
+        tokens = cloud.sandbox.tokens
+        issue = tokens.issue
+
+        def issue_revoked(*args: Any, **kwargs: Any) -> tuple[str, int]:
+            issued = issue(*args, **kwargs)
+            tokens.revoke_issued()
+            return issued
+
+        tokens.revoke_issued()
+        tokens.issue = issue_revoked  # type: ignore[method-assign]
+        try:
+            with pytest.raises(AccessDenied, match="Unauthorized"):
+                await services.keys.latest(key)
+        finally:
+            tokens.issue = issue  # type: ignore[method-assign]
         assert _renewing(services).renewals == 1
 
 

@@ -63,7 +63,7 @@ class TestTranslate:
             (_http(401, "ExpiredAuthenticationToken"), ServiceUnavailable),  # a new token next time
             (_http(401, "InvalidAuthenticationToken"), ServiceUnavailable),
             (_http(401, "InvalidAuthenticationTokenTenant"), AccessDenied),  # wrong tenant: setup
-            (_http(401, "Unauthorized"), ServiceUnavailable),  # Key Vault refused the token
+            (_http(401, "Unauthorized"), AccessDenied),  # Key Vault refused a new token too
             (_http(403, "Forbidden"), AccessDenied),  # Key Vault: no permission
             (_http(404), NotFound),
             (_http(400, "BadRequest"), UpdateFailed),
