@@ -79,7 +79,12 @@ def _arm_checks(record: AccountRecord, target: str, result: Assessment) -> None:
     """What ARM alone says is wrong: a Failed update, no identity that can use the key."""
     assert record.binding is not None
     binding = record.binding
-    if record.provisioning_state.lower() == "failed":
+    if record.provisioning_state.lower() == "failed" and result.job is not None:
+        # The move this sweep queues retries the update: it repairs the account or the
+        # worker alerts its failure (naming the version it really tried). Alerting here
+        # would name a version nobody tried yet and alert what the same run repairs.
+        result.detail += "; provisioningState is Failed (the queued move retries it)"
+    elif record.provisioning_state.lower() == "failed":
         cause = f"provisioningState is Failed (target version {target})"
         alert = alerting.update_failed(binding.account_id, binding.key_id, target, cause)
         result.flag(BindingState.FAILING, "update_failed", cause, alert)

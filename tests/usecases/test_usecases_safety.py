@@ -109,6 +109,35 @@ class TestOneFailureOneAlert:
         assert alerts[0]["data"]["toVersion"] == new.version
 
 
+    async def test_failed_update_then_a_newer_version_alerts_once(self, rig: Rig) -> None:
+        """The update to v2 ended Failed (alerted, naming v2); then v3 is created. The
+        sweep moves the Failed account to v3 and does not alert again — not for v3, which
+        nobody had tried, and not for what its own move repairs."""
+        estate = rig.estate
+        old = estate.version(estate.kv)
+        estate.world.clock.advance(timedelta(minutes=1))
+        failed = estate.version(estate.kv)
+        account = estate.account("acct-f", estate.kv, old.version)
+        account.provisioning_state = "Failed"
+        job = RotationJob(
+            AccountId.parse(account.resource_id),
+            KeyId(estate.kv.url, "cmk", failed.version),
+            trigger="test",
+        )
+        verify = await rotate_account(rig.engine, replace(job, step=JobStep.VERIFY))
+        assert verify.result is JobResult.FAILED
+        estate.world.clock.advance(timedelta(minutes=1))
+        newest = estate.version(estate.kv)
+
+        await sweep(rig.engine)
+        await rig.drain()
+
+        assert account.encryption.key_version == newest.version
+        alerts = [a for a in rig.alerts() if a["subject"].lower() == account.resource_id.lower()]
+        assert [(a["type"], a["data"]["toVersion"]) for a in alerts] == [
+            ("CmkRotator.account_update_failed", failed.version)
+        ]
+
 class TestSweepAlerts:
     """A sweep alerts what needs a human, and only that."""
 
