@@ -78,6 +78,32 @@ INTERFERING_ENV = (
     "all_proxy",
     "SSL_CERT_DIR",
 )
+#: azure-identity's credential variables (``azure.identity._constants.EnvironmentVariables``,
+#: 1.27) besides the identity endpoint the sandbox sets: a shell that carries any of them
+#: into a sandboxed process makes ``DefaultAzureCredential`` pick (or fail with) another
+#: credential — ``EnvironmentCredential`` and ``WorkloadIdentityCredential`` come before
+#: managed identity, ``AZURE_CLIENT_ID`` selects a user-assigned identity the sandbox does
+#: not know, ``AZURE_TOKEN_CREDENTIALS`` may leave managed identity out of the chain.
+CREDENTIAL_ENV = (
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN",
+    "AZURE_USERNAME",
+    "AZURE_PASSWORD",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_REGIONAL_AUTHORITY_NAME",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+    "AZURE_IDENTITY_DISABLE_MULTITENANTAUTH",
+    "AZURE_TOKEN_CREDENTIALS",
+    "AZURE_KUBERNETES_SNI_NAME",
+    "AZURE_KUBERNETES_TOKEN_PROXY",
+    "AZURE_KUBERNETES_CA_FILE",
+    "AZURE_KUBERNETES_CA_DATA",
+)
 
 
 def write_node_bundle(ca_pem: bytes, path: Path, inherited: str | None) -> Path:

@@ -34,7 +34,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     """The ``export NAME=value`` lines ``cmk sandbox up`` writes (values shell-quoted)."""
     env: dict[str, str] = {}
     for line in path.read_text().splitlines():
-        if line.startswith("#"):  # the header: which sandbox wrote the file
+        if line.startswith(("#", "unset ")):  # the header; what the shell drops
             continue
         name, _, value = line.removeprefix("export ").partition("=")
         env[name] = shlex.split(value)[0] if value else ""

@@ -3,8 +3,9 @@
 ``make az-cli-check`` installs the latest ``azure-cli`` from PyPI into ``.venv-azcli`` and
 runs this module with ``CMK_AZ_CLI`` naming its ``az``; without that variable every test
 is skipped (installing the CLI takes minutes, so ``make test`` does not). The CLI sees
-only the variables of the env file ``cmk sandbox up --env-file`` writes (plus a private
-``AZURE_CONFIG_DIR``), exactly as a user who sourced it (the ``sandbox_up`` fixture).
+only the variables of the env file ``cmk sandbox up --env-file`` writes (its
+``AZURE_CONFIG_DIR`` in the sandbox's state directory included), exactly as a user who
+sourced it (the ``sandbox_up`` fixture).
 """
 
 from __future__ import annotations
@@ -53,13 +54,8 @@ class Cli:
 @pytest.fixture(scope="module")
 def az(sandbox_up: SandboxUp) -> Cli:  # noqa: F811 (the imported fixture)
     """``az`` logged in with the sandbox's managed identity, its profile kept private."""
-    cli = Cli(
-        {
-            **sandbox_up.env,
-            "AZURE_CONFIG_DIR": str(sandbox_up.root / "azure"),
-            "AZURE_CORE_COLLECT_TELEMETRY": "no",
-        }
-    )
+    assert sandbox_up.env["AZURE_CONFIG_DIR"].startswith(str(sandbox_up.root))
+    cli = Cli({**sandbox_up.env, "AZURE_CORE_COLLECT_TELEMETRY": "no"})
     login = cli.run("login", "--identity", "--output", "json")
     assert login.returncode == 0, login.stderr
     return cli

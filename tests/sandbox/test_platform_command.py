@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -20,12 +21,23 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Bounds a hang of the start-up (Azurite included); a loaded machine is slow, not wrong.
 HANG_SECONDS = 120
 UP = [sys.executable, "-m", "cmk.cli", "sandbox", "up"]
+#: What a user's shell may already export (azure-identity's EnvironmentCredential and
+#: WorkloadIdentityCredential read them before managed identity).
+USER_CREDENTIALS = {
+    "AZURE_CLIENT_ID": "0a9c3b1e-5f7d-4e2a-8b6c-1d2e3f4a5b6c",
+    "AZURE_CLIENT_SECRET": "not-a-secret",
+    "AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+    "AZURE_FEDERATED_TOKEN_FILE": "/var/run/secrets/azure/tokens/azure-identity-token",
+    "AZURE_CLIENT_CERTIFICATE_PATH": "/home/user/sp.pem",
+    "AZURE_USERNAME": "user@contoso.com",
+    "AZURE_PASSWORD": "not-a-password",
+}
 
 
 def _env_file_values(path: Path) -> dict[str, str]:
     values = {}
     for line in path.read_text().splitlines():
-        if line.startswith("#"):  # the header: which sandbox wrote the file
+        if line.startswith(("#", "unset ")):  # the header; what the shell drops
             continue
         name, _, value = line.removeprefix("export ").partition("=")
         values[name] = shlex.split(value)[0] if value else ""
@@ -150,6 +162,46 @@ class TestEnvFileHygiene:
         names = {line.removeprefix("export ").partition("=")[0] for line in exports}
         assert {"HTTPS_PROXY", "REQUESTS_CA_BUNDLE", "IDENTITY_ENDPOINT"} <= names
         assert "pass --env-file FILE" in shown
+        [unset] = [line for line in shown.splitlines() if line.startswith("unset ")]
+        assert shown.index(unset) < shown.index(exports[0])
+        assert set(USER_CREDENTIALS) <= set(unset.split()[1:])
+
+    def test_a_shell_with_credentials_of_its_own_reaches_the_sandbox(self, tmp_path):
+        """A shell that already exports a service principal, a user, a workload identity
+        and a certificate sources the env file: they are gone, `cmk versions` reads the
+        key through ARM and Key Vault without a credential error, and az's config
+        directory is the sandbox's, not ~/.azure."""
+        env_file = tmp_path / "sandbox.env"
+        process = _start_up(env_file, tmp_path)
+        try:
+            _read_until(process, tmp_path / "up.log", "stop with Ctrl-C")
+            exports = " ".join(f"{n}={shlex.quote(v)}" for n, v in USER_CREDENTIALS.items())
+            script = (
+                f"export {exports}\n"
+                f". {shlex.quote(str(env_file))}\n"
+                'env | grep "^AZURE_" | sort >&2\n'
+                "exec cmk versions https://kv-cmk-weu.vault.azure.net/keys/ai-cmk -o json\n"
+            )
+            shell = subprocess.run(
+                ["bash", "-c", script],
+                cwd=tmp_path,
+                env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                     "HOME": str(tmp_path)},
+                capture_output=True,
+                text=True,
+                timeout=HANG_SECONDS,
+                check=False,
+            )  # fmt: skip
+        finally:
+            err = _stop(process)
+        assert process.returncode == 0, err
+        assert shell.returncode == 0, shell.stderr
+        assert "DefaultAzureCredential" not in shell.stderr
+        key = json.loads(shell.stdout)["key"]
+        assert key["key_id"] == "https://kv-cmk-weu.vault.azure.net/keys/ai-cmk"
+        assert key["in_scope"] is True
+        left = dict(line.partition("=")[::2] for line in shell.stderr.split("\n") if line)
+        assert left == {"AZURE_CONFIG_DIR": str(tmp_path / "state" / "azure")}
 
     def test_refuses_the_env_file_of_a_running_sandbox(self, tmp_path):
         """A second `up` with the env file of one still running exits 2, naming its pid,

@@ -225,7 +225,7 @@ class TestSandboxUpApp:
         """The unmodified az CLI, logged in with the sandbox's managed identity, rotates the
         key (`az keyvault key rotate`) and every bound account moves to the new version."""
         with _app_up(tmp_path) as app:
-            az = {**app.shell, "AZURE_CONFIG_DIR": str(tmp_path / "azure")}
+            az = app.shell  # the env file's AZURE_CONFIG_DIR keeps ~/.azure apart
             login = _shell(az, str(AZ), "login", "--identity", "-o", "none")
             assert login.returncode == 0, login.stderr
             rotated = _shell(

@@ -1,5 +1,9 @@
-"""The env file of ``cmk sandbox up``: ``export NAME=value`` lines a shell sources to point
-its clients at the sandbox, headed by a comment that records who wrote it.
+"""The env file of ``cmk sandbox up``: the lines a shell sources to point its clients at the
+sandbox, headed by a comment that records who wrote it. First one ``unset`` line drops what
+would steer a client away from the sandbox (:data:`UNSET`: azure-identity's credential
+variables, other proxies and identity endpoints), then ``export NAME=value`` lines set the
+sandbox's variables, ``AZURE_CONFIG_DIR`` among them (``az`` keeps its login in the
+sandbox's state directory, not in the user's ``~/.azure``).
 
 The header (``# cmk sandbox up: pid=<pid> proxy=<host:port>``) lets a second ``up`` tell
 a file whose sandbox still runs (refused: overwriting it would strand the shells that
@@ -16,12 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["EnvFileOwner", "export_lines", "live_owner", "proxy_answers", "write_env_file"]
+from cmk.sandbox.core import CREDENTIAL_ENV, INTERFERING_ENV
+
+__all__ = [
+    "UNSET",
+    "EnvFileOwner",
+    "export_lines",
+    "live_owner",
+    "proxy_answers",
+    "write_env_file",
+]
 
 HEADER = "# cmk sandbox up: pid={pid} proxy={proxy}"
 _HEADER = re.compile(r"^# cmk sandbox up: pid=(\d+) proxy=(\S+)$")
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_SECONDS = 0.5
+#: What the env file unsets before it exports: a user's service-principal or workload
+#: identity variables (``AZURE_CLIENT_ID``, ``AZURE_CLIENT_SECRET``, ...) make
+#: ``DefaultAzureCredential`` try them before the sandbox's managed identity and fail.
+UNSET = tuple(dict.fromkeys((*CREDENTIAL_ENV, *INTERFERING_ENV)))
 
 
 @dataclass(frozen=True)
@@ -37,8 +54,11 @@ class EnvFileOwner:
 
 
 def export_lines(env: dict[str, str]) -> list[str]:
-    """``export NAME=value`` lines, values quoted for a POSIX shell."""
-    return [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    """One ``unset`` line for the :data:`UNSET` names ``env`` does not set, then ``export
+    NAME=value`` lines, values quoted for a POSIX shell."""
+    unset = [name for name in UNSET if name not in env]
+    exports = [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    return [f"unset {' '.join(unset)}", *exports] if unset else exports
 
 
 def _address(proxy_url: str) -> str:

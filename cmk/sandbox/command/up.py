@@ -3,8 +3,10 @@
 It starts the proxy, the services and Azurite, seeds the world (``--scenario`` or the
 built-in example), checks that every service answers, then writes ``export NAME=value``
 lines to ``--env-file`` (``source`` it in another shell; without it they are printed) and
-prints a short summary. With ``--app`` it also runs ``function_app.py`` on the local
-Functions host against it (:mod:`cmk.sandbox.command.app`).
+prints a short summary. The env file first unsets the credential variables that would make
+``DefaultAzureCredential`` pick something other than the sandbox's managed identity, and
+points ``AZURE_CONFIG_DIR`` into the state directory. With ``--app`` it also runs
+``function_app.py`` on the local Functions host against it (:mod:`cmk.sandbox.command.app`).
 
 An env file whose sandbox still runs is never overwritten (:mod:`cmk.sandbox.command.env`);
 the file is removed when the sandbox that wrote it stops.
@@ -88,6 +90,14 @@ def _probe(sandbox: Sandbox) -> list[str]:
         except requests.RequestException:
             silent.append(sandbox.identity_endpoint)
     return silent
+
+
+def _shell_env(sandbox: Sandbox) -> dict[str, str]:
+    """What only a user's shell needs: ``AZURE_CONFIG_DIR`` in the state directory, so that
+    ``az login --identity`` there leaves the user's own ``~/.azure`` (and its login) alone."""
+    config = sandbox.state_dir / "azure"
+    config.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return {"AZURE_CONFIG_DIR": str(config)}
 
 
 def _wait_ready(sandbox: Sandbox) -> None:
@@ -192,7 +202,7 @@ def up_command(args: argparse.Namespace) -> int:
             sandbox.start()
             sandbox.seed(args.scenario or example_path())
             _wait_ready(sandbox)
-            env = {**sandbox.env(), **sandbox.settings_env()}
+            env = {**sandbox.env(), **sandbox.settings_env(), **_shell_env(sandbox)}
             lines = [_summary(args, sandbox, 0.0)]
             if app_dir is not None:
                 settings = app_settings(sandbox, os.environ)
