@@ -825,6 +825,87 @@ class TestAzdDownSafety:
         assert set(vaults["parameters"]) >= {"appPrincipalId", "vaults", "appResourceGroup"}
 
 
+def files_in_app_group() -> set[str]:
+    """The files main.bicep deploys into the app's resource group (scope `rg`): what
+    `azd down` deletes with that group."""
+    return {
+        module["detail"]["path"].removeprefix("./")
+        for module in template("main.bicep")["modules"].values()
+        if render(body(module)["scope"]) == "rg"
+    }
+
+
+def teardown_section() -> str:
+    """The text of docs/deployment.md's `## Teardown` section."""
+    doc = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+    return doc.split("\n## Teardown\n", 1)[1].split("\n## ", 1)[0]
+
+
+def role_name_stem(resource: dict[str, Any]) -> str:
+    """A custom role's name up to its first interpolation: 'CMK rotator grant reader' of
+    'CMK rotator grant reader (${environmentName}, ...)'."""
+    name = str(body(resource)["properties"]["roleName"])
+    return name.split("${", 1)[0].rstrip(" (")
+
+
+def custom_roles_outside_app_group() -> list[tuple[str, str, str]]:
+    """(file, symbolic name, role name stem) of every roleDefinitions resource deployed
+    outside the app's resource group: what survives `azd down`."""
+    inside = files_in_app_group()
+    return [
+        (relative, name, role_name_stem(resource))
+        for relative, name, resource in resources_of_type("Microsoft.Authorization/roleDefinitions")
+        if relative not in inside
+    ]
+
+
+def missing_from_teardown(section: str) -> list[str]:
+    """The surviving custom roles that no row of ``section`` removes: a row must name the
+    role in `az role assignment delete --role "<name> (` and `az role definition delete
+    --name "<name> (`."""
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    missing = []
+    for relative, name, stem in custom_roles_outside_app_group():
+        removed = [
+            row
+            for row in rows
+            if f'az role assignment delete --role "{stem} (' in row
+            and f'az role definition delete --name "{stem} (' in row
+        ]
+        if not stem or not removed:
+            missing.append(f"{relative}: {name} ({stem!r})")
+    return missing
+
+
+class TestTeardownDocs:
+    """What `azd down` leaves behind is written down, with how to remove it."""
+
+    def test_every_custom_role_outside_the_app_group_is_in_teardown(self) -> None:
+        """Each roleDefinitions resource deployed outside the app's resource group survives
+        `azd down`: docs/deployment.md's Teardown section has a row that deletes its
+        assignments, then the definition, by its role name."""
+        stems = {stem for _, _, stem in custom_roles_outside_app_group()}
+        assert {
+            "CMK rotator account operator",
+            "CMK rotator grant reader",
+            "CMK rotator key rotator",
+            "CMK rotator vault grant reader",
+        } <= stems
+        assert missing_from_teardown(teardown_section()) == []
+
+    def test_the_guard_sees_a_role_missing_from_the_section(self) -> None:
+        """Without the grant reader's row the guard names it (the vault grant reader's row,
+        whose name contains 'grant reader', does not count for it)."""
+        section = "\n".join(
+            line
+            for line in teardown_section().splitlines()
+            if "CMK rotator grant reader (" not in line
+        )
+        assert missing_from_teardown(section) == [
+            "app/rbac-subscription.bicep: grantReader ('CMK rotator grant reader')"
+        ]
+
+
 class TestAlerting:
     """Alert topic, action group, log alerts on every cmk_alert_type, poison-queue alert."""
 
