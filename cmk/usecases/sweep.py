@@ -153,8 +153,10 @@ class _OpenRows:
     """The open ledger rows (planned, submitted, failed) by (account, target version): one
     filtered, paged query, not one point read per move.
 
-    It also closes what ARM shows is over: a planned or submitted row whose account is on
-    that very version (Succeeded) is recorded succeeded, and one whose account is on the
+    It also closes what ARM shows is over: an open row whose account is on that very
+    version (Succeeded) is recorded succeeded — a failed one too: a job that gave up
+    because nothing could verify its update (ARM unreachable until its retries ran out)
+    while the update itself landed — and a planned or submitted row whose account is on the
     key's newest valid version while the row names another is recorded skipped
     (superseded) — rows an interrupted ``cmk rotate`` or a lost job leaves behind, which
     would otherwise count as moves in flight for ever (``cmk versions``). A dry run (or
@@ -174,9 +176,8 @@ class _OpenRows:
             self._rows = {}
             async for entry in self._engine.ledger.iter_history(states=_OPEN_STATES):
                 self._rows[_slot(entry, entry.to_version)] = entry
-                if entry.state in _IN_FLIGHT:
-                    account = str(entry.account_id).lower()
-                    self._by_account.setdefault(account, []).append(entry)
+                account = str(entry.account_id).lower()
+                self._by_account.setdefault(account, []).append(entry)
         return self._rows
 
     async def of(self, record: AccountRecord, move: Move) -> LedgerEntry | None:
@@ -199,7 +200,11 @@ class _OpenRows:
         for entry in self._by_account.pop(str(record.account_id).lower(), []):
             if entry.to_version.lower() == bound and done:
                 cause = f"verified on the account by {self._run_id}"
+                if entry.state is LedgerState.FAILED:
+                    cause += f" (recorded failed: {entry.cause})"
                 state = LedgerState.SUCCEEDED
+            elif entry.state is LedgerState.FAILED:
+                continue  # a failure stays on record until the account shows otherwise
             elif isinstance(decision, UpToDate) and await self._older(view, entry, decision):
                 cause = f"superseded: the account is on {bound}, the newest valid version"
                 state = LedgerState.SKIPPED

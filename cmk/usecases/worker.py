@@ -31,6 +31,7 @@ from datetime import timedelta
 
 from cmk.errors import (
     AccountBusy,
+    CmkError,
     KeyAccessDenied,
     PermanentError,
     ServiceUnavailable,
@@ -438,5 +439,25 @@ async def on_poison(engine: Engine, job: RotationJob) -> JobReport:
     step.attempts = previous.attempts if previous else 0
     if previous is not None and previous.state in _DONE:
         return step.report(JobResult.SKIPPED, f"already {previous.state.value}")
+    if await _landed(step):
+        # Its PATCH was applied but no attempt could verify it (status polls or reads
+        # failed until the retries ran out): the account proves it, nothing failed.
+        return await step.finish(
+            LedgerState.SUCCEEDED, JobResult.SUCCEEDED, "verified after the job's last retry"
+        )
     last = f"; {previous.cause}" if previous is not None and previous.cause else ""
     return await step.fail(f"the job exhausted its retries{last}")
+
+
+async def _landed(step: _Step) -> bool:
+    """One last read: is the account on the job's target, Succeeded? (False if ARM cannot
+    say: the retries were spent on exactly that.)"""
+    if not step.version:
+        return False
+    try:
+        record = await step.engine.accounts.get(step.job.account_id)
+    except CmkError:
+        return False
+    bound = record.binding.key_id.version if record.binding is not None else None
+    succeeded = record.provisioning_state.lower() == "succeeded"
+    return succeeded and (bound or "").lower() == step.version.lower()

@@ -25,7 +25,7 @@ from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerEntry, LedgerState, RotationJob
 from cmk.resource_id import AccountId
 from cmk.sandbox.world import KeyEventType
-from cmk.usecases import EventOutcome, on_near_expiry, rotate_account, sweep
+from cmk.usecases import EventOutcome, alerting, on_near_expiry, rotate_account, sweep
 from cmk.usecases.report import JobResult
 from cmk.usecases.versions import key_versions
 
@@ -108,7 +108,6 @@ class TestOneFailureOneAlert:
         assert alerts[0]["type"] == "CmkRotator.account_update_failed"
         assert alerts[0]["data"]["toVersion"] == new.version
 
-
     async def test_failed_update_then_a_newer_version_alerts_once(self, rig: Rig) -> None:
         """The update to v2 ended Failed (alerted, naming v2); then v3 is created. The
         sweep moves the Failed account to v3 and does not alert again — not for v3, which
@@ -137,6 +136,7 @@ class TestOneFailureOneAlert:
         assert [(a["type"], a["data"]["toVersion"]) for a in alerts] == [
             ("CmkRotator.account_update_failed", failed.version)
         ]
+
 
 class TestSweepAlerts:
     """A sweep alerts what needs a human, and only that."""
@@ -417,6 +417,47 @@ class TestLeftoverRows:
         assert states == {old.version: LedgerState.SKIPPED, newest.version: LedgerState.SUCCEEDED}
         after = await key_versions(rig.engine, key)
         assert all(v.in_flight == () for v in after.versions)
+        rig.check_invariants()
+
+    async def test_a_failed_row_of_an_update_that_landed_is_closed(self, rig: Rig) -> None:
+        """A job gave up (FAILED, alerted) because ARM could not verify its update; the
+        update landed. The next sweep records the row succeeded (ledger == ARM) and closes
+        the alert; a failed row of a version the account is not on stays failed."""
+        estate = rig.estate
+        failed_elsewhere = estate.version(estate.kv)
+        estate.world.clock.advance(timedelta(minutes=1))
+        newest = estate.version(estate.kv)
+        account = estate.account("acct-l3", estate.kv, newest.version)
+        account_id = AccountId.parse(account.resource_id)
+        key = KeyId(estate.kv.url, "cmk")
+        now = estate.world.clock.now()
+        for version in (failed_elsewhere.version, newest.version):
+            await rig.engine.ledger.record(
+                LedgerEntry(
+                    account_id,
+                    key,
+                    version,
+                    None,
+                    LedgerState.FAILED,
+                    5,
+                    "the job exhausted its retries",
+                    "event",
+                    now,
+                    now,
+                )
+            )
+        await rig.engine.alerts.raise_alert(
+            alerting.update_failed(account_id, key, newest.version, "the job exhausted its retries")
+        )
+
+        await sweep(rig.engine)
+
+        states = {e.to_version: e.state for e in await rig.ledger(account)}
+        assert states == {
+            failed_elsewhere.version: LedgerState.FAILED,
+            newest.version: LedgerState.SUCCEEDED,
+        }
+        assert await rig.engine.alerts.open_subjects() == set()
         rig.check_invariants()
 
     async def test_rows_of_unknown_or_newer_versions_and_rows_written_meanwhile_stay(

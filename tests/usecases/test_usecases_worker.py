@@ -311,6 +311,39 @@ class TestOnPoison:
         assert (await rig.ledger(account))[0].state is LedgerState.SUCCEEDED
         assert rig.alerts() == []
 
+    async def test_poison_of_an_update_that_landed_records_success(self, rig: Rig) -> None:
+        """The PATCH was applied, but every status poll and read failed until the job
+        was poisoned; by then ARM answers: the account is on the target, Succeeded. The
+        poison handler's last read records SUCCEEDED and alerts nothing."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        faults = rig.estate.sandbox.faults
+        polls = faults.add(host="management.azure.com", path="/operationStatuses/", status=500)
+        with pytest.raises(TransientError):
+            await rotate_account(rig.engine, job)  # PATCH accepted, its polls fail
+        faults.remove(polls)
+        rp_for(rig.world).finish_now(account.resource_id)  # the update ends meanwhile
+
+        report = await on_poison(rig.engine, job)
+
+        assert report.result is JobResult.SUCCEEDED
+        assert (await rig.ledger(account))[0].state is LedgerState.SUCCEEDED
+        assert rig.alerts() == []
+        await rig.check_ledger()
+
+    async def test_poison_while_arm_cannot_answer_fails_and_alerts(self, rig: Rig) -> None:
+        """ARM still cannot answer the last read: FAILED and one alert, as before."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        rig.estate.sandbox.faults.add(
+            host="management.azure.com", path=account.name, method="GET", status=503
+        )
+
+        report = await on_poison(rig.engine, job)
+
+        assert report.result is JobResult.FAILED
+        assert len(rig.alerts("account_update_failed")) == 1
+
 
 class TestCachedVersions:
     """A version disabled after it was cached is never bound."""
