@@ -195,6 +195,57 @@ class TestSubscriptions:
         [dead] = sandbox.eventgrid.dead_letters
         assert dead.subscription == "always-down" and dead.attempts == 3
         assert "subscriber down" in dead.reason
+        assert dead.dead_letter_reason == "MaxDeliveryAttemptsExceeded"
+
+    def test_time_to_live_ends_retries_before_max_attempts(self, sandbox: Sandbox):
+        """30 attempts on Event Grid's schedule span days; a 1440-minute TTL ends them at the
+        11th (sent 82,000 s after the first; the 12th would be at 125,200 s > 86,400 s),
+        dead-lettered as TimeToLiveExceeded. A 1-minute TTL stops after 10 s + 30 s."""
+        sandbox.eventgrid.retry_scale = 1e-6  # the schedule's days in tenths of a second
+        collector = Collector(fail_first=100)
+        sandbox.eventgrid.subscribe(collector, max_attempts=30, name="day")
+        sandbox.eventgrid.subscribe(collector, event_ttl_minutes=1, name="minute")
+        sandbox.world.emit(_event())
+        sandbox.drain_events()
+        dead = {d.subscription: d for d in sandbox.eventgrid.dead_letters}
+        assert dead["day"].attempts == 11
+        assert dead["minute"].attempts == 3  # at 0 s, 10 s, 40 s; the next at 100 s
+        assert {d.dead_letter_reason for d in dead.values()} == {"TimeToLiveExceeded"}
+
+    def test_time_to_live_is_event_grids_range(self, sandbox: Sandbox):
+        """eventTimeToLiveInMinutes is 1-1440, as ARM validates it."""
+        for minutes in (0, 1441):
+            with pytest.raises(ValueError, match="1-1440"):
+                sandbox.eventgrid.subscribe(Collector(), event_ttl_minutes=minutes)
+
+    def test_advanced_filter_string_in(self, sandbox: Sandbox):
+        """infra/'s `data.ObjectType StringIn [Key]` passes key events (values compare
+        case-insensitively); StringIn [Secret] passes none; StringNotIn inverts; a filter
+        on an envelope field (subject) works as well."""
+        collectors = {name: Collector() for name in ("key", "lower", "secret", "not", "subj")}
+        filters: dict[str, dict[str, Any]] = {
+            "key": {"operatorType": "StringIn", "key": "data.ObjectType", "values": ["Key"]},
+            "lower": {"operatorType": "StringIn", "key": "data.ObjectType", "values": ["key"]},
+            "secret": {"operatorType": "StringIn", "key": "data.ObjectType", "values": ["Secret"]},
+            "not": {"operatorType": "StringNotIn", "key": "data.ObjectType", "values": ["Key"]},
+            "subj": {"operatorType": "StringIn", "key": "subject", "values": ["K1", "k2"]},
+        }
+        for name, collector in collectors.items():
+            sandbox.eventgrid.subscribe(collector, advanced_filters=[filters[name]], name=name)
+        sandbox.world.emit(_event())
+        sandbox.drain_events()
+        got = {name: len(c.events) for name, c in collectors.items()}
+        assert got == {"key": 1, "lower": 1, "secret": 0, "not": 0, "subj": 1}
+
+    def test_other_filter_operators_are_refused(self, sandbox: Sandbox):
+        """An operator the sandbox does not emulate is refused, not silently ignored."""
+        with pytest.raises(ValueError, match="StringIn, StringNotIn"):
+            sandbox.eventgrid.subscribe(
+                Collector(),
+                advanced_filters=[
+                    {"operatorType": "NumberGreaterThan", "key": "data.EXP", "value": 1}
+                ],
+            )
 
     def test_http_webhook_delivery(self, sandbox: Sandbox):
         """A URL subscriber receives an Event Grid schema array with aeg-* headers."""

@@ -3,12 +3,14 @@ running sandbox — the local ``func start`` with a local Azure.
 
 Wired as infra/ wires the deployment:
 
-- each Key Vault's system topic gets the three subscriptions of
-  ``infra/app/vault-event-subscriptions.bicep`` (one event type each, to its function),
-  delivered by the sandbox's Event Grid over HTTP to the host's Event Grid webhook
-  (``/runtime/webhooks/eventgrid``, with the ``eventgrid_extension`` system key), at least
-  once with Event Grid's retry schedule and 30 delivery attempts; Managed HSM publishes no
-  Event Grid events, so it gets none;
+- the system topic of each Key Vault in the app's allow-list (``CMK_VAULT_ALLOWLIST``, as
+  infra/ subscribes the vaults of its ``vaults`` parameter) gets the three subscriptions of
+  ``infra/app/vault-event-subscriptions.bicep`` (one event type each, to its function, the
+  ``data.ObjectType StringIn Key`` advanced filter), delivered by the sandbox's Event Grid
+  over HTTP to the host's Event Grid webhook (``/runtime/webhooks/eventgrid``, with the
+  ``eventgrid_extension`` system key), at least once with Event Grid's retry schedule, 30
+  delivery attempts and a 1440-minute event time-to-live; a vault off the allow-list gets
+  none; Managed HSM publishes no Event Grid events, so it gets none either;
 - ``rotate_account`` and ``on_poison`` poll the job queue and its poison queue on the
   sandbox's Azurite, ``instances`` workers each, with host.json's queue rules;
 - ``sweep`` runs on ``CMK_SWEEP_SCHEDULE`` (hourly unless the environment says otherwise);
@@ -23,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cmk.commands.demo_stage import SUBSCRIPTIONS
+from cmk.errors import InvalidKeyId
+from cmk.keyid import parse_vault_url
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.funchost.host import FunctionsHost
 from cmk.sandbox.funchost.http import EVENTGRID_SYSTEM_KEY, EVENTGRID_WEBHOOK
@@ -46,10 +50,34 @@ def app_settings(sandbox: Sandbox, environ: Mapping[str, str]) -> dict[str, str]
     return {**tunables, **sandbox.env(), **sandbox.settings_env()}
 
 
-def _key_vaults(sandbox: Sandbox) -> list[str]:
+#: The delivery settings of ``infra/app/vault-event-subscriptions.bicep``.
+MAX_DELIVERY_ATTEMPTS = 30
+EVENT_TTL_MINUTES = 1440
+KEYS_ONLY = [{"operatorType": "StringIn", "key": "data.ObjectType", "values": ["Key"]}]
+
+
+def _allowed(settings: Mapping[str, str]) -> frozenset[str]:
+    """The vault URLs of ``CMK_VAULT_ALLOWLIST`` (normalized; an unparsable item is no
+    vault: the app's settings check reports it)."""
+    urls = set()
+    for item in settings.get("CMK_VAULT_ALLOWLIST", "").split(","):
+        try:
+            urls.add(parse_vault_url(item.strip()))
+        except InvalidKeyId:
+            continue
+    return frozenset(urls)
+
+
+def _key_vaults(sandbox: Sandbox, settings: Mapping[str, str]) -> list[str]:
+    """The names of the Key Vaults (not Managed HSMs) on the app's allow-list."""
+    allowed = _allowed(settings)
     with sandbox.world.lock:
         vaults = sandbox.world.vaults.values()
-        return sorted(v.name for v in vaults if v.kind is VaultKind.VAULT)
+        return sorted(
+            v.name
+            for v in vaults
+            if v.kind is VaultKind.VAULT and parse_vault_url(v.url) in allowed
+        )
 
 
 @contextmanager
@@ -65,16 +93,19 @@ def run_app(
         app_dir, settings=settings, instances=instances, serve_http=True, run_schedules=True
     ) as host:
         system_key = host.keys.system[EVENTGRID_SYSTEM_KEY]
-        vaults = _key_vaults(sandbox)
+        vaults = _key_vaults(sandbox, settings)
         subscriptions = [
             sandbox.eventgrid.subscribe(
                 url=f"{host.base_url}{EVENTGRID_WEBHOOK}?functionName={function}&code={system_key}",
                 included_event_types=[event_type],
                 vaults=vaults,
                 name=name,
+                advanced_filters=KEYS_ONLY,
+                max_attempts=MAX_DELIVERY_ATTEMPTS,
+                event_ttl_minutes=EVENT_TTL_MINUTES,
             )
             for name, (event_type, function) in SUBSCRIPTIONS.items()
-            if function in host.functions  # an app of your own may lack one
+            if function in host.functions and vaults  # an app of your own may lack one
         ]
         try:
             yield host
@@ -85,7 +116,7 @@ def run_app(
 
 def describe_app(host: FunctionsHost, sandbox: Sandbox) -> str:
     """What runs where: one line per function, the keys, and how to try it."""
-    vaults = _key_vaults(sandbox)
+    vaults = _key_vaults(sandbox, host.settings)
     lines = [f"  app: {host.app_dir / 'function_app.py'}, {host.instances} instance(s)"]
     for function in host.functions.values():
         trigger = function.trigger

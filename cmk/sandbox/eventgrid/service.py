@@ -8,7 +8,14 @@ shaped like the real one (Event Grid schema or CloudEvents 1.0; data ``Id``,
 to a Python callable or an HTTP endpoint. Switches make delivery as unfriendly as Azure
 may be: duplicates, random delays, reordering. A failing delivery (exception, non-2xx,
 timeout) is retried on Event Grid's schedule scaled down by ``retry_scale``; after
-``max_attempts`` it goes to the dead-letter list.
+``max_attempts``, or when the next retry would come later than ``event_ttl_minutes`` after
+the first attempt (counted on the unscaled schedule), it goes to the dead-letter list with
+Event Grid's ``deadLetterReason`` (``MaxDeliveryAttemptsExceeded`` / ``TimeToLiveExceeded``).
+A subscription filters as Event Grid does: ``included_event_types``, the vaults of its
+system topics, and ``advanced_filters`` with the ``StringIn`` and ``StringNotIn`` operators
+(``{"operatorType", "key", "values"}``, values compared case-insensitively; a key is
+``data.<Field>`` or an envelope field of the subscription's schema); other operators are
+not emulated and refused.
 
 Every random choice (duplicate or not, each copy's delay) is drawn from one seeded
 generator when the event is emitted, in emission order, so a seed replays the same
@@ -52,6 +59,13 @@ EVENTGRID_HOSTS = ("*.eventgrid.azure.net", "*.eventgrid.azure.cn", "*.eventgrid
 # Event Grid's retry schedule (seconds): 10 s, 30 s, 1 m, 5 m, 10 m, 30 m, 1 h, 3 h, 6 h, 12 h...
 RETRY_SCHEDULE = (10, 30, 60, 300, 600, 1800, 3600, 10800, 21600, 43200)
 SEND_ACTION = "Microsoft.EventGrid/topics/events/send/action"
+#: Event Grid's default and maximum event time-to-live (``retryPolicy.eventTimeToLiveInMinutes``).
+EVENT_TTL_MINUTES = 1440
+MAX_ATTEMPTS_EXCEEDED = "MaxDeliveryAttemptsExceeded"
+TTL_EXCEEDED = "TimeToLiveExceeded"
+#: The advanced-filter operators emulated (Event Grid has more: numbers, Begins/Ends/Contains,
+#: IsNull..., which no sandbox subscriber uses).
+FILTER_OPERATORS = ("StringIn", "StringNotIn")
 
 EventHandler = Callable[[dict[str, Any]], object]
 
@@ -104,7 +118,41 @@ class DeadLetter:
     subscription: str
     event: dict[str, Any]
     attempts: int
-    reason: str
+    reason: str  # the last failure
+    dead_letter_reason: str = MAX_ATTEMPTS_EXCEEDED  # Event Grid's deadLetterReason
+
+
+@dataclass(frozen=True)
+class AdvancedFilter:
+    """One ``filter.advancedFilters`` entry: ``StringIn`` / ``StringNotIn`` on ``key``."""
+
+    operator_type: str
+    key: str
+    values: frozenset[str]  # lowercase: Event Grid compares strings case-insensitively
+
+    @classmethod
+    def parse(cls, given: Any) -> AdvancedFilter:
+        """From the ARM shape ``{"operatorType", "key", "values"}``; ValueError otherwise."""
+        operator = given.get("operatorType") if isinstance(given, dict) else None
+        if operator not in FILTER_OPERATORS:
+            raise ValueError(
+                f"advanced filter {given!r}: the sandbox emulates {', '.join(FILTER_OPERATORS)}"
+            )
+        key, values = given.get("key"), given.get("values")
+        if not isinstance(key, str) or not key or not isinstance(values, list):
+            raise ValueError(f"advanced filter {given!r}: needs a key and a list of values")
+        return cls(operator, key, frozenset(str(v).lower() for v in values))
+
+    def matches(self, payload: dict[str, Any]) -> bool:
+        """Whether the shaped event passes; a missing key fails ``StringIn`` and passes
+        ``StringNotIn``, as in Event Grid."""
+        value: Any = payload
+        for part in self.key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None or isinstance(value, (dict, list)):
+            return self.operator_type == "StringNotIn"
+        found = str(value).lower() in self.values
+        return found if self.operator_type == "StringIn" else not found
 
 
 @dataclass
@@ -118,6 +166,8 @@ class Subscription:
     included_event_types: frozenset[str] | None
     vaults: frozenset[str] | None  # vault names (lowercase); None: every vault
     max_attempts: int
+    advanced_filters: tuple[AdvancedFilter, ...] = ()
+    event_ttl_minutes: int = EVENT_TTL_MINUTES
     delivered: list[dict[str, Any]] = field(default_factory=list)
     attempts: int = 0
     failures: int = 0
@@ -127,7 +177,10 @@ class Subscription:
             str(event.event_type) not in self.included_event_types
         ):
             return False
-        return self.vaults is None or event.vault.lower() in self.vaults
+        if self.vaults is not None and event.vault.lower() not in self.vaults:
+            return False
+        payload = shape_event(event, self.schema) if self.advanced_filters else {}
+        return all(f.matches(payload) for f in self.advanced_filters)
 
 
 @dataclass
@@ -228,13 +281,19 @@ class EventGrid:
         vaults: Sequence[str] | None = None,
         max_attempts: int = 30,
         name: str | None = None,
+        advanced_filters: Sequence[dict[str, Any]] = (),
+        event_ttl_minutes: int = EVENT_TTL_MINUTES,
     ) -> Subscription:
         """Subscribe ``handler`` (called with one event dict; sync handlers run in a thread,
-        coroutine functions on the sandbox loop) or ``url`` (HTTP POST) to key events."""
+        coroutine functions on the sandbox loop) or ``url`` (HTTP POST) to key events.
+        ``vaults`` (names) limits it to those vaults' system topics; ``advanced_filters``
+        and ``event_ttl_minutes`` (1-1440) are the ARM properties of the same meaning."""
         if (handler is None) == (url is None):
             raise ValueError("give exactly one of handler= or url=")
         if schema not in (EVENTGRID_SCHEMA, CLOUDEVENT_SCHEMA):
             raise ValueError(f"schema must be {EVENTGRID_SCHEMA} or {CLOUDEVENT_SCHEMA}")
+        if not 1 <= event_ttl_minutes <= EVENT_TTL_MINUTES:
+            raise ValueError(f"event_ttl_minutes must be 1-{EVENT_TTL_MINUTES}")
         subscription = Subscription(
             name=name or f"sub-{uuid.uuid4().hex[:8]}",
             schema=schema,
@@ -247,6 +306,8 @@ class EventGrid:
             ),
             vaults=frozenset(v.lower() for v in vaults) if vaults is not None else None,
             max_attempts=max_attempts,
+            advanced_filters=tuple(AdvancedFilter.parse(f) for f in advanced_filters),
+            event_ttl_minutes=event_ttl_minutes,
         )
         with self._lock:
             self.subscriptions.append(subscription)
@@ -301,7 +362,8 @@ class EventGrid:
     ) -> None:
         if delay:
             await asyncio.sleep(delay)
-        reason = ""
+        reason, cause, attempt = "", MAX_ATTEMPTS_EXCEEDED, 0
+        elapsed = 0  # Event Grid seconds since the first attempt (the schedule, unscaled)
         for attempt in range(1, subscription.max_attempts + 1):
             subscription.attempts += 1
             try:
@@ -310,14 +372,18 @@ class EventGrid:
                 subscription.failures += 1
                 reason = f"{type(exc).__name__}: {exc}"
                 logger.debug("event delivery failed", extra={"subscription": subscription.name})
-                index = min(attempt - 1, len(RETRY_SCHEDULE) - 1)
-                await asyncio.sleep(RETRY_SCHEDULE[index] * self.retry_scale)
+                if attempt == subscription.max_attempts:
+                    break
+                wait = RETRY_SCHEDULE[min(attempt - 1, len(RETRY_SCHEDULE) - 1)]
+                if elapsed + wait > subscription.event_ttl_minutes * 60:
+                    cause = TTL_EXCEEDED
+                    break
+                elapsed += wait
+                await asyncio.sleep(wait * self.retry_scale)
                 continue
             subscription.delivered.append(payload)
             return
-        self.dead_letters.append(
-            DeadLetter(subscription.name, payload, subscription.max_attempts, reason)
-        )
+        self.dead_letters.append(DeadLetter(subscription.name, payload, attempt, reason, cause))
 
     async def _attempt(self, subscription: Subscription, payload: dict[str, Any], n: int) -> None:
         if subscription.handler is not None:
