@@ -43,6 +43,7 @@ from cmk.errors import (
 )
 from cmk.events import IgnoredEvent, KeyVaultEventType, parse_event
 from cmk.keyid import KeyId
+from cmk.policy import KeyVersion
 from cmk.ports import RotationJob
 from cmk.usecases import (
     EventReport,
@@ -408,16 +409,30 @@ async def _rotate_once(engine: Engine, key: KeyId, *, force: bool) -> EventRepor
         name, token, lease=window, now=engine.now(), done_after=done_after
     ):
         raise _RotationInProgress(f"{key} is being rotated by another call right now")
+    created: list[str] = []
+
+    async def record_created(version: KeyVersion) -> None:
+        # Recorded before the fan-out: if that fails, the caller's retry within the
+        # cool-down is answered 409 naming this version, not given another one.
+        await engine.ledger.complete_claim(name, token, version.version)
+        created.append(version.version)
+
     try:
-        report = await rotate_key(engine, key, trigger="http")
+        return await rotate_key(engine, key, trigger="http", on_created=record_created)
     except Exception:
-        # Refused, or failed on the way (Key Vault 5xx, an enqueue): the caller got an
-        # error, so a retry — with or without force — must not meet "being rotated".
+        if created:
+            log.warning(
+                "%s: created version %s, then failed moving its accounts; the next sweep"
+                " moves them (the claim keeps the version for the cool-down)",
+                key,
+                created[0],
+            )
+            raise
+        # Refused, or failed before a version existed (Key Vault refused the create, or
+        # it failed and no version appeared): a retry — with or without force — must
+        # not meet "being rotated".
         try:
             await engine.ledger.release_claim(name, token)
         except CmkError as error:
             log.warning("rotation claim %s not released (a retry waits it out): %s", name, error)
         raise
-    if report.created_version:
-        await engine.ledger.complete_claim(name, token, report.created_version)
-    return report

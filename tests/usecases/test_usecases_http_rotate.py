@@ -13,6 +13,7 @@ from usecase_rig import Rig
 
 from cmk.entrypoints import http_rotate
 from cmk.errors import ServiceUnavailable
+from cmk.usecases import sweep
 
 
 class TestHttpRotate:
@@ -138,3 +139,64 @@ class TestHttpRotateAfterAFailure:
         status, body = await http_rotate(rig.engine, key)
         assert status == 200, body
         assert len(estate.kv.keys["cmk"].versions) == 2
+
+    async def test_a_failure_after_the_version_exists_keeps_it_for_the_cool_down(
+        self, rig: Rig
+    ) -> None:
+        """The version is created, then moving its accounts fails (ARM answers 503): the
+        call fails, and the caller's retry within the cool-down is answered 409 naming
+        that version — not a second version. The next sweep moves the accounts."""
+        estate = rig.estate
+        bound = estate.version(estate.kv)
+        account = estate.account("acct-h", estate.kv, bound.version)
+        key = f"{estate.kv.url}/keys/cmk"
+        rule = estate.sandbox.faults.add(host="management.azure.com", status=503)
+        with pytest.raises(ServiceUnavailable):
+            await http_rotate(rig.engine, key)
+        estate.sandbox.faults.remove(rule)
+        created = estate.kv.keys["cmk"].versions[-1].version
+        assert created != bound.version
+
+        status, body = await http_rotate(rig.engine, key)
+
+        assert status == 409, body
+        assert body["created_version"] == created
+        assert len(estate.kv.keys["cmk"].versions) == 2
+        await sweep(rig.engine)
+        await rig.drain()
+        assert account.encryption.key_version == created
+
+    async def test_a_create_whose_answer_was_lost_is_adopted(self, rig: Rig) -> None:
+        """Key Vault carried the create out but its answer was lost (the adapter raises
+        ServiceUnavailable): the version that appeared is adopted — the call answers 200
+        with it, and a retry is answered 409 — instead of a failure and a second create."""
+        estate = rig.estate
+        estate.version(estate.kv)
+        key = f"{estate.kv.url}/keys/cmk"
+        engine = replace(rig.engine, keys=_LostCreate(rig.engine.keys))
+
+        status, body = await http_rotate(engine, key)
+
+        newest = estate.kv.keys["cmk"].versions[-1].version
+        assert status == 200, body
+        assert body["rotation"]["created_version"] == newest
+        assert (await http_rotate(engine, key))[0] == 409
+        assert len(estate.kv.keys["cmk"].versions) == 2
+
+
+class _LostCreate:
+    """The Key Vault port, whose creates are carried out but answered with an error."""
+
+    def __init__(self, keys: Any) -> None:
+        self._keys = keys
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._keys, name)
+
+    async def create_like(self, template: Any) -> Any:
+        await self._keys.create_like(template)
+        raise ServiceUnavailable("creating a version failed: connection lost after sending")
+
+    async def rotate(self, key: Any) -> Any:
+        await self._keys.rotate(key)
+        raise ServiceUnavailable("rotating failed: connection lost after sending")
