@@ -344,7 +344,9 @@ class Services:
                 **transport_options(),
             )
             self._closers.append(publisher.close)
-        self._alerts = EventGridAlerts(publisher, self._ledger, logging.getLogger("cmk.alerts"))
+        self._alerts = EventGridAlerts(
+            publisher, self._ledger, logging.getLogger("cmk.alerts"), clock=self.options.clock
+        )
 
     @property
     def jobs(self) -> StorageJobQueue:

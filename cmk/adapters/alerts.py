@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,11 +126,13 @@ class EventGridAlerts:
         ledger: TableLedger,
         logger: logging.Logger | None = None,
         owner: str = "cmk",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._publisher = publisher
         self._ledger = ledger
         self._logger = logger or logging.getLogger(__name__)
         self._owner = owner
+        self._clock = clock
 
     async def raise_alert(self, alert: Alert) -> bool:
         """Record the alert unless it is recorded already, then deliver it (see the module
@@ -138,7 +140,7 @@ class EventGridAlerts:
         token = f"{self._owner}:{uuid.uuid4().hex[:8]}"
         row = alert_row(alert)
         details = {"Severity": alert.severity.value, "Cause": alert.cause[:16000]}
-        state = await self._ledger.record_alert(alert.dedup_key, row, token, details)
+        state = await self._ledger.record_alert(alert.dedup_key, row, token, self._clock(), details)
         if state is AlertState.SENT:
             self._logger.info(
                 "alert %s for %s already open; not raised again",
@@ -162,7 +164,7 @@ class EventGridAlerts:
         return delivered
 
     async def _deliver(self, dedup_key: tuple[str, str, str], token: str) -> bool:
-        row = await self._ledger.take_delivery(dedup_key, token, datetime.now(UTC))
+        row = await self._ledger.take_delivery(dedup_key, token, self._clock())
         if row is None:  # sent, resolved, or another worker is delivering it now
             return False
         if self._publisher is not None:
@@ -177,9 +179,9 @@ class EventGridAlerts:
                     failure,
                     extra={"cmk_subject": row.subject, "cmk_step": "alert"},
                 )
-                await self._ledger.finish_delivery(dedup_key, sent=False)
+                await self._ledger.finish_delivery(dedup_key, token, self._clock(), sent=False)
                 return False
-        await self._ledger.finish_delivery(dedup_key, sent=True)
+        await self._ledger.finish_delivery(dedup_key, token, self._clock(), sent=True)
         return True
 
     async def resolve(

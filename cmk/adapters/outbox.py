@@ -11,16 +11,15 @@ outbox existed have no ``State`` and count as sent.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableEntity, UpdateMode
+from azure.data.tables import TableEntity
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters.table_rows import OWNER, TableRows, table_key
@@ -78,6 +77,7 @@ class AlertRows(TableRows):
         dedup_key: DedupKey,
         row: AlertRow,
         owner: str,
+        now: datetime,
         details: Mapping[str, str] | None = None,
     ) -> AlertState:
         """Record ``row`` as pending unless an alert with this dedup key is recorded:
@@ -92,7 +92,7 @@ class AlertRows(TableRows):
             "ToVersion": to_version.lower(),
             "AlertType": row.event_type.rsplit(".", 1)[-1],
             "Group": group,
-            "Opened": datetime.now(UTC),
+            "Opened": now,
             "State": AlertState.PENDING.value,
             OWNER: owner,
             "EventId": row.event_id,
@@ -135,21 +135,27 @@ class AlertRows(TableRows):
             return None
         return _alert_row(held)
 
-    async def finish_delivery(self, dedup_key: DedupKey, *, sent: bool) -> None:
-        """After a publish: mark the alert sent, or free it for the next run's delivery."""
+    async def finish_delivery(
+        self, dedup_key: DedupKey, owner: str, now: datetime, *, sent: bool
+    ) -> bool:
+        """After a publish: mark the alert sent, or free it for the next run's delivery —
+        only while ``owner`` still delivers it (ETag-conditional: a row resolved and
+        recorded anew meanwhile, or taken over after the lease, is not ours to mark).
+        False if it was not."""
         subject, to_version, group = dedup_key
+        action = f"recording the delivery of alert {group} for {subject}"
+        held = await self.get_row(_partition(subject), _row(to_version, group), action)
+        if held is None or held.get("DeliveringBy") != owner:
+            return False
         update: dict[str, Any] = {
-            "PartitionKey": _partition(subject),
-            "RowKey": _row(to_version, group),
+            "PartitionKey": held["PartitionKey"],
+            "RowKey": held["RowKey"],
             "DeliveringBy": "",
         }
         if sent:
             update["State"] = AlertState.SENT.value
-            update["Sent"] = datetime.now(UTC)
-        action = f"recording the delivery of alert {group} for {subject}"
-        # A row resolved meanwhile has nothing left to mark.
-        with azure_errors(action), contextlib.suppress(ResourceNotFoundError):
-            await self.client.update_entity(update, mode=UpdateMode.MERGE)
+            update["Sent"] = now
+        return await self.replace_if(update, held, action, merge=True)
 
     async def pending_alerts(self) -> AsyncIterator[DedupKey]:
         """The dedup keys of every alert recorded but not yet delivered."""
@@ -188,8 +194,10 @@ class AlertRows(TableRows):
         groups: Collection[str] | None = None,
     ) -> int:
         """Close the recorded alerts of ``subject`` (only those for ``to_version``, and of
-        the cause ``groups``, when given — then never one still pending delivery); returns
-        how many were closed (none if there is no table)."""
+        the cause ``groups``, when given), never one still pending delivery: a failure
+        that was recorded must reach the topic even when the account was repaired since
+        (it is closed by a later resolve, once sent). Returns how many were closed (none
+        if there is no table)."""
         clauses = ["PartitionKey eq @partition"]
         parameters: dict[str, Any] = {"partition": _partition(subject)}
         if to_version is not None:
@@ -205,14 +213,10 @@ class AlertRows(TableRows):
                 found = [entity async for entity in pages]
             except ResourceNotFoundError:  # no table, so no open alert
                 return 0
+        found = [entity for entity in found if entity.get("State") != AlertState.PENDING.value]
         if groups is not None:
             wanted = {table_key(group) for group in groups}
-            found = [
-                entity
-                for entity in found
-                if entity["RowKey"].rsplit("|", 1)[-1] in wanted
-                and entity.get("State") != AlertState.PENDING.value
-            ]
+            found = [entity for entity in found if entity["RowKey"].rsplit("|", 1)[-1] in wanted]
         rows = [(entity["PartitionKey"], entity["RowKey"]) for entity in found]
         for partition, row in rows:
             await self.delete_row(partition, row)

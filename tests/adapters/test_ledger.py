@@ -14,7 +14,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from cmk.adapters import leases
 from cmk.adapters.ledger import TableLedger, account_partition, table_key
-from cmk.adapters.outbox import AlertRow, AlertState
+from cmk.adapters.outbox import DELIVERY_LEASE, AlertRow, AlertState
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState
 from cmk.resource_id import AccountId
@@ -45,9 +45,15 @@ def _entry(
 
 
 async def _open(ledger: TableLedger, key: tuple[str, str, str]) -> bool:
-    """Record an alert in the outbox: True if it was not recorded before."""
+    """Record an alert in the outbox and mark it delivered (an open alert): True if it
+    was not recorded before."""
     row = AlertRow(key, "event-1", f"CmkRotator.{key[2]}", key[0], {})
-    return await ledger.record_alert(key, row, uuid.uuid4().hex) is AlertState.NEW
+    owner = uuid.uuid4().hex
+    if await ledger.record_alert(key, row, owner, T0) is not AlertState.NEW:
+        return False
+    assert await ledger.take_delivery(key, owner, T0) is not None
+    assert await ledger.finish_delivery(key, owner, T0, sent=True)
+    return True
 
 
 class TestTableKeys:
@@ -225,23 +231,42 @@ class TestIdempotentInserts:
         """An alert row re-inserted by its own writer stays NEW (logged and delivered once)."""
         key = (f"acct-{uuid.uuid4().hex[:6]}", "a" * 32, "account_failure")
         row = AlertRow(key, "e1", "CmkRotator.account_update_failed", key[0], {})
-        assert await services.ledger.record_alert(key, row, "w1") is AlertState.NEW
-        assert await services.ledger.record_alert(key, row, "w1") is AlertState.NEW
-        assert await services.ledger.record_alert(key, row, "w2") is AlertState.PENDING
+        assert await services.ledger.record_alert(key, row, "w1", T0) is AlertState.NEW
+        assert await services.ledger.record_alert(key, row, "w1", T0) is AlertState.NEW
+        assert await services.ledger.record_alert(key, row, "w2", T0) is AlertState.PENDING
 
 
 class TestClosingAlerts:
-    async def test_closing_by_group_never_drops_an_alert_still_pending(
-        self, services: Services
-    ) -> None:
-        """A sweep closing a key's alerts by cause group leaves one not yet delivered: its
-        raiser recorded it because no later run raises it again."""
+    async def test_closing_never_drops_an_alert_still_pending(self, services: Services) -> None:
+        """Closing a subject's alerts — by cause group (a sweep) or all of them (a
+        success) — leaves one not yet delivered: a recorded failure reaches the topic
+        even if the account was repaired since; once sent, it is closed."""
         subject = f"https://kv{uuid.uuid4().hex[:6]}.vault.azure.net/keys/k"
         key = (subject, "a" * 32, "version_rejected")
         row = AlertRow(key, "e1", "CmkRotator.version_rejected", subject, {})
-        assert await services.ledger.record_alert(key, row, "w1") is AlertState.NEW
-        assert await services.ledger.close_alerts(subject, groups=["version_rejected"]) == 0
-        assert await services.ledger.close_alerts(subject) == 1  # a success closes it all
+        ledger = services.ledger
+        assert await ledger.record_alert(key, row, "w1", T0) is AlertState.NEW
+        assert await ledger.close_alerts(subject, groups=["version_rejected"]) == 0
+        assert await ledger.close_alerts(subject) == 0
+        assert await ledger.take_delivery(key, "w2", T0) is not None
+        assert await ledger.finish_delivery(key, "w2", T0, sent=True)
+        assert await ledger.close_alerts(subject) == 1
+
+    async def test_only_the_deliverer_marks_a_delivery(self, services: Services) -> None:
+        """A worker whose delivery was taken over (its lease ran out) cannot mark the row:
+        the new deliverer's publish decides."""
+        subject = f"acct-{uuid.uuid4().hex[:6]}"
+        key = (subject, "a" * 32, "account_failure")
+        row = AlertRow(key, "e1", "CmkRotator.account_update_failed", subject, {})
+        ledger = services.ledger
+        await ledger.record_alert(key, row, "w1", T0)
+        assert await ledger.take_delivery(key, "slow", T0) is not None
+        later = T0 + DELIVERY_LEASE + timedelta(seconds=1)
+        assert await ledger.take_delivery(key, "fast", later) is not None
+        assert not await ledger.finish_delivery(key, "slow", later, sent=True)
+        assert [k async for k in ledger.pending_alerts() if k == key] == [key]
+        assert await ledger.finish_delivery(key, "fast", later, sent=True)
+        assert [k async for k in ledger.pending_alerts() if k == key] == []
 
 
 class TestWriteLeases:

@@ -378,6 +378,36 @@ class TestIndependentAlerts:
         assert len(rig.alerts()) == len(delivered)
         rig.check_invariants()
 
+    async def test_a_repair_does_not_swallow_an_undelivered_failure(self, rig: Rig) -> None:
+        """The move to v2 fails permanently while the topic is down (its alert pending);
+        then the account moves to v3. The v2 failure still reaches the topic, once — a
+        success closes sent alerts, never one still waiting for delivery."""
+        estate = rig.estate
+        old = estate.version(estate.kv)
+        estate.world.clock.advance(timedelta(minutes=1))
+        failing = estate.version(estate.kv)
+        account = estate.account("acct-s", estate.kv, old.version)
+        account_id = AccountId.parse(account.resource_id)
+        down = estate.sandbox.faults.add(host=rig.topic.host, status=503)
+        account.provisioning_state = "Failed"
+        job = RotationJob(account_id, KeyId(estate.kv.url, "cmk", failing.version), trigger="t")
+        assert (await rotate_account(rig.engine, replace(job, step=JobStep.VERIFY))).result is (
+            JobResult.FAILED
+        )
+        account.provisioning_state = "Succeeded"
+        estate.world.clock.advance(timedelta(minutes=1))
+        newest = estate.version(estate.kv)
+        moved = RotationJob(account_id, KeyId(estate.kv.url, "cmk", newest.version), trigger="t")
+        assert (await rotate_account(rig.engine, moved)).result is JobResult.SUCCEEDED
+        estate.sandbox.faults.remove(down)
+
+        await sweep(rig.engine)
+        await sweep(rig.engine)
+
+        delivered = [(a["type"], a["data"]["toVersion"]) for a in rig.alerts()]
+        assert delivered == [("CmkRotator.account_update_failed", failing.version)]
+        assert await rig.engine.alerts.open_subjects() == set()  # closed once it was sent
+
 
 class TestLeftoverRows:
     """Rows an interrupted `cmk rotate` (or a lost job) leaves planned are closed by the
