@@ -355,11 +355,119 @@ class TestResourceManagementSdk:
         assert [r.name for r in found] == ["kv-a"]
 
 
+class TestProvidersAndLocations:
+    """What `az resource show --ids`, `az provider show` and `az account list-locations`
+    read first: Providers_Get / Providers_List (resources.json) and
+    Subscriptions_ListLocations (subscriptions.json)."""
+
+    def test_provider_lists_the_account_type_and_its_versions(self, seeded: Seeded):
+        """The namespace (any case asked, canonical case answered) is Registered, with the
+        accounts type, its API versions newest first and the regions by display name."""
+        path = f"/subscriptions/{SUB_A}/providers/microsoft.cognitiveservices"
+        provider = seeded.ok(path, {"api-version": "2024-11-01"})
+        assert provider["id"] == f"/subscriptions/{SUB_A}/providers/Microsoft.CognitiveServices"
+        assert provider["namespace"] == "Microsoft.CognitiveServices"
+        assert provider["registrationState"] == "Registered"
+        types = {t["resourceType"]: t for t in provider["resourceTypes"]}
+        accounts = types["accounts"]
+        assert accounts["apiVersions"][0] == "2025-09-01"
+        assert accounts["apiVersions"] == sorted(accounts["apiVersions"], reverse=True)
+        assert {"West Europe", "East US"} <= set(accounts["locations"])
+
+    def test_the_newest_version_listed_reads_the_account(self, seeded: Seeded):
+        """As `az resource show --ids` does: the newest stable version of the type, then GET
+        the id with it."""
+        provider = seeded.ok(
+            f"/subscriptions/{SUB_A}/providers/Microsoft.CognitiveServices",
+            {"api-version": "2024-11-01"},
+        )
+        [accounts] = [t for t in provider["resourceTypes"] if t["resourceType"] == "accounts"]
+        version = next(v for v in accounts["apiVersions"] if "preview" not in v)
+        account_id = (
+            f"/subscriptions/{SUB_A}/resourceGroups/rg-ai/providers"
+            "/Microsoft.CognitiveServices/accounts/acct-a"
+        )
+        assert seeded.ok(account_id, {"api-version": version})["name"] == "acct-a"
+
+    def test_list_has_every_emulated_namespace(self, seeded: Seeded):
+        """Providers_List: the namespaces of every type the sandbox serves."""
+        listed = seeded.ok(f"/subscriptions/{SUB_A}/providers", {"api-version": "2024-11-01"})
+        names = [p["namespace"] for p in listed["value"]]
+        assert set(names) == {
+            "Microsoft.Authorization", "Microsoft.CognitiveServices", "Microsoft.EventGrid",
+            "Microsoft.KeyVault", "Microsoft.ManagedIdentity", "Microsoft.ResourceGraph",
+            "Microsoft.Resources",
+        }  # fmt: skip
+        assert names == sorted(names, key=str.lower)
+        assert {p["registrationState"] for p in listed["value"]} == {"Registered"}
+
+    def test_a_namespace_not_emulated_is_invalid(self, seeded: Seeded):
+        """Microsoft.Compute is not emulated: 404 InvalidResourceNamespace."""
+        path = f"/subscriptions/{SUB_A}/providers/Microsoft.Compute"
+        response = seeded.get(path, {"api-version": "2024-11-01"})
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "InvalidResourceNamespace"
+
+    def test_locations_have_the_spec_fields(self, seeded: Seeded):
+        """West Europe with its regional display name, geography and paired region."""
+        listed = seeded.ok(f"/subscriptions/{SUB_A}/locations", API_SUBSCRIPTIONS)["value"]
+        by_name = {loc["name"]: loc for loc in listed}
+        weu = by_name["westeurope"]
+        assert weu["id"] == f"/subscriptions/{SUB_A}/locations/westeurope"
+        assert weu["type"] == "Region"
+        assert weu["displayName"] == "West Europe"
+        assert weu["regionalDisplayName"] == "(Europe) West Europe"
+        assert weu["metadata"]["pairedRegion"] == [
+            {"name": "northeurope", "id": f"/subscriptions/{SUB_A}/locations/northeurope"}
+        ]
+        assert {"eastus", "westeurope", "northeurope"} <= set(by_name)
+
+    @pytest.mark.parametrize("tail", ["providers", "providers/Microsoft.KeyVault", "locations"])
+    def test_filtered_by_access_as_the_subscription_is(self, seeded: Seeded, tail: str):
+        """Whoever sees a subscription (Reader on one of its groups is enough) reads these;
+        a subscription without any assignment is 403 AuthorizationFailed."""
+        version = {"api-version": "2022-12-01"}
+        assert seeded.get(f"/subscriptions/{SUB_B}/{tail}", version).status_code == 200
+        hidden = seeded.get(f"/subscriptions/{SUB_HIDDEN}/{tail}", version)
+        assert hidden.status_code == 403, hidden.text
+        assert hidden.json()["error"]["code"] == "AuthorizationFailed"
+
+    def test_an_unknown_version_is_refused_as_on_the_other_routes(self, seeded: Seeded):
+        """The routes check the Microsoft.Resources api-versions."""
+        response = seeded.get(f"/subscriptions/{SUB_A}/locations", {"api-version": "2099-01-01"})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "InvalidApiVersionParameter"
+
+    def test_sdk_reads_providers_and_locations(self, seeded: Seeded):
+        """ResourceManagementClient.providers and SubscriptionClient.list_locations work
+        unmodified (their own api-versions)."""
+        resource = pytest.importorskip("azure.mgmt.resource")
+        credential = DefaultAzureCredential()
+        client = resource.ResourceManagementClient(credential, SUB_A)
+        provider = client.providers.get("Microsoft.KeyVault")
+        assert provider.registration_state == "Registered"
+        assert {t.resource_type for t in provider.resource_types} == {"vaults", "managedHSMs"}
+        assert "Microsoft.CognitiveServices" in {p.namespace for p in client.providers.list()}
+        subscriptions = resource.SubscriptionClient(credential)
+        locations = {loc.name: loc for loc in subscriptions.subscriptions.list_locations(SUB_A)}
+        assert locations["northeurope"].display_name == "North Europe"
+        assert locations["northeurope"].metadata.paired_region[0].name == "westeurope"
+
+
 DATA = Path(__file__).parent / "data" / "arm"
 #: Fields the spec's examples show that the sandbox leaves out: a subscription's tags (the
 #: world has none), a tenant's branding logo (optional in the spec), and nextLink where
 #: every item fits one page (ARM omits it then; the examples show a placeholder).
 NOT_SERVED = frozenset({"tags", "tenantBrandingLogoUrl", "nextLink"})
+
+
+#: Optional fields of the Provider and Location examples the sandbox does not serve (it does
+#: not know them for Azure's live catalogue): a type's edge-zone ``locationMappings``,
+#: ``capabilities`` and ``aliases``; a region's coordinates and availability-zone mappings.
+PROVIDER_AND_REGION_EXTRAS = frozenset(
+    {"locationMappings", "capabilities", "aliases", "longitude", "latitude",
+     "availabilityZoneMappings"}
+)  # fmt: skip
 
 
 #: Read-only fields the spec's definition declares and its example does not show (the
@@ -382,22 +490,24 @@ def _shape(value: Any) -> Any:
     return type(value).__name__
 
 
-def _assert_like(served: Any, example: Any, where: str = "$") -> None:
+def _assert_like(
+    served: Any, example: Any, where: str = "$", not_served: frozenset[str] = NOT_SERVED
+) -> None:
     """``served`` has the example's structure: every key of one is a key of the other
-    (but NOT_SERVED), with the same JSON type; an empty list matches any list."""
+    (but ``not_served``), with the same JSON type; an empty list matches any list."""
     if isinstance(example, dict):
         assert isinstance(served, dict), f"{where}: {served!r} is not an object"
         assert set(served) <= set(example), (
             f"{where}: not in the spec: {set(served) - set(example)}"
         )
-        missing = set(example) - set(served) - NOT_SERVED
+        missing = set(example) - set(served) - not_served
         assert not missing, f"{where}: missing {missing}"
         for key in served:
-            _assert_like(served[key], example[key], f"{where}.{key}")
+            _assert_like(served[key], example[key], f"{where}.{key}", not_served)
     elif isinstance(example, list):
         assert isinstance(served, list), f"{where}: {served!r} is not a list"
         if served and example:
-            _assert_like(served[0], example[0], f"{where}[0]")
+            _assert_like(served[0], example[0], f"{where}[0]", not_served)
     else:
         assert _shape(served) == _shape(example), f"{where}: {served!r} vs {example!r}"
 
@@ -418,6 +528,21 @@ class TestLikeTheSpecExamples:
     def test_answer_has_the_example_structure(self, seeded: Seeded, example: str, path: str):
         expected = {**_example(example), **DECLARED_NOT_SHOWN.get(example, {})}
         _assert_like(seeded.ok(path, API_SUBSCRIPTIONS), expected)
+
+    @pytest.mark.parametrize(
+        ("example", "path", "version"),
+        [
+            ("GetProviders.json", f"/subscriptions/{SUB_A}/providers", "2024-11-01"),
+            ("GetLocations.json", f"/subscriptions/{SUB_A}/locations", "2022-12-01"),
+        ],
+    )
+    def test_providers_and_locations_have_the_example_structure(
+        self, seeded: Seeded, example: str, path: str, version: str
+    ):
+        """Providers_List and Subscriptions_ListLocations against the 2024-11-01 and
+        2022-12-01 examples, less what the sandbox leaves out (PROVIDER_AND_REGION_EXTRAS)."""
+        served = seeded.ok(path, {"api-version": version})
+        _assert_like(served, _example(example), not_served=NOT_SERVED | PROVIDER_AND_REGION_EXTRAS)
 
     def test_the_comparison_catches_a_misspelt_field(self) -> None:
         body = _example("GetSubscription.json")

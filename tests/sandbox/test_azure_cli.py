@@ -103,6 +103,49 @@ class TestResources:
         assert account["identity"]["type"] in ("UserAssigned", "SystemAssigned, UserAssigned")
 
 
+class TestProvidersAndLocations:
+    def test_resource_show_by_id(self, az: Cli):
+        """az resource show --ids: the CLI reads the provider for the type's newest API
+        version (GET /subscriptions/{s}/providers/Microsoft.CognitiveServices), then the
+        account."""
+        listed = az.json(
+            "resource", "list", "--subscription", "ai-prod", "-g", GROUP,
+            "--resource-type", "Microsoft.CognitiveServices/accounts",
+        )  # fmt: skip
+        account_id = {r["name"]: r for r in listed}[ACCOUNT]["id"]
+        shown = az.json("resource", "show", "--ids", account_id)
+        assert shown["id"] == account_id
+        assert shown["properties"]["encryption"]["keySource"] == "Microsoft.KeyVault"
+
+    def test_provider_show(self, az: Cli):
+        """az provider show -n Microsoft.CognitiveServices: Registered, with accounts."""
+        provider = az.json(
+            "provider", "show", "-n", "Microsoft.CognitiveServices", "--subscription", "ai-prod"
+        )
+        assert provider["registrationState"] == "Registered"
+        assert "accounts" in {t["resourceType"] for t in provider["resourceTypes"]}
+
+    def test_account_list_locations(self, az: Cli):
+        """az account list-locations (of the current subscription): the regions with their
+        display names."""
+        locations = az.json("account", "list-locations")
+        by_name = {loc["name"]: loc for loc in locations}
+        assert by_name["westeurope"]["displayName"] == "West Europe"
+        assert by_name["westeurope"]["regionalDisplayName"] == "(Europe) West Europe"
+
+    def test_role_assignment_list_without_graph(self, az: Cli):
+        """az role assignment list with principal and role-name filling off (the defaults
+        need Microsoft Graph and the role-definition list, not emulated: docs/sandbox.md,
+        Limits): the identity's assignments on the subscription."""
+        subscription = az.json("account", "show", "--subscription", "ai-prod")["id"]
+        assignments = az.json(
+            "role", "assignment", "list", "--scope", f"/subscriptions/{subscription}",
+            "--fill-principal-name", "false", "--fill-role-definition-name", "false",
+        )  # fmt: skip
+        assert assignments
+        assert {a["scope"] for a in assignments} == {f"/subscriptions/{subscription}"}
+
+
 class TestKeyVault:
     def test_list_versions_show_and_rotate(self, az: Cli):
         """key list-versions / show / rotate: rotate adds the version show then returns."""

@@ -26,7 +26,11 @@ Azure/azure-rest-api-specs (``subscriptions/stable/2022-12-01/subscriptions.json
   is no filter); ``$expand`` with any of ``createdTime``, ``changedTime`` and
   ``provisioningState`` adds those ``GenericResourceExpanded`` fields (other ``$expand``
   terms are ignored: what ARM answers to them is not documented); ``$top`` truncates; one
-  page, no ``nextLink``.
+  page, no ``nextLink``;
+* ``GET /subscriptions/{s}/providers[/{namespace}]`` — ``Providers_List`` / ``Providers_Get``
+  for the emulated namespaces, and ``GET /subscriptions/{s}/locations`` —
+  ``Subscriptions_ListLocations`` (:mod:`cmk.sandbox.arm.providers`); each to whoever sees
+  the subscription, as ``GET /subscriptions/{s}``.
 
 Every route accepts the api-versions of :data:`API_VERSIONS` (the Microsoft.Resources spec
 folders) and answers any other with ARM's 400 ``InvalidApiVersionParameter`` naming them.
@@ -51,6 +55,7 @@ from aiohttp import web
 
 from cmk.sandbox.arm.cognitive.accounts import ArmError, identity_json
 from cmk.sandbox.arm.keyvault import require_get
+from cmk.sandbox.arm.providers import Providers
 from cmk.sandbox.eventgrid.service import EventGrid, Topic
 from cmk.sandbox.platform.context import TokenClaims
 from cmk.sandbox.world import Subscription, VaultKind, World
@@ -71,6 +76,11 @@ RESOURCES = re.compile(
     rf"^/subscriptions/(?P<sub>{_NAME})(?:/resourcegroups/(?P<rg>{_NAME}))?/resources/?$",
     re.IGNORECASE,
 )
+PROVIDERS = re.compile(rf"^/subscriptions/(?P<sub>{_NAME})/providers/?$", re.IGNORECASE)
+PROVIDER = re.compile(
+    rf"^/subscriptions/(?P<sub>{_NAME})/providers/(?P<namespace>{_NAME})/?$", re.IGNORECASE
+)
+LOCATIONS = re.compile(rf"^/subscriptions/(?P<sub>{_NAME})/locations/?$", re.IGNORECASE)
 SUBSCRIPTION_READ = "Microsoft.Resources/subscriptions/read"
 GROUP_READ = "Microsoft.Resources/subscriptions/resourceGroups/read"
 GROUP_TYPE = "Microsoft.Resources/resourceGroups"
@@ -329,6 +339,7 @@ class ResourcesArm:
         self.world = world
         self.authorize = authorize
         self.reply = reply
+        self.providers = Providers(world, API_VERSIONS)
 
     def tenant_routes(self) -> list[tuple[re.Pattern[str], Handler]]:
         """Routes outside any subscription (no subscription check, no per-subscription meter)."""
@@ -347,6 +358,9 @@ class ResourcesArm:
             (GROUPS, self.list_groups),
             (GROUP, self.get_group),
             (RESOURCES, self.list_resources),
+            (PROVIDERS, self.list_providers),
+            (PROVIDER, self.get_provider),
+            (LOCATIONS, self.list_locations),
         ]
 
     # --- tenant level ------------------------------------------------------------------
@@ -375,12 +389,45 @@ class ResourcesArm:
         self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
     ) -> web.Response:
         require_get(request)
-        subscription = self.world.subscriptions[groups["sub"].lower()]
+        subscription = self._visible_subscription(claims, groups["sub"])
+        return self.reply(200, subscription_json(subscription))
+
+    def _visible_subscription(self, claims: TokenClaims, subscription_id: str) -> Subscription:
+        """The subscription, if the caller holds any role assignment at, above or inside it
+        (or ``subscriptions/read`` on it); else 403 ``AuthorizationFailed``."""
+        subscription = self.world.subscriptions[subscription_id.lower()]
         if not _sees_subscription(
             self.world, claims.principal.object_id, subscription.subscription_id
         ):
-            self.authorize(claims, SUBSCRIPTION_READ, f"/subscriptions/{groups['sub']}")
-        return self.reply(200, subscription_json(subscription))
+            self.authorize(claims, SUBSCRIPTION_READ, f"/subscriptions/{subscription_id}")
+        return subscription
+
+    def list_providers(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        """``Providers_List`` (``$expand`` and ``$top`` are ignored)."""
+        require_get(request)
+        subscription = self._visible_subscription(claims, groups["sub"])
+        return self.reply(200, {"value": self.providers.list_all(subscription.subscription_id)})
+
+    def get_provider(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        """``Providers_Get`` (``$expand`` is ignored)."""
+        require_get(request)
+        subscription = self._visible_subscription(claims, groups["sub"])
+        return self.reply(
+            200, self.providers.get(groups["namespace"], subscription.subscription_id)
+        )
+
+    def list_locations(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        """``Subscriptions_ListLocations`` (``includeExtendedLocations`` adds nothing: the
+        sandbox has no edge zones)."""
+        require_get(request)
+        subscription = self._visible_subscription(claims, groups["sub"])
+        return self.reply(200, {"value": self.providers.locations(subscription.subscription_id)})
 
     def _groups(self, subscription_id: str) -> dict[str, dict[str, Any]]:
         """Resource groups of a subscription by lower name: their JSON."""

@@ -18,8 +18,8 @@ Routes (paths are case-insensitive, as in ARM):
 * ``Microsoft.Authorization`` role assignments at a scope and role definitions
   (:mod:`cmk.sandbox.arm.authorization`);
 * ``Microsoft.Resources``: ``/subscriptions``, ``/subscriptions/{s}``, ``/tenants``, resource
-  groups and the generic resource list, filtered by the caller's role assignments
-  (:mod:`cmk.sandbox.arm.resources`).
+  groups, the generic resource list, resource providers and locations, filtered by the
+  caller's role assignments (:mod:`cmk.sandbox.arm.resources`, :mod:`cmk.sandbox.arm.providers`).
 
 Every request goes through, in ARM's order: ``api-version`` present (400
 ``MissingApiVersionParameter``), bearer token (401 ``AuthenticationFailed`` when missing,
