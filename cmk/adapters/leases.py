@@ -129,7 +129,7 @@ class LeaseRows(TableRows):
             return False
         update = {"PartitionKey": CLAIM_PARTITION, "RowKey": held["RowKey"]}
         return await self.replace_if(
-            {**update, "Created": created_version}, held, action, merge=True
+            {**update, OWNER: owner, "Created": created_version}, held, action, merge=True
         )
 
     async def release_claim(self, name: str, owner: str | None = None) -> None:
@@ -191,7 +191,14 @@ class LeaseRows(TableRows):
         """Extend our lease (right before a write): False if it is no longer ours."""
         action = f"renewing the write lease {name!r}"
         row = self._row(name)
-        expires = {"PartitionKey": LEASE_PARTITION, "RowKey": row, "Expires": now + ttl}
+        # The owner is written too (unchanged): a 412 that was our own lost write is
+        # told from another holder's row by it (TableRows.replace_at).
+        expires = {
+            "PartitionKey": LEASE_PARTITION,
+            "RowKey": row,
+            OWNER: owner,
+            "Expires": now + ttl,
+        }
         etag = self._held.get((name, owner))
         if etag is not None:
             etag = await self.replace_at(expires, etag, action, merge=True)

@@ -14,6 +14,7 @@ Reads never create the table (a dry run writes nothing); writes create it once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from azure.core import MatchConditions
@@ -111,8 +112,12 @@ class TableRows:
         self, entity: dict[str, Any], etag: str, action: str, *, merge: bool = False
     ) -> str | None:
         """Write ``entity`` only if the row still has ``etag``: its new ETag, or None if
-        another writer changed or deleted it first (or a lost response hid our own write,
-        which the caller tells apart by reading the row)."""
+        another writer changed or deleted it first.
+
+        A 412 can also be our own write: the SDK re-sends an update whose answer was lost,
+        and the re-sent one finds the ETag our first one changed. So a 412 re-reads the
+        row: if it holds every value ``entity`` wrote (an owner token, a time — values
+        no other writer writes), the write was ours and its ETag is answered."""
         try:
             written = await self._client.update_entity(
                 entity,
@@ -120,7 +125,10 @@ class TableRows:
                 etag=etag,
                 match_condition=MatchConditions.IfNotModified,
             )
-        except (ResourceModifiedError, ResourceNotFoundError):
+        except ResourceModifiedError:
+            held = await self.get_row(entity["PartitionKey"], entity["RowKey"], action)
+            return str(held.metadata["etag"]) if held and _holds(held, entity) else None
+        except ResourceNotFoundError:
             return None
         except AzureError as error:
             raise translate(error, action) from error
@@ -151,3 +159,11 @@ class TableRows:
             pass
         except AzureError as error:
             raise translate(error, f"deleting table row {partition}/{row}") from error
+
+
+def _holds(held: TableEntity, entity: Mapping[str, Any]) -> bool:
+    """Whether the row ``held`` has every value ``entity`` would write."""
+    return all(
+        name in ("PartitionKey", "RowKey") or held.get(name) == value
+        for name, value in entity.items()
+    )

@@ -237,7 +237,7 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
         template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
         created = await create_version(engine, view.key, template)
     except PermanentError:
-        await engine.ledger.release_claim(claim)  # nothing created: a fixed setup may retry
+        await engine.ledger.release_claim(claim, token)  # nothing created: may retry
         raise
     await engine.ledger.complete_claim(claim, token, created.version)
     log.info(

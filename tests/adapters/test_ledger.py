@@ -227,6 +227,23 @@ class TestIdempotentInserts:
         assert await services.ledger.claim(name, "token-a") is True  # the retried insert
         assert await services.ledger.claim(name, "token-b") is False
 
+    async def test_lost_response_retry_keeps_our_takeover(self, services: Services) -> None:
+        """A claim taken over after its lease, whose answer was lost: the SDK's re-sent
+        update meets 412 (our own write changed the ETag) and is still a win; another
+        taker of the old claim loses."""
+        name = f"takeover-{uuid.uuid4().hex[:6]}"
+        ledger = services.ledger
+        assert await ledger.claim(name, "dead", lease=timedelta(minutes=1), now=T0)
+        held = await ledger.get_row(leases.CLAIM_PARTITION, table_key(name), "test")
+        assert held is not None
+        later = T0 + timedelta(minutes=2)
+        ours = {**held, leases.OWNER: "token-a", "Claimed": later}
+        assert await ledger.replace_if(ours, held, "test")
+        assert await ledger.replace_if(ours, held, "test")  # the re-sent update: 412, ours
+        theirs = {**held, leases.OWNER: "token-b", "Claimed": later}
+        assert not await ledger.replace_if(theirs, held, "test")
+        assert await ledger.claim_owner(name) == "token-a"
+
     async def test_lost_response_retry_keeps_our_alert_new(self, services: Services) -> None:
         """An alert row re-inserted by its own writer stays NEW (logged and delivered once)."""
         key = (f"acct-{uuid.uuid4().hex[:6]}", "a" * 32, "account_failure")
