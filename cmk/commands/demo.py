@@ -26,7 +26,7 @@ from typing import Any
 from rich.rule import Rule
 from rich.text import Text
 
-from cmk.commands.demo_stage import SUBSCRIPTIONS, find_app_dir, stage
+from cmk.commands.demo_stage import find_app_dir, stage
 from cmk.commands.demo_story import ACTS, Act
 from cmk.commands.output import (
     EXIT_FINDINGS,
@@ -37,6 +37,7 @@ from cmk.commands.output import (
     table,
 )
 from cmk.commands.session import configure_logging, fail
+from cmk.sandbox.command.vault_events import SUBSCRIPTIONS
 
 __all__ = ["add_parser", "run_demo"]
 

@@ -15,21 +15,22 @@ from typing import Any
 
 import cmk
 from cmk.commands.errors import UsageError
+from cmk.sandbox.command.vault_events import (
+    EVENT_TTL_MINUTES,
+    KEYS_ONLY,
+    MAX_DELIVERY_ATTEMPTS,
+    SUBSCRIPTIONS,
+    app_key_vaults,
+)
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.funchost.host import FunctionsHost
 from cmk.sandbox.platform.azurite import AzuriteNotInstalled
-from cmk.sandbox.world import AccountState, KeyEventType, VaultKind, VaultState, World
+from cmk.sandbox.world import AccountState, VaultState, World
 
 __all__ = ["DEMO_WORLD", "Stage", "find_app_dir", "stage"]
 
 DEMO_WORLD = Path(__file__).resolve().parent.parent / "sandbox" / "scenario" / "demo_world.json"
 APP_FILE = "function_app.py"
-#: Event Grid subscriptions of the deployment (infra/app/vault-event-subscriptions.bicep).
-SUBSCRIPTIONS = {
-    "cmk-key-new-version": (KeyEventType.NEW_VERSION, "on_key_new_version"),
-    "cmk-key-near-expiry": (KeyEventType.NEAR_EXPIRY, "on_key_near_expiry"),
-    "cmk-key-expired": (KeyEventType.EXPIRED, "on_key_expired"),
-}
 POLL_SECONDS = 0.1
 
 
@@ -156,7 +157,7 @@ def stage(app_dir: Path, *, instances: int) -> Iterator[Stage]:
             "CMK_JOB_QUEUE": "cmk-rotation-jobs",
             "CMK_SWEEP_SCHEDULE": "0 0 * * * *",
         }
-        key_vaults = [v.name for v in seeded.world.vaults.values() if v.kind is VaultKind.VAULT]
+        key_vaults = app_key_vaults(sandbox, settings)
         with (
             _environment(settings),
             FunctionsHost(
@@ -164,12 +165,16 @@ def stage(app_dir: Path, *, instances: int) -> Iterator[Stage]:
             ) as host,
         ):
             for name, (event_type, function) in SUBSCRIPTIONS.items():
-                # Managed HSM publishes no Event Grid events: only the Key Vaults are wired.
+                # As infra/ wires them: the allow-listed Key Vaults (Managed HSM publishes
+                # no Event Grid events), key events only, infra/'s retry policy.
                 sandbox.eventgrid.subscribe(
                     host.event_grid_target(function),
                     included_event_types=[event_type],
                     vaults=key_vaults,
                     name=name,
+                    advanced_filters=KEYS_ONLY,
+                    max_attempts=MAX_DELIVERY_ATTEMPTS,
+                    event_ttl_minutes=EVENT_TTL_MINUTES,
                 )
             yield Stage(sandbox, host, seeded.topics[0].name)
     finally:

@@ -12,8 +12,8 @@ import pytest
 from app_world import ROOT, AppWorld, close_app, example_values, infra_routes
 from pycep import BicepParser
 
-from cmk.commands.demo_stage import SUBSCRIPTIONS
 from cmk.events import KeyVaultEventType
+from cmk.sandbox.command.vault_events import SUBSCRIPTIONS
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.eventgrid.service import shape_event
 from cmk.sandbox.funchost.host import FunctionsHost

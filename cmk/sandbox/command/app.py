@@ -24,13 +24,16 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from cmk.commands.demo_stage import SUBSCRIPTIONS
-from cmk.errors import InvalidKeyId
-from cmk.keyid import parse_vault_url
+from cmk.sandbox.command.vault_events import (
+    EVENT_TTL_MINUTES,
+    KEYS_ONLY,
+    MAX_DELIVERY_ATTEMPTS,
+    SUBSCRIPTIONS,
+    app_key_vaults,
+)
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.funchost.host import FunctionsHost
 from cmk.sandbox.funchost.http import EVENTGRID_SYSTEM_KEY, EVENTGRID_WEBHOOK
-from cmk.sandbox.world import VaultKind
 
 __all__ = ["app_settings", "describe_app", "run_app"]
 
@@ -50,36 +53,6 @@ def app_settings(sandbox: Sandbox, environ: Mapping[str, str]) -> dict[str, str]
     return {**tunables, **sandbox.env(), **sandbox.settings_env()}
 
 
-#: The delivery settings of ``infra/app/vault-event-subscriptions.bicep``.
-MAX_DELIVERY_ATTEMPTS = 30
-EVENT_TTL_MINUTES = 1440
-KEYS_ONLY = [{"operatorType": "StringIn", "key": "data.ObjectType", "values": ["Key"]}]
-
-
-def _allowed(settings: Mapping[str, str]) -> frozenset[str]:
-    """The vault URLs of ``CMK_VAULT_ALLOWLIST`` (normalized; an unparsable item is no
-    vault: the app's settings check reports it)."""
-    urls = set()
-    for item in settings.get("CMK_VAULT_ALLOWLIST", "").split(","):
-        try:
-            urls.add(parse_vault_url(item.strip()))
-        except InvalidKeyId:
-            continue
-    return frozenset(urls)
-
-
-def _key_vaults(sandbox: Sandbox, settings: Mapping[str, str]) -> list[str]:
-    """The names of the Key Vaults (not Managed HSMs) on the app's allow-list."""
-    allowed = _allowed(settings)
-    with sandbox.world.lock:
-        vaults = sandbox.world.vaults.values()
-        return sorted(
-            v.name
-            for v in vaults
-            if v.kind is VaultKind.VAULT and parse_vault_url(v.url) in allowed
-        )
-
-
 @contextmanager
 def run_app(
     sandbox: Sandbox, app_dir: Path, settings: Mapping[str, str], *, instances: int
@@ -93,7 +66,7 @@ def run_app(
         app_dir, settings=settings, instances=instances, serve_http=True, run_schedules=True
     ) as host:
         system_key = host.keys.system[EVENTGRID_SYSTEM_KEY]
-        vaults = _key_vaults(sandbox, settings)
+        vaults = app_key_vaults(sandbox, settings)
         subscriptions = [
             sandbox.eventgrid.subscribe(
                 url=f"{host.base_url}{EVENTGRID_WEBHOOK}?functionName={function}&code={system_key}",
@@ -116,7 +89,7 @@ def run_app(
 
 def describe_app(host: FunctionsHost, sandbox: Sandbox) -> str:
     """What runs where: one line per function, the keys, and how to try it."""
-    vaults = _key_vaults(sandbox, host.settings)
+    vaults = app_key_vaults(sandbox, host.settings)
     lines = [f"  app: {host.app_dir / 'function_app.py'}, {host.instances} instance(s)"]
     for function in host.functions.values():
         trigger = function.trigger
