@@ -21,8 +21,8 @@ Error contract with the host:
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -102,8 +102,8 @@ DEFAULT_THROTTLE_DELAY = timedelta(seconds=5)
 MAX_THROTTLE_DELAY = timedelta(seconds=60)
 #: The shortest wait before a deferred job runs again.
 MIN_THROTTLE_DELAY = timedelta(seconds=1)
-#: Up to this share of the delay is added at random, so deferred jobs do not all return
-#: in the same second and trip the throttle again together.
+#: Up to this share of the delay is added (spread by a hash of the job), so deferred
+#: jobs do not all return in the same second and trip the throttle again together.
 THROTTLE_JITTER = 0.25
 
 _HANDLERS = {
@@ -178,22 +178,27 @@ async def handle_job_message(engine: Engine, body: str | bytes) -> JobReport | N
         return None
 
 
-def throttle_delay(retry_after: float | None, deferrals: int = 0) -> timedelta:
+def throttle_delay(retry_after: float | None, deferrals: int = 0, spread: str = "") -> timedelta:
     """How long a throttled job waits: the service's ``Retry-After`` (else 5 s doubled per
-    earlier deferral, at most a minute), at least 1 s, plus up to 25 % at random."""
+    earlier deferral, at most a minute), at least 1 s, plus up to 25 %.
+
+    The extra share comes from a hash of ``spread`` (the job's account) and the deferral:
+    jobs throttled together come back spread out, and the same job always waits the same
+    — no random source, so a run replays exactly (tests/chaos ``--chaos-seed``)."""
     if retry_after is None:
         doubled: timedelta = DEFAULT_THROTTLE_DELAY * (2 ** min(deferrals, 10))
         base = min(doubled, MAX_THROTTLE_DELAY)
     else:
         base = timedelta(seconds=retry_after)
     base = max(base, MIN_THROTTLE_DELAY)
-    jitter = random.uniform(0.0, THROTTLE_JITTER)  # noqa: S311 -- spreading load, not a secret
-    return base * (1 + jitter)
+    digest = hashlib.sha256(f"{spread.lower()}|{deferrals}".encode()).digest()
+    share = int.from_bytes(digest[:4], "big") / 0xFFFFFFFF
+    return base * (1 + THROTTLE_JITTER * share)
 
 
 async def _defer(engine: Engine, job: RotationJob, error: ThrottledError) -> None:
     """Put ``job`` back on the queue after the throttle's delay, one deferral more."""
-    delay = throttle_delay(error.retry_after, job.deferrals)
+    delay = throttle_delay(error.retry_after, job.deferrals, str(job.account_id))
     deferred = replace(job, deferrals=job.deferrals + 1)
     await engine.jobs.enqueue(deferred, delay=delay)
     log.warning(

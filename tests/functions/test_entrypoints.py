@@ -119,10 +119,12 @@ async def rig(sandbox: Sandbox, azurite: str) -> AsyncIterator[Rig]:
 
 class TestThrottleDelay:
     def test_follows_retry_after_with_jitter(self) -> None:
-        """The delay is the service's Retry-After plus 0-25 % jitter."""
-        delays = {throttle_delay(8.0) for _ in range(50)}
+        """The delay is the service's Retry-After plus 0-25 %, spread across jobs (by
+        account), the same for one job every time (no random source: runs replay)."""
+        delays = {throttle_delay(8.0, 0, f"acct-{n}") for n in range(50)}
         assert all(timedelta(seconds=8) <= d <= timedelta(seconds=10) for d in delays)
-        assert len(delays) > 1
+        assert len(delays) > 40
+        assert throttle_delay(8.0, 1, "acct-1") == throttle_delay(8.0, 1, "acct-1")
 
     def test_without_retry_after_backs_off(self) -> None:
         """Without a Retry-After the delay is 5 s, doubled per earlier deferral of the job,
