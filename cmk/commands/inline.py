@@ -4,8 +4,11 @@ The CLI's sweep and rotate plan exactly as the app does, but hand the jobs to
 :class:`CollectedJobs` and run each account's step machine
 (:func:`~cmk.usecases.rotate_account`) here, with at most CMK_MAX_CONCURRENCY at once *per
 subscription* (ARM's budget is per subscription; the ARM clients also pace each
-subscription's requests to it). As on the queue: a throttled or busy job waits for its
-``Retry-After`` without spending a delivery (at most :data:`MAX_DEFERRALS` times), any
+subscription's requests to it). As on the queue: a throttled job waits for its
+``Retry-After`` without spending a delivery (at most :data:`MAX_DEFERRALS` times); a job
+whose account another job is writing waits for that job's write lease, backing off
+towards its expiry, and never fails or alerts for it (after :data:`MAX_BUSY_WAITS` waits
+it is reported skipped, unchanged); any
 other transient error is retried (up to :data:`MAX_DELIVERIES` deliveries, then
 :func:`~cmk.usecases.on_poison` records the failure and alerts), and an update still
 running after CMK_UPDATE_TIMEOUT_SECONDS is verified again after a short delay.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -31,8 +34,11 @@ log = logging.getLogger(__name__)
 
 #: Deliveries of one job before it counts as poisoned (host.json maxDequeueCount).
 MAX_DELIVERIES = 5
-#: Waits of one job for a 429's or a busy account's Retry-After (cmk.entrypoints' deferrals).
+#: Waits of one job for a 429's Retry-After (cmk.entrypoints' deferrals).
 MAX_DEFERRALS = 20
+#: Waits of one job for another job's write lease (backing off to 34 minutes apart; the
+#: lease's expiry ends a wait sooner), then it is left unchanged, not failed.
+MAX_BUSY_WAITS = 30
 #: How long a submitted update waits before it is verified again.
 VERIFY_DELAY = timedelta(seconds=5)
 
@@ -68,39 +74,78 @@ def job_for_move(move: PlannedMove, trigger: str) -> RotationJob:
     )
 
 
+#: How a job waits (``asyncio.sleep``; a test's may move a clock instead).
+Sleep = Callable[[float], Awaitable[None]]
+
+
 async def _deliver(
-    engine: Engine, job: RotationJob, retry_delay: float, ticker: Ticker
+    engine: Engine,
+    job: RotationJob,
+    retry_delay: float,
+    ticker: Ticker,
+    *,
+    gate: asyncio.Semaphore,
+    sleep: Sleep,
 ) -> JobReport:
-    delivery, deferrals = 1, 0
+    delivery, deferrals, busy = 1, 0, 0
     while delivery <= MAX_DELIVERIES:
         try:
-            return await rotate_account(engine, job)
+            async with gate:  # held while the job works, not while it waits
+                return await rotate_account(engine, job)
+        except AccountBusy as error:
+            # Another job holds the account's write lease: wait for it, backing off
+            # towards its expiry as the queue does (the job's deferrals grow), never
+            # spending a delivery — a busy account is not a failure, and never alerts.
+            busy += 1
+            if busy > MAX_BUSY_WAITS:
+                return _still_busy(job, error)
+            job = replace(job, deferrals=job.deferrals + 1)
+            log.info("%s waits for its write lease, held by another job", job.account_id)
+            ticker.waited()
+            await sleep(max(1.0, error.retry_after or 1.0))
         except ThrottledError as error:
             if deferrals < MAX_DEFERRALS:
                 deferrals += 1
-                if isinstance(error, AccountBusy):  # another job writes it: not an error
-                    log.info("%s waits for its write lease, held by another job", job.account_id)
-                    ticker.waited()
-                else:
-                    ticker.retried()
-                await asyncio.sleep(max(1.0, error.retry_after or 1.0))
+                ticker.retried()
+                await sleep(max(1.0, error.retry_after or 1.0))
                 continue  # a deferral, not a delivery: as on the app's queue
             deferrals = 0
-            delivery = await _retry(job, error, delivery, retry_delay, ticker)
+            delivery = await _retry(job, error, delivery, retry_delay, ticker=ticker, sleep=sleep)
         except TransientError as error:
-            delivery = await _retry(job, error, delivery, retry_delay, ticker)
+            delivery = await _retry(job, error, delivery, retry_delay, ticker=ticker, sleep=sleep)
     return await on_poison(engine, job)
 
 
+def _still_busy(job: RotationJob, error: AccountBusy) -> JobReport:
+    """The account stayed busy through every wait: not changed, not failed (the other
+    writer, or the next sweep, moves it)."""
+    cause = f"not changed: {error}; the next sweep moves it if it still needs to"
+    log.warning("%s", cause, extra={"cmk_account_id": str(job.account_id), "cmk_step": "lease"})
+    return JobReport(
+        account_id=job.account_id,
+        target=job.target,
+        step=job.step,
+        result=JobResult.SKIPPED,
+        attempts=0,
+        cause=cause,
+    )
+
+
 async def _retry(
-    job: RotationJob, error: TransientError, delivery: int, retry_delay: float, ticker: Ticker
+    job: RotationJob,
+    error: TransientError,
+    delivery: int,
+    retry_delay: float,
+    *,
+    ticker: Ticker,
+    sleep: Sleep,
 ) -> int:
     """Count a failed delivery (wait before the next); returns the next delivery's number."""
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     log.info("retrying %s: %s (delivery %d)", job.account_id, first_line, delivery)
     ticker.retried()
     if delivery < MAX_DELIVERIES:
-        await asyncio.sleep(retry_delay * 2**delivery)
+        await sleep(retry_delay * 2**delivery)
     return delivery + 1
 
 
@@ -112,6 +157,7 @@ async def run_jobs(
     verify_delay: timedelta = VERIFY_DELAY,
     retry_delay: float = 1.0,
     on_result: Callable[[JobReport], None] | None = None,
+    sleep: Sleep = asyncio.sleep,
 ) -> list[JobReport]:
     """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target.
     ``on_result`` hears of each job as it ends (not of ``submitted`` ones, which are
@@ -128,8 +174,7 @@ async def run_jobs(
             job.account_id.subscription_id.lower(),
             asyncio.Semaphore(engine.settings.max_concurrency),
         )
-        async with gate:
-            report = await _deliver(here, job, retry_delay, ticker)
+        report = await _deliver(here, job, retry_delay, ticker, gate=gate, sleep=sleep)
         if report.result is not JobResult.SUBMITTED:
             ticker.advance()
             if on_result is not None:
@@ -139,7 +184,7 @@ async def run_jobs(
     batch, delay = list(jobs), timedelta(0)
     while batch:
         if delay:
-            await asyncio.sleep(delay.total_seconds())
+            await sleep(delay.total_seconds())
         subscriptions = {job.account_id.subscription_id.lower() for job in batch}
         limit = engine.settings.max_concurrency * max(1, len(subscriptions))
         for report in await gather_bounded(limit, map(one, batch)):
