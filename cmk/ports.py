@@ -344,6 +344,19 @@ class Ledger(Protocol):
         only while that owner still holds it."""
         ...
 
+    async def unreadable_keys(self) -> dict[str, datetime]:
+        """Keys a sweep could not read for a transient reason (versionless id, lowercase)
+        and since when."""
+        ...
+
+    async def note_unreadable(self, key: str, since: datetime) -> None:
+        """Record ``key`` unreadable since ``since``, unless it is recorded already."""
+        ...
+
+    async def clear_unreadable(self, key: str) -> None:
+        """Forget that ``key`` was unreadable."""
+        ...
+
     async def acquire_lease(
         self, name: str, owner: str, now: datetime, ttl: timedelta, *, purpose: str = ""
     ) -> LeaseGrant:

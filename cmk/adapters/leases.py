@@ -23,9 +23,11 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableEntity
 from azure.data.tables.aio import TableClient
 
+from cmk.adapters._errors import azure_errors
 from cmk.adapters.table_rows import OWNER, TableRows, table_key
 from cmk.ports import ClaimRecord, LeaseGrant
 
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 CLAIM_PARTITION = "claim"
 LEASE_PARTITION = "lease"
+#: Keys a sweep could not read for a transient reason, with since when (cmk.usecases.sweep).
+UNREADABLE_PARTITION = "unreadable"
 #: How many held leases' ETags one process remembers at most.
 HELD_ETAGS = 4096
 
@@ -234,3 +238,38 @@ class LeaseRows(TableRows):
             "Expires": expires.astimezone(UTC),
             "Purpose": purpose,
         }
+
+    # --- unreadable keys ---------------------------------------------------------------
+
+    async def unreadable_keys(self) -> dict[str, datetime]:
+        """Every key a sweep could not read for a transient reason, by versionless id
+        (lowercase), with the time it was first found so (one query; none if no table)."""
+        pages = self.client.query_entities(
+            "PartitionKey eq @partition",
+            parameters={"partition": UNREADABLE_PARTITION},
+            select=["Key", "Since"],
+        )
+        found: dict[str, datetime] = {}
+        with azure_errors("listing the keys found unreadable"):
+            try:
+                async for entity in pages:
+                    since = _time(entity.get("Since"))
+                    if entity.get("Key") and since is not None:
+                        found[str(entity["Key"]).lower()] = since
+            except ResourceNotFoundError:
+                return {}
+        return found
+
+    async def note_unreadable(self, key: str, since: datetime) -> None:
+        """Record that ``key`` has been unreadable since ``since`` (kept if recorded)."""
+        entity = {
+            "PartitionKey": UNREADABLE_PARTITION,
+            "RowKey": self._row(key.lower()),
+            "Key": key.lower(),
+            "Since": since.astimezone(UTC),
+        }
+        await self.insert_once(entity, f"noting {key} unreadable")
+
+    async def clear_unreadable(self, key: str) -> None:
+        """Forget that ``key`` was unreadable (it was read again)."""
+        await self.delete_row(UNREADABLE_PARTITION, self._row(key.lower()))

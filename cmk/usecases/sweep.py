@@ -22,6 +22,7 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from cmk.errors import CmkError
 from cmk.keyid import KeyId
@@ -58,6 +59,9 @@ def _rows(found: Survey) -> list[Row]:
 
 
 #: The ledger rows a sweep needs to know of: moves under way, and moves that failed.
+#: How long a key may stay unreadable for a transient reason (throttled, unavailable,
+#: unreachable) on every sweep before it is alerted as key_unreadable.
+UNREADABLE_GRACE = timedelta(hours=1)
 _OPEN_STATES = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED, LedgerState.FAILED})
 _IN_FLIGHT = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED})
 
@@ -124,20 +128,48 @@ def _key_findings(alerts: list[Alert], found: Survey) -> list[FindingReport]:
     return findings
 
 
-def _unread(found: Survey) -> tuple[list[Alert], list[Assessment]]:
-    """Keys the sweep could not read: one alert per key naming its accounts (not for a
-    throttled or unavailable vault), and each account judged on what ARM alone says (a
-    Failed update, a missing identity)."""
+async def _unread(engine: Engine, found: Survey) -> tuple[list[Alert], list[Assessment]]:
+    """Keys the sweep could not read: one alert per key naming its accounts, and each
+    account judged on what ARM alone says (a Failed update, a missing identity).
+
+    A throttled or unavailable vault is read again by the next sweep, not alerted — until
+    it has been unreadable on every sweep for :data:`UNREADABLE_GRACE`: a vault that was
+    deleted does not answer 404, its host name stops resolving (a connection error, like
+    an outage). The first such sweep records the key; a sweep that reads it forgets it."""
     alerts: list[Alert] = []
     judged: list[Assessment] = []
+    marks = await _unreadable_marks(engine, found)
+    now = engine.now()
     for item in found.keys.values():
+        key = str(item.key.versionless()).lower()
         if not item.error:
+            if key in marks and not engine.dry_run:
+                await engine.ledger.clear_unreadable(key)
             continue
         accounts = [record.account_id for record in item.records]
-        if not item.transient:  # throttled or unavailable: the next sweep reads it again
+        since = marks.get(key)
+        if not item.transient:
             alerts.append(alerting.key_unreadable(item.key, accounts, item.error))
+        elif since is not None and now - since >= UNREADABLE_GRACE:
+            cause = f"unreadable on every sweep since {since:%Y-%m-%d %H:%M} UTC: {item.error}"
+            alerts.append(alerting.key_unreadable(item.key, accounts, cause))
+        elif since is None and not engine.dry_run:
+            await engine.ledger.note_unreadable(key, now)
         judged += [assess_unread(record, item.error) for record in item.records]
     return alerts, judged
+
+
+async def _unreadable_marks(engine: Engine, found: Survey) -> dict[str, datetime]:
+    """The keys earlier sweeps found unreadable (none without storage, or when this sweep
+    read every key and none is recorded: one query either way)."""
+    if engine.settings.storage is None:
+        return {}
+    try:
+        return await engine.ledger.unreadable_keys()
+    except CmkError as error:
+        if any(item.error for item in found.keys.values()):
+            log.warning("cannot read which keys were unreadable before: %s", error)
+        return {}
 
 
 @dataclass
@@ -414,7 +446,7 @@ async def sweep(engine: Engine) -> SweepReport:
     kept_rows = [judged for bucket in kept.values() for judged in bucket]
     judged = [j.assessment for j in kept_rows]
     key_alerts = _unique(a for item in found.keys.values() for a in _key_alerts(engine, item))
-    unread_alerts, unread = _unread(found)
+    unread_alerts, unread = await _unread(engine, found)
     alerts = _unique(
         [
             *key_alerts,

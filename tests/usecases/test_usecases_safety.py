@@ -27,6 +27,7 @@ from cmk.resource_id import AccountId
 from cmk.sandbox.world import KeyEventType
 from cmk.usecases import EventOutcome, alerting, on_near_expiry, rotate_account, sweep
 from cmk.usecases.report import JobResult
+from cmk.usecases.sweep import UNREADABLE_GRACE
 from cmk.usecases.versions import key_versions
 
 
@@ -277,6 +278,34 @@ class TestKeyAlerts:
         rule = estate.sandbox.faults.add(host=host, path="/keys/busy", status=403)
         await sweep(rig.engine)
         assert len(rig.alerts("key_unreadable")) == 1
+
+    async def test_a_vault_unreachable_for_an_hour_is_alerted_once(self, rig: Rig) -> None:
+        """A deleted vault's host name stops resolving: every request fails to connect,
+        as in an outage. Not alerted at once (the next sweep may read it); unreadable on
+        every sweep for an hour, it is alerted once, naming since when and its accounts;
+        read again, the alert closes and the count starts over."""
+        estate = rig.estate
+        version = estate.version(estate.kv, key="gone")
+        account = estate.account("acct-g", estate.kv, version.version, key="gone")
+        host = f"{estate.kv.name}.vault.azure.net"
+        rule = estate.sandbox.faults.add(host=host, path="/keys/gone", drop=True)
+        clock = estate.world.clock
+
+        await sweep(rig.engine)
+        clock.advance(UNREADABLE_GRACE / 2)
+        await sweep(rig.engine)
+        assert rig.alerts("key_unreadable") == []
+        clock.advance(UNREADABLE_GRACE / 2)
+        await sweep(rig.engine)
+        await sweep(rig.engine)
+
+        [alert] = rig.alerts("key_unreadable")
+        assert "unreadable on every sweep since" in alert["data"]["cause"]
+        assert account.name in alert["data"]["cause"]
+        estate.sandbox.faults.remove(rule)
+        await sweep(rig.engine)
+        assert await rig.engine.ledger.unreadable_keys() == {}
+        assert await rig.engine.alerts.open_subjects() == set()
 
     async def test_unreadable_key_is_closed_when_read_and_alerted_again(self, rig: Rig) -> None:
         """Access lost: one alert. Restored: the sweep reads the key and closes it. Lost
