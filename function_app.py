@@ -121,8 +121,10 @@ async def http_status(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("http_plan")
 @app.route(route="plan", methods=["GET"])
 async def http_plan(req: func.HttpRequest) -> func.HttpResponse:
-    """What a sweep would do; writes nothing."""
-    return _json(await entrypoints.http_plan(await engines.engine()))
+    """What a sweep would do; writes nothing but the operation's row (202 and a status URL
+    when it takes longer than CMK_HTTP_ANSWER_SECONDS)."""
+    engine = await engines.engine()
+    return _answer(await operations.accept(engine, OperationKind.PLAN, req.url))
 
 
 @app.function_name("http_sweep")
@@ -136,7 +138,7 @@ async def http_sweep(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("http_operation")
 @app.route(route="operations/{operation_id}", methods=["GET"])
 async def http_operation(req: func.HttpRequest) -> func.HttpResponse:
-    """The status URL of an accepted status or sweep: 202 while it runs, then its answer."""
+    """The status URL of an accepted status, plan or sweep: 202 while it runs, then its answer."""
     engine = await engines.engine()
     operation_id = req.route_params.get("operation_id", "")
     return _answer(await operations.poll(engine, operation_id, req.url))
@@ -147,7 +149,7 @@ async def http_operation(req: func.HttpRequest) -> func.HttpResponse:
     arg_name="msg", queue_name="%CMK_JOB_QUEUE%-ops", connection="AzureWebJobsStorage"
 )
 async def run_operation(msg: func.QueueMessage) -> None:
-    """The work of an accepted status or sweep; its answer is kept for the status URL."""
+    """The work of an accepted status, plan or sweep; its answer is kept for the status URL."""
     engine = await engines.engine()
     await operations.handle_operation_message(engine, msg.get_body(), msg.dequeue_count or 1)
 

@@ -84,6 +84,7 @@ __all__ = [
     "http_rotate",
     "http_status",
     "http_sweep",
+    "plan_document",
     "run_sweep",
     "status_document",
     "sweep_document",
@@ -283,15 +284,20 @@ async def http_status(engine: Engine) -> JsonResponse:
         return failure_answer(error)
 
 
+async def plan_document(engine: Engine) -> object:
+    """The 200 document of GET /api/plan (``cmk plan -o json``); raises CmkError."""
+    report = await plan(engine)
+    scope = await subscription_scope(engine)
+    return to_jsonable(plan_answer(engine.settings, report, scope).document)
+
+
 async def http_plan(engine: Engine) -> JsonResponse:
     """GET /api/plan: what a sweep would do (a dry run), as ``cmk plan -o json`` prints it
     (``{plan, scope, warnings, exit_code}``)."""
     try:
-        report = await plan(engine)
-        scope = await subscription_scope(engine)
+        return 200, await plan_document(engine)
     except CmkError as error:
         return failure_answer(error)
-    return 200, to_jsonable(plan_answer(engine.settings, report, scope).document)
 
 
 async def http_sweep(engine: Engine) -> JsonResponse:

@@ -65,6 +65,7 @@ _WATCH = (0.05, 1.0)
 
 _WORK: dict[OperationKind, Callable[[Engine], Awaitable[object]]] = {
     OperationKind.STATUS: entrypoints.status_document,
+    OperationKind.PLAN: entrypoints.plan_document,
     OperationKind.SWEEP: entrypoints.sweep_document,
 }
 

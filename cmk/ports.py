@@ -220,9 +220,11 @@ class ClaimRecord:
 
 
 class OperationKind(StrEnum):
-    """What an HTTP operation runs: the work of ``GET /api/status`` or ``POST /api/sweep``."""
+    """What an HTTP operation runs: the work of ``GET /api/status``, ``GET /api/plan`` or
+    ``POST /api/sweep``."""
 
     STATUS = "status"
+    PLAN = "plan"
     SWEEP = "sweep"
 
 

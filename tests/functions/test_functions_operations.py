@@ -222,6 +222,22 @@ class TestAcceptedAnswer:
         assert done.body["sweep"]["enqueued"] == 2 and done.body["jobs"] == []
         app_world.check_invariants()
 
+    async def test_plan_answers_202_then_its_document(self, app_world: AppWorld) -> None:
+        """GET /api/plan surveys the whole estate as status does: with a 0 s window it
+        answers 202 too, and its status URL reaches the `cmk plan` document; nothing
+        is moved (a plan writes nothing but its operation's row)."""
+        _stale_world(app_world)
+        async with _running(app_world, CMK_HTTP_ANSWER_SECONDS="0") as host:
+            accepted = await _call("GET", host.url("plan"), key=host.function_key)
+            done = await _poll(accepted.headers["Location"], host.function_key)
+
+        assert accepted.status == 202 and accepted.body["operation"]["kind"] == "plan"
+        jsonschema.validate(accepted.body, _functions_schema("operation"))
+        assert done.status == 200, done.body
+        jsonschema.validate(done.body, CLI_SCHEMAS["plan"])
+        assert len(done.body["plan"]["moves"]) == 2
+        assert not app_world.on_version(app_world.versions()[-1].version)
+
     async def test_running_operation_answers_202_with_its_progress(
         self, app_world: AppWorld
     ) -> None:
