@@ -2,19 +2,20 @@
 (Key Vault's rotate when the key has a rotation policy, else a same-parameter create)
 and move every bound account to it. By default the accounts are moved here, each shown
 as it converges; ``--enqueue`` hands the jobs to the deployed app's queue instead.
-``--dry-run`` creates and writes nothing: it lists the accounts that would move and the
-checks the new version must pass first. Exit 1 when the new version is rejected, an
-account fails, or there are findings; 2 for a bad key id or a vault outside
-CMK_VAULT_ALLOWLIST; 130 when interrupted (it says what finishes the work)."""
+``--dry-run`` creates and writes nothing: it predicts the new version (the newest version's
+type, size and operations), judges it by the version policy, and lists the checks it
+passes or fails and the accounts that would move. Exit 1 when the new version is (or, in a
+dry run, would be) rejected, an account fails, or there are findings; 2 for a bad key id
+or a vault outside CMK_VAULT_ALLOWLIST; 130 when interrupted (it says what finishes the work)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cmk.commands.inline import CollectedJobs, run_jobs
-from cmk.commands.output import EXIT_OK, common_options, short_version
+from cmk.commands.output import common_options, short_version
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import (
     job_summary,
@@ -26,9 +27,11 @@ from cmk.commands.tables import (
 )
 from cmk.commands.versions import require_in_scope
 from cmk.keyid import KeyId
+from cmk.policy import ReasonCode
 from cmk.settings import Settings
 from cmk.usecases import EventOutcome, EventReport, PlannedMove
 from cmk.usecases.answers import rotation_answer, rotation_exit_code
+from cmk.usecases.new_versions import Prediction, predict_rotation
 from cmk.usecases.rotate import ROTATE_EVENT_TYPE, rotate_key
 from cmk.usecases.versions import key_versions
 
@@ -59,56 +62,164 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(func=rotate_command)
 
 
-def _checks(settings: Settings) -> list[str]:
-    """What the new version must pass before any account is moved to it (DESIGN §1)."""
+#: The checks of the new version (DESIGN §1), with the reason codes that fail each.
+_CHECKS: tuple[tuple[str, frozenset[ReasonCode]], ...] = (
+    ("key type RSA or RSA-HSM", frozenset({ReasonCode.KEY_TYPE})),
+    ("key size in CMK_ALLOWED_KEY_SIZES ({sizes})", frozenset({ReasonCode.KEY_SIZE})),
+    (
+        "enabled, and already valid (not before now)",
+        frozenset({ReasonCode.DISABLED, ReasonCode.NOT_YET_VALID}),
+    ),
+    (
+        "expires more than {margin} days from now, or never",
+        frozenset({ReasonCode.EXPIRED, ReasonCode.EXPIRING}),
+    ),
+    ("key operations include wrapKey and unwrapKey", frozenset({ReasonCode.KEY_OPS})),
+    (
+        "the vault has soft delete and purge protection (recovery level not Purgeable)",
+        frozenset({ReasonCode.PURGEABLE}),
+    ),
+)
+#: Checked by the real run only, account by account.
+_PER_ACCOUNT = (
+    "per account, before its PATCH: the account's identity may get, wrapKey and"
+    " unwrapKey the key, and the account is not on a newer version already"
+)
+_EXPIRY = ReasonCode.EXPIRED, ReasonCode.EXPIRING
+
+
+@dataclass(frozen=True)
+class _Check:
+    """One check of the predicted version: passed (True/False), or not judged (None)."""
+
+    text: str
+    passed: bool | None
+    reason: str = ""
+
+    def line(self) -> str:
+        mark = {True: "pass", False: "FAIL", None: "----"}[self.passed]
+        return f"  {mark}  {self.text}" + (f": {self.reason}" if self.reason else "")
+
+
+def _checks(settings: Settings, prediction: Prediction) -> list[_Check]:
+    """Each check of the new version, judged on the prediction (DESIGN §1)."""
     sizes = ", ".join(str(size) for size in sorted(settings.allowed_key_sizes))
     margin = settings.expiry_margin.days
-    return [
-        "key type RSA or RSA-HSM",
-        f"key size in CMK_ALLOWED_KEY_SIZES ({sizes})",
-        "enabled, and already valid (not before now)",
-        f"expires more than {margin} days from now, or never",
-        "key operations include wrapKey and unwrapKey",
-        "the vault has soft delete and purge protection (recovery level not Purgeable)",
-        "per account, before its PATCH: the account's identity may get, wrapKey and"
-        " unwrapKey the key, and the account is not on a newer version already",
-    ]
+    reasons = prediction.verdict.reasons
+    checks = []
+    for template, codes in _CHECKS:
+        text = template.format(sizes=sizes, margin=margin)
+        failed = [str(reason.message) for reason in reasons if reason.code in codes]
+        if failed:
+            checks.append(_Check(text, False, "; ".join(failed)))
+        elif not prediction.expiry_known and codes & set(_EXPIRY):
+            why = "not judged: the key's rotation policy (its expiryTime) sets the expiry"
+            checks.append(_Check(text, None, why))
+        else:
+            checks.append(_Check(text, True))
+    checks.append(_Check(_PER_ACCOUNT, None, "checked by the real run, account by account"))
+    return checks
+
+
+def _predicted(prediction: Prediction) -> str:
+    """The new version in words: how it is made and what it is."""
+    version, template = prediction.version, prediction.template
+    how = (
+        "Key Vault's rotate (the key has a rotation policy)"
+        if prediction.by_rotation
+        else f"a create like version {short_version(template.version)}"
+    )
+    if not prediction.expiry_known:
+        expiry = "expiry set by the rotation policy"
+    elif version.expires is None:
+        expiry = "no expiry"
+    else:
+        expiry = f"expires {version.expires:%Y-%m-%d %H:%M} UTC"
+    size = f"{version.size} bits" if version.size is not None else "size unknown"
+    ops = ", ".join(sorted(version.key_ops)) or "none"
+    return f"{how}: {version.kty}, {size}, key_ops {ops}, {expiry}"
+
+
+def _prediction_json(prediction: Prediction, checks: list[_Check]) -> dict[str, object]:
+    version = prediction.version
+    return {
+        "by": "rotate" if prediction.by_rotation else "create",
+        "like_version": prediction.template.version,
+        "kty": version.kty,
+        "size": version.size,
+        "key_ops": sorted(version.key_ops),
+        "expires": version.expires.isoformat()
+        if prediction.expiry_known and version.expires
+        else None,
+        "expiry_known": prediction.expiry_known,
+        "bindable": prediction.bindable,
+        "failed_checks": [str(reason) for reason in prediction.verdict.reasons],
+        "unjudged_checks": [check.text for check in checks if check.passed is None],
+    }
 
 
 async def _dry_run(session: Session, key: KeyId) -> int:
-    """Show what ``rotate`` would do: the accounts that would move, the checks."""
+    """Show what ``rotate`` would do: the version it would create and the policy's verdict
+    on it, and the accounts that would move. Exit 1 when that version would be rejected."""
     output = session.output
     require_in_scope(session.settings, key)
+    engine = session.engine()
     with output.working(f"reading the versions of {key} and who uses them"):
-        report = await key_versions(session.engine(), key)
-    reason = "bound to the key: would move to the new version once it passes the checks"
-    moves = tuple(
-        PlannedMove(account, key, use.version, NEW_VERSION, False, reason)
-        for use in report.versions
-        for account in use.accounts
-    )
-    checks = _checks(session.settings)
+        prediction = await predict_rotation(engine, key)
+        report = await key_versions(engine, key)
+    bound = [account for use in report.versions for account in use.accounts]
+    moves: tuple[PlannedMove, ...] = ()
+    if prediction.bindable:
+        reason = "bound to the key: would move to the new version"
+        moves = tuple(
+            PlannedMove(account, key, use.version, NEW_VERSION, False, reason)
+            for use in report.versions
+            for account in use.accounts
+        )
+        detail = f"dry run: would create a new version and move {len(moves)} account(s)"
+        outcome = EventOutcome.WOULD_ROTATE
+    else:
+        codes = ", ".join(sorted(prediction.verdict.codes))
+        detail = f"dry run: the new version would be rejected ({codes}); no account would move"
+        outcome = EventOutcome.WOULD_BE_REJECTED
+    checks = _checks(session.settings, prediction)
     rotation = EventReport(
         event_id=TRIGGER,
         event_type=ROTATE_EVENT_TYPE,
         key_id=key,
-        outcome=EventOutcome.ROTATED,
+        outcome=outcome,
         dry_run=True,
         moves=moves,
-        detail=f"dry run: would create a new version and move {len(moves)} account(s)",
+        detail=detail,
+    )
+    answer = rotation_answer(
+        rotation,
+        [],
+        checks=[check.text for check in checks],
+        prediction=_prediction_json(prediction, checks),
     )
     if output.json_mode:
-        output.emit_json(rotation_answer(rotation, [], checks=checks).document)
-        return EXIT_OK
+        output.emit_json(answer.document)
+        return answer.exit_code
     print_moves(output, moves, f"Accounts that would move to the new version of {key}")
-    output.print("The new version must pass, or no account moves:")
+    output.print(f"The new version would be made by {_predicted(prediction)}.")
+    output.print("Its checks (it must pass all, or no account moves):")
     for check in checks:
-        output.print(f"  - {check}")
-    output.print(
-        f"rotate {key} (dry run): nothing created or written; a real run would create a"
-        f" new version and move {len(moves)} account(s)"
-    )
-    return EXIT_OK
+        output.print(check.line())
+    if prediction.bindable:
+        output.print(
+            f"rotate {key} (dry run): nothing created or written; a real run would create a"
+            f" new version and move {len(moves)} account(s)"
+        )
+    else:
+        failed = ", ".join(sorted(prediction.verdict.codes))
+        output.print(
+            f"rotate {key} (dry run): nothing created or written; a real run would create a"
+            f" new version that fails {failed} and is rejected: no account would move"
+            f" ({len(bound)} bound account(s) keep their versions) and it exits 1. Fix the"
+            " key or the settings first (docs/configuration.md)"
+        )
+    return answer.exit_code
 
 
 async def _rotate(session: Session) -> int:

@@ -9,14 +9,15 @@ script. The schemas are documented in docs/cli.md (and referred to by docs/funct
 - status: ``{accounts, summary, scope, warnings, exit_code}``
 - plan: ``{plan, scope, warnings, exit_code}``
 - sweep: ``{sweep, jobs, summary, scope, warnings, exit_code}``
-- rotate: ``{rotation, jobs, summary, exit_code}`` (``checks`` too in a dry run)
+- rotate: ``{rotation, jobs, summary, exit_code}`` (``checks`` and ``prediction`` too in
+  the CLI's dry run)
 - any error: ``{error: {kind, message, fix, exit_code}}`` (plus fields of that error)
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -108,8 +109,9 @@ def jobs_failed(reports: Sequence[JobReport]) -> bool:
 
 
 def rotation_exit_code(report: EventReport, jobs: Sequence[JobReport]) -> int:
-    """1 when the new version was rejected, a job failed or there are findings."""
-    rejected = report.outcome is EventOutcome.VERSION_REJECTED
+    """1 when the new version was (or, in a dry run, would be) rejected, a job failed or
+    there are findings."""
+    rejected = report.outcome in (EventOutcome.VERSION_REJECTED, EventOutcome.WOULD_BE_REJECTED)
     return EXIT_FINDINGS if rejected or jobs_failed(jobs) or report.findings else EXIT_OK
 
 
@@ -234,18 +236,29 @@ def sweep_answer(
 
 
 def rotation_answer(
-    report: EventReport, jobs: Sequence[JobReport], *, checks: Sequence[str] | None = None
+    report: EventReport,
+    jobs: Sequence[JobReport],
+    *,
+    checks: Sequence[str] | None = None,
+    prediction: Mapping[str, object] | None = None,
 ) -> Answer:
-    """``cmk rotate`` / ``POST /api/rotate``; a dry run adds the ``checks`` the new
-    version would have to pass."""
-    answer: dict[str, object] = {
-        "rotation": report,
-        "jobs": list(jobs),
-        "summary": job_summary(jobs),
-    }
+    """``cmk rotate`` / ``POST /api/rotate``. A dry run counts its moves as
+    ``summary.would_update``; the CLI's adds the ``checks`` the new version must pass and
+    the ``prediction`` (the version a real run would create, and the checks it fails). A
+    dry run exits 1 only when the real run's version would be rejected."""
+    summary = job_summary(jobs)
+    if report.dry_run and not jobs:
+        summary[JobResult.WOULD_UPDATE.value] = len(report.moves)
+    answer: dict[str, object] = {"rotation": report, "jobs": list(jobs), "summary": summary}
     if checks is not None:
         answer["checks"] = list(checks)
-    answer["exit_code"] = EXIT_OK if report.dry_run else rotation_exit_code(report, jobs)
+    if prediction is not None:
+        answer["prediction"] = dict(prediction)
+    rejected = report.outcome is EventOutcome.WOULD_BE_REJECTED
+    if report.dry_run:
+        answer["exit_code"] = EXIT_FINDINGS if rejected else EXIT_OK
+    else:
+        answer["exit_code"] = rotation_exit_code(report, jobs)
     return Answer(answer)
 
 

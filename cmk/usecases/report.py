@@ -84,6 +84,8 @@ class EventOutcome(StrEnum):
     VERSION_REJECTED = "version_rejected"  # newest version fails the policy: nobody moved
     FANNED_OUT = "fanned_out"  # jobs planned (and enqueued unless dry run)
     ROTATED = "rotated"  # a new version was created (or would be), then fanned out
+    WOULD_ROTATE = "would_rotate"  # dry run of cmk rotate: the new version would pass
+    WOULD_BE_REJECTED = "would_be_rejected"  # dry run of cmk rotate: it would be rejected
     NOT_ROTATED = "not_rotated"  # near expiry, no successor, rotating is off: alerted
     NO_SUCCESSOR = "no_successor"  # no bindable version to move to
     STALE_EVENT = "stale_event"  # Key Vault disagrees with the event (replayed, forged, old)

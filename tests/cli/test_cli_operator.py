@@ -149,6 +149,36 @@ class TestRotateDryRun:
             a.name for a in accounts
         )
         assert {m["to_version"] for m in moves} == {"new"} and document["checks"]
+        assert document["rotation"]["outcome"] == "would_rotate"
+        assert document["summary"]["would_update"] == len(moves) == len(accounts)
+        assert document["prediction"]["bindable"] is True
+        assert document["prediction"]["failed_checks"] == []
+
+    def test_predicts_a_rejection_the_real_run_meets(self, world: World, cmk, monkeypatch):
+        """With CMK_ALLOWED_KEY_SIZES=4096 on a key of 2048-bit versions, the dry run
+        judges the version a rotation would create (a copy of the newest: 2048 bits),
+        reports key_size failing and exits 1, creating nothing; the real run is then
+        rejected for the same reason."""
+        monkeypatch.setenv("CMK_ALLOWED_KEY_SIZES", "4096")
+        key_id = world.key_id("hsm-demo-weu", "ai-cmk-hsm")
+        key = world.vault("hsm-demo-weu").keys["ai-cmk-hsm"]
+        before = len(key.versions)
+        run = cmk("rotate", key_id, "--dry-run")
+        assert run.code == 1, run.err
+        assert len(key.versions) == before
+        assert "rotated" not in run.out
+        [failed] = [line for line in run.out.splitlines() if "FAIL" in line]
+        assert "CMK_ALLOWED_KEY_SIZES (4096)" in failed and "2048 bits" in failed
+        assert "fails key_size and is rejected: no account would move" in run.out
+        document = cmk("rotate", key_id, "--dry-run", "-o", "json").valid("rotate")
+        assert document["exit_code"] == 1
+        assert document["rotation"]["outcome"] == "would_be_rejected"
+        assert document["rotation"]["moves"] == [] and document["summary"]["would_update"] == 0
+        assert document["prediction"]["size"] == 2048
+        assert [c.split(":")[0] for c in document["prediction"]["failed_checks"]] == ["key_size"]
+        real = cmk("rotate", key_id, "--json").valid("rotate")
+        assert real["rotation"]["outcome"] == "version_rejected"
+        assert "key_size" in real["rotation"]["detail"]
 
 
 class TestAzureCliConventions:
