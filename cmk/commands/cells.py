@@ -71,7 +71,12 @@ OPTIONAL_COLUMNS = (
     "subscription",
     "newest",
     "bound",
+    "tags",
 )
+#: How a time is shown in a table, and its date alone (when even without the optional
+#: columns the table is too wide): a time is never cut, it is shortened whole.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+DATE_LENGTH = len("2027-12-01")
 
 STATE_STYLES = {
     "current": "green",
@@ -116,6 +121,8 @@ class DataTable(Table):
     line_width: int | None = None
     column_names: list[str]
     cells: list[list[Text]]
+    #: The columns holding times: never cut (see :func:`fit`).
+    time_columns: frozenset[str] = frozenset()
     tsv_rows: list[list[str]]
 
 
@@ -132,7 +139,12 @@ def table(
     and versions where the table shortens them, one value per field): each field is
     rendered with :func:`tsv_cell`."""
     cells = [[cell(value) for value in row] for row in rows]
-    result = _rich_table(title, list(columns), cells)
+    times = frozenset(
+        name
+        for index, name in enumerate(columns)
+        if any(isinstance(row[index], datetime) for row in rows if index < len(row))
+    )
+    result = _rich_table(title, list(columns), cells, times)
     fields = rows if tsv is None else tsv
     result.tsv_rows = [[tsv_cell(value) for value in row] for row in fields]
     return result
@@ -143,10 +155,15 @@ def _widest(cells: list[list[Text]], index: int) -> int:
     return max((len(row[index].plain) for row in cells if index < len(row)), default=0)
 
 
-def _rich_table(title: str, columns: list[str], cells: list[list[Text]]) -> DataTable:
+def _rich_table(
+    title: str, columns: list[str], cells: list[list[Text]], times: frozenset[str] = frozenset()
+) -> DataTable:
     result = DataTable(show_lines=False)  # the title is a line of its own: never padded
     for index, column in enumerate(columns):
         widest = _widest(cells, index)
+        if column in times and widest:  # a time is shown whole, on one line
+            result.add_column(Text(clean(column)), no_wrap=True, width=widest, min_width=widest)
+            continue
         keep = column in WHOLE_COLUMNS
         result.add_column(
             Text(clean(column)),
@@ -156,38 +173,61 @@ def _rich_table(title: str, columns: list[str], cells: list[list[Text]]) -> Data
     for row_cells in cells:
         result.add_row(*row_cells)
     result.title_text, result.column_names, result.cells = title, columns, cells
+    result.time_columns = times
     result.tsv_rows = []
     return result
 
 
-def _needed(columns: list[str], cells: list[list[Text]]) -> int:
-    """The width a table needs to stay readable: whole columns whole, the others at least
-    :data:`MIN_READABLE` characters, plus borders and padding."""
+def _needed(columns: list[str], cells: list[list[Text]], times: frozenset[str]) -> int:
+    """The width a table needs to stay readable: whole columns and times whole, the
+    others at least :data:`MIN_READABLE` characters (and their header's longest word),
+    plus borders and padding."""
     total = 1
     for index, column in enumerate(columns):
         widest = _widest(cells, index)
-        wanted = min(widest, MAX_WHOLE_WIDTH) if column in WHOLE_COLUMNS else MIN_READABLE
-        total += max(min(wanted, widest), 1) + 3
+        if column in times:
+            wanted = widest
+        else:
+            wanted = min(widest, MAX_WHOLE_WIDTH) if column in WHOLE_COLUMNS else MIN_READABLE
+            wanted = min(wanted, widest)
+            wanted = max([wanted, *(len(word) for word in column.split())])
+        total += max(wanted, 1) + 3
     return total
+
+
+def _dates_only(columns: list[str], cells: list[list[Text]], times: frozenset[str]) -> None:
+    """Times shown as their date alone (``2027-12-01``), in place."""
+    for index, column in enumerate(columns):
+        if column not in times:
+            continue
+        for row in cells:
+            text = row[index]
+            if len(text.plain) > DATE_LENGTH:
+                row[index] = Text(text.plain[:DATE_LENGTH], style=text.style)
 
 
 def fit(console: Console, data: DataTable) -> DataTable:
     """``data`` without its optional columns, one by one, until it fits the console (the
-    columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything). Off a
-    terminal no cell wraps: a row is one line (``grep`` finds it); free-text columns are
-    cut to fit (ending with ``…``) while ids stay whole, so a line may be wider than the
-    console (:attr:`DataTable.line_width`)."""
+    columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything); if
+    it is still too wide, its times are shown as their date alone. A time is never cut.
+    Off a terminal no cell wraps: a row is one line (``grep`` finds it); free-text
+    columns are cut to fit (ending with ``…``) while ids stay whole, so a line may be
+    wider than the console (:attr:`DataTable.line_width`)."""
     columns, cells = list(data.column_names), [list(row) for row in data.cells]
-    fitted = data
-    while _needed(columns, cells) > console.width:
+    times, fitted, dated = data.time_columns, data, False
+    while _needed(columns, cells, times) > console.width:
         optional = [name for name in OPTIONAL_COLUMNS if name in columns]
-        if not optional:
+        if optional:
+            drop = columns.index(optional[0])
+            del columns[drop]
+            for row in cells:
+                del row[drop]
+        elif not dated and times & set(columns):
+            _dates_only(columns, cells, times)
+            dated = True
+        else:
             break
-        drop = columns.index(optional[0])
-        del columns[drop]
-        for row in cells:
-            del row[drop]
-        fitted = _rich_table(data.title_text, columns, cells)
+        fitted = _rich_table(data.title_text, columns, cells, times)
     fitted.line_width = None
     if not console.is_terminal:
         fitted.line_width = _one_line_rows(fitted, console.width)
@@ -231,7 +271,7 @@ def cell(value: object) -> Text:
     if isinstance(value, bool):
         return Text("yes" if value else "no")
     if isinstance(value, datetime):
-        return Text(value.strftime("%Y-%m-%d %H:%M:%S"))
+        return Text(value.strftime(TIME_FORMAT))
     if isinstance(value, timedelta):
         return Text(age(value))
     if isinstance(value, AccountId):

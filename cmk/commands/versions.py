@@ -134,7 +134,8 @@ async def _versions(session: Session) -> int:
     # why each version is or is not safe to disable: whole, whatever the width
     output.print("why, per version:")
     for use in report.versions:
-        output.print(f"  {use.version}: {use.verdict}")
+        tags = f" ({_tags(use)})" if _tags(use) else ""  # the column a narrow table drops
+        output.print(f"  {use.version}{tags}: {use.verdict}")
     names = ", ".join(scope.label(s) for s in scope.subscriptions) or "none"
     output.print(
         f"accounts searched in {len(scope.subscriptions)} subscription(s)"

@@ -13,6 +13,7 @@ import time
 from contextlib import redirect_stderr
 from pathlib import Path
 
+import pytest
 from cli_rig import World
 
 from cmk.commands import output as output_module
@@ -62,7 +63,7 @@ def _colours(text: str) -> list[str]:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"NO_COLOR", "FORCE_COLOR"}}
-    env.update(TERM="xterm-256color", COLUMNS="80", **extra)
+    env.update({"TERM": "xterm-256color", "COLUMNS": "80", **extra})
     return env
 
 
@@ -115,6 +116,26 @@ class TestColours:
         for account in cmk_accounts:
             group = account.resource_id.split("/")[4]
             assert f"{group}/{account.name}" in plain, account.name
+
+    @pytest.mark.parametrize("columns", [80, 60])
+    def test_versions_never_cut_a_date(self, world: World, columns: int):
+        """`cmk versions` on a narrow terminal shows each expiry whole on one line: the
+        full time at 80 columns (the tags column is left out first, its words go to the
+        "why" lines), the date alone when narrower; never `2027-12…`."""
+        world.new_version("kv-demo-weu", "ai-cmk")
+        key = world.vault("kv-demo-weu").keys["ai-cmk"]
+        env = _env(NO_COLOR="1", COLUMNS=str(columns))
+        code, text = _on_a_terminal(["versions", world.key_id("kv-demo-weu", "ai-cmk")], env)
+        assert code == 0, text
+        plain = _CSI.sub("", text).replace("\r", "")
+        rows = [line for line in plain.splitlines() if line[:1] in "┏┃┡│└"]
+        assert rows and all(len(line) <= columns for line in rows), plain
+        assert not re.search(r"\d{4}-\d\d…", plain), plain
+        shown = "%Y-%m-%d %H:%M:%S" if columns == 80 else "%Y-%m-%d"
+        for version in key.versions:
+            assert version.expires is not None
+            assert version.expires.strftime(shown) in plain, plain
+        assert "(latest, newest valid)" in plain
 
 
 class TestProgressWhenPiped:

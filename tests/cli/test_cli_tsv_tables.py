@@ -121,13 +121,23 @@ class TestTablesPiped:
         assert move["reason"] not in run.out and "…" in run.out
 
     def test_versions_says_why_in_full(self, world: World, cmk):
-        """versions piped: each version's verdict is printed whole under the table."""
+        """versions piped: each version's verdict is printed whole under the table, after
+        its tags (latest, newest valid) if it has any."""
         key_id = world.key_id("kv-demo-weu", "ai-cmk")
         world.new_version("kv-demo-weu", "ai-cmk")
         versions = cmk("versions", key_id, "--json").json["key"]["versions"]
         out = cmk("versions", key_id).out
         for version in versions:
-            assert f"  {version['version']}: {version['verdict']}" in out.splitlines()
+            tags = ", ".join(
+                tag
+                for tag, has in (
+                    ("latest", version["latest"]),
+                    ("newest valid", version["newest_valid"]),
+                )
+                if has
+            )
+            shown = f" ({tags})" if tags else ""
+            assert f"  {version['version']}{shown}: {version['verdict']}" in out.splitlines()
 
     def test_check_prints_each_failed_fix_in_full(self, world: World, cmk):
         """check ACCOUNT --key (another region's vault), piped: each failed requirement's
