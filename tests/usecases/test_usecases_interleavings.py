@@ -5,8 +5,12 @@ deterministic scheduler of :mod:`interleave`: every port call is a scheduling po
 The tests enumerate schedules systematically — one job preempted at each of its calls
 while the other runs, with a fault (429, 5xx, a response lost after the service applied
 the call, the process killed) injected at that very call — and seeded random schedules
-of three jobs. After each schedule settles (redeliveries as the queue would make them;
-a dead job's lease runs out on the sandbox clock) they check:
+of three jobs. A fault on the PATCH raises what the real adapter raises: a lost answer is
+UpdateUnanswered, and its job keeps the write lease. A PATCH cut off from its client
+(LATE) lands at every point of the other jobs' runs while that lease holds, at the end
+of the round, or never (:class:`TestLatePatch`). After each schedule settles
+(redeliveries as the queue would make them; a dead or cut-off job's lease runs out on
+the sandbox clock) they check:
 
 - the account never visited an older version than one it had, and ends on the newest;
 - the ledger agrees with ARM: the newest SUCCEEDED row is the version ARM has, no row
@@ -25,11 +29,17 @@ from functools import partial
 from typing import Any
 
 import pytest
-from interleave import Fault, Killed, Plan, Scheduler, gated
+from interleave import ANY_CALL_FAULTS, UPDATE, Fault, Killed, Network, Plan, Scheduler, gated
 from usecase_rig import Rig
 
 from cmk.adapters.accounts import CognitiveAccounts
-from cmk.errors import AccountBusy, ThrottledError, TransientError, UpdateUnanswered
+from cmk.errors import (
+    AccountBusy,
+    ServiceUnavailable,
+    ThrottledError,
+    TransientError,
+    UpdateUnanswered,
+)
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
@@ -48,6 +58,10 @@ class Outcome:
     trace: list[str] = field(default_factory=list)
     reports: list[JobReport] = field(default_factory=list)
     rounds: int = 0
+    #: (round, job, what it raised) for every run that ended with an exception.
+    raised: list[tuple[int, str, BaseException]] = field(default_factory=list)
+    #: Where the first round's LATE PATCH landed (see Scheduler.landed).
+    landed: str | None = None
 
 
 def _job(rig: Rig, account: AccountState, version: KeyVersionState) -> RotationJob:
@@ -55,24 +69,41 @@ def _job(rig: Rig, account: AccountState, version: KeyVersionState) -> RotationJ
     return RotationJob(AccountId.parse(account.resource_id), key, trigger="test")
 
 
-async def settle(rig: Rig, jobs: dict[str, RotationJob], plan: Plan) -> Outcome:
+def network(rig: Rig) -> Network:
+    """The sandbox's fault rules in front of the engine's own accounts adapter."""
+    sandbox = rig.estate.sandbox
+    accounts = rig.services.accounts
+    return Network(sandbox.faults, sandbox.counters, accounts)
+
+
+async def settle(
+    rig: Rig, jobs: dict[str, RotationJob], plan: Plan, later: Plan | None = None
+) -> Outcome:
     """Run ``jobs`` under ``plan``, then redeliver what must be redelivered (as the queue
-    would, plan-free) until every job has ended."""
+    would; ordered by ``later``, fault-free, else by name) until every job has ended."""
     outcome = Outcome()
+    wire = network(rig)
     pending = dict(jobs)
     deliveries: dict[str, int] = dict.fromkeys(jobs, 0)
     lease = rig.engine.settings.write_lease_ttl
     while pending:
         outcome.rounds += 1
         assert outcome.rounds < 40, f"did not settle: {outcome.trace}"
-        scheduler = Scheduler(plan if outcome.rounds == 1 else Plan())
-        engine = gated(rig.engine, scheduler)
+        if outcome.rounds == 1:
+            scheduler = Scheduler(plan)
+        else:
+            scheduler = Scheduler(replace(later or Plan(), fault=None))
+        engine = gated(rig.engine, scheduler, wire)
         made = {name: partial(rotate_account, engine, job) for name, job in pending.items()}
         results = await scheduler.run(made)
         outcome.trace += scheduler.trace
+        if outcome.rounds == 1:
+            outcome.landed = scheduler.landed
         again: dict[str, RotationJob] = {}
         for name, job in pending.items():
             result: Any = results[name]
+            if isinstance(result, BaseException):
+                outcome.raised.append((outcome.rounds, name, result))
             if isinstance(result, JobReport):
                 outcome.reports.append(result)
                 if result.result is JobResult.SUBMITTED:
@@ -157,7 +188,7 @@ class TestTwoJobsOneAccount:
             outcome = await settle(rig, world.jobs(account, 1, 2), plan)
             await check(rig, account, world.versions[2].version, outcome)
 
-    @pytest.mark.parametrize("fault", list(Fault))
+    @pytest.mark.parametrize("fault", ANY_CALL_FAULTS)
     async def test_fault_at_every_point_of_a_with_b_in_between(
         self, rig: Rig, fault: Fault
     ) -> None:
@@ -186,7 +217,7 @@ class TestPermanentFailures:
     interleaving and the fault, the account stays where it was, and each failed move (one
     per target version) is alerted exactly once — never twice, never by another step."""
 
-    @pytest.mark.parametrize("fault", [None, *Fault])
+    @pytest.mark.parametrize("fault", [None, *ANY_CALL_FAULTS])
     async def test_each_failed_move_alerts_once(self, rig: Rig, fault: Fault | None) -> None:
         world = _World(rig)
         for k in range(12):
@@ -216,7 +247,7 @@ class TestThreeJobsSeeded:
         world = _World(rig)
         account = world.account()
         order = [(rng.choice("ABC"), rng.randint(1, 6)) for _ in range(8)]
-        fault = (rng.choice("ABC"), rng.randint(0, 10), rng.choice(list(Fault)))
+        fault = (rng.choice("ABC"), rng.randint(0, 10), rng.choice(ANY_CALL_FAULTS))
         plan = Plan(order=order, fault=fault)
         outcome = await settle(rig, world.jobs(account, 1, 2, 1), plan)
         await check(rig, account, world.versions[2].version, outcome)
@@ -361,3 +392,203 @@ class TestRequestsInFlight:
         again = await rotate_account(rig.engine, job)
         assert again.result is JobResult.SUCCEEDED and again.cause == "already on target"
         assert [v for _, v in account.binding_history] == [world.v1, world.versions[1].version]
+
+
+async def _patch_call(world: _World, job: str, *targets: int, checked: bool = True) -> int:
+    """The index, among ``job``'s port calls, of its PATCH when it runs alone first."""
+    account = world.account()
+    outcome = await settle(world.rig, world.jobs(account, *targets), Plan(order=[(job, None)]))
+    if checked:
+        await check(world.rig, account, world.versions[max(targets)].version, outcome)
+    calls = [step for step in outcome.trace if step.startswith(f"{job}:")]
+    return calls.index(f"{job}:{UPDATE}")
+
+
+#: The order of the runs after the first round (the redeliveries, once the lease expired).
+THEN = {"A-first": Plan(), "B-first": Plan(order=[("B", None)])}
+#: Landing points tried at most (the exploration ends where the round does).
+MAX_LANDINGS = 12
+
+
+def _lease_kept(outcome: Outcome, late: str) -> None:
+    """In the first round the late job's PATCH went unanswered and every other job was
+    deferred by the write lease it kept: nobody else wrote while the PATCH could land."""
+    trace = " ".join(outcome.trace)
+    assert f"{late}:{UPDATE}!late" in outcome.trace, trace
+    first = {name: type(error) for round_, name, error in outcome.raised if round_ == 1}
+    assert first.pop(late) is UpdateUnanswered, trace
+    assert set(first.values()) <= {AccountBusy}, f"{first}: {trace}"
+
+
+async def _explore_landings(
+    rig: Rig,
+    world: _World,
+    targets: tuple[int, ...],
+    order: list[tuple[str, int | None]],
+    fault: tuple[str, int, Fault],
+    then: Plan,
+    expect: Any,
+) -> int:
+    """Run the schedule with the LATE PATCH landing at every point of the first round
+    after it (and at its end, and never); ``expect(account, outcome, land)`` checks
+    what is particular to each. Returns how many schedules ran."""
+    for runs, land in enumerate([None, *range(MAX_LANDINGS)], start=1):
+        account = world.account()
+        plan = Plan(order=order, fault=fault, land=land)
+        outcome = await settle(rig, world.jobs(account, *targets), plan, later=then)
+        await expect(account, outcome, land)
+        if outcome.landed == "end":
+            return runs
+        assert outcome.landed == ("never" if land is None else f"call {land}"), outcome.trace
+    raise AssertionError(f"the round did not end within {MAX_LANDINGS} calls")
+
+
+class TestLatePatch:
+    """A PATCH whose answer never comes (UpdateUnanswered, raised by the real adapter: the
+    request was held in the network, then its connection dropped) lands late — at every
+    point of the other jobs' runs while its job's write lease still holds, at the end of
+    that round, or never — whatever order the redeliveries then take. Besides the
+    invariants of :func:`check`: the late job kept its write lease, so every other job was
+    deferred while the PATCH could land, and the account's history shows where it landed.
+    """
+
+    @pytest.mark.parametrize("then", THEN)
+    @pytest.mark.parametrize("b_runs", ["right-after-the-patch", "after-a-ends"])
+    async def test_a_patch_lands_at_every_point(self, rig: Rig, b_runs: str, then: str) -> None:
+        """A (v2) is cut off from its PATCH; B (v3) runs right after the PATCH or after A's
+        run ends; the PATCH lands at each point, at the end, or never. The account goes
+        v1 -> v2 -> v3 when it landed (B moves on from there), and without it v1 -> v2 -> v3
+        (A redelivered first) or v1 -> v3 (B first: A's redelivery skips)."""
+        world = _World(rig)
+        patch = await _patch_call(world, "A", 1, 2)
+        order: list[tuple[str, int | None]] = [("A", None), ("B", None)]
+        if b_runs == "right-after-the-patch":
+            order = [("A", patch + 1), ("B", None), ("A", None)]
+        versions = [v.version for v in world.versions]
+
+        async def expect(account: AccountState, outcome: Outcome, land: int | None) -> None:
+            await check(rig, account, versions[2], outcome)
+            _lease_kept(outcome, "A")
+            history = [v for _, v in account.binding_history]
+            skipped = land is None and then == "B-first"
+            assert history == (versions[::2] if skipped else versions), outcome.trace
+
+        runs = await _explore_landings(
+            rig, world, (1, 2), order, ("A", patch, Fault.LATE), THEN[then], expect
+        )
+        assert runs >= 3  # never, before B's first call, ..., at the end
+
+    @pytest.mark.parametrize("then", THEN)
+    async def test_newer_patch_lands_late(self, rig: Rig, then: str) -> None:
+        """B's PATCH (v3) is the one cut off, A (v2) runs right after it: when B's PATCH
+        lands, A's redelivery skips and the account goes v1 -> v3; when it never does, A
+        (redelivered first) moves it to v2 and B's redelivery on to v3."""
+        world = _World(rig)
+        patch = await _patch_call(world, "B", 1, 2)
+        order: list[tuple[str, int | None]] = [("B", patch + 1), ("A", None), ("B", None)]
+        versions = [v.version for v in world.versions]
+
+        async def expect(account: AccountState, outcome: Outcome, land: int | None) -> None:
+            await check(rig, account, versions[2], outcome)
+            _lease_kept(outcome, "B")
+            history = [v for _, v in account.binding_history]
+            through_v2 = land is None and then == "A-first"
+            assert history == (versions if through_v2 else versions[::2]), outcome.trace
+
+        await _explore_landings(
+            rig, world, (1, 2), order, ("B", patch, Fault.LATE), THEN[then], expect
+        )
+
+    async def test_three_jobs(self, rig: Rig) -> None:
+        """A (v2) cut off from its PATCH, B (v3) and C (a duplicate of A) running after it:
+        the PATCH lands at each point of B's and C's runs."""
+        world = _World(rig)
+        patch = await _patch_call(world, "A", 1, 2)
+        order: list[tuple[str, int | None]] = [
+            ("A", patch + 1),
+            ("B", None),
+            ("C", None),
+            ("A", None),
+        ]
+        newest = world.versions[2].version
+
+        async def expect(account: AccountState, outcome: Outcome, land: int | None) -> None:
+            await check(rig, account, newest, outcome)
+            _lease_kept(outcome, "A")
+
+        runs = await _explore_landings(
+            rig, world, (1, 2, 1), order, ("A", patch, Fault.LATE), Plan(), expect
+        )
+        assert runs >= 4
+
+    @pytest.mark.parametrize("then", THEN)
+    async def test_failed_move_lands_late(self, rig: Rig, then: str) -> None:
+        """The account's identity cannot use the key: A's late PATCH (v2) lands as a Failed
+        update, wherever it lands; the account stays on v1, and each failed move (v2, v3)
+        is alerted exactly once — by the job that saw it fail, never twice."""
+        world = _World(rig)
+        names = iter(range(MAX_LANDINGS + 2))
+
+        def denied() -> AccountState:
+            name = f"denied{next(names)}"
+            return rig.estate.account(name, rig.estate.kv, world.v1, grant=False)
+
+        world.account = denied  # type: ignore[method-assign]
+        patch = await _patch_call(world, "A", 1, 2, checked=False)
+        order: list[tuple[str, int | None]] = [("A", patch + 1), ("B", None), ("A", None)]
+
+        async def expect(account: AccountState, outcome: Outcome, land: int | None) -> None:
+            trace = " ".join(outcome.trace)
+            _lease_kept(outcome, "A")
+            assert [v for _, v in account.binding_history] == [world.v1], trace
+            rig.check_invariants()
+            await rig.check_ledger()  # each FAILED row: exactly one alert
+            entries = await rig.engine.ledger.history(AccountId.parse(account.resource_id))
+            failed = {e.to_version for e in entries if e.state is LedgerState.FAILED}
+            assert failed == {v.version for v in world.versions[1:]}, trace
+            mine = [a for a in rig.alerts() if a["subject"].lower() == account.resource_id.lower()]
+            got = sorted(a["data"]["toVersion"] for a in mine)
+            assert got == sorted(failed), f"{got} {failed} {trace}"
+
+        await _explore_landings(
+            rig, world, (1, 2), order, ("A", patch, Fault.LATE), THEN[then], expect
+        )
+
+
+class TestUpdateFaults:
+    """Each fault on the PATCH raises what the real adapter raises for it, and the worker
+    treats it as such: after an answered PATCH (429, 503) A releases the write lease, so B,
+    running once A's run has ended, moves the account at once; after an unanswered one
+    (lost, late) A keeps it, so B is deferred until it expires."""
+
+    @pytest.mark.parametrize(
+        ("fault", "raised", "kept"),
+        [
+            (Fault.THROTTLED, ThrottledError, False),
+            (Fault.UNAVAILABLE, ServiceUnavailable, False),
+            (Fault.LOST, UpdateUnanswered, True),
+            (Fault.LATE, UpdateUnanswered, True),
+        ],
+    )
+    async def test_patch_fault(
+        self, rig: Rig, fault: Fault, raised: type[Exception], kept: bool
+    ) -> None:
+        world = _World(rig)
+        patch = await _patch_call(world, "A", 1, 2)
+        account = world.account()
+        plan = Plan(order=[("A", None), ("B", None)], fault=("A", patch, fault))
+        outcome = await settle(rig, world.jobs(account, 1, 2), plan)
+        await check(rig, account, world.versions[2].version, outcome)
+        trace = " ".join(outcome.trace)
+        first = {name: error for round_, name, error in outcome.raised if round_ == 1}
+        assert type(first["A"]) is raised, f"{first['A']!r}: {trace}"
+        if isinstance(first["A"], ThrottledError):
+            assert first["A"].retry_after == 1
+        assert isinstance(first.get("B"), AccountBusy) is kept, trace
+        landed = [step for step in outcome.trace if step.startswith("~A:PATCH lands")]
+        versions = [v.version for v in world.versions]
+        if kept:  # the cut-off PATCH landed (at once, or when the round ended)
+            assert landed == [f"~A:PATCH lands (to {versions[1]})"], trace
+            assert [v for _, v in account.binding_history] == versions, trace
+        else:  # answered: it never reached the resource provider
+            assert landed == [] and [v for _, v in account.binding_history] == versions[::2]
