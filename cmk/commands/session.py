@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+from cmk.commands.console_log import ConsoleLog
 from cmk.commands.errors import explain
 from cmk.commands.interrupt import EXIT_INTERRUPTED, Journal
 from cmk.commands.output import Output, output_format
@@ -33,11 +34,17 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 _HANDLER = _StderrHandler()
 _HANDLER.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+#: Per-account records (one line per account) are counted, not printed, without -v.
+_CONSOLE = ConsoleLog()
+_HANDLER.addFilter(_CONSOLE)
 
 
 def configure_logging(verbose: bool, *, quiet: bool = False) -> None:
     """INFO with ``-v``; else warnings only. Alerts are shown by the commands themselves,
-    so their ERROR log lines (for Azure Monitor) are hidden unless verbose."""
+    so their ERROR log lines (for Azure Monitor) are hidden unless verbose; so are the
+    per-account lines (a failed rotation, a write lease taken over or kept), counted
+    instead and told once at the end (:mod:`cmk.commands.console_log`)."""
+    _CONSOLE.start(verbose=verbose)
     cmk, azure = logging.getLogger("cmk"), logging.getLogger("azure")
     if _HANDLER not in cmk.handlers:
         cmk.addHandler(_HANDLER)
@@ -109,7 +116,10 @@ async def _run(
 ) -> int:
     async with Runtime(settings) as runtime:
         session = Session(args, output, settings, runtime, journal)
-        return await body(session)
+        code = await body(session)
+    for line in _CONSOLE.summary():
+        output.note(f"cmk: {line}")
+    return code
 
 
 def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -> int:
@@ -122,6 +132,7 @@ def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -
     journal = Journal(str(getattr(args, "command", "") or "cmk"))
     try:
         settings = Settings.from_environ(os.environ, require_storage=storage)
+        _CONSOLE.lease_ttl = settings.write_lease_ttl
         return asyncio.run(_run(args, output, settings, body, journal))
     except KeyboardInterrupt:
         return interrupted(args, output, journal)

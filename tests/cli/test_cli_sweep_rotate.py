@@ -3,10 +3,17 @@ and a failing account."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from azure.storage.queue import QueueClient
 from cli_rig import World
+
+from cmk.runtime import Runtime
+from cmk.settings import Settings
+from cmk.usecases.worker import account_lease_name
 
 
 def _queued(connection: str, queue: str) -> int:
@@ -80,3 +87,48 @@ class TestRotate:
         assert failed["alert"]["type"] == "identity_missing"
         topic = world.sandbox.eventgrid.topic("cmk-alerts")
         assert len(topic.events) == 1
+
+
+def _dead_job_lease(account_resource_id: str) -> None:
+    """A write lease on the account left by a job that died an hour ago (expired)."""
+
+    async def plant() -> None:
+        async with Runtime(Settings.from_environ(os.environ)) as runtime:
+            await runtime.prepare_storage()
+            name, then = account_lease_name(account_resource_id), datetime.now(UTC)
+            grant = await runtime.services.ledger.acquire_lease(
+                name, "dead-job", then - timedelta(hours=1), timedelta(minutes=1), purpose="test"
+            )
+            assert grant.granted
+
+    asyncio.run(plant())
+
+
+class TestConsoleLog:
+    @pytest.mark.parametrize("verbose", [False, True], ids=["default", "verbose"])
+    def test_a_failed_account_is_one_row_not_a_log_line(self, world: World, cmk, verbose):
+        """A failed account is in the jobs table and the summary's counts; its
+        `ERROR cmk.usecases.worker: rotation failed` line shows only with -v."""
+        victim = world.accounts_on("kv-demo-neu", "ai-cmk")[0]
+        assert victim.identity.system is not None
+        world.sandbox.world.revoke(victim.identity.system.object_id)
+        argv = ["rotate", world.key_id("kv-demo-neu", "ai-cmk"), *(["-v"] if verbose else [])]
+        run = cmk(*argv)
+        assert run.code == 1, run.err
+        assert [line for line in run.out.splitlines() if victim.name in line and "failed" in line]
+        [summary] = [line for line in run.out.splitlines() if line.startswith("rotate ")]
+        assert "1 failed" in summary
+        logged = "ERROR cmk.usecases.worker: rotation failed" in run.err
+        assert logged is verbose, run.err
+
+    @pytest.mark.parametrize("verbose", [False, True], ids=["default", "verbose"])
+    def test_a_lease_taken_over_is_counted(self, world: World, cmk, verbose):
+        """A sweep that takes over a dead job's expired write lease says so once at the
+        end; the `took over write lease` line shows only with -v."""
+        world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        _dead_job_lease(world.accounts_on("hsm-demo-weu", "ai-cmk-hsm")[0].resource_id)
+        run = cmk("sweep", *(["-v"] if verbose else []))
+        assert run.code == 0, run.err
+        logged = "WARNING cmk.adapters.leases: took over write lease" in run.err
+        counted = "cmk: took over 1 expired write lease(s)" in run.err
+        assert (logged, counted) == (verbose, not verbose), run.err
