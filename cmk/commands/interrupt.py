@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from cmk.commands.console_log import LeasesKept
 from cmk.usecases import JobReport
 
 __all__ = ["EXIT_INTERRUPTED", "Journal"]
@@ -30,6 +31,8 @@ class Journal:
     finish: str = ""
     jobs_total: int = 0
     results: Counter[str] = field(default_factory=Counter)
+    #: Write leases kept by jobs whose PATCH may still land (see cmk.commands.console_log).
+    leases: LeasesKept = field(default_factory=LeasesKept)
 
     def did(self, what: str) -> None:
         """Something finished (shown under ``done``)."""
@@ -65,6 +68,18 @@ class Journal:
         )
         return done, not_done
 
+    def _sent(self) -> str:
+        """The updates sent whose answer never came: they may still land, and their
+        accounts' write leases are kept until they run out ("" when there are none)."""
+        last = self.leases.last
+        if last is None:
+            return ""
+        return (
+            f"{len(self.leases)} update(s) were sent and may still land; their accounts'"
+            f" write leases run out at {last:%H:%M:%S} UTC; run `{self.finish or 'cmk sweep'}`"
+            " after that (before, it only waits for them)"
+        )
+
     def lines(self) -> list[str]:
         """The report of an interruption, one line each."""
         done, not_done = list(self.done), [self.not_done] if self.not_done else []
@@ -72,14 +87,26 @@ class Journal:
             moved, left = self._moves()
             done.append(moved)
             not_done = [left] if left else not_done
+        sent = self._sent()
+        if sent:
+            not_done.append(sent)
         where = f" while {self.doing}" if self.doing else ""
         lines = [f"cmk {self.command}: interrupted{where}."]
         lines.append("  done: " + ("; ".join(done) if done else "nothing"))
         if not_done:
             lines.append("  not done: " + "; ".join(not_done))
         if self.finish:
-            lines.append(f"  to finish: {self.finish}")
+            lines.append(f"  to finish: {self.finish}{self._after()}")
         return lines
+
+    def _after(self) -> str:
+        last = self.leases.last
+        return f" (after {last:%H:%M:%S} UTC)" if last is not None else ""
+
+    def fix(self) -> str:
+        """The fix of the JSON error document: the command that finishes the work, and
+        after when if write leases are kept ("" when there is none)."""
+        return f"run `{self.finish}`{self._after()}" if self.finish else ""
 
     def message(self) -> str:
         """The report as one text (for stderr and the JSON error document)."""

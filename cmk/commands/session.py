@@ -105,7 +105,7 @@ def interrupted(args: argparse.Namespace, output: Output, journal: Journal) -> i
     """Report an interruption (Ctrl-C): what was done, what was not, what finishes it."""
     output.note(journal.message())
     if output.json_mode:
-        fix = f"run `{journal.finish}`" if journal.finish else ""
+        fix = journal.fix()
         answer = error_answer("interrupted", journal.message(), fix, EXIT_INTERRUPTED)
         output.emit_error(answer.document)
     return EXIT_INTERRUPTED
@@ -133,6 +133,7 @@ def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -
     try:
         settings = Settings.from_environ(os.environ, require_storage=storage)
         _CONSOLE.lease_ttl = settings.write_lease_ttl
+        journal.leases = _CONSOLE.leases
         return asyncio.run(_run(args, output, settings, body, journal))
     except KeyboardInterrupt:
         return interrupted(args, output, journal)

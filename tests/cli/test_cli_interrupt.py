@@ -5,19 +5,25 @@ latency fault) and the signal is sent once that request has arrived."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import jsonschema
 import pytest
 from cli_rig import SCHEMAS, World
 
+from cmk.runtime import Runtime
 from cmk.sandbox.platform.faults import FaultRule
+from cmk.settings import Settings
+from cmk.usecases.worker import account_lease_name
 
 CMK = Path(sys.executable).parent / "cmk"
 #: Only bounds a hang: the signal is sent when the held request has arrived.
@@ -70,6 +76,31 @@ def _interrupt(
     return subprocess.CompletedProcess(argv, process.returncode, out, err)
 
 
+_SENT = re.compile(
+    r"(\d+) update\(s\) were sent and may still land; their accounts' write leases run out"
+    r" at (\d\d:\d\d:\d\d) UTC; run `cmk sweep` after that"
+)
+
+
+def _held_leases(world: World, vault: str, key: str) -> list[datetime]:
+    """When the write leases still held on the accounts of ``key`` run out (a probe
+    asks for each; a lease that is free is taken by the probe and given back)."""
+
+    async def probe() -> list[datetime]:
+        async with Runtime(Settings.from_environ(os.environ)) as runtime:
+            ledger, now, held = runtime.services.ledger, datetime.now(UTC), []
+            for account in world.accounts_on(vault, key):
+                name = account_lease_name(account.resource_id)
+                grant = await ledger.acquire_lease(name, "probe", now, timedelta(seconds=1))
+                if grant.granted:
+                    await ledger.release_lease(name, "probe")
+                else:
+                    held.append(grant.expires)
+            return held
+
+    return asyncio.run(probe())
+
+
 class TestInterruptedRotate:
     def test_during_the_moves(self, world: World):
         """Interrupted while accounts move: it names the created version, how many accounts
@@ -84,6 +115,28 @@ class TestInterruptedRotate:
         assert "of 10 account(s) finished" in ended.stderr
         assert "not verified on the new version" in ended.stderr
         assert "to finish: cmk sweep" in ended.stderr
+
+    def test_says_when_the_kept_write_leases_run_out(self, world: World):
+        """Interrupted with PATCHes out: it says how many updates were sent and may still
+        land, and when their accounts' write leases run out (the `cmk sweep` it suggests
+        would only wait before then); as many leases are held, running out no earlier
+        than it says less the time the PATCH was held. No per-account log line."""
+        ended = _interrupt(world, ["rotate", world.key_id("kv-demo-neu", "ai-cmk")], PATCH_ACCOUNT)
+        assert ended.returncode == 130, ended.stderr
+        found = _SENT.search(ended.stderr)
+        assert found, ended.stderr
+        sent, shown = int(found[1]), found[2]
+        held = _held_leases(world, "kv-demo-neu", "ai-cmk")
+        assert sent == len(held) >= 1
+        last = max(held)
+        said = datetime.combine(last.date(), datetime.strptime(shown, "%H:%M:%S").time(), UTC)
+        if said < last - timedelta(hours=12):  # across midnight
+            said += timedelta(days=1)
+        # said: when the job logged it kept the lease (after the PATCH), plus the lease's
+        # time to live; the lease was renewed before the PATCH, so it runs out no later
+        assert last - timedelta(seconds=1) <= said <= last + timedelta(seconds=HOLD_SECONDS + 5)
+        assert f"to finish: cmk sweep (after {shown} UTC)" in ended.stderr
+        assert "write lease kept" not in ended.stderr and "WARNING" not in ended.stderr
 
     def test_while_creating_the_version(self, world: World):
         """Interrupted while the version is being created: nothing moved, and how to tell
@@ -105,7 +158,7 @@ class TestInterruptedRotate:
         jsonschema.validate(document, SCHEMAS["error"])
         error = document["error"]
         assert error["kind"] == "interrupted" and error["exit_code"] == 130
-        assert error["fix"] == "run `cmk sweep`"
+        assert re.fullmatch(r"run `cmk sweep` \(after \d\d:\d\d:\d\d UTC\)", error["fix"])
 
 
 class TestInterruptedSweep:
