@@ -10,7 +10,7 @@ moves to another key of the same vault, ``disable`` goes back to Microsoft-manag
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +29,7 @@ from cmk.commands.output import (
 )
 from cmk.commands.scope import resolve, warn
 from cmk.commands.session import Session, run_command
-from cmk.errors import NotFound
+from cmk.errors import AccessDenied, InvalidResourceId, NotFound
 from cmk.keyid import KeyId, parse_vault_url
 from cmk.lifecycle.changes import Change, ChangeOutcome, disable, enable, switch
 from cmk.lifecycle.check import CheckReport, check_accounts
@@ -38,6 +38,7 @@ from cmk.lifecycle.requirements import Requirement
 from cmk.lifecycle.services import LifecycleClients
 from cmk.resource_id import AccountId
 from cmk.settings import Settings
+from cmk.usecases.context import Engine, gather_bounded
 
 __all__ = ["add_parser", "change_line", "key_from_args"]
 
@@ -53,16 +54,18 @@ tables show it. Writes nothing. Exit 0 every requirement holds, 1 something fail
 ENABLE_DOC = """`cmk enable ACCOUNT_ID --key KEY_ID`: turn customer-managed keys on for an
 account, after running every check of `cmk check` (including the permissions its identity
 needs on the key). Refused, with nothing written, while a requirement fails. Exit 0 done,
-unchanged or dry run; 1 refused; 2 usage or configuration error."""
+unchanged or dry run; 1 refused; 2 usage or configuration error. ACCOUNT_ID is an ARM
+resource id, or RESOURCE_GROUP/NAME of an account in a subscription in scope."""
 
 SWITCH_DOC = """`cmk switch ACCOUNT_ID --key KEY_ID`: move an account to another key of the
-same vault (Azure allows no other), after the checks of `cmk check`. Exit 0 done,
-unchanged or dry run; 1 refused; 2 usage or configuration error."""
+same vault (Azure allows no other), after the checks of `cmk check`. ACCOUNT_ID is an ARM
+resource id, or RESOURCE_GROUP/NAME as the tables show it. Exit 0 done, unchanged or dry
+run; 1 refused; 2 usage or configuration error."""
 
 DISABLE_DOC = """`cmk disable ACCOUNT_ID --yes`: take an account back to Microsoft-managed
 keys. Without --yes nothing is written and it exits 2; with --dry-run it shows what it
-would do. Exit 0 done, unchanged or dry run; 1 failed; 2 usage (no --yes) or configuration
-error."""
+would do. ACCOUNT_ID is an ARM resource id, or RESOURCE_GROUP/NAME as the tables show it.
+Exit 0 done, unchanged or dry run; 1 failed; 2 usage (no --yes) or configuration error."""
 
 
 def add_parser(subparsers: Any) -> None:
@@ -89,7 +92,9 @@ def add_parser(subparsers: Any) -> None:
         parser = subparsers.add_parser(
             name, parents=[common_options()], help=help_text, description=doc
         )
-        parser.add_argument("account_id", metavar="ACCOUNT_ID")
+        parser.add_argument(
+            "account_id", metavar="ACCOUNT_ID", help="ARM resource id, or RESOURCE_GROUP/NAME"
+        )
         parser.add_argument("--key", help="key id, versioned or versionless")
         parser.add_argument("--vault", help="vault name or URL (with --key-name)")
         parser.add_argument("--key-name", help="key name in --vault")
@@ -105,7 +110,9 @@ def add_parser(subparsers: Any) -> None:
         help="back to Microsoft-managed keys",
         description=DISABLE_DOC,
     )
-    off.add_argument("account_id", metavar="ACCOUNT_ID")
+    off.add_argument(
+        "account_id", metavar="ACCOUNT_ID", help="ARM resource id, or RESOURCE_GROUP/NAME"
+    )
     off.add_argument("--yes", action="store_true", help="confirm: leave customer-managed keys")
     off.add_argument("--dry-run", action="store_true", help="show what it would do, write nothing")
     off.set_defaults(func=lambda args: run_command(args, _change, storage=not args.dry_run))
@@ -167,10 +174,12 @@ async def _check(session: Session) -> int:
 async def _accounts(session: Session, texts: list[str]) -> list[AccountId]:
     """The accounts named by ``texts``: ARM resource ids, or RESOURCE_GROUP/NAME as every
     table shows an account (as ``cmk history --account`` takes it), found among the CMK
-    accounts of the subscriptions in scope."""
+    accounts of the subscriptions in scope — or, for an account without customer-managed
+    keys (``enable``'s), read by its id in each subscription in scope."""
     if not any(SHORT_ACCOUNT.fullmatch(text) for text in texts):
         return [AccountId.parse(text) for text in texts]
-    scope = await resolve(session.engine())
+    engine = session.engine()
+    scope = await resolve(engine)
     warn(session.output, scope.warnings())
     by_short: dict[str, list[AccountId]] = {}
     async for record in session.runtime.services.inventory.cmk_accounts(scope.subscriptions):
@@ -180,28 +189,48 @@ async def _accounts(session: Session, texts: list[str]) -> list[AccountId]:
         if not SHORT_ACCOUNT.fullmatch(text):
             accounts.append(AccountId.parse(text))
             continue
-        found = by_short.get(text.lower(), [])
+        found = by_short.get(text.lower()) or await _read_each(engine, scope.subscriptions, text)
         if not found:
             raise NotFound(
-                f"no CMK account {text} in the {len(scope.subscriptions)} subscription(s) in"
-                " scope (an account without customer-managed keys needs its ARM resource id)"
+                f"no account {text} in the {len(scope.subscriptions)} subscription(s) in"
+                " scope; give its ARM resource id if it is in another subscription"
             )
         if len(found) > 1:
             raise UsageError(
                 f"{text} names {len(found)} accounts: " + ", ".join(str(a) for a in found),
-                fix="give the ARM resource id of the account to check",
+                fix=f"give the ARM resource id of the account to {session.args.command}",
             )
         accounts.extend(found)
     return accounts
 
 
+async def _read_each(engine: Engine, subscriptions: Sequence[str], short: str) -> list[AccountId]:
+    """The accounts RESOURCE_GROUP/NAME (``short``) that exist in ``subscriptions``, read
+    one by one (an account without customer-managed keys is not in the CMK inventory)."""
+    group, name = short.split("/")
+    try:
+        candidates = [AccountId(subscription, group, name) for subscription in subscriptions]
+    except InvalidResourceId:  # not the name of an account: none has it
+        return []
+
+    async def exists(account: AccountId) -> bool:
+        try:
+            await engine.accounts.get(account)
+        except (NotFound, AccessDenied):
+            return False
+        return True
+
+    found = await gather_bounded(engine.settings.max_concurrency, map(exists, candidates))
+    return [account for account, there in zip(candidates, found, strict=True) if there]
+
+
 async def _change(session: Session) -> int:
     args = session.args
-    account_id = AccountId.parse(args.account_id)
     dry_run = bool(args.dry_run) or session.settings.dry_run
 
     async def run(lc: Lifecycle) -> int:
         change: Change
+        [account_id] = accounts
         if args.command == "disable":
             change = await disable(lc, account_id, confirmed=args.yes, dry_run=dry_run)
             if dry_run and change.outcome is ChangeOutcome.REFUSED:
@@ -231,6 +260,7 @@ async def _change(session: Session) -> int:
             fix=f"pass --yes to confirm (`cmk disable {args.account_id} --yes`), or --dry-run"
             " to see what it would do",
         )
+    accounts = await _accounts(session, [args.account_id])
     if args.command == "disable" and args.yes and not dry_run:
         await session.runtime.prepare_storage()
     return await _with_lifecycle(session, run)

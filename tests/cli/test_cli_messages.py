@@ -142,6 +142,46 @@ class TestPlainWords:
         missing = cmk("check", "rg-nope/x", "--json")
         assert missing.code == 2 and missing.valid("error")["error"]["kind"] == "not_found"
 
+    def test_disable_and_switch_take_group_and_name(self, world: World, cmk):
+        """disable and switch take RESOURCE_GROUP/NAME as check does (every table prints
+        it): they act on the account of that full id; the real disable changes it; an
+        unknown one is not found (exit 2), for every lifecycle command."""
+        account = world.accounts_on("kv-demo-weu", "ai-cmk")[0]
+        short = f"{account.resource_id.split('/')[4]}/{account.name}"
+        dry = cmk("disable", short, "--yes", "--dry-run")
+        assert dry.code == 0, dry.err
+        assert dry.out.startswith(f"disable {account.resource_id} (dry run)")
+        other = world.key_id("kv-demo-weu", "ai-cmk-exp")
+        switch = cmk("switch", short, "--key", other, "--dry-run", "--json")
+        assert switch.code != 2, switch.err
+        assert switch.json["change"]["account_id"].lower() == account.resource_id.lower()
+        done = cmk("disable", short, "--yes")
+        assert done.code == 0, done.err
+        assert account.encryption.key_source == "Microsoft.CognitiveServices"
+        for argv in (
+            ["disable", "rg-nope/nope", "--yes"],
+            ["switch", "rg-nope/nope", "--key", other],
+            ["enable", "rg-nope/nope", "--key", other],
+        ):
+            missing = cmk(*argv, "--json")
+            assert missing.code == 2 and missing.valid("error")["error"]["kind"] == "not_found"
+
+    def test_enable_takes_group_and_name_of_an_account_without_cmk(self, world: World, cmk):
+        """enable RESOURCE_GROUP/NAME finds an account that has no customer-managed key
+        (so is not in the CMK inventory) by reading it in each subscription in scope: its
+        preflight runs on that account (refused here: it has no identity), not exit 2."""
+        account = next(
+            a
+            for a in world.sandbox.world.accounts.values()
+            if a.encryption.key_source != "Microsoft.KeyVault"
+        )
+        short = f"{account.resource_id.split('/')[4]}/{account.name}"
+        key_id = world.key_id("kv-demo-weu", "ai-cmk")
+        run = cmk("enable", short, "--key", key_id, "--dry-run")
+        assert run.code == 1, run.err
+        assert f"enable {account.resource_id}" in run.out
+        assert "managed identity" in run.out
+
 
 class _Clock:
     def __init__(self) -> None:
