@@ -170,6 +170,24 @@ def _decode(payload: object) -> object:
         raise InvalidEvent(f"malformed JSON: {error}") from None
 
 
+def json_type(value: object) -> str:
+    """The JSON name of ``value``'s type (``null``, ``boolean``, ``number``, ``string``,
+    ``array``, ``object``), for messages about what a field holds; Python's otherwise."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "array"
+    if isinstance(value, Mapping):
+        return "object"
+    return type(value).__name__
+
+
 def _is_scalar(value: object) -> bool:
     return value is None or isinstance(value, str | int | float)
 
@@ -180,7 +198,7 @@ def _fields(obj: object, where: str) -> dict[str, object]:
     Two fields that normalize to the same name must carry the same scalar value.
     """
     if not isinstance(obj, Mapping):
-        raise InvalidEvent(f"{where} must be a JSON object, not {type(obj).__name__}")
+        raise InvalidEvent(f"{where} must be a JSON object, not {json_type(obj)}")
     fields: dict[str, object] = {}
     for key, value in obj.items():
         if not isinstance(key, str):
@@ -192,13 +210,20 @@ def _fields(obj: object, where: str) -> dict[str, object]:
     return fields
 
 
+def _data(fields: Mapping[str, object]) -> dict[str, object]:
+    """The event's ``data``: an object (absent is said so, not called null)."""
+    if "data" not in fields:
+        raise InvalidEvent("data is missing: a Key Vault event's data is a JSON object")
+    return _fields(fields["data"], "data")
+
+
 def _text(fields: Mapping[str, object], name: str, where: str) -> str | None:
     """A string field, stripped; None when absent or null."""
     value = fields.get(name.lower())
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidEvent(f"{where}.{name} must be a string, not {type(value).__name__}")
+        raise InvalidEvent(f"{where}.{name} must be a string, not {json_type(value)}")
     return value.strip()
 
 
@@ -232,7 +257,7 @@ def _unix_time(fields: Mapping[str, object], name: str) -> datetime | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEvent(f"data.{name} must be unix seconds, not {type(value).__name__}")
+        raise InvalidEvent(f"data.{name} must be unix seconds, not {json_type(value)}")
     try:
         return datetime.fromtimestamp(value, tz=UTC)
     except (ValueError, OverflowError, OSError):
@@ -277,7 +302,7 @@ def _ignore_reason(event_type: str) -> str:
 
 
 def _validation(event_id: str, event_type: str, fields: Mapping[str, object]) -> IgnoredEvent:
-    data = _fields(fields.get("data"), "data")
+    data = _data(fields)
     return SubscriptionValidation(
         event_id,
         event_type,
@@ -343,7 +368,7 @@ def _vault(fields: Mapping[str, object], schema: EventSchema, key_id: KeyId) -> 
 def _key_event(
     event_id: str, kind: KeyVaultEventType, fields: Mapping[str, object], schema: EventSchema
 ) -> KeyVaultEvent:
-    data = _fields(fields.get("data"), "data")
+    data = _data(fields)
     key_id = _key_id(data)
     _check_data(data, key_id)
     subject = _text(fields, "subject", "event")

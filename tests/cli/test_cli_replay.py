@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from azure.storage.queue import QueueClient
 from cli_rig import World
 
@@ -70,6 +71,33 @@ class TestReplay:
         assert all(
             a.encryption.key_version != version for a in world.accounts_on("kv-demo-neu", "ai-cmk")
         )
+
+    @pytest.mark.parametrize(
+        ("data", "said"),
+        [
+            (None, "data is missing"),
+            ([], "data must be a JSON object, not array"),
+            ("{}", "data must be a JSON object, not string"),
+        ],
+        ids=["absent", "array", "string"],
+    )
+    def test_bad_data_is_named_in_json_words(
+        self, world: World, cmk, tmp_path: Path, data: object, said: str
+    ):
+        """An event whose data is absent or not an object is rejected in JSON's words,
+        never Python's (NoneType, list, str)."""
+        event = _dead_letter(world, "kv-demo-neu", "ai-cmk", "EventGridSchema")
+        if data is None:
+            del event["data"]
+        else:
+            event["data"] = data
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(event))
+        run = cmk("replay", str(path), "--json")
+        [item] = run.valid("replay")["events"]
+        assert run.code == 1 and item["outcome"] == "rejected"
+        assert said in item["detail"]
+        assert not {"NoneType", "list", "str"} & set(item["detail"].replace(",", " ").split())
 
     def test_missing_file_is_a_usage_error(self, world: World, cmk, tmp_path: Path):
         """A file that cannot be read: exit 2 naming it."""

@@ -412,29 +412,40 @@ class TestMalformedInput:
     @pytest.mark.parametrize(
         ("change", "message"),
         [
-            ({"data": None}, "data must be a JSON object"),
-            ({"data": "{}"}, "data must be a JSON object"),
-            ({"data": []}, "data must be a JSON object"),
-            ({"subject": 5}, "subject must be a string"),
+            ({"data": None}, "data must be a JSON object, not null$"),
+            ({"data": "{}"}, "data must be a JSON object, not string$"),
+            ({"data": []}, "data must be a JSON object, not array$"),
+            ({"data": 1.5}, "data must be a JSON object, not number$"),
+            ({"data": False}, "data must be a JSON object, not boolean$"),
+            ({"subject": 5}, "subject must be a string, not number$"),
+            ({"subject": {}}, "subject must be a string, not object$"),
             ({"eventTime": "yesterday"}, "ISO 8601"),
             ({"eventTime": 1559081980}, "must be a string"),
             ({"topic": "/subscriptions/{subscription-id}"}, "not a Key Vault"),
         ],
     )
     def test_rejects_bad_envelope(self, change: dict[str, object], message: str) -> None:
-        """Wrong types in a key event's envelope raise InvalidEvent."""
+        """Wrong types in a key event's envelope raise InvalidEvent naming the JSON type."""
         event = key_event() | change
         with pytest.raises(InvalidEvent, match=message):
+            parse_event(event)
+
+    @pytest.mark.parametrize("schema", ["eventgrid", "cloudevents"])
+    def test_absent_data_is_said_so(self, schema: str) -> None:
+        """An event without data says data is missing (not that it is null or NoneType)."""
+        event = key_event(schema=schema)
+        del event["data"]
+        with pytest.raises(InvalidEvent, match="data is missing: a Key Vault event"):
             parse_event(event)
 
     @pytest.mark.parametrize(
         ("value", "message"),
         [
-            (True, "unix seconds"),
+            (True, "unix seconds, not boolean$"),
             ("soon", "not unix seconds"),
             ("-5", "not unix seconds"),
             ("1e5", "not unix seconds"),
-            ([1], "unix seconds"),
+            ([1], "unix seconds, not array$"),
             (10**30, "out of range"),
             (math.nan, "out of range"),
             (math.inf, "out of range"),
