@@ -187,7 +187,8 @@ async def _replay(session: Session) -> int:
             if o.report is not None
             for move in o.report.moves
         ]
-    with output.progress("moving accounts", len(_unique(jobs))) as ticker:
+    label = "planning the updates (dry run)" if engine.dry_run else "moving accounts"
+    with output.progress(label, len(_unique(jobs))) as ticker:
         results = await run_jobs(engine, _unique(jobs), ticker)
     bad = any(o.outcome in BAD for o in outcomes) or jobs_failed(results)
     code = EXIT_FINDINGS if bad else EXIT_OK

@@ -57,8 +57,13 @@ async def _sweep(session: Session) -> int:
         journal.did(
             f"inventory of {report.accounts} account(s), {report.alerts_published} new alert(s)"
         )
-    journal.moving(len(jobs), finish="cmk sweep")
-    with output.progress("moving accounts", len(jobs)) as ticker:
+    if engine.dry_run:  # nothing moves: each job only works out the PATCH it would send
+        label = "planning the updates (dry run)"
+        journal.now(f"{label} of {len(jobs)} account(s)", not_done="nothing is written", finish="")
+    else:
+        label = "moving accounts"
+        journal.moving(len(jobs), finish="cmk sweep")
+    with output.progress(label, len(jobs)) as ticker:
         results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
         retries, waits = ticker.retries, ticker.waits
     scope = await resolve(engine)

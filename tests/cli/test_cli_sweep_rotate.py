@@ -38,6 +38,8 @@ class TestSweep:
         run = cmk("sweep", "--dry-run")
         assert run.code == 0, run.err
         assert run.out.count("would_update") >= 10
+        # its progress says what it does: plan, not move
+        assert "planning the updates (dry run): " in run.err and "moving" not in run.err
         assert all(
             a.encryption.key_version != version for a in world.accounts_on("kv-demo-neu", "ai-cmk")
         )
