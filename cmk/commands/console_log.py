@@ -8,8 +8,9 @@ and told once at the end (failures are already in the command's own table and su
 with ``-v`` each is printed. The records themselves are unchanged: this only decides what
 the console handler shows.
 
-The write leases kept are remembered either way, with when they run out (the record's
-time plus CMK_WRITE_LEASE_SECONDS, the lease having been renewed right before the PATCH),
+The write leases kept are remembered either way, with when they run out (the worker's
+``cmk_lease_expires``; for a record without it, the record's time plus
+CMK_WRITE_LEASE_SECONDS, the lease having been renewed right before the PATCH),
 so an interrupted command can say when ``cmk sweep`` can move those accounts.
 """
 
@@ -83,9 +84,21 @@ class ConsoleLog(logging.Filter):
         self.counts[kind] += 1
         account = getattr(record, "cmk_account_id", None)
         if kind == KEPT and account:
-            logged = datetime.fromtimestamp(record.created, UTC)
-            self.leases.add(str(account), logged + self.lease_ttl)
+            self.leases.add(str(account), self._expiry(record))
         return self.verbose
+
+    def _expiry(self, record: logging.LogRecord) -> datetime:
+        """When the kept lease runs out: the worker says (``cmk_lease_expires``); else the
+        record's time plus the lease's length, an upper bound."""
+        stated = getattr(record, "cmk_lease_expires", None)
+        if isinstance(stated, str):
+            try:
+                expires = datetime.fromisoformat(stated)
+            except ValueError:
+                pass
+            else:
+                return expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+        return datetime.fromtimestamp(record.created, UTC) + self.lease_ttl
 
     def summary(self) -> list[str]:
         """What was not printed, one line each (nothing with ``-v``: it was printed)."""

@@ -92,7 +92,7 @@ async def rotate_key(
         event_id=trigger,
         event_type=ROTATE_EVENT_TYPE,
         key_id=key,
-        outcome=EventOutcome.ROTATED,
+        outcome=EventOutcome.WOULD_ROTATE if engine.dry_run else EventOutcome.ROTATED,
         dry_run=engine.dry_run,
         target_version=target.version if target else None,
         created_version=created.version if created else None,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cmk.errors import (
     AccountBusy,
@@ -91,6 +91,8 @@ class _Step:
         #: A PATCH went out and its fate is unknown (no answer yet, none coming, or the
         #: run cancelled meanwhile): the lease is kept until it expires.
         self.patch_unsettled = False
+        #: When the write lease this step holds runs out (set when taken or renewed).
+        self.lease_expires: datetime | None = None
 
     @property
     def lease_ttl(self) -> timedelta:
@@ -112,6 +114,7 @@ class _Step:
             self.lease, self.token, engine.now(), self.lease_ttl, purpose=self.purpose
         )
         if grant.granted:
+            self.lease_expires = grant.expires
             return
         wait = (grant.expires - engine.now()).total_seconds()
         doing = f" ({grant.purpose})" if grant.purpose else ""
@@ -125,9 +128,10 @@ class _Step:
     async def keep_lease(self) -> None:
         """Right before a write: renew the lease, or stop if it was taken over."""
         engine = self.engine
-        if not await engine.ledger.renew_lease(
-            self.lease, self.token, engine.now(), self.lease_ttl
-        ):
+        now = engine.now()
+        if await engine.ledger.renew_lease(self.lease, self.token, now, self.lease_ttl):
+            self.lease_expires = now + self.lease_ttl
+        else:
             raise AccountBusy(
                 f"lost the write lease of {self.job.account_id} before the update; deferred",
                 retry_after=1.0,
@@ -413,9 +417,13 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
         if step is not None and step.patch_unsettled:
             # The PATCH got no answer, or the run was cancelled while it was out: it may
             # still land, so nobody else may write until the lease runs out.
+            expires = step.lease_expires or lease.lease_expires
             log.warning(
                 "write lease kept until it expires: the update's PATCH is unsettled",
-                extra=lease.log_fields("lease"),
+                extra={
+                    **lease.log_fields("lease"),
+                    "cmk_lease_expires": None if expires is None else expires.isoformat(),
+                },
             )
         else:
             await lease.drop_lease()

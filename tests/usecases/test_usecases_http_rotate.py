@@ -200,3 +200,19 @@ class _LostCreate:
     async def rotate(self, key: Any) -> Any:
         await self._keys.rotate(key)
         raise ServiceUnavailable("rotating failed: connection lost after sending")
+
+
+class TestHttpRotateDryRun:
+    async def test_a_dry_run_says_what_it_would_do_and_creates_nothing(self, rig: Rig) -> None:
+        """With CMK_DRY_RUN the endpoint creates no version and never says "rotated"."""
+        estate = rig.estate
+        version = estate.version(estate.kv)
+        estate.account("acct-d", estate.kv, version.version)
+        engine = replace(rig.engine, settings=replace(rig.engine.settings, dry_run=True))
+
+        status, body = await http_rotate(engine, f"{estate.kv.url}/keys/cmk")
+
+        assert status == 200, body
+        assert body["rotation"]["outcome"] == "would_rotate"
+        assert body["rotation"]["created_version"] is None
+        assert len(estate.kv.keys["cmk"].versions) == 1
