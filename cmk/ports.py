@@ -47,6 +47,11 @@ class KeyStore(Protocol):
         """Whether the key has a rotation policy with lifetime actions."""
         ...
 
+    async def rotation_expiry(self, key: KeyId) -> timedelta | None:
+        """The expiry a rotation gives new versions (the policy's ``expiryTime``); None
+        without one."""
+        ...
+
     async def rotate(self, key: KeyId) -> KeyVersion:
         """Create a new version with Key Vault's rotate operation."""
         ...

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -24,6 +24,7 @@ from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
 from cmk.adapters.http_transport import transport_options
 from cmk.adapters.version_cache import VersionCache
+from cmk.durations import parse_iso_duration
 from cmk.errors import InvalidInput, NotFound, ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion
@@ -169,6 +170,22 @@ class KeyVaultKeys:
         actions = policy.lifetime_actions or []
         rotates = any(text_of(action.action).lower() == "rotate" for action in actions)
         return rotates or bool(policy.expires_in)
+
+    async def rotation_expiry(self, key: KeyId) -> timedelta | None:
+        """The ``expiryTime`` of the key's rotation policy (what Key Vault's rotate gives a
+        new version), or None when the policy sets none (or there is no policy)."""
+        base = key.versionless()
+        try:
+            with azure_errors(f"reading the rotation policy of {base}"):
+                policy = await self.client(base.vault_url).get_key_rotation_policy(base.name)
+        except NotFound:
+            return None
+        if not policy.expires_in:
+            return None
+        try:
+            return parse_iso_duration(policy.expires_in)
+        except ValueError:
+            return None  # a form this parser does not know: not judged, never guessed
 
     async def rotate(self, key: KeyId) -> KeyVersion:
         """Create a new version with Key Vault's rotate operation. Sent once: the SDK would

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from cmk.sandbox.platform.durations import parse_iso_duration
+from cmk.durations import parse_iso_duration
 
 # --- clock -------------------------------------------------------------------------
 

@@ -102,16 +102,18 @@ async def predict_rotation(engine: Engine, key: KeyId) -> Prediction:
     """What :func:`~cmk.usecases.rotate.rotate_key` would create for ``key`` now, judged
     by the version policy; reads the key and its rotation policy, writes nothing.
 
-    A rotation policy's expiryTime is not readable through the key store, so a version
-    made by Key Vault's rotate has an unknown expiry: its expiry is not judged."""
+    A version made by Key Vault's rotate expires after the rotation policy's
+    ``expiryTime``; a policy without one (or in a form not understood) leaves its expiry
+    unknown, and then not judged."""
     template = await engine.keys.latest(key.versionless())
     by_rotation = await engine.keys.has_rotation_policy(key)
+    expiry = await engine.keys.rotation_expiry(key) if by_rotation else None
     now = engine.now()
-    version = predict_version(template, now, by_rotation=by_rotation)
+    version = predict_version(template, now, by_rotation=by_rotation, rotation_expiry=expiry)
     return Prediction(
         template=template,
         version=version,
         by_rotation=by_rotation,
-        expiry_known=not by_rotation,
+        expiry_known=not by_rotation or expiry is not None,
         verdict=evaluate(version, engine.policy, now),
     )

@@ -7,8 +7,10 @@ from datetime import timedelta
 
 from usecase_rig import SUB_A, SUB_B, SUB_C, Rig
 
-from cmk.sandbox.world import KeyEventType
+from cmk.keyid import KeyId
+from cmk.sandbox.world import KeyEventType, RotationPolicy
 from cmk.usecases import EventOutcome, JobResult, on_new_version
+from cmk.usecases.new_versions import predict_rotation
 
 
 class TestOnNewVersion:
@@ -150,3 +152,26 @@ class TestOnNewVersion:
         assert report.enqueued == 1000
         assert await rig.queue_length() == 1000
         assert SUB_B
+
+
+class TestPredictRotation:
+    """What a rotation would create, judged before anything is created (rotate --dry-run)."""
+
+    async def test_a_rotation_policy_expiry_inside_the_margin_is_judged(self, rig: Rig) -> None:
+        """Key Vault's rotate gives the new version the policy's expiryTime: an expiry
+        inside CMK_EXPIRY_MARGIN_DAYS is predicted, and rejected, before any version is
+        made; a long enough expiryTime passes."""
+        estate = rig.estate
+        estate.version(estate.kv)
+        key = KeyId(estate.kv.url, "cmk")
+        rotate = [{"trigger": {"timeBeforeExpiry": "P7D"}, "action": {"type": "Rotate"}}]
+        policy = RotationPolicy(expiry_time="P10D", lifetime_actions=rotate)
+        estate.kv.keys["cmk"].rotation_policy = policy
+
+        short = await predict_rotation(rig.engine, key)
+        policy.expiry_time = "P400D"
+        long = await predict_rotation(rig.engine, key)
+
+        assert short.by_rotation and short.expiry_known and not short.bindable
+        assert long.expiry_known and long.bindable
+        assert len(estate.kv.keys["cmk"].versions) == 1

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cmk.durations import parse_iso_duration
 from cmk.sandbox.keyvault.model import CURVE_BYTES, KEY_FAMILIES, KeyParameterError
 from cmk.sandbox.keyvault.versions import api_level
-from cmk.sandbox.platform.durations import parse_iso_duration
 from cmk.sandbox.world import KeyState, KeyVersionState, RotationPolicy, VaultKind, VaultState
 
 JsonObject = dict[str, Any]

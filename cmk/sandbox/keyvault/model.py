@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from cmk.sandbox.platform.durations import parse_iso_duration
+from cmk.durations import parse_iso_duration
 from cmk.sandbox.world import (
     KeyEvent,
     KeyEventType,

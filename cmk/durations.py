@@ -1,4 +1,5 @@
-"""ISO 8601 durations as Key Vault rotation policies use them (P90D, P1Y, PT12H, P2M)."""
+"""ISO 8601 durations as Key Vault rotation policies use them (P90D, P1Y, PT12H, P2M): read
+by the app (a rotation policy's expiryTime) and written by the sandbox."""
 
 from __future__ import annotations
 
