@@ -179,6 +179,21 @@ def token_refused(request: PipelineRequest[Any], response: PipelineResponse[Any,
     return code is None or code.lower() not in _MISDIRECTED_CODES
 
 
+def _renewed(
+    credential: RenewingCredential,
+    request: PipelineRequest[Any],
+    response: PipelineResponse[Any, Any],
+) -> bool:
+    """Whether ``response`` refused the token ``request`` carried and the credential now
+    hands out another (renewed now or before): then the request is worth sending again.
+    False when it was not refused, or not renewed (too soon after the last renewal)."""
+    token = _bearer_token(request)
+    if token is None or not token_refused(request, response):
+        return False
+    credential.refused(token, request.http_request.url.split("?", 1)[0])
+    return credential.outdated(token)
+
+
 class TokenRefusalPolicy(AsyncHTTPPolicy[Any, Any]):
     """Above a client's authentication policy: when the service refused the token, renew
     the :class:`RenewingCredential` and send the request once more (with a new token)."""
@@ -189,12 +204,8 @@ class TokenRefusalPolicy(AsyncHTTPPolicy[Any, Any]):
 
     async def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
         response = await self.next.send(request)
-        token = _bearer_token(request)
-        if token is None or not token_refused(request, response):
+        if not _renewed(self._credential, request, response):
             return response
-        self._credential.refused(token, request.http_request.url.split("?", 1)[0])
-        if not self._credential.outdated(token):
-            return response  # not renewed (too soon after the last): the same token again
         return await self.next.send(request)
 
 
@@ -211,11 +222,7 @@ class RenewingARMChallengePolicy(AsyncARMChallengeAuthenticationPolicy):
     ) -> bool:
         if await super().on_challenge(request, response):
             return True
-        token = _bearer_token(request)
-        if token is None or not token_refused(request, response):
+        if not _renewed(self._renewing, request, response):
             return False
-        self._renewing.refused(token, request.http_request.url.split("?", 1)[0])
-        if not self._renewing.outdated(token):
-            return False  # not renewed (too soon after the last): the same token again
         await self.authorize_request(request, *self._scopes)
         return True
