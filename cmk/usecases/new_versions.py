@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from cmk.keyid import KeyId
-from cmk.policy import KeyVersion, Verdict, evaluate
+from cmk.policy import KeyVersion, ReasonCode, Verdict, evaluate
 from cmk.ports import Alert
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
@@ -35,11 +35,18 @@ async def reject_unbindable(
     engine: Engine, version: KeyVersion
 ) -> tuple[tuple[Alert, ...], str] | None:
     """None when the policy accepts ``version``; else raise its VERSION_REJECTED alert
-    (once: the sink deduplicates) and return the alerts raised and the reasons."""
+    (once: the sink deduplicates) and return the alerts raised and the reasons.
+
+    A version that fails only for being disabled is rejected without an alert: someone
+    disabled it on purpose (an event about it can arrive after that), and there is
+    nothing to fix — accounts stay where they are, and any bound to it are alerted as
+    ``binding_unsafe`` by the sweep."""
     verdict = evaluate(version, engine.policy, engine.now())
     if verdict.bindable:
         return None
     reasons = [str(reason) for reason in verdict.reasons]
+    if verdict.codes == {ReasonCode.DISABLED}:
+        return (), "; ".join(reasons)
     rejected = alerting.version_rejected(version, reasons)
     raised, _ = await alerting.publish(engine, [rejected], durable=True)
     return raised, "; ".join(reasons)

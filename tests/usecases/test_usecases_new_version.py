@@ -73,6 +73,23 @@ class TestOnNewVersion:
         assert [e["data"]["toVersion"] for e in rig.alerts("version_rejected")] == [bad.version]
         rig.check_invariants()
 
+    async def test_a_version_disabled_before_its_event_is_not_alerted(self, rig: Rig) -> None:
+        """The version an event names was disabled before the event arrived (someone did
+        it on purpose): nothing moves to it, and nothing is alerted — there is nothing to
+        fix (a chaos run met this when a delivery came late)."""
+        estate = rig.estate
+        old = estate.version(estate.kv, created=estate.world.clock.now() - timedelta(days=1))
+        account = estate.account("acct-d", estate.kv, old.version)
+        disabled = estate.version(estate.kv, enabled=False)
+        event = estate.event(KeyEventType.NEW_VERSION, estate.kv, disabled)
+
+        report = await on_new_version(rig.engine, event)
+
+        assert report.outcome is EventOutcome.VERSION_REJECTED
+        assert "disabled" in report.detail and report.alerts == ()
+        assert account.encryption.key_version == old.version
+        assert rig.alerts() == []
+
     async def test_forged_event_outside_allow_list_reads_and_writes_nothing(self, rig: Rig) -> None:
         """An event for a vault outside the allow-list makes no request at all."""
         estate = rig.estate
