@@ -22,6 +22,15 @@ from cmk.resource_id import AccountId
 # --- Key Vault ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class KeyRotation:
+    """A key's rotation policy, as far as new versions go: Key Vault's rotate makes them,
+    and they expire ``expiry`` after they are made (the policy's ``expiryTime``; None when
+    it sets none, or in a form not understood: then not judged, never guessed)."""
+
+    expiry: timedelta | None
+
+
 class KeyStore(Protocol):
     """Key Vault / Managed HSM keys (``azure.keyvault.keys.aio.KeyClient`` per vault)."""
 
@@ -47,9 +56,9 @@ class KeyStore(Protocol):
         """Whether the key has a rotation policy with lifetime actions."""
         ...
 
-    async def rotation_expiry(self, key: KeyId) -> timedelta | None:
-        """The expiry a rotation gives new versions (the policy's ``expiryTime``); None
-        without one."""
+    async def rotation_policy(self, key: KeyId) -> KeyRotation | None:
+        """The key's rotation policy when it has one that does something (see
+        :meth:`has_rotation_policy`), with the expiry it gives new versions; else None."""
         ...
 
     async def rotate(self, key: KeyId) -> KeyVersion:

@@ -28,6 +28,7 @@ from cmk.durations import parse_iso_duration
 from cmk.errors import InvalidInput, NotFound, ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion
+from cmk.ports import KeyRotation
 
 __all__ = ["KeyVaultKeys", "key_version"]
 
@@ -154,38 +155,29 @@ class KeyVaultKeys:
         return list(await asyncio.gather(*(read(version) for version in versions)))
 
     async def has_rotation_policy(self, key: KeyId) -> bool:
-        """Whether the key has a rotation policy that does something: a ``Rotate`` lifetime
-        action or an expiry for new versions.
+        """Whether the key has a rotation policy that does something (see
+        :meth:`rotation_policy`)."""
+        return await self.rotation_policy(key) is not None
+
+    async def rotation_policy(self, key: KeyId) -> KeyRotation | None:
+        """The key's rotation policy if it does something: a ``Rotate`` lifetime action or
+        an expiry for new versions (one GET).
 
         Key Vault answers a key without a policy with a default one holding only a
         ``Notify`` action (30 days before expiry), so that alone does not count; a 404
-        or an empty policy is False.
+        or an empty policy is None.
         """
         base = key.versionless()
         try:
             with azure_errors(f"reading the rotation policy of {base}"):
                 policy = await self.client(base.vault_url).get_key_rotation_policy(base.name)
         except NotFound:
-            return False
+            return None
         actions = policy.lifetime_actions or []
         rotates = any(text_of(action.action).lower() == "rotate" for action in actions)
-        return rotates or bool(policy.expires_in)
-
-    async def rotation_expiry(self, key: KeyId) -> timedelta | None:
-        """The ``expiryTime`` of the key's rotation policy (what Key Vault's rotate gives a
-        new version), or None when the policy sets none (or there is no policy)."""
-        base = key.versionless()
-        try:
-            with azure_errors(f"reading the rotation policy of {base}"):
-                policy = await self.client(base.vault_url).get_key_rotation_policy(base.name)
-        except NotFound:
+        if not rotates and not policy.expires_in:
             return None
-        if not policy.expires_in:
-            return None
-        try:
-            return parse_iso_duration(policy.expires_in)
-        except ValueError:
-            return None  # a form this parser does not know: not judged, never guessed
+        return KeyRotation(expiry=_duration(policy.expires_in))
 
     async def rotate(self, key: KeyId) -> KeyVersion:
         """Create a new version with Key Vault's rotate operation. Sent once: the SDK would
@@ -227,3 +219,13 @@ class KeyVaultKeys:
         version = key_version(base, created)
         self.cache.put(version)
         return version
+
+
+def _duration(text: str | None) -> timedelta | None:
+    """An ISO 8601 duration, or None when there is none or it is in a form not known."""
+    if not text:
+        return None
+    try:
+        return parse_iso_duration(text)
+    except ValueError:
+        return None

@@ -113,8 +113,9 @@ async def predict_rotation(engine: Engine, key: KeyId) -> Prediction:
     ``expiryTime``; a policy without one (or in a form not understood) leaves its expiry
     unknown, and then not judged."""
     template = await engine.keys.latest(key.versionless())
-    by_rotation = await engine.keys.has_rotation_policy(key)
-    expiry = await engine.keys.rotation_expiry(key) if by_rotation else None
+    rotation = await engine.keys.rotation_policy(key)
+    by_rotation = rotation is not None
+    expiry = rotation.expiry if rotation is not None else None
     now = engine.now()
     version = predict_version(template, now, by_rotation=by_rotation, rotation_expiry=expiry)
     return Prediction(

@@ -10,6 +10,7 @@ from adapter_world import SUB2, Cloud
 
 from cmk.errors import AccessDenied, InvalidInput, NotFound, ServiceUnavailable, ThrottledError
 from cmk.keyid import KeyId
+from cmk.ports import KeyRotation
 from cmk.sandbox.world import RotationPolicy, VaultState
 from cmk.wiring import Services
 
@@ -142,19 +143,21 @@ class TestKeyVaultKeys:
         )
         assert await services.keys.has_rotation_policy(_key(cloud.vault)) is True
 
-    async def test_rotation_expiry_is_the_policy_expiry_time(
+    async def test_rotation_policy_gives_the_expiry_time(
         self, cloud: Cloud, services: Services
     ) -> None:
         """A rotation policy's expiryTime is what Key Vault's rotate gives a new version;
-        none without an expiryTime or without a policy."""
+        none without an expiryTime, and no policy without a policy."""
         cloud.add_version(cloud.vault)
-        assert await services.keys.rotation_expiry(_key(cloud.vault)) is None
+        assert await services.keys.rotation_policy(_key(cloud.vault)) is None
         rotate = [{"trigger": {"timeBeforeExpiry": "P30D"}, "action": {"type": "Rotate"}}]
         policy = RotationPolicy(expiry_time="P90D", lifetime_actions=rotate)
         cloud.vault.keys["cmk"].rotation_policy = policy
-        assert await services.keys.rotation_expiry(_key(cloud.vault)) == timedelta(days=90)
+        assert await services.keys.rotation_policy(_key(cloud.vault)) == KeyRotation(
+            expiry=timedelta(days=90)
+        )
         policy.expiry_time = None
-        assert await services.keys.rotation_expiry(_key(cloud.vault)) is None
+        assert await services.keys.rotation_policy(_key(cloud.vault)) == KeyRotation(expiry=None)
 
     async def test_no_rotation_policy(self, cloud: Cloud, services: Services) -> None:
         """A key without a policy (or with Notify only) has no rotation policy."""
