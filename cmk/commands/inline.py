@@ -121,14 +121,7 @@ def _still_busy(job: RotationJob, error: AccountBusy) -> JobReport:
     writer, or the next sweep, moves it)."""
     cause = f"not changed: {error}; the next sweep moves it if it still needs to"
     log.warning("%s", cause, extra={"cmk_account_id": str(job.account_id), "cmk_step": "lease"})
-    return JobReport(
-        account_id=job.account_id,
-        target=job.target,
-        step=job.step,
-        result=JobResult.SKIPPED,
-        attempts=0,
-        cause=cause,
-    )
+    return JobReport.skipped(job, cause)
 
 
 async def _retry(

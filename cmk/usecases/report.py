@@ -13,7 +13,7 @@ from enum import Enum, StrEnum
 
 from cmk.keyid import KeyId
 from cmk.planner import Finding, Move
-from cmk.ports import Alert, JobStep
+from cmk.ports import Alert, JobStep, RotationJob
 from cmk.resource_id import AccountId
 
 __all__ = [
@@ -130,6 +130,11 @@ class JobReport:
     attempts: int
     cause: str | None = None
     alert: Alert | None = None
+
+    @classmethod
+    def skipped(cls, job: RotationJob, cause: str) -> JobReport:
+        """``job`` not run at all (no attempt), and why."""
+        return cls(job.account_id, job.target, job.step, JobResult.SKIPPED, 0, cause)
 
 
 class BindingState(StrEnum):

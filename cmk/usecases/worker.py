@@ -382,14 +382,7 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
             job.target.vault_url,
             extra={"cmk_account_id": str(job.account_id), "cmk_step": "scope"},
         )
-        return JobReport(
-            account_id=job.account_id,
-            target=job.target,
-            step=job.step,
-            result=JobResult.SKIPPED,
-            attempts=0,
-            cause=f"vault {job.target.vault_url} is not in CMK_VAULT_ALLOWLIST",
-        )
+        return JobReport.skipped(job, f"vault {job.target.vault_url} is not in CMK_VAULT_ALLOWLIST")
     if engine.dry_run:
         return await _run(
             _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
