@@ -407,6 +407,11 @@ class AlertType(StrEnum):
 ACCOUNT_FAILURE_TYPES = frozenset({AlertType.ACCOUNT_UPDATE_FAILED, AlertType.IDENTITY_MISSING})
 
 
+def alert_group(kind: AlertType) -> str:
+    """The dedup cause group of an alert type (see :data:`ACCOUNT_FAILURE_TYPES`)."""
+    return "account_failure" if kind in ACCOUNT_FAILURE_TYPES else kind.value
+
+
 class Severity(StrEnum):
     CRITICAL = "critical"
     ERROR = "error"
@@ -430,8 +435,7 @@ class Alert:
     def dedup_key(self) -> tuple[str, str, str]:
         """(subject, target version, cause group): one alert each until resolved. The
         failures of one account's move share a group (see :data:`ACCOUNT_FAILURE_TYPES`)."""
-        group = "account_failure" if self.type in ACCOUNT_FAILURE_TYPES else self.type.value
-        return (self.subject.lower(), self.to_version or "", group)
+        return (self.subject.lower(), self.to_version or "", alert_group(self.type))
 
 
 class AlertSink(Protocol):

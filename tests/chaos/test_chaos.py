@@ -19,7 +19,7 @@ import pytest
 from chaos_options import FIGURES, chaos_size
 from chaos_run import Binding, ChaosResult, run_chaos
 
-from cmk.ports import ACCOUNT_FAILURE_TYPES, LedgerEntry, LedgerState
+from cmk.ports import AlertType, LedgerEntry, LedgerState, alert_group
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 from cmk.sandbox.world import KeyVersionState
 
@@ -81,8 +81,7 @@ def _alert_key(alert: dict[str, object]) -> tuple[str, str, str]:
     one group (``account_update_failed`` and ``identity_missing``), as the app dedups."""
     data = alert["data"]
     assert isinstance(data, dict)
-    kind = str(alert["type"]).rsplit(".", 1)[-1]
-    group = "account_failure" if kind in {t.value for t in ACCOUNT_FAILURE_TYPES} else kind
+    group = alert_group(AlertType(str(alert["type"]).removeprefix("CmkRotator.")))
     return (str(alert["subject"]).lower(), str(data["toVersion"] or ""), group)
 
 

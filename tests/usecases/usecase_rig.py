@@ -20,12 +20,12 @@ from cmk.adapters.jobqueue import decode_job
 from cmk.errors import TransientError
 from cmk.events import KeyVaultEvent, parse_event
 from cmk.ports import (
-    ACCOUNT_FAILURE_TYPES,
     AlertType,
     JobStep,
     LedgerEntry,
     LedgerState,
     RotationJob,
+    alert_group,
 )
 from cmk.resource_id import AccountId
 from cmk.sandbox.arm.cognitive.accounts import seed_account
@@ -251,8 +251,7 @@ class Rig:
 
 def _group(event_type: str) -> str:
     """The dedup cause group of an alert CloudEvent's type (see Alert.dedup_key)."""
-    kind = AlertType(event_type.removeprefix("CmkRotator."))
-    return "account_failure" if kind in ACCOUNT_FAILURE_TYPES else kind.value
+    return alert_group(AlertType(event_type.removeprefix("CmkRotator.")))
 
 
 def _bindable(version: KeyVersionState) -> bool:
