@@ -187,9 +187,10 @@ def _renewed(
     """Whether ``response`` refused the token ``request`` carried and the credential now
     hands out another (renewed now or before): then the request is worth sending again.
     False when it was not refused, or not renewed (too soon after the last renewal)."""
-    token = _bearer_token(request)
-    if token is None or not token_refused(request, response):
+    if not token_refused(request, response):  # a status check first: every request
         return False
+    token = _bearer_token(request)
+    assert token is not None  # token_refused saw one
     credential.refused(token, request.http_request.url.split("?", 1)[0])
     return credential.outdated(token)
 
