@@ -12,7 +12,8 @@
 Each phase creates a new version and starts with full ARM buckets. The physical bound per
 subscription is max(one update, (PATCHes - 200 write burst) / 10 per second); the bound of
 the run is the largest over subscriptions. ``read_bound_seconds`` adds ARM's read budget
-for the fewest reads an update needs (one LRO status poll and one verifying GET).
+for the fewest reads an update needs (the deciding GET and one LRO status poll, which
+verifies: docs/performance.md).
 
 Key Vault's per-vault limits and Managed HSM's capacity are on with ARM's throttling
 (cmk.sandbox.keyvault.limits); each phase reports its Key Vault requests and their 429s, and
@@ -67,7 +68,7 @@ from cmk.sandbox.funchost.host import FunctionsHost
 from cmk.sandbox.keyvault.model import add_key_version
 from cmk.sandbox.world import AccountState, KeyEventType, KeyVersionState, VaultState
 
-MIN_READS_PER_UPDATE = 2  # one LRO status poll, one verifying GET
+MIN_READS_PER_UPDATE = 2  # the deciding GET, one LRO status poll (it verifies)
 
 
 def physical_bound(per_subscription: Counter[str], lro: float) -> dict[str, float]:

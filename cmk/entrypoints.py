@@ -237,8 +237,9 @@ JsonResponse = tuple[int, object]
 
 #: The fix an HTTP caller is given when the app's identity may not rotate a key.
 _ROTATE_GRANT = (
-    "grant the Function app's managed identity 'Key Vault Crypto Officer' on the key or"
-    " vault (or get, create, rotate in its access policy)"
+    "give the app's identity the key role on the vault ('CMK rotator key rotator': rerun the"
+    " deployment's step 2, e.g. `azd provision`; in an access-policy vault get, list, create,"
+    " rotate, getrotationpolicy)"
 )
 
 

@@ -97,11 +97,11 @@ param writeLeaseSeconds int = 0
 
 @minValue(0)
 @maxValue(220)
-@description('CMK_HTTP_ANSWER_SECONDS: how long GET /api/status and POST /api/sweep wait for their work before answering 202 with a status URL (Azure ends an HTTP request after 230 s).')
+@description('CMK_HTTP_ANSWER_SECONDS: how long GET /api/status, GET /api/plan and POST /api/sweep wait for their work before answering 202 with a status URL (Azure ends an HTTP request after 230 s).')
 param httpAnswerSeconds int = 120
 
 @minValue(1)
-@description('CMK_OPERATION_DEADLINE_MINUTES: an accepted status or sweep not finished this long after it was accepted is answered as failed at its status URL.')
+@description('CMK_OPERATION_DEADLINE_MINUTES: an accepted status, plan or sweep not finished this long after it was accepted is answered as failed at its status URL.')
 param operationDeadlineMinutes int = 60
 
 @minValue(1)
@@ -109,7 +109,8 @@ param operationDeadlineMinutes int = 60
 param operationRetentionHours int = 24
 
 @minValue(1)
-@description('CMK_MAX_CONCURRENCY: bound on parallel Azure calls of one invocation (fan-out, inline runs).')
+@maxValue(1024)
+@description('CMK_MAX_CONCURRENCY: accounts one inline run updates at once per subscription, and the bound on parallel reads of one invocation (fan-out); the app refuses more than 1024.')
 param maxConcurrency int = 32
 
 @description('E-mail address the action group notifies; empty for none.')

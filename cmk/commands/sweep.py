@@ -1,10 +1,10 @@
 """``cmk sweep [--dry-run]``: the timer's sweep, run here. It plans exactly as the app's
 sweep does (inventory, read each key once, assess every binding, raise the alerts), but
 runs each stale account's step machine in this process (at most CMK_MAX_CONCURRENCY at
-once, with a progress bar) instead of enqueueing it. ``--dry-run`` writes nothing and
-shows the PATCH each account would get. Exit 1 on failed accounts, findings or errors,
-or when nothing is in scope (a warning on stderr says why); 130 when interrupted (it says
-how far it got; run it again to finish)."""
+once per subscription, with a progress bar) instead of enqueueing it. ``--dry-run``
+writes nothing and shows the PATCH each account would get. Exit 1 on failed accounts,
+findings or errors, or when nothing is in scope (a warning on stderr says why); 130 when
+interrupted (it says how far it got; run it again to finish)."""
 
 from __future__ import annotations
 

@@ -212,9 +212,10 @@ def key_unreadable(key: KeyId, accounts: Iterable[AccountId], cause: str) -> Ale
         from_version=None,
         to_version=None,
         cause=f"{cause}; {len(names)} account(s) bound to it: {listed}",
-        remediation="restore the Function app's access to the key (Key Vault Crypto Officer,"
-        " or get/list in the access policy), or restore the deleted key or vault; the next"
-        " sweep then checks and moves its accounts",
+        remediation="give the app's identity the key role back on the vault ('CMK rotator key"
+        " rotator': rerun the deployment's step 2, e.g. `azd provision`; in an access-policy"
+        " vault get, list, create, rotate, getrotationpolicy), or restore the deleted key or"
+        " vault; the next sweep then checks and moves its accounts",
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
@@ -13,6 +15,8 @@ from cmk.ports import Alert, AlertType, Severity
 from cmk.resource_id import AccountId
 from cmk.sandbox.eventgrid.service import Topic
 from cmk.wiring import Services
+
+ALERT_RULES = Path(__file__).resolve().parents[2] / "infra" / "app" / "alerting.bicep"
 
 ACCOUNT = str(AccountId(SUB, RG, "acct"))
 KEY = KeyId("https://kv1.vault.azure.net", "cmk")
@@ -104,6 +108,20 @@ class TestEventGridAlerts:
         assert record.cmk_key_id == str(KEY)  # type: ignore[attr-defined]
         assert record.cmk_severity == "critical"  # type: ignore[attr-defined]
         assert record.cmk_to_version == "a" * 32  # type: ignore[attr-defined]
+
+    async def test_log_message_names_the_type_for_the_alert_rules(
+        self, publishing: Services, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The alert rules (infra/app/alerting.bicep) fall back to the message text where
+        the log fields do not become customDimensions: the text they extract from must
+        name the type, so the message format is load-bearing."""
+        found = re.search(r'extract\("([^"]+)", 1, message\)', ALERT_RULES.read_text())
+        assert found is not None
+        with caplog.at_level(logging.ERROR):
+            await publishing.alerts.raise_alert(_alert(type=AlertType.KEY_UNREADABLE))
+        [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        extracted = re.search(found.group(1), record.getMessage())
+        assert extracted is not None and extracted.group(1) == "key_unreadable"
 
     async def test_without_topic_logs_only(
         self, services: Services, caplog: pytest.LogCaptureFixture

@@ -8,7 +8,7 @@ from pathlib import Path
 from cli_rig import SCHEMAS
 
 from cmk.cli import build_parser
-from cmk.ports import AlertType
+from cmk.ports import AlertType, Severity
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -43,6 +43,13 @@ class TestCliReference:
         for command in ("status", "plan", "sweep", "rotate", "versions", "replay", "history"):
             assert command in SCHEMAS
         assert {"demo", "error"} <= set(SCHEMAS)
+
+    def test_alert_schema_names_every_alert_type(self):
+        """A script validating alerts against the documented schema accepts every type the
+        code raises, and the schema names no type the code lacks."""
+        alert = SCHEMAS["plan"]["$defs"]["alert"]["properties"]
+        assert set(alert["type"]["enum"]) == {a.value for a in AlertType}
+        assert set(alert["severity"]["enum"]) == {s.value for s in Severity}
 
     def test_conventions_are_documented(self):
         """docs/cli.md documents --output, --version, every exit code, Ctrl-C and the

@@ -1009,6 +1009,16 @@ class TestAzdWiring:
         required = {name for name, param in declared.items() if "default" not in param}
         assert required <= given
 
+    def test_every_parameter_settable_from_azd(self) -> None:
+        """An `azd up` user sets any parameter through an azd environment variable, with
+        main.bicep's default beside it; only azureCloud is left to its computed default
+        (the cloud the deployment runs in), which no variable could express."""
+        document = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))
+        declared = template("main.bicep")["parameters"]
+        assert set(declared) - set(document["parameters"]) == {"azureCloud"}
+        for name, entry in document["parameters"].items():
+            assert re.fullmatch(r"\$\{[A-Z_]+(=[^}]*)?\}", entry["value"]), name
+
     def test_main_is_subscription_scoped(self) -> None:
         """main.bicep creates the resource group (azd quickstart layout)."""
         main = template("main.bicep")

@@ -32,6 +32,13 @@ class TestLocalSettingsExample:
         settings = Settings.from_environ(values)
         assert settings.job_queue == "cmk-rotation-jobs"
 
+    def test_configuration_doc_shows_the_example(self):
+        """docs/configuration.md shows the example file as it is, not an older copy."""
+        doc = (REPO_ROOT / "docs" / "configuration.md").read_text()
+        section = doc.split("## local.settings.json example", 1)[1]
+        shown = section.split("```json\n", 1)[1].split("```", 1)[0]
+        assert shown == (REPO_ROOT / "local.settings.json.example").read_text()
+
     def test_real_file_is_git_ignored(self):
         """local.settings.json (with secrets) is ignored by git and by the package."""
         assert "local.settings.json" in (REPO_ROOT / ".gitignore").read_text().splitlines()
