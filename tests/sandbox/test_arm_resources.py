@@ -213,6 +213,27 @@ class TestGenericResources:
         assert response.json()["error"]["code"] == "InvalidFilterInQueryString"
 
 
+class TestRepeatedSlashes:
+    """ARM routes a path with runs of slashes as the single-slash path."""
+
+    def test_empty_parent_resource_path(self, seeded: Seeded):
+        """az resource show -g -n --resource-type: Resources_Get with an empty
+        {parentResourcePath} (not URL-encoded) asks for '.../Microsoft.CognitiveServices//
+        accounts/{name}': the account."""
+        path = (
+            f"/subscriptions/{SUB_A}/resourceGroups/rg-ai/providers/"
+            "Microsoft.CognitiveServices//accounts/acct-a"
+        )
+        body = seeded.ok(path, {"api-version": "2025-09-01"})
+        assert body["name"] == "acct-a"
+        assert body["type"] == "Microsoft.CognitiveServices/accounts"
+
+    def test_leading_double_slash_of_get_by_id(self, seeded: Seeded):
+        """The JavaScript SDK's resources.getById sends '//subscriptions/...'."""
+        body = seeded.ok(f"//subscriptions/{SUB_A}/resourceGroups//rg-keys", API_RESOURCES)
+        assert body["name"] == "rg-keys"
+
+
 class TestApiVersions:
     """Microsoft.Resources routes check their own api-versions (the spec's folders)."""
 

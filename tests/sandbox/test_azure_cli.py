@@ -117,6 +117,16 @@ class TestProvidersAndLocations:
         assert shown["id"] == account_id
         assert shown["properties"]["encryption"]["keySource"] == "Microsoft.KeyVault"
 
+    def test_resource_show_by_group_name_and_type(self, az: Cli):
+        """az resource show -g -n --resource-type: the empty parent path makes the CLI ask
+        for '.../Microsoft.CognitiveServices//accounts/{name}', which ARM answers."""
+        shown = az.json(
+            "resource", "show", "--subscription", "ai-prod", "-g", GROUP, "-n", ACCOUNT,
+            "--resource-type", "Microsoft.CognitiveServices/accounts",
+        )  # fmt: skip
+        assert shown["name"] == ACCOUNT
+        assert shown["properties"]["encryption"]["keySource"] == "Microsoft.KeyVault"
+
     def test_provider_show(self, az: Cli):
         """az provider show -n Microsoft.CognitiveServices: Registered, with accounts."""
         provider = az.json(

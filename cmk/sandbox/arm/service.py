@@ -98,6 +98,7 @@ _OPERATION = re.compile(
     re.IGNORECASE,
 )
 _GRAPH = re.compile(r"^/providers/Microsoft\.ResourceGraph/resources/?$", re.IGNORECASE)
+_SLASHES = re.compile(r"/{2,}")
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 
 # Where the app keeps its per-world parts, for the platform and tests.
@@ -156,7 +157,7 @@ class _Arm:
         return response
 
     async def _route(self, request: web.Request, extra: dict[str, str]) -> web.StreamResponse:
-        path = request.path
+        path = normalize_path(request.path)
         api_version = request.query.get("api-version")
         if not api_version:
             raise _error(
@@ -426,6 +427,14 @@ class _Arm:
         with self.world.lock:
             result = graph_for(self.world).query(claims.principal.object_id, payload)
         return _json(200, result)
+
+
+def normalize_path(path: str) -> str:
+    """``path`` with each run of slashes made one, as ARM routes it: ``az resource show``
+    with an empty parent path asks for ``.../providers/Microsoft.CognitiveServices//accounts/
+    {name}`` (the spec's ``{parentResourcePath}`` is not URL-encoded) and the JavaScript SDK's
+    ``getById`` for ``//subscriptions/...``; real ARM answers both as the single-slash path."""
+    return _SLASHES.sub("/", path)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:
