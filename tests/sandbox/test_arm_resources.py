@@ -203,11 +203,85 @@ class TestGenericResources:
         )
         assert both["value"] == []
 
-    def test_unsupported_filter_is_bad_request(self, seeded: Seeded):
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "plan/publisher eq 'x'",  # documented by ARM; the sandbox has no plans
+            "tagName eq 'env' and name eq 'acct-a'",  # a tag filter is alone
+            "tagValue eq 'prod'",  # a value without its name
+            "substringof('a', location)",  # substringof reads name and resourceGroup only
+            "name eq acct-a",  # not a literal
+            "name gt 'a'",
+        ],
+    )
+    def test_unsupported_filter_is_bad_request(self, seeded: Seeded, text: str):
         """A $filter the sandbox cannot evaluate is 400, not a silently wrong list."""
         response = seeded.get(
+            f"/subscriptions/{SUB_A}/resources", {**API_RESOURCES, "$filter": text}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "InvalidFilterInQueryString"
+
+
+class TestFilters:
+    """Resources_List's $filter as resources.json describes it: eq/ne, substringof, and/or,
+    and the tag filter az sends for --tag."""
+
+    def names(self, seeded: Seeded, text: str, sub: str = SUB_A) -> list[str]:
+        body = seeded.ok(f"/subscriptions/{sub}/resources", {**API_RESOURCES, "$filter": text})
+        return [r["name"] for r in body["value"]]
+
+    @pytest.fixture
+    def tagged(self, seeded: Seeded) -> Seeded:
+        world = seeded.sandbox.world
+        with world.lock:
+            seed_account(world, SUB_A, "rg-ai", "acct-prod", "westeurope", tags={"Env": "prod"})
+            seed_account(world, SUB_A, "rg-ai", "acct-test", "westeurope", tags={"env": "test"})
+            seed_account(world, SUB_A, "rg-ai", "acct-dept", "westeurope", tags={"department": "x"})
+        return seeded
+
+    def test_tag_name_and_value(self, tagged: Seeded):
+        """tagname eq 'env' and tagvalue eq 'prod' (az resource list --tag env=prod): the
+        tag's name matched in any case, its value exactly; tags left out of the answer."""
+        body = tagged.ok(
             f"/subscriptions/{SUB_A}/resources",
-            {**API_RESOURCES, "$filter": "substringof('a', name)"},
+            {**API_RESOURCES, "$filter": "tagname eq 'env' and tagvalue eq 'prod'"},
+        )
+        assert [r["name"] for r in body["value"]] == ["acct-prod"]
+        assert "tags" not in body["value"][0]
+        assert self.names(tagged, "tagName eq 'env' and tagValue eq 'PROD'") == []
+
+    def test_tag_name_alone_and_prefix(self, tagged: Seeded):
+        """tagName eq 'env' (az --tag env) and startswith(tagName, 'dep') (az --tag dep*)."""
+        assert sorted(self.names(tagged, "tagName eq 'env'")) == ["acct-prod", "acct-test"]
+        assert self.names(tagged, "startswith(tagname, 'dep')") == ["acct-dept"]
+
+    def test_substringof_or_and_ne(self, tagged: Seeded):
+        """substringof('v', name) joined by or, narrowed by resourceType and ne."""
+        assert sorted(
+            self.names(tagged, "substringof('prod', name) or substringof('kv', name)")
+        ) == [
+            "acct-prod",
+            "kv-a",
+        ]
+        text = (
+            "(substringof('acct', name) or substringof('keys', resourceGroup)) and "
+            "resourceType ne 'Microsoft.KeyVault/vaults' and name ne 'ACCT-A'"
+        )
+        assert sorted(self.names(tagged, text)) == ["acct-dept", "acct-prod", "acct-test"]
+
+    def test_group_list_tag_filter(self, tagged: Seeded):
+        """ResourceGroups_List's tag filter (az group list --tag env=prod): the sandbox's
+        groups carry no tags, so none matches; no filter lists them all."""
+        params = {**API_RESOURCES, "$filter": "tagname eq 'env' and tagvalue eq 'prod'"}
+        assert tagged.ok(f"/subscriptions/{SUB_A}/resourcegroups", params)["value"] == []
+        assert tagged.ok(f"/subscriptions/{SUB_A}/resourcegroups")["value"]
+
+    def test_group_list_refuses_other_filters(self, tagged: Seeded):
+        """Only tags filter groups: name eq '...' is 400, not ignored."""
+        response = tagged.get(
+            f"/subscriptions/{SUB_A}/resourcegroups",
+            {**API_RESOURCES, "$filter": "name eq 'rg-ai'"},
         )
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "InvalidFilterInQueryString"

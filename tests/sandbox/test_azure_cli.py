@@ -102,6 +102,30 @@ class TestResources:
         assert account["createdTime"] and account["changedTime"]
         assert account["identity"]["type"] in ("UserAssigned", "SystemAssigned, UserAssigned")
 
+    def test_tag_filters(self, az: Cli):
+        """az resource list --tag k=v and az group list --tag k=v send ARM's tag $filter: the
+        account tagged by a PATCH (cognitiveservices account update --tags) and nothing
+        else; the sandbox's groups carry no tags."""
+        listed = az.json(
+            "resource", "list", "--subscription", "ai-prod", "-g", GROUP,
+            "--resource-type", "Microsoft.CognitiveServices/accounts",
+        )  # fmt: skip
+        name = sorted(r["name"] for r in listed if r["name"] != ACCOUNT)[0]
+        az.json(
+            "cognitiveservices", "account", "update", "--subscription", "ai-prod", "-g", GROUP,
+            "-n", name, "--tags", "cmk-check=tagged",
+        )  # fmt: skip
+        tagged = az.json(
+            "resource", "list", "--subscription", "ai-prod", "--tag", "cmk-check=tagged"
+        )
+        assert [r["name"] for r in tagged] == [name]
+        assert (
+            az.json("resource", "list", "--subscription", "ai-prod", "--tag", "cmk-check=x") == []
+        )
+        assert (
+            az.json("group", "list", "--subscription", "ai-prod", "--tag", "cmk-check=tagged") == []
+        )
+
 
 class TestProvidersAndLocations:
     def test_resource_show_by_id(self, az: Cli):

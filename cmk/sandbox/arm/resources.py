@@ -18,12 +18,11 @@ Azure/azure-rest-api-specs (``subscriptions/stable/2022-12-01/subscriptions.json
 * ``GET|HEAD /subscriptions/{s}/resourcegroups[/{rg}]`` — resource groups, derived from
   the world: every group holding a vault, Managed HSM, account or user-assigned identity,
   located where its first resource (by name) is; each filtered by
-  ``Microsoft.Resources/subscriptions/resourceGroups/read``;
+  ``Microsoft.Resources/subscriptions/resourceGroups/read``; ``$filter`` a tag filter
+  (:func:`cmk.sandbox.arm.filters.group_filter`; the groups carry no tags);
 * ``GET /subscriptions/{s}[/resourceGroups/{rg}]/resources`` — every resource the caller
-  may read (``{type}/read`` on it), ``$filter`` with ``resourceType``, ``name``,
-  ``location`` and ``resourceGroup`` ``eq`` clauses joined by ``and`` (others are 400
-  ``InvalidFilterInQueryString``; an empty ``$filter``, as plain ``az resource list`` sends,
-  is no filter); ``$expand`` with any of ``createdTime``, ``changedTime`` and
+  may read (``{type}/read`` on it), ``$filter`` as :mod:`cmk.sandbox.arm.filters`
+  evaluates it; ``$expand`` with any of ``createdTime``, ``changedTime`` and
   ``provisioningState`` adds those ``GenericResourceExpanded`` fields (other ``$expand``
   terms are ignored: what ARM answers to them is not documented); ``$top`` truncates; one
   page, no ``nextLink``;
@@ -54,6 +53,7 @@ from typing import Any
 from aiohttp import web
 
 from cmk.sandbox.arm.cognitive.accounts import ArmError, identity_json
+from cmk.sandbox.arm.filters import Filter, group_filter, resource_filter
 from cmk.sandbox.arm.keyvault import require_get
 from cmk.sandbox.arm.providers import Providers
 from cmk.sandbox.eventgrid.service import EventGrid, Topic
@@ -86,8 +86,6 @@ GROUP_READ = "Microsoft.Resources/subscriptions/resourceGroups/read"
 GROUP_TYPE = "Microsoft.Resources/resourceGroups"
 TENANT_DISPLAY_NAME = "Sandbox"
 TENANT_DOMAIN = "sandbox.onmicrosoft.com"
-_CLAUSE = re.compile(r"^\s*(?P<field>\w+)\s+eq\s+'(?P<value>(?:[^']|'')*)'\s*$", re.IGNORECASE)
-_FILTER_FIELDS = {"resourcetype": "type", "name": "name", "location": "location"}
 #: The api-versions of these routes: the version folders of
 #: ``specification/resources/resource-manager/Microsoft.Resources/resources`` (``resources.json``:
 #: resource groups, the generic list) and ``.../Microsoft.Resources/subscriptions``
@@ -139,14 +137,31 @@ class Resource:
     changed: datetime | None = None
     provisioning_state: str = "Succeeded"
 
-    def json(self, expand: frozenset[str] = frozenset()) -> dict[str, Any]:
-        """The ``GenericResourceExpanded`` body, with the ``$expand`` fields asked for."""
+    @property
+    def tags(self) -> dict[str, str]:
+        tags: dict[str, str] = dict(self.extra).get("tags", {})
+        return tags
+
+    def filter_fields(self) -> dict[str, str]:
+        """What a ``$filter`` reads (:mod:`cmk.sandbox.arm.filters`)."""
+        return {
+            "location": self.location,
+            "resourcetype": self.type,
+            "name": self.name,
+            "resourcegroup": self.resource_group,
+        }
+
+    def json(
+        self, expand: frozenset[str] = frozenset(), *, with_tags: bool = True
+    ) -> dict[str, Any]:
+        """The ``GenericResourceExpanded`` body, with the ``$expand`` fields asked for
+        (without ``tags`` for a tag filter's answer, as the spec says)."""
         body = {
             "id": self.id,
             "name": self.name,
             "type": self.type,
             "location": self.location,
-            **dict(self.extra),
+            **{k: v for k, v in self.extra if with_tags or k != "tags"},
         }
         if "createdTime" in expand and self.created is not None:
             body["createdTime"] = _timestamp(self.created)
@@ -293,26 +308,6 @@ def tenant_json(tenant_id: str) -> dict[str, Any]:
     }
 
 
-def _parse_filter(text: str) -> dict[str, str]:
-    """``resourceType eq 'x' and name eq 'y'`` -> {'type': 'x', 'name': 'y'} (lowercased);
-    a blank filter is none."""
-    wanted: dict[str, str] = {}
-    if not text.strip():
-        return wanted
-    for clause in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
-        match = _CLAUSE.match(clause)
-        field = match["field"].lower() if match else ""
-        if match is None or (field not in _FILTER_FIELDS and field != "resourcegroup"):
-            raise ArmError(
-                400,
-                "InvalidFilterInQueryString",
-                f"Invalid $filter '{text}' specified in the query string. The sandbox supports "
-                "'eq' on resourceType, name, location and resourceGroup joined by 'and'.",
-            )
-        wanted[_FILTER_FIELDS.get(field, "resource_group")] = match["value"].replace("''", "'")
-    return {k: v.lower() for k, v in wanted.items()}
-
-
 def require_api_version(api_version: str) -> None:
     """ARM's 400 ``InvalidApiVersionParameter`` unless ``api_version`` is one of
     :data:`API_VERSIONS` (the message lists them newest first, as ARM does)."""
@@ -452,11 +447,13 @@ class ResourcesArm:
         self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
     ) -> web.Response:
         require_get(request)
+        wanted = group_filter(request.query.get("$filter", ""))
         oid = claims.principal.object_id
         visible = [
             group
             for group in self._groups(groups["sub"]).values()
             if self.world.rbac_allows(oid, GROUP_READ, group["id"])
+            and wanted.matches({}, group.get("tags", {}))
         ]
         if not visible and not self.world.rbac_allows(
             oid, GROUP_READ, f"/subscriptions/{groups['sub']}"
@@ -485,17 +482,16 @@ class ResourcesArm:
         self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
     ) -> web.Response:
         require_get(request)
-        wanted = _parse_filter(request.query.get("$filter", ""))
+        wanted: Filter = resource_filter(request.query.get("$filter", ""))
         expand = _parse_expand(request.query.get("$expand", ""))
-        if groups["rg"]:
-            wanted["resource_group"] = groups["rg"].lower()
         top = request.query.get("$top")
         oid = claims.principal.object_id
         found = [
-            r.json(expand)
+            r.json(expand, with_tags=not wanted.by_tag)
             for r in sorted(resources(self.world), key=lambda r: r.id.lower())
             if r.subscription_id.lower() == groups["sub"].lower()
-            and all(str(getattr(r, k)).lower() == v for k, v in wanted.items())
+            and (not groups["rg"] or r.resource_group.lower() == groups["rg"].lower())
+            and wanted.matches(r.filter_fields(), r.tags)
             and self.world.rbac_allows(oid, f"{r.type}/read", r.id)
         ]
         if top is not None:
