@@ -231,3 +231,13 @@ class TestResourceGraph:
         assert set(rows) - {""} == {"ai-cmk", "ai-cmk-dev", "ai-cmk-hsm"}
         assert sum(rows.values()) == 60
         assert list(rows) == sorted(rows)
+
+    def test_az_rest_refuses_a_dynamic_group_key(self, az: Cli):
+        """summarize by identity.type: az rest exits non-zero with Kusto's explicit-cast
+        error, as against Azure."""
+        body = json.dumps({"query": "Resources | summarize count() by identity.type"})
+        result = az.run(
+            "rest", "--method", "post", "--url", f"{GRAPH}?api-version=2021-03-01", "--body", body
+        )
+        assert result.returncode != 0
+        assert "Summarize group key 'identity_type' is of a 'dynamic' type" in result.stderr

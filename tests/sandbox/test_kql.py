@@ -350,6 +350,48 @@ class TestDistinctTopCount:
         assert not caught.value.unsupported
 
 
+class TestDynamicKeys:
+    """Kusto refuses to group by a dynamic value (microsoft/Kusto-Query-Language#61); a cast
+    makes the key a string."""
+
+    @pytest.mark.parametrize(
+        ("query", "key"),
+        [
+            ("Resources | summarize count() by identity.type", "identity_type"),
+            (
+                "Resources | summarize count() by properties.encryption.keyVaultProperties.keyName",
+                "properties_encryption_keyVaultProperties_keyName",
+            ),
+            ("Resources | summarize count() by k = properties.keySource", "k"),
+            ("Resources | summarize by tags", "tags"),
+            ("Resources | summarize arg_max(id, *) by identity", "identity"),
+            ("Resources | distinct identity", "identity"),
+            ("Resources | distinct type, properties", "properties"),
+            ("Resources | mv-expand zones | summarize count() by zones", "zones"),
+        ],
+    )
+    def test_dynamic_key_is_refused(self, query: str, key: str) -> None:
+        """A dynamic key is a semantic error naming it, not a row per JSON text."""
+        with pytest.raises(kql.KqlError) as caught:
+            kql.parse(query)
+        assert caught.value.semantic and not caught.value.unsupported
+        assert caught.value.message.startswith(
+            f"Summarize group key '{key}' is of a 'dynamic' type. Please use an explicit cast"
+        )
+
+    def test_cast_keys_group(self) -> None:
+        """tostring(...) of the same paths groups, the key named after the path it reads."""
+        query = kql.parse(
+            "Resources | summarize count() by tostring(properties.keySource), "
+            "t = tostring(type), tostring(properties)"
+        )
+        assert [kind for _, kind in query.columns] == ["string", "string", "string", "long"]
+        assert [name for name, _ in query.columns][:2] == ["properties_keySource", "t"]
+        assert len(query.run(GROUPED)) == 3  # rows 1 and 4 share every key
+        distinct = kql.parse("Resources | extend s = tostring(properties) | distinct s")
+        assert len(distinct.run(GROUPED)) == 3
+
+
 class TestMvExpand:
     ROWS: tuple[kql.Row, ...] = (
         {"id": "1", "zones": ["1", "2"], "tags": {"a": "x", "b": "y"}},

@@ -316,6 +316,23 @@ class TestErrors:
         details = caught.value.body["error"]["details"]
         assert (details[1]["code"], details[1]["token"]) == ("InvalidQueryLanguage", "avg")
 
+    def test_dynamic_group_key_is_kusto_s_semantic_error(self) -> None:
+        """summarize by identity.type: Kusto's refusal of a dynamic key, with its position."""
+        world, reader = _world(1)
+        query = "Resources | summarize count() by identity.type"
+        with pytest.raises(GraphError) as caught:
+            _query(ResourceGraph(world), reader, query)
+        details = caught.value.body["error"]["details"]
+        assert details[0]["code"] == "InvalidQuery"
+        assert details[1]["message"].startswith(
+            "Summarize group key 'identity_type' is of a 'dynamic' type. Please use an "
+            "explicit cast (for example, 'summarize ... by tostring(identity_type)')"
+        )
+        assert (details[1]["token"], details[1]["characterPositionInLine"]) == (
+            "identity",
+            query.index("identity"),
+        )
+
     def test_malformed_skip_token(self) -> None:
         """A $skipToken that was not issued answers 400."""
         world, reader = _world(1)

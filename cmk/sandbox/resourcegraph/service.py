@@ -11,7 +11,9 @@ lowercase, ``tenantId``, ``kind``, ``location``, ``resourceGroup`` lowercase,
 evaluated by :mod:`cmk.sandbox.resourcegraph.kql.language` (an honest subset); anything
 outside it gets the real service's 400 (``BadRequest`` with details ``InvalidQuery`` then
 ``ParserFailure`` or ``InvalidQueryLanguage``, as seen in Azure/azure-powershell#13762 and
-Azure/aztfexport#485).
+Azure/aztfexport#485). A query Kusto parses and then refuses (grouping by a ``dynamic`` key)
+gets the same envelope with Kusto's message under the detail code ``SemanticError`` (ARG's
+code for it is not documented).
 
 Scope: the requested ``subscriptions`` (or, without any, every subscription of the world;
 ``managementGroups`` are treated the same way, since the world has no management groups),
@@ -81,8 +83,14 @@ def _support_message() -> str:
 
 
 def query_error(error: kql.KqlError) -> GraphError:
+    code = "InvalidQueryLanguage" if error.unsupported else "ParserFailure"
+    if error.semantic:
+        # What ARG names a Kusto semantic error in its details is not documented (the
+        # sandbox has seen only ParserFailure and InvalidQueryLanguage); the message is
+        # Kusto's own text.
+        code = "SemanticError"
     detail: dict[str, Any] = {
-        "code": "InvalidQueryLanguage" if error.unsupported else "ParserFailure",
+        "code": code,
         "message": error.message,
         "line": error.line,
         "characterPositionInLine": error.position,

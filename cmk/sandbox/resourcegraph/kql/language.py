@@ -41,6 +41,12 @@ Semantics and known differences
   ``tostring(null)`` is ``""``, so ``tostring(x) != 'a'`` keeps rows where ``x`` is missing.
 * ``tostring`` of an object or array is its compact JSON text.
 * ``has`` is approximated as a case-insensitive whole-term match.
+* Grouping by a ``dynamic`` value — a ``summarize ... by`` key or a ``distinct`` column that
+  is a property path, ``properties``/``identity``/``tags``/..., or an ``mv-expand`` result —
+  is refused as Kusto refuses it: "Summarize group key 'k' is of a 'dynamic' type. Please
+  use an explicit cast ..." (microsoft/Kusto-Query-Language#61), a semantic
+  :class:`KqlError`; ``tostring(...)`` makes the key a string. That ``distinct`` fails with
+  the same words is an assumption; ``distinct *`` is accepted (unverified on Kusto).
 * Column types are tracked so Resource Graph can tell whether every output column is
   ``dynamic`` (paging then is impossible, see ``resourcegraph``): the string columns of
   ``Resources`` and the results of ``tostring``/``tolower``/... are ``string``; property

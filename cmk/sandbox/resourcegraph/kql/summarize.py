@@ -25,6 +25,9 @@
 
 ``distinct col[, ...]`` keeps the first row of each distinct tuple of those columns;
 ``distinct *`` of all of them.
+
+A ``dynamic`` key (``by identity.type``, ``distinct identity``) is refused with Kusto's
+semantic error (:func:`dynamic_key_message`); cast it (``by tostring(identity.type)``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 
 from cmk.sandbox.resourcegraph.kql.expression_parser import ExpressionParser
 from cmk.sandbox.resourcegraph.kql.expressions import Evaluator, Expr
+from cmk.sandbox.resourcegraph.kql.tokens import Token
 from cmk.sandbox.resourcegraph.kql.values import Row, sort_key
 
 Stage = Callable[[list[Row]], list[Row]]
@@ -44,6 +48,15 @@ Fold = Callable[[list[Row]], object]
 AGGREGATES = ("count", "countif", "dcount", "make_set", "arg_max", "arg_min")
 #: Kusto's accuracy levels of ``dcount`` (0 fastest ... 4 most accurate).
 DCOUNT_ACCURACY = range(5)
+
+
+def dynamic_key_message(key: str) -> str:
+    """Kusto's refusal of a ``dynamic`` grouping key (microsoft/Kusto-Query-Language#61)."""
+    return (
+        f"Summarize group key '{key}' is of a 'dynamic' type. Please use an explicit cast "
+        f"(for example, 'summarize ... by tostring({key})') as grouping by a 'dynamic' type "
+        "is not supported."
+    )
 
 
 def group_key(value: object) -> tuple[str, str]:
@@ -122,8 +135,11 @@ class GroupingParser(ExpressionParser):
         end = self.i
         if self.at("by"):
             self.next()
-            for index, (name, expr) in enumerate(self.comma_separated(self._key), start=1):
-                keys.append((name or f"Column{index}", expr))
+            for index, (name, expr, token) in enumerate(self.comma_separated(self._key), 1):
+                key = name or f"Column{index}"
+                if expr.kind == "dynamic":
+                    raise self.refuse(token, dynamic_key_message(key))
+                keys.append((key, expr))
         after = self.i
         aggregates: list[Aggregate] = []
         if start != end:
@@ -172,7 +188,8 @@ class GroupingParser(ExpressionParser):
 
     def distinct(self) -> Stage:
         start = self.tok
-        if self.at("*"):
+        star = self.at("*")
+        if star:
             self.next()
             names = list(self.schema)
         else:
@@ -180,6 +197,8 @@ class GroupingParser(ExpressionParser):
         for name in names:
             if name not in self.schema:
                 raise self.fail(start)
+            if self.schema[name] == "dynamic" and not star:
+                raise self.refuse(start, dynamic_key_message(name))
         self.schema = {name: self.schema[name] for name in names}
 
         def run(rows: list[Row]) -> list[Row]:
@@ -191,14 +210,15 @@ class GroupingParser(ExpressionParser):
 
         return run
 
-    def _key(self) -> tuple[str | None, Expr]:
+    def _key(self) -> tuple[str | None, Expr, Token]:
+        token = self.tok
         if self.tok.kind == "ident" and self.tokens[self.i + 1].text == "=":
             name = self.next().text
             self.next()
-            return name, self.expression()
+            return name, self.expression(), token
         start = self.i
         expr = self.expression()
-        return expr.default_name or self._column_read(start), expr
+        return expr.default_name or self._column_read(start), expr, token
 
     def _column_read(self, start: int) -> str | None:
         """The path the tokens from ``start`` to here read first, named as Kusto names it

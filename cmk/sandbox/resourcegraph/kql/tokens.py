@@ -17,10 +17,18 @@ T = TypeVar("T")
 
 
 class KqlError(Exception):
-    """A query the sandbox rejects. ``unsupported`` marks valid KQL outside the subset."""
+    """A query the sandbox rejects. ``unsupported`` marks valid KQL outside the subset;
+    ``semantic`` a query Kusto parses and then refuses (its message is Kusto's)."""
 
     def __init__(
-        self, message: str, *, token: str, line: int, position: int, unsupported: bool = False
+        self,
+        message: str,
+        *,
+        token: str,
+        line: int,
+        position: int,
+        unsupported: bool = False,
+        semantic: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -28,6 +36,7 @@ class KqlError(Exception):
         self.line = line
         self.position = position
         self.unsupported = unsupported
+        self.semantic = semantic
 
 
 _TOKEN_RE = re.compile(
@@ -95,6 +104,12 @@ class TokenStream:
         message = "InvalidQueryLanguage" if unsupported else "ParserFailure"
         return KqlError(
             message, token=t.text, line=t.line, position=t.position, unsupported=unsupported
+        )
+
+    def refuse(self, token: Token, message: str) -> KqlError:
+        """Kusto's semantic error ``message`` at ``token`` (valid syntax, refused)."""
+        return KqlError(
+            message, token=token.text, line=token.line, position=token.position, semantic=True
         )
 
     def next(self) -> Token:
