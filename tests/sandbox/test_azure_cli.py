@@ -241,3 +241,20 @@ class TestResourceGraph:
         )
         assert result.returncode != 0
         assert "Summarize group key 'identity_type' is of a 'dynamic' type" in result.stderr
+
+    def test_az_rest_functions_operators_type(self, az: Cli):
+        """iff(), strcat(), split()/array_length() and summarize max()/sum() answer rows."""
+        query = (
+            "Resources | where type =~ 'microsoft.cognitiveservices/accounts' "
+            "| extend cmk = iff(tostring(properties.encryption.keySource) =~ "
+            "'Microsoft.KeyVault', 'cmk', 'mmk'), "
+            "label = strcat(name, '@', location), parts = array_length(split(name, '-')) "
+            "| summarize accounts = count(), longest = max(parts), total = sum(parts) by cmk"
+        )
+        body = az.json(
+            "rest", "--method", "post", "--url", f"{GRAPH}?api-version=2021-03-01",
+            "--body", json.dumps({"query": query}),
+        )  # fmt: skip
+        rows = {row["cmk"]: row for row in body["data"]}
+        assert sum(row["accounts"] for row in rows.values()) == 60
+        assert all(row["longest"] >= 1 and row["total"] >= row["accounts"] for row in rows.values())

@@ -59,6 +59,7 @@ MAX_PAGE = 1000
 _KUSTO_TO_ARG_TYPE = {
     "string": "string",
     "bool": "boolean",
+    "int": "integer",
     "long": "integer",
     "real": "number",
     "dynamic": "object",

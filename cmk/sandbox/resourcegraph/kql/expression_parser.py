@@ -17,6 +17,7 @@ from cmk.sandbox.resourcegraph.kql.expressions import (
     Evaluator,
     Expr,
     both,
+    call,
     compare,
     either,
     membership,
@@ -119,12 +120,21 @@ class ExpressionParser(TokenStream):
             inner = self.expression().evaluate
             self.expect(")")
             return Expr(lambda r: inner(r) is not True, "bool")
-        if name not in FUNCTIONS:
-            raise self.fail(token, unsupported=True)
-        kind, function = FUNCTIONS[name]
-        argument = self.expression().evaluate
+        arguments = [] if self.at(")") else self.comma_separated(self.expression)
         self.expect(")")
-        return Expr(lambda r: function(argument(r)), kind)
+        if name in FUNCTIONS:
+            if len(arguments) != 1:
+                raise self.fail(token)
+            kind, function = FUNCTIONS[name]
+            argument = arguments[0].evaluate
+            return Expr(lambda r: function(argument(r)), kind)
+        try:
+            called = call(name, arguments)
+        except ValueError:
+            raise self.fail(token) from None
+        if called is None:
+            raise self.fail(token, unsupported=True)
+        return called
 
     def _path(self) -> Expr:
         token = self.tok

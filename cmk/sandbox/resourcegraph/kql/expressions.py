@@ -35,7 +35,75 @@ FUNCTIONS: Final[dict[str, tuple[str, Callable[[object], object]]]] = {
     "isnull": ("bool", lambda v: v is None),
     "isnotnull": ("bool", lambda v: v is not None),
     "strlen": ("long", lambda v: None if v is None else len(to_text(v))),
+    "array_length": ("long", lambda v: len(v) if isinstance(v, list) else None),
+    "toint": ("int", lambda v: _to_number(v, int)),
+    "tolong": ("long", lambda v: _to_number(v, int)),
+    "todouble": ("real", lambda v: _to_number(v, float)),
+    "toreal": ("real", lambda v: _to_number(v, float)),
 }
+
+
+def _to_number(value: object, kind: type[int] | type[float]) -> object:
+    """``tolong``/``todouble``: a number or numeric text converted, anything else null
+    (``tolong`` truncates a decimal, as Kusto does)."""
+    if isinstance(value, bool):
+        return int(value) if kind is int else float(value)
+    try:
+        number = float(value) if isinstance(value, str) else value
+        if not isinstance(number, int | float):
+            return None
+        return int(number) if kind is int else float(number)
+    except (ValueError, OverflowError):
+        return None
+
+
+def call(name: str, arguments: Sequence[Expr]) -> Expr | None:
+    """The functions of more than one argument: ``iff``/``iif(predicate, then, else)``,
+    ``case(predicate, then, [predicate, then, ...] else)``, ``strcat(a, b, ...)`` and
+    ``split(text, delimiter)``; None when ``name`` is not one of them, ValueError for the
+    wrong number of arguments."""
+    if name in ("iff", "iif"):
+        if len(arguments) != 3:
+            raise ValueError(name)
+        return _choose([(arguments[0], arguments[1])], arguments[2])
+    if name == "case":
+        if len(arguments) < 3 or len(arguments) % 2 == 0:
+            raise ValueError(name)
+        pairs = list(zip(arguments[:-1:2], arguments[1:-1:2], strict=True))
+        return _choose(pairs, arguments[-1])
+    if name == "strcat":
+        if not 1 <= len(arguments) <= 64:
+            raise ValueError(name)
+        getters = [a.evaluate for a in arguments]
+        return Expr(lambda row: "".join(to_text(get(row)) for get in getters), "string")
+    if name == "split":
+        if len(arguments) != 2:
+            raise ValueError(name)
+        text, delimiter = arguments[0].evaluate, arguments[1].evaluate
+
+        def split(row: Row) -> object:
+            value, by = text(row), to_text(delimiter(row))
+            if value is None:
+                return None
+            return to_text(value).split(by) if by else [to_text(value)]
+
+        return Expr(split, "dynamic")
+    return None
+
+
+def _choose(pairs: list[tuple[Expr, Expr]], otherwise: Expr) -> Expr:
+    """The value of the first pair whose predicate is true, else ``otherwise``; typed as
+    the first value (Kusto requires every branch to have one type)."""
+    tests = [(p.evaluate, v.evaluate) for p, v in pairs]
+    fallback = otherwise.evaluate
+
+    def choose(row: Row) -> object:
+        for predicate, value in tests:
+            if predicate(row) is True:
+                return value(row)
+        return fallback(row)
+
+    return Expr(choose, pairs[0][1].kind)
 
 COMPARISONS: Final = frozenset(
     {

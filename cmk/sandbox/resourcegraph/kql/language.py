@@ -32,7 +32,11 @@ Supported
   ``contains`` ``!contains`` ``has`` ``!has`` ``startswith`` ``!startswith`` ``endswith``
   ``!endswith`` (case-insensitive), ``<`` ``<=`` ``>`` ``>=`` on numbers or strings.
 * Functions: ``tostring``, ``tolower``, ``toupper``, ``isempty``, ``isnotempty``,
-  ``isnull``, ``isnotnull``, ``strlen``.
+  ``isnull``, ``isnotnull``, ``strlen``, ``array_length``, ``toint``, ``tolong``,
+  ``todouble``, ``toreal``, ``iff``/``iif(predicate, then, else)``,
+  ``case(predicate, then, ..., else)``, ``strcat(a, ...)``, ``split(text, delimiter)``.
+* Aggregates (``summarize``): ``max(expr)``, ``min(expr)`` and ``sum(expr)`` besides
+  those above.
 
 Semantics and known differences
 -------------------------------
@@ -51,10 +55,12 @@ Semantics and known differences
   ``dynamic`` (paging then is impossible, see ``resourcegraph``): the string columns of
   ``Resources`` and the results of ``tostring``/``tolower``/... are ``string``; property
   paths and the ``properties``/``identity``/``tags``/``sku`` columns are ``dynamic``.
-* Not supported (rejected): other aggregates (``sum``, ``max``, ``avg``, ...), ``join``,
-  ``union``, ``mv-expand`` options and several columns, ``parse``,
-  ``extend`` without a name, ``let``, datetime functions, ``iff``/``case``, regex
-  operators, arithmetic, and every other function or operator not listed above.
+* Not supported (rejected): other aggregates (``avg``, ``percentile``, ...), ``join``,
+  ``union``, other tables (``ResourceContainers``), ``mv-expand`` options and several
+  columns, ``parse``, ``project-rename``, ``extend`` without a name, ``let``, datetime
+  functions (``todatetime``, ``ago``, ``bin``), ``split``'s index argument, ``parse_json``,
+  ``extract`` and regex operators, arithmetic, and every other function or operator not
+  listed above. ``iff``/``case`` do not check that their branches share a type (Kusto does).
 
 Modules
 -------

@@ -2,13 +2,14 @@
 
 ``summarize [Name =] Aggregate(...)[, ...] [by [Name =] Expr[, ...]]`` with the aggregates
 ``count()``, ``countif(predicate)``, ``dcount(expr[, accuracy])``,
-``make_set(expr[, maxSize])`` and ``arg_max(expr, * | col[, ...])`` /
-``arg_min(expr, * | col[, ...])``:
+``make_set(expr[, maxSize])``, ``max(expr)``, ``min(expr)``, ``sum(expr)`` and
+``arg_max(expr, * | col[, ...])`` / ``arg_min(expr, * | col[, ...])``:
 
 * output columns are the ``by`` keys, then the aggregates, in the order written;
 * default names as Kusto gives them: ``count_``, ``countif_``, ``dcount_<column>``,
-  ``set_<column>``; a key that is not a column takes the name of the column it reads
-  (``tostring(properties.x)`` -> ``properties_x``), else ``Column1``, ``Column2``, ...;
+  ``set_<column>``, ``max_<column>``, ``min_<column>``, ``sum_<column>``; a key that is not
+  a column takes the name of the column it reads (``tostring(properties.x)`` ->
+  ``properties_x``), else ``Column1``, ``Column2``, ...;
 * ``arg_max``/``arg_min`` give several columns: the expression (a column keeps its name,
   anything else is ``max_<column>`` / ``min_<column>``, as ``max()`` names it), then the
   columns asked for — with ``*`` every input column but the ``by`` keys and the expression's,
@@ -20,6 +21,9 @@
 * without ``by`` the result is one row, also over no rows (``count_`` 0); with ``by`` each
   distinct key tuple is one row, in order of first appearance (Kusto does not promise an
   order either); null is a key value of its own;
+* ``max``/``min`` skip nulls (none: null) and compare numbers, then booleans, then text;
+  ``sum`` adds the numbers (``long`` for a ``long``/``int`` argument, else ``real``), 0 over
+  none, as Kusto's default for an empty input;
 * ``dcount`` and ``make_set`` ignore nulls, as Kusto does; ``dcount`` is exact here where
   Kusto's is an estimate (they agree on small sets).
 
@@ -39,13 +43,15 @@ from dataclasses import dataclass
 from cmk.sandbox.resourcegraph.kql.expression_parser import ExpressionParser
 from cmk.sandbox.resourcegraph.kql.expressions import Evaluator, Expr
 from cmk.sandbox.resourcegraph.kql.tokens import Token
-from cmk.sandbox.resourcegraph.kql.values import Row, sort_key
+from cmk.sandbox.resourcegraph.kql.values import Row, is_number, sort_key
 
 Stage = Callable[[list[Row]], list[Row]]
 # Folds the rows of one group into the aggregate's value.
 Fold = Callable[[list[Row]], object]
 
-AGGREGATES = ("count", "countif", "dcount", "make_set", "arg_max", "arg_min")
+AGGREGATES = (
+    "count", "countif", "dcount", "make_set", "arg_max", "arg_min", "max", "min", "sum",
+)  # fmt: skip
 #: Kusto's accuracy levels of ``dcount`` (0 fastest ... 4 most accurate).
 DCOUNT_ACCURACY = range(5)
 
@@ -97,6 +103,29 @@ def _make_set(get: Evaluator, limit: int) -> Fold:
                 continue
             seen.setdefault(group_key(value), value)
         return list(seen.values())
+
+    return fold
+
+
+def _extreme(get: Evaluator, largest: bool) -> Fold:
+    """``max``/``min``: the greatest (least) non-null value, null when there is none."""
+
+    def fold(rows: list[Row]) -> object:
+        values = [v for r in rows if (v := get(r)) is not None]
+        if not values:
+            return None
+        return (max if largest else min)(values, key=sort_key)
+
+    return fold
+
+
+def _sum(get: Evaluator, real: bool) -> Fold:
+    """``sum``: the numbers added, nulls and non-numbers skipped; 0 over none (Kusto's
+    default for ``sum`` over an empty input)."""
+
+    def fold(rows: list[Row]) -> object:
+        total = sum(v for r in rows if is_number(v := get(r)) and isinstance(v, int | float))
+        return float(total) if real else total
 
     return fold
 
@@ -261,6 +290,16 @@ class GroupingParser(ExpressionParser):
             self.expect(")")
             return Aggregate.single(explicit or "countif_", "long", _countif(argument.evaluate))
         suffix = argument.default_name or self._column_read(start) or ""
+        if token.text in ("max", "min", "sum"):
+            self.expect(")")
+            name = explicit or f"{token.text}_{suffix}"
+            if token.text == "sum":
+                real = argument.kind not in ("long", "int")
+                fold = _sum(argument.evaluate, real)
+                return Aggregate.single(name, "real" if real else "long", fold)
+            return Aggregate.single(
+                name, argument.kind, _extreme(argument.evaluate, token.text == "max")
+            )
         if token.text in ("arg_max", "arg_min"):
             if explicit is not None:
                 raise self.fail(token, unsupported=True)
