@@ -180,6 +180,9 @@ class RotationJob:
     urgent: bool = False
     from_version: str | None = None
     deferrals: int = 0  # times re-enqueued after a 429 (see cmk.entrypoints)
+    #: A VERIFY's write lease: the owner token of the run that submitted the update, which
+    #: handed its lease on, so no other job writes the account until the verify settles.
+    lease_owner: str | None = None
 
 
 class JobQueue(Protocol):
@@ -405,11 +408,17 @@ class AlertType(StrEnum):
 #: Alert types that report one failure of one account's move, whichever step saw it:
 #: they share one dedup group, so a failure alerts once, not once per code path.
 ACCOUNT_FAILURE_TYPES = frozenset({AlertType.ACCOUNT_UPDATE_FAILED, AlertType.IDENTITY_MISSING})
+#: Alert types that report one account bound to a broken (expired or disabled) version:
+#: the KeyExpired handler's and the sweep's, one alert per account and target between them.
+BROKEN_BINDING_TYPES = frozenset({AlertType.KEY_EXPIRED_BOUND, AlertType.BINDING_UNSAFE})
 
 
 def alert_group(kind: AlertType) -> str:
-    """The dedup cause group of an alert type (see :data:`ACCOUNT_FAILURE_TYPES`)."""
-    return "account_failure" if kind in ACCOUNT_FAILURE_TYPES else kind.value
+    """The dedup cause group of an alert type (see :data:`ACCOUNT_FAILURE_TYPES` and
+    :data:`BROKEN_BINDING_TYPES`)."""
+    if kind in ACCOUNT_FAILURE_TYPES:
+        return "account_failure"
+    return "broken_binding" if kind in BROKEN_BINDING_TYPES else kind.value
 
 
 class Severity(StrEnum):

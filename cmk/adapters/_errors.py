@@ -141,14 +141,19 @@ def retry_after(error: BaseException) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _describe(action: str, error: BaseException, code: str | None) -> str:
+def _describe(
+    action: str, error: BaseException, code: str | None, *, operation_failed: bool = False
+) -> str:
     message = getattr(error, "message", None) or str(error) or type(error).__name__
     first_line = str(message).strip().splitlines()[0] if str(message).strip() else ""
     status = status_code(error)
     parts = [action, "failed:"]
     if code:
         parts.append(f"{code}:")
-    if status is not None:
+    if operation_failed:
+        # The status is the poll's (200): the operation itself ended Failed.
+        parts.append("(the operation ended Failed)")
+    elif status is not None:
         parts.append(f"(HTTP {status})")
     parts.append(first_line)
     return " ".join(part for part in parts if part)
@@ -163,7 +168,7 @@ def translate(error: BaseException, action: str, *, operation_failed: bool = Fal
         return error
     code = error_code(error)
     status = status_code(error)
-    text = _describe(action, error, code)
+    text = _describe(action, error, code, operation_failed=operation_failed)
     if status == 401 and code is not None and code.lower() in _STALE_TOKEN_CODES:
         return ServiceUnavailable(f"{text} (the token is refreshed on the next attempt)")
     if code is not None and code.lower() in _ACCESS_CODES:

@@ -5,7 +5,8 @@ it is resolved: the ledger's alert rows (the outbox, :mod:`cmk.adapters.outbox`)
 memory, so an hourly sweep does not re-alert the same problem. A new alert
 
 0. is recorded first, as a pending outbox row carrying its CloudEvent (with a stable id);
-1. is written as one structured ERROR log record (message ``cmk alert ...``, with
+1. is written as one structured ERROR log record by the first run that takes its
+   delivery (message ``cmk alert ...``, with
    ``extra`` fields ``cmk_alert_type``, ``cmk_severity``, ``cmk_account_id``,
    ``cmk_key_id``, ``cmk_from_version``, ``cmk_to_version``, ``cmk_cause``) that an
    Azure Monitor alert rule fires on, whether or not a topic is configured; and
@@ -28,6 +29,7 @@ Event types (``type`` of the CloudEvent, one per :class:`~cmk.ports.AlertType`):
 - ``CmkRotator.vault_not_recoverable``   the vault lacks soft delete / purge protection
 - ``CmkRotator.version_rejected``        a new key version fails the policy
 - ``CmkRotator.event_failed``            a Key Vault event could not be handled (permanent)
+- ``CmkRotator.key_unreadable``          a sweep cannot read an allow-listed key
 
 3. is marked sent once the topic accepted it.
 
@@ -36,8 +38,9 @@ never raised into the job or event that found the problem. :meth:`flush_pending`
 sweep, and every publish that reached the topic) delivers what stayed pending — the
 topic was down, the process died — with the same CloudEvent id, so a consumer can drop
 the rare duplicate of an alert whose publish answer was lost. The ERROR line is written
-once, when the alert is recorded. Dedup never swallows an undelivered alert: a raise that
-meets a pending row delivers it.
+once, by the first delivery (the row remembers it: a run that recorded the alert and died,
+or lost the answer, leaves it to whichever run delivers it). Dedup never swallows an
+undelivered alert: a raise that meets a pending row delivers it.
 """
 
 from __future__ import annotations
@@ -149,8 +152,6 @@ class EventGridAlerts:
                 extra=self._extra(alert),
             )
             return False
-        if state is AlertState.NEW:
-            self._log(alert)
         return await self._deliver(alert.dedup_key, token)
 
     async def flush_pending(self) -> int:
@@ -167,6 +168,8 @@ class EventGridAlerts:
         row = await self._ledger.take_delivery(dedup_key, token, self._clock())
         if row is None:  # sent, resolved, or another worker is delivering it now
             return False
+        if not row.logged:
+            self._log(row)
         if self._publisher is not None:
             try:
                 await self._publisher.send([_event(row)])
@@ -220,26 +223,33 @@ class EventGridAlerts:
                 return set()
 
     def _extra(self, alert: Alert) -> dict[str, Any]:
-        return {
-            "cmk_alert_type": alert.type.value,
-            "cmk_severity": alert.severity.value,
-            "cmk_account_id": _account_id(alert),
-            "cmk_subject": alert.subject,
-            "cmk_key_id": None if alert.key_id is None else str(alert.key_id),
-            "cmk_from_version": alert.from_version,
-            "cmk_to_version": alert.to_version,
-            "cmk_cause": alert.cause,
-        }
+        return _log_fields(alert.subject, alert_data(alert))
 
-    def _log(self, alert: Alert) -> None:
+    def _log(self, row: AlertRow) -> None:
+        """The alert's one ERROR line (from its outbox row: whichever run delivers it)."""
+        data = row.data
         self._logger.error(
             # The type is also in the text: the Functions host forwards the message to
             # App Insights even where ``extra`` does not become customDimensions.
             "cmk alert cmk_alert_type=%s severity=%s subject=%s: %s. Remediation: %s",
-            alert.type.value,
-            alert.severity.value,
-            alert.subject,
-            alert.cause,
-            alert.remediation,
-            extra=self._extra(alert),
+            data.get("alertType"),
+            data.get("severity"),
+            row.subject,
+            data.get("cause"),
+            data.get("remediation"),
+            extra=_log_fields(row.subject, data),
         )
+
+
+def _log_fields(subject: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The ``cmk_*`` fields of an alert's log records, from its CloudEvent ``data``."""
+    return {
+        "cmk_alert_type": data.get("alertType"),
+        "cmk_severity": data.get("severity"),
+        "cmk_account_id": data.get("accountId"),
+        "cmk_subject": subject,
+        "cmk_key_id": data.get("keyId"),
+        "cmk_from_version": data.get("fromVersion"),
+        "cmk_to_version": data.get("toVersion"),
+        "cmk_cause": data.get("cause"),
+    }

@@ -9,7 +9,8 @@ trigger expects by default. Build the ``QueueClient`` with :func:`message_polici
 mistyped fields, an account id or key id that does not parse, an unversioned target)
 raises :class:`~cmk.errors.InvalidInput`. Unknown fields are ignored, so a newer
 producer does not poison an older worker; ``deferrals`` (how often the job was put back
-after throttling) may be absent, as in messages of older producers, and then is 0.
+after throttling) may be absent, as in messages of older producers, and then is 0;
+``lease_owner`` (a VERIFY's handed-on write lease) may be absent, and then is None.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def encode_job(job: RotationJob) -> str:
             "urgent": job.urgent,
             "from_version": job.from_version,
             "deferrals": job.deferrals,
+            "lease_owner": job.lease_owner,
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -111,6 +113,9 @@ def decode_job(text: str | bytes) -> RotationJob:
     deferrals = _field(body, "deferrals", int, optional=True) or 0
     if deferrals < 0:
         raise InvalidInput(f"rotation job: deferrals must be 0 or more, not {deferrals}")
+    lease_owner = _field(body, "lease_owner", str, optional=True)
+    if lease_owner is not None and not (0 < len(lease_owner) <= 256 and lease_owner.isprintable()):
+        raise InvalidInput("rotation job: lease_owner must be 1-256 printable characters")
     return RotationJob(
         account_id=AccountId.parse(_field(body, "account_id", str)),
         target=target,
@@ -119,6 +124,7 @@ def decode_job(text: str | bytes) -> RotationJob:
         urgent=bool(_field(body, "urgent", bool, optional=True)),
         from_version=from_version,
         deferrals=deferrals,
+        lease_owner=lease_owner,
     )
 
 

@@ -2,7 +2,10 @@
 
 Partition ``alert|`` + the subject (escaped), row ``{to_version or -}|{dedup group}``.
 A row goes ``pending`` (recorded, with everything needed to publish it) → ``sent``
-(the topic accepted it), and is deleted when its problem is resolved. While one worker
+(the topic accepted it), and is deleted when its problem is resolved. The first run that
+takes a pending row's delivery marks it ``Logged`` and writes the alert's ERROR log line,
+so the line is written once whichever run delivers it (the one that recorded it, or a
+later one after a lost response or a crash). While one worker
 delivers a pending row it marks it (``DeliveringBy`` / ``DeliveringSince``, an
 ETag-conditional write), so two runs never publish the same alert at once; a worker that
 died delivering is taken over after :data:`DELIVERY_LEASE`. Rows written before the
@@ -48,6 +51,8 @@ class AlertRow:
     event_type: str
     subject: str
     data: dict[str, Any]
+    #: Its ERROR log line was written (by the first run that took its delivery).
+    logged: bool = False
 
 
 def _partition(subject: str) -> str:
@@ -66,6 +71,7 @@ def _alert_row(entity: Mapping[str, Any]) -> AlertRow:
         event_type=str(entity.get("EventType") or ""),
         subject=str(entity["Subject"]),
         data=json.loads(str(entity.get("Payload") or "{}")),
+        logged=bool(entity.get("Logged")),
     )
 
 
@@ -110,8 +116,10 @@ class AlertRows(TableRows):
     async def take_delivery(
         self, dedup_key: DedupKey, owner: str, now: datetime
     ) -> AlertRow | None:
-        """Mark a pending alert as being delivered by ``owner``: the row to publish, or None
-        when it is sent, resolved, or being delivered by a live other worker."""
+        """Mark a pending alert as being delivered by ``owner`` (and as logged): the row to
+        publish, with ``logged`` as it was before (False: the caller writes its ERROR log
+        line), or None when it is sent, resolved, or being delivered by a live other worker.
+        """
         subject, to_version, group = dedup_key
         action = f"delivering alert {group} for {subject}"
         held = await self.get_row(_partition(subject), _row(to_version, group), action)
@@ -130,6 +138,7 @@ class AlertRows(TableRows):
             "RowKey": held["RowKey"],
             "DeliveringBy": owner,
             "DeliveringSince": now,
+            "Logged": True,
         }
         if not await self.replace_if(mark, held, action, merge=True):
             return None

@@ -9,7 +9,10 @@ same time, or again after a crash between the PATCH and the ledger write, ends t
 One writer per account: every step runs under the account's write lease (a ledger row,
 ETag-conditional, one owner token per run, an expiry), taken before the deciding read and
 released after the verify, and renewed right before the PATCH — a run whose lease was
-taken over (it stalled past the expiry) stops before writing. A job that finds the lease
+taken over (it stalled past the expiry) stops before writing. A run whose update is still
+running when it stops hands its lease on to the VERIFY job it queues (the job carries the
+owner token; the lease is renewed to outlast the verify's delay), so nothing else writes
+the account until the verify has settled what that update did. A job that finds the lease
 held raises :class:`~cmk.errors.AccountBusy` and is deferred like a 429. The PATCH itself
 is never retried blindly (see :mod:`cmk.adapters.accounts`): a 429, 5xx or timeout on it
 comes back here as a transient error, and the next delivery re-reads before any PATCH.
@@ -87,7 +90,9 @@ class _Step:
         bump = 1 if job.step is JobStep.ROTATE else 0
         self.attempts = (previous.attempts if previous else 0) + bump
         self.lease = account_lease_name(job.account_id)
-        self.token = f"{engine.owner}:{uuid.uuid4().hex[:12]}"
+        self.token = job.lease_owner or f"{engine.owner}:{uuid.uuid4().hex[:12]}"
+        #: The lease went on to the queued VERIFY job: this run must not release it.
+        self.lease_handed_on = False
         #: A PATCH went out and its fate is unknown (no answer yet, none coming, or the
         #: run cancelled meanwhile): the lease is kept until it expires.
         self.patch_unsettled = False
@@ -110,8 +115,14 @@ class _Step:
         move (a duplicated event): the holder may be dead, and this may be its own message
         redelivered — the only one left to do the work once the lease runs out."""
         engine = self.engine
+        now = engine.now()
+        if self.job.lease_owner and await engine.ledger.renew_lease(
+            self.lease, self.token, now, self.lease_ttl
+        ):
+            self.lease_expires = now + self.lease_ttl  # the lease the submitting run handed on
+            return
         grant = await engine.ledger.acquire_lease(
-            self.lease, self.token, engine.now(), self.lease_ttl, purpose=self.purpose
+            self.lease, self.token, now, self.lease_ttl, purpose=self.purpose
         )
         if grant.granted:
             self.lease_expires = grant.expires
@@ -125,12 +136,13 @@ class _Step:
             retry_after=min(max(wait, 1.0), backoff),
         )
 
-    async def keep_lease(self) -> None:
-        """Right before a write: renew the lease, or stop if it was taken over."""
+    async def keep_lease(self, ttl: timedelta | None = None) -> None:
+        """Right before a write: renew the lease (for ``ttl``, else the lease's own), or
+        stop if it was taken over."""
         engine = self.engine
-        now = engine.now()
-        if await engine.ledger.renew_lease(self.lease, self.token, now, self.lease_ttl):
-            self.lease_expires = now + self.lease_ttl
+        now, ttl = engine.now(), ttl or self.lease_ttl
+        if await engine.ledger.renew_lease(self.lease, self.token, now, ttl):
+            self.lease_expires = now + ttl
         else:
             raise AccountBusy(
                 f"lost the write lease of {self.job.account_id} before the update; deferred",
@@ -215,12 +227,16 @@ class _Step:
         )
 
     async def verify_later(self, record_submitted: bool) -> JobReport:
-        """The update is still running: record SUBMITTED and queue a VERIFY job."""
+        """The update is still running: record SUBMITTED and queue a VERIFY job that
+        continues this run's write lease (renewed to outlast the verify's delay): until the
+        verify settles, no other job's update can land and be taken for this one's."""
         if record_submitted:
             await self.record(LedgerState.SUBMITTED)
         if not self.engine.dry_run:
-            verify = replace(self.job, step=JobStep.VERIFY)
+            await self.keep_lease(self.engine.verify_delay + self.lease_ttl)
+            verify = replace(self.job, step=JobStep.VERIFY, lease_owner=self.token)
             await self.engine.jobs.enqueue(verify, delay=self.engine.verify_delay)
+            self.lease_handed_on = True
         log.info("update running; verify queued", extra=self.log_fields("submitted"))
         return self.report(JobResult.SUBMITTED)
 
@@ -369,7 +385,19 @@ async def _verify(step: _Step) -> JobReport:
         if engine.now() - submitted > engine.stuck_after:
             return await step.fail(f"update stuck: {record.provisioning_state} since {submitted}")
         return await step.verify_later(record_submitted=False)
-    return await step.fail(f"the update did not take effect: still on {bound}")
+    # Succeeded on an older version that is still valid to leave (the skip checks above):
+    # the update this job waited for never landed — its PATCH was refused, or never went
+    # out and a stale row made it look in flight. Nothing failed yet: under the lease,
+    # decide and PATCH again, until the move has been tried for longer than an update may
+    # take (then it needs a human).
+    since = step.previous.created if step.previous else engine.now()
+    if engine.now() - since > engine.stuck_after:
+        return await step.fail(
+            f"the update did not take effect: still on {bound}, moves to {step.version}"
+            f" tried since {since:%Y-%m-%d %H:%M} UTC"
+        )
+    step.attempts += 1
+    return await _rotate(step)
 
 
 async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
@@ -407,7 +435,9 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
                 await step.note_error(error)
             raise
     finally:
-        if step is not None and step.patch_unsettled:
+        if step is not None and step.lease_handed_on:
+            pass  # the queued VERIFY job holds it now (it releases it, or it expires)
+        elif step is not None and step.patch_unsettled:
             # The PATCH got no answer, or the run was cancelled while it was out: it may
             # still land, so nobody else may write until the lease runs out.
             expires = step.lease_expires or lease.lease_expires

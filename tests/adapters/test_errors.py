@@ -83,6 +83,9 @@ class TestTranslate:
         failure = translate(_http(200, "KeyDisabled"), "updating", operation_failed=True)
         assert isinstance(failure, UpdateFailed)
         assert "KeyDisabled" in str(failure)
+        # The 200 is the status poll's: the text says the operation failed, not "HTTP 200".
+        assert "HTTP 200" not in str(failure)
+        assert "the operation ended Failed" in str(failure)
 
     def test_operation_failed_for_access_is_access_denied(self) -> None:
         """A Failed LRO whose code is about access is AccessDenied."""

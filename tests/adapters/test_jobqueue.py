@@ -33,7 +33,13 @@ def _job(name: str = "acct", **changes: object) -> RotationJob:
 class TestJobCodec:
     def test_round_trip(self) -> None:
         """decode_job(encode_job(job)) gives the same job, every field included."""
-        job = _job(step=JobStep.VERIFY, urgent=True, from_version="b" * 32, deferrals=3)
+        job = _job(
+            step=JobStep.VERIFY,
+            urgent=True,
+            from_version="b" * 32,
+            deferrals=3,
+            lease_owner="host-1:0123456789ab",
+        )
         assert decode_job(encode_job(job)) == job
         assert json.loads(encode_job(job))["deferrals"] == 3
 
@@ -45,6 +51,7 @@ class TestJobCodec:
         job = decode_job(text)
         assert (job.step, job.urgent, job.from_version) == (JobStep.ROTATE, False, None)
         assert job.deferrals == 0
+        assert job.lease_owner is None  # a message of a producer that hands no lease on
 
     def test_ignores_unknown_fields(self) -> None:
         """Fields a newer producer adds are ignored."""
@@ -110,6 +117,17 @@ class TestJobCodec:
                     }
                 )
                 for deferrals in (-1, "2", 1.5, True)
+            ),
+            *(
+                json.dumps(
+                    {
+                        "account_id": str(AccountId(SUB, RG, "a1")),
+                        "target": str(TARGET),
+                        "trigger": "t",
+                        "lease_owner": owner,
+                    }
+                )
+                for owner in ("", 7, "x" * 257, "a\nb")
             ),
             b"\xff\xfe",
             "x" * 100_000,

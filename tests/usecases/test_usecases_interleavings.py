@@ -21,6 +21,8 @@ the sandbox clock) they check:
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import random
 import threading
 from dataclasses import dataclass, field, replace
@@ -33,6 +35,7 @@ from interleave import ANY_CALL_FAULTS, UPDATE, Fault, Killed, Network, Plan, Sc
 from usecase_rig import Rig
 
 from cmk.adapters.accounts import CognitiveAccounts
+from cmk.adapters.jobqueue import decode_job
 from cmk.errors import (
     AccountBusy,
     ServiceUnavailable,
@@ -43,6 +46,7 @@ from cmk.errors import (
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
+from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.sandbox.platform.faults import FaultRule
 from cmk.sandbox.world import AccountState, KeyVersionState
 from cmk.usecases import JobReport, on_poison, rotate_account
@@ -218,7 +222,10 @@ class TestPermanentFailures:
     per target version) is alerted exactly once — never twice, never by another step."""
 
     @pytest.mark.parametrize("fault", [None, *ANY_CALL_FAULTS])
-    async def test_each_failed_move_alerts_once(self, rig: Rig, fault: Fault | None) -> None:
+    async def test_each_failed_move_alerts_once(
+        self, rig: Rig, fault: Fault | None, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.ERROR, logger="cmk.alerts")
         world = _World(rig)
         for k in range(12):
             account = rig.estate.account(f"denied{k}", rig.estate.kv, world.v1, grant=False)
@@ -235,6 +242,14 @@ class TestPermanentFailures:
             mine = [a for a in rig.alerts() if a["subject"].lower() == account.resource_id.lower()]
             assert {a["data"]["toVersion"] for a in mine} == failed, trace
             assert len(mine) == len(failed) >= 1, trace
+            # ... and each has its one ERROR line (the Azure Monitor rules' channel).
+            lines = [
+                r
+                for r in caplog.records
+                if r.getMessage().startswith("cmk alert ")
+                and getattr(r, "cmk_subject", "").lower() == account.resource_id.lower()
+            ]
+            assert len(lines) == len(mine), trace
 
 
 class TestThreeJobsSeeded:
@@ -592,3 +607,72 @@ class TestUpdateFaults:
             assert [v for _, v in account.binding_history] == versions, trace
         else:  # answered: it never reached the resource provider
             assert landed == [] and [v for _, v in account.binding_history] == versions[::2]
+
+
+async def _take_verify(rig: Rig, account: AccountState) -> RotationJob:
+    """Empty the queue; the VERIFY job queued for ``account`` (as the worker sent it)."""
+    client = rig.services.jobs.client
+    found: list[RotationJob] = []
+    async for message in client.receive_messages(max_messages=32, visibility_timeout=60):
+        job = decode_job(message.content)
+        await client.delete_message(message)
+        if job.step is JobStep.VERIFY and str(job.account_id) == str(account.resource_id):
+            found.append(job)
+    [verify] = found
+    return verify
+
+
+async def _submitted(world: _World, target: int) -> tuple[AccountState, RotationJob]:
+    """A fresh account whose job A (to ``target``) PATCHed and stopped waiting before
+    the update ended: A recorded SUBMITTED and queued its VERIFY, which carries A's write
+    lease. The update then lands; the account answers at once from here on."""
+    rig = world.rig
+    account = world.rig.estate.account(
+        f"slow{world.count}", rig.estate.kv, world.v1, lro_seconds=math.inf
+    )
+    world.count += 1
+    fast = replace(
+        rig.engine, settings=replace(rig.engine.settings, update_timeout=timedelta(seconds=0.1))
+    )
+    job = world.jobs(account, target)["A"]
+    assert (await rotate_account(fast, job)).result is JobResult.SUBMITTED
+    verify = await _take_verify(rig, account)
+    assert verify.lease_owner is not None
+    rp_for(rig.world).finish_now(account.resource_id)
+    account.lro_seconds = 0.0
+    return account, verify
+
+
+class TestVerifyHoldsTheLease:
+    """A's update outlasted its wait: A recorded SUBMITTED and handed its write lease to
+    its VERIFY job. Until that verify has settled what A's update did, no other job may
+    write the account — else B's update could land first and A's verify would take B's
+    outcome (a Failed update, another version) for its own."""
+
+    @pytest.mark.parametrize("fault", [None, *ANY_CALL_FAULTS])
+    async def test_b_at_every_point_of_a_verify(self, rig: Rig, fault: Fault | None) -> None:
+        """B (v3) runs at each point of A's VERIFY (v2), with a fault at that very point:
+        B is deferred until A's verify released the lease (or, A dead, until it expired);
+        A's move is recorded as it happened, the account ends on v3, nothing alerted."""
+        world = _World(rig)
+        _, verify = await _submitted(world, 1)
+        alone = await settle(rig, {"A": verify}, Plan(order=[("A", None)]))
+        calls = sum(1 for step in alone.trace if step.startswith("A:"))
+        assert calls >= 4  # lease, ledger, account read, ledger write, release
+        for k in range(calls):
+            account, verify = await _submitted(world, 1)
+            jobs = {"A": verify, "B": world.jobs(account, 1, 2)["B"]}
+            faulted = None if fault is None else ("A", k, fault)
+            plan = Plan(order=[("A", k + 1), ("B", None), ("A", None)], fault=faulted)
+            outcome = await settle(rig, jobs, plan)
+            await check(rig, account, world.versions[2].version, outcome)
+            trace = " ".join(outcome.trace)
+            first = {name: error for round_, name, error in outcome.raised if round_ == 1}
+            # B only runs once A's verify gave the lease back: A's last call (the release)
+            # was made before B's turn, and it was applied.
+            released = k == calls - 1 and fault in (None, Fault.LOST)
+            assert isinstance(first.get("B"), AccountBusy) is not released, f"{first}: {trace}"
+            states = {e.to_version: e.state for e in await rig.ledger(account)}
+            assert states[world.versions[1].version] is LedgerState.SUCCEEDED, trace
+            versions = [v.version for v in world.versions]
+            assert [v for _, v in account.binding_history] == versions, trace

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from usecase_rig import SUB_B, Rig, verify_job
 
-from cmk.errors import TransientError
+from cmk.errors import AccountBusy, TransientError
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
@@ -204,22 +204,27 @@ class TestRotateAccount:
         assert rig.estate.sandbox.counters.matching(method="PATCH") == []
         assert rig.alerts("account_update_failed") == []
 
-    async def test_duplicate_job_during_own_update_verifies_later(self, rig: Rig) -> None:
-        """A second job for a target whose update is still running queues a VERIFY job
-        instead of failing the delivery; the update then verifies."""
+    async def test_duplicate_job_during_own_update_waits_for_its_verify(self, rig: Rig) -> None:
+        """The run whose update is still running hands its write lease on to its VERIFY
+        job: a second job for the same target is deferred (AccountBusy, not a failed
+        delivery) until that verify settles, then finds the account on the target."""
         account, _, new = _pair(rig, lro_seconds=math.inf)  # runs until _finish ends it
         engine = rig.engine
         fast = replace(engine, settings=_timeout(engine.settings, 0.1))
         job = _job(account, rig.estate.kv, new)
         assert (await rotate_account(fast, job)).result is JobResult.SUBMITTED
+        [verify] = await rig.queued()
+        assert verify.step is JobStep.VERIFY and verify.lease_owner is not None
 
-        duplicate = await rotate_account(fast, job)
+        with pytest.raises(AccountBusy):
+            await rotate_account(fast, job)
 
-        assert duplicate.result is JobResult.SUBMITTED
-        assert [j.step for j in await rig.queued()] == [JobStep.VERIFY, JobStep.VERIFY]
         await _finish(rig, account)
         assert {r.result for r in await rig.drain()} == {JobResult.SUCCEEDED}
+        duplicate = await rotate_account(fast, job)
+        assert (duplicate.result, duplicate.cause) == (JobResult.SUCCEEDED, "already on target")
         assert account.encryption.key_version == new.version
+        assert len(rig.estate.sandbox.counters.matching(method="PATCH")) == 1  # one update
         await rig.check_ledger()
 
     async def test_failed_update_on_a_now_rejected_target_is_not_retried(self, rig: Rig) -> None:
