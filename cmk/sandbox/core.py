@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from cmk.sandbox.eventgrid.service import EVENTGRID_HOSTS, EventGrid
+from cmk.sandbox.identity.graph import GRAPH_HOSTS
 from cmk.sandbox.identity.service import (
     HostIdentity,
     IdentityHosts,
@@ -61,6 +62,7 @@ LOGIN_HOSTS = ("login.microsoftonline.com", "login.chinacloudapi.cn", "login.mic
 SERVICE_MODULES = (
     ("keyvault", "cmk.sandbox.keyvault.service", KEYVAULT_HOSTS),
     ("arm", "cmk.sandbox.arm.service", ARM_HOSTS),
+    ("graph", "cmk.sandbox.identity.graph", GRAPH_HOSTS),
 )
 DEFAULT_HOST = "app"
 START_TIMEOUT_SECONDS = 30.0

@@ -67,6 +67,8 @@ class RoleAssignment:
     scope: str
     role: str
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: When it was made (the world's clock); ARM's ``createdOn`` and ``updatedOn``.
+    created: datetime | None = None
 
 
 # Actions (control and data plane) each built-in role grants. '*' matches a suffix.
@@ -425,7 +427,7 @@ class World:
         if role not in ROLE_ACTIONS and role not in self.custom_roles:
             known = sorted({*ROLE_ACTIONS, *self.custom_roles})
             raise ValueError(f"unknown role {role!r}; known: {known}")
-        assignment = RoleAssignment(principal_id, scope, role)
+        assignment = RoleAssignment(principal_id, scope, role, created=self.clock.now())
         self.role_assignments.append(assignment)
         return assignment
 

@@ -168,9 +168,8 @@ class TestProvidersAndLocations:
         assert by_name["westeurope"]["regionalDisplayName"] == "(Europe) West Europe"
 
     def test_role_assignment_list_without_graph(self, az: Cli):
-        """az role assignment list with principal and role-name filling off (the defaults
-        need Microsoft Graph and the role-definition list, not emulated: docs/sandbox.md,
-        Limits): the identity's assignments on the subscription."""
+        """az role assignment list with principal and role-name filling off: the identity's
+        assignments on the subscription, with no Graph or role-definition call."""
         subscription = az.json("account", "show", "--subscription", "ai-prod")["id"]
         assignments = az.json(
             "role", "assignment", "list", "--scope", f"/subscriptions/{subscription}",
@@ -178,6 +177,29 @@ class TestProvidersAndLocations:
         )  # fmt: skip
         assert assignments
         assert {a["scope"] for a in assignments} == {f"/subscriptions/{subscription}"}
+
+    def test_role_assignment_list_by_assignee_with_names(self, az: Cli):
+        """az role assignment list --assignee <guid> --scope <vault> with the default fills:
+        Graph answers 403 (no Graph permission), the CLI takes the GUID as an object id,
+        and the role names come from the role-definition list."""
+        vault = az.json("keyvault", "show", "-n", VAULT, "--subscription", "platform")["id"]
+        listed = az.json(
+            "role", "assignment", "list", "--scope", vault,
+            "--fill-principal-name", "false", "--fill-role-definition-name", "false",
+        )  # fmt: skip
+        principal = listed[0]["principalId"]
+        result = az.run("role", "assignment", "list", "--assignee", principal, "--scope", vault)
+        assert result.returncode == 0, result.stderr
+        assert "Assuming " + principal + " as an object ID" in result.stderr
+        assignments = json.loads(result.stdout)
+        assert assignments and {a["principalId"] for a in assignments} == {principal}
+        assert all(a["roleDefinitionName"] for a in assignments)
+
+    def test_role_definition_list_by_name(self, az: Cli):
+        """az role definition list --name: the built-in role with its real GUID."""
+        roles = az.json("role", "definition", "list", "--name", "Key Vault Crypto User")
+        assert [r["name"] for r in roles] == ["12338af0-0e69-4776-bea7-57ae8d297424"]
+        assert roles[0]["roleType"] == "BuiltInRole"
 
 
 class TestKeyVault:

@@ -9,9 +9,19 @@ assignments and role definitions, from :attr:`World.role_assignments` and
   that principal's assignments at, above or below it; both (``and``): that principal's at or
   above; none: everything at, above or below. Pages of :data:`PAGE_SIZE` with a ``nextLink``
   (``$skipToken``). Needs ``Microsoft.Authorization/roleAssignments/read`` on the scope.
+  ``createdOn``/``updatedOn`` are when the assignment was made (the world's clock), never
+  the time of the read.
 * ``GET /subscriptions/{s}/providers/Microsoft.Authorization/roleDefinitions/{guid}`` — the
   built-in role with ``permissions[].actions`` / ``dataActions``; 404
   ``RoleDefinitionDoesNotExist``.
+* ``GET {scope}/providers/Microsoft.Authorization/roleDefinitions`` (``RoleDefinitions_List``;
+  ``az role definition list``, and ``az role assignment list`` to fill role names) — every
+  role the sandbox knows (built-in, then the world's custom roles), each with ARM's
+  ``/subscriptions/{s}/...`` id, ``$filter`` ``roleName eq '...'`` (any case) and/or ``type eq
+  'BuiltInRole'|'CustomRole'`` joined by ``and``; ``atScopeAndBelow()`` changes nothing (every
+  role is assignable at ``/``); any other filter is 400 ``InvalidFilter`` (ARM's answer to
+  one is undocumented). One page. Only the roles the sandbox emulates are listed, not
+  Azure's hundreds of built-in roles.
 
 Each built-in role carries its real role definition GUID and splits its permissions into
 control-plane ``actions`` and data-plane ``dataActions`` as Azure does (Owner, Contributor and
@@ -39,6 +49,13 @@ _PROVIDER = r"/providers/Microsoft\.Authorization"
 ASSIGNMENTS = re.compile(
     rf"^(?P<scope>/subscriptions/(?P<sub>[^/]+)(?:/.+?)?){_PROVIDER}/roleAssignments/?$",
     re.IGNORECASE,
+)
+DEFINITIONS = re.compile(
+    rf"^(?P<scope>/subscriptions/(?P<sub>[^/]+)(?:/.+?)?){_PROVIDER}/roleDefinitions/?$",
+    re.IGNORECASE,
+)
+_ROLE_FILTER = re.compile(
+    r"^\s*(?P<field>roleName|type)\s+eq\s+'(?P<value>(?:[^']|'')*)'\s*$", re.IGNORECASE
 )
 DEFINITION = re.compile(
     rf"^/subscriptions/(?P<sub>[^/]+){_PROVIDER}/roleDefinitions/(?P<guid>[^/]+)/?$",
@@ -123,11 +140,15 @@ class AuthorizationArm:
         self.reply = reply
 
     def routes(self) -> list[tuple[re.Pattern[str], Handler]]:
-        return [(DEFINITION, self.definition), (ASSIGNMENTS, self.assignments)]
+        return [
+            (DEFINITION, self.definition),
+            (DEFINITIONS, self.definitions),
+            (ASSIGNMENTS, self.assignments),
+        ]
 
     def assignment_json(self, assignment: RoleAssignment) -> dict[str, Any]:
         sub = assignment.scope.split("/")[2] if assignment.scope.count("/") >= 2 else ""
-        now = iso(self.world.clock.now())
+        created = iso(assignment.created) if assignment.created else None
         return {
             "id": f"{assignment.scope}/providers/Microsoft.Authorization/roleAssignments/"
             f"{assignment.id}",
@@ -141,8 +162,8 @@ class AuthorizationArm:
                 "scope": assignment.scope,
                 "condition": None,
                 "conditionVersion": None,
-                "createdOn": now,
-                "updatedOn": now,
+                "createdOn": created,
+                "updatedOn": created,
                 "createdBy": None,
                 "updatedBy": None,
                 "delegatedManagedIdentityResourceId": None,
@@ -193,32 +214,69 @@ class AuthorizationArm:
     ) -> web.Response:
         require_get(request)
         guid = groups["guid"].lower()
-        roles = [*ROLE_ACTIONS, *self.world.custom_roles]
-        role = next((r for r in roles if role_guid(r) == guid), None)
-        built_in = role in ROLE_ACTIONS
+        role = next((r for r in self._roles() if role_guid(r) == guid), None)
         if role is None:
             raise ArmError(
                 404,
                 "RoleDefinitionDoesNotExist",
                 f"The specified role definition with ID '{groups['guid']}' does not exist.",
             )
-        return self.reply(
-            200,
-            {
-                "id": f"/subscriptions/{groups['sub']}/providers/Microsoft.Authorization/"
-                f"roleDefinitions/{guid}",
-                "name": guid,
-                "type": "Microsoft.Authorization/roleDefinitions",
-                "properties": {
-                    "roleName": role,
-                    "type": "BuiltInRole" if built_in else "CustomRole",
-                    "description": f"{role} (sandbox {'built-in' if built_in else 'custom'} role)",
-                    "assignableScopes": ["/"],
-                    "permissions": [role_permissions(role, self.world.role_actions(role))],
-                    "createdOn": None,
-                    "updatedOn": None,
-                    "createdBy": None,
-                    "updatedBy": None,
-                },
+        return self.reply(200, self.definition_json(role, groups["sub"]))
+
+    def definitions(
+        self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
+    ) -> web.Response:
+        """``RoleDefinitions_List`` at a scope, filtered by ``roleName`` and ``type``."""
+        require_get(request)
+        wanted = _role_filter(request.query.get("$filter", ""))
+        bodies = [self.definition_json(role, groups["sub"]) for role in self._roles()]
+        found = [
+            body
+            for body in bodies
+            if all(body["properties"][field].lower() == value for field, value in wanted.items())
+        ]
+        return self.reply(200, {"value": found})
+
+    def _roles(self) -> list[str]:
+        return [*ROLE_ACTIONS, *self.world.custom_roles]
+
+    def definition_json(self, role: str, subscription_id: str) -> dict[str, Any]:
+        """A ``RoleDefinition`` as ARM answers it (``RoleDefinitions_Get`` / ``_List``)."""
+        guid = role_guid(role)
+        built_in = role in ROLE_ACTIONS
+        return {
+            "id": f"/subscriptions/{subscription_id}/providers/Microsoft.Authorization/"
+            f"roleDefinitions/{guid}",
+            "name": guid,
+            "type": "Microsoft.Authorization/roleDefinitions",
+            "properties": {
+                "roleName": role,
+                "type": "BuiltInRole" if built_in else "CustomRole",
+                "description": f"{role} (sandbox {'built-in' if built_in else 'custom'} role)",
+                "assignableScopes": ["/"],
+                "permissions": [role_permissions(role, self.world.role_actions(role))],
+                "createdOn": None,
+                "updatedOn": None,
+                "createdBy": None,
+                "updatedBy": None,
             },
-        )
+        }
+
+
+def _role_filter(text: str) -> dict[str, str]:
+    """``roleName eq 'x' and type eq 'BuiltInRole'`` -> {'roleName': 'x', 'type': ...}
+    (values lower-cased); ``atScopeAndBelow()`` is dropped; anything else is 400."""
+    wanted: dict[str, str] = {}
+    if not text.strip():
+        return wanted
+    for clause in re.split(r"\s+and\s+", text.strip(), flags=re.IGNORECASE):
+        if clause.strip().lower() == "atscopeandbelow()":
+            continue
+        match = _ROLE_FILTER.match(clause)
+        if match is None:
+            raise ArmError(
+                400, "InvalidFilter", f"The filter '{text}' is not supported for this scope."
+            )
+        field = "roleName" if match["field"].lower() == "rolename" else "type"
+        wanted[field] = match["value"].replace("''", "'").lower()
+    return wanted

@@ -38,6 +38,9 @@ EMULATED_HOSTS: tuple[str, ...] = (
     "login.microsoftonline.com",
     "login.chinacloudapi.cn",
     "login.microsoftonline.us",
+    "graph.microsoft.com",
+    "microsoftgraph.chinacloudapi.cn",
+    "graph.microsoft.us",
 )
 
 # Event Grid topic hosts have two labels below the suffix ({topic}.{region}-1.eventgrid...),
