@@ -8,7 +8,7 @@ the caller's to record and alert). Use cases depend only on these protocols.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -463,9 +463,13 @@ class AlertSink(Protocol):
         subject: str,
         to_version: str | None = None,
         groups: Collection[str] | None = None,
+        *,
+        still_open: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> int:
         """Close the open alerts of a subject (after a success); only those of ``groups``
-        (:attr:`Alert.dedup_key`'s cause group) when given; returns how many."""
+        (:attr:`Alert.dedup_key`'s cause group) when given, and not those that
+        ``still_open(to_version, group)`` says the success did not settle; returns how
+        many."""
         ...
 
     async def open_subjects(self) -> set[str]:

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -192,10 +192,13 @@ class EventGridAlerts:
         subject: str,
         to_version: str | None = None,
         groups: Collection[str] | None = None,
+        *,
+        still_open: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> int:
         """Close the open alerts of a subject (after a success); only those of ``groups``
-        when given; returns how many."""
-        closed = await self._ledger.close_alerts(subject, to_version, groups)
+        when given, and not those ``still_open(to_version, group)`` keeps; returns how
+        many."""
+        closed = await self._ledger.close_alerts(subject, to_version, groups, still_open)
         if closed:
             self._logger.info(
                 "resolved %d alert(s) for %s",

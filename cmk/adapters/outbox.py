@@ -15,7 +15,7 @@ outbox existed have no ``State`` and count as sent.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -201,12 +201,13 @@ class AlertRows(TableRows):
         subject: str,
         to_version: str | None = None,
         groups: Collection[str] | None = None,
+        still_open: Callable[[str, str], Awaitable[bool]] | None = None,
     ) -> int:
         """Close the recorded alerts of ``subject`` (only those for ``to_version``, and of
-        the cause ``groups``, when given), never one still pending delivery: a failure
-        that was recorded must reach the topic even when the account was repaired since
-        (it is closed by a later resolve, once sent). Returns how many were closed (none
-        if there is no table)."""
+        the cause ``groups``, when given; not those ``still_open(to_version, group)``
+        keeps), never one still pending delivery: a failure that was recorded must reach
+        the topic even when the account was repaired since (it is closed by a later
+        resolve, once sent). Returns how many were closed (none if there is no table)."""
         clauses = ["PartitionKey eq @partition"]
         parameters: dict[str, Any] = {"partition": _partition(subject)}
         if to_version is not None:
@@ -215,7 +216,7 @@ class AlertRows(TableRows):
         pages = self.client.query_entities(
             " and ".join(clauses),
             parameters=parameters,
-            select=["PartitionKey", "RowKey", "State"],
+            select=["PartitionKey", "RowKey", "State", "ToVersion"],
         )
         with azure_errors(f"listing the open alerts of {subject}"):
             try:
@@ -226,6 +227,14 @@ class AlertRows(TableRows):
         if groups is not None:
             wanted = {table_key(group) for group in groups}
             found = [entity for entity in found if entity["RowKey"].rsplit("|", 1)[-1] in wanted]
+        if still_open is not None:
+            found = [
+                entity
+                for entity in found
+                if not await still_open(
+                    str(entity.get("ToVersion") or ""), entity["RowKey"].rsplit("|", 1)[-1]
+                )
+            ]
         rows = [(entity["PartitionKey"], entity["RowKey"]) for entity in found]
         for partition, row in rows:
             await self.delete_row(partition, row)

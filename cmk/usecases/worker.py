@@ -47,11 +47,13 @@ from cmk.policy import KeyVersion, evaluate
 from cmk.ports import (
     AccountRecord,
     Alert,
+    AlertType,
     JobStep,
     LedgerEntry,
     LedgerState,
     RotationJob,
     UpdateOutcome,
+    alert_group,
 )
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
@@ -199,9 +201,25 @@ class _Step:
     ) -> JobReport:
         await self.record(state, cause)
         if state is LedgerState.SUCCEEDED and not self.engine.dry_run:
-            await self.engine.alerts.resolve(str(self.job.account_id))
+            await self.engine.alerts.resolve(str(self.job.account_id), still_open=self.beyond)
         log.info("%s: %s", result.value, cause or self.version, extra=self.log_fields(result.value))
         return self.report(result, cause)
+
+    async def beyond(self, version: str, group: str) -> bool:
+        """Whether an open alert is a failed move past the one that just succeeded (a newer
+        version's failure stays open: the account is not there yet). Read only for such
+        alerts, from the key cache; unreadable, it is closed."""
+        if group != alert_group(AlertType.ACCOUNT_UPDATE_FAILED):
+            return False
+        if not version or version.lower() == self.version.lower():
+            return False
+        keys = self.engine.keys
+        try:
+            other = await keys.get_version(self.job.target.with_version(version))
+            reached = await keys.get_version(self.job.target)
+        except CmkError:
+            return False
+        return version_order(other, None) > version_order(reached, None)
 
     async def fail(self, cause: str, *, identity: bool = False) -> JobReport:
         """Alert, then record FAILED. No later run raises this alert again (a sweep defers

@@ -197,6 +197,38 @@ class TestOneAlertPerProblem:
         assert len(_mine(rig, account)) == 1
         rig.check_invariants()
 
+    async def test_an_older_success_leaves_a_newer_failure_open(self, rig: Rig) -> None:
+        """The move to v3 fails for good (alerted once); a late job then moves the account
+        to v2. That success settles v2, not v3: v3's alert stays open, so the sweep's
+        retry of v3, failing the same way, does not alert it a second time."""
+        v1, v2, v3 = _three(rig)
+        account = rig.estate.account("acct-o", rig.estate.kv, v1.version)
+        faults = rig.estate.sandbox.faults
+
+        async def refused(version: KeyVersionState) -> JobResult:
+            """The job to ``version``, its PATCH refused by the resource provider."""
+            rule = faults.add(
+                host="management.azure.com",
+                path=f"/accounts/{account.name}$",
+                method="PATCH",
+                status=400,
+                body={"error": {"code": "InvalidKeyVersion", "message": "refused (injected)"}},
+                count=1,
+            )
+            try:
+                return (await rotate_account(rig.engine, _job(rig, account, version))).result
+            finally:
+                faults.remove(rule)
+                assert rule.hits == 1
+
+        assert await refused(v3) is JobResult.FAILED
+        assert (await rotate_account(rig.engine, _job(rig, account, v2))).result is (
+            JobResult.SUCCEEDED
+        )
+        assert await refused(v3) is JobResult.FAILED
+        assert [a["data"]["toVersion"] for a in _mine(rig, account)] == [v3.version]  # type: ignore[index]
+        rig.check_invariants()
+
     async def test_error_line_written_once_when_the_recording_answer_was_lost(
         self, rig: Rig, caplog: pytest.LogCaptureFixture
     ) -> None:
