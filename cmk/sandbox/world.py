@@ -230,6 +230,10 @@ class VaultState:
     purge_protection: bool = True
     retention_days: int = 90
     enable_rbac_authorization: bool = True
+    #: A vault's SKU name, ``standard`` or ``premium`` (HSM-protected keys need premium); a
+    #: Managed HSM's is always ``Standard_B1``. ARM and Resource Graph both read it
+    #: (:func:`cmk.sandbox.arm.keyvault.vault_sku`).
+    sku: str = "premium"
     # legacy access policies: object id -> key permissions
     access_policies: dict[str, set[str]] = field(default_factory=dict)
     network_default_action: str = "Allow"  # or "Deny"

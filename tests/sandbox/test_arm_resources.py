@@ -433,6 +433,41 @@ class TestOneInventory:
         assert "microsoft.managedidentity/userassignedidentities" in graph
         assert "microsoft.eventgrid/topics" in graph
 
+    def graph(self, seeded: Seeded, query: str) -> list[dict[str, Any]]:
+        response = requests.post(
+            f"{ARM}/providers/Microsoft.ResourceGraph/resources",
+            params={"api-version": "2021-03-01"},
+            json={"subscriptions": [SUB_A], "query": query},
+            headers={"Authorization": f"Bearer {seeded.token}"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        rows: list[dict[str, Any]] = response.json()["data"]
+        return rows
+
+    @pytest.mark.parametrize("sku", ["standard", "premium"])
+    def test_vault_sku_is_the_same_in_arm_and_resource_graph(self, seeded: Seeded, sku: str):
+        """A vault's properties.sku comes from the world: az keyvault show and Resource
+        Graph say the same; a Managed HSM's top-level sku too."""
+        world = seeded.sandbox.world
+        with world.lock:
+            world.vaults["kv-a.vault.azure.net"].sku = sku
+            hsm = VaultState(
+                "hsm-a", VaultKind.MANAGED_HSM, SUB_A, "rg-keys", "westeurope", world.tenant_id,
+                dns_suffix="managedhsm.azure.net",
+            )  # fmt: skip
+            world.vaults[hsm.host] = hsm
+        base = f"/subscriptions/{SUB_A}/resourceGroups/rg-keys/providers/Microsoft.KeyVault"
+        vault = seeded.ok(f"{base}/vaults/kv-a", {"api-version": "2023-07-01"})
+        hsm_arm = seeded.ok(f"{base}/managedHSMs/hsm-a", {"api-version": "2023-07-01"})
+        rows = {
+            row["name"]: row
+            for row in self.graph(seeded, "Resources | where type startswith 'microsoft.keyvault'")
+        }
+        assert vault["properties"]["sku"] == {"family": "A", "name": sku}
+        assert rows["kv-a"]["properties"]["sku"] == vault["properties"]["sku"]
+        assert rows["hsm-a"]["sku"] == hsm_arm["sku"] == {"family": "B", "name": "Standard_B1"}
+
 
 class TestResourceManagementSdk:
     def test_sdk_lists_subscriptions_groups_and_resources(self, seeded: Seeded):

@@ -280,3 +280,13 @@ class TestResourceGraph:
         rows = {row["cmk"]: row for row in body["data"]}
         assert sum(row["accounts"] for row in rows.values()) == 60
         assert all(row["longest"] >= 1 and row["total"] >= row["accounts"] for row in rows.values())
+
+    def test_vault_sku_agrees_with_keyvault_show(self, az: Cli):
+        """Resource Graph's properties.sku of a vault is what az keyvault show says."""
+        shown = az.json("keyvault", "show", "-n", VAULT, "--subscription", "platform")
+        query = f"Resources | where name == '{VAULT}' | project sku = tostring(properties.sku.name)"
+        body = az.json(
+            "rest", "--method", "post", "--url", f"{GRAPH}?api-version=2021-03-01",
+            "--body", json.dumps({"query": query}),
+        )  # fmt: skip
+        assert [row["sku"] for row in body["data"]] == [shown["properties"]["sku"]["name"]]

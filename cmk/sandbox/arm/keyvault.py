@@ -79,6 +79,15 @@ def _common(vault: VaultState) -> dict[str, Any]:
     return props
 
 
+def vault_sku(vault: VaultState) -> dict[str, str]:
+    """The ``sku`` of a vault (``properties.sku``: family ``A``, ``standard``/``premium``) or
+    of a Managed HSM (top-level ``sku``: family ``B``, ``Standard_B1``), from the world: ARM
+    and Resource Graph answer the same one."""
+    if vault.kind is VaultKind.MANAGED_HSM:
+        return {"family": "B", "name": "Standard_B1"}
+    return {"family": "A", "name": vault.sku}
+
+
 def vault_json(vault: VaultState) -> dict[str, Any]:
     """A vault or Managed HSM as ARM returns it."""
     props = _common(vault)
@@ -104,12 +113,12 @@ def vault_json(vault: VaultState) -> dict[str, Any]:
         return {
             **body,
             "type": "Microsoft.KeyVault/managedHSMs",
-            "sku": {"family": "B", "name": "Standard_B1"},
+            "sku": vault_sku(vault),
             "properties": props,
         }
     props.update(
         {
-            "sku": {"family": "A", "name": "premium"},
+            "sku": vault_sku(vault),
             "vaultUri": f"{vault.url}/",
             "enabledForDeployment": False,
             "enabledForDiskEncryption": False,

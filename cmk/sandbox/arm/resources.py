@@ -54,7 +54,7 @@ from aiohttp import web
 
 from cmk.sandbox.arm.cognitive.accounts import ArmError, identity_json
 from cmk.sandbox.arm.filters import Filter, group_filter, resource_filter
-from cmk.sandbox.arm.keyvault import require_get
+from cmk.sandbox.arm.keyvault import require_get, vault_sku
 from cmk.sandbox.arm.providers import Providers
 from cmk.sandbox.eventgrid.service import EventGrid, Topic
 from cmk.sandbox.platform.context import TokenClaims
@@ -200,7 +200,9 @@ def resources(world: World) -> Iterator[Resource]:
             vault.location,
             vault.subscription_id,
             vault.resource_group,
-            (("tags", {}),),
+            # A Managed HSM's sku is top-level (a vault's is inside its properties).
+            ((("sku", vault_sku(vault)),) if vault.kind is VaultKind.MANAGED_HSM else ())
+            + (("tags", {}),),
         )
     for account in world.accounts.values():
         identity = identity_json(account) if account.identity.type != "None" else None

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cmk.sandbox.arm.cognitive.accounts import identity_json, properties_json, rp_for
+from cmk.sandbox.arm.keyvault import vault_sku
 from cmk.sandbox.arm.resources import Resource, other_resources
 from cmk.sandbox.resourcegraph.kql import language as kql
 from cmk.sandbox.world import AccountState, VaultKind, VaultState, World
@@ -165,7 +166,7 @@ def vault_row(vault: VaultState) -> kql.Row:
     if vault.kind is VaultKind.VAULT:
         rtype = "microsoft.keyvault/vaults"
         properties = common | {
-            "sku": {"family": "A", "name": "standard"},
+            "sku": vault_sku(vault),
             "vaultUri": f"{vault.url}/",
             "enableRbacAuthorization": vault.enable_rbac_authorization,
             "accessPolicies": [
@@ -187,7 +188,7 @@ def vault_row(vault: VaultState) -> kql.Row:
     else:
         rtype = "microsoft.keyvault/managedhsms"
         properties = common | {"hsmUri": f"{vault.url}/"}
-        sku = {"family": "B", "name": "Standard_B1"}
+        sku = vault_sku(vault)
     return {
         "id": vault.resource_id,
         "name": vault.name,

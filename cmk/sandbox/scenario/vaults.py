@@ -42,6 +42,7 @@ def add_vault(ctx: ScenarioContext, item: dict[str, Any], path: str) -> None:
         purge_protection=item.get("purgeProtection", True),
         retention_days=item.get("retentionDays", 90),
         enable_rbac_authorization=item.get("rbac", True),
+        sku=item.get("sku", "premium"),
     )
     network = item.get("network", {})
     vault.network_default_action = network.get("defaultAction", "Allow")
