@@ -21,7 +21,7 @@ from cmk.errors import (
     TransientError,
 )
 
-__all__ = ["Failure", "UsageError", "explain"]
+__all__ = ["Failure", "ScopeRefused", "UsageError", "explain"]
 
 SANDBOX_HINT = "against the sandbox: source the env file written by `cmk sandbox up --env-file`"
 LOGIN_HINT = (
@@ -33,6 +33,16 @@ LOGIN_HINT = (
 class UsageError(Exception):
     """A command was given something it cannot use (a bad file, conflicting options);
     ``fix`` says what to give instead."""
+
+    def __init__(self, message: str, *, fix: str = "") -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
+class ScopeRefused(Exception):
+    """A command that writes refuses to start on a scope with a mistake (a subscription of
+    CMK_SUBSCRIPTIONS the identity cannot see): its accounts would be left out unnoticed.
+    Exit 1, as the commands that read report the same mistake; ``fix`` says what to do."""
 
     def __init__(self, message: str, *, fix: str = "") -> None:
         super().__init__(message)
@@ -78,6 +88,8 @@ def explain(error: BaseException) -> Failure:
     message = str(error).strip() or type(error).__name__
     if isinstance(error, UsageError):
         return Failure(EXIT_USAGE, "usage", message, error.fix)
+    if isinstance(error, ScopeRefused):
+        return Failure(EXIT_FINDINGS, "configuration", message, error.fix)
     if isinstance(error, ConfigurationError):
         fix = "set the variables named above (docs/configuration.md); " + SANDBOX_HINT
         return Failure(EXIT_USAGE, "configuration", message, fix)

@@ -155,17 +155,20 @@ async def _check(session: Session) -> int:
         )
     key = KeyId.parse(args.key) if args.key else None
     accounts = await _accounts(session, list(args.account_ids))
+    warnings: list[str] = []
     if args.all:
         inventory = session.runtime.services.inventory
         scope = await resolve(session.engine())
-        warn(session.output, scope.warnings())
+        # as status does: a subscription it cannot see is not checked, so not a clean run
+        warnings = scope.warnings()
+        warn(session.output, warnings)
         found = inventory.cmk_accounts(scope.subscriptions)
         accounts = [r.account_id async for r in found]
 
     async def run(lc: Lifecycle) -> int:
         report = await check_accounts(lc, accounts, key)
-        code = EXIT_OK if report.ok else EXIT_FINDINGS
-        _print_check(session.output, report, code)
+        code = EXIT_OK if report.ok and not warnings else EXIT_FINDINGS
+        _print_check(session.output, report, code, warnings)
         return code
 
     return await _with_lifecycle(session, run)
@@ -290,7 +293,7 @@ def _print_fixes(output: Output, requirements: tuple[Requirement, ...]) -> None:
             output.print(f"  {requirement.name} — fix: {requirement.fix}")
 
 
-def _print_check(output: Output, report: CheckReport, code: int) -> None:
+def _print_check(output: Output, report: CheckReport, code: int, warnings: list[str]) -> None:
     revocations = report.revocations()
     if output.json_mode:
         output.emit_json(
@@ -298,6 +301,7 @@ def _print_check(output: Output, report: CheckReport, code: int) -> None:
                 "checks": report.checks,
                 "revocations": revocations,
                 "ok": report.ok,
+                "warnings": warnings,
                 "exit_code": code,
             }
         )

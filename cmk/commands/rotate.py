@@ -16,6 +16,7 @@ from typing import Any
 
 from cmk.commands.inline import CollectedJobs, run_jobs
 from cmk.commands.output import common_options, short_version
+from cmk.commands.scope import refuse_hidden_subscriptions
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import (
     job_summary,
@@ -226,6 +227,10 @@ async def _rotate(session: Session) -> int:
     args, output, journal = session.args, session.output, session.journal
     key = KeyId.parse(args.key_id).versionless()
     engine = session.engine()
+    require_in_scope(session.settings, key)
+    # before any version exists: a hidden subscription would leave its accounts stale
+    again = f"cmk rotate {key}" + (" --dry-run" if engine.dry_run else "")
+    await refuse_hidden_subscriptions(engine, output, "rotate", again)
     if engine.dry_run:
         return await _dry_run(session, key)
     await session.runtime.prepare_storage()

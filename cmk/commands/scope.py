@@ -7,13 +7,14 @@ the HTTP endpoints)."""
 
 from __future__ import annotations
 
+from cmk.commands.errors import ScopeRefused
 from cmk.commands.output import Output
 from cmk.settings import Settings
 from cmk.usecases.answers import scope_source, scope_warnings
 from cmk.usecases.context import Engine
 from cmk.usecases.subscriptions import SubscriptionScope, subscription_scope
 
-__all__ = ["resolve", "scope_line", "scope_warnings", "warn"]
+__all__ = ["refuse_hidden_subscriptions", "resolve", "scope_line", "scope_warnings", "warn"]
 
 
 async def resolve(engine: Engine) -> SubscriptionScope:
@@ -35,3 +36,24 @@ def warn(output: Output, warnings: list[str]) -> None:
     """Print each warning on stderr (the answer's exit code already counts them)."""
     for warning in warnings:
         output.note(f"cmk: warning: {warning}")
+
+
+async def refuse_hidden_subscriptions(
+    engine: Engine, output: Output, command: str, again: str
+) -> None:
+    """Before a command writes anything: warn about each subscription of CMK_SUBSCRIPTIONS
+    the identity cannot see (as ``status`` does) and refuse, exit 1. Its accounts would not
+    be inventoried, so a run would leave those bound to the key stale while reporting
+    success. ``again`` is the command line to run once it is fixed."""
+    scope = await resolve(engine)
+    warnings = scope.warnings()
+    if not warnings:
+        return
+    warn(output, warnings)
+    raise ScopeRefused(
+        f"{command} refused, nothing was created or written: {len(scope.not_visible)}"
+        " subscription(s) of CMK_SUBSCRIPTIONS are not visible to the identity, so the"
+        " accounts there would be left on their old version unnoticed",
+        fix="fix CMK_SUBSCRIPTIONS (or unset it: every subscription the identity can read),"
+        f" or grant the identity a role there; then run `{again}` again",
+    )

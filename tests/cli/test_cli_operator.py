@@ -80,6 +80,51 @@ class TestScope:
         assert f"{len(real)} subscription(s) of CMK_SUBSCRIPTIONS" in scope
         assert typo not in scope and all(sub in scope for sub in real)
 
+    @pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry_run"])
+    def test_rotate_refuses_a_hidden_subscription_before_creating(
+        self, world: World, cmk, monkeypatch, dry_run
+    ):
+        """rotate with a typo in CMK_SUBSCRIPTIONS warns as status does and refuses before
+        any version exists: exit 1, the error document, no version, no account moved."""
+        real = sorted(world.sandbox.world.subscriptions)
+        typo = "11111111-2222-3333-4444-555555555555"
+        monkeypatch.setenv("CMK_SUBSCRIPTIONS", ",".join([*real, typo]))
+        key = world.vault("kv-demo-neu").keys["ai-cmk"]
+        before = len(key.versions)
+        bound = {
+            a.name: a.encryption.key_version for a in world.accounts_on("kv-demo-neu", "ai-cmk")
+        }
+        argv = ["rotate", world.key_id("kv-demo-neu", "ai-cmk"), *(["--dry-run"] * dry_run)]
+        run = cmk(*argv, "--json")
+        assert run.code == 1, run.err
+        error = run.valid("error")["error"]
+        assert error["exit_code"] == 1 and "rotate refused" in error["message"]
+        assert f"cmk: warning: subscription {typo} of CMK_SUBSCRIPTIONS" in run.err
+        assert len(key.versions) == before
+        table = cmk(*argv)
+        assert table.code == 1 and table.out == ""
+        assert "nothing was created" in table.err and "would move" not in table.err
+        assert len(key.versions) == before
+        after = {
+            a.name: a.encryption.key_version for a in world.accounts_on("kv-demo-neu", "ai-cmk")
+        }
+        assert after == bound
+
+    def test_check_all_with_a_hidden_subscription_exits_1(self, world: World, cmk, monkeypatch):
+        """check --all applies the same scope check: the warning on stderr and in its JSON,
+        exit 1 even when every account checked is fine."""
+        typo = "11111111-2222-3333-4444-555555555555"
+        good = cmk("check", "--all", "--json").json
+        monkeypatch.setenv(
+            "CMK_SUBSCRIPTIONS", ",".join([*world.sandbox.world.subscriptions, typo])
+        )
+        run = cmk("check", "--all", "--json")
+        document = run.json
+        assert run.code == 1 and document["exit_code"] == 1
+        assert document["ok"] == good["ok"] and good["warnings"] == []
+        [warning] = document["warnings"]
+        assert typo in warning and f"cmk: warning: subscription {typo}" in run.err
+
     def test_without_subscriptions_the_scope_is_what_the_identity_reads(
         self, world: World, cmk, monkeypatch
     ):
