@@ -469,6 +469,50 @@ class TestOneInventory:
         assert rows["hsm-a"]["sku"] == hsm_arm["sku"] == {"family": "B", "name": "Standard_B1"}
 
 
+class TestIdentityAndTopicGet:
+    """UserAssignedIdentities_Get and Topics_Get: what the generic list lists can be read."""
+
+    def test_user_assigned_identity(self, seeded: Seeded):
+        """The spec's Identity: properties tenantId, principalId, clientId, as listed."""
+        body = seeded.ok(MI_ID, {"api-version": "2023-01-31"})
+        listed = seeded.ok(
+            f"/subscriptions/{SUB_A}/resources",
+            {**API_RESOURCES, "$filter": "resourceType eq "
+             "'Microsoft.ManagedIdentity/userAssignedIdentities'"},
+        )["value"]  # fmt: skip
+        assert [r["id"] for r in listed] == [body["id"]] == [MI_ID]
+        assert body["type"] == "Microsoft.ManagedIdentity/userAssignedIdentities"
+        assert set(body["properties"]) == {"tenantId", "principalId", "clientId"}
+        accounts = seeded.sandbox.world.accounts.values()
+        principals = {
+            u.principal.client_id for a in accounts for u in a.identity.user_assigned.values()
+        }
+        assert body["properties"]["clientId"] in principals
+
+    def test_event_grid_topic(self, seeded: Seeded):
+        """The spec's Topic: sku Basic, kind Azure, endpoint and provisioningState."""
+        topic = seeded.sandbox.eventgrid.create_topic("alerts-a", subscription_id=SUB_A)
+        body = seeded.ok(topic.resource_id, {"api-version": "2025-02-15"})
+        assert (body["id"], body["type"]) == (topic.resource_id, "Microsoft.EventGrid/topics")
+        assert body["sku"] == {"name": "Basic"} and body["kind"] == "Azure"
+        assert body["properties"]["endpoint"] == topic.endpoint
+        assert body["properties"]["provisioningState"] == "Succeeded"
+
+    def test_unknown_name_is_resource_not_found(self, seeded: Seeded):
+        """404 ResourceNotFound with ARM's message, not InvalidResourceType."""
+        missing = MI_ID.rsplit("/", 1)[0] + "/nope"
+        response = seeded.get(missing, {"api-version": "2023-01-31"})
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "ResourceNotFound"
+
+    def test_without_read_access_is_forbidden(self, seeded: Seeded):
+        """A caller without {type}/read on the resource gets 403 first."""
+        topic = seeded.sandbox.eventgrid.create_topic("alerts-hidden", subscription_id=SUB_HIDDEN)
+        response = seeded.get(topic.resource_id, {"api-version": "2025-02-15"})
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "AuthorizationFailed"
+
+
 class TestResourceManagementSdk:
     def test_sdk_lists_subscriptions_groups_and_resources(self, seeded: Seeded):
         """SubscriptionClient and ResourceManagementClient work unmodified against ARM."""

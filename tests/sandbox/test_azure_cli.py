@@ -151,6 +151,21 @@ class TestProvidersAndLocations:
         assert shown["name"] == ACCOUNT
         assert shown["properties"]["encryption"]["keySource"] == "Microsoft.KeyVault"
 
+    def test_identity_and_topic_show(self, az: Cli):
+        """az identity show -n -g and az resource show --ids read a user-assigned identity
+        and the alert topic that az resource list lists."""
+        listed = az.json("resource", "list", "--subscription", "platform")
+        ids = {r["type"]: r["id"] for r in listed}
+        identity_id = ids["Microsoft.ManagedIdentity/userAssignedIdentities"]
+        group, name = identity_id.split("/")[4], identity_id.rsplit("/", 1)[1]
+        identity = az.json(
+            "identity", "show", "--subscription", "platform", "-g", group, "-n", name
+        )
+        assert identity["id"] == identity_id and identity["clientId"] and identity["principalId"]
+        assert az.json("resource", "show", "--ids", identity_id)["name"] == name
+        topic = az.json("resource", "show", "--ids", ids["Microsoft.EventGrid/topics"])
+        assert topic["properties"]["endpoint"].endswith(".eventgrid.azure.net/api/events")
+
     def test_provider_show(self, az: Cli):
         """az provider show -n Microsoft.CognitiveServices: Registered, with accounts."""
         provider = az.json(

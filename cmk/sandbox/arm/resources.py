@@ -253,9 +253,14 @@ def other_resources(world: World) -> Iterator[Resource]:
     yield from identities.values()
     for topic in event_grid_topics(world):
         parts = topic.resource_id.split("/")
-        properties: dict[str, Any] = {"endpoint": topic.endpoint, "provisioningState": "Succeeded"}
+        properties: dict[str, Any] = {"provisioningState": "Succeeded", "endpoint": topic.endpoint}
         if topic.input_schema is not None:
             properties["inputSchema"] = topic.input_schema
+        properties |= {
+            "publicNetworkAccess": "Enabled",
+            "inboundIpRules": [],
+            "disableLocalAuth": False,
+        }
         yield Resource(
             topic.resource_id,
             topic.name,

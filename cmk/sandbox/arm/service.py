@@ -15,6 +15,8 @@ Routes (paths are case-insensitive, as in ARM):
 * ``POST /providers/Microsoft.ResourceGraph/resources``;
 * ``Microsoft.KeyVault/vaults`` and ``managedHSMs`` GET and list
   (:mod:`cmk.sandbox.arm.keyvault`);
+* ``Microsoft.ManagedIdentity/userAssignedIdentities`` and ``Microsoft.EventGrid/topics``
+  GET (:mod:`cmk.sandbox.arm.others`);
 * ``Microsoft.Authorization`` role assignments at a scope and role definitions
   (:mod:`cmk.sandbox.arm.authorization`);
 * ``Microsoft.Resources``: ``/subscriptions``, ``/subscriptions/{s}``, ``/tenants``, resource
@@ -56,6 +58,7 @@ from cmk.sandbox.arm.cognitive.accounts import (
     rp_for,
 )
 from cmk.sandbox.arm.keyvault import KeyVaultArm
+from cmk.sandbox.arm.others import OtherResourcesArm
 from cmk.sandbox.arm.resources import ResourcesArm, require_api_version
 from cmk.sandbox.platform.context import (
     AUDIENCE_ARM,
@@ -131,6 +134,7 @@ class _Arm:
         self.keyvault = KeyVaultArm(ctx.world, self._authorize, _json)
         self.authorization = AuthorizationArm(ctx.world, self._authorize, _json)
         self.resources = ResourcesArm(ctx.world, self._authorize, _json)
+        self.others = OtherResourcesArm(ctx.world, self._authorize, _json)
 
     # --- pipeline ----------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -188,6 +192,7 @@ class _Arm:
             *self.keyvault.routes(),
             *self.authorization.routes(),
             *self.resources.routes(),
+            *self.others.routes(),
         ):
             match = pattern.match(path)
             if match is None:
