@@ -44,6 +44,9 @@ INTERRUPTED = {
     "demo": "the demo's local Azure ran in this process and stops with it; run `cmk demo` again",
 }
 
+#: How argparse words a --query refused by cmk.commands.query.
+_QUERY_REFUSED = "argument --query: Invalid jmespath query supplied for `--query`"
+
 # reST roles (:mod:`x`, :func:`~a.b`) and literals (``x``) in docstrings used as help.
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
@@ -191,12 +194,13 @@ def _usage_error(error: ParseError, argv: list[str]) -> int:
     ``usage``) on stdout; exit 2."""
     parser = error.parser
     parser.print_usage(sys.stderr)
-    sys.stderr.write(f"{parser.prog}: error: {error.message}\n")
+    message = error.message
+    if message.startswith(_QUERY_REFUSED):  # it names --query itself (az's words)
+        message = message.removeprefix("argument --query: ")
+    sys.stderr.write(f"{parser.prog}: error: {message}\n")
     if _wants_json(argv):
         fix = f"see `{parser.prog} --help`"
-        document = {
-            "error": {"kind": "usage", "message": error.message, "fix": fix, "exit_code": 2}
-        }
+        document = {"error": {"kind": "usage", "message": message, "fix": fix, "exit_code": 2}}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         sys.stdout.flush()
     return 2

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from jmespath.exceptions import JMESPathError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.rule import Rule
@@ -267,7 +268,17 @@ class Output:
         if self.query is None:
             self._write_json(data)
             return
-        result = self.query.search(data)
+        try:
+            result = self.query.search(data)
+        except JMESPathError as error:
+            # the work is done: never lose its result for a query that does not fit it
+            reason = " ".join(str(error).split()) or type(error).__name__
+            self.note(
+                f"cmk: warning: --query could not be applied: {reason}; the whole JSON"
+                " document follows, unfiltered (the exit code is the command's own)"
+            )
+            self._write_json(data)
+            return
         if result is None:  # nothing matched: nothing printed, as the Azure CLI does
             return
         if self.format == "tsv":

@@ -13,18 +13,28 @@ CLI applies it, then shown as ``-o json`` (the default with a query), ``tsv`` or
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jmespath
+from jmespath import functions
 from jmespath.exceptions import JMESPathError
 from jmespath.parser import ParsedResult
 
 from cmk.commands.cells import DataTable, table, tsv_cell
 
-__all__ = ["InvalidQueryError", "Query"]
+__all__ = ["INVALID", "InvalidQueryError", "Query"]
+
+
+#: The Azure CLI's words for a query it refuses.
+INVALID = "Invalid jmespath query supplied for `--query`"
+#: JMESPath's built-in functions, by name: their signatures (no others are registered).
+_FUNCTIONS: dict[str, Any] = functions.Functions().FUNCTION_TABLE
 
 
 class InvalidQueryError(ValueError):
-    """``--query`` is not a valid JMESPath expression."""
+    """``--query`` is not a valid JMESPath expression, or calls a function JMESPath does not
+    have (or with the wrong number of arguments): found when it is parsed, before any
+    work, so that a command never runs for a query that cannot be applied."""
 
 
 class Query:
@@ -34,12 +44,46 @@ class Query:
         try:
             self._parsed: ParsedResult = jmespath.compile(expression)
         except JMESPathError as error:
-            raise InvalidQueryError(f"--query is not valid JMESPath: {error}") from error
+            raise InvalidQueryError(f"{INVALID}: {_parse_reason(error)}") from error
+        _check_functions(self._parsed.parsed)
         self.expression = expression
 
     def search(self, document: object) -> object:
-        """The query's result on ``document`` (a JSON-able value)."""
+        """The query's result on ``document`` (a JSON-able value). Raises JMESPathError
+        when the document's values do not fit it (``floor`` of a string): only known once
+        the document is there."""
         return self._parsed.search(document)
+
+
+def _parse_reason(error: JMESPathError) -> str:
+    """jmespath's reason on one line (its message draws a caret under the expression)."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(": ")
+    column = getattr(error, "lex_position", None)
+    if isinstance(column, int) and "column" not in reason:
+        reason += f" (at column {column})"
+    return reason
+
+
+def _check_functions(node: object) -> None:
+    """Refuse a call of a function JMESPath does not have, or with a number of arguments
+    its signature does not take (jmespath itself finds both only while evaluating)."""
+    if not isinstance(node, dict):
+        return  # a slice's bounds, a literal's value
+    if node.get("type") == "function_expression":
+        name, arguments = str(node.get("value")), len(node.get("children") or ())
+        entry = _FUNCTIONS.get(name)
+        if entry is None:
+            raise InvalidQueryError(f"{INVALID}: Unknown function: {name}()")
+        signature = entry["signature"]
+        variadic = bool(signature) and bool(signature[-1].get("variadic"))
+        wanted = len(signature)
+        if (arguments < wanted) if variadic else (arguments != wanted):
+            how = "at least" if variadic else "exactly"
+            raise InvalidQueryError(
+                f"{INVALID}: {name}() takes {how} {wanted} argument(s), {arguments} given"
+            )
+    for child in node.get("children") or ():
+        _check_functions(child)
 
 
 def tsv_lines(result: object) -> list[str]:

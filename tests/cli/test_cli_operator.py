@@ -264,10 +264,42 @@ class TestAzureCliConventions:
         assert safe.json == [v["version"] for v in versions if v["safe_to_disable"]]
 
     def test_invalid_query_is_a_usage_error(self, cmk):
-        """A --query that is not JMESPath: exit 2 with the parser's message, nothing run."""
+        """A --query that is not JMESPath: exit 2 with az's words, nothing run."""
         run = cmk("status", "--query", "accounts[?")
-        assert run.code == 2 and "--query is not valid JMESPath" in run.err
+        assert run.code == 2 and "Invalid jmespath query supplied for `--query`" in run.err
         assert run.out == ""
+
+    @pytest.mark.parametrize(
+        ("query", "reason"),
+        [("foo(bar)", "Unknown function: foo()"), ("length(a, b)", "length() takes exactly 1")],
+    )
+    def test_unknown_function_is_refused_before_any_work(self, world: World, cmk, query, reason):
+        """A function JMESPath does not have (or a wrong count of arguments) is refused when
+        the query is parsed: exit 2 with az's words, and rotate creates no version."""
+        key = world.vault("kv-demo-neu").keys["ai-cmk"]
+        before = len(key.versions)
+        for argv in (["status"], ["rotate", world.key_id("kv-demo-neu", "ai-cmk")]):
+            run = cmk(*argv, "--query", query)
+            assert run.code == 2 and run.out == "", run.err
+            line = f"Invalid jmespath query supplied for `--query`: {reason}"
+            assert line in run.err and "argument --query: Invalid" not in run.err
+            assert "Traceback" not in run.err and "UnknownFunctionError" not in run.err
+        assert len(key.versions) == before
+
+    def test_query_failing_on_the_result_keeps_the_result(self, world: World, cmk):
+        """A query that fails only on the document (floor of a string) after rotate really
+        rotated: stderr says it could not be applied and why, stdout has the whole
+        document, and the exit code is rotate's own (0)."""
+        key = world.vault("kv-demo-neu").keys["ai-cmk"]
+        before = len(key.versions)
+        argv = ["rotate", world.key_id("kv-demo-neu", "ai-cmk")]
+        run = cmk(*argv, "--query", "rotation.key_id | floor(@)", "-o", "tsv")
+        assert run.code == 0, run.err
+        assert len(key.versions) == before + 1
+        assert "cmk: warning: --query could not be applied: In function floor()" in run.err
+        document = run.valid("rotate")
+        assert document["summary"]["succeeded"] == 10 and document["exit_code"] == 0
+        assert document["rotation"]["created_version"] == key.versions[-1].version
 
     def test_query_leaves_errors_on_stderr(self, world: World, cmk):
         """With --query, an error is a message on stderr and nothing on stdout."""

@@ -48,5 +48,29 @@ class TestQuery:
 
     @pytest.mark.parametrize("expression", ["a[?", "", "a..b"])
     def test_invalid_expression_is_refused_with_the_reason(self, expression):
-        with pytest.raises(InvalidQueryError, match="not valid JMESPath"):
+        """az's words, and the reason on one line."""
+        with pytest.raises(InvalidQueryError, match=r"^Invalid jmespath query supplied") as e:
             Query(expression)
+        assert "\n" not in str(e.value)
+
+    @pytest.mark.parametrize(
+        ("expression", "reason"),
+        [
+            ("foo(bar)", "Unknown function: foo()"),
+            ("a[?contains(b, 'x')].{x: tostring(c)}", "Unknown function: tostring()"),
+            ("sort_by(a, &nope(b))", "Unknown function: nope()"),
+            ("length(a, b)", "length() takes exactly 1 argument(s), 2 given"),
+            ("not_null()", "not_null() takes at least 1 argument(s), 0 given"),
+        ],
+    )
+    def test_unknown_functions_are_refused_when_parsed(self, expression, reason):
+        """Functions are checked against jmespath's built-ins anywhere in the expression."""
+        with pytest.raises(InvalidQueryError) as refused:
+            Query(expression)
+        assert str(refused.value) == f"Invalid jmespath query supplied for `--query`: {reason}"
+
+    @pytest.mark.parametrize(
+        "expression", ["sort_by(a, &b)", "not_null(a, b, c)", "a[1:2] | max(@)", "`{}`"]
+    )
+    def test_built_in_functions_pass(self, expression):
+        Query(expression)
