@@ -105,6 +105,7 @@ def _choose(pairs: list[tuple[Expr, Expr]], otherwise: Expr) -> Expr:
 
     return Expr(choose, pairs[0][1].kind)
 
+
 COMPARISONS: Final = frozenset(
     {
         "==", "!=", "=~", "!~", "<", "<=", ">", ">=",
