@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cmk.commands.output import Ticker
 from cmk.errors import AccountBusy, ThrottledError, TransientError
 from cmk.ports import RotationJob
+from cmk.resource_id import AccountId
 from cmk.usecases import JobReport, JobResult, PlannedMove, on_poison, rotate_account
 from cmk.usecases.context import Engine, gather_bounded
 
@@ -76,6 +78,26 @@ def job_for_move(move: PlannedMove, trigger: str) -> RotationJob:
 
 #: How a job waits (``asyncio.sleep``; a test's may move a clock instead).
 Sleep = Callable[[float], Awaitable[None]]
+#: Hears that a job waits for an account's write lease, and until when it is held.
+OnWait = Callable[[AccountId, datetime | None], None]
+
+#: The holder's expiry in the worker's AccountBusy message ("lease until 14:32:05").
+_LEASE_UNTIL = re.compile(r"lease until (\d\d):(\d\d):(\d\d)")
+
+
+def lease_expiry(error: AccountBusy, now: datetime) -> datetime | None:
+    """When the write lease ``error`` waits for runs out (UTC), or None when not said.
+    The worker states it as a time of day in the message; the next such time after
+    ``now`` less 12 hours is meant (a lease never outlives that)."""
+    stated = getattr(error, "expires", None)
+    if isinstance(stated, datetime):
+        return stated
+    found = _LEASE_UNTIL.search(str(error))
+    if found is None:
+        return None
+    hour, minute, second = (int(part) for part in found.groups())
+    at = now.replace(hour=hour, minute=minute, second=second, microsecond=0)
+    return at + timedelta(days=1) if at < now - timedelta(hours=12) else at
 
 
 async def _deliver(
@@ -86,6 +108,7 @@ async def _deliver(
     *,
     gate: asyncio.Semaphore,
     sleep: Sleep,
+    on_wait: OnWait | None = None,
 ) -> JobReport:
     delivery, deferrals, busy = 1, 0, 0
     while delivery <= MAX_DELIVERIES:
@@ -102,6 +125,8 @@ async def _deliver(
             job = replace(job, deferrals=job.deferrals + 1)
             log.info("%s waits for its write lease, held by another job", job.account_id)
             ticker.waited()
+            if on_wait is not None:
+                on_wait(job.account_id, lease_expiry(error, engine.now()))
             await sleep(max(1.0, error.retry_after or 1.0))
         except ThrottledError as error:
             if deferrals < MAX_DEFERRALS:
@@ -150,11 +175,13 @@ async def run_jobs(
     verify_delay: timedelta = VERIFY_DELAY,
     retry_delay: float = 1.0,
     on_result: Callable[[JobReport], None] | None = None,
+    on_wait: OnWait | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> list[JobReport]:
     """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target.
     ``on_result`` hears of each job as it ends (not of ``submitted`` ones, which are
-    verified again), so an interrupted run can say how far it got. Transient errors are
+    verified again), so an interrupted run can say how far it got, and ``on_wait`` of each
+    wait for a write lease another job holds (and until when). Transient errors are
     counted on the ticker (waits for a write lease apart from them) and logged one line each
     at INFO (``-v``)."""
     collector = CollectedJobs()
@@ -167,7 +194,9 @@ async def run_jobs(
             job.account_id.subscription_id.lower(),
             asyncio.Semaphore(engine.settings.max_concurrency),
         )
-        report = await _deliver(here, job, retry_delay, ticker, gate=gate, sleep=sleep)
+        report = await _deliver(
+            here, job, retry_delay, ticker, gate=gate, sleep=sleep, on_wait=on_wait
+        )
         if report.result is not JobResult.SUBMITTED:
             ticker.advance()
             if on_result is not None:

@@ -249,11 +249,14 @@ async def _rotate(session: Session) -> int:
     jobs, _ = collector.take()
     if report.created_version:
         journal.did(f"created version {report.created_version} of {key}")
-    journal.moving(len(jobs), finish="cmk sweep")
+    reasons = {str(move.account_id).lower(): move.reason for move in report.moves}
+    journal.moving(jobs, finish="cmk sweep", reasons=reasons)
     with output.progress(
         f"moving accounts to {short_version(report.target_version)}", len(jobs)
     ) as ticker:
-        results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
+        results = await run_jobs(
+            engine, jobs, ticker, on_result=journal.job_done, on_wait=journal.lease_wait
+        )
         retries, waits = ticker.retries, ticker.waits
     rejected = report.outcome is EventOutcome.VERSION_REJECTED
     code = rotation_exit_code(report, results)

@@ -62,9 +62,12 @@ async def _sweep(session: Session) -> int:
         journal.now(f"{label} of {len(jobs)} account(s)", not_done="nothing is written", finish="")
     else:
         label = "moving accounts"
-        journal.moving(len(jobs), finish="cmk sweep")
+        reasons = {str(move.account_id).lower(): move.reason for move in report.moves}
+        journal.moving(jobs, finish="cmk sweep", reasons=reasons)
     with output.progress(label, len(jobs)) as ticker:
-        results = await run_jobs(engine, jobs, ticker, on_result=journal.job_done)
+        results = await run_jobs(
+            engine, jobs, ticker, on_result=journal.job_done, on_wait=journal.lease_wait
+        )
         retries, waits = ticker.retries, ticker.waits
     scope = await resolve(engine)
     answer = sweep_answer(session.settings, report, results, scope)

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -159,6 +160,90 @@ class TestInterruptedRotate:
         error = document["error"]
         assert error["kind"] == "interrupted" and error["exit_code"] == 130
         assert re.fullmatch(r"run `cmk sweep` \(after \d\d:\d\d:\d\d UTC\)", error["fix"])
+
+
+def _interrupt_on(world: World, argv: list[str], marker: str) -> tuple[int, str]:
+    """Run `cmk ARGV`, SIGINT it once stderr has a line containing ``marker``, and return
+    its exit code and whole stderr (stdout is discarded)."""
+    process = subprocess.Popen(
+        [*CTRL_C_DEFAULT, str(CMK), *argv],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    hang = threading.Timer(CEILING_SECONDS, process.kill)  # only bounds a hang
+    hang.start()
+    seen: list[str] = []
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            seen.append(line)
+            if marker in line:
+                process.send_signal(signal.SIGINT)
+                break
+        seen.append(process.communicate(timeout=CEILING_SECONDS)[1])
+    finally:
+        hang.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, "".join(seen)
+
+
+def _hold_leases(world: World, vault: str, key: str, ttl: timedelta) -> datetime:
+    """Write leases on every account of ``key``, as an earlier interrupted run leaves
+    them (their PATCH may still land); returns when they run out."""
+
+    async def hold() -> datetime:
+        async with Runtime(Settings.from_environ(os.environ)) as runtime:
+            ledger, now = runtime.services.ledger, datetime.now(UTC)
+            for account in world.accounts_on(vault, key):
+                name = account_lease_name(account.resource_id)
+                grant = await ledger.acquire_lease(name, "earlier-run", now, ttl)
+                assert grant.granted
+            return now + ttl
+
+    return asyncio.run(hold())
+
+
+class TestInterruptedUrgentMoves:
+    def test_unsafe_versions_are_not_called_still_valid(
+        self, world: World, monkeypatch: pytest.MonkeyPatch
+    ):
+        """Interrupted while moving accounts whose bound version is expiring: the summary
+        says their current version is NOT safe and why, never "still valid"."""
+        # the key's version expires in 35 days: inside a 40-day margin, so unsafe
+        monkeypatch.setenv("CMK_EXPIRY_MARGIN_DAYS", "40")
+        key_id = world.key_id("kv-demo-weu", "ai-cmk-exp")
+        versions = subprocess.run(
+            [str(CMK), "versions", key_id, "--json"],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=CEILING_SECONDS,
+            check=False,
+        )
+        assert versions.returncode == 1  # an account is bound to a version failing the policy
+        ended = _interrupt(world, ["rotate", key_id], PATCH_ACCOUNT)
+        assert ended.returncode == 130, ended.stderr
+        assert "still valid" not in ended.stderr
+        assert "for all of them it is NOT safe" in ended.stderr
+        assert "within the" in ended.stderr and "finish this soon" in ended.stderr
+        assert "Traceback" not in ended.stderr
+
+    def test_waiting_on_an_earlier_runs_leases_says_when_to_sweep(self, world: World):
+        """A sweep whose jobs wait for write leases an earlier interrupted run left,
+        interrupted while waiting: `to finish: cmk sweep (after HH:MM:SS UTC)` names when
+        those leases run out (the latest), and says the jobs were waiting for them."""
+        world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        until = _hold_leases(world, "hsm-demo-weu", "ai-cmk-hsm", timedelta(minutes=10))
+        code, err = _interrupt_on(world, ["sweep", "-v"], "waits for its write lease")
+        assert code == 130, err
+        shown = f"{until:%H:%M:%S}"
+        assert f"to finish: cmk sweep (after {shown} UTC)" in err
+        assert "jobs were waiting for write leases held by another job" in err
+        assert f"until {shown} UTC" in err and "Traceback" not in err
 
 
 class TestInterruptedSweep:
