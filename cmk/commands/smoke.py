@@ -217,6 +217,10 @@ def _print(output: Output, checks: list[Check], caller: Caller | None) -> int:
         return code
     rows = [(c.check, _result_cell(c.result), c.found, c.fix) for c in checks]
     output.print(table("cmk smoke", ("check", "result", "found", "fix"), rows))
+    # each failed check's fix in full (a cell is cut to fit the terminal), as `cmk check`
+    for check in checks:
+        if check.result is Result.FAILED and check.fix:
+            output.print(f"  {check.check} — fix: {check.fix}")
     counts = {r: sum(1 for c in checks if c.result is r) for r in Result}
     summary = ", ".join(f"{n} {r.value}" for r, n in counts.items() if n)
     output.print(f"smoke: {len(checks)} check(s): {summary}; nothing written, no event published")

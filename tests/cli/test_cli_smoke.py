@@ -154,6 +154,27 @@ class TestSmoke:
         assert "accounts/write" in account["fix"] and f"--scope {scope}" in account["fix"]
         assert rows["storage"]["result"] == "ok"
 
+    def test_every_failed_fix_is_printed_whole_below_the_table(self, deployed: World, cmk):
+        """The table cuts a long fix to fit; each failed check's fix is printed in full
+        below it (as `cmk check` does), and only for failed checks."""
+        state = deployed.sandbox.world
+        principal = deployed.sandbox.app_principal.object_id
+        subscription = sorted(state.subscriptions)[1]
+        scope = f"/subscriptions/{subscription}"
+        state.revoke(principal, scope)
+        actions = [a for a in OPERATOR_ACTIONS if not a.endswith("accounts/write")]
+        state.grant(principal, scope, state.define_role("no write", actions))
+        state.grant(principal, scope, "Reader")
+        rows = _rows(cmk("smoke", "--json").json)
+        fix = rows["account rights"]["fix"]
+        assert len(fix) > 80
+        run = cmk("smoke")
+        assert run.code == 1
+        failed = [(name, row["fix"]) for name, row in rows.items() if row["result"] == "failed"]
+        for name, whole in failed:
+            assert f"  {name} — fix: {whole}\n" in run.out
+        assert run.out.count(" — fix: ") == len(failed)  # ok and unverified rows have none
+
     def test_unreadable_role_assignments_are_unverified(self, deployed: World, cmk):
         """Without Microsoft.Authorization/roleAssignments/read at a subscription (infra's
         account operator role lacks it) the rights there are unverified, not failed: exit 0."""
