@@ -93,8 +93,8 @@ class _Step:
         self.attempts = (previous.attempts if previous else 0) + bump
         self.lease = account_lease_name(job.account_id)
         self.token = job.lease_owner or f"{engine.owner}:{uuid.uuid4().hex[:12]}"
-        #: The lease went on to the queued VERIFY job: this run must not release it.
-        self.lease_handed_on = False
+        #: The lease was handed on to the queued VERIFY job: this run must not release it.
+        self.lease_stays = False
         #: A PATCH went out and its fate is unknown (no answer yet, none coming, or the
         #: run cancelled meanwhile): the lease is kept until it expires.
         self.patch_unsettled = False
@@ -254,7 +254,7 @@ class _Step:
             await self.keep_lease(self.engine.verify_delay + self.lease_ttl)
             verify = replace(self.job, step=JobStep.VERIFY, lease_owner=self.token)
             await self.engine.jobs.enqueue(verify, delay=self.engine.verify_delay)
-            self.lease_handed_on = True
+            self.lease_stays = True
         log.info("update running; verify queued", extra=self.log_fields("submitted"))
         return self.report(JobResult.SUBMITTED)
 
@@ -440,9 +440,12 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
         raise
     except BaseException:
         # Cancelled (or failed) while taking it: the insert may have landed all the same.
-        await lease.drop_lease()
+        # A verify's lease, handed on to it, stays for the verify's redelivery.
+        if job.lease_owner is None:
+            await lease.drop_lease()
         raise
     step: _Step | None = None
+    unsettled_verify = False
     try:
         step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
         step.token = lease.token
@@ -452,9 +455,14 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
             if not isinstance(error, AccountBusy):  # a 429 too: a poison alert names it
                 await step.note_error(error)
             raise
+    except BaseException as error:
+        # A verify that could not settle keeps its lease for its redelivery: the update it
+        # verifies may still be running, and nobody else may write meanwhile.
+        unsettled_verify = job.lease_owner is not None and not isinstance(error, AccountBusy)
+        raise
     finally:
-        if step is not None and step.lease_handed_on:
-            pass  # the queued VERIFY job holds it now (it releases it, or it expires)
+        if unsettled_verify or (step is not None and step.lease_stays):
+            pass  # a queued VERIFY job holds it now (it releases it, or it expires)
         elif step is not None and step.patch_unsettled:
             # The PATCH got no answer, or the run was cancelled while it was out: it may
             # still land, so nobody else may write until the lease runs out.

@@ -676,3 +676,25 @@ class TestVerifyHoldsTheLease:
             assert states[world.versions[1].version] is LedgerState.SUCCEEDED, trace
             versions = [v.version for v in world.versions]
             assert [v for _, v in account.binding_history] == versions, trace
+
+    @pytest.mark.parametrize("fault", ANY_CALL_FAULTS)
+    async def test_a_verify_that_failed_keeps_the_lease(self, rig: Rig, fault: Fault) -> None:
+        """A's VERIFY meets a fault at each of its calls and ends its run (B runs only
+        then): unless it settled, it keeps the lease for its redelivery, so B is still
+        deferred; the redelivered verify settles A's move, then B moves the account on."""
+        world = _World(rig)
+        _, verify = await _submitted(world, 1)
+        alone = await settle(rig, {"A": verify}, Plan(order=[("A", None)]))
+        calls = sum(1 for step in alone.trace if step.startswith("A:"))
+        for k in range(calls):
+            account, verify = await _submitted(world, 1)
+            jobs = {"A": verify, "B": world.jobs(account, 1, 2)["B"]}
+            plan = Plan(order=[("A", None), ("B", None)], fault=("A", k, fault))
+            outcome = await settle(rig, jobs, plan, later=Plan(order=[("A", None)]))
+            await check(rig, account, world.versions[2].version, outcome)
+            trace = " ".join(outcome.trace)
+            first = {name: error for round_, name, error in outcome.raised if round_ == 1}
+            settled = k == calls - 1 and fault is Fault.LOST  # the release itself, applied
+            assert isinstance(first.get("B"), AccountBusy) is not settled, f"{first}: {trace}"
+            states = {e.to_version: e.state for e in await rig.ledger(account)}
+            assert states[world.versions[1].version] is LedgerState.SUCCEEDED, trace
