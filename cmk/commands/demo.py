@@ -51,9 +51,32 @@ def add_parser(subparsers: Any) -> None:
         description=__doc__,
     )
     parser.add_argument(
-        "--instances", type=int, default=2, help="Functions host instances (default 2)"
+        "--instances",
+        type=instance_count,
+        default=2,
+        metavar="N",
+        help=f"Functions host instances, 1 to {MAX_INSTANCES} (default 2)",
     )
     parser.set_defaults(func=demo_command)
+
+
+#: Functions host instances the demo starts at most: each is a host process of its own
+#: on this machine (and two already show the queue spreading jobs across instances).
+MAX_INSTANCES = 8
+
+
+def instance_count(text: str) -> int:
+    """``--instances N``: a whole number from 1 to :data:`MAX_INSTANCES` (else exit 2)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if not 1 <= count <= MAX_INSTANCES:
+        raise argparse.ArgumentTypeError(
+            f"must be from 1 to {MAX_INSTANCES} (each instance is a Functions host process"
+            f" on this machine), not {count}"
+        )
+    return count
 
 
 def run_demo(output: Output, instances: int) -> list[Act]:
@@ -140,7 +163,7 @@ def demo_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         with _stopped_by_sigterm():
-            acts = run_demo(output, max(1, args.instances))
+            acts = run_demo(output, args.instances)
     except Terminated as terminated:
         sys.stderr.write("cmk demo: terminated; the sandbox and Azurite were stopped\n")
         return int(terminated.code or 1)

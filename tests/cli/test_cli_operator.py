@@ -325,6 +325,23 @@ class TestAzureCliConventions:
             assert "``" not in text and ":mod:" not in text and ":func:" not in text, name
             assert "exit" in text.lower(), name
 
+    @pytest.mark.parametrize(
+        ("count", "reason"),
+        [("0", "not 0"), ("-1", "not -1"), ("1000", "not 1000"), ("two", "whole number")],
+    )
+    @pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+    def test_demo_instances_out_of_range_is_refused(self, cmk, count, reason, as_json):
+        """demo --instances 0, -1, 1000 or not a number: exit 2 with the range, before
+        anything starts (as sandbox up --instances), the error document with --json."""
+        run = cmk("demo", "--instances", count, *(["--json"] if as_json else []))
+        assert run.code == 2
+        assert "argument --instances: must be" in run.err and reason in run.err
+        assert "from 1 to 8" in run.err or "whole number" in run.err
+        if as_json:
+            assert run.valid("error")["error"]["kind"] == "usage"
+        else:
+            assert run.out == ""
+
     def test_history_limit_below_one_is_refused(self, cmk):
         """history --limit -3: exit 2."""
         run = cmk("history", "--limit", "-3")
