@@ -171,6 +171,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return 130
     except BrokenPipeError:
         return _reader_gone()
+    except Exception as error:
+        from cmk.commands.output import OutputFailed  # noqa: PLC0415 (each command has it)
+
+        if isinstance(error, OutputFailed):
+            return _cannot_write(error.reason)
+        raise
     return result
 
 
@@ -206,13 +212,30 @@ def _usage_error(error: ParseError, argv: list[str]) -> int:
     return 2
 
 
+def _cannot_write(reason: str) -> int:
+    """stdout cannot be written (a full disk, a quota, an I/O error): one line on stderr,
+    exit 1, no traceback; stdout is pointed at /dev/null so that Python's last flush of
+    what is still buffered does not fail again."""
+    try:
+        sys.stderr.write(f"cmk: cannot write the output: {reason}\n")
+        sys.stderr.flush()
+    except OSError:
+        pass  # stderr is gone too: the exit code still tells
+    _quiet_stdout()
+    return 1
+
+
+def _quiet_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _reader_gone() -> int:
     """The reader of stdout went away (`cmk status | head -1`): stop quietly with the exit
     code of a process ended by SIGPIPE, and point stdout at /dev/null so that Python's
     last flush does not fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
+    _quiet_stdout()
     return 141
 
 

@@ -32,6 +32,7 @@ from cmk.commands.output import (
     EXIT_FINDINGS,
     EXIT_OK,
     Output,
+    OutputFailed,
     common_options,
     output_format,
     table,
@@ -167,7 +168,7 @@ def demo_command(args: argparse.Namespace) -> int:
     except Terminated as terminated:
         sys.stderr.write("cmk demo: terminated; the sandbox and Azurite were stopped\n")
         return int(terminated.code or 1)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputFailed):
         raise  # the reader of stdout is gone (cmk.cli ends quietly)
     except Exception as error:
         return fail(args, output, error)

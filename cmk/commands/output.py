@@ -46,6 +46,7 @@ __all__ = [
     "DataTable",
     "LineTicker",
     "Output",
+    "OutputFailed",
     "Query",
     "Ticker",
     "age",
@@ -235,6 +236,28 @@ class LineTicker:
         self._err.print(Text(clean(line)), soft_wrap=True)
 
 
+class OutputFailed(Exception):
+    """Writing the command's output to stdout failed for another reason than its reader
+    going away (a full disk, a quota, an I/O error): nothing more can be written there,
+    so :mod:`cmk.cli` says so on stderr and exits 1 (a closed pipe stays BrokenPipeError:
+    exit 141, quietly)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.reason = error.strerror or str(error)
+
+
+@contextmanager
+def _writing() -> Iterator[None]:
+    """Around every write to stdout: its OSError becomes :class:`OutputFailed`."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputFailed(error) from error
+
+
 class _Stdout(Console):
     """stdout's console: a reader that went away ends the command as a closed pipe does
     anywhere else in `cmk` (exit 141, see :mod:`cmk.cli`), not with rich's exit 1."""
@@ -264,6 +287,10 @@ class Output:
     def emit_json(self, document: object) -> None:
         """Print ``document`` (reports are converted) as the one JSON document on stdout,
         or what ``--query`` picks from it, in the chosen format."""
+        with _writing():
+            self._emit_json(document)
+
+    def _emit_json(self, document: object) -> None:
         data = to_jsonable(document)
         if self.query is None:
             self._write_json(data)
@@ -297,7 +324,8 @@ class Output:
         """An error's JSON document on stdout with ``-o json``; with ``--query`` nothing
         (the message is on stderr, as the Azure CLI does: a script sees no result)."""
         if self.format == "json" and self.query is None:
-            self._write_json(to_jsonable(document))
+            with _writing():
+                self._write_json(to_jsonable(document))
 
     @staticmethod
     def _write_json(data: object) -> None:
@@ -307,6 +335,10 @@ class Output:
     def print(self, *renderables: object) -> None:
         """Print for humans on stdout: tables and lines in table mode, only the rows of
         tables with ``--output tsv``, nothing with ``--output json`` or ``--query``."""
+        with _writing():
+            self._print(*renderables)
+
+    def _print(self, *renderables: object) -> None:
         if self.query is not None:
             return
         if self.format == "tsv":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from cmk.commands.console_log import ConsoleLog
 from cmk.commands.errors import explain
 from cmk.commands.interrupt import EXIT_INTERRUPTED, Journal
-from cmk.commands.output import Output, output_format
+from cmk.commands.output import Output, OutputFailed, output_format
 from cmk.commands.unreachable import sandbox_gone
 from cmk.runtime import Runtime
 from cmk.settings import Settings
@@ -137,7 +137,7 @@ def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -
         return asyncio.run(_run(args, output, settings, body, journal))
     except KeyboardInterrupt:
         return interrupted(args, output, journal)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputFailed):
         raise  # the reader of stdout is gone: nothing to tell it (cmk.cli ends quietly)
     except Exception as error:
         logging.getLogger(__name__).debug("command failed", exc_info=True)

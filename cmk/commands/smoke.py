@@ -17,7 +17,14 @@ from rich.text import Text
 
 from cmk.commands.errors import LOGIN_HINT
 from cmk.commands.interrupt import Journal
-from cmk.commands.output import Output, common_options, output_format, styled, table
+from cmk.commands.output import (
+    Output,
+    OutputFailed,
+    common_options,
+    output_format,
+    styled,
+    table,
+)
 from cmk.commands.session import configure_logging, fail, interrupted
 from cmk.commands.smoke_rights import (
     account_rights,
@@ -100,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
         return _print(output, checks, caller)
     except KeyboardInterrupt:
         return interrupted(args, output, journal)
-    except BrokenPipeError:
+    except (BrokenPipeError, OutputFailed):
         raise
     except Exception as error:
         return fail(args, output, error)
