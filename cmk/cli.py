@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"cmk {package_version()}")
+    _global_options(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -116,6 +117,67 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(subparsers)
     _plain_parser(parser)
     return parser
+
+
+#: The options every command takes that may also come before it (``cmk -o json status``,
+#: as ``az -o json group list``): dest on the ``cmk`` parser -> dest on the command's.
+GLOBAL_OPTIONS = {
+    "global_output": "output",
+    "global_json": "json",
+    "global_query": "query",
+    "global_verbose": "verbose",
+}
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    """``-o/--output``, ``--json``, ``--query``, ``-v`` before the command: they apply to
+    it (an option given after the command wins). Kept apart (``global_*``) so that the
+    command's own defaults do not overwrite them."""
+    # imported here, not at the top: Ctrl-C while cmk imports must stay a quiet exit 130
+    from cmk.commands.output import OUTPUT_FORMATS, query_type  # noqa: PLC0415
+
+    parser.add_argument(
+        "-o",
+        "--output",
+        dest="global_output",
+        choices=OUTPUT_FORMATS,
+        default=None,
+        help="table, json or tsv: as the command's --output",
+    )
+    parser.add_argument(
+        "--json", dest="global_json", action="store_true", help="the same as --output json"
+    )
+    parser.add_argument(
+        "--query",
+        dest="global_query",
+        metavar="JMESPATH",
+        type=query_type,
+        default=None,
+        help="a JMESPath expression applied to the command's JSON document",
+    )
+    parser.add_argument(
+        "-v", "--verbose", dest="global_verbose", action="store_true", help="INFO logs on stderr"
+    )
+
+
+def _apply_global_options(
+    parser: argparse.ArgumentParser, command: argparse.ArgumentParser, args: argparse.Namespace
+) -> None:
+    """Give the command the options that came before it (unless it was given its own:
+    ``--json`` and ``--output`` count as one)."""
+    own_format = getattr(args, "output", None) is not None or getattr(args, "json", False)
+    for outer, inner in GLOBAL_OPTIONS.items():
+        value = getattr(args, outer, None)
+        delattr(args, outer)
+        if value in (None, False) or (inner in ("output", "json") and own_format):
+            continue
+        if not hasattr(args, inner):
+            option = {"output": "--output", "json": "--json", "query": "--query"}.get(
+                inner, "--verbose"
+            )
+            command.error(f"{option} is not an option of {command.prog}")
+        if getattr(args, inner) in (None, False):
+            setattr(args, inner, value)
 
 
 def _subparser(
@@ -134,6 +196,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     command = _subparser(parser, args)
+    _apply_global_options(parser, command, args)
     if extras:  # the subcommand's usage, not cmk's
         command.error(f"unrecognized arguments: {' '.join(extras)}")
     chosen = getattr(args, "output", None)

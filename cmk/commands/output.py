@@ -54,6 +54,7 @@ __all__ = [
     "clean",
     "common_options",
     "output_format",
+    "query_type",
     "short_account",
     "short_key",
     "short_version",
@@ -92,7 +93,7 @@ def common_options() -> argparse.ArgumentParser:
     parent.add_argument(
         "--query",
         metavar="JMESPATH",
-        type=_query,
+        type=query_type,
         default=None,
         help="a JMESPath expression applied to the JSON document, as in the Azure CLI;"
         " the result is shown as json unless --output says tsv or table",
@@ -103,7 +104,8 @@ def common_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _query(text: str) -> Query:
+def query_type(text: str) -> Query:
+    """The ``type`` of ``--query``: the compiled query, or argparse's error (exit 2)."""
     try:
         return Query(text)
     except InvalidQueryError as error:

@@ -306,6 +306,30 @@ class TestAzureCliConventions:
         run = cmk("versions", TYPOS[0], "--query", "versions")
         assert run.code == 2 and "invalid key id" in run.err and run.out == ""
 
+    def test_global_options_before_the_command_apply_to_it(self, world: World, cmk):
+        """-o/--output, --json, --query and -v before the command apply to it, as az's do;
+        one given after the command wins."""
+        document = cmk("status", "--json").json
+        assert cmk("-o", "json", "status").json == document
+        assert cmk("--output=json", "status").json == document
+        assert cmk("--json", "status").json == document
+        ids = [a["account_id"] for a in document["accounts"]]
+        run = cmk("--query", "accounts[].account_id", "-o", "tsv", "status")
+        assert run.code == document["exit_code"] and run.out.splitlines() == ids
+        assert cmk("-o", "json", "status", "-o", "tsv").out.splitlines()[0].startswith(ids[0])
+        assert "INFO " in cmk("-v", "status", "--json").err
+
+    def test_global_options_keep_their_checks(self, cmk):
+        """Before the command, a bad query or format is refused as after it (exit 2), and
+        an option the command does not take is named."""
+        bad = cmk("--query", "foo(x)", "status")
+        assert bad.code == 2 and "Unknown function: foo()" in bad.err
+        assert cmk("-o", "yaml", "status").code == 2
+        conflict = cmk("-o", "tsv", "--json", "status")
+        assert conflict.code == 2 and "--json is --output json" in conflict.err
+        sandbox = cmk("-o", "json", "sandbox", "up")
+        assert sandbox.code == 2 and "--output is not an option of cmk sandbox up" in sandbox.err
+
     def test_json_and_another_output_conflict(self, cmk):
         """--json with -o tsv is a usage error: exit 2."""
         run = cmk("status", "--json", "-o", "tsv")
