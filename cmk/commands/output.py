@@ -315,9 +315,7 @@ class Output:
             sys.stdout.flush()
         elif self.format == "table":
             shown = result_table(result)
-            if isinstance(shown, str):
-                self.console.print(Text(clean(shown)), soft_wrap=True)
-            else:
+            if shown is not None:
                 self._print_table(shown)
         else:
             self._write_json(result)

@@ -6,8 +6,10 @@ CLI applies it, then shown as ``-o json`` (the default with a query), ``tsv`` or
 - tsv: one line per item of a list result (a single value is one line, no result no
   line); an object's values in the order of its sorted keys, a nested list as its length
   and a nested object as an empty field (the Azure CLI's rules), none as an empty field;
-- table: a list of objects as columns (the keys of the objects), a list of values
-  as one column, an object as one row, a value as one line.
+- table: as the Azure CLI's (knack's ``_auto_table``): a list of objects as columns
+  (their keys, leaving out list- and object-valued ones), a list of lists as columns
+  Column1, Column2, ..., values as one column Result; a single value or object is a
+  table of one row.
 """
 
 from __future__ import annotations
@@ -112,26 +114,37 @@ def _tsv_field(value: object) -> str:
     return tsv_cell(value)
 
 
-def result_table(result: object) -> DataTable | str:
-    """``result`` as a table (or one line, for a single value)."""
-    if isinstance(result, dict):
-        return _objects_table([result])
-    if isinstance(result, list):
-        if result and all(isinstance(item, dict) for item in result):
-            return _objects_table(result)
-        return table("", ["Result"], [[_table_cell(item)] for item in result])
-    return tsv_cell(result)
-
-
-def _objects_table(items: list[dict[str, object]]) -> DataTable:
+def result_table(result: object) -> DataTable | None:
+    """``result`` as the Azure CLI's ``-o table`` shows it (knack's ``_auto_table``): one
+    row per item of a list (a single value is one row); an object's row has a column per
+    key whose value is not a list or an object (those are left out), a list's row the
+    columns Column1, Column2, ..., any other value the one column Result. None for an
+    empty list (nothing printed)."""
+    items = result if isinstance(result, list) else [result]
+    entries = [_auto_table_item(item) for item in items]
     columns: list[str] = []
-    for item in items:
-        columns.extend(key for key in item if key not in columns)
-    rows = [[_table_cell(item.get(column)) for column in columns] for item in items]
+    for entry in entries:
+        columns.extend(key for key in entry if key not in columns)
+    if not columns:
+        return None
+    rows = [[_table_cell(entry.get(column)) for column in columns] for entry in entries]
     return table("", columns, rows)
 
 
+def _auto_table_item(item: object) -> dict[str, object]:
+    if isinstance(item, dict):
+        return {
+            str(key): value
+            for key, value in item.items()
+            if not isinstance(value, list | dict) and value is not None
+        }
+    if isinstance(item, list):
+        return {f"Column{index}": value for index, value in enumerate(item, start=1)}
+    return {"Result": item}
+
+
 def _table_cell(value: object) -> object:
+    """A list or object inside a list's row (as Column*) shown by its size, not spelled."""
     if isinstance(value, list):
         return f"[{len(value)}]"
     if isinstance(value, dict):

@@ -249,6 +249,20 @@ class TestAzureCliConventions:
         rows = cmk("status", "--query", "accounts[].{id: account_id}", "-o", "table").out
         assert rows.splitlines()[1:2] and all(i.rsplit("/", 1)[-1][:6] in rows for i in ids)
 
+    def test_query_tables_are_laid_out_as_az_does(self, world: World, cmk):
+        """--query ... -o table: a list of lists has columns Column1, Column2; a scalar is
+        a one-cell table headed Result; an object's list values are left out."""
+        document = cmk("status", "--json").json
+        pairs = cmk("status", "--query", "accounts[].[account_id, state]", "-o", "table")
+        header = pairs.out.splitlines()[1]
+        assert "Column1" in header and "Column2" in header and "Result" not in header
+        assert all(a["state"] in pairs.out for a in document["accounts"])
+        count = cmk("status", "--query", "length(accounts)", "-o", "table")
+        lines = count.out.splitlines()
+        assert "Result" in lines[1] and str(len(document["accounts"])) in lines[3]
+        scope = cmk("status", "--query", "scope", "-o", "table").out.splitlines()[1]
+        assert "source" in scope and "subscriptions" not in scope and "vaults" not in scope
+
     def test_documented_queries_work(self, world: World, cmk):
         """The --query examples of docs/cli.md pick what they say from the documents."""
         world.new_version("kv-demo-weu", "ai-cmk")  # its accounts are stale now

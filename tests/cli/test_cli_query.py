@@ -27,17 +27,40 @@ class TestTsv:
 
 
 class TestTable:
-    def test_objects_become_columns(self):
-        shown = result_table([{"id": "a", "n": 1}, {"id": "b", "extra": [1, 2]}])
-        assert not isinstance(shown, str)
-        assert shown.column_names == ["id", "n", "extra"]
+    """As the Azure CLI's -o table (knack's _auto_table)."""
+
+    def test_objects_become_columns_without_list_or_object_values(self):
+        shown = result_table([{"id": "a", "n": 1, "tags": {"x": 1}}, {"id": "b", "extra": [1, 2]}])
+        assert shown is not None
+        assert shown.column_names == ["id", "n"]
+        assert [[c.plain for c in row] for row in shown.cells] == [["a", "1"], ["b", "-"]]
+
+    def test_a_list_of_lists_is_column1_column2(self):
+        shown = result_table([["a", 1], ["b", 2, True]])
+        assert shown is not None
+        assert shown.column_names == ["Column1", "Column2", "Column3"]
         assert [[c.plain for c in row] for row in shown.cells] == [
             ["a", "1", "-"],
-            ["b", "-", "[2]"],
+            ["b", "2", "yes"],
         ]
 
-    def test_a_value_is_one_line(self):
-        assert result_table(12) == "12"
+    @pytest.mark.parametrize(("value", "text"), [(12, "12"), ("x", "x"), (False, "no")])
+    def test_a_value_is_a_one_cell_table_headed_result(self, value, text):
+        shown = result_table(value)
+        assert shown is not None and shown.column_names == ["Result"]
+        assert [[c.plain for c in row] for row in shown.cells] == [[text]]
+
+    def test_a_list_of_values_is_one_result_column(self):
+        shown = result_table(["a", "b"])
+        assert shown is not None and shown.column_names == ["Result"]
+        assert len(shown.cells) == 2
+
+    def test_an_object_is_one_row(self):
+        shown = result_table({"a": 1, "b": [1]})
+        assert shown is not None and shown.column_names == ["a"]
+
+    def test_an_empty_list_is_no_table(self):
+        assert result_table([]) is None
 
 
 class TestQuery:
