@@ -47,9 +47,11 @@ INTERRUPTED = {
 #: How argparse words a --query refused by cmk.commands.query.
 _QUERY_REFUSED = "argument --query: Invalid jmespath query supplied for `--query`"
 
-# reST roles (:mod:`x`, :func:`~a.b`) and literals (``x``) in docstrings used as help.
+# reST roles (:mod:`x`, :func:`~a.b`), literals (``x``) and Markdown code (`x`) in
+# docstrings used as help.
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
 _LITERAL = re.compile(r"``([^`]+)``")
+_CODE = re.compile(r"`([^`\n]+)`")
 
 
 def package_version() -> str:
@@ -61,10 +63,11 @@ def package_version() -> str:
 
 
 def plain_help(text: str | None) -> str | None:
-    """Help text without reST markup: ``x`` becomes `x`, :mod:`a.b` becomes a.b."""
+    """Help text without markup: ``x`` and `x` become x, :mod:`a.b` becomes a.b (names
+    read as names, as in az's help)."""
     if not text:
         return text
-    return _LITERAL.sub(r"`\1`", _ROLE.sub(r"\1", text))
+    return _CODE.sub(r"\1", _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text)))
 
 
 def _plain_parser(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +78,10 @@ def _plain_parser(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for choice in action._choices_actions:
                 choice.help = plain_help(choice.help)
+                chosen = action.choices.get(choice.dest)
+                if chosen is not None and not chosen.description and choice.help:
+                    # `cmk sandbox up --help` says what it does, as its line in the list
+                    chosen.description = choice.help[0].upper() + choice.help[1:] + "."
             for subparser in {id(p): p for p in action.choices.values()}.values():
                 if subparser.epilog is None:
                     subparser.epilog = EXIT_CODES

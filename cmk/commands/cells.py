@@ -21,6 +21,7 @@ __all__ = [
     "cell",
     "clean",
     "fit",
+    "plural",
     "short_account",
     "short_key",
     "short_version",
@@ -315,6 +316,11 @@ def age(delta: timedelta) -> str:
     if seconds < 172800:
         return f"{seconds / 3600:.1f}h"
     return f"{seconds / 86400:.1f}d"
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 event``, ``2 events`` (``nouns`` when adding an s is wrong)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 def short_account(account: AccountId) -> str:

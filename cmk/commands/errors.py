@@ -100,8 +100,9 @@ def explain(error: BaseException) -> Failure:
         return Failure(EXIT_USAGE, "usage", message, fix)
     if isinstance(error, InvalidResourceId):
         fix = (
-            "give an account id such as /subscriptions/<id>/resourceGroups/<group>"
-            "/providers/Microsoft.CognitiveServices/accounts/<name>"
+            "give an account as RESOURCE_GROUP/NAME, as the tables show it (e.g."
+            " rg-ai/ai-prod-01), or as its ARM resource id, such as /subscriptions/<id>"
+            "/resourceGroups/<group>/providers/Microsoft.CognitiveServices/accounts/<name>"
         )
         return Failure(EXIT_USAGE, "usage", message, fix)
     if isinstance(error, OutOfScope):

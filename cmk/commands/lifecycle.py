@@ -83,7 +83,7 @@ def add_parser(subparsers: Any) -> None:
         help="ARM resource id, or RESOURCE_GROUP/NAME of a CMK account in scope",
     )
     check.add_argument("--all", action="store_true", help="every CMK account in scope")
-    check.add_argument("--key", help="check this key instead of the bound one")
+    check.add_argument("--key", metavar="KEY_ID", help="check this key instead of the bound one")
     check.set_defaults(func=lambda args: run_command(args, _check, storage=False))
     for name, help_text, doc in (
         ("enable", "turn on CMK with a key (preflight first)", ENABLE_DOC),
@@ -95,7 +95,7 @@ def add_parser(subparsers: Any) -> None:
         parser.add_argument(
             "account_id", metavar="ACCOUNT_ID", help="ARM resource id, or RESOURCE_GROUP/NAME"
         )
-        parser.add_argument("--key", help="key id, versioned or versionless")
+        parser.add_argument("--key", metavar="KEY_ID", help="key id, versioned or versionless")
         parser.add_argument("--vault", help="vault name or URL (with --key-name)")
         parser.add_argument("--key-name", help="key name in --vault")
         parser.add_argument("--dry-run", action="store_true", help="check only, write nothing")
@@ -154,7 +154,9 @@ async def _check(session: Session) -> int:
             " the identity can read): `cmk check --all`",
         )
     key = KeyId.parse(args.key) if args.key else None
-    accounts = await _accounts(session, list(args.account_ids))
+    # each account once, however often it is named (as a full id or RESOURCE_GROUP/NAME)
+    named = await _accounts(session, list(dict.fromkeys(args.account_ids)))
+    accounts = list({str(account).lower(): account for account in named}.values())
     warnings: list[str] = []
     if args.all:
         inventory = session.runtime.services.inventory

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cmk.commands.output import common_options
+from cmk.commands.output import common_options, plural
 from cmk.commands.scope import resolve, scope_line, warn
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import print_alerts, print_sweep
@@ -43,9 +43,10 @@ async def _plan(session: Session) -> int:
     print_sweep(output, report)
     print_alerts(output, report.alerts)
     output.print(
-        f"plan: {report.accounts} accounts, {report.keys_read} keys read,"
-        f" {len(report.moves)} to move, {len(report.findings)} findings,"
-        f" {len(report.alerts)} alerts a sweep would raise, {report.out_of_scope} out of scope"
+        f"plan: {plural(report.accounts, 'account')}, {plural(report.keys_read, 'key')} read,"
+        f" {len(report.moves)} to move, {plural(len(report.findings), 'finding')},"
+        f" {plural(len(report.alerts), 'alert')} a sweep would raise,"
+        f" {report.out_of_scope} out of scope"
     )
     output.print(scope_line(session.settings, scope))
     return answer.exit_code

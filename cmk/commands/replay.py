@@ -16,7 +16,15 @@ from typing import Any
 
 from cmk.commands.errors import UsageError
 from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
-from cmk.commands.output import EXIT_FINDINGS, EXIT_OK, common_options, short_key, styled, table
+from cmk.commands.output import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    common_options,
+    plural,
+    short_key,
+    styled,
+    table,
+)
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import job_summary, jobs_failed, print_jobs
 from cmk.errors import CmkError
@@ -227,7 +235,8 @@ async def _replay(session: Session) -> int:
         for o in outcomes
     ]
     columns = ("#", "event id", "type", "key", "outcome", "enqueued", "detail")
-    output.print(table(f"{len(outcomes)} events from {args.file}", columns, rows, tsv=tsv))
+    title = f"{plural(len(outcomes), 'event')} from {args.file}"
+    output.print(table(title, columns, rows, tsv=tsv))
     print_jobs(output, results)
     return code
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cmk.commands.inline import CollectedJobs, run_jobs
-from cmk.commands.output import common_options, short_version
+from cmk.commands.output import common_options, plural, short_version
 from cmk.commands.scope import refuse_hidden_subscriptions
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import (
@@ -227,6 +227,8 @@ async def _rotate(session: Session) -> int:
     args, output, journal = session.args, session.output, session.journal
     key = KeyId.parse(args.key_id).versionless()
     engine = session.engine()
+    if engine.dry_run and not args.dry_run:
+        output.note("dry run: CMK_DRY_RUN=true is set")
     require_in_scope(session.settings, key)
     # before any version exists: a hidden subscription would leave its accounts stale
     again = f"cmk rotate {key}" + (" --dry-run" if engine.dry_run else "")
@@ -269,17 +271,21 @@ async def _rotate(session: Session) -> int:
     print_findings(output, report.findings)
     print_alerts(output, report.alerts)
     print_jobs(output, results)
-    created = report.created_version or "none"
     where = (
-        f"{report.enqueued} jobs enqueued for the app"
+        f"{plural(report.enqueued, 'job')} enqueued for the app"
         if not inline
         else (
             ", ".join(f"{n} {r}" for r, n in job_summary(results).items() if n) or "nothing to move"
         )
     )
-    outcome = "version rejected" if rejected else "new version created"
+    if rejected:
+        outcome = f"created version {report.created_version}, rejected"
+    elif report.created_version:
+        outcome = f"created version {report.created_version}"
+    else:
+        outcome = "no version created"
     output.print(
-        f"rotate {key}: {outcome}; new version {created}; {where}"
+        f"rotate {key}: {outcome}; {where}"
         + (f"; {report.detail}" if report.detail else "")
         + retry_note(retries, waits)
     )

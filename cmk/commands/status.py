@@ -12,6 +12,7 @@ from rich.text import Text
 
 from cmk.commands.output import (
     common_options,
+    plural,
     short_version,
     styled,
     table,
@@ -73,7 +74,7 @@ async def _status(session: Session) -> int:
         for a in accounts
     ]
     columns = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
-    output.print(table(f"{len(accounts)} CMK accounts", columns, rows, tsv=tsv))
+    output.print(table(f"{plural(len(accounts), 'CMK account')}", columns, rows, tsv=tsv))
     counts = status_summary(accounts)
     parts = [Text.assemble(styled(state), f": {n}") for state, n in counts.items() if n]
     output.print(Text("  ").join(parts))

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
-from cmk.commands.output import common_options
+from cmk.commands.output import common_options, plural
 from cmk.commands.scope import resolve, scope_line, warn
 from cmk.commands.session import Session, run_command
 from cmk.commands.tables import job_summary, print_jobs, print_sweep, retry_note
@@ -39,6 +39,8 @@ def add_parser(subparsers: Any) -> None:
 
 async def _sweep(session: Session) -> int:
     engine, output, journal = session.engine(), session.output, session.journal
+    if engine.dry_run and not session.args.dry_run:
+        output.note("dry run: CMK_DRY_RUN=true is set")
     if not engine.dry_run:
         await session.runtime.prepare_storage()
     collector = CollectedJobs()
@@ -90,10 +92,10 @@ async def _sweep(session: Session) -> int:
             filter(None, [done, f"{held} not sent (account busy, or see the findings)"])
         )
     output.print(
-        f"sweep{' (dry run)' if engine.dry_run else ''}: {report.accounts} accounts,"
-        f" {report.keys_read} keys, {len(jobs)} jobs run here: {done or 'nothing to move'};"
-        f" {len(report.findings)} findings, {report.alerts_published} new alerts"
-        + retry_note(retries, waits)
+        f"sweep{' (dry run)' if engine.dry_run else ''}: {plural(report.accounts, 'account')},"
+        f" {plural(report.keys_read, 'key')}, {plural(len(jobs), 'job')} run here:"
+        f" {done or 'nothing to move'}; {plural(len(report.findings), 'finding')},"
+        f" {plural(report.alerts_published, 'new alert')}" + retry_note(retries, waits)
     )
     output.print(scope_line(session.settings, scope))
     return answer.exit_code

@@ -4,6 +4,7 @@ results that say so, and progress and summaries that tell waiting from failing."
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import json
@@ -17,11 +18,15 @@ import pytest
 from cli_rig import World
 from rich.console import Console
 
+from cmk.cli import build_parser
 from cmk.commands.output import LineTicker
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState
 from cmk.resource_id import AccountId
 from cmk.runtime import Runtime
+from cmk.sandbox.eventgrid.service import shape_event
+from cmk.sandbox.keyvault.model import key_event
+from cmk.sandbox.world import KeyEventType
 from cmk.settings import Settings
 from cmk.usecases.worker import account_lease_name
 
@@ -307,3 +312,77 @@ class TestSweepSummary:
         assert "6 succeeded" in summary
         assert "for an account's write lease, held by another job" in summary
         assert "transient errors retried" not in summary
+
+
+class TestPolish:
+    """Small things an operator reads: dry-run notes, id hints, help, wording."""
+
+    @pytest.mark.parametrize(
+        "argv", [["sweep"], ["rotate", "kv-demo-weu/ai-cmk"]], ids=["sweep", "rotate"]
+    )
+    def test_cmk_dry_run_setting_is_said_once(self, world: World, cmk, monkeypatch, argv):
+        """CMK_DRY_RUN=true turns sweep/rotate into a dry run: stderr says so once; with
+        --dry-run given it is the option's doing, and nothing is said."""
+        if argv[0] == "rotate":
+            vault, key = argv[1].split("/")
+            argv = ["rotate", world.key_id(vault, key)]
+        monkeypatch.setenv("CMK_DRY_RUN", "true")
+        run = cmk(*argv)
+        assert run.code == 0, run.err
+        assert run.err.count("dry run: CMK_DRY_RUN=true is set") == 1
+        assert "dry run: CMK_DRY_RUN" not in cmk(*argv, "--dry-run").err
+
+    @pytest.mark.parametrize(
+        "argv", [["history", "--account", "nope"], ["check", "nope"]], ids=["history", "check"]
+    )
+    def test_a_bad_account_id_names_the_short_form(self, world: World, cmk, argv):
+        """A bad account id's fix names RESOURCE_GROUP/NAME as well as the ARM id; exit 2."""
+        run = cmk(*argv)
+        assert run.code == 2
+        assert "RESOURCE_GROUP/NAME" in run.err and "/subscriptions/<id>" in run.err
+
+    def test_check_names_each_account_once(self, world: World, cmk):
+        """cmk check A A (or A and its full id) checks A once."""
+        account = world.accounts_on("kv-demo-weu", "ai-cmk")[0]
+        short = f"{account.resource_group}/{account.name}"
+        run = cmk("check", short, short, account.resource_id, "--json")
+        assert [c["account_id"] for c in run.json["checks"]] == [account.resource_id]
+
+    def test_help_reads_plainly(self):
+        """No backticks in any help; KEY_ID and N as the descriptions say; sandbox up
+        has a description."""
+        parser = build_parser()
+        [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        assert "`" not in parser.format_help()
+        for name, command in sub.choices.items():
+            assert "`" not in command.format_help(), name
+        assert "--key KEY_ID" in sub.choices["check"].format_help()
+        assert "--key KEY_ID" in sub.choices["enable"].format_help()
+        assert "--instances N" in sub.choices["demo"].format_help()
+        sandbox = sub.choices["sandbox"]._actions
+        [up] = [a for a in sandbox if isinstance(a, argparse._SubParsersAction)]
+        assert up.choices["up"].description
+
+    def test_rotate_says_created_version(self, world: World, cmk):
+        """rotate's summary: `created version X`, not `new version created; new version X`."""
+        key = world.vault("kv-demo-neu").keys["ai-cmk"]
+        run = cmk("rotate", world.key_id("kv-demo-neu", "ai-cmk"))
+        assert run.code == 0, run.err
+        summary = run.out.splitlines()[-1]
+        assert f"created version {key.versions[-1].version}; 10 succeeded" in summary
+        assert "new version created" not in summary
+
+    def test_one_event_is_singular(self, world: World, cmk, tmp_path: Path):
+        """A replay of one event is titled `1 event from FILE`."""
+        state = world.vault("kv-demo-neu").keys["ai-cmk"]
+        event = key_event(
+            world.sandbox.world,
+            KeyEventType.NEW_VERSION,
+            world.vault("kv-demo-neu"),
+            state,
+            state.versions[-1],
+        )
+        path = tmp_path / "one.json"
+        path.write_text(json.dumps([shape_event(event, "EventGridSchema")]))
+        run = cmk("replay", str(path), "--dry-run")
+        assert f"1 event from {path}" in run.out and "1 events" not in run.out
