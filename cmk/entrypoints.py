@@ -326,9 +326,11 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
 
     400 for a missing, invalid or versioned key id or a vault outside the allow-list, 403
     when the app's identity may not read or rotate the key, 404 for a key that does not
-    exist (nothing is written in any of these cases). 409 when the same key was rotated
-    through this endpoint less than CMK_ROTATE_COOLDOWN_MINUTES ago (naming the version
-    it created), unless ``force``: a retried or doubled call does not make two versions.
+    exist, 500 (kind ``configuration``) when a subscription of CMK_SUBSCRIPTIONS is not
+    visible to the identity (nothing is written in any of these cases). 409 when the same
+    key was rotated through this endpoint less than CMK_ROTATE_COOLDOWN_MINUTES ago
+    (naming the version it created), unless ``force``: a retried or doubled call does not
+    make two versions.
     """
     if not key_id:
         return _error(
@@ -346,6 +348,18 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
             )
         if not engine.settings.vault_in_scope(parsed):
             raise OutOfScope(f"vault {parsed.vault_url} is not in CMK_VAULT_ALLOWLIST")
+        hidden = (await subscription_scope(engine)).warnings()
+        if hidden:
+            # Its accounts would not be inventoried: they would stay on the old version
+            # while the answer reports success. Refuse before anything is created.
+            return _error(
+                500,
+                "configuration",
+                "rotation refused, nothing was created: " + "; ".join(hidden),
+                "fix the app setting CMK_SUBSCRIPTIONS (or leave it empty: every subscription"
+                " the identity can read), or grant the identity a role there",
+                created_version=None,
+            )
         cooling = None if engine.dry_run else await _cool_down(engine, parsed, force=force)
         if cooling is not None:
             return cooling

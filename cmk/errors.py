@@ -5,7 +5,7 @@
     CmkError                      every error this package raises on purpose
     ├── TransientError            retry later: the platform (queue, Event Grid) redelivers
     │   ├── ThrottledError        429 from ARM / Key Vault / Resource Graph (carries retry_after)
-    │   │   └── AccountBusy       another job holds the account's write lease (retry_after)
+    │   │   └── AccountBusy       another job holds the account's write lease (retry_after, expires)
     │   └── ServiceUnavailable    5xx, timeouts, dropped connections, 409 while Updating
     └── PermanentError            retrying cannot help: record it, alert once, complete the message
         ├── InvalidInput          something we were given is malformed
@@ -26,6 +26,8 @@ retry schedule) tries again; permanent ones become a ledger row and one alert.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class CmkError(Exception):
     """Base of every error cmk-rotator raises on purpose."""
@@ -45,7 +47,14 @@ class ThrottledError(TransientError):
 
 class AccountBusy(ThrottledError):
     """Another job holds the account's write lease: come back when it may have finished.
-    Deferred like a 429 (it spends no delivery), never an account failure."""
+    Deferred like a 429 (it spends no delivery), never an account failure. ``expires`` is
+    when the holder's lease runs out (UTC), when known."""
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, expires: datetime | None = None
+    ) -> None:
+        super().__init__(message, retry_after)
+        self.expires = expires
 
 
 class ServiceUnavailable(TransientError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -81,24 +80,6 @@ Sleep = Callable[[float], Awaitable[None]]
 #: Hears that a job waits for an account's write lease, and until when it is held.
 OnWait = Callable[[AccountId, datetime | None], None]
 
-#: The holder's expiry in the worker's AccountBusy message ("lease until 14:32:05").
-_LEASE_UNTIL = re.compile(r"lease until (\d\d):(\d\d):(\d\d)")
-
-
-def lease_expiry(error: AccountBusy, now: datetime) -> datetime | None:
-    """When the write lease ``error`` waits for runs out (UTC), or None when not said.
-    The worker states it as a time of day in the message; the next such time after
-    ``now`` less 12 hours is meant (a lease never outlives that)."""
-    stated = getattr(error, "expires", None)
-    if isinstance(stated, datetime):
-        return stated
-    found = _LEASE_UNTIL.search(str(error))
-    if found is None:
-        return None
-    hour, minute, second = (int(part) for part in found.groups())
-    at = now.replace(hour=hour, minute=minute, second=second, microsecond=0)
-    return at + timedelta(days=1) if at < now - timedelta(hours=12) else at
-
 
 async def _deliver(
     engine: Engine,
@@ -126,7 +107,7 @@ async def _deliver(
             log.info("%s waits for its write lease, held by another job", job.account_id)
             ticker.waited()
             if on_wait is not None:
-                on_wait(job.account_id, lease_expiry(error, engine.now()))
+                on_wait(job.account_id, error.expires)
             await sleep(max(1.0, error.retry_after or 1.0))
         except ThrottledError as error:
             if deferrals < MAX_DEFERRALS:

@@ -34,7 +34,7 @@ from cmk.usecases import EventOutcome, EventReport, PlannedMove
 from cmk.usecases.answers import rotation_answer, rotation_exit_code
 from cmk.usecases.new_versions import Prediction, predict_rotation
 from cmk.usecases.rotate import ROTATE_EVENT_TYPE, rotate_key
-from cmk.usecases.versions import key_versions
+from cmk.usecases.versions import VersionUse, key_versions
 
 __all__ = ["add_parser"]
 
@@ -159,6 +159,13 @@ def _prediction_json(prediction: Prediction, checks: list[_Check]) -> dict[str, 
     }
 
 
+def _why(use: VersionUse) -> str:
+    """Why an account on ``use`` would move; urgent (its version unsafe) says why."""
+    if use.bindable:
+        return "bound to the key: would move to the new version"
+    return f"bound to an unsafe version ({'; '.join(use.reasons)}): would move to the new one"
+
+
 async def _dry_run(session: Session, key: KeyId) -> int:
     """Show what ``rotate`` would do: the version it would create and the policy's verdict
     on it, and the accounts that would move. Exit 1 when that version would be rejected."""
@@ -171,9 +178,8 @@ async def _dry_run(session: Session, key: KeyId) -> int:
     bound = [account for use in report.versions for account in use.accounts]
     moves: tuple[PlannedMove, ...] = ()
     if prediction.bindable:
-        reason = "bound to the key: would move to the new version"
         moves = tuple(
-            PlannedMove(account, key, use.version, NEW_VERSION, False, reason)
+            PlannedMove(account, key, use.version, NEW_VERSION, not use.bindable, _why(use))
             for use in report.versions
             for account in use.accounts
         )

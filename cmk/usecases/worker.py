@@ -134,8 +134,9 @@ class _Step:
         backoff = BUSY_RETRY_SECONDS * 2 ** min(self.job.deferrals, 10)
         raise AccountBusy(
             f"account {self.job.account_id} is being changed by another job{doing}, lease"
-            f" until {grant.expires:%H:%M:%S}; deferred",
+            f" until {grant.expires:%H:%M:%S} UTC; deferred",
             retry_after=min(max(wait, 1.0), backoff),
+            expires=grant.expires,
         )
 
     async def keep_lease(self, ttl: timedelta | None = None) -> None:

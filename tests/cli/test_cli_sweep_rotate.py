@@ -75,6 +75,23 @@ class TestRotate:
         assert run.code == 0 and run.valid("rotate")["rotation"]["created_version"] is None
         assert len(key.versions) == before
 
+    def test_dry_run_marks_moves_off_an_unsafe_version_urgent(self, world: World, cmk):
+        """Accounts bound to a version that fails the policy (here: disabled) would move
+        urgently, and the dry run says why; accounts on a valid version are routine moves."""
+        accounts = world.accounts_on("kv-demo-weu", "ai-cmk")
+        key = world.vault("kv-demo-weu").keys["ai-cmk"]
+        unsafe = accounts[0].encryption.key_version
+        [version] = [v for v in key.versions if v.version == unsafe]
+        version.enabled = False
+        run = cmk("rotate", world.key_id("kv-demo-weu", "ai-cmk"), "--dry-run", "--json")
+        moves = run.valid("rotate")["rotation"]["moves"]
+        urgent = {m["from_version"] == unsafe for m in moves if m["urgent"]}
+        assert urgent == {True} and len(moves) == len(accounts)
+        assert all("unsafe version" in m["reason"] for m in moves if m["urgent"])
+        assert any(not m["urgent"] for m in moves) is (
+            len({a.encryption.key_version for a in accounts}) > 1
+        )
+
     def test_identity_without_access_fails_with_one_alert(self, world: World, cmk):
         """An account whose identity lost its grant fails, with an alert; exit 1."""
         victim = world.accounts_on("kv-demo-neu", "ai-cmk")[0]

@@ -250,6 +250,21 @@ class TestSandboxUpApp:
         assert result.returncode == 2
         assert "--app needs Azurite" in result.stderr
 
+    @pytest.mark.parametrize("count", ["0", "65"])
+    def test_instances_out_of_range_is_a_usage_error(self, count: str) -> None:
+        """`up --app --instances 0` (or more than the bound) exits 2 naming the range."""
+        result = subprocess.run(
+            [str(CMK), "sandbox", "up", "--app", "--instances", count],
+            cwd=ROOT,
+            env=_clean_environ(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert "--instances must be from 1 to 64" in result.stderr
+
     def test_instances_without_app_is_a_usage_error(self) -> None:
         """`up --instances 2` without --app exits 2 naming the missing option."""
         result = subprocess.run(

@@ -52,6 +52,24 @@ class TestHttpRotate:
         assert body["error"]["exit_code"] == 2  # type: ignore[index]
         assert len(estate.kv.keys["cmk"].versions) == 1
 
+    async def test_hidden_subscription_refuses_before_creating(self, rig: Rig) -> None:
+        """A subscription of CMK_SUBSCRIPTIONS the identity cannot see (a typo): its
+        accounts would stay on the old version while the answer says success. Refused
+        (500, kind configuration, the subscription named), nothing created."""
+        estate = rig.estate
+        estate.version(estate.kv)
+        typo = "0b1f6471-1bf0-4dda-aec3-cb9272f0dead"
+        settings = replace(
+            rig.engine.settings, subscriptions=(*rig.engine.settings.subscriptions, typo)
+        )
+        status, body = await http_rotate(
+            replace(rig.engine, settings=settings, subscriptions=rig.services.subscriptions),
+            f"{estate.kv.url}/keys/cmk",
+        )
+        assert status == 500 and body["error"]["kind"] == "configuration"  # type: ignore[index]
+        assert typo in body["error"]["message"]  # type: ignore[index]
+        assert len(estate.kv.keys["cmk"].versions) == 1
+
 
 class _Interleaved:
     """The ledger, with caller B stopped right after reading the rotation claim (its

@@ -39,6 +39,11 @@ READY_TIMEOUT_SECONDS = 10.0
 PROG = "cmk sandbox up"
 
 
+#: Functions host instances `up --app` runs at most (each polls the queues with host.json's
+#: batch of workers; the template's platform floor is 40).
+MAX_INSTANCES = 64
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``sandbox up`` on the ``cmk`` argument parser."""
     sandbox = subparsers.add_parser("sandbox", help="the local Azure sandbox (development)")
@@ -62,7 +67,8 @@ def add_parser(subparsers: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="Functions host instances polling the queues (with --app; default 1)",
+        help=f"Functions host instances polling the queues, 1 to {MAX_INSTANCES} (with --app;"
+        " default 1)",
     )
     up.set_defaults(func=up_command)
 
@@ -112,8 +118,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """UsageError for options that do not go together or an env file still in use."""
     if args.instances is not None and not args.app:
         raise UsageError("--instances needs --app")
-    if args.instances is not None and args.instances < 1:
-        raise UsageError("--instances must be at least 1")
+    if args.instances is not None and not 1 <= args.instances <= MAX_INSTANCES:
+        raise UsageError(
+            f"--instances must be from 1 to {MAX_INSTANCES} (each runs the app's workers in"
+            f" this process), not {args.instances}"
+        )
     if args.app and args.no_azurite:
         raise UsageError("--app needs Azurite (its queue triggers and ledger): drop --no-azurite")
     if args.env_file and (owner := live_owner(args.env_file)):
