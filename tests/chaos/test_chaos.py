@@ -191,7 +191,7 @@ class TestChaosRun:
                 continue
             if (subject, version) in failed:
                 continue
-            if kind == "binding_unsafe" and subject in on_disabled:
+            if kind == alert_group(AlertType.BINDING_UNSAFE) and subject in on_disabled:
                 continue
             if alert["data"]["cause"].startswith(
                 "the job exhausted its retries"
