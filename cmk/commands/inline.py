@@ -157,12 +157,15 @@ async def run_jobs(
     retry_delay: float = 1.0,
     on_result: Callable[[JobReport], None] | None = None,
     on_wait: OnWait | None = None,
+    on_submitted: OnWait | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> list[JobReport]:
     """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target.
     ``on_result`` hears of each job as it ends (not of ``submitted`` ones, which are
-    verified again), so an interrupted run can say how far it got, and ``on_wait`` of each
-    wait for a write lease another job holds (and until when). Transient errors are
+    verified again), so an interrupted run can say how far it got, ``on_wait`` of each
+    wait for a write lease another job holds (and until when), and ``on_submitted`` of
+    each update still running when its job stopped waiting: its write lease went on to its
+    VERIFY job, held until the time given unless that verify runs here first. Transient errors are
     counted on the ticker (waits for a write lease apart from them) and logged one line each
     at INFO (``-v``)."""
     collector = CollectedJobs()
@@ -182,6 +185,9 @@ async def run_jobs(
             ticker.advance()
             if on_result is not None:
                 on_result(report)
+        elif on_submitted is not None:  # the worker renewed the lease for this long
+            held = here.verify_delay + engine.settings.write_lease_ttl
+            on_submitted(job.account_id, engine.now() + held)
         return report
 
     batch, delay = list(jobs), timedelta(0)

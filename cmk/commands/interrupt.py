@@ -46,6 +46,9 @@ class Journal:
     #: When the write leases run out that this run's jobs were waiting for (held by
     #: another job: an earlier, interrupted run's, or the app's), the latest known.
     waited_until: datetime | None = None
+    #: Updates still running when their job stopped waiting: the write lease went on to
+    #: the VERIFY job, which an interruption drops (see cmk.commands.inline.run_jobs).
+    verifying: LeasesKept = field(default_factory=LeasesKept)
 
     def did(self, what: str) -> None:
         """Something finished (shown under ``done``)."""
@@ -79,6 +82,17 @@ class Journal:
         (None when not known)."""
         if expires is not None and (self.waited_until is None or expires > self.waited_until):
             self.waited_until = expires
+
+    def submitted(self, account: AccountId, expires: datetime | None) -> None:
+        """``account``'s update was still running when its job stopped waiting; its lease
+        (handed on to the verify) is held until ``expires``."""
+        if expires is not None:
+            self.verifying.add(_key(account), expires)
+
+    def _unverified(self) -> LeasesKept:
+        """The handed-on leases of accounts whose verify did not finish."""
+        left = {a: t for a, t in self.verifying.until.items() if a not in self.finished}
+        return LeasesKept(left)
 
     def _moves(self) -> tuple[str, str]:
         ended = sum(self.results.values())
@@ -117,6 +131,16 @@ class Journal:
             " after that (before, it only waits for them)"
         )
 
+    def _verifies(self) -> str:
+        """The updates still running whose verify this run did not get to ("" for none)."""
+        unverified = self._unverified()
+        if unverified.last is None:
+            return ""
+        return (
+            f"{len(unverified)} update(s) were still running in Azure and not verified;"
+            f" their accounts' write leases run out at {unverified.last:%H:%M:%S} UTC"
+        )
+
     def _waits(self) -> str:
         """The jobs that were waiting for write leases held by another job ("" for none)."""
         until = self._waited()
@@ -135,7 +159,7 @@ class Journal:
             moved, left = self._moves()
             done.append(moved)
             not_done = [left] if left else not_done
-        not_done.extend(line for line in (self._sent(), self._waits()) if line)
+        not_done.extend(line for line in (self._sent(), self._verifies(), self._waits()) if line)
         where = f" while {self.doing}" if self.doing else ""
         lines = [f"cmk {self.command}: interrupted{where}."]
         lines.append("  done: " + ("; ".join(done) if done else "nothing"))
@@ -148,7 +172,8 @@ class Journal:
     def _after(self) -> str:
         """When the finishing command can do its work: after the last write lease that
         this run kept or waited for runs out ("" when none is known)."""
-        known = [t for t in (self.leases.last, self._waited()) if t is not None]
+        times = (self.leases.last, self._unverified().last, self._waited())
+        known = [t for t in times if t is not None]
         return f" (after {max(known):%H:%M:%S} UTC)" if known else ""
 
     def _waited(self) -> datetime | None:

@@ -263,7 +263,12 @@ async def _rotate(session: Session) -> int:
         f"moving accounts to {short_version(report.target_version)}", len(jobs)
     ) as ticker:
         results = await run_jobs(
-            engine, jobs, ticker, on_result=journal.job_done, on_wait=journal.lease_wait
+            engine,
+            jobs,
+            ticker,
+            on_result=journal.job_done,
+            on_wait=journal.lease_wait,
+            on_submitted=journal.submitted,
         )
         retries, waits = ticker.retries, ticker.waits
     rejected = report.outcome is EventOutcome.VERSION_REJECTED

@@ -68,7 +68,12 @@ async def _sweep(session: Session) -> int:
         journal.moving(jobs, finish="cmk sweep", reasons=reasons)
     with output.progress(label, len(jobs)) as ticker:
         results = await run_jobs(
-            engine, jobs, ticker, on_result=journal.job_done, on_wait=journal.lease_wait
+            engine,
+            jobs,
+            ticker,
+            on_result=journal.job_done,
+            on_wait=journal.lease_wait,
+            on_submitted=journal.submitted,
         )
         retries, waits = ticker.retries, ticker.waits
     scope = await resolve(engine)

@@ -300,3 +300,36 @@ class TestInterruptedDemo:
         assert "cmk demo: interrupted" in err and "run `cmk demo` again" in err
         assert any(line.startswith("Act 1") for line in seen)
         assert "demo finished" not in rest
+
+
+class TestJournalOfUpdatesStillRunning:
+    """An update that outlasted its job's wait hands the account's write lease to its
+    VERIFY job; interrupted before that verify ran here, the lease stays until it runs
+    out, and the summary says so (pure: the journal the commands keep)."""
+
+    def test_unverified_update_names_when_its_lease_runs_out(self):
+        from cmk.commands.interrupt import Journal  # noqa: PLC0415 (only this class)
+        from cmk.keyid import KeyId  # noqa: PLC0415
+        from cmk.ports import RotationJob  # noqa: PLC0415
+        from cmk.resource_id import AccountId  # noqa: PLC0415
+        from cmk.usecases import JobReport  # noqa: PLC0415
+
+        key = KeyId("https://kv-demo.vault.azure.net", "k", "a" * 32)
+        accounts = [
+            AccountId("00000000-0000-0000-0000-000000000001", "rg", f"ai-{n}") for n in "abc"
+        ]
+        journal = Journal("rotate")
+        journal.moving([RotationJob(a, key, "t") for a in accounts], finish="cmk sweep")
+        until = datetime(2026, 12, 7, 21, 30, 5, tzinfo=UTC)
+        journal.submitted(accounts[0], until - timedelta(minutes=1))
+        journal.submitted(accounts[1], until)
+
+        text = journal.message()
+        assert "2 update(s) were still running in Azure and not verified" in text
+        assert "write leases run out at 21:30:05 UTC" in text
+        assert "to finish: cmk sweep (after 21:30:05 UTC)" in text
+
+        verified = JobReport.skipped(RotationJob(accounts[1], key, "t"), "already on target")
+        journal.job_done(verified)  # the second account's verify ran here after all
+        assert "1 update(s) were still running" in journal.message()
+        assert "(after 21:29:05 UTC)" in journal.message()
