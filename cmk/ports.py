@@ -413,6 +413,14 @@ ACCOUNT_FAILURE_TYPES = frozenset({AlertType.ACCOUNT_UPDATE_FAILED, AlertType.ID
 BROKEN_BINDING_TYPES = frozenset({AlertType.KEY_EXPIRED_BOUND, AlertType.BINDING_UNSAFE})
 
 
+#: The dedup groups of the types of a shared group before they shared it: an alert still
+#: open under one of those (recorded by an earlier version of the app) is the same problem.
+EARLIER_GROUPS: dict[str, tuple[str, ...]] = {
+    "account_failure": ("account_update_failed", "identity_missing"),
+    "broken_binding": ("binding_unsafe", "key_expired_bound"),
+}
+
+
 def alert_group(kind: AlertType) -> str:
     """The dedup cause group of an alert type (see :data:`ACCOUNT_FAILURE_TYPES` and
     :data:`BROKEN_BINDING_TYPES`)."""

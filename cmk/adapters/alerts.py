@@ -59,7 +59,7 @@ from cmk.adapters._errors import azure_errors, translate
 from cmk.adapters.ledger import TableLedger
 from cmk.adapters.outbox import AlertRow, AlertState
 from cmk.errors import CmkError
-from cmk.ports import Alert
+from cmk.ports import EARLIER_GROUPS, Alert
 
 __all__ = ["EVENT_SOURCE", "EventGridAlerts", "alert_event", "event_type"]
 
@@ -141,18 +141,25 @@ class EventGridAlerts:
         """Record the alert unless it is recorded already, then deliver it (see the module
         docstring); True if this call delivered it."""
         token = f"{self._owner}:{uuid.uuid4().hex[:8]}"
+        subject, to_version, group = alert.dedup_key
+        for earlier in EARLIER_GROUPS.get(group, ()):
+            if await self._ledger.is_alert_open((subject, to_version, earlier)):
+                return self._already_open(alert)
         row = alert_row(alert)
         details = {"Severity": alert.severity.value, "Cause": alert.cause[:16000]}
         state = await self._ledger.record_alert(alert.dedup_key, row, token, self._clock(), details)
         if state is AlertState.SENT:
-            self._logger.info(
-                "alert %s for %s already open; not raised again",
-                alert.type.value,
-                alert.subject,
-                extra=self._extra(alert),
-            )
-            return False
+            return self._already_open(alert)
         return await self._deliver(alert.dedup_key, token)
+
+    def _already_open(self, alert: Alert) -> bool:
+        self._logger.info(
+            "alert %s for %s already open; not raised again",
+            alert.type.value,
+            alert.subject,
+            extra=self._extra(alert),
+        )
+        return False
 
     async def flush_pending(self) -> int:
         """Deliver every alert recorded but not yet delivered; returns how many."""

@@ -3,13 +3,15 @@
 Partition ``alert|`` + the subject (escaped), row ``{to_version or -}|{dedup group}``.
 A row goes ``pending`` (recorded, with everything needed to publish it) → ``sent``
 (the topic accepted it), and is deleted when its problem is resolved. The first run that
-takes a pending row's delivery marks it ``Logged`` and writes the alert's ERROR log line,
-so the line is written once whichever run delivers it (the one that recorded it, or a
-later one after a lost response or a crash). While one worker
-delivers a pending row it marks it (``DeliveringBy`` / ``DeliveringSince``, an
-ETag-conditional write), so two runs never publish the same alert at once; a worker that
-died delivering is taken over after :data:`DELIVERY_LEASE`. Rows written before the
-outbox existed have no ``State`` and count as sent.
+takes a pending row's delivery writes the alert's ERROR log line, and marks the row
+``Logged`` when it records the delivery's end: the line is written whichever run delivers
+it (the one that recorded it, or a later one after a lost response or a crash), and twice
+only when a run dies between the line and that write (a duplicate rather than a loss).
+While one worker delivers a pending row it marks it (``DeliveringBy`` /
+``DeliveringSince``, an ETag-conditional write), so two runs never publish the same alert
+at once; a worker that died delivering is taken over after :data:`DELIVERY_LEASE`.
+Rows written before the outbox existed have no ``State`` and count as sent; rows without
+``Logged`` were logged when recorded.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _alert_row(entity: Mapping[str, Any]) -> AlertRow:
         event_type=str(entity.get("EventType") or ""),
         subject=str(entity["Subject"]),
         data=json.loads(str(entity.get("Payload") or "{}")),
-        logged=bool(entity.get("Logged")),
+        logged=bool(entity.get("Logged", True)),  # rows of older versions logged at once
     )
 
 
@@ -100,6 +102,7 @@ class AlertRows(TableRows):
             "Group": group,
             "Opened": now,
             "State": AlertState.PENDING.value,
+            "Logged": False,
             OWNER: owner,
             "EventId": row.event_id,
             "EventType": row.event_type,
@@ -116,10 +119,9 @@ class AlertRows(TableRows):
     async def take_delivery(
         self, dedup_key: DedupKey, owner: str, now: datetime
     ) -> AlertRow | None:
-        """Mark a pending alert as being delivered by ``owner`` (and as logged): the row to
-        publish, with ``logged`` as it was before (False: the caller writes its ERROR log
-        line), or None when it is sent, resolved, or being delivered by a live other worker.
-        """
+        """Mark a pending alert as being delivered by ``owner``: the row to publish (with
+        ``logged`` False: the caller writes its ERROR log line first), or None when it is
+        sent, resolved, or being delivered by a live other worker."""
         subject, to_version, group = dedup_key
         action = f"delivering alert {group} for {subject}"
         held = await self.get_row(_partition(subject), _row(to_version, group), action)
@@ -138,7 +140,6 @@ class AlertRows(TableRows):
             "RowKey": held["RowKey"],
             "DeliveringBy": owner,
             "DeliveringSince": now,
-            "Logged": True,
         }
         if not await self.replace_if(mark, held, action, merge=True):
             return None
@@ -147,7 +148,8 @@ class AlertRows(TableRows):
     async def finish_delivery(
         self, dedup_key: DedupKey, owner: str, now: datetime, *, sent: bool
     ) -> bool:
-        """After a publish: mark the alert sent, or free it for the next run's delivery —
+        """After a publish: mark the alert sent, or free it for the next run's delivery, and
+        logged either way (the caller wrote its line before publishing) —
         only while ``owner`` still delivers it (ETag-conditional: a row resolved and
         recorded anew meanwhile, or taken over after the lease, is not ours to mark).
         False if it was not."""
@@ -160,6 +162,7 @@ class AlertRows(TableRows):
             "PartitionKey": held["PartitionKey"],
             "RowKey": held["RowKey"],
             "DeliveringBy": "",
+            "Logged": True,
         }
         if sent:
             update["State"] = AlertState.SENT.value

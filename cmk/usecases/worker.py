@@ -36,6 +36,7 @@ from cmk.errors import (
     AccountBusy,
     CmkError,
     KeyAccessDenied,
+    NotFound,
     PermanentError,
     ServiceUnavailable,
     TransientError,
@@ -95,6 +96,9 @@ class _Step:
         self.token = job.lease_owner or f"{engine.owner}:{uuid.uuid4().hex[:12]}"
         #: The lease was handed on to the queued VERIFY job: this run must not release it.
         self.lease_stays = False
+        #: This VERIFY continues the lease its update's run handed on: nobody else wrote
+        #: the account since that PATCH, so what the account shows is that update's doing.
+        self.continued = False
         #: A PATCH went out and its fate is unknown (no answer yet, none coming, or the
         #: run cancelled meanwhile): the lease is kept until it expires.
         self.patch_unsettled = False
@@ -122,6 +126,7 @@ class _Step:
             self.lease, self.token, now, self.lease_ttl
         ):
             self.lease_expires = now + self.lease_ttl  # the lease the submitting run handed on
+            self.continued = self.job.step is JobStep.VERIFY
             return
         grant = await engine.ledger.acquire_lease(
             self.lease, self.token, now, self.lease_ttl, purpose=self.purpose
@@ -209,7 +214,7 @@ class _Step:
     async def beyond(self, version: str, group: str) -> bool:
         """Whether an open alert is a failed move past the one that just succeeded (a newer
         version's failure stays open: the account is not there yet). Read only for such
-        alerts, from the key cache; unreadable, it is closed."""
+        alerts, from the key cache; a version gone is closed, one unreadable for now kept."""
         if group != alert_group(AlertType.ACCOUNT_UPDATE_FAILED):
             return False
         if not version or version.lower() == self.version.lower():
@@ -218,8 +223,10 @@ class _Step:
         try:
             other = await keys.get_version(self.job.target.with_version(version))
             reached = await keys.get_version(self.job.target)
+        except NotFound:
+            return False  # that version is gone: nothing to move to
         except CmkError:
-            return False
+            return True  # cannot tell now: keep it open rather than alert it again later
         return version_order(other, None) > version_order(reached, None)
 
     async def fail(self, cause: str, *, identity: bool = False) -> JobReport:
@@ -258,6 +265,14 @@ class _Step:
             self.lease_stays = True
         log.info("update running; verify queued", extra=self.log_fields("submitted"))
         return self.report(JobResult.SUBMITTED)
+
+    async def rotate_again(self, why: str) -> JobReport:
+        """The verify cannot settle the move as its update's outcome: hand it back as a
+        ROTATE job, which decides again under a lease of its own (a verify never PATCHes,
+        so a redelivered verify can never renew a lease kept for an unanswered PATCH)."""
+        await self.engine.jobs.enqueue(replace(self.job, step=JobStep.ROTATE, lease_owner=None))
+        log.info("%s; rotate queued", why, extra=self.log_fields("rotate_again"))
+        return self.report(JobResult.SUBMITTED, why)
 
 
 def _bound_version(step: _Step, record: AccountRecord) -> str:
@@ -390,7 +405,20 @@ async def _verify(step: _Step) -> JobReport:
     state = record.provisioning_state.lower()
     if bound == step.version and state == "succeeded":
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED)
+    settled = step.previous.state if step.previous else None
+    if settled in _DONE or settled is LedgerState.FAILED:
+        # A duplicate or stale verify of a move already settled: nothing to add.
+        assert settled is not None
+        return step.report(JobResult.SKIPPED, f"the move is already recorded {settled.value}")
     if state == "failed":
+        if not step.continued:
+            # The lease ran out before this verify ran (a queue backlog), or it came from
+            # a producer that hands no lease on: another job may have written meanwhile,
+            # so this Failed may not be this update's. The move is decided again.
+            return await step.rotate_again(
+                "the account's update ended Failed, and this verify cannot tell whose it"
+                " was (its write lease was not kept for it)"
+            )
         on = "it" if bound == step.version else f"the account is still on {bound}"
         return await step.fail(
             f"the update to {step.version} ended with provisioningState Failed ({on});"
@@ -406,17 +434,16 @@ async def _verify(step: _Step) -> JobReport:
         return await step.verify_later(record_submitted=False)
     # Succeeded on an older version that is still valid to leave (the skip checks above):
     # the update this job waited for never landed — its PATCH was refused, or never went
-    # out and a stale row made it look in flight. Nothing failed yet: under the lease,
-    # decide and PATCH again, until the move has been tried for longer than an update may
-    # take (then it needs a human).
+    # out and a stale row made it look in flight. Nothing failed yet: the move is decided
+    # and sent again, until it has been tried for longer than an update may take (then it
+    # needs a human).
     since = step.previous.created if step.previous else engine.now()
     if engine.now() - since > engine.stuck_after:
         return await step.fail(
             f"the update did not take effect: still on {bound}, moves to {step.version}"
             f" tried since {since:%Y-%m-%d %H:%M} UTC"
         )
-    step.attempts += 1
-    return await _rotate(step)
+    return await step.rotate_again(f"the update never landed (the account is on {bound})")
 
 
 async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
@@ -449,7 +476,7 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
     unsettled_verify = False
     try:
         step = _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
-        step.token = lease.token
+        step.token, step.continued = lease.token, lease.continued
         try:
             return await _run(step)
         except TransientError as error:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
 
+from cmk.adapters.alerts import EventGridAlerts, alert_row
+from cmk.adapters.outbox import DELIVERY_LEASE, AlertState
+from cmk.errors import ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.ports import Alert, AlertType, Severity
 from cmk.resource_id import AccountId
@@ -122,6 +127,50 @@ class TestEventGridAlerts:
         [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
         extracted = re.search(found.group(1), record.getMessage())
         assert extracted is not None and extracted.group(1) == "key_unreadable"
+
+    async def test_error_line_not_lost_with_the_answer_of_the_delivery_mark(
+        self, publishing: Services, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The write that marks the alert as being delivered lands but its answer is lost:
+        the run raises before its ERROR line. The line is not lost: the next delivery (once
+        the mark's lease ran out) writes it, once."""
+        now = [datetime.now(UTC)]
+        ledger = publishing.ledger
+        sink = EventGridAlerts(None, ledger, logging.getLogger("cmk.alerts"), clock=lambda: now[0])
+        take = ledger.take_delivery
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+            await take(*args, **kwargs)
+            raise ServiceUnavailable("marking the delivery: response lost (injected)")
+
+        caplog.set_level(logging.ERROR, logger="cmk.alerts")
+        ledger.take_delivery = answer_lost  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ServiceUnavailable):
+                await sink.raise_alert(_alert())
+        finally:
+            ledger.take_delivery = take  # type: ignore[method-assign]
+        assert await sink.flush_pending() == 0  # the lost run still holds the delivery
+        now[0] += DELIVERY_LEASE + timedelta(seconds=1)
+        assert await sink.flush_pending() == 1
+        lines = [r for r in caplog.records if r.getMessage().startswith("cmk alert ")]
+        assert len(lines) == 1
+
+    async def test_alert_open_under_its_earlier_group_is_not_raised_again(
+        self, publishing: Services, topic: Topic
+    ) -> None:
+        """binding_unsafe and key_expired_bound share a group now; an alert an earlier
+        version of the app recorded under its own type's group is the same problem."""
+        earlier = _alert(type=AlertType.BINDING_UNSAFE)
+        key = (earlier.subject.lower(), earlier.to_version or "", "binding_unsafe")
+        row = alert_row(earlier)
+        state = await publishing.ledger.record_alert(key, row, "earlier", datetime.now(UTC))
+        assert state is AlertState.NEW
+        assert await publishing.alerts.raise_alert(_alert(type=AlertType.BINDING_UNSAFE)) is False
+        assert await publishing.alerts.raise_alert(_alert(type=AlertType.KEY_EXPIRED_BOUND)) is (
+            False
+        )
+        assert topic.events == []
 
     async def test_without_topic_logs_only(
         self, services: Services, caplog: pytest.LogCaptureFixture

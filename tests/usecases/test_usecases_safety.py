@@ -18,11 +18,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from usecase_rig import Rig
+from usecase_rig import Rig, handed_verify
 
 from cmk.errors import ServiceUnavailable, TransientError
 from cmk.keyid import KeyId
-from cmk.ports import JobStep, LedgerEntry, LedgerState, RotationJob
+from cmk.ports import LedgerEntry, LedgerState, RotationJob
 from cmk.resource_id import AccountId
 from cmk.sandbox.world import KeyEventType
 from cmk.usecases import EventOutcome, alerting, on_near_expiry, rotate_account, sweep
@@ -98,7 +98,7 @@ class TestOneFailureOneAlert:
             KeyId(estate.kv.url, "cmk", new.version),
             trigger="test",
         )
-        verify = await rotate_account(rig.engine, replace(job, step=JobStep.VERIFY))
+        verify = await rotate_account(rig.engine, await handed_verify(rig, job))
         assert verify.result is JobResult.FAILED
         assert new.version in (verify.cause or "") and old.version in (verify.cause or "")
         account.identity.system = None  # the identity is gone too
@@ -124,7 +124,7 @@ class TestOneFailureOneAlert:
             KeyId(estate.kv.url, "cmk", failed.version),
             trigger="test",
         )
-        verify = await rotate_account(rig.engine, replace(job, step=JobStep.VERIFY))
+        verify = await rotate_account(rig.engine, await handed_verify(rig, job))
         assert verify.result is JobResult.FAILED
         estate.world.clock.advance(timedelta(minutes=1))
         newest = estate.version(estate.kv)
@@ -420,7 +420,7 @@ class TestIndependentAlerts:
         down = estate.sandbox.faults.add(host=rig.topic.host, status=503)
         account.provisioning_state = "Failed"
         job = RotationJob(account_id, KeyId(estate.kv.url, "cmk", failing.version), trigger="t")
-        assert (await rotate_account(rig.engine, replace(job, step=JobStep.VERIFY))).result is (
+        assert (await rotate_account(rig.engine, await handed_verify(rig, job))).result is (
             JobResult.FAILED
         )
         account.provisioning_state = "Succeeded"

@@ -45,6 +45,7 @@ from cmk.sandbox.world import (
     World,
 )
 from cmk.usecases import Engine, JobReport, on_poison, rotate_account
+from cmk.usecases.worker import account_lease_name
 from cmk.wiring import RetryOptions, Services, WiringOptions
 
 SUB_A = "aaaaaaaa-1111-4111-8111-111111111111"
@@ -265,5 +266,19 @@ def _bindable(version: KeyVersionState) -> bool:
 
 
 def verify_job(job: RotationJob) -> RotationJob:
-    """The VERIFY job that follows ``job``."""
+    """The VERIFY job that follows ``job`` (as a producer that hands no lease on sends it)."""
     return replace(job, step=JobStep.VERIFY)
+
+
+async def handed_verify(rig: Rig, job: RotationJob) -> RotationJob:
+    """The VERIFY job that follows ``job`` as the worker sends it: it carries the account's
+    write lease, taken here as the run that sent the update would have held it."""
+    token = f"test:{uuid.uuid4().hex[:12]}"
+    grant = await rig.engine.ledger.acquire_lease(
+        account_lease_name(job.account_id),
+        token,
+        rig.engine.now(),
+        rig.engine.settings.write_lease_ttl,
+    )
+    assert grant.granted
+    return replace(job, step=JobStep.VERIFY, lease_owner=token)
