@@ -37,10 +37,11 @@ Publishes are independent: a failure is logged at WARNING and leaves the alert p
 never raised into the job or event that found the problem. :meth:`flush_pending` (every
 sweep, and every publish that reached the topic) delivers what stayed pending — the
 topic was down, the process died — with the same CloudEvent id, so a consumer can drop
-the rare duplicate of an alert whose publish answer was lost. The ERROR line is written
-once, by the first delivery (the row remembers it: a run that recorded the alert and died,
-or lost the answer, leaves it to whichever run delivers it). Dedup never swallows an
-undelivered alert: a raise that meets a pending row delivers it.
+the rare duplicate of an alert whose publish answer was lost. The ERROR line is written by
+the run that delivers the alert, before it publishes, and the row then remembers it (a run
+that recorded the alert and died, or lost the answer, leaves it to whichever run delivers
+it; one that dies between the line and that mark leaves a rare second line, never none).
+Dedup never swallows an undelivered alert: a raise that meets a pending row delivers it.
 """
 
 from __future__ import annotations
