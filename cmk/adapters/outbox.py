@@ -119,9 +119,9 @@ class AlertRows(TableRows):
     async def take_delivery(
         self, dedup_key: DedupKey, owner: str, now: datetime
     ) -> AlertRow | None:
-        """Mark a pending alert as being delivered by ``owner``: the row to publish (with
-        ``logged`` False: the caller writes its ERROR log line first), or None when it is
-        sent, resolved, or being delivered by a live other worker."""
+        """Mark a pending alert as being delivered by ``owner``: the row to publish (its
+        ``logged`` False when no run wrote its ERROR line yet: the caller writes it first),
+        or None when it is sent, resolved, or being delivered by a live other worker."""
         subject, to_version, group = dedup_key
         action = f"delivering alert {group} for {subject}"
         held = await self.get_row(_partition(subject), _row(to_version, group), action)
