@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from cmk.commands.output import Ticker
 from cmk.errors import AccountBusy, ThrottledError, TransientError
@@ -79,6 +80,21 @@ def job_for_move(move: PlannedMove, trigger: str) -> RotationJob:
 Sleep = Callable[[float], Awaitable[None]]
 #: Hears that a job waits for an account's write lease, and until when it is held.
 OnWait = Callable[[AccountId, datetime | None], None]
+
+
+class JobWatch(Protocol):
+    """Hears how an inline run goes, so an interrupted command can say how far it got
+    (:class:`cmk.commands.interrupt.Journal` is one)."""
+
+    def job_done(self, report: JobReport) -> None:
+        """A job ended (any result but ``submitted``, which is verified again)."""
+
+    def lease_wait(self, account: AccountId, expires: datetime | None) -> None:
+        """A job waits for the account's write lease, held by another job until then."""
+
+    def submitted(self, account: AccountId, expires: datetime | None) -> None:
+        """The account's update was still running when its job stopped waiting: the write
+        lease went on to its VERIFY job, held until then unless that verify runs here."""
 
 
 async def _deliver(
@@ -155,19 +171,14 @@ async def run_jobs(
     *,
     verify_delay: timedelta = VERIFY_DELAY,
     retry_delay: float = 1.0,
-    on_result: Callable[[JobReport], None] | None = None,
-    on_wait: OnWait | None = None,
-    on_submitted: OnWait | None = None,
+    watch: JobWatch | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> list[JobReport]:
     """Run ``jobs`` to the end (following VERIFY jobs); one report per account and target.
-    ``on_result`` hears of each job as it ends (not of ``submitted`` ones, which are
-    verified again), so an interrupted run can say how far it got, ``on_wait`` of each
-    wait for a write lease another job holds (and until when), and ``on_submitted`` of
-    each update still running when its job stopped waiting: its write lease went on to its
-    VERIFY job, held until the time given unless that verify runs here first. Transient errors are
-    counted on the ticker (waits for a write lease apart from them) and logged one line each
-    at INFO (``-v``)."""
+    ``watch`` hears of each job as it ends, of each wait for a write lease another job
+    holds, and of each update still running when its job stopped waiting (see
+    :class:`JobWatch`). Transient errors are counted on the ticker (waits for a write
+    lease apart from them) and logged one line each at INFO (``-v``)."""
     collector = CollectedJobs()
     here = replace(engine, jobs=collector, verify_delay=verify_delay)
     reports: dict[tuple[str, str], JobReport] = {}
@@ -178,16 +189,17 @@ async def run_jobs(
             job.account_id.subscription_id.lower(),
             asyncio.Semaphore(engine.settings.max_concurrency),
         )
+        on_wait = None if watch is None else watch.lease_wait
         report = await _deliver(
             here, job, retry_delay, ticker, gate=gate, sleep=sleep, on_wait=on_wait
         )
         if report.result is not JobResult.SUBMITTED:
             ticker.advance()
-            if on_result is not None:
-                on_result(report)
-        elif on_submitted is not None:  # the worker renewed the lease for this long
+            if watch is not None:
+                watch.job_done(report)
+        elif watch is not None:  # the worker renewed the lease for this long
             held = here.verify_delay + engine.settings.write_lease_ttl
-            on_submitted(job.account_id, engine.now() + held)
+            watch.submitted(job.account_id, engine.now() + held)
         return report
 
     batch, delay = list(jobs), timedelta(0)

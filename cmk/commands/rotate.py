@@ -262,14 +262,7 @@ async def _rotate(session: Session) -> int:
     with output.progress(
         f"moving accounts to {short_version(report.target_version)}", len(jobs)
     ) as ticker:
-        results = await run_jobs(
-            engine,
-            jobs,
-            ticker,
-            on_result=journal.job_done,
-            on_wait=journal.lease_wait,
-            on_submitted=journal.submitted,
-        )
+        results = await run_jobs(engine, jobs, ticker, watch=journal)
         retries, waits = ticker.retries, ticker.waits
     rejected = report.outcome is EventOutcome.VERSION_REJECTED
     code = rotation_exit_code(report, results)

@@ -67,14 +67,7 @@ async def _sweep(session: Session) -> int:
         reasons = {str(move.account_id).lower(): move.reason for move in report.moves}
         journal.moving(jobs, finish="cmk sweep", reasons=reasons)
     with output.progress(label, len(jobs)) as ticker:
-        results = await run_jobs(
-            engine,
-            jobs,
-            ticker,
-            on_result=journal.job_done,
-            on_wait=journal.lease_wait,
-            on_submitted=journal.submitted,
-        )
+        results = await run_jobs(engine, jobs, ticker, watch=journal)
         retries, waits = ticker.retries, ticker.waits
     scope = await resolve(engine)
     answer = sweep_answer(session.settings, report, results, scope)
