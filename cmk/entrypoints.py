@@ -71,7 +71,7 @@ from cmk.usecases.answers import (
 from cmk.usecases.context import Engine
 from cmk.usecases.report import to_jsonable
 from cmk.usecases.rotate import rotate_key
-from cmk.usecases.subscriptions import subscription_scope
+from cmk.usecases.subscriptions import HIDDEN_FIX, subscription_scope
 
 __all__ = [
     "MAX_DEFERRALS",
@@ -348,18 +348,9 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
             )
         if not engine.settings.vault_in_scope(parsed):
             raise OutOfScope(f"vault {parsed.vault_url} is not in CMK_VAULT_ALLOWLIST")
-        hidden = (await subscription_scope(engine)).warnings()
-        if hidden:
-            # Its accounts would not be inventoried: they would stay on the old version
-            # while the answer reports success. Refuse before anything is created.
-            return _error(
-                500,
-                "configuration",
-                "rotation refused, nothing was created: " + "; ".join(hidden),
-                "fix the app setting CMK_SUBSCRIPTIONS (or leave it empty: every subscription"
-                " the identity can read), or grant the identity a role there",
-                created_version=None,
-            )
+        refusal = (await subscription_scope(engine)).refusal("rotation")
+        if refusal is not None:  # before anything is created
+            return _error(500, "configuration", refusal, HIDDEN_FIX, created_version=None)
         cooling = None if engine.dry_run else await _cool_down(engine, parsed, force=force)
         if cooling is not None:
             return cooling

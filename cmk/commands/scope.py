@@ -12,7 +12,7 @@ from cmk.commands.output import Output
 from cmk.settings import Settings
 from cmk.usecases.answers import scope_source, scope_warnings
 from cmk.usecases.context import Engine
-from cmk.usecases.subscriptions import SubscriptionScope, subscription_scope
+from cmk.usecases.subscriptions import HIDDEN_FIX, SubscriptionScope, subscription_scope
 
 __all__ = ["refuse_hidden_subscriptions", "resolve", "scope_line", "scope_warnings", "warn"]
 
@@ -46,14 +46,8 @@ async def refuse_hidden_subscriptions(
     be inventoried, so a run would leave those bound to the key stale while reporting
     success. ``again`` is the command line to run once it is fixed."""
     scope = await resolve(engine)
-    warnings = scope.warnings()
-    if not warnings:
+    refusal = scope.refusal(command)
+    if refusal is None:
         return
-    warn(output, warnings)
-    raise ScopeRefused(
-        f"{command} refused, nothing was created or written: {len(scope.not_visible)}"
-        " subscription(s) of CMK_SUBSCRIPTIONS are not visible to the identity, so the"
-        " accounts there would be left on their old version unnoticed",
-        fix="fix CMK_SUBSCRIPTIONS (or unset it: every subscription the identity can read),"
-        f" or grant the identity a role there; then run `{again}` again",
-    )
+    warn(output, scope.warnings())
+    raise ScopeRefused(refusal, fix=f"{HIDDEN_FIX}; then run `{again}` again")

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from cmk.errors import CmkError, ConfigurationError
 from cmk.usecases.context import Engine
 
-__all__ = ["FROM_IDENTITY", "FROM_SETTING", "SubscriptionScope", "subscription_scope"]
+__all__ = [
+    "FROM_IDENTITY",
+    "FROM_SETTING",
+    "HIDDEN_FIX",
+    "SubscriptionScope",
+    "subscription_scope",
+]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,11 @@ FROM_SETTING = "CMK_SUBSCRIPTIONS"
 FROM_IDENTITY = "readable by the identity"
 
 _UNUSABLE_STATES = frozenset({"disabled", "deleted"})
+#: The fix of a run refused for subscriptions the identity cannot see.
+HIDDEN_FIX = (
+    "fix CMK_SUBSCRIPTIONS (or unset it: every subscription the identity can read), or grant"
+    " the identity a role there"
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,20 @@ class SubscriptionScope:
         """``name (id)`` when the name is known, else the id."""
         name = dict(self.names).get(subscription_id)
         return f"{name} ({subscription_id})" if name else subscription_id
+
+    def refusal(self, what: str) -> str | None:
+        """Why ``what`` (a command that writes: a rotation) must not run in this scope, or
+        None: the accounts of a configured subscription the identity cannot see would not
+        be inventoried, so they would stay on their old version while the run reported
+        success."""
+        if not self.not_visible:
+            return None
+        return (
+            f"{what} refused, nothing was created or written: {len(self.not_visible)}"
+            f" subscription(s) of CMK_SUBSCRIPTIONS ({', '.join(self.not_visible)}) are not"
+            " visible to the identity, so the accounts there would be left on their old"
+            " version unnoticed"
+        )
 
     def warnings(self) -> list[str]:
         """What is wrong with the scope, one line each."""
