@@ -179,6 +179,19 @@ def _app_up(tmp_path: Path, *options: str) -> Iterator[AppUp]:
     assert _processes_in(state) == []
 
 
+def _up_refused(*args: str) -> subprocess.CompletedProcess[str]:
+    """`cmk sandbox up ARGS` in a clean environment, expected to stop at its arguments."""
+    return subprocess.run(
+        [str(CMK), "sandbox", "up", *args],
+        cwd=ROOT,
+        env=_clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class TestSandboxUpApp:
     def test_a_key_rotated_in_another_shell_moves_every_bound_account(self, tmp_path: Path) -> None:
         """`up --app --instances 2`: a key rotated with the Key Vault SDK from a shell that
@@ -238,43 +251,19 @@ class TestSandboxUpApp:
 
     def test_app_without_azurite_is_a_usage_error(self, tmp_path: Path) -> None:
         """`up --app --no-azurite` exits 2 before starting anything: the queues need it."""
-        result = subprocess.run(
-            [str(CMK), "sandbox", "up", "--app", "--no-azurite"],
-            cwd=ROOT,
-            env=_clean_environ(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _up_refused("--app", "--no-azurite")
         assert result.returncode == 2
         assert "--app needs Azurite" in result.stderr
 
     @pytest.mark.parametrize("count", ["0", "65"])
     def test_instances_out_of_range_is_a_usage_error(self, count: str) -> None:
         """`up --app --instances 0` (or more than the bound) exits 2 naming the range."""
-        result = subprocess.run(
-            [str(CMK), "sandbox", "up", "--app", "--instances", count],
-            cwd=ROOT,
-            env=_clean_environ(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _up_refused("--app", "--instances", count)
         assert result.returncode == 2
         assert "--instances must be from 1 to 64" in result.stderr
 
     def test_instances_without_app_is_a_usage_error(self) -> None:
         """`up --instances 2` without --app exits 2 naming the missing option."""
-        result = subprocess.run(
-            [str(CMK), "sandbox", "up", "--instances", "2"],
-            cwd=ROOT,
-            env=_clean_environ(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _up_refused("--instances", "2")
         assert result.returncode == 2
         assert "--instances needs --app" in result.stderr
