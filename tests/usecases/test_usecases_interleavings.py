@@ -643,6 +643,15 @@ async def _submitted(world: _World, target: int) -> tuple[AccountState, Rotation
     return account, verify
 
 
+async def _verify_calls(world: _World) -> int:
+    """How many port calls A's VERIFY makes when it runs alone (the points to preempt)."""
+    _, verify = await _submitted(world, 1)
+    alone = await settle(world.rig, {"A": verify}, Plan(order=[("A", None)]))
+    calls = sum(1 for step in alone.trace if step.startswith("A:"))
+    assert calls >= 4  # lease, ledger, account read, ledger write, release
+    return calls
+
+
 class TestVerifyHoldsTheLease:
     """A's update outlasted its wait: A recorded SUBMITTED and handed its write lease to
     its VERIFY job. Until that verify has settled what A's update did, no other job may
@@ -655,10 +664,7 @@ class TestVerifyHoldsTheLease:
         B is deferred until A's verify released the lease (or, A dead, until it expired);
         A's move is recorded as it happened, the account ends on v3, nothing alerted."""
         world = _World(rig)
-        _, verify = await _submitted(world, 1)
-        alone = await settle(rig, {"A": verify}, Plan(order=[("A", None)]))
-        calls = sum(1 for step in alone.trace if step.startswith("A:"))
-        assert calls >= 4  # lease, ledger, account read, ledger write, release
+        calls = await _verify_calls(world)
         for k in range(calls):
             account, verify = await _submitted(world, 1)
             jobs = {"A": verify, "B": world.jobs(account, 1, 2)["B"]}
@@ -683,9 +689,7 @@ class TestVerifyHoldsTheLease:
         then): unless it settled, it keeps the lease for its redelivery, so B is still
         deferred; the redelivered verify settles A's move, then B moves the account on."""
         world = _World(rig)
-        _, verify = await _submitted(world, 1)
-        alone = await settle(rig, {"A": verify}, Plan(order=[("A", None)]))
-        calls = sum(1 for step in alone.trace if step.startswith("A:"))
+        calls = await _verify_calls(world)
         for k in range(calls):
             account, verify = await _submitted(world, 1)
             jobs = {"A": verify, "B": world.jobs(account, 1, 2)["B"]}
