@@ -518,31 +518,42 @@ async def _run(step: _Step) -> JobReport:
 
 
 async def on_poison(engine: Engine, job: RotationJob) -> JobReport:
-    """A job exhausted its retries: record it FAILED and alert (unless it finished meanwhile)."""
+    """A job exhausted its retries: record it FAILED and alert — unless the account shows
+    that nothing is left to do (the update landed after all, or the job's next run would
+    skip it: the account is already on a version not older than the target, or a newer
+    valid version superseded it). A human is alerted only for a move still owed."""
     previous = await engine.ledger.get(job.account_id, job.target.version or "")
     step = _Step(engine, job, previous)
     step.attempts = previous.attempts if previous else 0
     if previous is not None and previous.state in _DONE:
         return step.report(JobResult.SKIPPED, f"already {previous.state.value}")
-    if await _landed(step):
-        # Its PATCH was applied but no attempt could verify it (status polls or reads
-        # failed until the retries ran out): the account proves it, nothing failed.
-        return await step.finish(
-            LedgerState.SUCCEEDED, JobResult.SUCCEEDED, "verified after the job's last retry"
-        )
+    settled = await _settled_meanwhile(step)
+    if settled is not None:
+        return settled
     last = f"; {previous.cause}" if previous is not None and previous.cause else ""
     return await step.fail(f"the job exhausted its retries{last}")
 
 
-async def _landed(step: _Step) -> bool:
-    """One last read: is the account on the job's target, Succeeded? (False if ARM cannot
-    say: the retries were spent on exactly that.)"""
+async def _settled_meanwhile(step: _Step) -> JobReport | None:
+    """One last look, as the job's next run would take it: the account on the target,
+    Succeeded (its PATCH was applied but no attempt could verify it: status polls or reads
+    failed until the retries ran out), or a move the worker would now skip. None when
+    there is still a move owed — or when ARM or Key Vault cannot say (the retries were
+    spent on exactly that)."""
     if not step.version:
-        return False
+        return None
     try:
         record = await step.engine.accounts.get(step.job.account_id)
+        bound = _bound_version(step, record)
+        if bound.lower() == step.version.lower():
+            if record.provisioning_state.lower() != "succeeded":
+                return None
+            return await step.finish(
+                LedgerState.SUCCEEDED, JobResult.SUCCEEDED, "verified after the job's last retry"
+            )
+        cause = await _skip_cause(step, record)
     except CmkError:
-        return False
-    bound = record.binding.key_id.version if record.binding is not None else None
-    succeeded = record.provisioning_state.lower() == "succeeded"
-    return succeeded and (bound or "").lower() == step.version.lower()
+        return None
+    if cause is None:
+        return None
+    return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)

@@ -336,6 +336,47 @@ class TestOnPoison:
         assert rig.alerts() == []
         await rig.check_ledger()
 
+    async def test_poison_of_a_move_superseded_meanwhile_alerts_nobody(self, rig: Rig) -> None:
+        """The job for an older target ran out of retries while a newer version's job
+        moved the account past it: nothing is owed, so the row is SKIPPED and nobody is
+        alerted (the next run of that job would have skipped it the same way)."""
+        estate = rig.estate
+        account, _, middle = _pair(rig)
+        estate.world.clock.advance(timedelta(minutes=5))
+        newest = estate.version(estate.kv)
+        job = _job(account, estate.kv, middle)
+        await rotate_account(rig.engine, _job(account, estate.kv, newest))
+
+        report = await on_poison(rig.engine, job)
+
+        assert report.result is JobResult.SKIPPED
+        assert f"already on {newest.version}" in (report.cause or "")
+        assert {entry.to_version: entry.state for entry in await rig.ledger(account)} == {
+            middle.version: LedgerState.SKIPPED,
+            newest.version: LedgerState.SUCCEEDED,
+        }
+        assert rig.alerts() == []
+        await rig.check_ledger()
+
+    async def test_poison_of_a_move_still_owed_fails_and_alerts(self, rig: Rig) -> None:
+        """The account is still on an older version than the poisoned job's target: the
+        move is owed, so FAILED and one alert naming the job's last error."""
+        account, old, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        rig.estate.sandbox.faults.add(
+            host="management.azure.com", path=account.name, method="PATCH", status=503
+        )
+        for _ in range(2):
+            with pytest.raises(TransientError):
+                await rotate_account(rig.engine, job)
+
+        report = await on_poison(rig.engine, job)
+
+        assert report.result is JobResult.FAILED
+        assert "exhausted its retries; last error:" in (report.cause or "")
+        assert account.encryption.key_version == old.version
+        assert len(rig.alerts("account_update_failed")) == 1
+
     async def test_poison_while_arm_cannot_answer_fails_and_alerts(self, rig: Rig) -> None:
         """ARM still cannot answer the last read: FAILED and one alert, as before."""
         account, _, new = _pair(rig)
