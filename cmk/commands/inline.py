@@ -197,9 +197,10 @@ async def run_jobs(
             ticker.advance()
             if watch is not None:
                 watch.job_done(report)
-        elif watch is not None:  # the worker renewed the lease for this long
-            held = here.verify_delay + engine.settings.write_lease_ttl
-            watch.submitted(job.account_id, engine.now() + held)
+        elif watch is not None and report.lease_until is not None:
+            # The lease went on to the queued VERIFY (a verify that handed the move back
+            # to a ROTATE job kept none: that job's own run is watched like any other).
+            watch.submitted(job.account_id, report.lease_until)
         return report
 
     batch, delay = list(jobs), timedelta(0)

@@ -130,6 +130,10 @@ class JobReport:
     attempts: int
     cause: str | None = None
     alert: Alert | None = None
+    #: ``submitted`` with a VERIFY queued: when the account's write lease, handed on to
+    #: that verify, runs out (nothing else writes the account until then). None otherwise
+    #: — a verify that hands the move back to a ROTATE job keeps no lease.
+    lease_until: datetime | None = None
 
     @classmethod
     def skipped(cls, job: RotationJob, cause: str) -> JobReport:

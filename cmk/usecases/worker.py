@@ -250,6 +250,7 @@ class _Step:
             attempts=self.attempts,
             cause=cause,
             alert=alert,
+            lease_until=self.lease_expires if self.lease_stays else None,
         )
 
     async def verify_later(self, record_submitted: bool) -> JobReport:

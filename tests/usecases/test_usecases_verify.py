@@ -24,6 +24,7 @@ from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.sandbox.world import AccountState, KeyEventType, KeyVersionState
 from cmk.usecases import JobResult, on_expired, rotate_account, sweep
 from cmk.usecases.context import Engine
+from cmk.usecases.worker import account_lease_name
 
 
 def _job(rig: Rig, account: AccountState, version: KeyVersionState) -> RotationJob:
@@ -128,16 +129,21 @@ class TestUpdateThatNeverLanded:
         assert row.state is LedgerState.PLANNED
 
         # Redelivered while the other update runs: the row looks like our own update.
-        assert (await rotate_account(rig.engine, job)).result is JobResult.SUBMITTED
+        submitted = await rotate_account(rig.engine, job)
+        assert submitted.result is JobResult.SUBMITTED
+        now, name = rig.world.clock.now(), account_lease_name(job.account_id)
+        probe = await rig.engine.ledger.acquire_lease(name, "probe", now, timedelta(seconds=1))
+        assert not probe.granted and submitted.lease_until == probe.expires  # the verify's
         rp_for(rig.world).finish_now(account.resource_id)  # it ends on v2
         account.lro_seconds = 0.0
         reports = await rig.drain()
 
         # The verify finds the account on v2, which its update never reached: it hands the
-        # move back, and the new job moves the account under a lease of its own.
-        assert [(r.step, r.result) for r in reports] == [
-            (JobStep.VERIFY, JobResult.SUBMITTED),
-            (JobStep.ROTATE, JobResult.SUCCEEDED),
+        # move back (keeping no lease), and the new job moves the account under a lease of
+        # its own.
+        assert [(r.step, r.result, r.lease_until) for r in reports] == [
+            (JobStep.VERIFY, JobResult.SUBMITTED, None),
+            (JobStep.ROTATE, JobResult.SUCCEEDED, None),
         ]
         assert account.encryption.key_version == v3.version
         assert _mine(rig, account) == []
