@@ -36,7 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 EXIT_CODES = (
     "exit codes: 0 all good, 1 failures or findings, 2 usage or configuration error,"
-    " 130 interrupted (Ctrl-C), 141 output closed by its reader"
+    " 130 interrupted (Ctrl-C), 141 output closed by its reader, 143 stopped by SIGTERM"
 )
 
 #: What an interrupted command that keeps no journal of its own says.

@@ -43,6 +43,8 @@ ALLOWED_KEY_SIZES = frozenset({2048, 3072, 4096})
 _QUEUE_NAME_MAX = 63
 #: The operations queue is CMK_JOB_QUEUE plus this (function_app.py binds the same name).
 OPERATION_QUEUE_SUFFIX = "-ops"
+#: The longest CMK_JOB_QUEUE whose derived queues are still valid names.
+_JOB_QUEUE_MAX = _QUEUE_NAME_MAX - len(OPERATION_QUEUE_SUFFIX + "-poison")
 #: The HTTP front end of Azure (App Service / Functions) ends a request after 230 s; an
 #: answer window must leave room for the answer itself.
 MAX_ANSWER_WINDOW = timedelta(seconds=220)
@@ -208,7 +210,7 @@ class Settings:
                 "CMK_ROTATE_COOLDOWN_MINUTES", default.rotate_cooldown, _minutes
             ),
             key_cache=reader.get("CMK_KEY_CACHE_SECONDS", default.key_cache, _seconds_or_zero),
-            write_lease=reader.get("CMK_WRITE_LEASE_SECONDS", None, _seconds),
+            write_lease=reader.get("CMK_WRITE_LEASE_SECONDS", None, _lease_seconds),
             http_answer_window=reader.get(
                 "CMK_HTTP_ANSWER_SECONDS", default.http_answer_window, _answer_window
             ),
@@ -220,14 +222,6 @@ class Settings:
             ),
             storage=_storage(reader, cloud),
         )
-        longest = _QUEUE_NAME_MAX - len(OPERATION_QUEUE_SUFFIX + "-poison")
-        if len(settings.job_queue) > longest:
-            reader.problems.append(
-                f"CMK_JOB_QUEUE={settings.job_queue!r}: at most {longest} characters, so that"
-                f" the queues the app derives from it ({{name}}-poison, {{name}}"
-                f"{OPERATION_QUEUE_SUFFIX} and {{name}}{OPERATION_QUEUE_SUFFIX}-poison) are"
-                f" valid queue names too"
-            )
         storage_named = any(p.startswith("AzureWebJobsStorage") for p in reader.problems)
         if require_storage and settings.storage is None and not storage_named:
             reader.problems.append(_MISSING_STORAGE)
@@ -324,6 +318,12 @@ def _hours(value: str) -> timedelta:
 
 def _seconds_or_zero(value: str) -> timedelta:
     return timedelta(seconds=_number(value, "seconds"))
+
+
+def _lease_seconds(value: str) -> timedelta | None:
+    """CMK_WRITE_LEASE_SECONDS: 0 means the default, as the deployment's parameter does."""
+    seconds = _number(value, "seconds")
+    return timedelta(seconds=seconds) if seconds else None
 
 
 def _minutes(value: str) -> timedelta:
@@ -429,10 +429,14 @@ def _topic(cloud: AzureCloud) -> Callable[[str], str]:
 
 
 def _queue_name(value: str) -> str:
-    if not _QUEUE_NAME.fullmatch(value) or "--" in value:
+    """CMK_JOB_QUEUE: a queue name short enough that the queues the app derives from it
+    are queue names too."""
+    if not _QUEUE_NAME.fullmatch(value) or "--" in value or len(value) > _JOB_QUEUE_MAX:
         raise ValueError(
-            "a queue name is 3-63 lowercase letters, digits and single dashes,"
-            " starting and ending with a letter or digit"
+            f"a job queue name is 3-{_JOB_QUEUE_MAX} lowercase letters, digits and single"
+            " dashes, starting and ending with a letter or digit (the app adds -poison,"
+            f" {OPERATION_QUEUE_SUFFIX} and {OPERATION_QUEUE_SUFFIX}-poison to it for its"
+            " other queues)"
         )
     return value
 

@@ -29,10 +29,17 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
 from cmk.sandbox.platform.azurite import Azurite
+
+# Property tests are judged by their examples, never by how long one took: hypothesis's
+# 200 ms per-example deadline would fail a test on a loaded machine, by chance. Timing
+# belongs in bench/.
+hypothesis.settings.register_profile("cmk", deadline=None)
+hypothesis.settings.load_profile("cmk")
 
 SEED = pytest.StashKey[int]()
 #: What pytest-xdist's workers sent back: (section title, lines) for the terminal summary.

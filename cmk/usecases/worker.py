@@ -223,11 +223,15 @@ class _Step:
         try:
             other = await keys.get_version(self.job.target.with_version(version))
             reached = await keys.get_version(self.job.target)
+            current = None
+            if other.created == reached.created:
+                # Dated to the same second: the key's current version is the newer one.
+                current = (await keys.latest(self.job.target.versionless())).version
         except NotFound:
             return False  # that version is gone: nothing to move to
         except CmkError:
             return True  # cannot tell now: keep it open rather than alert it again later
-        return version_order(other, None) > version_order(reached, None)
+        return version_order(other, current) > version_order(reached, current)
 
     async def fail(self, cause: str, *, identity: bool = False) -> JobReport:
         """Alert, then record FAILED. No later run raises this alert again (a sweep defers

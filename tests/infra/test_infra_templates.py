@@ -1019,6 +1019,22 @@ class TestAzdWiring:
         for name, entry in document["parameters"].items():
             assert re.fullmatch(r"\$\{[A-Z_]+(=[^}]*)?\}", entry["value"]), name
 
+    def test_parameter_bounds_are_documented(self) -> None:
+        """docs/deployment.md lists every @minValue/@maxValue of main.bicep as it is: an
+        operator learns the template's bounds before `azd provision` refuses a value."""
+        docs = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+        listed = " ".join(docs.split())
+        bounded = 0
+        for name, param in template("main.bicep")["parameters"].items():
+            bounds = {d["type"]: d.get("argument") for d in param.get("decorators", [])}
+            low, high = bounds.get("min_value"), bounds.get("max_value")
+            if low is None and high is None:
+                continue
+            bounded += 1
+            shown = f"{low}\N{EN DASH}{high}" if high is not None else f"≥ {low}"
+            assert f"`{name}` {shown}" in listed, (name, shown)
+        assert bounded >= 10
+
     def test_main_is_subscription_scoped(self) -> None:
         """main.bicep creates the resource group (azd quickstart layout)."""
         main = template("main.bicep")

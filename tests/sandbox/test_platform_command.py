@@ -81,7 +81,7 @@ class TestSandboxUp:
                 values["IDENTITY_ENDPOINT"],
                 params={"api-version": "2019-08-01", "resource": "https://vault.azure.net"},
                 headers={"X-IDENTITY-HEADER": values["IDENTITY_HEADER"]},
-                timeout=5,
+                timeout=HANG_SECONDS,
             ).json()["access_token"]
             vault = values["CMK_VAULT_ALLOWLIST"].split(",")[-1]
             response = requests.get(
@@ -89,12 +89,12 @@ class TestSandboxUp:
                 headers={"Authorization": f"Bearer {token}"},
                 proxies={"https": values["HTTPS_PROXY"]},
                 verify=values["REQUESTS_CA_BUNDLE"],
-                timeout=5,
+                timeout=HANG_SECONDS,
             )
             assert response.status_code == 200, response.text
         finally:
             process.send_signal(signal.SIGTERM)
-            out, err = process.communicate(timeout=15)
+            out, err = process.communicate(timeout=HANG_SECONDS)
         assert process.returncode == 0, err
         assert "ready in" in out and "stopped" in out
         assert not env_file.exists()
@@ -252,10 +252,13 @@ class TestEnvFileOwner:
     def test_a_proxy_that_refuses_owns_nothing(self, tmp_path):
         """The process lives but nothing listens at the proxy: the sandbox is gone."""
         path = tmp_path / "env"
-        with socket.create_server(("127.0.0.1", 0)) as closed:
-            url = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        write_env_file(path, {"HTTPS_PROXY": url}, pid=os.getppid(), proxy_url=url)
-        assert live_owner(path) is None
+        # Bound but not listening: connections are refused, and while the test holds the
+        # port no other process (another test worker) can start listening on it.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as refusing:
+            refusing.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{refusing.getsockname()[1]}"
+            write_env_file(path, {"HTTPS_PROXY": url}, pid=os.getppid(), proxy_url=url)
+            assert live_owner(path) is None
 
     def test_a_file_without_header_is_judged_by_its_proxy(self, tmp_path):
         """An env file of an older `up` (no header) is in use while its proxy answers."""

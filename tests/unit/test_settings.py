@@ -137,6 +137,8 @@ GOOD_VALUES = [
     ("CMK_KEY_CACHE_SECONDS", "0", "key_cache", timedelta(0)),
     ("CMK_KEY_CACHE_SECONDS", "5", "key_cache", timedelta(seconds=5)),
     ("CMK_WRITE_LEASE_SECONDS", "90", "write_lease", timedelta(seconds=90)),
+    # 0 is the default, as infra/main.parameters.json sets it (the same azd env name):
+    ("CMK_WRITE_LEASE_SECONDS", "0", "write_lease", None),
 ]
 
 
@@ -192,7 +194,7 @@ BAD_VALUES = [
     ("CMK_JOB_QUEUE", "ab", "queue name"),
     ("CMK_JOB_QUEUE", "a--b", "queue name"),
     ("CMK_JOB_QUEUE", "jobs-", "queue name"),
-    ("CMK_JOB_QUEUE", "j" * 53, "at most 52 characters"),
+    ("CMK_JOB_QUEUE", "j" * 53, "a job queue name is 3-52"),
     ("CMK_HTTP_ANSWER_SECONDS", "221", "230 s"),
     ("CMK_HTTP_ANSWER_SECONDS", "-1", "0 or more"),
     ("CMK_OPERATION_DEADLINE_MINUTES", "0", "greater than 0"),

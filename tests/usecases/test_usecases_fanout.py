@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
@@ -25,9 +26,6 @@ from cmk.usecases.keyview import KeyVersions
 from cmk.usecases.versions import key_versions
 
 GRAPH_PATH = "Microsoft.ResourceGraph/resources"
-#: A key read held this long outlasts whatever the test puts in front of it (its own
-#: cancellation, a failing Resource Graph page), even on a loaded machine.
-HOLD_SECONDS = 10.0
 #: Bounds a hang of a condition wait; decides nothing.
 HANG_SECONDS = 60.0
 
@@ -101,8 +99,10 @@ class TestFanOutScope:
         engine = rig.engine
         key = KeyId.from_parts(estate.kv.url, "cmk")
         view = await KeyVersions.load(engine.keys, key, engine.policy, engine.now())
-        # the chunk's read of the bound version is still out when the next page fails
-        faults.add(host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", latency=HOLD_SECONDS)
+        # the chunk's read of the bound version is still out when the next page fails: it
+        # is held in the sandbox until the test ends, whatever the machine's load
+        release = threading.Event()
+        faults.add(host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", hold=release)
         inventory = ResourceGraphInventory(rig.services.inventory.client, page_size=300)
 
         def arm() -> None:
@@ -110,8 +110,11 @@ class TestFanOutScope:
 
         failing = replace(engine, inventory=_FaultAfterFirstRecord(inventory, arm))
 
-        with pytest.raises(CmkError):
-            await fan_out(failing, view, "event-1")
+        try:
+            with pytest.raises(CmkError):
+                await fan_out(failing, view, "event-1")
+        finally:
+            release.set()
 
         current = asyncio.current_task()
         assert [t for t in asyncio.all_tasks() if t is not current] == []
@@ -130,11 +133,9 @@ class TestCovering:
         engine = rig.engine
         key = KeyId.from_parts(estate.kv.url, "cmk")
         view = await KeyVersions.load(engine.keys, key, engine.policy, engine.now())
-        held = estate.sandbox.faults.add(  # only the first read, until it is cancelled
-            host="*.vault.azure.net",
-            path=f"/keys/cmk/{old.version}",
-            latency=HOLD_SECONDS,
-            count=1,
+        release = threading.Event()
+        held = estate.sandbox.faults.add(  # only the first read, until the test ends
+            host="*.vault.azure.net", path=f"/keys/cmk/{old.version}", hold=release, count=1
         )
         records = [
             await engine.accounts.get(AccountId.parse(a.resource_id)) for a in (first, second)
@@ -142,12 +143,15 @@ class TestCovering:
         bindings = [r.binding for r in records if r.binding is not None]
 
         cancelled = asyncio.create_task(view.covering(bindings[:1]))
-        await _until(lambda: held.hits == 1, "the first call reading the version")
-        surviving = asyncio.create_task(view.covering(bindings[1:]))
-        lock = view._locks[old.version]
-        await _until(lambda: bool(lock._waiters), "the second call waiting for that read")
-        cancelled.cancel()
-        versions = await surviving
+        try:
+            await _until(lambda: held.hits == 1, "the first call reading the version")
+            surviving = asyncio.create_task(view.covering(bindings[1:]))
+            lock = view._locks[old.version]
+            await _until(lambda: bool(lock._waiters), "the second call waiting for that read")
+            cancelled.cancel()
+            versions = await surviving
+        finally:
+            release.set()
 
         assert old.version in {v.version for v in versions}
         assert cancelled.cancelled()

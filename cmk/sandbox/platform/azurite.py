@@ -93,7 +93,9 @@ class Azurite:
                 "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
                 "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port),
             ]  # fmt: skip
-            log = (self.workspace / "azurite.log").open("ab")
+            log_path = self.workspace / "azurite.log"
+            log = log_path.open("ab")
+            start = log.tell()
             self._process = subprocess.Popen(  # noqa: S603 (fixed argv, our own launcher)
                 command,
                 stdout=log,
@@ -105,13 +107,26 @@ class Azurite:
             log.close()
             deadline = time.monotonic() + START_TIMEOUT_SECONDS
             while time.monotonic() < deadline and self.running:
-                if all(_listening(p) for p in (self.blob_port, self.queue_port, self.table_port)):
+                if self._ready(log_path, start):
                     logger.info("azurite ready", extra={"queue_port": self.queue_port})
                     return self
                 time.sleep(0.05)
             self.stop()  # a port was taken meanwhile, or it did not come up: try again
         tail = (self.workspace / "azurite.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"Azurite did not start; its output:\n{tail}")
+
+    def _ready(self, log_path: Path, start: int) -> bool:
+        """Ours is listening on all three ports: it says so in its own output (a port taken
+        by another process between choosing it and this launch answers connections too,
+        while this Azurite fails to bind it and exits), and the ports accept connections."""
+        with log_path.open("rb") as log:
+            log.seek(start)
+            said = log.read().decode(errors="replace")
+        ports = (self.blob_port, self.queue_port, self.table_port)
+        announced = all(
+            f"successfully listening at http://127.0.0.1:{port}" in said for port in ports
+        )
+        return announced and all(_listening(port) for port in ports)
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL after 5 s)."""
