@@ -183,6 +183,11 @@ class RotationJob:
     #: A VERIFY's write lease: the owner token of the run that submitted the update, which
     #: handed its lease on, so no other job writes the account until the verify settles.
     lease_owner: str | None = None
+    #: A VERIFY waiting on an update its job did not send: the job found the account
+    #: Updating with no PATCH of its own known to be accepted (a PLANNED row: its PATCH was
+    #: answered 429, or never went out). It holds the lease while that update runs, but the
+    #: update's end is not this job's outcome: the move is decided again after it.
+    adopted: bool = False
 
 
 class JobQueue(Protocol):

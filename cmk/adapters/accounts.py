@@ -47,6 +47,7 @@ from cmk.errors import (
     CmkError,
     InvalidInput,
     ServiceUnavailable,
+    TransientError,
     UpdateFailed,
     UpdateUnanswered,
 )
@@ -157,6 +158,13 @@ async def follow(poller: AsyncLROPoller[Account], action: str, wait: timedelta) 
         raise translate(error, action) from error
 
 
+def _operation_ended(error: CmkError) -> bool:
+    """Whether ``error`` is the end of the operation (it ended Failed), not a status poll
+    that could not be answered."""
+    cause = error.__cause__
+    return isinstance(cause, HttpResponseError) and isinstance(cause.__cause__, OperationFailed)
+
+
 #: Answers of a front end that forwarded the request and gave up waiting for the service.
 _GATEWAY_STATUSES = frozenset({408, 502, 504})
 
@@ -261,7 +269,8 @@ class CognitiveAccounts:
 
         Returns SUCCEEDED once the status of the operation the PATCH started is
         Succeeded (that status poll is the verifying read), IN_PROGRESS when it outlives
-        ``wait`` (or was already running for this version). A Failed operation raises
+        ``wait``, when its status polls fail for now (the accepted update runs on), or
+        when it was already running for this version. A Failed operation raises
         UpdateFailed / AccessDenied with the RP's code; 409 / 429 / 5xx raise a
         TransientError — the PATCH is never re-sent by the SDK.
         """
@@ -280,7 +289,22 @@ class CognitiveAccounts:
         client = self.client(account_id.subscription_id)
         polling = self._polling(client)
         poller = await self._patch(account_id, reference, target, polling)
-        done = await follow(poller, f"updating account {account_id} to {target}", wait)
+        try:
+            done = await follow(poller, f"updating account {account_id} to {target}", wait)
+        except TransientError as error:
+            if _operation_ended(error):
+                raise  # it ended Failed with a passing cause: the job tries again
+            # The PATCH was accepted: the update runs in Azure whatever its status polls
+            # answer. Reported as an error, it would free the account (the caller's write
+            # lease) while the update runs; still running, it is verified later under it.
+            logger.warning(
+                "update of %s to %s accepted, its status unreadable for now (%s); verify later",
+                account_id,
+                target.version,
+                error,
+                extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
+            )
+            return UpdateOutcome.IN_PROGRESS
         if done is None:
             logger.info(
                 "update of %s to %s still running after %s; verify later",

@@ -10,7 +10,8 @@ mistyped fields, an account id or key id that does not parse, an unversioned tar
 raises :class:`~cmk.errors.InvalidInput`. Unknown fields are ignored, so a newer
 producer does not poison an older worker; ``deferrals`` (how often the job was put back
 after throttling) may be absent, as in messages of older producers, and then is 0;
-``lease_owner`` (a VERIFY's handed-on write lease) may be absent, and then is None.
+``lease_owner`` (a VERIFY's handed-on write lease) may be absent, and then is None;
+``adopted`` may be absent, and then is false.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def encode_job(job: RotationJob) -> str:
             "from_version": job.from_version,
             "deferrals": job.deferrals,
             "lease_owner": job.lease_owner,
+            "adopted": job.adopted,
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -125,6 +127,7 @@ def decode_job(text: str | bytes) -> RotationJob:
         from_version=from_version,
         deferrals=deferrals,
         lease_owner=lease_owner,
+        adopted=bool(_field(body, "adopted", bool, optional=True)),
     )
 
 

@@ -18,7 +18,11 @@ is never retried blindly (see :mod:`cmk.adapters.accounts`): a 429, 5xx or timeo
 comes back here as a transient error, and the next delivery re-reads before any PATCH.
 A PATCH that got no answer at all (:class:`~cmk.errors.UpdateUnanswered`) may still be
 applied: its job keeps the lease until it expires instead of releasing it, so no other
-job writes before a late arrival could land.
+job writes before a late arrival could land. A PATCH that was accepted but whose status
+polls fail is verified later under the handed-on lease, like one that outlives the wait.
+A job that finds the account Updating without a PATCH of its own known to be accepted
+(a PLANNED row) waits for that update as an *adopted* one: its Failed end is not this
+job's failure, and the move is decided again.
 
 Transient errors propagate (the queue retries, then :func:`on_poison`, whose alert
 carries the last error); permanent ones become a FAILED ledger row and one alert, and
@@ -257,15 +261,22 @@ class _Step:
             lease_until=self.lease_expires if self.lease_stays else None,
         )
 
-    async def verify_later(self, record_submitted: bool) -> JobReport:
+    async def verify_later(self, record_submitted: bool, *, adopted: bool = False) -> JobReport:
         """The update is still running: record SUBMITTED and queue a VERIFY job that
         continues this run's write lease (renewed to outlast the verify's delay): until the
-        verify settles, no other job's update can land and be taken for this one's."""
+        verify settles, no other job's update can land and be taken for this one's.
+        ``adopted``: the update may not be this job's (see RotationJob.adopted); a verify
+        of an adopted update stays adopted."""
         if record_submitted:
             await self.record(LedgerState.SUBMITTED)
         if not self.engine.dry_run:
             await self.keep_lease(self.engine.verify_delay + self.lease_ttl)
-            verify = replace(self.job, step=JobStep.VERIFY, lease_owner=self.token)
+            verify = replace(
+                self.job,
+                step=JobStep.VERIFY,
+                lease_owner=self.token,
+                adopted=adopted or self.job.adopted,
+            )
             await self.engine.jobs.enqueue(verify, delay=self.engine.verify_delay)
             self.lease_stays = True
         log.info("update running; verify queued", extra=self.log_fields("submitted"))
@@ -275,7 +286,8 @@ class _Step:
         """The verify cannot settle the move as its update's outcome: hand it back as a
         ROTATE job, which decides again under a lease of its own (a verify never PATCHes,
         so a redelivered verify can never renew a lease kept for an unanswered PATCH)."""
-        await self.engine.jobs.enqueue(replace(self.job, step=JobStep.ROTATE, lease_owner=None))
+        again = replace(self.job, step=JobStep.ROTATE, lease_owner=None, adopted=False)
+        await self.engine.jobs.enqueue(again)
         log.info("%s; rotate queued", why, extra=self.log_fields("rotate_again"))
         return self.report(JobResult.SUBMITTED, why)
 
@@ -352,9 +364,14 @@ async def _rotate(step: _Step) -> JobReport:
     if state not in ("succeeded", "failed"):
         in_flight = step.previous is not None and step.previous.state in _IN_FLIGHT
         if in_flight:
-            # Our own update to this target is still running (a duplicate job, or a
-            # retry after a crash): check on it later instead of spending a delivery.
-            return await step.verify_later(record_submitted=False)
+            # Our own update to this target may still be running (a duplicate job, or a
+            # retry after a crash): check on it later instead of spending a delivery. Only
+            # a SUBMITTED row proves ARM accepted our PATCH; after a PLANNED one (a 429, or
+            # a crash before the answer) the update may be anyone's, so its end is not
+            # taken for this job's (adopted).
+            assert step.previous is not None
+            adopted = step.previous.state is not LedgerState.SUBMITTED
+            return await step.verify_later(record_submitted=False, adopted=adopted)
         raise ServiceUnavailable(f"account {step.job.account_id} is {record.provisioning_state}")
     if not record.has_usable_identity:
         return await step.fail("the account has no identity that can use the key", identity=True)
@@ -416,6 +433,13 @@ async def _verify(step: _Step) -> JobReport:
         assert settled is not None
         return step.report(JobResult.SKIPPED, f"the move is already recorded {settled.value}")
     if state == "failed":
+        if step.job.adopted:
+            # The update this verify waited on may not have been this job's (its PATCH was
+            # never known to be accepted): its end decides nothing about this move.
+            return await step.rotate_again(
+                "the update this job waited on ended Failed, and it may not have been this"
+                " job's (its own PATCH was never known to be accepted)"
+            )
         if not step.continued:
             # The lease ran out before this verify ran (a queue backlog), or it came from
             # a producer that hands no lease on: another job may have written meanwhile,

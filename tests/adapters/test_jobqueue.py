@@ -39,6 +39,7 @@ class TestJobCodec:
             from_version="b" * 32,
             deferrals=3,
             lease_owner="host-1:0123456789ab",
+            adopted=True,
         )
         assert decode_job(encode_job(job)) == job
         assert json.loads(encode_job(job))["deferrals"] == 3
@@ -52,6 +53,7 @@ class TestJobCodec:
         assert (job.step, job.urgent, job.from_version) == (JobStep.ROTATE, False, None)
         assert job.deferrals == 0
         assert job.lease_owner is None  # a message of a producer that hands no lease on
+        assert job.adopted is False  # nor adopts an update
 
     def test_ignores_unknown_fields(self) -> None:
         """Fields a newer producer adds are ignored."""
@@ -128,6 +130,14 @@ class TestJobCodec:
                     }
                 )
                 for owner in ("", 7, "x" * 257, "a\nb")
+            ),
+            json.dumps(
+                {
+                    "account_id": str(AccountId(SUB, RG, "a1")),
+                    "target": str(TARGET),
+                    "trigger": "t",
+                    "adopted": "yes",
+                }
             ),
             b"\xff\xfe",
             "x" * 100_000,

@@ -175,6 +175,86 @@ class TestUpdateThatNeverLanded:
         await rig.check_ledger()
 
 
+class TestAnUpdateNotKnownToBeOurs:
+    """A job whose row is PLANNED (its PATCH answered 429, or a crash before the answer)
+    finds the account Updating: it waits for that update under its lease, but the
+    update's end is not its outcome — a Failed end makes the move decided again, and
+    only a failure of this job's own PATCH alerts."""
+
+    async def test_someone_elses_failed_update_is_not_blamed_on_the_job(self, rig: Rig) -> None:
+        v1, v2, v3 = _three(rig)
+        account = rig.estate.account("acct-a", rig.estate.kv, v1.version, lro_seconds=math.inf)
+        job = _job(rig, account, v3)
+        faults = rig.estate.sandbox.faults
+        rule = faults.add(
+            host="management.azure.com",
+            path=f"/accounts/{account.name}$",
+            method="PATCH",
+            count=1,
+            status=429,
+            retry_after=1,
+        )
+        with pytest.raises(ThrottledError):
+            await rotate_account(rig.engine, job)  # PLANNED, nothing applied
+        faults.remove(rule)
+        await _foreign_update(rig, account, v2)  # a portal user's update to v2 starts
+        adopting = await rotate_account(rig.engine, job)
+        assert adopting.result is JobResult.SUBMITTED  # waits for it, under its lease
+        v2.enabled = False  # that update fails: its version was disabled meanwhile
+        rp_for(rig.world).finish_now(account.resource_id)
+        account.lro_seconds = 0.0
+
+        reports = await rig.drain()
+
+        assert [(r.step, r.result) for r in reports] == [
+            (JobStep.VERIFY, JobResult.SUBMITTED),  # the move is decided again
+            (JobStep.ROTATE, JobResult.SUCCEEDED),
+        ]
+        assert (account.encryption.key_version, account.provisioning_state) == (
+            v3.version,
+            "Succeeded",
+        )
+        assert _mine(rig, account) == []
+        rig.check_invariants()
+        await rig.check_ledger()
+
+    async def test_status_polls_that_fail_keep_the_lease_while_the_update_runs(
+        self, rig: Rig
+    ) -> None:
+        """A's PATCH (v2) is accepted, then every status poll fails: A keeps the lease for
+        its verify (it used to give it back while its update ran), so B (v3) waits; A's
+        update ends Failed and alerts as A's, naming v2; B then moves the account to v3,
+        which closes A's alert. No alert ever names v3."""
+        v1, v2, v3 = _three(rig)
+        account = rig.estate.account("acct-p", rig.estate.kv, v1.version, lro_seconds=math.inf)
+        faults = rig.estate.sandbox.faults
+        polls = faults.add(
+            host="management.azure.com", path="operationStatuses", method="GET", status=503
+        )
+        try:
+            submitted = await rotate_account(rig.engine, _job(rig, account, v2))
+        finally:
+            faults.remove(polls)
+        assert submitted.result is JobResult.SUBMITTED and submitted.lease_until is not None
+        assert account.provisioning_state == "Updating"
+        with pytest.raises(AccountBusy):
+            await rotate_account(rig.engine, _job(rig, account, v3))
+        v2.enabled = False
+        rp_for(rig.world).finish_now(account.resource_id)
+        account.lro_seconds = 0.0
+        [verify] = await rig.drain()
+        assert (verify.step, verify.result) == (JobStep.VERIFY, JobResult.FAILED)
+
+        moved = await rotate_account(rig.engine, _job(rig, account, v3))
+
+        assert moved.result is JobResult.SUCCEEDED
+        alerts = _mine(rig, account)
+        assert [a["data"]["toVersion"] for a in alerts] == [v2.version]  # type: ignore[index]
+        assert account.encryption.key_version == v3.version
+        rig.check_invariants()
+        await rig.check_ledger()
+
+
 class TestOneAlertPerProblem:
     async def test_expired_binding_alerts_once_between_handler_and_sweep(self, rig: Rig) -> None:
         """KeyExpired alerts key_expired_bound and queues the urgent move; a sweep that

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from usecase_rig import SUB_B, Rig, verify_job
 
+from cmk.adapters.jobqueue import decode_job
 from cmk.errors import AccountBusy, TransientError
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
@@ -320,16 +321,23 @@ class TestOnPoison:
         """The PATCH was applied, but every status poll and read failed until the job
         was poisoned; by then ARM answers: the account is on the target, Succeeded. The
         poison handler's last read records SUCCEEDED and alerts nothing."""
-        account, _, new = _pair(rig)
+        account, _, new = _pair(rig, lro_seconds=math.inf)
         job = _job(account, rig.estate.kv, new)
         faults = rig.estate.sandbox.faults
         polls = faults.add(host="management.azure.com", path="/operationStatuses/", status=500)
+        submitted = await rotate_account(rig.engine, job)  # PATCH accepted, its polls fail
+        assert submitted.result is JobResult.SUBMITTED  # verified later, under the lease
+        reads = faults.add(host="management.azure.com", path=account.name, method="GET", status=503)
+        [queued] = [m async for m in rig.services.jobs.client.receive_messages()]
+        verify = decode_job(queued.content)  # the VERIFY, carrying the lease
+        assert verify.step is JobStep.VERIFY and verify.lease_owner is not None
         with pytest.raises(TransientError):
-            await rotate_account(rig.engine, job)  # PATCH accepted, its polls fail
+            await rotate_account(rig.engine, verify)  # and every read of the verify fails
         faults.remove(polls)
+        faults.remove(reads)
         rp_for(rig.world).finish_now(account.resource_id)  # the update ends meanwhile
 
-        report = await on_poison(rig.engine, job)
+        report = await on_poison(rig.engine, verify)
 
         assert report.result is JobResult.SUCCEEDED
         assert (await rig.ledger(account))[0].state is LedgerState.SUCCEEDED
