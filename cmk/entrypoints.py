@@ -430,9 +430,11 @@ async def _rotate_once(engine: Engine, key: KeyId, *, force: bool) -> EventRepor
 
     async def record_created(version: KeyVersion) -> None:
         # Recorded before the fan-out: if that fails, the caller's retry within the
-        # cool-down is answered 409 naming this version, not given another one.
-        await engine.ledger.complete_claim(name, token, version.version)
+        # cool-down is answered 409 naming this version, not given another one. Known
+        # created first: a recording that fails (or whose answer is lost) must not
+        # release the claim of a rotation that created a version.
         created.append(version.version)
+        await engine.ledger.complete_claim(name, token, version.version)
 
     try:
         return await rotate_key(engine, key, trigger="http", on_created=record_created)

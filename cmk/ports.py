@@ -359,6 +359,11 @@ class Ledger(Protocol):
         """The claim ``name`` as recorded, or None."""
         ...
 
+    async def refresh_claim(self, name: str, owner: str, now: datetime) -> bool:
+        """Restart a claim still at work as of ``now`` (a takeover waits a whole lease from
+        here); False if ``owner`` lost it or its work is recorded done."""
+        ...
+
     async def complete_claim(self, name: str, owner: str, created_version: str) -> bool:
         """Record the version the claim's work created; False if ``owner`` lost the claim."""
         ...

@@ -30,9 +30,19 @@ from cmk.keyid import KeyId
 from cmk.policy import KeyVersion
 from cmk.ports import KeyRotation
 
-__all__ = ["KeyVaultKeys", "key_version"]
+__all__ = ["CREATE_TIMEOUT", "KeyVaultKeys", "key_version"]
 
 _RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
+#: The longest a creating request (create, rotate; sent once) may take: connecting, then
+#: waiting for the answer. A near-expiry notice's claim is checked right before it, and
+#: must outlast it by far (Engine.claim_lease, 10 minutes), so a run that lost its claim
+#: cannot be creating while the claim's next holder does.
+_CREATE_CONNECT_SECONDS, _CREATE_READ_SECONDS = 10, 60
+CREATE_TIMEOUT = timedelta(seconds=_CREATE_CONNECT_SECONDS + _CREATE_READ_SECONDS)
+_CREATE_TIMEOUTS: dict[str, Any] = {
+    "connection_timeout": _CREATE_CONNECT_SECONDS,
+    "read_timeout": _CREATE_READ_SECONDS,
+}
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -182,10 +192,13 @@ class KeyVaultKeys:
     async def rotate(self, key: KeyId) -> KeyVersion:
         """Create a new version with Key Vault's rotate operation. Sent once: the SDK would
         re-send it after a 5xx or a lost answer, and a re-sent create makes a second
-        version; the caller (a claim, a redelivery) decides again instead."""
+        version; the caller (a claim, a redelivery) decides again instead. Bounded by
+        :data:`CREATE_TIMEOUT`, far inside the claim a caller holds while creating."""
         base = key.versionless()
         with azure_errors(f"rotating {base}"):
-            rotated = await self.client(base.vault_url).rotate_key(base.name, retry_total=0)
+            rotated = await self.client(base.vault_url).rotate_key(
+                base.name, retry_total=0, **_CREATE_TIMEOUTS
+            )
         version = key_version(base, rotated)
         self.cache.put(version)
         return version
@@ -215,6 +228,7 @@ class KeyVaultKeys:
                 key_operations=sorted(template.key_ops),
                 expires_on=expires_on,
                 retry_total=0,
+                **_CREATE_TIMEOUTS,
             )
         version = key_version(base, created)
         self.cache.put(version)

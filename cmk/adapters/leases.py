@@ -125,6 +125,20 @@ class LeaseRows(TableRows):
             created_version=str(held.get("Created") or "") or None,
         )
 
+    async def refresh_claim(self, name: str, owner: str, now: datetime) -> bool:
+        """Restart a claim still at work: its ``Claimed`` becomes ``now``, so a takeover
+        waits a whole lease from here. False if ``owner`` no longer holds it (taken over)
+        or its work is recorded done — conditional on the row read, so a takeover racing
+        this refresh wins or loses as a whole."""
+        action = f"refreshing claim {name!r}"
+        held = await self.get_row(CLAIM_PARTITION, self._row(name), action)
+        if held is None or held.get(OWNER) != owner or held.get("Created"):
+            return False
+        update = {"PartitionKey": CLAIM_PARTITION, "RowKey": held["RowKey"]}
+        return await self.replace_if(
+            {**update, OWNER: owner, "Claimed": now}, held, action, merge=True
+        )
+
     async def complete_claim(self, name: str, owner: str, created_version: str) -> bool:
         """Record what the claim's work produced; False if ``owner`` no longer holds it."""
         action = f"completing claim {name!r}"

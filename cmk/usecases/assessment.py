@@ -16,7 +16,7 @@ from cmk.usecases.context import Engine
 from cmk.usecases.fanout import job_for
 from cmk.usecases.report import BindingState, FindingReport
 
-__all__ = ["Assessment", "assess", "assess_unread"]
+__all__ = ["Assessment", "arm_problem", "assess", "assess_unread"]
 
 
 @dataclass
@@ -68,17 +68,33 @@ def assess(
         _assess_move(engine, record, decision, entry, trigger=trigger, result=result)
     # The worker already alerted the failure it recorded; the sweep must not say it again
     # under another cause (one alert per account, target and cause until resolved).
-    alerted = entry is not None and entry.state is LedgerState.FAILED
+    alerted = entry if entry is not None and entry.state is LedgerState.FAILED else None
     target = decision.target.version if isinstance(decision, Move) else binding.key_id.version
-    if not alerted:
-        _arm_checks(record, target or "", result)
+    _arm_checks(record, target or "", result, alerted=alerted)
     return result
 
 
-def _arm_checks(record: AccountRecord, target: str, result: Assessment) -> None:
-    """What ARM alone says is wrong: a Failed update, no identity that can use the key."""
+def arm_problem(record: AccountRecord) -> bool:
+    """Whether ARM alone shows something wrong with the account (see :func:`_arm_checks`):
+    only then does its judgement need the ledger's failed rows."""
+    return record.provisioning_state.lower() == "failed" or not record.has_usable_identity
+
+
+def _arm_checks(
+    record: AccountRecord, target: str, result: Assessment, *, alerted: LedgerEntry | None
+) -> None:
+    """What ARM alone says is wrong: a Failed update, no identity that can use the key.
+    ``alerted``: the account's failed move on record, which the worker alerted — the
+    account is failing, and nothing is alerted again (whatever version it names)."""
     assert record.binding is not None
     binding = record.binding
+    if alerted is not None:
+        if arm_problem(record) and result.state is not BindingState.FAILING:
+            result.state = BindingState.FAILING
+            result.detail = alerted.cause or f"the move to {alerted.to_version} failed"
+        if not record.has_usable_identity:
+            result.job = None  # a move would fail for it: a human acts first
+        return
     if record.provisioning_state.lower() == "failed" and result.job is not None:
         # The move this sweep queues retries the update: it repairs the account or the
         # worker alerts its failure (naming the version it really tried). Alerting here
@@ -95,12 +111,13 @@ def _arm_checks(record: AccountRecord, target: str, result: Assessment) -> None:
         result.job = None  # a move would fail for it: alerted once, here
 
 
-def assess_unread(record: AccountRecord, cause: str) -> Assessment:
+def assess_unread(record: AccountRecord, cause: str, failed: LedgerEntry | None) -> Assessment:
     """An account whose key could not be read: unsafe (nothing can be checked or moved;
-    the key's own alert says why), plus whatever ARM alone shows is wrong with it."""
+    the key's own alert says why), plus whatever ARM alone shows is wrong with it that
+    the worker did not alert already (``failed``: its failed move on record)."""
     assert record.binding is not None
     result = Assessment(BindingState.UNSAFE, f"key unreadable: {cause}")
-    _arm_checks(record, record.binding.key_id.version or "", result)
+    _arm_checks(record, record.binding.key_id.version or "", result, alerted=failed)
     return result
 
 

@@ -233,13 +233,36 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
         # The claim's previous holder created a version and died before recording it.
         await engine.ledger.complete_claim(claim, token, adopted.version)
         return await _noticed(engine, event, view, adopted.version)
+
+    async def still_ours() -> None:
+        """Right before the creating request: this run must still hold the claim, and
+        restarts its lease, so a run that stalled past it (and was taken over) never
+        creates a second version; the request itself is bounded well inside the lease."""
+        if not await engine.ledger.refresh_claim(claim, token, engine.now()):
+            raise ServiceUnavailable(
+                f"lost the claim of the near-expiry notice for {expiring} (this run"
+                " stalled past its lease and another took it over); retry"
+            )
+
     try:
         template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
-        created = await create_version(engine, view.key, template)
+        created = await create_version(engine, view.key, template, fence=still_ours)
     except PermanentError:
         await engine.ledger.release_claim(claim, token)  # nothing created: may retry
         raise
-    await engine.ledger.complete_claim(claim, token, created.version)
+    if not await engine.ledger.complete_claim(claim, token, created.version):
+        record = await engine.ledger.claim_record(claim)
+        if record is not None and record.created_version not in (None, created.version):
+            log.error(
+                "near-expiry notice for %s: %s was created after this run lost its claim,"
+                " and the claim's new holder created %s, which is used; %s is left unused",
+                expiring,
+                created.version,
+                record.created_version,
+                created.version,
+                extra=_extra(event, "claim"),
+            )
+            return await _noticed(engine, event, view, record.created_version or "")
     log.info(
         "created %s before %s expires", created.key_id, expiring, extra=_extra(event, "rotate")
     )

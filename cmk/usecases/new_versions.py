@@ -4,6 +4,7 @@ rotation would create, for its dry run."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -23,10 +24,21 @@ __all__ = [
 ]
 
 
-async def create_version(engine: Engine, key: KeyId, template: KeyVersion) -> KeyVersion:
+async def create_version(
+    engine: Engine,
+    key: KeyId,
+    template: KeyVersion,
+    *,
+    fence: Callable[[], Awaitable[None]] | None = None,
+) -> KeyVersion:
     """Rotate ``key`` when it has a rotation policy, else create a version with the same
-    type, size and operations as ``template``."""
-    if await engine.keys.has_rotation_policy(key):
+    type, size and operations as ``template``. ``fence`` runs right before the one
+    creating request (which is never retried): it raises to stop the creation — a claim
+    that must still be held at that moment, say."""
+    rotate = await engine.keys.has_rotation_policy(key)
+    if fence is not None:
+        await fence()
+    if rotate:
         return await engine.keys.rotate(key)
     return await engine.keys.create_like(template)
 

@@ -30,7 +30,7 @@ from cmk.planner import Decision, Move, UpToDate, version_order
 from cmk.policy import KeyVersion
 from cmk.ports import AccountRecord, Alert, AlertType, LedgerEntry, LedgerState, RotationJob
 from cmk.usecases import alerting
-from cmk.usecases.assessment import Assessment, assess, assess_unread
+from cmk.usecases.assessment import Assessment, arm_problem, assess, assess_unread
 from cmk.usecases.context import Engine, gather_bounded, task_scope
 from cmk.usecases.events import DEFAULT_NOTICE
 from cmk.usecases.keyview import KeyVersions
@@ -128,7 +128,9 @@ def _key_findings(alerts: list[Alert], found: Survey) -> list[FindingReport]:
     return findings
 
 
-async def _unread(engine: Engine, found: Survey) -> tuple[list[Alert], list[Assessment]]:
+async def _unread(
+    engine: Engine, found: Survey, open_rows: _OpenRows
+) -> tuple[list[Alert], list[Assessment]]:
     """Keys the sweep could not read: one alert per key naming its accounts, and each
     account judged on what ARM alone says (a Failed update, a missing identity).
 
@@ -155,7 +157,9 @@ async def _unread(engine: Engine, found: Survey) -> tuple[list[Alert], list[Asse
             alerts.append(alerting.key_unreadable(item.key, accounts, cause))
         elif since is None and not engine.dry_run:
             await engine.ledger.note_unreadable(key, now)
-        judged += [assess_unread(record, item.error) for record in item.records]
+        for record in item.records:
+            failed = await open_rows.of(record, None)
+            judged.append(assess_unread(record, item.error, failed))
     return alerts, judged
 
 
@@ -197,10 +201,11 @@ class _OpenRows:
 
     def __init__(self, engine: Engine, run_id: str) -> None:
         self._engine = engine
-        self._run_id = run_id
+        self.run_id = run_id
         self._closing = not engine.dry_run and engine.settings.storage is not None
         self._rows: dict[tuple[str, str], LedgerEntry] | None = None
         self._by_account: dict[str, list[LedgerEntry]] = {}
+        self._failed: dict[str, LedgerEntry] = {}
         self.closed: list[tuple[LedgerEntry, LedgerEntry]] = []
 
     async def _load(self) -> dict[tuple[str, str], LedgerEntry]:
@@ -210,11 +215,22 @@ class _OpenRows:
                 self._rows[_slot(entry, entry.to_version)] = entry
                 account = str(entry.account_id).lower()
                 self._by_account.setdefault(account, []).append(entry)
+                if entry.state is LedgerState.FAILED:
+                    known = self._failed.get(account)
+                    if known is None or entry.updated > known.updated:
+                        self._failed[account] = entry
         return self._rows
 
-    async def of(self, record: AccountRecord, move: Move) -> LedgerEntry | None:
-        """The open row of ``move``'s target for ``record``, if any."""
-        return (await self._load()).get(_slot(record, move.target.version))
+    async def of(self, record: AccountRecord, move: Move | None) -> LedgerEntry | None:
+        """The open row of ``move``'s target for ``record``, if any. With no move, the
+        account's latest failed move on record — read only when ARM shows a problem that
+        such a failure (already alerted by the worker) may explain."""
+        if move is not None:
+            return (await self._load()).get(_slot(record, move.target.version))
+        if not arm_problem(record):
+            return None
+        await self._load()
+        return self._failed.get(str(record.account_id).lower())
 
     async def settle(
         self, record: AccountRecord, decision: Decision, view: KeyVersions | None
@@ -231,7 +247,7 @@ class _OpenRows:
         now = self._engine.now()
         for entry in self._by_account.pop(str(record.account_id).lower(), []):
             if entry.to_version.lower() == bound and done:
-                cause = f"verified on the account by {self._run_id}"
+                cause = f"verified on the account by {self.run_id}"
                 if entry.state is LedgerState.FAILED:
                     cause += f" (recorded failed: {entry.cause})"
                 state = LedgerState.SUCCEEDED
@@ -267,7 +283,7 @@ class _OpenRows:
         if self.closed:
             log.info(
                 "%s: closed %d ledger row(s) whose move is over",
-                self._run_id,
+                self.run_id,
                 len(self.closed),
                 extra={"cmk_step": "sweep"},
             )
@@ -400,7 +416,7 @@ async def _resolve_keys(
 
 
 async def _judge(
-    engine: Engine, found: Survey, recovery: _Recovery, run_id: str
+    engine: Engine, found: Survey, recovery: _Recovery, open_rows: _OpenRows
 ) -> tuple[dict[KeyId, list[_Judged]], int]:
     """Stream the survey, judge each account as it comes and send each chunk's jobs; keep
     only the moves and the accounts with a problem, by key (in the survey's key order).
@@ -412,14 +428,14 @@ async def _judge(
     and the report counts them as enqueued.
     """
     kept: dict[KeyId, list[_Judged]] = {}
-    open_rows = _OpenRows(engine, run_id)
+    run_id = open_rows.run_id
     async with task_scope() as group:
         sender = _Sender(engine, group)
         async for chunk in survey_chunks(engine, found):
             jobs: list[RotationJob] = []
             for item, record, decision in chunk:
                 move = decision if isinstance(decision, Move) else None
-                entry = await open_rows.of(record, move) if move is not None else None
+                entry = await open_rows.of(record, move)
                 assessment = assess(engine, record, decision, entry, run_id)
                 await open_rows.settle(record, decision, item.view)
                 await recovery.judged(item.key, record, assessment)
@@ -442,11 +458,12 @@ async def sweep(engine: Engine) -> SweepReport:
     flushed = await alerting.flush_pending(engine)  # what earlier runs could not deliver
     found = Survey()
     recovery = _Recovery(engine)
-    kept, enqueued = await _judge(engine, found, recovery, run_id)
+    open_rows = _OpenRows(engine, run_id)
+    kept, enqueued = await _judge(engine, found, recovery, open_rows)
     kept_rows = [judged for bucket in kept.values() for judged in bucket]
     judged = [j.assessment for j in kept_rows]
     key_alerts = _unique(a for item in found.keys.values() for a in _key_alerts(engine, item))
-    unread_alerts, unread = await _unread(engine, found)
+    unread_alerts, unread = await _unread(engine, found, open_rows)
     alerts = _unique(
         [
             *key_alerts,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from adapter_world import SUB2, Cloud
 
+from cmk.adapters import keyvault
 from cmk.errors import AccessDenied, InvalidInput, NotFound, ServiceUnavailable, ThrottledError
 from cmk.keyid import KeyId
 from cmk.ports import KeyRotation
@@ -100,6 +102,34 @@ class TestKeyVaultKeys:
                 await services.keys.create_like(template)
         assert rule.hits == 1
         assert len(cloud.vault.keys["cmk"].versions) == 1
+
+    @pytest.mark.parametrize("operation", ["rotate", "create"])
+    async def test_version_creation_gives_up_at_its_timeout(
+        self,
+        cloud: Cloud,
+        services: Services,
+        operation: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A creating request whose answer never comes is given up at its own read timeout
+        (CREATE_TIMEOUT; shortened here), not the transport's default of minutes: a
+        near-expiry claim checked right before it must outlast it."""
+        monkeypatch.setitem(keyvault._CREATE_TIMEOUTS, "read_timeout", 0.5)
+        cloud.add_version(cloud.vault)
+        template = await services.keys.latest(_key(cloud.vault))
+        release = threading.Event()
+        rule = cloud.sandbox.faults.add(
+            host=cloud.vault.host, path=f"/keys/cmk/{operation}", method="POST", hold=release
+        )
+        try:
+            with pytest.raises(ServiceUnavailable):
+                if operation == "rotate":
+                    await services.keys.rotate(_key(cloud.vault))
+                else:
+                    await services.keys.create_like(template)
+        finally:
+            release.set()
+        assert rule.hits == 1
 
     @pytest.mark.parametrize("vault_name", ["vault", "hsm"])
     async def test_create_like_copies_type_size_ops_and_lifetime(

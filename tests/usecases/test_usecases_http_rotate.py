@@ -141,6 +141,35 @@ class TestHttpRotateRaces:
 
 
 class TestHttpRotateAfterAFailure:
+    async def test_a_lost_answer_recording_the_version_keeps_the_cool_down(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The version is created and recorded on the claim, but the Table's answer to
+        that recording is lost (the SDK's retries run out): the call fails, and its
+        claim stays — a retry within the cool-down is answered 409, creating nothing."""
+        estate = rig.estate
+        estate.version(estate.kv)
+        key = f"{estate.kv.url}/keys/cmk"
+        ledger = rig.services.ledger
+        complete = ledger.complete_claim
+        lost = [True]
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> bool:
+            done = await complete(*args, **kwargs)
+            if lost and lost.pop():
+                raise ServiceUnavailable("completing claim: answer lost (injected)")
+            return done
+
+        monkeypatch.setattr(ledger, "complete_claim", answer_lost)
+        with pytest.raises(ServiceUnavailable):
+            await http_rotate(rig.engine, key)
+        assert len(estate.kv.keys["cmk"].versions) == 2
+
+        status, body = await http_rotate(rig.engine, key)  # the caller retries at once
+
+        assert status == 409, body
+        assert len(estate.kv.keys["cmk"].versions) == 2
+
     async def test_a_failed_rotation_leaves_no_claim_behind(self, rig: Rig) -> None:
         """Key Vault answers the create 503: the call fails, and its claim is released, so
         the retry rotates at once instead of meeting "being rotated" for the cool-down."""

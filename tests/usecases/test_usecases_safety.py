@@ -15,11 +15,14 @@ import asyncio
 import contextlib
 from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
+from interleave import Plan, Scheduler, gated
 from usecase_rig import Rig, handed_verify
 
+from cmk.adapters.keyvault import CREATE_TIMEOUT
 from cmk.errors import ServiceUnavailable, TransientError
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState, RotationJob
@@ -79,6 +82,51 @@ class TestOneNoticeOneVersion:
         assert account.encryption.key_version == estate.kv.keys["cmk"].versions[-1].version
         rig.check_invariants()
 
+    async def test_a_claimer_stalled_past_its_lease_never_creates_a_second(self, rig: Rig) -> None:
+        """A (a delivery) stops before each of its calls in turn — a stall longer than the
+        claim's lease — while B (a redelivery, past that lease) runs to its end; then A
+        goes on. Wherever A stalled, the notice created exactly one version: a run that
+        lost its claim never creates (the claim is checked and restarted right before
+        the creating request), and one that created before losing it keeps to the
+        version the claim records.
+
+        The one point not explored is the creating request itself: a stall there is that
+        request's own duration, which its timeouts bound far inside the lease (asserted
+        here); Key Vault's create takes no precondition a lease could fence."""
+        estate = rig.estate
+        past_lease = rig.engine.claim_lease + timedelta(minutes=1)
+        later = replace(rig.engine, now=lambda: estate.world.clock.now() + past_lease)
+        assert rig.engine.claim_lease > CREATE_TIMEOUT * 2
+
+        def notice(key: str) -> Any:
+            now = estate.world.clock.now()
+            expiring = estate.version(
+                estate.kv, key, created=now - timedelta(days=355), expires=now + timedelta(days=10)
+            )
+            estate.account(f"acct-{key}", estate.kv, expiring.version, key=key)
+            return estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key=key)
+
+        probe = Scheduler(Plan(order=[("A", None)]))
+        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("probe"))})
+        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
+        creating = labels.index("keys.create_like")
+        assert labels[creating - 1] == "ledger.refresh_claim"  # checked right before
+
+        for stall in [k for k in range(len(labels) + 1) if k != creating]:
+            key = f"stall{stall}"
+            event = notice(key)
+            scheduler = Scheduler(Plan(order=[("A", stall), ("B", None), ("A", None)]))
+            await scheduler.run(
+                {
+                    "A": partial(on_near_expiry, gated(rig.engine, scheduler), event),
+                    "B": partial(on_near_expiry, gated(later, scheduler), event),
+                }
+            )
+            created = len(estate.kv.keys[key].versions) - 1
+            assert created == 1, (stall, created, scheduler.trace)
+        await rig.drain()
+        rig.check_invariants()
+
 
 class TestOneFailureOneAlert:
     """A failed update alerts once, whichever step (VERIFY, a later ROTATE) sees it."""
@@ -108,6 +156,51 @@ class TestOneFailureOneAlert:
         assert len(alerts) == 1, alerts
         assert alerts[0]["type"] == "CmkRotator.account_update_failed"
         assert alerts[0]["data"]["toVersion"] == new.version
+
+    @pytest.mark.parametrize("then", ["key unavailable", "key forbidden", "target disabled"])
+    async def test_a_failed_move_is_not_alerted_again_by_a_sweep_that_sees_only_arm(
+        self, rig: Rig, then: str
+    ) -> None:
+        """The move to v2 fails for good (its identity lost access: one alert, naming v2;
+        the account is left Failed on v1). Then a sweep judges the account on what ARM
+        alone shows — its key unreadable (503 or 403), or v2 disabled by someone, so v1 is
+        the newest valid version and there is no move — and sees provisioningState
+        Failed: that is the failure already alerted, not a second one naming v1."""
+        estate, now = rig.estate, rig.estate.world.clock.now()
+        v1 = estate.version(estate.kv, created=now - timedelta(days=2))
+        account = estate.account("acct-a", estate.kv, v1.version)
+        v2 = estate.version(estate.kv)
+        assert account.identity.system is not None
+        estate.world.revoke(account.identity.system.object_id)
+        job = RotationJob(
+            AccountId.parse(account.resource_id),
+            KeyId(estate.kv.url, "cmk", v2.version),
+            trigger="test",
+            from_version=v1.version,
+        )
+        assert (await rotate_account(rig.engine, job)).result is JobResult.FAILED
+        assert account.provisioning_state == "Failed"
+        rig.engine.keys.forget(KeyId(estate.kv.url, "cmk"))
+        faults = estate.sandbox.faults
+        if then == "target disabled":
+            v2.enabled = False
+            report = await sweep(rig.engine)
+        else:
+            status = 503 if then == "key unavailable" else 403
+            rule = faults.add(host=estate.kv.host, status=status)
+            try:
+                report = await sweep(rig.engine)
+            finally:
+                faults.remove(rule)
+
+        mine = [a for a in rig.alerts() if a["subject"].lower() == account.resource_id.lower()]
+        assert [a["data"]["toVersion"] for a in mine] == [v2.version], mine
+        assert report.enqueued == 0  # a move would fail for the same reason: a human acts
+        # ... and the account is not taken for healthy: its alert stays open
+        assert account.resource_id.lower() in {
+            subject.lower() for subject in await rig.engine.alerts.open_subjects()
+        }
+        rig.check_invariants()
 
     async def test_failed_update_then_a_newer_version_alerts_once(self, rig: Rig) -> None:
         """The update to v2 ended Failed (alerted, naming v2); then v3 is created. The
