@@ -29,13 +29,16 @@ from azure.data.tables import TableEntity
 from cmk.adapters._errors import azure_errors
 from cmk.adapters.table_rows import OWNER, TableRows, table_key
 
-__all__ = ["DELIVERY_LEASE", "AlertRow", "AlertRows", "AlertState"]
+__all__ = ["DELIVERY_LEASE", "MAX_PAYLOAD_CHARS", "AlertRow", "AlertRows", "AlertState", "payload"]
 
 ALERT_PREFIX = "alert|"
 #: How long a delivery may take before another run takes the pending alert over.
 DELIVERY_LEASE = timedelta(minutes=5)
 
 DedupKey = tuple[str, str, str]
+#: The longest payload a row keeps: a Table string property holds at most 64 KiB of
+#: UTF-16 (32,768 characters); the alert's cause is shortened to fit, never its JSON.
+MAX_PAYLOAD_CHARS = 30_000
 
 
 class AlertState(StrEnum):
@@ -65,6 +68,46 @@ def _row(to_version: str, group: str) -> str:
     return table_key(f"{(to_version or '-').lower()}|{group}")
 
 
+def payload(data: Mapping[str, Any]) -> str:
+    """``data`` as the row's JSON, within :data:`MAX_PAYLOAD_CHARS` UTF-16 units: a cause
+    (an error text quoted from a service) too long to fit is cut, and says so."""
+    text = _json(data)
+    cause = data.get("cause")
+    keep = len(cause) if isinstance(cause, str) else 0
+    while _units(text) > MAX_PAYLOAD_CHARS and isinstance(cause, str) and keep > 0:
+        keep = max(0, min(keep - 64, keep * MAX_PAYLOAD_CHARS // _units(text) - 64))
+        text = _json({**data, "cause": f"{cause[:keep]} … ({len(cause) - keep} characters cut)"})
+    if _units(text) > MAX_PAYLOAD_CHARS:  # not the cause: keep what identifies the alert
+        text = _json({name: data[name] for name in _IDENTIFYING if name in data})
+    return text
+
+
+_IDENTIFYING = ("alertType", "severity", "subject", "keyId", "fromVersion", "toVersion")
+
+
+def _json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, default=str, ensure_ascii=False)
+
+
+def _units(text: str) -> int:
+    """Length in UTF-16 code units, as Table storage counts a string."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _data(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded alert's data; a payload that is not a JSON object (a row written by a
+    version that cut the JSON itself) is delivered with its text as the cause rather than
+    block every later delivery."""
+    text = str(entity.get("Payload") or "{}")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return data
+    return {"cause": f"(the recorded alert could not be read back) {text[:2000]}"}
+
+
 def _alert_row(entity: Mapping[str, Any]) -> AlertRow:
     group = str(entity.get("Group") or entity.get("AlertType") or "")
     return AlertRow(
@@ -72,7 +115,7 @@ def _alert_row(entity: Mapping[str, Any]) -> AlertRow:
         event_id=str(entity.get("EventId") or ""),
         event_type=str(entity.get("EventType") or ""),
         subject=str(entity["Subject"]),
-        data=json.loads(str(entity.get("Payload") or "{}")),
+        data=_data(entity),
         logged=bool(entity.get("Logged", True)),  # rows of older versions logged at once
     )
 
@@ -106,7 +149,7 @@ class AlertRows(TableRows):
             OWNER: owner,
             "EventId": row.event_id,
             "EventType": row.event_type,
-            "Payload": json.dumps(row.data, default=str)[:60000],
+            "Payload": payload(row.data),
         }
         action = f"recording alert {entity['AlertType']} for {subject}"
         if await self.insert_once(entity, action):

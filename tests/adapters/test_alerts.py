@@ -13,7 +13,7 @@ import pytest
 from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
 
 from cmk.adapters.alerts import EventGridAlerts, alert_row
-from cmk.adapters.outbox import DELIVERY_LEASE, AlertState
+from cmk.adapters.outbox import DELIVERY_LEASE, MAX_PAYLOAD_CHARS, AlertState
 from cmk.errors import ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.ports import Alert, AlertType, Severity
@@ -210,6 +210,26 @@ class TestEventGridAlerts:
         assert await publishing.alerts.flush_pending() == 0
         assert len(topic.events) == 2
         assert len({event["id"] for event in topic.events}) == 2
+
+    async def test_a_very_long_cause_is_recorded_cut_and_delivered_later(
+        self, publishing: Services, topic: Topic, cloud: Cloud
+    ) -> None:
+        """A cause longer than a Table property holds (an error page quoted whole) is cut
+        to fit, and says so; the pending row reads back as JSON and is delivered by a
+        later flush — the row never holds JSON cut in the middle, which no run could read
+        back, blocking every later delivery."""
+        cause = "upstream said: " + "é😀" * 40_000
+        rule = cloud.sandbox.faults.add(host=topic.host, status=503)
+        assert await publishing.alerts.raise_alert(_alert(cause=cause)) is False
+        cloud.sandbox.faults.remove(rule)
+
+        assert await publishing.alerts.flush_pending() == 1
+
+        [event] = topic.events
+        delivered = event["data"]["cause"]
+        assert delivered.startswith("upstream said: é😀") and "characters cut)" in delivered
+        assert len(delivered.encode("utf-16-le")) // 2 <= MAX_PAYLOAD_CHARS
+        assert event["data"]["toVersion"] == "a" * 32
 
     async def test_failures_of_one_move_share_one_alert(
         self, publishing: Services, topic: Topic
