@@ -384,8 +384,8 @@ async def _rotate(step: _Step) -> JobReport:
         ).require_bindable()
     if engine.dry_run:
         return step.report(JobResult.WOULD_UPDATE, f"would PATCH keyVersion {step.version}")
+    await step.keep_lease()  # first: a run whose lease was taken over writes nothing
     await step.record(LedgerState.PLANNED)
-    await step.keep_lease()
     step.patch_unsettled = True  # until the PATCH is answered: a cancel now keeps the lease
     try:
         outcome = await engine.accounts.update_key_version(

@@ -216,6 +216,45 @@ class TestTwoJobsOneAccount:
         assert [v for _, v in account.binding_history] == [world.v1, world.versions[2].version]
 
 
+class TestStalledPastTheLease:
+    """A stalls before each of its calls in turn for longer than its write lease; B, the
+    same move redelivered (the queue gave up on A), takes the lease over and finishes it;
+    then A goes on. A never writes after losing the lease: not the account (it stops at
+    its renewal before the PATCH) and not the ledger — B's SUCCEEDED row stands as B left
+    it, not put back to PLANNED until a redelivery heals it."""
+
+    async def test_a_stalled_run_writes_nothing_after_losing_its_lease(self, rig: Rig) -> None:
+        world = _World(rig)
+        calls = await _calls_of(world, 1)
+        past_lease = rig.engine.settings.write_lease_ttl + timedelta(seconds=1)
+        later = replace(rig.engine, now=lambda: rig.world.clock.now() + past_lease)
+        target = world.versions[1].version
+        for k in range(calls + 1):
+            account = world.account()
+            jobs = world.jobs(account, 1, 1)
+            scheduler = Scheduler(Plan(order=[("A", k), ("B", None), ("A", None)]))
+            results = await scheduler.run(
+                {
+                    "A": partial(rotate_account, gated(rig.engine, scheduler), jobs["A"]),
+                    "B": partial(rotate_account, gated(later, scheduler), jobs["B"]),
+                }
+            )
+            trace = " ".join(scheduler.trace)
+            b = results["B"]
+            if isinstance(b, JobReport) and b.result is JobResult.SUCCEEDED:
+                entries = await rig.engine.ledger.history(AccountId.parse(account.resource_id))
+                states = {entry.to_version: entry.state for entry in entries}
+                assert states == {target: LedgerState.SUCCEEDED}, f"{k}: {states}: {trace}"
+            history = [version for _, version in account.binding_history]
+            assert history in ([world.v1], [world.v1, target]), f"{k}: {history}: {trace}"
+            rig.world.clock.advance(past_lease * 2)  # what was left to redeliver, is
+            for name, result in results.items():
+                if isinstance(result, BaseException):
+                    await rotate_account(rig.engine, jobs[name])
+            await rig.drain()
+            await check(rig, account, target, Outcome(trace=scheduler.trace))
+
+
 class TestPermanentFailures:
     """The account's identity cannot use the key: every move fails for good. Whatever the
     interleaving and the fault, the account stays where it was, and each failed move (one
