@@ -114,6 +114,9 @@ def _answer(answer: operations.HttpAnswer) -> func.HttpResponse:
 async def http_status(req: func.HttpRequest) -> func.HttpResponse:
     """Every CMK-bound account in scope and its state (202 and a status URL when it takes
     longer than CMK_HTTP_ANSWER_SECONDS)."""
+    refused = entrypoints.refuse_unknown_parameters("status", req.params)
+    if refused is not None:
+        return _json(refused)
     engine = await engines.engine()
     return _answer(await operations.accept(engine, OperationKind.STATUS, req.url))
 
@@ -123,6 +126,9 @@ async def http_status(req: func.HttpRequest) -> func.HttpResponse:
 async def http_plan(req: func.HttpRequest) -> func.HttpResponse:
     """What a sweep would do; writes nothing but the operation's row (202 and a status URL
     when it takes longer than CMK_HTTP_ANSWER_SECONDS)."""
+    refused = entrypoints.refuse_unknown_parameters("plan", req.params)
+    if refused is not None:
+        return _json(refused)
     engine = await engines.engine()
     return _answer(await operations.accept(engine, OperationKind.PLAN, req.url))
 
@@ -131,6 +137,9 @@ async def http_plan(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="sweep", methods=["POST"])
 async def http_sweep(req: func.HttpRequest) -> func.HttpResponse:
     """Sweep now (202 and a status URL when it takes longer than CMK_HTTP_ANSWER_SECONDS)."""
+    refused = entrypoints.refuse_unknown_parameters("sweep", req.params)
+    if refused is not None:
+        return _json(refused)
     engine = await engines.engine()
     return _answer(await operations.accept(engine, OperationKind.SWEEP, req.url))
 
@@ -157,7 +166,6 @@ async def run_operation(msg: func.QueueMessage) -> None:
 @app.function_name("http_rotate")
 @app.route(route="rotate", methods=["POST"])
 async def http_rotate(req: func.HttpRequest) -> func.HttpResponse:
-    """Create a new version of one key now and move every bound account."""
-    key_id = req.params.get("key_id")
-    force = (req.params.get("force") or "").lower() in ("1", "true", "yes")
-    return _json(await entrypoints.http_rotate(await engines.engine(), key_id, force=force))
+    """Create a new version of one key now and move every bound account (with
+    dry_run=true: say what it would do, create nothing)."""
+    return _json(await entrypoints.http_rotate_request(await engines.engine(), req.params))

@@ -82,9 +82,11 @@ __all__ = [
     "handle_poison_message",
     "http_plan",
     "http_rotate",
+    "http_rotate_request",
     "http_status",
     "http_sweep",
     "plan_document",
+    "refuse_unknown_parameters",
     "run_sweep",
     "status_document",
     "sweep_document",
@@ -342,9 +344,11 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
     try:
         parsed = KeyId.parse(key_id)
         if parsed.version:
-            raise InvalidInput(
-                f"key_id names version {parsed.version}; rotation creates a new version of"
-                f" the key: pass the versionless id {parsed.versionless()}"
+            return _error(
+                400,
+                "usage",
+                f"key_id names version {parsed.version}; rotation creates a new version of the key",
+                f"pass the versionless id: key_id={parsed.versionless()}",
             )
         if not engine.settings.vault_in_scope(parsed):
             raise OutOfScope(f"vault {parsed.vault_url} is not in CMK_VAULT_ALLOWLIST")
@@ -382,6 +386,48 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
 
 
 _KEY_EXAMPLE = "https://myvault.vault.azure.net/keys/mykey"
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+#: The query parameters each HTTP endpoint takes (anything else is refused: a guessed
+#: ``dry_run`` must never be ignored by an endpoint that writes).
+HTTP_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "rotate": ("key_id", "force", "dry_run"),
+    "status": (),
+    "plan": (),
+    "sweep": (),
+}
+
+
+def refuse_unknown_parameters(endpoint: str, given: Mapping[str, str]) -> JsonResponse | None:
+    """The 400 answer when ``given`` has a query parameter ``endpoint`` does not take
+    (``code`` is the Functions key's own parameter, always allowed), else None."""
+    accepted = HTTP_PARAMETERS[endpoint]
+    unknown = sorted(name for name in given if name not in accepted and name != "code")
+    if not unknown:
+        return None
+    takes = ", ".join(accepted) if accepted else "no query parameters"
+    fix = f"/api/{endpoint} takes {takes}"
+    if endpoint == "sweep" and "dry_run" in unknown:
+        fix += "; GET /api/plan shows what a sweep would do without doing it"
+    return _error(400, "usage", f"unknown query parameter(s): {', '.join(unknown)}", fix)
+
+
+async def http_rotate_request(engine: Engine, params: Mapping[str, str]) -> JsonResponse:
+    """POST /api/rotate as the Function receives it: its query parameters checked (none
+    unknown; ``force`` and ``dry_run`` true or false), then :func:`http_rotate`."""
+    refused = refuse_unknown_parameters("rotate", params)
+    if refused is not None:
+        return refused
+    flags: dict[str, bool] = {}
+    for name in ("force", "dry_run"):
+        value = (params.get(name) or "").strip().lower()
+        if value not in _TRUE + _FALSE:
+            return _error(
+                400, "usage", f"{name}={params.get(name)!r} is not true or false", f"{name}=true"
+            )
+        flags[name] = value in _TRUE
+    if flags["dry_run"]:
+        engine = replace(engine, settings=replace(engine.settings, dry_run=True))
+    return await http_rotate(engine, params.get("key_id"), force=flags["force"])
 
 
 class _RotationInProgress(Exception):

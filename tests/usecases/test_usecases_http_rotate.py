@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from usecase_rig import Rig
 
-from cmk.entrypoints import http_rotate
+from cmk.entrypoints import http_rotate, http_rotate_request, refuse_unknown_parameters
 from cmk.errors import ServiceUnavailable
 from cmk.usecases import sweep
 
@@ -48,9 +48,54 @@ class TestHttpRotate:
         estate = rig.estate
         version = estate.version(estate.kv)
         status, body = await http_rotate(rig.engine, f"{estate.kv.url}/keys/cmk/{version.version}")
-        assert status == 400 and "versionless" in body["error"]["message"]  # type: ignore[index]
+        assert status == 400 and "names version" in body["error"]["message"]  # type: ignore[index]
+        assert body["error"]["fix"] == f"pass the versionless id: key_id={estate.kv.url}/keys/cmk"  # type: ignore[index]
         assert body["error"]["exit_code"] == 2  # type: ignore[index]
         assert len(estate.kv.keys["cmk"].versions) == 1
+
+    @pytest.mark.parametrize(
+        ("params", "says"),
+        [
+            ({"dryrun": "true"}, "unknown query parameter(s): dryrun"),
+            ({"force": "maybe"}, "force='maybe' is not true or false"),
+            ({"dry_run": "2"}, "dry_run='2' is not true or false"),
+        ],
+    )
+    async def test_parameters_it_does_not_know_are_refused_before_anything(
+        self, rig: Rig, params: dict[str, str], says: str
+    ) -> None:
+        """A guessed parameter (or a flag that is not true/false) is a 400 naming it and
+        what the endpoint takes — never ignored, which would rotate for real a call that
+        meant a dry run. Nothing is created."""
+        estate = rig.estate
+        estate.version(estate.kv)
+        request = {"key_id": f"{estate.kv.url}/keys/cmk", **params}
+
+        status, body = await http_rotate_request(rig.engine, request)
+
+        assert status == 400, body
+        assert body["error"]["message"] == says  # type: ignore[index]
+        fix = "/api/rotate takes key_id, force, dry_run" if "unknown" in says else "=true"
+        assert fix in body["error"]["fix"]  # type: ignore[index]
+        assert len(estate.kv.keys["cmk"].versions) == 1
+
+    async def test_dry_run_parameter_creates_nothing(self, rig: Rig) -> None:
+        """dry_run=true answers what a rotation would do, as with CMK_DRY_RUN: no version,
+        no claim (a real call right after is not refused by the cool-down)."""
+        estate = rig.estate
+        version = estate.version(estate.kv)
+        estate.account("acct-d", estate.kv, version.version)
+        key = f"{estate.kv.url}/keys/cmk"
+
+        status, body = await http_rotate_request(rig.engine, {"key_id": key, "dry_run": "true"})
+
+        assert status == 200, body
+        assert body["rotation"]["dry_run"] is True  # type: ignore[index]
+        assert body["rotation"]["created_version"] is None  # type: ignore[index]
+        assert len(estate.kv.keys["cmk"].versions) == 1
+        status, body = await http_rotate_request(rig.engine, {"key_id": key, "code": "k"})
+        assert status == 200 and body["rotation"]["dry_run"] is False  # type: ignore[index]
+        assert len(estate.kv.keys["cmk"].versions) == 2
 
     async def test_hidden_subscription_refuses_before_creating(self, rig: Rig) -> None:
         """A subscription of CMK_SUBSCRIPTIONS the identity cannot see (a typo): its
@@ -263,3 +308,18 @@ class TestHttpRotateDryRun:
         assert body["rotation"]["outcome"] == "would_rotate"
         assert body["rotation"]["created_version"] is None
         assert len(estate.kv.keys["cmk"].versions) == 1
+
+
+class TestOtherEndpointsParameters:
+    @pytest.mark.parametrize("endpoint", ["status", "plan", "sweep"])
+    def test_unknown_parameters_are_refused(self, endpoint: str) -> None:
+        """GET /api/status, GET /api/plan and POST /api/sweep take no query parameters but
+        the Functions key's ``code``: anything else is a 400 naming it (a sweep asked for a
+        dry run is pointed at /api/plan)."""
+        assert refuse_unknown_parameters(endpoint, {"code": "k"}) is None
+        refused = refuse_unknown_parameters(endpoint, {"dry_run": "true", "code": "k"})
+        assert refused is not None
+        status, body = refused
+        assert status == 400
+        assert body["error"]["message"] == "unknown query parameter(s): dry_run"  # type: ignore[index]
+        assert ("shows what a sweep would do" in body["error"]["fix"]) is (endpoint == "sweep")  # type: ignore[index]
