@@ -308,42 +308,57 @@ def _number(value: str, unit: str, *, positive: bool = False) -> float:
     return number
 
 
+#: No duration setting means anything beyond this (and Python's dates end in year 9999).
+_LONGEST = timedelta(days=3650)
+_UNIT = {"seconds": 1.0, "minutes": 60.0, "hours": 3600.0, "days": 86400.0}
+
+
+def _span(value: str, unit: str, *, positive: bool = False) -> timedelta:
+    """A duration in ``unit``: a number, 0 or more (more than 0 with ``positive``), and at
+    most ten years."""
+    number = _number(value, unit, positive=positive)
+    most = _LONGEST.total_seconds() / _UNIT[unit]
+    if number > most:
+        raise ValueError(f"must be at most {most:,.0f} {unit} (ten years)")
+    return timedelta(seconds=number * _UNIT[unit])
+
+
 def _days(value: str) -> timedelta:
-    return timedelta(days=_number(value, "days"))
+    return _span(value, "days")
 
 
 def _hours(value: str) -> timedelta:
-    return timedelta(hours=_number(value, "hours"))
+    return _span(value, "hours")
 
 
 def _seconds_or_zero(value: str) -> timedelta:
-    return timedelta(seconds=_number(value, "seconds"))
+    return _span(value, "seconds")
 
 
 def _lease_seconds(value: str) -> timedelta | None:
     """CMK_WRITE_LEASE_SECONDS: 0 means the default, as the deployment's parameter does."""
-    seconds = _number(value, "seconds")
-    return timedelta(seconds=seconds) if seconds else None
+    span = _span(value, "seconds")
+    return span if span else None
 
 
 def _minutes(value: str) -> timedelta:
-    return timedelta(minutes=_number(value, "minutes"))
+    return _span(value, "minutes")
 
 
 def _seconds(value: str) -> timedelta:
-    return timedelta(seconds=_number(value, "seconds", positive=True))
+    return _span(value, "seconds", positive=True)
 
 
 def _positive_minutes(value: str) -> timedelta:
-    return timedelta(minutes=_number(value, "minutes", positive=True))
+    return _span(value, "minutes", positive=True)
 
 
 def _positive_hours(value: str) -> timedelta:
-    return timedelta(hours=_number(value, "hours", positive=True))
+    return _span(value, "hours", positive=True)
 
 
 def _answer_window(value: str) -> timedelta:
-    window = timedelta(seconds=_number(value, "seconds"))
+    window = _span(value, "seconds")
     if window > MAX_ANSWER_WINDOW:
         raise ValueError(
             f"must be at most {MAX_ANSWER_WINDOW.seconds} seconds: Azure's HTTP front end"
