@@ -222,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # while starting (importing, parsing): nothing was done
-        sys.stderr.write("cmk: interrupted while starting; nothing was done\n")
+        message = "interrupted while starting; nothing was done"
+        sys.stderr.write(f"cmk: {message}\n")
+        _interrupted_document(argv, message, "run the command again")
         return 130
 
 
@@ -238,6 +240,8 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:  # commands with a journal report it themselves
         hint = INTERRUPTED.get(str(args.command), "")
         sys.stderr.write(f"cmk {args.command}: interrupted" + (f"; {hint}" if hint else "") + "\n")
+        message = f"cmk {args.command} was interrupted; it leaves nothing half-done"
+        _interrupted_document(argv, message, hint or f"run `cmk {args.command}` again")
         return 130
     except BrokenPipeError:
         return _reader_gone()
@@ -248,6 +252,20 @@ def _main(argv: Sequence[str] | None) -> int:
             return _cannot_write(error.reason)
         raise
     return result
+
+
+def _interrupted_document(argv: Sequence[str] | None, message: str, fix: str) -> None:
+    """With ``--json`` (or ``-o json``), the error document of kind ``interrupted`` on
+    stdout: a script reading stdout gets a document, not nothing."""
+    words = sys.argv[1:] if argv is None else list(argv)
+    if not _wants_json(words):
+        return
+    document = {"error": {"kind": "interrupted", "message": message, "fix": fix, "exit_code": 130}}
+    try:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass  # nobody reads it: the exit code still tells
 
 
 def _wants_json(argv: list[str]) -> bool:

@@ -4,12 +4,16 @@ the exit codes the command has."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from typing import Any
 
+import jsonschema
 import pytest
 from cli_rig import SCHEMAS, Run
 
+from cmk import cli
 from cmk.cli import build_parser
 
 #: Only bounds a hang.
@@ -35,7 +39,8 @@ sys.exit(main(sys.argv[1:]))
 class TestCtrlCWhileStarting:
     @pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
     def test_quiet_exit_130(self, as_json: bool):
-        """Ctrl-C during the imports: one line on stderr, no traceback, exit 130."""
+        """Ctrl-C during the imports: one line on stderr, no traceback, exit 130; with
+        --json also the error document (kind interrupted) on stdout, as any command's."""
         argv = ["rotate", "https://kv.vault.azure.net/keys/k", *(["--json"] if as_json else [])]
         ended = subprocess.run(
             [sys.executable, "-c", INTERRUPTED_WHILE_IMPORTING, *argv],
@@ -47,7 +52,40 @@ class TestCtrlCWhileStarting:
         assert ended.returncode == 130, ended.stderr
         assert "Traceback" not in ended.stderr and "KeyboardInterrupt" not in ended.stderr
         assert ended.stderr == "cmk: interrupted while starting; nothing was done\n"
-        assert ended.stdout == ""
+        if not as_json:
+            assert ended.stdout == ""
+            return
+        document = json.loads(ended.stdout)
+        jsonschema.validate(document, SCHEMAS["error"])
+        assert document["error"]["kind"] == "interrupted"
+        assert document["error"]["exit_code"] == 130
+
+    def test_a_command_without_a_journal_gives_its_document_too(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`cmk status --json` interrupted while it runs (status keeps no journal): the
+        interrupted line on stderr and the error document on stdout, exit 130."""
+        real = cli._parse
+
+        def parse(argv: Any) -> Any:
+            args = real(argv)
+
+            def interrupted(_: object) -> int:
+                raise KeyboardInterrupt
+
+            args.func = interrupted
+            return args
+
+        monkeypatch.setattr(cli, "_parse", parse)
+
+        code = cli.main(["status", "--json"])
+
+        out, err = capsys.readouterr()
+        assert code == 130 and err.startswith("cmk status: interrupted")
+        document = json.loads(out)
+        jsonschema.validate(document, SCHEMAS["error"])
+        assert document["error"]["kind"] == "interrupted"
+        assert document["error"]["fix"] == "run `cmk status` again"
 
 
 class TestCommandLinesThatDoNotParse:
