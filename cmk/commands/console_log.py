@@ -1,7 +1,8 @@
 """What the CLI's console makes of the log records meant for Azure Monitor.
 
 The app logs one line per account when its rotation fails, when a job takes over an
-expired write lease and when a job keeps its lease because its PATCH may still land.
+expired write lease and when a job keeps its lease because its PATCH may still land, and
+one per event it ignores (``cmk replay`` reports each event's outcome itself).
 On a console, during ``cmk rotate`` or ``cmk sweep``, that is one line per account
 interleaved with the progress bar. Without ``-v`` such records are counted here instead
 and told once at the end (failures are already in the command's own table and summary);
@@ -27,6 +28,7 @@ __all__ = ["ConsoleLog", "LeasesKept"]
 FAILED = "failed"
 TAKEN_OVER = "taken_over"
 KEPT = "kept"
+EVENT = "event"
 OTHER = "other"
 
 
@@ -57,6 +59,10 @@ def _kind(record: logging.LogRecord) -> str | None:
         return KEPT
     if record.name == "cmk.usecases.worker" and message.startswith("rotation failed"):
         return FAILED
+    if record.name == "cmk.usecases.events" and hasattr(record, "cmk_event_id"):
+        # An event ignored (out of scope, not confirmed by Key Vault): the command's own
+        # answer reports each event's outcome and why.
+        return EVENT if record.levelno < logging.ERROR else None
     if hasattr(record, "cmk_account_id") and record.levelno >= logging.WARNING:
         return OTHER
     return None

@@ -48,6 +48,22 @@ class TestReplay:
         with QueueClient.from_connection_string(azurite, os.environ["CMK_JOB_QUEUE"]) as queue:
             assert queue.get_queue_properties().approximate_message_count == 18
 
+    @pytest.mark.parametrize("verbose", [False, True], ids=["default", "verbose"])
+    def test_an_event_out_of_scope_is_its_row_not_a_log_line(
+        self, world: World, cmk, tmp_path: Path, verbose: bool
+    ):
+        """An event of a vault outside the allow-list: its `out_of_scope` row says so; the
+        app's `WARNING … ignoring …` line shows only with -v."""
+        world.new_version("kv-demo-neu", "ai-cmk")
+        event = _dead_letter(world, "kv-demo-neu", "ai-cmk", "EventGridSchema")
+        text = json.dumps([event]).replace("kv-demo-neu", "kv-elsewhere")  # topic and data
+        path = tmp_path / "elsewhere.json"
+        path.write_text(text)
+        run = cmk("replay", "--dry-run", "--json", str(path), *(["-v"] if verbose else []))
+        [outcome] = [e["outcome"] for e in run.valid("replay")["events"]]
+        assert outcome == "out_of_scope", run.out
+        assert ("ignoring" in run.err) is verbose, run.err
+
     def test_json_lines_inline_with_a_bad_line(self, world: World, cmk, tmp_path: Path):
         """JSON lines: good events move accounts here (--inline); a bad line is rejected, exit 1."""
         version = world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
