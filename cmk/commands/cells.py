@@ -62,6 +62,9 @@ FREE_TEXT_COLUMNS = frozenset(
 )
 #: The widest an id column is shown off a terminal (longer is not an id).
 MAX_ID_WIDTH = 300
+#: On a terminal, a free-text column narrower than this wraps into a tall column of
+#: fragments: it is left out instead (after the optional columns), and the table says so.
+MIN_FREE_TEXT = 24
 #: Columns left out, in this order, when a table does not fit the terminal.
 OPTIONAL_COLUMNS = (
     "trigger",
@@ -157,8 +160,16 @@ def _widest(cells: list[list[Text]], index: int) -> int:
 
 
 def _rich_table(
-    title: str, columns: list[str], cells: list[list[Text]], times: frozenset[str] = frozenset()
+    title: str,
+    columns: list[str],
+    cells: list[list[Text]],
+    times: frozenset[str] = frozenset(),
+    *,
+    ids_whole: bool = False,
 ) -> DataTable:
+    """The rich table of ``cells``. ``ids_whole`` (a terminal): every column that is not
+    free text keeps its width (up to :data:`MAX_WHOLE_WIDTH`), so what the terminal lacks
+    is taken from the free text, which wraps — names and ids are not cut first."""
     result = DataTable(show_lines=False)  # the title is a line of its own: never padded
     for index, column in enumerate(columns):
         widest = _widest(cells, index)
@@ -166,10 +177,13 @@ def _rich_table(
             result.add_column(Text(clean(column)), no_wrap=True, width=widest, min_width=widest)
             continue
         keep = column in WHOLE_COLUMNS
+        whole = min(widest, MAX_WHOLE_WIDTH)
+        held = ids_whole and column not in FREE_TEXT_COLUMNS and widest
         result.add_column(
             Text(clean(column)),
             overflow="ellipsis",
-            width=min(widest, MAX_WHOLE_WIDTH) if keep and widest else None,
+            width=whole if keep and widest else None,
+            min_width=max([whole, *(len(word) for word in column.split())]) if held else None,
         )
     for row_cells in cells:
         result.add_row(*row_cells)
@@ -179,19 +193,25 @@ def _rich_table(
     return result
 
 
-def _needed(columns: list[str], cells: list[list[Text]], times: frozenset[str]) -> int:
+def _needed(
+    columns: list[str], cells: list[list[Text]], times: frozenset[str], *, ids_whole: bool = False
+) -> int:
     """The width a table needs to stay readable: whole columns and times whole, the
     others at least :data:`MIN_READABLE` characters (and their header's longest word),
-    plus borders and padding."""
+    plus borders and padding. ``ids_whole`` (a terminal): every column but free text is
+    whole (up to :data:`MAX_WHOLE_WIDTH`), free text at least :data:`MIN_FREE_TEXT`."""
     total = 1
     for index, column in enumerate(columns):
         widest = _widest(cells, index)
         if column in times:
             wanted = widest
+        elif ids_whole and column in FREE_TEXT_COLUMNS:
+            wanted = min(widest, MIN_FREE_TEXT)
         else:
-            wanted = min(widest, MAX_WHOLE_WIDTH) if column in WHOLE_COLUMNS else MIN_READABLE
+            whole = column in WHOLE_COLUMNS or ids_whole
+            wanted = min(widest, MAX_WHOLE_WIDTH) if whole else MIN_READABLE
             wanted = min(wanted, widest)
-            wanted = max([wanted, *(len(word) for word in column.split())])
+        wanted = max([wanted, *(len(word) for word in column.split())])
         total += max(wanted, 1) + 3
     return total
 
@@ -216,23 +236,46 @@ def fit(console: Console, data: DataTable) -> DataTable:
     wider than the console (:attr:`DataTable.line_width`)."""
     columns, cells = list(data.column_names), [list(row) for row in data.cells]
     times, fitted, dated = data.time_columns, data, False
-    while _needed(columns, cells, times) > console.width:
+    terminal = console.is_terminal
+    left_out: list[str] = []
+    if terminal:
+        fitted = _rich_table(data.title_text, columns, cells, times, ids_whole=True)
+    while _needed(columns, cells, times, ids_whole=terminal) > console.width:
         optional = [name for name in OPTIONAL_COLUMNS if name in columns]
+        free = [name for name in columns if name in FREE_TEXT_COLUMNS]
         if optional:
-            drop = columns.index(optional[0])
-            del columns[drop]
-            for row in cells:
-                del row[drop]
+            _drop(columns, cells, optional[0])
+        elif terminal and free and len(columns) > 1:
+            # The names and ids of each row matter more than the words about it (which
+            # would wrap into a tall column of fragments): -o json has them.
+            widest = max(free, key=lambda name: _widest(cells, columns.index(name)))
+            _drop(columns, cells, widest)
+            left_out.append(widest)
         elif not dated and times & set(columns):
             _dates_only(columns, cells, times)
             dated = True
         else:
             break
+        fitted = _rich_table(data.title_text, columns, cells, times, ids_whole=terminal)
+    if terminal and _needed(columns, cells, times, ids_whole=True) > console.width:
+        # Even the names alone are wider than the terminal: let them share its width.
         fitted = _rich_table(data.title_text, columns, cells, times)
+    if left_out:
+        names = " and ".join(left_out)
+        fitted.caption = f"{names} left out to fit {console.width} columns: -o json shows it"
+        fitted.caption_justify = "left"
     fitted.line_width = None
     if not console.is_terminal:
         fitted.line_width = _one_line_rows(fitted, console.width)
     return fitted
+
+
+def _drop(columns: list[str], cells: list[list[Text]], name: str) -> None:
+    """Column ``name`` left out, in place."""
+    index = columns.index(name)
+    del columns[index]
+    for row in cells:
+        del row[index]
 
 
 def _one_line_rows(data: DataTable, width: int) -> int:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from contextlib import redirect_stderr
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,26 @@ class TestColours:
         for account in cmk_accounts:
             group = account.resource_id.split("/")[4]
             assert f"{group}/{account.name}" in plain, account.name
+
+    def test_findings_keep_their_names_and_leave_the_detail_out(self, world: World):
+        """`cmk plan` on 80 columns: each finding's subject and key are whole (the rows
+        stay told apart); the detail column, which would wrap into fragments, is left out,
+        and a caption under the table says so and where to find it."""
+        now = world.sandbox.world.clock.now()
+        for vault, key in (("kv-demo-neu", "ai-cmk"), ("kv-demo-weu", "ai-cmk")):
+            version = world.vault(vault).keys[key].versions[-1]
+            version.expires = now + timedelta(days=3)  # each bound account: a finding
+        code, text = _on_a_terminal(["plan"], _env(NO_COLOR="1"))
+        plain = _CSI.sub("", text).replace("\r", "")
+        assert code == 1, plain
+        findings = plain[plain.index("Findings") :]
+        rows = [line for line in findings.splitlines() if line[:1] in "┏┃┡│└"]
+        assert rows and all(len(line) <= 80 for line in rows), plain
+        assert "detail left out to fit 80 columns: -o json shows it" in findings, plain
+        for vault in ("kv-demo-neu", "kv-demo-weu"):
+            for account in world.accounts_on(vault, "ai-cmk"):
+                group = account.resource_id.split("/")[4]
+                assert f"{group}/{account.name}" in findings, (account.name, plain)
 
     @pytest.mark.parametrize("columns", [80, 60])
     def test_versions_never_cut_a_date(self, world: World, columns: int):
