@@ -86,12 +86,18 @@ def _key_fix(code: ReasonCode, facts: Facts, version: KeyVersion) -> str:
 def _key_rules(facts: Facts, policy: VersionPolicy, now: datetime) -> list[Requirement]:
     version = facts.version
     if version is None:
+        # In a vault that does not exist there is no key to create yet: the vault comes first.
+        fix = (
+            "create the vault first (see 'vault found')"
+            if facts.vault is None
+            else fixes.new_key_version(facts.key.vault_name, facts.key.name)
+        )
         return [
             Requirement(
                 "key exists",
                 False,
                 f"no enabled, valid version of {facts.key} was found",
-                fixes.new_key_version(facts.key.vault_name, facts.key.name),
+                fix,
             )
         ]
     verdict = evaluate(version, policy, now, facts.bound_key)
@@ -125,7 +131,17 @@ def _key_detail(code: ReasonCode, version: KeyVersion, facts: Facts) -> str:
 def _vault_rules(facts: Facts) -> list[Requirement]:
     vault = facts.vault
     if vault is None:
-        return [Requirement("vault found", False, f"no vault resource for {facts.key.vault_url}")]
+        name = facts.key.vault_name
+        fix = (
+            f"check the vault's name, and that its subscription is one cmk reads"
+            f" (CMK_SUBSCRIPTIONS): az keyvault show --name {name}; or create it (soft delete"
+            f" and purge protection on): az keyvault create --name {name} --resource-group"
+            f" <group> --location {facts.location} --enable-purge-protection true"
+            " --enable-rbac-authorization true"
+        )
+        return [
+            Requirement("vault found", False, f"no vault resource for {facts.key.vault_url}", fix)
+        ]
     region_ok = vault.location.replace(" ", "").lower() == facts.location.lower()
     tenant = facts.identity.tenant_id
     denies = vault.network_default_action.lower() == "deny"

@@ -79,6 +79,15 @@ class TestPreflight:
         """No version found: one 'key exists' failure suggesting a create."""
         assert list(_failed(replace(FACTS, version=None))) == ["key exists"]
 
+    def test_a_vault_that_is_not_found_comes_first(self) -> None:
+        """No vault resource (a typo, or a subscription cmk does not read): 'vault found'
+        fails with how to check or create it, and the missing key's fix does not ask for
+        a key in a vault that does not exist."""
+        failed = _failed(replace(FACTS, vault=None, version=None))
+        assert "az keyvault show --name kvone" in failed["vault found"]
+        assert "az keyvault create --name kvone" in failed["vault found"]
+        assert failed["key exists"] == "create the vault first (see 'vault found')"
+
     def test_other_tenant_and_out_of_scope_fail(self) -> None:
         """An identity in another tenant and a vault outside the allow-list both fail."""
         identity = AccountIdentity("SystemAssigned", "pid", "other")
