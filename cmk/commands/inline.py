@@ -121,7 +121,7 @@ async def _deliver(
                 return _still_busy(job, error)
             job = replace(job, deferrals=job.deferrals + 1)
             log.info("%s waits for its write lease, held by another job", job.account_id)
-            ticker.waited()
+            ticker.waited(error.expires)
             if on_wait is not None:
                 on_wait(job.account_id, error.expires)
             await sleep(max(1.0, error.retry_after or 1.0))

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Protocol
 
 from jmespath.exceptions import JMESPathError
@@ -129,7 +130,9 @@ class Ticker(Protocol):
 
     def retried(self) -> None: ...
 
-    def waited(self) -> None: ...
+    def waited(self, until: datetime | None = None) -> None:
+        """A job waits for a write lease another job holds (``until``: its expiry)."""
+        ...
 
     @property
     def retries(self) -> int: ...
@@ -148,16 +151,22 @@ class _NoTicker:
     def retried(self) -> None:
         return None
 
-    def waited(self) -> None:
+    def waited(self, until: datetime | None = None) -> None:
         return None
 
 
-def _counts(retries: int, waits: int) -> str:
-    """The retries and lease waits of a ticker, for its line or bar ("" for none)."""
+def _counts(retries: int, waits: int, until: datetime | None = None) -> str:
+    """The retries and lease waits of a ticker, for its line or bar ("" for none); with
+    ``until``, when the last lease waited for runs out (so a long wait is not a hang)."""
     parts = [f"{retries} retries"] if retries else []
     if waits:
-        parts.append(f"{waits} waits for a write lease")
+        held = f", the latest held until {until:%H:%M:%S} UTC" if until is not None else ""
+        parts.append(f"{waits} waits for a write lease{held}")
     return ", ".join(parts)
+
+
+def _later(known: datetime | None, until: datetime | None) -> datetime | None:
+    return until if known is None or (until is not None and until > known) else known
 
 
 class _ProgressTicker:
@@ -166,6 +175,7 @@ class _ProgressTicker:
     def __init__(self, progress: Progress, task: int, description: str) -> None:
         self._progress, self._task, self._description = progress, task, description
         self.retries = self.waits = 0
+        self.until: datetime | None = None
 
     def advance(self, amount: int = 1) -> None:
         self._progress.advance(self._task, amount)  # type: ignore[arg-type]
@@ -174,12 +184,13 @@ class _ProgressTicker:
         self.retries += 1
         self._describe()
 
-    def waited(self) -> None:
+    def waited(self, until: datetime | None = None) -> None:
         self.waits += 1
+        self.until = _later(self.until, until)
         self._describe()
 
     def _describe(self) -> None:
-        text = f"{self._description} ({_counts(self.retries, self.waits)})"
+        text = f"{self._description} ({_counts(self.retries, self.waits, self.until)})"
         self._progress.update(self._task, description=text)  # type: ignore[arg-type]
 
 
@@ -203,6 +214,7 @@ class LineTicker:
         self._started = self._last = clock()
         self._lock = threading.Lock()
         self.retries = self.waits = 0
+        self.until: datetime | None = None
 
     def advance(self, amount: int = 1) -> None:
         with self._lock:
@@ -218,8 +230,9 @@ class LineTicker:
         self.retries += 1
         self.remind()
 
-    def waited(self) -> None:
+    def waited(self, until: datetime | None = None) -> None:
         self.waits += 1
+        self.until = _later(self.until, until)
         self.remind()
 
     def remind(self) -> None:
@@ -231,7 +244,7 @@ class LineTicker:
     def _line(self) -> None:
         now = self._clock()
         self._last = now
-        counts = _counts(self.retries, self.waits)
+        counts = _counts(self.retries, self.waits, self.until)
         line = (
             f"{self._description}: {self._done}/{self._total}"
             + (f", {counts}" if counts else "")

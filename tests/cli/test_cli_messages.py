@@ -209,9 +209,17 @@ class TestProgressLines:
         ticker.remind()
         clock.now += 10
         ticker.waited()
+        clock.now += 11
+        ticker.waited(datetime(2026, 12, 7, 14, 32, 5, tzinfo=UTC))
+        clock.now += 11
+        ticker.waited(datetime(2026, 12, 7, 14, 30, 0, tzinfo=UTC))  # an earlier one
         assert out.getvalue().splitlines() == [
             "moving accounts: 0/100 (10s)",
             "moving accounts: 0/100, 1 waits for a write lease (20s)",
+            "moving accounts: 0/100, 2 waits for a write lease, the latest held until"
+            " 14:32:05 UTC (31s)",
+            "moving accounts: 0/100, 3 waits for a write lease, the latest held until"
+            " 14:32:05 UTC (42s)",
         ]
 
     def test_tenths_still_print(self):

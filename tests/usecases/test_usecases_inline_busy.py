@@ -30,7 +30,7 @@ class _Count:
     def retried(self) -> None:
         self.retries += 1
 
-    def waited(self) -> None:
+    def waited(self, until: object = None) -> None:
         self.waits += 1
 
 
