@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from cmk.commands.console_log import ConsoleLog
-from cmk.commands.errors import explain
+from cmk.commands.errors import Failure, explain
 from cmk.commands.interrupt import EXIT_INTERRUPTED, Journal
 from cmk.commands.output import Output, OutputFailed, output_format
-from cmk.commands.unreachable import sandbox_gone
+from cmk.commands.unreachable import sandbox_gone, sandbox_unreachable
 from cmk.runtime import Runtime
 from cmk.settings import Settings
 from cmk.usecases.answers import error_answer
@@ -83,7 +83,11 @@ Body = Callable[[Session], Awaitable[int]]
 
 def fail(args: argparse.Namespace, output: Output, error: BaseException) -> int:
     """Report ``error`` on stderr (and as the JSON document with ``--json``)."""
-    failure = sandbox_gone(error, os.environ) or explain(error)
+    return report(args, output, sandbox_gone(error, os.environ) or explain(error))
+
+
+def report(args: argparse.Namespace, output: Output, failure: Failure) -> int:
+    """Report ``failure`` on stderr (and as the JSON document with ``--json``)."""
     if not failure.fix and failure.kind == "usage":  # every usage error says what to do
         failure = replace(failure, fix=f"see `cmk {getattr(args, 'command', '')} --help`")
     output.note(failure.text())
@@ -130,6 +134,9 @@ def run_command(args: argparse.Namespace, body: Body, *, storage: bool = True) -
     )
     configure_logging(bool(getattr(args, "verbose", False)))
     journal = Journal(str(getattr(args, "command", "") or "cmk"))
+    gone = sandbox_unreachable(os.environ)
+    if gone is not None:  # at once, not after the SDK's retries of every refused request
+        return report(args, output, gone)
     try:
         settings = Settings.from_environ(os.environ, require_storage=storage)
         _CONSOLE.lease_ttl = settings.write_lease_ttl

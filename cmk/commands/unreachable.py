@@ -14,7 +14,7 @@ from cmk.commands.errors import Failure, UsageError
 from cmk.commands.output import EXIT_USAGE
 from cmk.errors import ConfigurationError
 
-__all__ = ["sandbox_gone"]
+__all__ = ["sandbox_gone", "sandbox_unreachable"]
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 CONNECT_SECONDS = 0.5
@@ -47,6 +47,14 @@ def sandbox_gone(error: BaseException, environ: Mapping[str, str]) -> Failure | 
     what to fix themselves)."""
     if isinstance(error, UsageError | ConfigurationError):
         return None
+    return sandbox_unreachable(environ)
+
+
+def sandbox_unreachable(environ: Mapping[str, str]) -> Failure | None:
+    """The failure to report when ``environ`` is a sandbox's (a loopback proxy and a
+    loopback identity endpoint) and neither answers; None otherwise. Two local connection
+    attempts, refused at once when the sandbox is gone: a command checks this before it
+    starts, rather than after the SDK retried every refused request."""
     proxy = _loopback_address(environ.get("HTTPS_PROXY") or environ.get("https_proxy"))
     identity = _loopback_address(environ.get("IDENTITY_ENDPOINT"))
     if proxy is None or identity is None or _answers(proxy) or _answers(identity):

@@ -3,15 +3,25 @@ gone instead of relaying a connection error (:mod:`cmk.commands.unreachable`).""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 
 from cmk.commands.output import EXIT_USAGE
 from cmk.commands.unreachable import sandbox_gone
 from cmk.errors import ConfigurationError, ServiceUnavailable
 
 GONE = ServiceUnavailable("Cannot connect to host management.azure.com:443")
+CMK = Path(sys.executable).parent / "cmk"
+#: Only bounds a hang.
+CEILING_SECONDS = 60
 
 
 @contextmanager
@@ -20,9 +30,23 @@ def _listening() -> Iterator[int]:
         yield int(server.getsockname()[1])
 
 
+_REFUSING: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_ports() -> Iterator[None]:
+    yield
+    while _REFUSING:
+        _REFUSING.pop().close()
+
+
 def _closed_port() -> int:
-    with _listening() as port:
-        return port
+    """A port that refuses connections — bound, not listening, and held until the test
+    ends, so no other process (another test worker) can start listening on it."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    _REFUSING.append(held)
+    return int(held.getsockname()[1])
 
 
 def _sandbox_env(proxy_port: int, identity_port: int) -> dict[str, str]:
@@ -62,3 +86,31 @@ class TestSandboxGone:
         """A missing setting is reported as such even when the sandbox is gone."""
         env = _sandbox_env(_closed_port(), _closed_port())
         assert sandbox_gone(ConfigurationError("CMK_SUBSCRIPTIONS is empty"), env) is None
+
+
+class TestCheckedBeforeAnything:
+    def test_a_command_says_so_before_reading_its_settings(self) -> None:
+        """`cmk status --json` in a shell whose sandbox is gone: the sandbox is reported
+        gone (exit 2, the error document) before anything else is tried — even a missing
+        AzureWebJobsStorage is not reached, let alone a request retried by the SDK."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("CMK_", "AZURE_", "IDENTITY_", "HTTPS_PROXY", "https_proxy"))
+        }
+        env.pop("AzureWebJobsStorage", None)
+        proxy = _closed_port()
+        env.update(_sandbox_env(proxy, _closed_port()))
+        ended = subprocess.run(
+            [str(CMK), "status", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=CEILING_SECONDS,
+            check=False,
+        )
+        assert ended.returncode == EXIT_USAGE, ended.stderr
+        error = json.loads(ended.stdout)["error"]
+        assert error["kind"] == "configuration"
+        assert error["message"].startswith(f"no sandbox answers at 127.0.0.1:{proxy}")
+        assert "AzureWebJobsStorage" not in ended.stderr
