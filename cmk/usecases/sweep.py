@@ -205,7 +205,7 @@ class _OpenRows:
         self._closing = not engine.dry_run and engine.settings.storage is not None
         self._rows: dict[tuple[str, str], LedgerEntry] | None = None
         self._by_account: dict[str, list[LedgerEntry]] = {}
-        self._failed: dict[str, LedgerEntry] = {}
+        self._failed: dict[str, list[LedgerEntry]] = {}
         self.closed: list[tuple[LedgerEntry, LedgerEntry]] = []
 
     async def _load(self) -> dict[tuple[str, str], LedgerEntry]:
@@ -216,21 +216,27 @@ class _OpenRows:
                 account = str(entry.account_id).lower()
                 self._by_account.setdefault(account, []).append(entry)
                 if entry.state is LedgerState.FAILED:
-                    known = self._failed.get(account)
-                    if known is None or entry.updated > known.updated:
-                        self._failed[account] = entry
+                    self._failed.setdefault(account, []).append(entry)
         return self._rows
 
     async def of(self, record: AccountRecord, move: Move | None) -> LedgerEntry | None:
         """The open row of ``move``'s target for ``record``, if any. With no move, the
-        account's latest failed move on record — read only when ARM shows a problem that
-        such a failure (already alerted by the worker) may explain."""
+        failed move on record that left the account where it is (its ``from_version`` is
+        the account's version; the latest such) — read only when ARM shows a problem that
+        such a failure, already alerted by the worker, explains. A failure the account
+        has moved on from since explains nothing: a new problem is alerted."""
         if move is not None:
             return (await self._load()).get(_slot(record, move.target.version))
-        if not arm_problem(record):
+        if not arm_problem(record) or record.binding is None:
             return None
         await self._load()
-        return self._failed.get(str(record.account_id).lower())
+        bound = (record.binding.key_id.version or "").lower()
+        left_here = [
+            entry
+            for entry in self._failed.get(str(record.account_id).lower(), [])
+            if (entry.from_version or "").lower() == bound
+        ]
+        return max(left_here, key=lambda entry: entry.updated, default=None)
 
     async def settle(
         self, record: AccountRecord, decision: Decision, view: KeyVersions | None

@@ -202,6 +202,41 @@ class TestOneFailureOneAlert:
         }
         rig.check_invariants()
 
+    async def test_a_failure_the_account_moved_on_from_does_not_hide_a_new_one(
+        self, rig: Rig
+    ) -> None:
+        """The move to v2 failed long ago (alerted; its row stays failed), and the account
+        moved on to v3 since. Now an update nobody here made leaves it Failed on v3: that
+        is a new problem, and the sweep alerts it — the old failure explains nothing."""
+        estate, now = rig.estate, rig.estate.world.clock.now()
+        v1 = estate.version(estate.kv, created=now - timedelta(days=3))
+        v2 = estate.version(estate.kv, created=now - timedelta(days=2))
+        account = estate.account("acct-m", estate.kv, v1.version)
+        ledger = rig.engine.ledger
+        await ledger.record(
+            LedgerEntry(
+                account_id=AccountId.parse(account.resource_id),
+                key_id=KeyId(estate.kv.url, "cmk"),
+                to_version=v2.version,
+                from_version=v1.version,
+                state=LedgerState.FAILED,
+                attempts=1,
+                cause="the update to v2 ended Failed",
+                trigger="test",
+                created=now - timedelta(days=2),
+                updated=now - timedelta(days=2),
+            )
+        )
+        v3 = estate.version(estate.kv, created=now - timedelta(days=1))
+        account.encryption.key_version = v3.version  # moved on since (by a later sweep)
+        account.provisioning_state = "Failed"  # someone else's update failed just now
+
+        await sweep(rig.engine)
+
+        mine = [a for a in rig.alerts() if a["subject"].lower() == account.resource_id.lower()]
+        assert [a["data"]["alertType"] for a in mine] == ["account_update_failed"], mine
+        assert "provisioningState is Failed" in mine[0]["data"]["cause"]
+
     async def test_failed_update_then_a_newer_version_alerts_once(self, rig: Rig) -> None:
         """The update to v2 ended Failed (alerted, naming v2); then v3 is created. The
         sweep moves the Failed account to v3 and does not alert again — not for v3, which
