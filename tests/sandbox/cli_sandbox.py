@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,15 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def sandbox_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxUp]:
-    root = tmp_path_factory.mktemp("sandbox-up")
+@contextmanager
+def running_sandbox_up(root: Path, scenario: Path | None = None) -> Iterator[SandboxUp]:
+    """``cmk sandbox up`` (of ``scenario``, else the built-in example) with its state in
+    ``root``, stopped with SIGINT on exit."""
     env_file = root / "sandbox.env"
     command = [sys.executable, "-m", "cmk.cli", "sandbox", "up", "--no-azurite"]
     command += ["--env-file", str(env_file), "--state-dir", str(root / "state")]
+    if scenario is not None:
+        command += ["--scenario", str(scenario)]
     log_path = root / "up.log"
     with log_path.open("w") as log:
         up = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -61,3 +65,9 @@ def sandbox_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxUp]:
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def sandbox_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxUp]:
+    with running_sandbox_up(tmp_path_factory.mktemp("sandbox-up")) as running:
+        yield running

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_sandbox import SandboxUp, sandbox_up  # noqa: F401 (the fixture)
+from cli_sandbox import SandboxUp, running_sandbox_up, sandbox_up  # noqa: F401 (the fixture)
+
+from cmk.sandbox.scenario.loader import example_path
 
 AZ = os.environ.get("CMK_AZ_CLI", "")
 pytestmark = pytest.mark.skipif(
@@ -305,3 +308,90 @@ class TestResourceGraph:
             "--body", json.dumps({"query": query}),
         )  # fmt: skip
         assert [row["sku"] for row in body["data"]] == [shown["properties"]["sku"]["name"]]
+
+
+@pytest.fixture(scope="module")
+def owner_az(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
+    """``az`` against a sandbox of the example world where the identity is also Owner of the
+    platform subscription (it may grant access there) and account ``ai-prod-nokey`` is bound
+    to ``kv-cmk-weu/ai-cmk`` with a system identity holding no role on the key."""
+    root = tmp_path_factory.mktemp("sandbox-up-owner")
+    world = json.loads(example_path().read_text())
+    world.pop("$schema", None)
+    world["roleAssignments"].append(
+        {"principal": "app", "role": "Owner", "scope": "subscription:platform"}
+    )
+    world["accounts"].append(
+        {
+            "name": NOKEY,
+            "subscription": "ai-prod",
+            "resourceGroup": GROUP,
+            "location": "westeurope",
+            "identity": {"system": True},
+            "encryption": {
+                "vault": VAULT, "key": KEY, "version": 0, "identity": "system",
+                "grantKeyAccess": False,
+            },
+        }
+    )  # fmt: skip
+    scenario = root / "owner_world.json"
+    scenario.write_text(json.dumps(world))
+    with running_sandbox_up(root, scenario) as running:
+        cli = Cli({**running.env, "AZURE_CORE_COLLECT_TELEMETRY": "no"})
+        login = cli.run("login", "--identity", "--output", "json")
+        assert login.returncode == 0, login.stderr
+        yield cli
+
+
+NOKEY = "ai-prod-nokey"
+
+
+class TestRoleAssignmentCreate:
+    def test_key_scope_grant_from_the_docs_lets_the_account_bind(self, owner_az: Cli):
+        """docs/lifecycle.md's fix, verbatim: az role assignment create --role "Key Vault
+        Crypto Service Encryption User" --assignee-object-id <p> --assignee-principal-type
+        ServicePrincipal --scope <vault id>/keys/<key> answers the assignment (ARM's 201,
+        RoleAssignments_Create); the account update the key role was missing for then
+        succeeds, and az role assignment delete takes it away again."""
+        az = owner_az
+        vault = az.json("keyvault", "show", "-n", VAULT, "--subscription", "platform")["id"]
+        shown = az.json(
+            "cognitiveservices", "account", "show", "--subscription", "ai-prod",
+            "-g", GROUP, "-n", NOKEY,
+        )  # fmt: skip
+        principal = shown["identity"]["principalId"]
+        newest = az.json("keyvault", "key", "show", "--vault-name", VAULT, "-n", KEY)
+        binding = shown["properties"]["encryption"]["keyVaultProperties"]
+        encryption = json.dumps(
+            {
+                "keySource": "Microsoft.KeyVault",
+                "keyVaultProperties": {
+                    **binding,
+                    "keyVersion": newest["key"]["kid"].rsplit("/", 1)[1],
+                },
+            }
+        )
+        update = (
+            "cognitiveservices", "account", "update", "--subscription", "ai-prod",
+            "-g", GROUP, "-n", NOKEY, "--encryption", encryption, "--output", "json",
+        )  # fmt: skip
+        refused = az.run(*update)
+        assert refused.returncode != 0 and "KeyVaultAccessDenied" in refused.stderr
+        scope = f"{vault}/keys/{KEY}"
+        made = az.json(
+            "role", "assignment", "create", "--role", "Key Vault Crypto Service Encryption User",
+            "--assignee-object-id", principal, "--assignee-principal-type", "ServicePrincipal",
+            "--scope", scope,
+        )  # fmt: skip
+        assert made["scope"] == scope and made["principalId"] == principal
+        assert made["roleDefinitionId"].endswith("/e147488a-f6f5-4113-8e2d-b22465e65bf6")
+        updated = az.run(*update)
+        assert updated.returncode == 0, updated.stderr
+        assert json.loads(updated.stdout)["properties"]["provisioningState"] == "Succeeded"
+        deleted = az.run("role", "assignment", "delete", "--ids", made["id"])
+        assert deleted.returncode == 0, deleted.stderr
+        listed = az.json(
+            "role", "assignment", "list", "--scope", scope, "--assignee", principal,
+            "--fill-principal-name", "false",
+        )  # fmt: skip
+        assert listed == []

@@ -97,6 +97,17 @@ BUILT_IN: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     ),
     "EventGrid Data Sender": ("d5a91429-5739-47e2-a06b-3470a27159e7", (), ()),
 }
+#: What a built-in role excludes (``permissions[].notActions``): Contributor manages
+#: everything but access (Azure's Contributor also excludes a few Blueprint, Purview and
+#: subscription actions the sandbox does not serve). :mod:`cmk.sandbox.arm.role_assignments`
+#: enforces them on role assignment writes and deletes.
+NOT_ACTIONS: dict[str, tuple[str, ...]] = {
+    "Contributor": (
+        "Microsoft.Authorization/*/Delete",
+        "Microsoft.Authorization/*/Write",
+        "Microsoft.Authorization/elevateAccess/Action",
+    ),
+}
 _DATA_PREFIXES = ("microsoft.keyvault/vaults/keys", "microsoft.keyvault/vaults/keyrotationpolicies")
 
 
@@ -120,9 +131,46 @@ def role_permissions(role: str, granted: frozenset[str]) -> dict[str, list[str]]
         actions = tuple(sorted(a for a in granted if not _is_data_action(a)))
     return {
         "actions": list(actions),
-        "notActions": [],
+        "notActions": list(NOT_ACTIONS.get(role, ())),
         "dataActions": data_actions,
         "notDataActions": [],
+    }
+
+
+def roles(world: World) -> list[str]:
+    """Every role the sandbox knows: built-in, then the world's custom roles."""
+    return [*ROLE_ACTIONS, *world.custom_roles]
+
+
+def role_by_guid(world: World, guid: str) -> str | None:
+    """The role (built-in or custom) whose role definition GUID is ``guid`` (any case)."""
+    return next((r for r in roles(world) if role_guid(r) == guid.lower()), None)
+
+
+def assignment_json(assignment: RoleAssignment) -> dict[str, Any]:
+    """A ``RoleAssignment`` as ARM answers it (``RoleAssignments_Get`` / ``_ListForScope``)."""
+    sub = assignment.scope.split("/")[2] if assignment.scope.count("/") >= 2 else ""
+    created = iso(assignment.created) if assignment.created else None
+    return {
+        "id": f"{assignment.scope}/providers/Microsoft.Authorization/roleAssignments/"
+        f"{assignment.id}",
+        "name": assignment.id,
+        "type": "Microsoft.Authorization/roleAssignments",
+        "properties": {
+            "roleDefinitionId": f"/subscriptions/{sub}/providers/Microsoft.Authorization/"
+            f"roleDefinitions/{role_guid(assignment.role)}",
+            "principalId": assignment.principal_id,
+            "principalType": "ServicePrincipal",
+            "scope": assignment.scope,
+            "condition": None,
+            "conditionVersion": None,
+            "createdOn": created,
+            "updatedOn": created,
+            "createdBy": None,
+            "updatedBy": None,
+            "delegatedManagedIdentityResourceId": None,
+            "description": None,
+        },
     }
 
 
@@ -145,31 +193,6 @@ class AuthorizationArm:
             (DEFINITIONS, self.definitions),
             (ASSIGNMENTS, self.assignments),
         ]
-
-    def assignment_json(self, assignment: RoleAssignment) -> dict[str, Any]:
-        sub = assignment.scope.split("/")[2] if assignment.scope.count("/") >= 2 else ""
-        created = iso(assignment.created) if assignment.created else None
-        return {
-            "id": f"{assignment.scope}/providers/Microsoft.Authorization/roleAssignments/"
-            f"{assignment.id}",
-            "name": assignment.id,
-            "type": "Microsoft.Authorization/roleAssignments",
-            "properties": {
-                "roleDefinitionId": f"/subscriptions/{sub}/providers/Microsoft.Authorization/"
-                f"roleDefinitions/{role_guid(assignment.role)}",
-                "principalId": assignment.principal_id,
-                "principalType": "ServicePrincipal",
-                "scope": assignment.scope,
-                "condition": None,
-                "conditionVersion": None,
-                "createdOn": created,
-                "updatedOn": created,
-                "createdBy": None,
-                "updatedBy": None,
-                "delegatedManagedIdentityResourceId": None,
-                "description": None,
-            },
-        }
 
     def _selected(self, scope: str, text: str) -> list[RoleAssignment]:
         principal = _PRINCIPAL.search(text)
@@ -199,7 +222,7 @@ class AuthorizationArm:
         if after:
             chosen = [a for a in chosen if a.id > after]
         page, rest = chosen[:PAGE_SIZE], chosen[PAGE_SIZE:]
-        body: dict[str, Any] = {"value": [self.assignment_json(a) for a in page]}
+        body: dict[str, Any] = {"value": [assignment_json(a) for a in page]}
         if rest:
             query = "&".join(
                 f"{k}={quote(v, safe='')}" for k, v in request.query.items() if k != "$skipToken"
@@ -213,8 +236,7 @@ class AuthorizationArm:
         self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
     ) -> web.Response:
         require_get(request)
-        guid = groups["guid"].lower()
-        role = next((r for r in self._roles() if role_guid(r) == guid), None)
+        role = role_by_guid(self.world, groups["guid"])
         if role is None:
             raise ArmError(
                 404,
@@ -229,16 +251,13 @@ class AuthorizationArm:
         """``RoleDefinitions_List`` at a scope, filtered by ``roleName`` and ``type``."""
         require_get(request)
         wanted = _role_filter(request.query.get("$filter", ""))
-        bodies = [self.definition_json(role, groups["sub"]) for role in self._roles()]
+        bodies = [self.definition_json(role, groups["sub"]) for role in roles(self.world)]
         found = [
             body
             for body in bodies
             if all(body["properties"][field].lower() == value for field, value in wanted.items())
         ]
         return self.reply(200, {"value": found})
-
-    def _roles(self) -> list[str]:
-        return [*ROLE_ACTIONS, *self.world.custom_roles]
 
     def definition_json(self, role: str, subscription_id: str) -> dict[str, Any]:
         """A ``RoleDefinition`` as ARM answers it (``RoleDefinitions_Get`` / ``_List``)."""

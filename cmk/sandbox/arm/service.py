@@ -18,7 +18,8 @@ Routes (paths are case-insensitive, as in ARM):
 * ``Microsoft.ManagedIdentity/userAssignedIdentities`` and ``Microsoft.EventGrid/topics``
   GET (:mod:`cmk.sandbox.arm.others`);
 * ``Microsoft.Authorization`` role assignments at a scope and role definitions
-  (:mod:`cmk.sandbox.arm.authorization`);
+  (:mod:`cmk.sandbox.arm.authorization`); one role assignment's PUT, GET and DELETE at any
+  scope the world holds (:mod:`cmk.sandbox.arm.role_assignments`);
 * ``Microsoft.Resources``: ``/subscriptions``, ``/subscriptions/{s}``, ``/tenants``, resource
   groups, the generic resource list, resource providers and locations, filtered by the
   caller's role assignments (:mod:`cmk.sandbox.arm.resources`, :mod:`cmk.sandbox.arm.providers`).
@@ -57,9 +58,11 @@ from cmk.sandbox.arm.cognitive.accounts import (
     account_json,
     rp_for,
 )
+from cmk.sandbox.arm.errors import authorization_failed
 from cmk.sandbox.arm.keyvault import KeyVaultArm
 from cmk.sandbox.arm.others import OtherResourcesArm
 from cmk.sandbox.arm.resources import ResourcesArm, require_api_version
+from cmk.sandbox.arm.role_assignments import RoleAssignmentArm
 from cmk.sandbox.platform.context import (
     AUDIENCE_ARM,
     ServiceContext,
@@ -133,6 +136,7 @@ class _Arm:
         self.rp: CognitiveRP = rp_for(ctx.world)
         self.keyvault = KeyVaultArm(ctx.world, self._authorize, _json)
         self.authorization = AuthorizationArm(ctx.world, self._authorize, _json)
+        self.role_assignment = RoleAssignmentArm(ctx.world, _json)
         self.resources = ResourcesArm(ctx.world, self._authorize, _json)
         self.others = OtherResourcesArm(ctx.world, self._authorize, _json)
 
@@ -191,6 +195,7 @@ class _Arm:
             (_OPERATION, self._operation),
             *self.keyvault.routes(),
             *self.authorization.routes(),
+            *self.role_assignment.routes(),
             *self.resources.routes(),
             *self.others.routes(),
         ):
@@ -279,14 +284,7 @@ class _Arm:
     def _authorize(self, claims: TokenClaims, action: str, scope: str) -> None:
         principal = claims.principal
         if not self.world.rbac_allows(principal.object_id, action, scope):
-            raise _error(
-                403,
-                "AuthorizationFailed",
-                f"The client '{principal.client_id}' with object id '{principal.object_id}' "
-                f"does not have authorization to perform action '{action}' over scope "
-                f"'{scope}' or the scope is invalid. If access was recently granted, please "
-                "refresh your credentials.",
-            )
+            raise authorization_failed(principal.client_id, principal.object_id, action, scope)
 
     # --- accounts ----------------------------------------------------------------------
     def _account(
