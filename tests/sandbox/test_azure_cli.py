@@ -213,6 +213,16 @@ class TestProvidersAndLocations:
         assert assignments and {a["principalId"] for a in assignments} == {principal}
         assert all(a["roleDefinitionName"] for a in assignments)
 
+    def test_real_types_the_sandbox_does_not_serve_say_so(self, az: Cli):
+        """az identity list and az eventgrid system-topic list exit non-zero with the
+        sandbox's 501 NotImplemented ("does not emulate"), never a 404 InvalidResourceType
+        that would claim Azure has no such type."""
+        for args in (("identity", "list"), ("eventgrid", "system-topic", "list")):
+            result = az.run(*args, "--subscription", "platform")
+            assert result.returncode != 0, args
+            assert "The sandbox does not emulate" in result.stderr, result.stderr
+            assert "InvalidResourceType" not in result.stderr
+
     def test_role_definition_list_by_name(self, az: Cli):
         """az role definition list --name: the built-in role with its real GUID."""
         roles = az.json("role", "definition", "list", "--name", "Key Vault Crypto User")

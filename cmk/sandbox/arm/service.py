@@ -24,6 +24,10 @@ Routes (paths are case-insensitive, as in ARM):
   groups, the generic resource list, resource providers and locations, filtered by the
   caller's role assignments (:mod:`cmk.sandbox.arm.resources`, :mod:`cmk.sandbox.arm.providers`).
 
+A path no route serves answers 501 ``NotImplemented`` ("The sandbox does not emulate …") when
+it names a real resource type (after the subscription check), else ARM's 404
+``InvalidResourceType`` (:mod:`cmk.sandbox.arm.unserved`).
+
 Every request goes through, in ARM's order: ``api-version`` present (400
 ``MissingApiVersionParameter``), bearer token (401 ``AuthenticationFailed`` when missing,
 ``InvalidAuthenticationToken`` when invalid, ``InvalidAuthenticationTokenAudience`` unless
@@ -63,6 +67,7 @@ from cmk.sandbox.arm.keyvault import KeyVaultArm
 from cmk.sandbox.arm.others import OtherResourcesArm
 from cmk.sandbox.arm.resources import ResourcesArm, require_api_version
 from cmk.sandbox.arm.role_assignments import RoleAssignmentArm
+from cmk.sandbox.arm.unserved import unserved
 from cmk.sandbox.platform.context import (
     AUDIENCE_ARM,
     ServiceContext,
@@ -105,6 +110,7 @@ _OPERATION = re.compile(
 )
 _GRAPH = re.compile(r"^/providers/Microsoft\.ResourceGraph/resources/?$", re.IGNORECASE)
 _SLASHES = re.compile(r"/{2,}")
+_SUBSCRIPTION_PREFIX = re.compile(rf"^/subscriptions/(?P<sub>{_NAME})(?:/|$)", re.IGNORECASE)
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 
 # Where the app keeps its per-world parts, for the platform and tests.
@@ -207,12 +213,12 @@ class _Arm:
                 self._check_subscription(claims, groups["sub"])
                 self._meter(groups["sub"], request.method, extra)
                 return handler(request, claims, groups, body)
-        raise _error(
-            404,
-            "InvalidResourceType",
-            f"The resource type could not be found for the path '{path}' with api-version "
-            f"'{api_version}'.",
-        )
+        error = unserved(request.method, path, api_version)
+        subscription = _SUBSCRIPTION_PREFIX.match(path)
+        if error.status == 501 and subscription is not None:
+            with self.world.lock:
+                self._check_subscription(claims, subscription["sub"])
+        raise error
 
     def _authenticate(self, request: web.Request) -> TokenClaims:
         header = request.headers.get("Authorization", "")
