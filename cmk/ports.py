@@ -327,6 +327,11 @@ class Ledger(Protocol):
         since (same state, same ``updated``): True if written."""
         ...
 
+    async def record_unchanged(self, seen: LedgerEntry | None, entry: LedgerEntry) -> bool:
+        """Write ``entry`` only if its row is still as ``seen`` (absent, for None): True if
+        written, False if another writer got there first (nothing overwritten)."""
+        ...
+
     async def history(
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> list[LedgerEntry]: ...

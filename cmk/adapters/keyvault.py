@@ -33,10 +33,11 @@ from cmk.ports import KeyRotation
 __all__ = ["CREATE_TIMEOUT", "KeyVaultKeys", "key_version"]
 
 _RSA_TYPES = frozenset({"RSA", "RSA-HSM"})
-#: The longest a creating request (create, rotate; sent once) may take: connecting, then
-#: waiting for the answer. A near-expiry notice's claim is checked right before it, and
-#: must outlast it by far (Engine.claim_lease, 10 minutes), so a run that lost its claim
-#: cannot be creating while the claim's next holder does.
+#: The longest a creating call (create, rotate; sent once) may take, all included: its
+#: token and Key Vault's challenge, connecting, waiting for the answer. A near-expiry
+#: notice's claim is checked right before it, and must outlast it by far
+#: (Engine.claim_lease, 10 minutes), so a run that lost its claim cannot be creating
+#: while the claim's next holder does.
 _CREATE_CONNECT_SECONDS, _CREATE_READ_SECONDS = 10, 60
 CREATE_TIMEOUT = timedelta(seconds=_CREATE_CONNECT_SECONDS + _CREATE_READ_SECONDS)
 _CREATE_TIMEOUTS: dict[str, Any] = {
@@ -196,9 +197,10 @@ class KeyVaultKeys:
         :data:`CREATE_TIMEOUT`, far inside the claim a caller holds while creating."""
         base = key.versionless()
         with azure_errors(f"rotating {base}"):
-            rotated = await self.client(base.vault_url).rotate_key(
-                base.name, retry_total=0, **_CREATE_TIMEOUTS
-            )
+            async with asyncio.timeout(CREATE_TIMEOUT.total_seconds()):
+                rotated = await self.client(base.vault_url).rotate_key(
+                    base.name, retry_total=0, **_CREATE_TIMEOUTS
+                )
         version = key_version(base, rotated)
         self.cache.put(version)
         return version
@@ -221,15 +223,16 @@ class KeyVaultKeys:
             expires_on = self._clock() + lifetime
         base = template.key_id.versionless()
         with azure_errors(f"creating a new version of {base}"):
-            created = await self.client(base.vault_url).create_rsa_key(
-                base.name,
-                size=template.size,
-                hardware_protected=template.kty == "RSA-HSM",
-                key_operations=sorted(template.key_ops),
-                expires_on=expires_on,
-                retry_total=0,
-                **_CREATE_TIMEOUTS,
-            )
+            async with asyncio.timeout(CREATE_TIMEOUT.total_seconds()):
+                created = await self.client(base.vault_url).create_rsa_key(
+                    base.name,
+                    size=template.size,
+                    hardware_protected=template.kty == "RSA-HSM",
+                    key_operations=sorted(template.key_ops),
+                    expires_on=expires_on,
+                    retry_total=0,
+                    **_CREATE_TIMEOUTS,
+                )
         version = key_version(base, created)
         self.cache.put(version)
         return version

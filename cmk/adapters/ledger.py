@@ -142,6 +142,14 @@ class TableLedger(LeaseRows, AlertRows):
             return False
         return await self.replace_if(_to_entity(entry), held, action)
 
+    async def record_unchanged(self, seen: LedgerEntry | None, entry: LedgerEntry) -> bool:
+        """Write ``entry`` only if its row is still as ``seen`` was read: an insert when
+        there was none (409: someone else's row now), else :meth:`replace_unchanged`."""
+        if seen is not None:
+            return await self.replace_unchanged(seen, entry)
+        action = f"recording the ledger row of {entry.account_id} -> {entry.to_version}"
+        return await self.insert_once(_to_entity(entry), action)
+
     async def history(
         self, account_id: AccountId | None = None, key: KeyId | None = None
     ) -> list[LedgerEntry]:

@@ -254,10 +254,13 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
         record = await engine.ledger.claim_record(claim)
         if record is not None and record.created_version not in (None, created.version):
             log.error(
-                "near-expiry notice for %s: %s was created after this run lost its claim,"
-                " and the claim's new holder created %s, which is used; %s is left unused",
+                "near-expiry notice for %s made two versions: %s by this run, which stalled"
+                " past its claim, and %s by the claim's new holder; this run moves the"
+                " accounts to %s as the claim records, and the key's newer version, %s,"
+                " is where its event and the next sweep move them",
                 expiring,
                 created.version,
+                record.created_version,
                 record.created_version,
                 created.version,
                 extra=_extra(event, "claim"),

@@ -187,24 +187,41 @@ class _Step:
             "cmk_step": step,
         }
 
+    def entry(self, state: LedgerState, cause: str | None = None) -> LedgerEntry:
+        """The ledger row of this move in ``state``, written now."""
+        now = self.engine.now()
+        return LedgerEntry(
+            account_id=self.job.account_id,
+            key_id=self.job.target.versionless(),
+            to_version=self.version,
+            from_version=self.from_version,
+            state=state,
+            attempts=self.attempts,
+            cause=cause,
+            trigger=self.job.trigger,
+            created=self.previous.created if self.previous else now,
+            updated=now,
+        )
+
     async def record(self, state: LedgerState, cause: str | None = None) -> None:
         if self.engine.dry_run:
             return
-        now = self.engine.now()
-        await self.engine.ledger.record(
-            LedgerEntry(
-                account_id=self.job.account_id,
-                key_id=self.job.target.versionless(),
-                to_version=self.version,
-                from_version=self.from_version,
-                state=state,
-                attempts=self.attempts,
-                cause=cause,
-                trigger=self.job.trigger,
-                created=self.previous.created if self.previous else now,
-                updated=now,
+        await self.engine.ledger.record(self.entry(state, cause))
+
+    async def record_planned(self) -> None:
+        """Record the move PLANNED, only over the row this run read: a run that stalled
+        past its lease and was taken over must not put a row its successor settled back
+        to PLANNED (it stops here, deferred, and its next delivery reads the row anew)."""
+        if self.engine.dry_run:
+            return
+        entry = self.entry(LedgerState.PLANNED)
+        if not await self.engine.ledger.record_unchanged(self.previous, entry):
+            raise AccountBusy(
+                f"the ledger row of {self.job.account_id} -> {self.version} changed since"
+                " this run read it (another run wrote it); deferred",
+                retry_after=1.0,
             )
-        )
+        self.previous = entry
 
     async def finish(
         self, state: LedgerState, result: JobResult, cause: str | None = None
@@ -384,8 +401,8 @@ async def _rotate(step: _Step) -> JobReport:
         ).require_bindable()
     if engine.dry_run:
         return step.report(JobResult.WOULD_UPDATE, f"would PATCH keyVersion {step.version}")
-    await step.keep_lease()  # first: a run whose lease was taken over writes nothing
-    await step.record(LedgerState.PLANNED)
+    await step.record_planned()
+    await step.keep_lease()
     step.patch_unsettled = True  # until the PATCH is answered: a cancel now keeps the lease
     try:
         outcome = await engine.accounts.update_key_version(
@@ -575,14 +592,16 @@ async def _settled_meanwhile(step: _Step) -> JobReport | None:
         record = await step.engine.accounts.get(step.job.account_id)
         bound = _bound_version(step, record)
         if bound.lower() == step.version.lower():
-            if record.provisioning_state.lower() != "succeeded":
-                return None
-            return await step.finish(
-                LedgerState.SUCCEEDED, JobResult.SUCCEEDED, "verified after the job's last retry"
-            )
-        cause = await _skip_cause(step, record)
+            landed = record.provisioning_state.lower() == "succeeded"
+            cause = "verified after the job's last retry" if landed else None
+            state = LedgerState.SUCCEEDED
+        else:
+            cause, state = await _skip_cause(step, record), LedgerState.SKIPPED
     except CmkError:
-        return None
+        return None  # ARM or Key Vault cannot say: the move is still owed
     if cause is None:
         return None
-    return await step.finish(LedgerState.SKIPPED, JobResult.SKIPPED, cause)
+    # Decided: recording it may fail (a transient error: the poison delivery is retried),
+    # never turn into an alert for a move that needs nothing.
+    result = JobResult.SUCCEEDED if state is LedgerState.SUCCEEDED else JobResult.SKIPPED
+    return await step.finish(state, result, cause)

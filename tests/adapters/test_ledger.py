@@ -94,6 +94,25 @@ class TestTableLedger:
         assert (found.state, found.attempts) == (LedgerState.SUCCEEDED, 2)
         assert len(await services.ledger.history()) == 1
 
+    async def test_record_unchanged_writes_only_over_what_was_read(
+        self, services: Services
+    ) -> None:
+        """record_unchanged inserts a row that was absent, replaces one as it was read, and
+        refuses (False, nothing overwritten) when another writer got there first."""
+        ledger = services.ledger
+        planned = _entry(state=LedgerState.PLANNED)
+        assert await ledger.record_unchanged(None, planned) is True
+        assert await ledger.record_unchanged(None, planned) is False  # it exists now
+        seen = await ledger.get(planned.account_id, planned.to_version)
+        assert seen is not None
+        other = _entry(state=LedgerState.SUCCEEDED, updated=T0 + timedelta(minutes=5))
+        await ledger.record(other)  # another run settles it meanwhile
+        again = _entry(state=LedgerState.PLANNED, updated=T0 + timedelta(minutes=6))
+        assert await ledger.record_unchanged(seen, again) is False
+        kept = await ledger.get(planned.account_id, planned.to_version)
+        assert kept is not None and kept.state is LedgerState.SUCCEEDED
+        assert await ledger.record_unchanged(kept, again) is True
+
     async def test_history_by_account_key_and_all(self, services: Services) -> None:
         """history() filters by account, by key, by both, and skips claim and alert rows."""
         await services.ledger.record(_entry("one", "a" * 32))

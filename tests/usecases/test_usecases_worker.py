@@ -6,12 +6,13 @@ import asyncio
 import math
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from usecase_rig import SUB_B, Rig, verify_job
 
 from cmk.adapters.jobqueue import decode_job
-from cmk.errors import AccountBusy, TransientError
+from cmk.errors import AccountBusy, ServiceUnavailable, TransientError
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
@@ -384,6 +385,35 @@ class TestOnPoison:
         assert "exhausted its retries; last error:" in (report.cause or "")
         assert account.encryption.key_version == old.version
         assert len(rig.alerts("account_update_failed")) == 1
+
+    async def test_poison_whose_settling_cannot_be_recorded_is_retried_not_alerted(
+        self, rig: Rig, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The account is on the target, but the SUCCEEDED row cannot be written this
+        time (the Table answers 503): the poison delivery fails and is retried — never
+        an alert for a move that landed."""
+        account, _, new = _pair(rig)
+        job = _job(account, rig.estate.kv, new)
+        account.encryption.key_version = new.version  # it landed
+        ledger = rig.services.ledger
+        record = ledger.record
+        failing = [True]
+
+        async def unavailable(entry: Any) -> None:
+            if failing and failing.pop():
+                raise ServiceUnavailable("recording the ledger row: 503 (injected)")
+            await record(entry)
+
+        monkeypatch.setattr(ledger, "record", unavailable)
+        with pytest.raises(ServiceUnavailable):
+            await on_poison(rig.engine, job)
+        assert rig.alerts() == []
+
+        report = await on_poison(rig.engine, job)  # the poison queue's retry
+
+        assert report.result is JobResult.SUCCEEDED
+        assert rig.alerts() == []
+        await rig.check_ledger()
 
     async def test_poison_while_arm_cannot_answer_fails_and_alerts(self, rig: Rig) -> None:
         """ARM still cannot answer the last read: FAILED and one alert, as before."""
