@@ -223,6 +223,20 @@ class TestProvidersAndLocations:
             assert "The sandbox does not emulate" in result.stderr, result.stderr
             assert "InvalidResourceType" not in result.stderr
 
+    def test_lists_in_a_missing_group_are_resource_group_not_found(self, az: Cli):
+        """az cognitiveservices account list -g nosuch and az keyvault list -g nosuch
+        --resource-type vault exit non-zero with ARM's ResourceGroupNotFound, as az resource
+        list -g nosuch does. (Plain az keyvault list swallows any error of its vault and HSM
+        lists and prints [], against Azure too: azure-cli's list_vault_or_hsm.)"""
+        for args in (
+            ("cognitiveservices", "account", "list", "--subscription", "ai-prod"),
+            ("keyvault", "list", "--subscription", "platform", "--resource-type", "vault"),
+            ("resource", "list", "--subscription", "platform"),
+        ):
+            result = az.run(*args, "-g", "nosuch")
+            assert result.returncode != 0, args
+            assert "Resource group 'nosuch' could not be found" in result.stderr, result.stderr
+
     def test_role_definition_list_by_name(self, az: Cli):
         """az role definition list --name: the built-in role with its real GUID."""
         roles = az.json("role", "definition", "list", "--name", "Key Vault Crypto User")

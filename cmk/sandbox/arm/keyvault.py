@@ -11,6 +11,10 @@ Azure/azure-rest-api-specs (``Vault``/``VaultProperties``, ``ManagedHsm``/
 * ``GET /subscriptions/{s}[/resourceGroups/{rg}]/providers/Microsoft.KeyVault/vaults`` and
   ``.../managedHSMs`` — ``{"value": [...]}`` (one page).
 
+Under a resource group that does not exist, both answer 404 ``ResourceGroupNotFound``
+(``Vaults_Get`` / ``Vaults_ListByResourceGroup``: ARM answers for the group before the
+provider is asked).
+
 ``enablePurgeProtection`` is left out while purge protection is off, as Key Vault answers
 (it is ``null`` until enabled, and can never be disabled again). Access policies come from
 :attr:`VaultState.access_policies` (this tenant, key permissions only); RBAC vaults answer
@@ -33,6 +37,9 @@ from cmk.sandbox.world import VaultKind, VaultState, World
 Authorize = Callable[[TokenClaims, str, str], None]
 Handler = Callable[[web.Request, TokenClaims, dict[str, Any], bytes], web.Response]
 Json = Callable[[int, object], web.Response]
+#: 404 ``ResourceGroupNotFound`` unless (subscription, group) exists
+#: (:func:`cmk.sandbox.arm.resources.require_group`, which imports this module).
+RequireGroup = Callable[[str, str], None]
 
 _NAME = r"[^/]+"
 _TYPES = r"(?P<type>vaults|managedHSMs)"
@@ -140,10 +147,13 @@ def vault_json(vault: VaultState) -> dict[str, Any]:
 class KeyVaultArm:
     """The two routes, over one world; ``authorize`` is ARM's RBAC check (403 on failure)."""
 
-    def __init__(self, world: World, authorize: Authorize, reply: Json) -> None:
+    def __init__(
+        self, world: World, authorize: Authorize, reply: Json, require_group: RequireGroup
+    ) -> None:
         self.world = world
         self.authorize = authorize
         self.reply = reply
+        self.require_group = require_group
 
     def routes(self) -> list[tuple[re.Pattern[str], Handler]]:
         return [(VAULT, self.get), (VAULT_LIST, self.list)]
@@ -173,6 +183,7 @@ class KeyVaultArm:
             f"/providers/Microsoft.KeyVault/{canonical}/{groups['name']}"
         )
         self.authorize(claims, READ[canonical.lower()], scope)
+        self.require_group(groups["sub"], groups["rg"])
         if vault is None:
             raise ArmError(
                 404,
@@ -190,6 +201,8 @@ class KeyVaultArm:
         kind = _kind(groups["type"])
         canonical = "vaults" if kind is VaultKind.VAULT else "managedHSMs"
         action = READ[canonical.lower()]
+        if groups["rg"]:
+            self.require_group(groups["sub"], groups["rg"])
         found = [
             vault_json(v)
             for v in self._vaults(groups["sub"], groups["rg"], kind)

@@ -15,7 +15,8 @@ same resources (and ``properties``) the generic list and Resource Graph show
   ``publicNetworkAccess``, ``inboundIpRules``, ``disableLocalAuth``.
 
 The caller needs ``{type}/read`` on the resource (403 ``AuthorizationFailed`` before
-anything else); an unknown name is 404 ``ResourceNotFound`` with ARM's message. Only an
+anything else); an unknown name is 404 ``ResourceNotFound`` with ARM's message, in a group
+that does not exist 404 ``ResourceGroupNotFound``. Only an
 identity some account names exists in the sandbox (that is how the world knows it).
 """
 
@@ -28,7 +29,7 @@ from aiohttp import web
 
 from cmk.sandbox.arm.cognitive.accounts import ArmError
 from cmk.sandbox.arm.keyvault import Authorize, Handler, Json, require_get
-from cmk.sandbox.arm.resources import Resource, other_resources
+from cmk.sandbox.arm.resources import Resource, other_resources, require_group
 from cmk.sandbox.platform.context import TokenClaims
 from cmk.sandbox.world import World
 
@@ -92,6 +93,7 @@ class OtherResourcesArm:
             f"{rtype}/{groups['name']}"
         )
         self.authorize(claims, f"{rtype}/read", resource_id)
+        require_group(self.world, groups["sub"], groups["rg"])
         found = next(
             (r for r in other_resources(self.world) if r.id.lower() == resource_id.lower()),
             None,

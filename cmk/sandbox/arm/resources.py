@@ -25,7 +25,8 @@ Azure/azure-rest-api-specs (``subscriptions/stable/2022-12-01/subscriptions.json
   evaluates it; ``$expand`` with any of ``createdTime``, ``changedTime`` and
   ``provisioningState`` adds those ``GenericResourceExpanded`` fields (other ``$expand``
   terms are ignored: what ARM answers to them is not documented); ``$top`` truncates; one
-  page, no ``nextLink``;
+  page, no ``nextLink``; a group that does not exist is 404 ``ResourceGroupNotFound``
+  (:func:`require_group`, which the resource providers' routes under a group use too);
 * ``GET /subscriptions/{s}/providers[/{namespace}]`` — ``Providers_List`` / ``Providers_Get``
   for the emulated namespaces, and ``GET /subscriptions/{s}/locations`` —
   ``Subscriptions_ListLocations`` (:mod:`cmk.sandbox.arm.providers`); each to whoever sees
@@ -273,6 +274,23 @@ def other_resources(world: World) -> Iterator[Resource]:
         )
 
 
+def group_exists(world: World, subscription_id: str, group: str) -> bool:
+    """Whether the subscription has a resource group of that name (any case)."""
+    sub, rg = subscription_id.lower(), group.lower()
+    return any(
+        r.subscription_id.lower() == sub and r.resource_group.lower() == rg
+        for r in resources(world)
+    )
+
+
+def require_group(world: World, subscription_id: str, group: str) -> None:
+    """ARM's 404 ``ResourceGroupNotFound`` unless the group exists."""
+    if not group_exists(world, subscription_id, group):
+        raise ArmError(
+            404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found."
+        )
+
+
 def _sees_subscription(world: World, principal_id: str, subscription_id: str) -> bool:
     """Whether any role assignment of the principal is at, above or inside the subscription."""
     scope = f"/subscriptions/{subscription_id}".lower()
@@ -489,6 +507,8 @@ class ResourcesArm:
         self, request: web.Request, claims: TokenClaims, groups: dict[str, Any], _body: bytes
     ) -> web.Response:
         require_get(request)
+        if groups["rg"]:
+            require_group(self.world, groups["sub"], groups["rg"])
         wanted: Filter = resource_filter(request.query.get("$filter", ""))
         expand = _parse_expand(request.query.get("$expand", ""))
         top = request.query.get("$top")

@@ -1,13 +1,14 @@
 """Which ARM scopes exist in the sandbox, for :mod:`cmk.sandbox.arm.service` and the resource
 providers: resource groups and resources, as the world holds them.
 
-* :func:`require_group` — ARM's 404 ``ResourceGroupNotFound`` ("Resource group '{rg}' could not
-  be found.", the answer of ``ResourceGroups_Get`` in ``resources.json`` of
-  ``specification/resources/resource-manager/Microsoft.Resources`` and of every request under
-  a group that does not exist: ``Accounts_ListByResourceGroup``, ``Vaults_ListByResourceGroup``,
-  ``Accounts_Get``, ``Vaults_Get``). The sandbox has no resource group of its own: a group
-  exists while it holds a resource (:func:`cmk.sandbox.arm.resources.resources`), as
-  ``GET /subscriptions/{s}/resourcegroups`` lists them.
+* :func:`~cmk.sandbox.arm.resources.require_group` — ARM's 404 ``ResourceGroupNotFound``
+  ("Resource group '{rg}' could not be found.", the answer of ``ResourceGroups_Get`` in
+  ``resources.json`` of ``specification/resources/resource-manager/Microsoft.Resources`` and
+  of every request under a group that does not exist: ``Accounts_ListByResourceGroup``,
+  ``Vaults_ListByResourceGroup``, ``Accounts_Get``, ``Vaults_Get``). The sandbox has no
+  resource group of its own: a group exists while it holds a resource
+  (:func:`cmk.sandbox.arm.resources.resources`), as ``GET /subscriptions/{s}/resourcegroups``
+  lists them.
 * :func:`require_scope` — that a role assignment's scope (``{scope}`` of
   ``RoleAssignments_Create``: a subscription, resource group, resource, or a vault's key) is
   one the world holds: 404 ``ResourceGroupNotFound`` or ``ResourceNotFound`` with ARM's
@@ -19,7 +20,7 @@ from __future__ import annotations
 import re
 
 from cmk.sandbox.arm.errors import ArmError
-from cmk.sandbox.arm.resources import resources
+from cmk.sandbox.arm.resources import require_group, resources
 from cmk.sandbox.world import VaultKind, World
 
 _NAME = r"[^/]+"
@@ -30,23 +31,6 @@ _GROUP = re.compile(
 )
 _SUBSCRIPTION = re.compile(rf"^/subscriptions/{_NAME}$", re.IGNORECASE)
 _KEY = re.compile(rf"^/keys/(?P<key>{_NAME})$", re.IGNORECASE)
-
-
-def group_exists(world: World, subscription_id: str, group: str) -> bool:
-    """Whether the subscription has a resource group of that name (any case)."""
-    sub, rg = subscription_id.lower(), group.lower()
-    return any(
-        r.subscription_id.lower() == sub and r.resource_group.lower() == rg
-        for r in resources(world)
-    )
-
-
-def require_group(world: World, subscription_id: str, group: str) -> None:
-    """ARM's 404 ``ResourceGroupNotFound`` unless the group exists."""
-    if not group_exists(world, subscription_id, group):
-        raise ArmError(
-            404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found."
-        )
 
 
 def not_found(path: str, group: str) -> ArmError:

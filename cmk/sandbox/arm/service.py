@@ -28,6 +28,10 @@ A path no route serves answers 501 ``NotImplemented`` ("The sandbox does not emu
 it names a real resource type (after the subscription check), else ARM's 404
 ``InvalidResourceType`` (:mod:`cmk.sandbox.arm.unserved`).
 
+A request under a resource group that does not exist (an account's or a vault's GET, a list
+of one group) answers 404 ``ResourceGroupNotFound`` after the RBAC check, as ARM does;
+creating an account (PUT) still makes its group, as the sandbox has no ``az group create``.
+
 Every request goes through, in ARM's order: ``api-version`` present (400
 ``MissingApiVersionParameter``), bearer token (401 ``AuthenticationFailed`` when missing,
 ``InvalidAuthenticationToken`` when invalid, ``InvalidAuthenticationTokenAudience`` unless
@@ -65,7 +69,7 @@ from cmk.sandbox.arm.cognitive.accounts import (
 from cmk.sandbox.arm.errors import authorization_failed
 from cmk.sandbox.arm.keyvault import KeyVaultArm
 from cmk.sandbox.arm.others import OtherResourcesArm
-from cmk.sandbox.arm.resources import ResourcesArm, require_api_version
+from cmk.sandbox.arm.resources import ResourcesArm, require_api_version, require_group
 from cmk.sandbox.arm.role_assignments import RoleAssignmentArm
 from cmk.sandbox.arm.unserved import unserved
 from cmk.sandbox.platform.context import (
@@ -140,7 +144,7 @@ class _Arm:
         self.ctx = ctx
         self.world: World = ctx.world
         self.rp: CognitiveRP = rp_for(ctx.world)
-        self.keyvault = KeyVaultArm(ctx.world, self._authorize, _json)
+        self.keyvault = KeyVaultArm(ctx.world, self._authorize, _json, self._require_group)
         self.authorization = AuthorizationArm(ctx.world, self._authorize, _json)
         self.role_assignment = RoleAssignmentArm(ctx.world, _json)
         self.resources = ResourcesArm(ctx.world, self._authorize, _json)
@@ -271,6 +275,9 @@ class _Arm:
                 f"'https://login.windows.net/{subscription.tenant_id}' to get the token.",
             )
 
+    def _require_group(self, subscription_id: str, group: str) -> None:
+        require_group(self.world, subscription_id, group)
+
     def _meter(self, subscription_id: str, method: str, extra: dict[str, str]) -> None:
         decision: Decision = throttle_for(self.world).arm(
             subscription_id, write=method.upper() not in ("GET", "HEAD")
@@ -304,6 +311,7 @@ class _Arm:
         method = request.method.upper()
         if method == "GET":
             self._authorize(claims, READ, scope)
+            require_group(self.world, sub, rg)
             return _json(200, account_json(self.rp.account(sub, rg, name)))
         if method not in ("PUT", "PATCH"):
             raise _error(
@@ -314,6 +322,7 @@ class _Arm:
         self._authorize(claims, WRITE, scope)
         payload = _parse_body(body)
         if method == "PATCH":
+            require_group(self.world, sub, rg)
             account = self.rp.account(sub, rg, name)
             operation = self.rp.update(account, payload)
             status = 200
@@ -352,6 +361,8 @@ class _Arm:
         sub, rg = groups["sub"], groups["rg"]
         scope = f"/subscriptions/{sub}" + (f"/resourceGroups/{rg}" if rg else "")
         self._authorize(claims, READ, scope)
+        if rg:
+            require_group(self.world, sub, rg)
         token = request.query.get("$skipToken")
         after = _unwrap_token(token) if token else None
         accounts, last = self.rp.page(sub, rg, after)
