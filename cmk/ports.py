@@ -495,6 +495,11 @@ class AlertSink(Protocol):
         many."""
         ...
 
+    async def open_alerts(self) -> set[tuple[str, str, str]]:
+        """Every open (recorded) alert as (subject, to_version, cause group), lowercase;
+        the group as :meth:`resolve`'s ``still_open`` is given it."""
+        ...
+
     async def open_subjects(self) -> set[str]:
         """The subjects (lowercase) that have at least one open alert, read at once."""
         ...

@@ -216,6 +216,26 @@ class EventGridAlerts:
             )
         return closed
 
+    async def open_alerts(self) -> set[tuple[str, str, str]]:
+        """Every recorded alert as (subject, to_version, cause group), lowercase, as
+        :meth:`resolve`'s ``still_open`` is asked about it: one query over the alert rows."""
+        pages = self._ledger.client.query_entities(
+            "Kind eq @kind", parameters={"kind": "alert"}, select=["Subject", "ToVersion", "RowKey"]
+        )
+        with azure_errors("listing the open alerts"):
+            try:
+                return {
+                    (
+                        str(entity["Subject"]).strip().lower(),
+                        str(entity.get("ToVersion") or "").lower(),
+                        str(entity["RowKey"]).rsplit("|", 1)[-1],
+                    )
+                    async for entity in pages
+                    if entity.get("Subject")
+                }
+            except ResourceNotFoundError:  # no table, so no open alert
+                return set()
+
     async def open_subjects(self) -> set[str]:
         """The subjects (lowercase) with at least one open alert: one query over the alert
         rows (``Kind eq 'alert'``), however many accounts are in scope; none without a table.

@@ -245,9 +245,10 @@ def event_failed(key_id: KeyId, event_id: str, cause: str) -> Alert:
         from_version=None,
         to_version=key_id.version,  # one alert per key version, however often delivered
         cause=f"event {event_id}: {cause}",
-        remediation="fix the cause (e.g. grant the Function app's identity 'Key Vault Crypto"
-        " Officer' on the vault, or restore the key); the next sweep then moves the"
-        " accounts, or a saved copy of the event can be replayed",
+        remediation="fix the cause (e.g. give the app's identity the key role on the vault"
+        " again, 'CMK rotator key rotator': rerun the deployment's step 2, e.g. `azd"
+        " provision`; or restore the key); the next sweep then reads the key, moves the"
+        " accounts and closes this alert, or a saved copy of the event can be replayed",
     )
 
 

@@ -16,11 +16,11 @@ from cmk.errors import NotFound, PermanentError, ServiceUnavailable
 from cmk.events import KeyVaultEvent
 from cmk.keyid import KeyId
 from cmk.planner import version_order
-from cmk.policy import KeyVersion
+from cmk.policy import KeyVersion, evaluate
 from cmk.ports import Alert, ClaimRecord
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
-from cmk.usecases.fanout import FanOut, fan_out
+from cmk.usecases.fanout import FanOut, fan_out, key_in_use
 from cmk.usecases.keyview import KeyVersions
 from cmk.usecases.new_versions import create_version, reject_unbindable
 from cmk.usecases.report import EventOutcome, EventReport
@@ -136,6 +136,12 @@ async def on_new_version(engine: Engine, event: KeyVaultEvent) -> EventReport:
     view = await _open(engine, event, full=False)
     if isinstance(view, EventReport):
         return view
+    if evaluate(view.latest, engine.policy, engine.now()).bindable is False and not (
+        await key_in_use(engine, view.key)
+    ):
+        detail = f"{view.latest.version} fails the policy, but no account in scope uses the key"
+        log.info("newest version rejected, not alerted: %s", detail, extra=_extra(event, "scope"))
+        return _report(engine, event, EventOutcome.VERSION_REJECTED, detail=detail)
     rejected = await reject_unbindable(engine, view.latest)
     if rejected is not None:
         raised, reasons = rejected
@@ -205,10 +211,15 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
     expiring = event.key_id
     if _successor(engine, view, expiring.version or "") is not None:
         return await _spread(engine, event, view, EventOutcome.FANNED_OUT)
+    if not await key_in_use(engine, view.key):
+        # A key of another service in an allow-listed vault: not ours to rotate or alert.
+        detail = f"version {expiring.version} nears expiry, but no account in scope uses the key"
+        log.info("not rotated: %s", detail, extra=_extra(event, "scope"))
+        return _report(engine, event, EventOutcome.NOT_ROTATED, detail=detail)
     if not engine.settings.rotate_on_near_expiry:
         cause = f"version {expiring.version} nears expiry, no newer valid version, rotation off"
         raised, _ = await alerting.publish(
-            engine, [alerting.near_expiry_unrotated(expiring, cause)]
+            engine, [alerting.near_expiry_unrotated(expiring, cause)], durable=True
         )
         return _report(engine, event, EventOutcome.NOT_ROTATED, alerts=raised, detail=cause)
     if engine.dry_run:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cmk.keyid import KeyId
 from cmk.planner import Binding, Decision, Finding, Move
 from cmk.ports import RotationJob
 from cmk.usecases.context import Engine, task_scope
@@ -21,7 +22,7 @@ from cmk.usecases.keyview import KeyVersions, decide
 from cmk.usecases.report import FindingReport, PlannedMove
 from cmk.usecases.subscriptions import subscription_scope
 
-__all__ = ["FanOut", "fan_out", "job_for"]
+__all__ = ["FanOut", "fan_out", "job_for", "key_in_use"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,23 @@ async def fan_out(
         extra={"cmk_key_id": str(view.key), "cmk_step": "fan_out"},
     )
     return result
+
+
+async def key_in_use(engine: Engine, key: KeyId) -> bool:
+    """Whether any CMK account in scope is bound to ``key`` (any version): the first
+    binding the inventory streams answers it. A vault may hold keys of other services
+    (Storage, SQL, disks): this app neither rotates nor alerts for those."""
+    subscriptions = (await subscription_scope(engine)).subscriptions
+    records = engine.inventory.cmk_accounts(subscriptions, key=key)
+    try:
+        async for record in records:
+            if record.binding is not None and record.binding.key_id.same_key(key):
+                return True
+        return False
+    finally:  # stopped at the first: close the stream now (its open response with it)
+        close = getattr(records, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def _apply(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -330,6 +330,27 @@ class _Recovery:
         self.active = not engine.dry_run and engine.settings.storage is not None
         self._open: set[str] | None = None
         self._by_key: dict[KeyId, set[str]] = {}
+        #: The alerts open when the sweep began (subject, to_version, group): only those
+        #: can be what it judged cleared — one raised while it ran (a job failing beside
+        #: it, an event) is about something it did not see, and stays open.
+        self._before: set[tuple[str, str, str]] | None = None
+
+    async def begin(self) -> None:
+        """Note the open alerts, before anything is read (one query)."""
+        if self.active:
+            self._before = await self._engine.alerts.open_alerts()
+            self._open = {subject for subject, _, _ in self._before}
+
+    def seen_open(self, subject: str) -> Callable[[str, str], Awaitable[bool]]:
+        """``still_open`` for closing ``subject``'s alerts: keeps those not open when the
+        sweep began."""
+        before = self._before if self._before is not None else set()
+        subject = subject.lower()
+
+        async def still_open(version: str, group: str) -> bool:
+            return (subject, version.lower(), group) not in before
+
+        return still_open
 
     async def open_subjects(self) -> set[str]:
         """The subjects with an open alert (lowercase), read once per sweep."""
@@ -358,15 +379,20 @@ class _Recovery:
         """
         recovered = sorted(set[str]().union(*self._by_key.values()))
         limit = self._engine.settings.max_concurrency
-        closed = await gather_bounded(limit, (self._engine.alerts.resolve(s) for s in recovered))
+        resolve = self._engine.alerts.resolve
+        closed = await gather_bounded(
+            limit, (resolve(s, still_open=self.seen_open(s)) for s in recovered)
+        )
         return sum(closed)
 
 
-#: Key- and vault-level alerts a sweep closes once what they report no longer holds.
+#: Key- and vault-level alerts a sweep closes once what they report no longer holds (an
+#: event that failed for good is over once the sweep reads its key: it moves the accounts).
 _KEY_GROUPS = (
     AlertType.KEY_UNREADABLE,
     AlertType.KEY_NEAR_EXPIRY_UNROTATED,
     AlertType.VERSION_REJECTED,
+    AlertType.EVENT_FAILED,
 )
 
 
@@ -416,7 +442,11 @@ async def _resolve_keys(
     ]
     limit = engine.settings.max_concurrency
     closed = await gather_bounded(
-        limit, (engine.alerts.resolve(subject, groups=groups) for subject, groups in closing)
+        limit,
+        (
+            engine.alerts.resolve(subject, groups=groups, still_open=recovery.seen_open(subject))
+            for subject, groups in closing
+        ),
     )
     return sum(closed)
 
@@ -464,6 +494,7 @@ async def sweep(engine: Engine) -> SweepReport:
     flushed = await alerting.flush_pending(engine)  # what earlier runs could not deliver
     found = Survey()
     recovery = _Recovery(engine)
+    await recovery.begin()
     open_rows = _OpenRows(engine, run_id)
     kept, enqueued = await _judge(engine, found, recovery, open_rows)
     kept_rows = [judged for bucket in kept.values() for judged in bucket]
