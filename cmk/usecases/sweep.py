@@ -221,8 +221,8 @@ class _OpenRows:
 
     async def of(self, record: AccountRecord, move: Move | None) -> LedgerEntry | None:
         """The open row of ``move``'s target for ``record``, if any. With no move, the
-        failed move on record that left the account where it is (its ``from_version`` is
-        the account's version; the latest such) — read only when ARM shows a problem that
+        failed move on record that left the account where it is (its ``from_version``, or
+        its target, is the account's version; the latest such) — read only when ARM shows a problem that
         such a failure, already alerted by the worker, explains. A failure the account
         has moved on from since explains nothing: a new problem is alerted."""
         if move is not None:
@@ -234,7 +234,7 @@ class _OpenRows:
         left_here = [
             entry
             for entry in self._failed.get(str(record.account_id).lower(), [])
-            if (entry.from_version or "").lower() == bound
+            if bound in ((entry.from_version or "").lower(), entry.to_version.lower())
         ]
         return max(left_here, key=lambda entry: entry.updated, default=None)
 

@@ -93,7 +93,8 @@ class _Step:
         self.job = job
         self.previous = previous
         self.version = job.target.version or ""
-        self.from_version = job.from_version
+        #: Where the move starts: the job's word, else its row's (a verify, a retry).
+        self.from_version = job.from_version or (previous.from_version if previous else None)
         bump = 1 if job.step is JobStep.ROTATE else 0
         self.attempts = (previous.attempts if previous else 0) + bump
         self.lease = account_lease_name(job.account_id)
@@ -319,8 +320,10 @@ def _bound_version(step: _Step, record: AccountRecord) -> str:
             f"the account is bound to {binding.key_id.versionless()}, not"
             f" {step.job.target.versionless()}; only keyVersion is ever changed"
         )
-    step.from_version = binding.key_id.version
-    return binding.key_id.version or ""
+    bound = binding.key_id.version or ""
+    if bound.lower() != step.version.lower():  # on the target, it says nothing of the start
+        step.from_version = bound
+    return bound
 
 
 async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
@@ -372,6 +375,10 @@ async def _rotate(step: _Step) -> JobReport:
     bound = _bound_version(step, record)
     state = record.provisioning_state.lower()
     if bound == step.version and state == "succeeded":
+        if step.previous is not None and step.previous.state is LedgerState.SUCCEEDED:
+            # Settled already (a duplicate job, another producer's): the row that recorded
+            # the move — its trigger, where it started — stays as it is.
+            return step.report(JobResult.SUCCEEDED, "already on target")
         return await step.finish(LedgerState.SUCCEEDED, JobResult.SUCCEEDED, "already on target")
     if bound == step.version and state == "updating":
         return await step.verify_later(record_submitted=True)

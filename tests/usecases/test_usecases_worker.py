@@ -229,6 +229,28 @@ class TestRotateAccount:
         assert len(rig.estate.sandbox.counters.matching(method="PATCH")) == 1  # one update
         await rig.check_ledger()
 
+    async def test_the_row_keeps_where_the_move_started_and_who_made_it(self, rig: Rig) -> None:
+        """A move settled by its VERIFY keeps the version it started from (not the
+        target, which the account shows by then), and a later job for the same target —
+        another producer's, a duplicate — finds it done and leaves the row as it is: its
+        trigger and start stay those of the run that moved the account."""
+        account, old, new = _pair(rig, lro_seconds=math.inf)
+        fast = replace(rig.engine, settings=_timeout(rig.engine.settings, 0.1))
+        first = replace(_job(account, rig.estate.kv, new), trigger="cli:rotate")
+        assert (await rotate_account(fast, first)).result is JobResult.SUBMITTED
+        await _finish(rig, account)
+        assert {r.result for r in await rig.drain()} == {JobResult.SUCCEEDED}
+        later = replace(first, trigger="event:new-version", from_version=None)
+
+        assert (await rotate_account(rig.engine, later)).result is JobResult.SUCCEEDED
+
+        [entry] = await rig.ledger(account)
+        assert (entry.state, entry.from_version, entry.trigger) == (
+            LedgerState.SUCCEEDED,
+            old.version,
+            "cli:rotate",
+        )
+
     async def test_failed_update_on_a_now_rejected_target_is_not_retried(self, rig: Rig) -> None:
         """An account left Failed on its target is re-validated before any new PATCH: a
         target disabled meanwhile fails the job instead of being sent again."""
