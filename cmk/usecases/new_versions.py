@@ -52,12 +52,14 @@ async def reject_unbindable(
     A version that fails only for being disabled is rejected without an alert: someone
     disabled it on purpose (an event about it can arrive after that), and there is
     nothing to fix — accounts stay where they are, and any bound to it are alerted as
-    ``binding_unsafe`` by the sweep."""
+    ``binding_unsafe`` by the sweep. Nor is one that is only not valid yet (its
+    not-before is ahead): it becomes valid by itself, and the sweep after that moves the
+    accounts to it."""
     verdict = evaluate(version, engine.policy, engine.now())
     if verdict.bindable:
         return None
     reasons = [str(reason) for reason in verdict.reasons]
-    if verdict.codes == {ReasonCode.DISABLED}:
+    if verdict.codes <= {ReasonCode.DISABLED, ReasonCode.NOT_YET_VALID}:
         return (), "; ".join(reasons)
     rejected = alerting.version_rejected(version, reasons)
     raised, _ = await alerting.publish(engine, [rejected], durable=True)

@@ -138,6 +138,31 @@ class TestClosedWhenOver:
         assert len(failures) == 1, failures
 
 
+class TestNothingToAct:
+    async def test_a_version_not_valid_yet_is_not_alerted_and_moved_once_it_is(
+        self, rig: Rig
+    ) -> None:
+        """A new version whose not-before is a day ahead: nobody is moved to it, and
+        nobody is alerted (it becomes valid by itself); the first sweep after that moves
+        the accounts."""
+        estate, now = rig.estate, rig.estate.world.clock.now()
+        v1 = estate.version(estate.kv, created=now - timedelta(days=2))
+        account = estate.account("acct-f", estate.kv, v1.version)
+        later = estate.version(estate.kv, not_before=now + timedelta(days=1))
+
+        report = await on_new_version(
+            rig.engine, estate.event(KeyEventType.NEW_VERSION, estate.kv, later)
+        )
+
+        assert report.outcome is EventOutcome.VERSION_REJECTED
+        assert rig.alerts() == [] and account.encryption.key_version == v1.version
+        estate.world.clock.advance(timedelta(days=1, minutes=1))
+        await sweep(rig.engine)
+        await rig.drain()
+        assert account.encryption.key_version == later.version
+        assert rig.alerts() == []
+
+
 class TestKeysNoAccountUses:
     """A vault may hold keys of other services (Storage, SQL, disks): not ours."""
 
