@@ -41,8 +41,11 @@ async def _queue(settings: Settings, services: Services, name: str) -> AsyncIter
 
 async def storage_check(settings: Settings, services: Services, caller: Caller | None) -> Check:
     queues = (settings.job_queue, f"{settings.job_queue}-poison", settings.operation_queue)
-    parts = [await _queue_part(settings, services, caller, name) for name in queues]
-    parts.append(await _table_part(services.ledger.client, caller))
+    by_connection_string = not settings.require_storage().uses_identity
+    parts = [
+        await _queue_part(settings, services, caller, name, by_connection_string) for name in queues
+    ]
+    parts.append(await _table_part(services.ledger.client, caller, by_connection_string))
     return Check(
         "storage",
         combined(p.result for p in parts),
@@ -52,11 +55,25 @@ async def storage_check(settings: Settings, services: Services, caller: Caller |
 
 
 def _storage_fix(
-    kind: str, name: str, account: str, caller: Caller | None, error: Exception
+    kind: str,
+    name: str,
+    account: str,
+    caller: Caller | None,
+    error: Exception,
+    *,
+    by_connection_string: bool,
 ) -> str:
+    """The command that creates a missing queue or table, or grants the refused data role.
+    With a connection string (AzureWebJobsStorage, e.g. Azurite's) ``az`` is given the same
+    string: ``--auth-mode login`` would ask for a token the storage does not take."""
     if isinstance(error, NotFound):
+        where = (
+            '--connection-string "$AzureWebJobsStorage"'
+            if by_connection_string
+            else f"--account-name {account} --auth-mode login"
+        )
         return (
-            f"az storage {kind} create --name {name} --account-name {account} --auth-mode login"
+            f"az storage {kind} create --name {name} {where}"
             " (or `azd provision`: infra/app/storage.bicep creates it)"
         )
     if isinstance(error, AccessDenied):
@@ -74,20 +91,33 @@ def _storage_fix(
 
 
 async def _queue_part(
-    settings: Settings, services: Services, caller: Caller | None, name: str
+    settings: Settings,
+    services: Services,
+    caller: Caller | None,
+    name: str,
+    by_connection_string: bool,
 ) -> Check:
     async with _queue(settings, services, name) as client:
         try:
             with azure_errors(f"reading queue {name}"):
                 properties = await client.get_queue_properties()
         except CmkError as error:
-            fix = _storage_fix("queue", name, client.account_name or "<account>", caller, error)
+            fix = _storage_fix(
+                "queue",
+                name,
+                client.account_name or "<account>",
+                caller,
+                error,
+                by_connection_string=by_connection_string,
+            )
             return Check(name, Result.FAILED, f"queue {name}: {_first_line(error)}", fix)
     count = properties.approximate_message_count or 0
     return Check(name, Result.OK, f"queue {name} answers ({count} message(s))")
 
 
-async def _table_part(client: TableClient, caller: Caller | None) -> Check:
+async def _table_part(
+    client: TableClient, caller: Caller | None, by_connection_string: bool
+) -> Check:
     name = client.table_name
     rows = 0
     try:
@@ -98,7 +128,14 @@ async def _table_part(client: TableClient, caller: Caller | None) -> Check:
                     break
                 break
     except CmkError as error:
-        fix = _storage_fix("table", name, client.account_name or "<account>", caller, error)
+        fix = _storage_fix(
+            "table",
+            name,
+            client.account_name or "<account>",
+            caller,
+            error,
+            by_connection_string=by_connection_string,
+        )
         return Check(name, Result.FAILED, f"table {name}: {_first_line(error)}", fix)
     return Check(name, Result.OK, f"table {name} answers ({'has rows' if rows else 'empty'})")
 

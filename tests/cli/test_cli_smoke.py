@@ -294,6 +294,22 @@ class TestSmoke:
         for name in ("jobs-missing", "jobs-missing-poison", "jobs-missing-ops"):
             assert f"az storage queue create --name {name} " in storage["fix"]
 
+    def test_missing_storage_by_connection_string_is_created_with_it(
+        self, deployed: World, cmk, monkeypatch: pytest.MonkeyPatch
+    ):
+        """With AzureWebJobsStorage a connection string (Azurite's), the fix of a missing
+        queue or table hands az that string, not `--auth-mode login`: a token is of no use
+        to storage reached by its key."""
+        monkeypatch.setenv("CMK_JOB_QUEUE", "jobs-missing")
+        monkeypatch.setenv("CMK_LEDGER_TABLE", "ledgermissing")
+        fix = _rows(cmk("smoke", "--json").valid("smoke"))["storage"]["fix"]
+        for kind, name in (("queue", "jobs-missing-poison"), ("table", "ledgermissing")):
+            assert (
+                f'az storage {kind} create --name {name} --connection-string "$AzureWebJobsStorage"'
+                in fix
+            )
+        assert "--auth-mode login" not in fix and "--account-name" not in fix
+
     def test_an_invisible_subscription_fails(
         self, deployed: World, cmk, monkeypatch: pytest.MonkeyPatch
     ):

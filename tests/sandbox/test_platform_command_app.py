@@ -231,6 +231,27 @@ class TestSandboxUpApp:
             assert answer.status_code == 200, answer.text
             assert len(answer.json()["accounts"]) >= BOUND_ACCOUNTS
 
+    def test_every_queue_and_the_ledger_table_exist_before_any_job(self, tmp_path: Path) -> None:
+        """Right after `up --app` (no sweep, no job yet) the job queue, its poison queue, the
+        operations queue and its poison queue and the ledger table exist on its Azurite, as
+        infra/app/storage.bicep makes them: `cmk smoke` from the sourced shell finds its
+        storage row ok."""
+        with _app_up(tmp_path) as app:
+            job = app.values["CMK_JOB_QUEUE"]
+            storage = _shell(
+                app.shell, sys.executable, "-c",
+                "import os; from azure.storage.queue import QueueServiceClient as Q;"
+                "c = Q.from_connection_string(os.environ['AzureWebJobsStorage']);"
+                "print(' '.join(sorted(q.name for q in c.list_queues())))",
+            )  # fmt: skip
+            assert storage.returncode == 0, storage.stderr
+            expected = [job, f"{job}-ops", f"{job}-ops-poison", f"{job}-poison"]
+            assert storage.stdout.split() == expected
+            smoke = _shell(app.shell, CMK, "smoke", "-o", "json")
+            rows = {row["check"]: row for row in json.loads(smoke.stdout)["checks"]}
+            assert rows["storage"]["result"] == "ok", rows["storage"]
+            assert app.values["CMK_LEDGER_TABLE"] in rows["storage"]["found"]
+
     @pytest.mark.skipif(
         not AZ or not Path(AZ).exists(), reason="set CMK_AZ_CLI (make az-cli-check)"
     )

@@ -218,7 +218,10 @@ def up_command(args: argparse.Namespace) -> int:
                 host = running.enter_context(
                     run_app(sandbox, app_dir, settings, instances=args.instances or 1)
                 )
-                env |= {name: settings[name] for name in ("CMK_JOB_QUEUE", "CMK_SWEEP_SCHEDULE")}
+                env |= {
+                    name: settings[name]
+                    for name in ("CMK_JOB_QUEUE", "CMK_LEDGER_TABLE", "CMK_SWEEP_SCHEDULE")
+                }
                 env["CMK_SANDBOX_APP_URL"] = host.url("").rstrip("/")
                 env["CMK_SANDBOX_APP_KEY"] = host.function_key
                 lines.append(describe_app(host, sandbox))
