@@ -100,6 +100,20 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     ),
     "Key Vault Reader": frozenset({"Microsoft.KeyVault/vaults/*/read"}),
     "EventGrid Data Sender": frozenset({"Microsoft.EventGrid/topics/events/send/action"}),
+    # may grant and revoke the Key Vault data roles only (its condition: arm/authorization.py)
+    "Key Vault Data Access Administrator": frozenset(
+        {
+            "Microsoft.Authorization/roleAssignments/write",
+            "Microsoft.Authorization/roleAssignments/delete",
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Resources/subscriptions/read",
+            "Microsoft.Management/managementGroups/read",
+            "Microsoft.Support/*",
+            "Microsoft.KeyVault/vaults/*/read",
+        }
+    ),
 }
 
 

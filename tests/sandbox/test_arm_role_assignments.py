@@ -255,3 +255,67 @@ class TestGetAndDelete:
             _authorization().role_assignments.get(seeded.key_scope, str(uuid.uuid4()))
         assert caught.value.error is not None
         assert caught.value.error.code == "RoleAssignmentNotFound"
+
+
+DATA_ACCESS_ADMIN = "8b54135c-b56d-4d72-a534-26097cfdc8d8"
+
+
+@pytest.fixture
+def data_access_admin(seeded: Seeded) -> Seeded:
+    """The app holds Key Vault Data Access Administrator on the vault, and nothing else."""
+    world = seeded.sandbox.world
+    app = seeded.sandbox.app_principal.object_id
+    with world.lock:
+        world.revoke(app)
+        world.grant(app, seeded.vault.resource_id, "Key Vault Data Access Administrator")
+    return seeded
+
+
+class TestKeyVaultDataAccessAdministrator:
+    def test_grants_and_revokes_a_key_vault_data_role(self, data_access_admin: Seeded):
+        """Its condition admits Key Vault Crypto Service Encryption User at a key of the
+        vault: created (201), then deleted."""
+        name = data_access_admin.grant(data_access_admin.key_scope)
+        assert _authorization().role_assignments.delete(data_access_admin.key_scope, name)
+
+    def test_any_other_role_is_an_unfulfilled_condition(self, data_access_admin: Seeded):
+        """Reader at the vault: 403 AuthorizationFailed naming the ABAC condition; nothing
+        is granted."""
+        before = len(data_access_admin.sandbox.world.role_assignments)
+        with pytest.raises(HttpResponseError) as caught:
+            data_access_admin.grant(data_access_admin.vault.resource_id, READER)
+        assert caught.value.status_code == 403
+        assert caught.value.error is not None
+        assert caught.value.error.code == "AuthorizationFailed"
+        assert "ABAC condition not fulfilled" in str(caught.value.message)
+        assert len(data_access_admin.sandbox.world.role_assignments) == before
+
+    def test_may_not_delete_another_role(self, data_access_admin: Seeded):
+        """A Reader assignment at the vault, made by someone else, is not its to delete: 403,
+        the assignment stays."""
+        world = data_access_admin.sandbox.world
+        with world.lock:
+            held = world.grant(
+                data_access_admin.identity.object_id, data_access_admin.vault.resource_id, "Reader"
+            )
+        with pytest.raises(HttpResponseError) as caught:
+            _authorization().role_assignments.delete(data_access_admin.vault.resource_id, held.id)
+        assert caught.value.status_code == 403
+        assert held in world.role_assignments
+
+    def test_its_definition_carries_the_condition(self, data_access_admin: Seeded):
+        """RoleDefinitions_Get (api-version 2022-05-01-preview, whose Permission has the
+        condition) answers its real actions and the condition, version 2.0, naming the
+        Crypto Service Encryption User role among those it may assign."""
+        client = AuthorizationManagementClient(
+            DefaultAzureCredential(), SUB, api_version="2022-05-01-preview"
+        )
+        definition = client.role_definitions.get(f"/subscriptions/{SUB}", DATA_ACCESS_ADMIN)
+        assert definition.role_name == "Key Vault Data Access Administrator"
+        assert definition.permissions is not None
+        permission = definition.permissions[0]
+        assert permission.actions is not None
+        assert "Microsoft.Authorization/roleAssignments/write" in permission.actions
+        assert permission.data_actions == []
+        assert permission.condition_version == "2.0"
+        assert permission.condition is not None and KEY_ROLE in permission.condition

@@ -96,6 +96,43 @@ BUILT_IN: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         ("Microsoft.KeyVault/vaults/*/read",),
     ),
     "EventGrid Data Sender": ("d5a91429-5739-47e2-a06b-3470a27159e7", (), ()),
+    "Key Vault Data Access Administrator": (
+        "8b54135c-b56d-4d72-a534-26097cfdc8d8",
+        (
+            "Microsoft.Authorization/roleAssignments/write",
+            "Microsoft.Authorization/roleAssignments/delete",
+            "Microsoft.Authorization/*/read",
+            "Microsoft.Resources/deployments/*",
+            "Microsoft.Resources/subscriptions/resourceGroups/read",
+            "Microsoft.Resources/subscriptions/read",
+            "Microsoft.Management/managementGroups/read",
+            "Microsoft.Support/*",
+            "Microsoft.KeyVault/vaults/*/read",
+        ),
+        (),
+    ),
+}
+#: Roles whose role assignment writes and deletes hold only for some role definitions: the
+#: ABAC condition of their permissions (``conditionVersion`` 2.0), as the role definition
+#: GUIDs it lets them assign (``@Request[…:RoleDefinitionId]`` for a write) and remove
+#: (``@Resource[…:RoleDefinitionId]`` for a delete). Key Vault Data Access Administrator
+#: (learn.microsoft.com/azure/role-based-access-control/built-in-roles/security#key-vault-
+#: data-access-administrator) may grant and revoke the Key Vault data roles only: Key Vault
+#: Administrator, Certificates Officer, Crypto Officer, Crypto Service Encryption User,
+#: Crypto User, Reader, Secrets Officer and Secrets User.
+ASSIGNABLE_ROLES: dict[str, frozenset[str]] = {
+    "Key Vault Data Access Administrator": frozenset(
+        {
+            "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+            "a4417e6f-fecd-4de8-b567-7b0420556985",
+            "14b46e9e-c2b7-41b4-b07b-48a6ebf60603",
+            "e147488a-f6f5-4113-8e2d-b22465e65bf6",
+            "12338af0-0e69-4776-bea7-57ae8d297424",
+            "21090545-7ca7-4776-b22c-e363652d74d2",
+            "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+            "4633458b-17de-408a-b874-0445c86b69e6",
+        }
+    ),
 }
 #: What a built-in role excludes (``permissions[].notActions``): Contributor manages
 #: everything but access (Azure's Contributor also excludes a few Blueprint, Purview and
@@ -122,19 +159,40 @@ def role_guid(role: str) -> str:
     return known[0] if known else str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-role:{role}"))
 
 
-def role_permissions(role: str, granted: frozenset[str]) -> dict[str, list[str]]:
+def role_permissions(role: str, granted: frozenset[str]) -> dict[str, Any]:
     """``actions`` / ``dataActions`` of a role that grants ``granted`` in the world: the
     table above plus the world's data actions."""
     _, actions, data = BUILT_IN.get(role, ("", (), ()))
     data_actions = sorted({*data, *(a for a in granted if _is_data_action(a))})
     if role not in BUILT_IN:
         actions = tuple(sorted(a for a in granted if not _is_data_action(a)))
-    return {
+    permissions: dict[str, Any] = {
         "actions": list(actions),
         "notActions": list(NOT_ACTIONS.get(role, ())),
         "dataActions": data_actions,
         "notDataActions": [],
     }
+    if role in ASSIGNABLE_ROLES:
+        permissions |= {"condition": role_condition(role), "conditionVersion": "2.0"}
+    return permissions
+
+
+def role_condition(role: str) -> str:
+    """The ABAC condition of a role of :data:`ASSIGNABLE_ROLES`, in Azure's syntax."""
+    guids = ", ".join(sorted(ASSIGNABLE_ROLES[role]))
+    return " AND ".join(
+        f"((!(ActionMatches{{'Microsoft.Authorization/roleAssignments/{verb}'}})) OR"
+        f" (@{source}[Microsoft.Authorization/roleAssignments:RoleDefinitionId]"
+        f" ForAnyOfAnyValues:GuidEquals{{{guids}}}))"
+        for verb, source in (("write", "Request"), ("delete", "Resource"))
+    )
+
+
+def may_assign(role: str, assigned: str) -> bool:
+    """Whether holding ``role`` lets a principal write or delete an assignment of role
+    ``assigned`` (its condition, if it has one, names ``assigned``'s definition)."""
+    allowed = ASSIGNABLE_ROLES.get(role)
+    return allowed is None or role_guid(assigned) in allowed
 
 
 def roles(world: World) -> list[str]:

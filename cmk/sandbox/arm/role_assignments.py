@@ -29,8 +29,11 @@ Cognitive Services key check.
   Needs ``roleAssignments/delete``.
 
 Writes and deletes honour a role's ``notActions`` (:data:`~cmk.sandbox.arm.authorization.
-NOT_ACTIONS`): a Contributor cannot grant access, an Owner can. ``principalType`` is not
-kept: every assignment answers ``ServicePrincipal``, as the list does.
+NOT_ACTIONS`): a Contributor cannot grant access, an Owner can. They honour a role's ABAC
+condition too (:data:`~cmk.sandbox.arm.authorization.ASSIGNABLE_ROLES`): a Key Vault Data
+Access Administrator may grant and revoke the Key Vault data roles and no other, else 403
+``AuthorizationFailed`` with ARM's "or an ABAC condition not fulfilled". ``principalType``
+is not kept: every assignment answers ``ServicePrincipal``, as the list does.
 """
 
 from __future__ import annotations
@@ -42,7 +45,12 @@ from typing import Any
 
 from aiohttp import web
 
-from cmk.sandbox.arm.authorization import NOT_ACTIONS, assignment_json, role_by_guid
+from cmk.sandbox.arm.authorization import (
+    NOT_ACTIONS,
+    assignment_json,
+    may_assign,
+    role_by_guid,
+)
 from cmk.sandbox.arm.errors import ArmError, authorization_failed, bad_request
 from cmk.sandbox.arm.keyvault import Handler, Json
 from cmk.sandbox.arm.scopes import require_scope
@@ -78,23 +86,40 @@ class RoleAssignmentArm:
     def routes(self) -> list[tuple[re.Pattern[str], Handler]]:
         return [(ASSIGNMENT, self.handle)]
 
-    def allows(self, principal_id: str, action: str, scope: str) -> bool:
-        """Whether an assignment of the principal at ``scope`` or above grants ``action`` and
-        its role does not exclude it (``notActions``)."""
+    def allows(
+        self, principal_id: str, action: str, scope: str, assigned: str | None = None
+    ) -> bool:
+        """Whether an assignment of the principal at ``scope`` or above grants ``action``,
+        its role does not exclude it (``notActions``) and, for a write or delete of an
+        assignment of role ``assigned``, its role's condition admits that role."""
         for held in self.world.role_assignments:
             if held.principal_id != principal_id or not _covers(held.scope, scope):
                 continue
             excluded = frozenset(NOT_ACTIONS.get(held.role, ()))
-            if action_allowed(self.world.role_actions(held.role), action) and not (
-                action_allowed(excluded, action)
+            if (
+                action_allowed(self.world.role_actions(held.role), action)
+                and not action_allowed(excluded, action)
+                and (assigned is None or may_assign(held.role, assigned))
             ):
                 return True
         return False
 
-    def _authorize(self, claims: TokenClaims, action: str, scope: str) -> None:
+    def _authorize(
+        self, claims: TokenClaims, action: str, scope: str, assigned: str | None = None
+    ) -> None:
         principal = claims.principal
-        if not self.allows(principal.object_id, action, scope):
+        if self.allows(principal.object_id, action, scope, assigned):
+            return
+        if assigned is None:
             raise authorization_failed(principal.client_id, principal.object_id, action, scope)
+        raise ArmError(  # the action is granted, but only under a condition this role fails
+            403,
+            "AuthorizationFailed",
+            f"The client '{principal.client_id}' with object id '{principal.object_id}' does"
+            " not have authorization or an ABAC condition not fulfilled to perform action"
+            f" '{action}' over scope '{scope}' or the scope is invalid. If access was recently"
+            " granted, please refresh your credentials.",
+        )
 
     def _find(self, scope: str, name: str) -> RoleAssignment | None:
         return next(
@@ -131,14 +156,21 @@ class RoleAssignmentArm:
         if method == "DELETE":
             if found is None:
                 return web.Response(status=204)
+            self._authorize(claims, DELETE, scope, assigned=found.role)
             self.world.role_assignments.remove(found)
             return self.reply(200, assignment_json(found))
-        return self._put(scope, name, found, body)
+        return self._put(claims, scope, name, found, body)
 
     def _put(
-        self, scope: str, name: str, found: RoleAssignment | None, body: bytes
+        self,
+        claims: TokenClaims,
+        scope: str,
+        name: str,
+        found: RoleAssignment | None,
+        body: bytes,
     ) -> web.Response:
         principal_id, role = self._parse(body)
+        self._authorize(claims, WRITE, scope, assigned=role)
         if found is not None:
             if found.principal_id.lower() != principal_id.lower() or found.role != role:
                 raise bad_request(
