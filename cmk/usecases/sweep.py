@@ -222,9 +222,9 @@ class _OpenRows:
     async def of(self, record: AccountRecord, move: Move | None) -> LedgerEntry | None:
         """The open row of ``move``'s target for ``record``, if any. With no move, the
         failed move on record that left the account where it is (its ``from_version``, or
-        its target, is the account's version; the latest such) — read only when ARM shows a problem that
-        such a failure, already alerted by the worker, explains. A failure the account
-        has moved on from since explains nothing: a new problem is alerted."""
+        its target, is the account's version; the latest such) — read only when ARM shows
+        a problem that such a failure, already alerted by the worker, explains. A failure
+        the account has moved on from since explains nothing: a new problem is alerted."""
         if move is not None:
             return (await self._load()).get(_slot(record, move.target.version))
         if not arm_problem(record) or record.binding is None:
