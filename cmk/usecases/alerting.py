@@ -247,8 +247,10 @@ def event_failed(key_id: KeyId, event_id: str, cause: str) -> Alert:
         cause=f"event {event_id}: {cause}",
         remediation="fix the cause (e.g. give the app's identity the key role on the vault"
         " again, 'CMK rotator key rotator': rerun the deployment's step 2, e.g. `azd"
-        " provision`; or restore the key); the next sweep then reads the key, moves the"
-        " accounts and closes this alert, or a saved copy of the event can be replayed",
+        " provision`; or restore the key); the next sweep then reads the key and moves the"
+        " accounts (a KeyNearExpiry or KeyExpired that failed also needs a valid new"
+        " version: `cmk rotate <key>`, or replay a saved copy of the event); the alert"
+        " closes once the key is readable and has a valid version not near expiry",
     )
 
 

@@ -387,7 +387,8 @@ class _Recovery:
 
 
 #: Key- and vault-level alerts a sweep closes once what they report no longer holds (an
-#: event that failed for good is over once the sweep reads its key: it moves the accounts).
+#: event that failed for good is over once the sweep reads its key — it moves the
+#: accounts — and the key has a valid version no near-expiry notice concerns).
 _KEY_GROUPS = (
     AlertType.KEY_UNREADABLE,
     AlertType.KEY_NEAR_EXPIRY_UNROTATED,
@@ -428,7 +429,10 @@ async def _resolve_keys(
         if newest is None or newest.version != latest.version:  # the newest is still rejected
             groups = [group for group in groups if group != AlertType.VERSION_REJECTED.value]
         if not _lasting(engine, newest):  # no successor that outlives any near-expiry notice
-            groups = [g for g in groups if g != AlertType.KEY_NEAR_EXPIRY_UNROTATED.value]
+            # ... nor over a failed event: a KeyNearExpiry or KeyExpired that could not be
+            # handled (no version created) is over only once such a successor exists.
+            lasting_only = (AlertType.KEY_NEAR_EXPIRY_UNROTATED.value, AlertType.EVENT_FAILED.value)
+            groups = [g for g in groups if g not in lasting_only]
         if subject in open_subjects and groups:
             closing.append((subject, groups))
         vault = latest.key_id.vault_url.lower()

@@ -82,6 +82,35 @@ class TestClosedWhenOver:
         await entrypoints.handle_key_event(rig.engine, raw, KeyVaultEventType.NEAR_EXPIRY)
         assert len(rig.alerts("event_failed")) == 2
 
+    async def test_a_failed_near_expiry_stays_open_until_a_lasting_successor(
+        self, rig: Rig
+    ) -> None:
+        """KeyNearExpiry cannot create the version (the vault answers 403 to the create):
+        one event_failed. A sweep reads the key fine, but that does not fix the event —
+        no version was made — so the alert stays open until a valid successor that no
+        near-expiry notice concerns exists; then a sweep closes it."""
+        estate, now = rig.estate, rig.estate.world.clock.now()
+        v1 = estate.version(
+            estate.kv, created=now - timedelta(days=340), expires=now + timedelta(days=25)
+        )
+        estate.account("acct-x", estate.kv, v1.version)
+        settings = replace(rig.engine.settings, expiry_margin=timedelta(days=14))
+        engine = replace(rig.engine, settings=settings)
+        faults = estate.sandbox.faults
+        refused = faults.add(host=estate.kv.host, path="/keys/cmk/(create|rotate)", status=403)
+        raw = _raw(rig, KeyEventType.NEAR_EXPIRY, estate.kv, v1)
+        await entrypoints.handle_key_event(engine, raw, KeyVaultEventType.NEAR_EXPIRY)
+        assert len(rig.alerts("event_failed")) == 1
+        key = str(KeyId(estate.kv.url, "cmk")).lower()
+
+        await sweep(engine)
+
+        assert key in await engine.alerts.open_subjects()  # nothing was fixed
+        faults.remove(refused)
+        estate.version(estate.kv)  # someone rotates: a lasting successor
+        await sweep(engine)
+        assert key not in await engine.alerts.open_subjects()
+
     async def test_a_version_rejected_while_the_sweep_ran_stays_open(self, rig: Rig) -> None:
         """The sweep reads the key (newest version valid); meanwhile v3, 4096-bit, is
         created and its event alerts version_rejected. The sweep does not close that
