@@ -111,11 +111,26 @@ class TestSyncClient:
 
     def test_quota_exhaustion_is_retried(self, seeded: Sandbox) -> None:
         """Over quota: 429 with Retry-After, retried by the SDK, then answered."""
-        throttle_for(seeded.world).configure(graph_quota=1, graph_window_seconds=1)
+        throttle = throttle_for(seeded.world)
+        throttle.configure(graph_quota=1, graph_window_seconds=1)
+        # The quota's time moves when the test says (a 429 seen: the window passes), never
+        # with the machine's speed, which would reopen the window before the second query.
+        now, monotonic = [0.0], throttle.clock
+        throttle.clock = lambda: now[0]
         hook = Headers()
-        client = ResourceGraphClient(DefaultAzureCredential(), raw_response_hook=hook)
-        client.resources(_request(top=1))
-        client.resources(_request(top=1))
+
+        def seen(response: Any) -> None:
+            hook(response)
+            if response.http_response.status_code == 429:
+                now[0] += 2.0
+
+        try:
+            client = ResourceGraphClient(DefaultAzureCredential(), raw_response_hook=seen)
+            client.resources(_request(top=1))
+            client.resources(_request(top=1))
+        finally:
+            throttle.clock = monotonic
+            throttle.configure(graph_quota=15, graph_window_seconds=5.0)
         assert [status for status, _ in hook.seen] == [200, 429, 200]
         assert hook.seen[1][1]["x-ms-user-quota-remaining"] == "0"
 
