@@ -9,6 +9,8 @@ small ``polling_interval``) so an update of ``lro_seconds`` takes about that lon
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +115,41 @@ class Recorder:
     def __call__(self, response: PipelineResponse[Any, Any]) -> None:
         request = response.http_request
         self.calls.append((request.method, response.http_response.status_code, request.url))
+
+
+class ThrottledUntilSeen(Recorder):
+    """A Recorder that is also the clock of the sandbox's ARM buckets: time stands still
+    (a slow machine cannot refill a bucket between two requests) until a 429 is seen,
+    then moves past its Retry-After, so the SDK's retry finds the bucket refilled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def __call__(self, response: PipelineResponse[Any, Any]) -> None:
+        super().__call__(response)
+        if response.http_response.status_code == 429:
+            self.now += 10.0
+
+
+@contextmanager
+def _bucket_of_one(seeded: Seeded, kind: str, recorder: ThrottledUntilSeen) -> Iterator[None]:
+    """ARM's ``kind`` bucket (read or write) holds one token, on ``recorder``'s clock."""
+    throttle = throttle_for(seeded.sandbox.world)
+    clock = throttle.clock
+    before = {
+        name: getattr(throttle, name) for name in (f"{kind}_capacity", f"{kind}_refill_per_second")
+    }
+    throttle.clock = recorder.clock
+    throttle.configure(**{f"{kind}_capacity": 1, f"{kind}_refill_per_second": 1})
+    try:
+        yield
+    finally:
+        throttle.clock = clock
+        throttle.configure(**before)
 
 
 def _key_version(account: Account) -> str | None:
@@ -244,22 +281,22 @@ class TestSyncClient:
 
     def test_throttled_read_is_retried_after_retry_after(self, seeded: Seeded) -> None:
         """A 429 with Retry-After on GET is retried by the SDK and then succeeds."""
-        throttle_for(seeded.sandbox.world).configure(read_capacity=1, read_refill_per_second=1)
-        recorder = Recorder()
-        client = _client(raw_response_hook=recorder)
-        client.accounts.get(RG, "acct0")
-        started = time.monotonic()
-        client.accounts.get(RG, "acct0")
+        recorder = ThrottledUntilSeen()
+        with _bucket_of_one(seeded, "read", recorder):
+            client = _client(raw_response_hook=recorder)
+            client.accounts.get(RG, "acct0")
+            started = time.monotonic()
+            client.accounts.get(RG, "acct0")
         assert [status for _, status, _ in recorder.calls] == [200, 429, 200]
-        assert time.monotonic() - started >= 0.9
+        assert time.monotonic() - started >= 0.9  # it waited the Retry-After (1 s)
 
     def test_throttled_patch_is_retried(self, seeded: Seeded) -> None:
         """A 429 on PATCH carries Retry-After, so the SDK retries the write too."""
-        throttle_for(seeded.sandbox.world).configure(write_capacity=1, write_refill_per_second=1)
-        recorder = Recorder()
-        client = _client(raw_response_hook=recorder)
-        for value in ("a", "b"):
-            client.accounts.begin_update(RG, "acct0", Account(tags={"t": value})).result()
+        recorder = ThrottledUntilSeen()
+        with _bucket_of_one(seeded, "write", recorder):
+            client = _client(raw_response_hook=recorder)
+            for value in ("a", "b"):
+                client.accounts.begin_update(RG, "acct0", Account(tags={"t": value})).result()
         patches = [status for method, status, _ in recorder.calls if method == "PATCH"]
         assert patches == [200, 429, 200]
         assert client.accounts.get(RG, "acct0").tags == {"t": "b"}

@@ -525,10 +525,17 @@ class TestThrottlingHeaders:
         assert headers["x-ms-ratelimit-remaining-subscription-writes"] == "199"
 
     async def test_empty_bucket_answers_429_with_retry_after(self, env: Env) -> None:
-        """With the read bucket empty: 429 SubscriptionRequestsThrottled and Retry-After."""
-        throttle_for(env.world).configure(read_capacity=1, read_refill_per_second=0.5)
-        await env.call("GET", env.url())
-        status, headers, body = await env.call("GET", env.url())
+        """With the read bucket empty: 429 SubscriptionRequestsThrottled and Retry-After
+        (the bucket's clock stands still: a slow machine cannot refill it in between)."""
+        throttle = throttle_for(env.world)
+        clock, throttle.clock = throttle.clock, lambda: 0.0
+        try:
+            throttle.configure(read_capacity=1, read_refill_per_second=0.5)
+            await env.call("GET", env.url())
+            status, headers, body = await env.call("GET", env.url())
+        finally:
+            throttle.clock = clock
+            throttle.configure(read_capacity=250, read_refill_per_second=25)
         assert status == 429
         assert headers["Retry-After"] == "2"
         assert headers["x-ms-ratelimit-remaining-subscription-reads"] == "0"
