@@ -98,17 +98,7 @@ BUILT_IN: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "EventGrid Data Sender": ("d5a91429-5739-47e2-a06b-3470a27159e7", (), ()),
     "Key Vault Data Access Administrator": (
         "8b54135c-b56d-4d72-a534-26097cfdc8d8",
-        (
-            "Microsoft.Authorization/roleAssignments/write",
-            "Microsoft.Authorization/roleAssignments/delete",
-            "Microsoft.Authorization/*/read",
-            "Microsoft.Resources/deployments/*",
-            "Microsoft.Resources/subscriptions/resourceGroups/read",
-            "Microsoft.Resources/subscriptions/read",
-            "Microsoft.Management/managementGroups/read",
-            "Microsoft.Support/*",
-            "Microsoft.KeyVault/vaults/*/read",
-        ),
+        tuple(sorted(ROLE_ACTIONS["Key Vault Data Access Administrator"])),  # world.py's
         (),
     ),
 }
