@@ -55,6 +55,25 @@ def _mine(rig: Rig, account: AccountState) -> list[dict[str, object]]:
     return [e for e in rig.alerts() if e["subject"].lower() == account.resource_id.lower()]
 
 
+async def _throttled_once(rig: Rig, account: AccountState, job: RotationJob) -> None:
+    """``job`` runs and ARM answers its PATCH 429 (nothing applied): its row stays
+    PLANNED."""
+    faults = rig.estate.sandbox.faults
+    rule = faults.add(
+        host="management.azure.com",
+        path=f"/accounts/{account.name}$",
+        method="PATCH",
+        count=1,
+        status=429,
+        retry_after=1,
+    )
+    try:
+        with pytest.raises(ThrottledError):
+            await rotate_account(rig.engine, job)
+    finally:
+        faults.remove(rule)
+
+
 async def _foreign_update(rig: Rig, account: AccountState, version: KeyVersionState) -> None:
     """An update of the account that no job of ours holds a lease for (a person in the
     portal, or a job whose lease ran out): it runs until ``finish_now``."""
@@ -109,17 +128,7 @@ class TestUpdateThatNeverLanded:
         account = rig.estate.account("acct-s", rig.estate.kv, v1.version, lro_seconds=math.inf)
         job = _job(rig, account, v3)
         if why == "throttled":  # answered 429: nothing applied, the row stays PLANNED
-            rule = rig.estate.sandbox.faults.add(
-                host="management.azure.com",
-                path=f"/accounts/{account.name}$",
-                method="PATCH",
-                count=1,
-                status=429,
-                retry_after=1,
-            )
-            with pytest.raises(ThrottledError):
-                await rotate_account(rig.engine, job)
-            rig.estate.sandbox.faults.remove(rule)
+            await _throttled_once(rig, account, job)
             await _foreign_update(rig, account, v2)
         else:  # the account is Updating (not ours): a transient error, noted on the row
             await _foreign_update(rig, account, v2)
@@ -185,18 +194,7 @@ class TestAnUpdateNotKnownToBeOurs:
         v1, v2, v3 = _three(rig)
         account = rig.estate.account("acct-a", rig.estate.kv, v1.version, lro_seconds=math.inf)
         job = _job(rig, account, v3)
-        faults = rig.estate.sandbox.faults
-        rule = faults.add(
-            host="management.azure.com",
-            path=f"/accounts/{account.name}$",
-            method="PATCH",
-            count=1,
-            status=429,
-            retry_after=1,
-        )
-        with pytest.raises(ThrottledError):
-            await rotate_account(rig.engine, job)  # PLANNED, nothing applied
-        faults.remove(rule)
+        await _throttled_once(rig, account, job)  # PLANNED, nothing applied
         await _foreign_update(rig, account, v2)  # a portal user's update to v2 starts
         adopting = await rotate_account(rig.engine, job)
         assert adopting.result is JobResult.SUBMITTED  # waits for it, under its lease
