@@ -319,51 +319,45 @@ class _Recovery:
     """The accounts this sweep found healthy that have an open alert, by key.
 
     An account is healthy when its assessment raised no alert and no failed update of it
-    is on record (the worker alerted that one; its success resolves it). The open alert
-    subjects are read once, when the first healthy account is met, so 100,000 healthy
-    accounts cost one query, not 100,000, and only those with an open alert are kept. A
-    dry run, or an app without storage (no alert rows), reads and resolves nothing.
+    is on record (the worker alerted that one; its success resolves it). The open alerts
+    are read once, when the sweep begins (:meth:`begin`), so 100,000 healthy accounts cost
+    one query, not 100,000, and only those with an open alert are kept. A dry run, or an
+    app without storage (no alert rows), reads and resolves nothing.
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self.active = not engine.dry_run and engine.settings.storage is not None
-        self._open: set[str] | None = None
+        #: The subjects (lowercase) of the alerts open when the sweep began.
+        self.open_subjects: frozenset[str] = frozenset()
         self._by_key: dict[KeyId, set[str]] = {}
         #: The alerts open when the sweep began (subject, to_version, group): only those
         #: can be what it judged cleared — one raised while it ran (a job failing beside
         #: it, an event) is about something it did not see, and stays open.
-        self._before: set[tuple[str, str, str]] | None = None
+        self._before: frozenset[tuple[str, str, str]] = frozenset()
 
     async def begin(self) -> None:
         """Note the open alerts, before anything is read (one query)."""
         if self.active:
-            self._before = await self._engine.alerts.open_alerts()
-            self._open = {subject for subject, _, _ in self._before}
+            self._before = frozenset(await self._engine.alerts.open_alerts())
+            self.open_subjects = frozenset(subject for subject, _, _ in self._before)
 
     def seen_open(self, subject: str) -> Callable[[str, str], Awaitable[bool]]:
         """``still_open`` for closing ``subject``'s alerts: keeps those not open when the
         sweep began."""
-        before = self._before if self._before is not None else set()
-        subject = subject.lower()
+        before, subject = self._before, subject.lower()
 
         async def still_open(version: str, group: str) -> bool:
             return (subject, version.lower(), group) not in before
 
         return still_open
 
-    async def open_subjects(self) -> set[str]:
-        """The subjects with an open alert (lowercase), read once per sweep."""
-        if self._open is None:
-            self._open = await self._engine.alerts.open_subjects()
-        return self._open
-
     async def judged(self, key: KeyId, record: AccountRecord, assessment: Assessment) -> None:
         """Note one judged account (kept only if healthy with an open alert)."""
         if not self.active or not assessment.healthy:
             return
         subject = str(record.account_id).lower()
-        if subject in await self.open_subjects():
+        if subject in self.open_subjects:
             self._by_key.setdefault(key, set()).add(subject)
 
     def forget(self, key: KeyId) -> None:
@@ -416,7 +410,7 @@ async def _resolve_keys(
     if not recovery.active:
         return 0
     still = {(alert.subject.lower(), alert.dedup_key[2]) for alert in raised}
-    open_subjects = await recovery.open_subjects()
+    open_subjects = recovery.open_subjects
     closing: list[tuple[str, list[str]]] = []
     vaults: set[str] = set()
     for item in found.keys.values():
