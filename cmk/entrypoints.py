@@ -45,6 +45,7 @@ from cmk.events import IgnoredEvent, KeyVaultEventType, parse_event
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion
 from cmk.ports import RotationJob
+from cmk.settings import parse_boolean
 from cmk.usecases import (
     EventReport,
     JobReport,
@@ -386,7 +387,6 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
 
 
 _KEY_EXAMPLE = "https://myvault.vault.azure.net/keys/mykey"
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 #: The query parameters each HTTP endpoint takes (anything else is refused: a guessed
 #: ``dry_run`` must never be ignored by an endpoint that writes).
 HTTP_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -419,12 +419,13 @@ async def http_rotate_request(engine: Engine, params: Mapping[str, str]) -> Json
         return refused
     flags: dict[str, bool] = {}
     for name in ("force", "dry_run"):
-        value = (params.get(name) or "").strip().lower()
-        if value not in _TRUE + _FALSE:
+        value = (params.get(name) or "").strip()
+        try:
+            flags[name] = bool(value) and parse_boolean(value)
+        except ValueError:
             return _error(
                 400, "usage", f"{name}={params.get(name)!r} is not true or false", f"{name}=true"
             )
-        flags[name] = value in _TRUE
     if flags["dry_run"]:
         engine = replace(engine, settings=replace(engine.settings, dry_run=True))
     return await http_rotate(engine, params.get("key_id"), force=flags["force"])

@@ -28,6 +28,7 @@ __all__ = [
     "CloudEndpoints",
     "Settings",
     "StorageSettings",
+    "parse_boolean",
     "redact_connection_string",
 ]
 
@@ -189,7 +190,7 @@ class Settings:
             ),
             expiry_margin=reader.get("CMK_EXPIRY_MARGIN_DAYS", default.expiry_margin, _days),
             rotate_on_near_expiry=reader.get(
-                "CMK_ROTATE_ON_NEAR_EXPIRY", default.rotate_on_near_expiry, _boolean
+                "CMK_ROTATE_ON_NEAR_EXPIRY", default.rotate_on_near_expiry, parse_boolean
             ),
             sweep_schedule=reader.get("CMK_SWEEP_SCHEDULE", default.sweep_schedule, _schedule),
             alert_topic_endpoint=reader.get(
@@ -197,7 +198,7 @@ class Settings:
             ),
             job_queue=reader.get("CMK_JOB_QUEUE", default.job_queue, _queue_name),
             ledger_table=reader.get("CMK_LEDGER_TABLE", default.ledger_table, _table_name),
-            dry_run=reader.get("CMK_DRY_RUN", default.dry_run, _boolean),
+            dry_run=reader.get("CMK_DRY_RUN", default.dry_run, parse_boolean),
             stale_grace=reader.get("CMK_STALE_GRACE_HOURS", default.stale_grace, _hours),
             update_timeout=reader.get(
                 "CMK_UPDATE_TIMEOUT_SECONDS", default.update_timeout, _seconds
@@ -289,7 +290,8 @@ def _items(value: str) -> list[str]:
     return [item for item in re.split(r"[,;\s]+", value) if item]
 
 
-def _boolean(value: str) -> bool:
+def parse_boolean(value: str) -> bool:
+    """A boolean setting or parameter: true/false, 1/0, yes/no in any case; else ValueError."""
     if value.lower() in _TRUE:
         return True
     if value.lower() in _FALSE:

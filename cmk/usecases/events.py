@@ -136,9 +136,8 @@ async def on_new_version(engine: Engine, event: KeyVaultEvent) -> EventReport:
     view = await _open(engine, event, full=False)
     if isinstance(view, EventReport):
         return view
-    if evaluate(view.latest, engine.policy, engine.now()).bindable is False and not (
-        await key_in_use(engine, view.key)
-    ):
+    bindable = evaluate(view.latest, engine.policy, engine.now()).bindable
+    if not bindable and not await key_in_use(engine, view.key):
         detail = f"{view.latest.version} fails the policy, but no account in scope uses the key"
         log.info("newest version rejected, not alerted: %s", detail, extra=_extra(event, "scope"))
         return _report(engine, event, EventOutcome.VERSION_REJECTED, detail=detail)
