@@ -50,6 +50,17 @@ def key_access(vault: VaultRecord, key: str, principal_id: str) -> str:
     )
 
 
+def vault_missing(vault_name: str, location: str) -> str:
+    """How to find a vault that was not found, or to create it as the app requires."""
+    return (
+        "check the vault's name, and that its subscription is one cmk reads"
+        f" (CMK_SUBSCRIPTIONS): az keyvault show --name {vault_name}; or create it (soft"
+        f" delete and purge protection on): az keyvault create --name {vault_name}"
+        f" --resource-group <group> --location {location} --enable-purge-protection true"
+        " --enable-rbac-authorization true"
+    )
+
+
 def new_key_version(vault_name: str, key: str, kty: str = "RSA-HSM", size: int = 2048) -> str:
     return (
         f"az keyvault key create --vault-name {vault_name} --name {key} --kty {kty}"

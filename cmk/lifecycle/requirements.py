@@ -131,14 +131,7 @@ def _key_detail(code: ReasonCode, version: KeyVersion, facts: Facts) -> str:
 def _vault_rules(facts: Facts) -> list[Requirement]:
     vault = facts.vault
     if vault is None:
-        name = facts.key.vault_name
-        fix = (
-            f"check the vault's name, and that its subscription is one cmk reads"
-            f" (CMK_SUBSCRIPTIONS): az keyvault show --name {name}; or create it (soft delete"
-            f" and purge protection on): az keyvault create --name {name} --resource-group"
-            f" <group> --location {facts.location} --enable-purge-protection true"
-            " --enable-rbac-authorization true"
-        )
+        fix = fixes.vault_missing(facts.key.vault_name, facts.location)
         return [
             Requirement("vault found", False, f"no vault resource for {facts.key.vault_url}", fix)
         ]
