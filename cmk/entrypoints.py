@@ -8,8 +8,14 @@ Error contract with the host:
 - transient errors (:class:`~cmk.errors.TransientError`) propagate: Event Grid and the
   queue trigger retry, the queue ends in the poison queue after ``maxDequeueCount``;
 - bad input (a malformed or forged event, an undecodable job) is logged at ERROR with
-  what was received and completed: retrying could never make it valid, and the log keeps
-  it (dead-lettered events can be replayed with ``cmk replay``);
+  what was received (cut to :data:`MAX_LOGGED_INPUT` characters) and completed: retrying
+  could never make it valid, and the log keeps it. The line carries
+  ``cmk_alert_type=input_rejected``, so the ``update-failed`` log alert rule tells a human
+  that something was dropped; a field that decides nothing (``NBF``/``EXP``, an over-long
+  event id) is repaired with a WARNING instead of losing the event;
+- a job written by a newer release (:class:`~cmk.errors.NewerFormat`, a rolling
+  deployment) is raised, not discarded: the host redelivers it, an instance of the new
+  release runs it, or it reaches the poison queue and its alert;
 - permanent failures of an account are the engine's: a ledger row and one alert;
 - a permanent failure handling a key event (our identity may not read the key, the key
   is gone) is logged at ERROR and raised as one ``event_failed`` alert, and the event is
@@ -22,6 +28,7 @@ Error contract with the host:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -35,6 +42,7 @@ from cmk.errors import (
     ConfigurationError,
     InvalidInput,
     InvalidKeyId,
+    NewerFormat,
     NotFound,
     OutOfScope,
     PermanentError,
@@ -96,6 +104,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The most characters of a rejected event or message written to its log line.
+MAX_LOGGED_INPUT = 4000
+#: The ``cmk_alert_type`` of a log line saying input was rejected and dropped.
+INPUT_REJECTED = "input_rejected"
+
 #: How often a throttled job is put back on the queue before its 429 propagates (and the
 #: host's own retries, then the poison queue, take over).
 MAX_DEFERRALS = 20
@@ -124,16 +137,13 @@ async def handle_key_event(
     try:
         parsed = parse_event(dict(event))
     except InvalidInput as error:
-        log.error(
-            "rejected event %s: %s",
-            event.get("id"),
-            error,
-            extra={"cmk_event_id": str(event.get("id")), "cmk_step": "parse", "cmk_event": event},
-        )
+        _rejected(f"event {str(event.get('id'))[:100]!r}", error, event, step="parse")
         return None
     if isinstance(parsed, IgnoredEvent):
         log.info("ignored event %s: %s", parsed.event_id, parsed.reason)
         return None
+    for note in parsed.notes:
+        log.warning("event %s: %s", parsed.event_id, note, extra={"cmk_step": "parse"})
     if parsed.event_type is not expected:
         # The subscription filter routed it here; the event still points at a real key.
         log.warning(
@@ -170,8 +180,11 @@ async def handle_job_message(engine: Engine, body: str | bytes) -> JobReport | N
     the job was throttled and put back on the queue for later."""
     try:
         job = decode_job(body)
+    except NewerFormat as error:
+        log.warning("queue message left for a newer release: %s", error)
+        raise
     except InvalidInput as error:
-        log.error("discarded queue message: %s", error, extra={"cmk_step": "decode"})
+        _rejected("queue message", error, body, step="decode")
         return None
     try:
         return await rotate_account(engine, job)
@@ -226,9 +239,30 @@ async def handle_poison_message(engine: Engine, body: str | bytes) -> JobReport 
     try:
         job = decode_job(body)
     except InvalidInput as error:
-        log.error("discarded poison message: %s", error, extra={"cmk_step": "poison"})
+        _rejected("poison message", error, body, step="poison")
         return None
     return await on_poison(engine, job)
+
+
+def _rejected(what: str, error: CmkError, received: object, step: str) -> None:
+    """Log input that is dropped for good: the error, what was received (cut), and
+    ``cmk_alert_type=input_rejected`` in the text, which the log alert rules read."""
+    if isinstance(received, bytes):
+        received = received.decode("utf-8", "backslashreplace")
+    if not isinstance(received, str):
+        try:
+            received = json.dumps(received, default=str, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):
+            received = f"(a {type(received).__name__} that cannot be shown as JSON)"
+    shown = received[:MAX_LOGGED_INPUT] + ("…" if len(received) > MAX_LOGGED_INPUT else "")
+    log.error(
+        "rejected %s: %s (cmk_alert_type=%s); received: %s",
+        what,
+        error,
+        INPUT_REJECTED,
+        shown,
+        extra={"cmk_alert_type": INPUT_REJECTED, "cmk_step": step},
+    )
 
 
 async def run_sweep(engine: Engine) -> SweepReport:
@@ -333,8 +367,12 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
     visible to the identity (nothing is written in any of these cases). 409 when the same
     key was rotated through this endpoint less than CMK_ROTATE_COOLDOWN_MINUTES ago
     (naming the version it created), unless ``force``: a retried or doubled call does not
-    make two versions.
+    make two versions. 503 (kind ``transient``) when a service did not answer and 500
+    (kind ``failed``) for any other failure; both name ``created_version`` (null when
+    nothing was created), so a caller knows whether a version now exists (its accounts
+    are then moved by the next sweep, and a retry within the cool-down is answered 409).
     """
+    created: list[str] = []
     if not key_id:
         return _error(
             400,
@@ -359,7 +397,7 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
         cooling = None if engine.dry_run else await _cool_down(engine, parsed, force=force)
         if cooling is not None:
             return cooling
-        report = await _rotate_once(engine, parsed, force=force)
+        report = await _rotate_once(engine, parsed, force=force, created=created)
     except _RotationInProgress as error:
         return _error(
             409,
@@ -383,7 +421,22 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
     except NotFound as error:
         fix = "check the key id (GET /api/status lists the keys in scope)"
         return _error(404, "not_found", str(error), fix)
+    except TransientError as error:
+        return _failed_rotation(503, "transient", error, created)
+    except PermanentError as error:
+        return _failed_rotation(500, "failed", error, created)
     return 200, to_jsonable(rotation_answer(report, []).document)
+
+
+def _failed_rotation(status: int, kind: str, error: CmkError, created: list[str]) -> JsonResponse:
+    """A rotation that failed: whether it created a version, and what to do next."""
+    if created:
+        message = f"created version {created[0]}, then failed: {error}"
+        fix = "its accounts are moved by the next sweep (POST /api/sweep moves them now)"
+    else:
+        message = f"no version was created: {error}"
+        fix = "call again" if kind == "transient" else "see the error; nothing was changed"
+    return _error(status, kind, message, fix, created_version=created[0] if created else None)
 
 
 _KEY_EXAMPLE = "https://myvault.vault.azure.net/keys/mykey"
@@ -459,11 +512,14 @@ async def _cool_down(engine: Engine, key: KeyId, *, force: bool) -> JsonResponse
     return None
 
 
-async def _rotate_once(engine: Engine, key: KeyId, *, force: bool) -> EventReport:
+async def _rotate_once(
+    engine: Engine, key: KeyId, *, force: bool, created: list[str]
+) -> EventReport:
     """Rotate under the endpoint's claim, so two calls at once create one version. The
     last rotation's claim is taken over, never deleted: ETag-conditional, so of two calls
     after the cool-down (or two with force=true) exactly one rotates. A claim whose
-    rotation never finished (its caller died) is taken over after the cool-down too."""
+    rotation never finished (its caller died) is taken over after the cool-down too.
+    The version it creates is appended to ``created`` as soon as it exists."""
     if engine.dry_run:
         return await rotate_key(engine, key, trigger="http")
     name, token = _rotation_claim(key), f"{engine.owner}:http:{uuid.uuid4().hex[:12]}"
@@ -473,7 +529,6 @@ async def _rotate_once(engine: Engine, key: KeyId, *, force: bool) -> EventRepor
         name, token, lease=window, now=engine.now(), done_after=done_after
     ):
         raise _RotationInProgress(f"{key} is being rotated by another call right now")
-    created: list[str] = []
 
     async def record_created(version: KeyVersion) -> None:
         # Recorded before the fan-out: if that fails, the caller's retry within the

@@ -75,6 +75,11 @@ class InvalidInput(PermanentError, ValueError):
     """Something we were given is malformed."""
 
 
+class NewerFormat(InvalidInput):
+    """A message written by a newer release than this one (a rolling deployment): left
+    for an instance that reads it, never discarded by one that cannot."""
+
+
 class InvalidKeyId(InvalidInput):
     """Not a Key Vault or Managed HSM key identifier we accept."""
 

@@ -12,9 +12,14 @@ the handler re-reads the key before acting. So the checks here are about identit
 - Where real payloads are sloppy we are tolerant: letter case and stray whitespace in
   field names (Microsoft's documented example has ``"ObjectName "``), whitespace around
   values (``" ee05..."``), ``NBF``/``EXP`` as numbers, numeric strings or null.
+- Tolerant too on what decides nothing: an ``NBF``/``EXP``/``eventTime`` we cannot read
+  is dropped (the handler re-reads the key's own dates anyway) and an over-long or
+  unprintable ``id`` is shortened and escaped; each such repair is a line of
+  :attr:`KeyVaultEvent.notes` for the handler to log. Losing the event over a hint
+  would leave its accounts to the next sweep.
 - Malformed input of any kind raises :class:`~cmk.errors.InvalidEvent` and nothing else:
-  non-JSON, wrong types, duplicate fields, NaN/Infinity, huge numbers, deep nesting,
-  oversized payloads.
+  non-JSON, wrong types where it matters, duplicate fields, NaN/Infinity, huge numbers,
+  deep nesting, oversized payloads.
 
 Batches: :func:`parse_events` returns one result per array item, in order. A bad item
 becomes a :class:`RejectedEvent` so it cannot cost us the good ones; only a payload that
@@ -31,7 +36,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
@@ -76,6 +81,8 @@ class KeyVaultEvent:
     expires: datetime | None
     event_time: datetime | None
     schema: EventSchema
+    #: Fields that were unreadable and dropped or repaired, one line each (for the log).
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -234,45 +241,66 @@ def _required(fields: Mapping[str, object], name: str, where: str) -> str:
     return value
 
 
-def _event_id(fields: Mapping[str, object]) -> str:
+def _event_id(fields: Mapping[str, object], notes: list[str] | None = None) -> str:
+    """``id``, required; unprintable characters escaped and cut to 512 characters (the
+    id only names the event in logs and ledger rows, it decides nothing)."""
     value = _required(fields, "id", "event")
-    if len(value) > _MAX_EVENT_ID or not value.isprintable():
-        raise InvalidEvent(f"event.id must be printable and at most {_MAX_EVENT_ID} characters")
-    return value
+    if len(value) <= _MAX_EVENT_ID and value.isprintable():
+        return value
+    readable = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+    shortened = readable[: _MAX_EVENT_ID - 1] + "…" if len(readable) > _MAX_EVENT_ID else readable
+    if notes is not None:
+        notes.append(
+            f"event.id of {len(value)} characters shortened or escaped to {shortened[:80]!r}"
+        )
+    return shortened
 
 
 # -- times ----------------------------------------------------------------------------
 
 
-def _unix_time(fields: Mapping[str, object], name: str) -> datetime | None:
-    """``data.NBF`` / ``data.EXP``: unix seconds as a number or numeric string, or null."""
+def _unix_time(fields: Mapping[str, object], name: str, notes: list[str]) -> datetime | None:
+    """``data.NBF`` / ``data.EXP``: unix seconds as a number or numeric string, or null;
+    anything else is dropped with a note (a hint only: the key's own dates decide)."""
     value = fields.get(name.lower())
+    try:
+        return _unix_seconds(value)
+    except ValueError as error:
+        notes.append(f"data.{name} ignored: {error}")
+        return None
+
+
+def _unix_seconds(value: object) -> datetime | None:
     if isinstance(value, str):
         value = value.strip()
         if not value:
             return None
         if not _UNIX_SECONDS.fullmatch(value):
-            raise InvalidEvent(f"data.{name} {value[:40]!r} is not unix seconds")
+            raise ValueError(f"{value[:40]!r} is not unix seconds")
         value = float(value)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidEvent(f"data.{name} must be unix seconds, not {json_type(value)}")
+        raise ValueError(f"unix seconds expected, not {json_type(value)}")
     try:
         return datetime.fromtimestamp(value, tz=UTC)
     except (ValueError, OverflowError, OSError):
-        raise InvalidEvent(f"data.{name} {value!r} is out of range") from None
+        raise ValueError(f"{value!r} is out of range") from None
 
 
-def _iso_time(fields: Mapping[str, object], name: str) -> datetime | None:
-    """``eventTime`` / ``time``: ISO 8601; a time without offset is taken as UTC."""
-    value = _text(fields, name, "event")
-    if not value:
+def _iso_time(fields: Mapping[str, object], name: str, notes: list[str]) -> datetime | None:
+    """``eventTime`` / ``time``: ISO 8601; a time without offset is taken as UTC; anything
+    else is dropped with a note (nothing is decided by when Event Grid says it happened)."""
+    value = fields.get(name.lower())
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value.strip()) if isinstance(value, str) else None
     except ValueError:
-        raise InvalidEvent(f"event.{name} {value[:40]!r} is not an ISO 8601 time") from None
+        moment = None
+    if moment is None:
+        notes.append(f"event.{name} ignored: {str(value)[:40]!r} is not an ISO 8601 time")
+        return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -366,7 +394,11 @@ def _vault(fields: Mapping[str, object], schema: EventSchema, key_id: KeyId) -> 
 
 
 def _key_event(
-    event_id: str, kind: KeyVaultEventType, fields: Mapping[str, object], schema: EventSchema
+    event_id: str,
+    kind: KeyVaultEventType,
+    fields: Mapping[str, object],
+    schema: EventSchema,
+    notes: list[str],
 ) -> KeyVaultEvent:
     data = _data(fields)
     key_id = _key_id(data)
@@ -379,10 +411,11 @@ def _key_event(
         event_type=kind,
         key_id=key_id,
         vault_id=_vault(fields, schema, key_id),
-        not_before=_unix_time(data, "NBF"),
-        expires=_unix_time(data, "EXP"),
-        event_time=_iso_time(fields, "time" if schema == "cloudevents" else "eventTime"),
+        not_before=_unix_time(data, "NBF", notes),
+        expires=_unix_time(data, "EXP", notes),
+        event_time=_iso_time(fields, "time" if schema == "cloudevents" else "eventTime", notes),
         schema=schema,
+        notes=tuple(notes),
     )
 
 
@@ -390,7 +423,8 @@ def parse_event(event: object) -> ParsedEvent:
     """Parse one event (decoded JSON object, or its text/bytes); raise InvalidEvent if bad."""
     fields = _fields(_decode(event), "event")
     schema = _schema(fields)
-    event_id = _event_id(fields)
+    notes: list[str] = []
+    event_id = _event_id(fields, notes)
     event_type = _required(fields, "type" if schema == "cloudevents" else "eventType", "event")
     if event_type.lower() == SUBSCRIPTION_VALIDATION_TYPE.lower():
         return _validation(event_id, event_type, fields)
@@ -398,7 +432,7 @@ def parse_event(event: object) -> ParsedEvent:
     if kind is None:
         return IgnoredEvent(event_id, event_type, _ignore_reason(event_type))
     try:
-        return _key_event(event_id, kind, fields, schema)
+        return _key_event(event_id, kind, fields, schema, notes)
     except InvalidEvent as error:
         raise InvalidEvent(f"event {event_id!r}: {error}") from None
 

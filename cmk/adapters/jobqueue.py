@@ -28,7 +28,7 @@ from azure.storage.queue.aio import QueueClient
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters._provision import CreateOnce
-from cmk.errors import InvalidInput
+from cmk.errors import InvalidInput, NewerFormat
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, RotationJob
 from cmk.resource_id import AccountId
@@ -91,11 +91,18 @@ def decode_job(text: str | bytes) -> RotationJob:
         raise InvalidInput(f"rotation job: message of {len(text)} characters is too long")
     try:
         body = json.loads(text)
+    except RecursionError:
+        raise InvalidInput("rotation job: not JSON (nested too deeply)") from None
     except ValueError as error:
         raise InvalidInput(f"rotation job: not JSON ({error})") from None
     if not isinstance(body, dict):
         raise InvalidInput("rotation job: the message must be a JSON object")
     version = body.get("v", FORMAT_VERSION)
+    if type(version) is int and version > FORMAT_VERSION:
+        raise NewerFormat(
+            f"rotation job: format version {version} is newer than this release reads"
+            f" ({FORMAT_VERSION}); left for an instance of the newer release"
+        )
     if version != FORMAT_VERSION:
         raise InvalidInput(f"rotation job: unsupported format version {version!r}")
     target = KeyId.parse(_field(body, "target", str))

@@ -95,6 +95,8 @@ def decode_operation_message(text: str | bytes) -> tuple[str, OperationKind]:
         raise InvalidInput(f"operation message: {len(text)} characters is too long")
     try:
         body = json.loads(text)
+    except RecursionError:
+        raise InvalidInput("operation message: not JSON (nested too deeply)") from None
     except ValueError as error:
         raise InvalidInput(f"operation message: not JSON ({error})") from None
     if not isinstance(body, dict) or body.get("v", FORMAT_VERSION) != FORMAT_VERSION:

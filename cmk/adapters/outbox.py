@@ -101,7 +101,7 @@ def _data(entity: Mapping[str, Any]) -> dict[str, Any]:
     text = str(entity.get("Payload") or "{}")
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     if isinstance(data, dict):
         return data

@@ -122,34 +122,58 @@ def load_items(path: Path) -> list[object]:
         raise UsageError(f"{path} is empty", fix=EVENTS_FIX)
     try:
         document = json.loads(text)
+    except RecursionError:
+        if not _json_lines(text):
+            raise UsageError(
+                f"{path} is not an event file: JSON nested too deeply", fix=EVENTS_FIX
+            ) from None
+        return _lines(text)
     except json.JSONDecodeError as error:
         if not _json_lines(text):
             raise UsageError(
-                f"{path} is not valid JSON: {error.msg} at line {error.lineno} column"
+                f"{path} is not valid JSON: {_reason(error)} at line {error.lineno} column"
                 f" {error.colno} (a truncated file?)",
                 fix="download the blob again, or repair the file at that place; " + EVENTS_FIX,
             ) from None
-        items: list[object] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    value = json.loads(line)
-                except json.JSONDecodeError as bad:
-                    value = f"line {number} column {bad.colno}: {bad.msg}"  # rejected in place
-                items.extend(value if isinstance(value, list) else [value])
-        return items
+        return _lines(text)
     return list(document) if isinstance(document, list) else [document]
 
 
+def _lines(text: str) -> list[object]:
+    """The events of a JSON-lines file; a line that is not JSON becomes its error text,
+    rejected in place (the other lines are still replayed)."""
+    items: list[object] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as bad:
+                value = f"line {number} column {bad.colno}: {_reason(bad)}"
+            except RecursionError:
+                value = f"line {number}: JSON nested too deeply"
+            items.extend(value if isinstance(value, list) else [value])
+    return items
+
+
+def _reason(error: json.JSONDecodeError) -> str:
+    """The parser's reason, without the dangling "at" some of them end with ("Invalid
+    control character at") that the position is written after."""
+    return error.msg.removesuffix(" at")
+
+
 def _json_lines(text: str) -> bool:
-    """Whether ``text`` reads as JSON lines: its first non-blank line is JSON by itself
-    (else it is one document, broken somewhere)."""
-    first = next(line for line in text.splitlines() if line.strip())
-    try:
-        json.loads(first)
-    except json.JSONDecodeError:
+    """Whether ``text`` reads as JSON lines: more than one non-blank line, at least one
+    of them JSON by itself (else it is one document, broken somewhere)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
         return False
-    return True
+    for line in lines:
+        try:
+            json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        return True
+    return False
 
 
 async def _one(engine: Engine, index: int, item: object) -> ReplayOutcome:

@@ -499,17 +499,26 @@ async def _verify(step: _Step) -> JobReport:
     return await step.rotate_again(f"the update never landed (the account is on {bound})")
 
 
+def _out_of_scope(engine: Engine, job: RotationJob) -> JobReport | None:
+    """The skip of a job whose vault is not (or no longer) in CMK_VAULT_ALLOWLIST: it
+    left after the job was queued, or the job never came from us. Nothing of that
+    vault is read, moved or alerted."""
+    if engine.settings.vault_in_scope(job.target):
+        return None
+    log.warning(
+        "skipping job for %s: vault %s is not in CMK_VAULT_ALLOWLIST",
+        job.account_id,
+        job.target.vault_url,
+        extra={"cmk_account_id": str(job.account_id), "cmk_step": "scope"},
+    )
+    return JobReport.skipped(job, f"vault {job.target.vault_url} is not in CMK_VAULT_ALLOWLIST")
+
+
 async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
     """Run one job's step (ROTATE or VERIFY); permanent errors end as FAILED plus one alert."""
-    if not engine.settings.vault_in_scope(job.target):
-        # The vault left CMK_VAULT_ALLOWLIST after this job was queued: stop, quietly.
-        log.warning(
-            "skipping job for %s: vault %s is no longer in CMK_VAULT_ALLOWLIST",
-            job.account_id,
-            job.target.vault_url,
-            extra={"cmk_account_id": str(job.account_id), "cmk_step": "scope"},
-        )
-        return JobReport.skipped(job, f"vault {job.target.vault_url} is not in CMK_VAULT_ALLOWLIST")
+    skipped = _out_of_scope(engine, job)
+    if skipped is not None:
+        return skipped
     if engine.dry_run:
         return await _run(
             _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))
@@ -574,7 +583,11 @@ async def on_poison(engine: Engine, job: RotationJob) -> JobReport:
     """A job exhausted its retries: record it FAILED and alert — unless the account shows
     that nothing is left to do (the update landed after all, or the job's next run would
     skip it: the account is already on a version not older than the target, or a newer
-    valid version superseded it). A human is alerted only for a move still owed."""
+    valid version superseded it). A human is alerted only for a move still owed — and
+    never for a vault outside CMK_VAULT_ALLOWLIST."""
+    skipped = _out_of_scope(engine, job)
+    if skipped is not None:
+        return skipped
     previous = await engine.ledger.get(job.account_id, job.target.version or "")
     step = _Step(engine, job, previous)
     step.attempts = previous.attempts if previous else 0

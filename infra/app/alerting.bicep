@@ -24,12 +24,13 @@ var logAlertRules = [
   {
     name: 'update-failed'
     severity: 1
-    description: 'An account could not be moved to a new key version (PATCH or verify failed), a new version failed validation, a Key Vault event could not be handled, or a key could not be read (the app may not read it, or it is gone).'
+    description: 'An account could not be moved to a new key version (PATCH or verify failed), a new version failed validation, a Key Vault event could not be handled, a key could not be read (the app may not read it, or it is gone), or an event or queue message was malformed and dropped (log only).'
     alertTypes: [
       'account_update_failed'
       'version_rejected'
       'event_failed'
       'key_unreadable'
+      'input_rejected'
     ]
   }
   {

@@ -10,6 +10,8 @@ import pytest
 from azure.storage.queue import QueueClient
 from cli_rig import World
 
+from cmk.commands.errors import UsageError
+from cmk.commands.replay import load_items
 from cmk.sandbox.eventgrid.service import shape_event
 from cmk.sandbox.keyvault.model import key_event
 from cmk.sandbox.world import KeyEventType
@@ -119,3 +121,34 @@ class TestReplay:
         """A file that cannot be read: exit 2 naming it."""
         run = cmk("replay", str(tmp_path / "nope.json"))
         assert run.code == 2 and "nope.json" in run.err
+
+
+class TestEventFile:
+    """What ``load_items`` reads from an event file: one bad line never costs the others."""
+
+    GOOD = {"id": "e-1", "eventType": "Microsoft.KeyVault.KeyNewVersionCreated"}
+
+    @pytest.mark.parametrize(
+        ("bad", "reason"),
+        [
+            ('{"id": "cut', "line 1 column"),  # a truncated first line
+            ("[" * 100_000, "line 1: JSON nested too deeply"),
+            ('{"id": "a\tb"}', "line 1 column"),  # a raw tab: "Invalid control character at"
+        ],
+    )
+    def test_a_bad_line_is_rejected_in_place(self, tmp_path: Path, bad: str, reason: str):
+        """A JSON-lines file whose first line is broken or hostile still yields the
+        other lines' events; the bad one is its reason, rejected in place."""
+        path = tmp_path / "events.jsonl"
+        path.write_text(bad + "\n" + json.dumps(self.GOOD) + "\n" + json.dumps(self.GOOD) + "\n")
+        first, *rest = load_items(path)
+        assert isinstance(first, str) and first.startswith(reason)
+        assert " at at " not in first and not first.endswith(" at")
+        assert rest == [self.GOOD, self.GOOD]
+
+    def test_one_document_nested_too_deeply_is_a_usage_error(self, tmp_path: Path):
+        """A single document nested past the parser's depth is refused with a reason."""
+        path = tmp_path / "events.json"
+        path.write_text("[" * 100_000)
+        with pytest.raises(UsageError, match="nested too deeply"):
+            load_items(path)

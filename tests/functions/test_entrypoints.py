@@ -5,6 +5,9 @@ completes, and http_rotate answers 403 when the app may not use the key."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +21,7 @@ from app_world import KEY, REGION, SUB, AppWorld
 from cmk import entrypoints
 from cmk.adapters.jobqueue import decode_job, encode_job
 from cmk.entrypoints import MAX_DEFERRALS, throttle_delay
-from cmk.errors import ServiceUnavailable, ThrottledError
+from cmk.errors import NewerFormat, ServiceUnavailable, ThrottledError
 from cmk.events import KeyVaultEventType
 from cmk.keyid import KeyId
 from cmk.ports import RotationJob
@@ -271,7 +274,172 @@ class TestKeyEventFailures:
         assert rig.world.alerts() == []
 
 
+#: How the log alert rules of infra/app/alerting.bicep read an ERROR line's alert type.
+RULE_EXTRACT = re.compile(r"cmk_alert_type=([a-z_]+)")
+
+
+def _rejected_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The ERROR lines the log alert rules read as ``input_rejected``."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.ERROR
+        and (m := RULE_EXTRACT.search(r.getMessage()))
+        and m.group(1) == "input_rejected"
+    ]
+
+
+class TestRejectedInput:
+    """Input that decides nothing is repaired, not lost; input that is dropped for good
+    says so on an ERROR line the log alert rules fire on, with what was received."""
+
+    def event_for_new_version(self, rig: Rig) -> dict[str, Any]:
+        rig.stale_job("acct-hint")  # an account on the first version, bound to the key
+        version = rig.world.version()
+        world = rig.sandbox.world
+        raw = key_event(
+            world, KeyEventType.NEW_VERSION, rig.world.vault, rig.world.vault.keys[KEY], version
+        )
+        return shape_event(raw, "EventGridSchema")
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"NBF": "-1"},
+            {"EXP": "2030-01-01T00:00:00Z"},
+            {"EXP": [1]},
+            {"id": "e" * 600},
+            {"id": "tab\there"},
+        ],
+    )
+    async def test_a_hint_that_cannot_be_read_does_not_lose_the_event(
+        self, rig: Rig, change: dict[str, object], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An NBF/EXP that is not unix seconds or an over-long event id is dropped with a
+        WARNING; the event still moves its accounts (one job queued)."""
+        event = self.event_for_new_version(rig)
+        if "id" in change:
+            event["id"] = change["id"]
+        else:
+            event["data"] = {**event["data"], **change}
+
+        with caplog.at_level(logging.WARNING):
+            report = await entrypoints.handle_key_event(
+                rig.engine, event, KeyVaultEventType.NEW_VERSION
+            )
+
+        assert report is not None
+        assert len(await rig.visible()) == 1
+        assert _rejected_lines(caplog) == []
+        notes = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("ignored" in note or "shortened" in note for note in notes), notes
+
+    async def test_a_rejected_event_is_logged_for_the_alert_rule(
+        self, rig: Rig, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An event that disagrees with itself is completed (retrying cannot fix it) on an
+        ERROR line the rules read as input_rejected, with the event as received."""
+        event = self.event_for_new_version(rig)
+        event["data"] = {**event["data"], "VaultName": "some-other-vault"}
+
+        with caplog.at_level(logging.ERROR):
+            report = await entrypoints.handle_key_event(
+                rig.engine, event, KeyVaultEventType.NEW_VERSION
+            )
+
+        assert report is None
+        [line] = _rejected_lines(caplog)
+        assert "inconsistent" in line and "some-other-vault" in line and event["id"] in line
+        assert await rig.queued() == []
+
+    @pytest.mark.parametrize("body", ["[" * 5000, "not json", json.dumps({"v": 1})])
+    async def test_a_message_that_is_not_a_job_is_logged_for_the_alert_rule(
+        self, rig: Rig, body: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Garbage (deep nesting included) on the job or poison queue is completed, not
+        left to crash the host until the message lands where nothing reads it."""
+        with caplog.at_level(logging.ERROR):
+            assert await entrypoints.handle_job_message(rig.engine, body) is None
+            assert await entrypoints.handle_poison_message(rig.engine, body) is None
+
+        lines = _rejected_lines(caplog)
+        assert len(lines) == 2
+        assert all(body[:40] in line for line in lines)
+
+    async def test_a_job_of_a_newer_release_is_left_for_it(
+        self, rig: Rig, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A job in a newer format (a rolling deployment) is raised, so the host delivers
+        it again (to an instance that reads it, or to the poison queue and its alert);
+        on the poison queue it is logged for the alert rule rather than retried."""
+        _, job = rig.stale_job("acct-newer")
+        body = json.loads(encode_job(job))
+        body["v"] = 2
+        text = json.dumps(body)
+
+        with pytest.raises(NewerFormat):
+            await entrypoints.handle_job_message(rig.engine, text)
+        with caplog.at_level(logging.ERROR):
+            assert await entrypoints.handle_poison_message(rig.engine, text) is None
+
+        [line] = _rejected_lines(caplog)
+        assert "newer" in line
+        assert rig.world.alerts() == []
+
+    async def test_a_poison_job_outside_the_allow_list_is_skipped(self, rig: Rig) -> None:
+        """A poison job for a vault not in CMK_VAULT_ALLOWLIST reads nothing and alerts
+        nobody, as its job would have skipped it."""
+        _, job = rig.stale_job("acct-outside")
+        outside = replace(job, target=KeyId("https://kvnotallowed.vault.azure.net", KEY, "0" * 32))
+        rig.sandbox.counters.reset()
+
+        report = await entrypoints.handle_poison_message(rig.engine, encode_job(outside))
+
+        assert report is not None and report.result.value == "skipped"
+        assert "CMK_VAULT_ALLOWLIST" in (report.cause or "")
+        assert rig.world.alerts() == []
+        assert rig.sandbox.counters.matching(host=ARM) == []
+
+
 class TestHttpRotate:
+    async def test_a_failure_after_the_create_names_the_version(self, rig: Rig) -> None:
+        """Resource Graph down after the new version exists: 503 transient naming the
+        version created (its accounts are the next sweep's); a retry within the
+        cool-down is answered 409 with the same version, and makes none."""
+        rig.stale_job("acct-http")
+        before = len(rig.world.versions())
+        rig.sandbox.faults.add(host=ARM, path="Microsoft.ResourceGraph/resources", status=503)
+        key = f"{rig.world.vault.url}/keys/{KEY}"
+
+        status, body = await entrypoints.http_rotate(rig.engine, key)
+
+        assert status == 503, body
+        assert isinstance(body, dict)
+        error = body["error"]
+        created = rig.world.versions()[-1].version
+        assert len(rig.world.versions()) == before + 1
+        assert error["kind"] == "transient" and body["created_version"] == created
+        assert created in error["message"] and "sweep" in error["fix"]
+        again, answer = await entrypoints.http_rotate(rig.engine, key)
+        assert again == 409 and isinstance(answer, dict)
+        assert answer["created_version"] == created
+        assert len(rig.world.versions()) == before + 1
+
+    async def test_a_failure_before_the_create_says_nothing_was_created(self, rig: Rig) -> None:
+        """Key Vault down: 503 transient with created_version null; no version made."""
+        rig.stale_job("acct-http-kv")
+        before = len(rig.world.versions())
+        rig.sandbox.faults.add(host=rig.world.vault.host, status=503)
+
+        status, body = await entrypoints.http_rotate(
+            rig.engine, f"{rig.world.vault.url}/keys/{KEY}"
+        )
+
+        assert status == 503 and isinstance(body, dict)
+        assert body["error"]["kind"] == "transient" and body["created_version"] is None
+        assert "no version was created" in body["error"]["message"]
+        assert len(rig.world.versions()) == before
+
     async def test_access_denied_is_forbidden(self, rig: Rig) -> None:
         """Rotating a key the app may not use answers 403 with a message; nothing is made."""
         rig.locked_event()  # the key exists, with one version

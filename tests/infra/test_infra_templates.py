@@ -16,6 +16,7 @@ from typing import Any, cast
 import pytest
 from pycep import BicepParser
 
+from cmk.entrypoints import INPUT_REJECTED
 from cmk.ports import AlertType
 from cmk.settings import ENVIRONMENT_VARIABLES
 
@@ -42,7 +43,7 @@ EXPECTED_FILES = {
 }
 
 # The alert types the app raises (cmk.ports.AlertType): the log rules must cover them all.
-ALERT_TYPES = {alert_type.value for alert_type in AlertType}
+ALERT_TYPES = {alert_type.value for alert_type in AlertType} | {INPUT_REJECTED}
 
 # Every CMK_* setting the app reads (cmk.settings): the templates must wire them all.
 CMK_SETTINGS = {name for name in ENVIRONMENT_VARIABLES if name.startswith("CMK_")}
@@ -928,7 +929,8 @@ class TestAlerting:
         assert properties["minimumTlsVersionAllowed"] == "1.2"
 
     def test_log_rules_cover_every_alert_type(self, parsed: dict[str, Any]) -> None:
-        """Together the log rules fire on exactly the alert types the app raises."""
+        """Together the log rules fire on exactly the alert types the app raises (and
+        the log-only one of input it dropped)."""
         rules = parsed["variables"]["logAlertRules"]["value"]
         covered = [alert for rule in rules for alert in rule["alertTypes"]]
         assert sorted(covered) == sorted(ALERT_TYPES)
