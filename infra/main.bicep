@@ -1,7 +1,12 @@
 // cmk-rotator: everything in the app's own resource group, and the grants on the managed
-// subscriptions. Nothing here touches a Key Vault's resource group: `azd down` deletes every
-// resource group a deployment it made has touched (Azure/azure-dev#2916), and a vault's group
-// holds the keys. The vault side lives in deployments azd does not own (docs/deployment.md):
+// subscriptions. `azd down` deletes every resource group of this subscription tagged
+// azd-env-name=<environment name> (the tag `rg` below carries), whatever the deployment
+// touched, and with --purge purges the Key Vaults in them (azure-dev,
+// StandardDeployments.ListSubscriptionDeploymentResources). A vault's group holds the keys, so
+// the preprovision and postprovision hooks refuse a vault group that is the app's or carries
+// that tag (infra/hooks/app-group-guard.sh). Nothing here touches a vault's resource group
+// either: the vault side lives in deployments azd neither records nor tears down
+// (docs/deployment.md):
 //
 // Step 1 (this file, `azd provision` or `az deployment sub create`): resource group, the
 //   app's user-assigned identity and its grants, storage, monitoring, the Function app, alert
@@ -27,7 +32,7 @@ param environmentName string
 })
 param location string
 
-@description('Name of the app\'s own resource group; empty derives rg-{environmentName}. NEVER a Key Vault\'s resource group (nor a group holding anything else): `azd down` deletes this whole group, keys included. The postprovision hook refuses a group that is one of vaults[].resourceGroup in this subscription.')
+@description('Name of the app\'s own resource group; empty derives rg-{environmentName}. NEVER a Key Vault\'s resource group (nor a group holding anything else): it is tagged azd-env-name, and `azd down` deletes every group so tagged, keys included. The pre- and postprovision hooks refuse a group that is one of vaults[].resourceGroup in this subscription, and a vault group carrying the tag.')
 param resourceGroupName string = ''
 
 @description('Key Vaults whose keys the app rotates: [{name, resourceGroup, subscriptionId, location, systemTopicName?}]. They make CMK_VAULT_ALLOWLIST here; their system topics and key roles are deployed by app/vaults.bicep (step 2), outside what azd down deletes.')
@@ -127,7 +132,7 @@ param alertWebhookUrl string = ''
 @description('UserAssigned (default, as the Azure-Samples Flex templates): a user-assigned identity is created and granted before the app exists. SystemAssigned: the app runs as its own identity, granted after the app is created.')
 param appIdentityType string = 'UserAssigned'
 
-@description('Principal ids (object ids) of operators, people or a group, who run the cmk CLI against this deployment: they get the ledger and queue data roles, the alert sender role, the account role on each managed subscription and (step 2) the key role on each vault, as the app has; besides, Storage Blob Data Reader on the dead-letter container only (cmk replay) and read access to the role assignments on those subscriptions and vaults (cmk smoke).')
+@description('Principal ids (object ids) of operators, people or a group, who run the cmk CLI against this deployment: they get the ledger and queue data roles, the alert sender role, the account role on each managed subscription and (step 2) the key role on each vault, as the app has; besides, Storage Blob Data Reader on the dead-letter container only (cmk replay), read access to the role assignments on those subscriptions and vaults (cmk smoke), and the app operator role on the Function app (its settings, host key and functions, for the az commands of docs/deployment.md).')
 param operatorPrincipalIds array = []
 
 @allowed([
@@ -319,6 +324,60 @@ module rbacAfterApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 0 : 1
   }
 }]
 
+// The operators' role on the Function app: what the az commands of docs/deployment.md
+// "Operating from your shell" need of it, nothing more. Why each action (Microsoft's operations
+// list for Microsoft.Web; the az CLI requests in brackets):
+// - sites/read: `az functionapp show` (the host name), `az functionapp identity show`, and the
+//   GET of the site that `az functionapp config appsettings list` makes to tell a Flex
+//   Consumption app [GET sites/{name}].
+// - sites/config/list/action: `az functionapp config appsettings list`, the app's CMK_*
+//   settings loaded into the shell [POST sites/{name}/config/appsettings/list]. It lists every
+//   app setting; this template puts no secret in them (connections are identity-based).
+// - sites/host/listkeys/action: `az functionapp keys list`, the host key that calls the HTTP
+//   endpoints (/api/status) [POST sites/{name}/host/default/listkeys].
+// - sites/functions/read: `az functionapp function list`, the functions the smoke test
+//   and the postdeploy hook look for [GET sites/{name}/functions].
+// Not included: config/write, restart, publish, function or host key writes. Defined at this
+// subscription (where `az role definition delete --scope /subscriptions/<id>` finds it after
+// `azd down`); assigned on the app only (app/rbac-function.bicep), to operators only.
+var appOperatorActions = [
+  'Microsoft.Web/sites/read'
+  'Microsoft.Web/sites/config/list/action'
+  'Microsoft.Web/sites/host/listkeys/action'
+  'Microsoft.Web/sites/functions/read'
+]
+
+resource appOperatorRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(subscription().id, 'cmk-rotator-app-operator', environmentName)
+  properties: {
+    roleName: 'CMK rotator app operator (${environmentName}, ${subscription().subscriptionId})'
+    description: 'Reads the cmk-rotator Function app, its settings, functions and host key, for operators; changes nothing.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: appOperatorActions
+        notActions: []
+        dataActions: []
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      subscription().id
+    ]
+  }
+}
+
+module rbacFunction './app/rbac-function.bicep' = {
+  name: 'rbac-function'
+  scope: rg
+  params: {
+    functionAppName: functionApp.outputs.name
+    roleDefinitionId: appOperatorRole.id
+    operatorPrincipalIds: operatorPrincipalIds
+    operatorPrincipalType: operatorPrincipalType
+  }
+}
+
 // The account grants on each managed subscription. A role assignment at subscription scope
 // lives in no resource group, so azd down deletes nothing there (nor these grants).
 module rbacSubscriptions './app/rbac-subscription.bicep' = [for s in managedSubscriptions: {
@@ -347,3 +406,6 @@ output CMK_ALERT_TOPIC_ENDPOINT string = alerting.outputs.topicEndpoint
 output EVENT_STORAGE_ACCOUNT_ID string = storage.outputs.id
 output EVENT_DEAD_LETTER_CONTAINER string = deadLetterContainerName
 output EVENT_VAULTS array = vaultSides
+// Ends the names of this environment's event subscriptions (cmk-key-new-version-{suffix}, ...):
+// unique per subscription, environment and region, so environments sharing a vault keep apart.
+output EVENT_SUBSCRIPTION_SUFFIX string = resourceToken

@@ -18,6 +18,11 @@ param deadLetterContainerName string = 'eventgrid-deadletter'
 @description('The system topics: [{subscriptionId, resourceGroup, systemTopicName}] (EVENT_VAULTS).')
 param vaults array
 
+@minLength(1)
+@maxLength(44)
+@description('Ends the name of each event subscription, so that two environments on one vault keep theirs apart: main.bicep output EVENT_SUBSCRIPTION_SUFFIX (the environment\'s resource token).')
+param subscriptionNameSuffix string
+
 @minValue(1)
 @maxValue(30)
 @description('Delivery attempts before an event is dead-lettered.')
@@ -33,6 +38,7 @@ module vaultSubscriptions './vault-event-subscriptions.bicep' = [for v in vaults
   scope: resourceGroup(v.subscriptionId, v.resourceGroup)
   params: {
     systemTopicName: v.systemTopicName
+    nameSuffix: subscriptionNameSuffix
     functionAppId: functionAppId
     storageAccountId: storageAccountId
     deadLetterContainerName: deadLetterContainerName

@@ -17,19 +17,25 @@ param operatorPrincipalIds array = []
 param operatorPrincipalType string = 'Group'
 
 // Why each action:
-// - accounts/read: GET an account (reload before acting, verify after PATCH) and the rows
-//   Resource Graph returns (it only returns resources the caller may read).
+// - accounts/read: GET an account (reload before acting, verify after PATCH), the
+//   per-subscription list of accounts (the sweep's fallback) and the rows Resource Graph
+//   returns (it only returns resources the caller may read).
 // - accounts/write: PATCH properties.encryption.keyVaultProperties.keyVersion.
 // - locations/operationResults/read: poll the PATCH's Azure-AsyncOperation status.
-// - subscriptions/read, resourceGroups/read: metadata for the per-subscription list fallback
-//   and Resource Graph scoping; they expose no data.
-// Not included: listKeys, delete, identity assignment, anything on other resource types.
+// Not included: listKeys, delete, identity assignment, anything on other resource types, and
+// - Microsoft.Resources/subscriptions/read: the app's one subscription call is ARM's
+//   `GET /subscriptions` (cmk/adapters/subscriptions.py: the scope when CMK_SUBSCRIPTIONS is
+//   unset, and how a configured subscription it cannot see is told apart). ARM lists a
+//   subscription to whoever holds any role assignment at, above or inside it — here, this
+//   role's own assignment at the subscription — and checks no action for the list. Nothing
+//   reads one subscription (`GET /subscriptions/{id}`).
+// - Microsoft.Resources/subscriptions/resourceGroups/read: nothing the app or `cmk` runs lists
+//   or reads a resource group: accounts are found by Resource Graph's Resources table and by
+//   the per-subscription account list, both under accounts/read.
 var accountOperatorActions = [
   'Microsoft.CognitiveServices/accounts/read'
   'Microsoft.CognitiveServices/accounts/write'
   'Microsoft.CognitiveServices/locations/operationResults/read'
-  'Microsoft.Resources/subscriptions/read'
-  'Microsoft.Resources/subscriptions/resourceGroups/read'
 ]
 
 resource accountOperator 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {

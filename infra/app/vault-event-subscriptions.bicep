@@ -6,6 +6,15 @@
 // sweep catches anything it stood for.
 param systemTopicName string
 param functionAppId string
+
+// Event subscription names are unique per system topic, and a vault has one system topic: two
+// environments (or two apps) on one vault must not share a name, or each deployment overwrites
+// the other's subscriptions and a teardown deletes them. So every name ends in the
+// environment's resource token (main.bicep output EVENT_SUBSCRIPTION_SUFFIX).
+@minLength(1)
+@maxLength(44)
+@description('Ends each subscription name (cmk-key-new-version-{suffix}, ...): letters, digits and hyphens only (Event Grid names: 3-64 of those); the environment\'s resource token.')
+param nameSuffix string
 param storageAccountId string
 param deadLetterContainerName string
 param maxDeliveryAttempts int = 30
@@ -46,7 +55,7 @@ resource systemTopic 'Microsoft.EventGrid/systemTopics@2025-02-15' existing = {
 
 resource keyNewVersion 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
   parent: systemTopic
-  name: 'cmk-key-new-version'
+  name: 'cmk-key-new-version-${nameSuffix}'
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     destination: {
@@ -70,7 +79,7 @@ resource keyNewVersion 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025
 
 resource keyNearExpiry 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
   parent: systemTopic
-  name: 'cmk-key-near-expiry'
+  name: 'cmk-key-near-expiry-${nameSuffix}'
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     destination: {
@@ -94,7 +103,7 @@ resource keyNearExpiry 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025
 
 resource keyExpired 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = {
   parent: systemTopic
-  name: 'cmk-key-expired'
+  name: 'cmk-key-expired-${nameSuffix}'
   properties: {
     eventDeliverySchema: 'EventGridSchema'
     destination: {

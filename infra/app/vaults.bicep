@@ -1,8 +1,9 @@
 // Step 2 of the deployment: the vault side. For each vault, in the vault's own subscription
 // and resource group, an Event Grid system topic and the app's key role; in the app's resource
 // group, the topics' dead-letter grant. It is a deployment of its own, never a module of
-// main.bicep: `azd down` deletes every resource group that a deployment it made has touched
-// (Azure/azure-dev#2916), and a vault's resource group holds the keys. The azd postprovision
+// main.bicep, so that nothing azd records as its own reaches a vault's resource group, which
+// holds the keys (`azd down` deletes the resource groups tagged azd-env-name=<environment
+// name>; the hooks refuse a vault group that carries that tag). The azd postprovision
 // hook (infra/hooks/) runs it after main.bicep, before the code is published, or
 //   az deployment sub create --location <region> \
 //     --template-file infra/app/vaults.bicep --parameters @<file>

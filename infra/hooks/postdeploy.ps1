@@ -1,9 +1,10 @@
 # azd postdeploy hook (Windows): step 3 of the deployment, as postdeploy.sh. Waits (bounded)
 # until the app lists its event functions, since Event Grid validates an AzureFunction endpoint
-# when a subscription is created, then subscribes them to each vault's system topic.
+# when a subscription is created, then subscribes them to each vault's system topic, under
+# names that end in EVENT_SUBSCRIPTION_SUFFIX (environments sharing a vault keep theirs apart).
 $ErrorActionPreference = 'Stop'
 
-foreach ($name in 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_RESOURCE_GROUP', 'AZURE_FUNCTION_APP_NAME', 'AZURE_FUNCTION_APP_ID', 'EVENT_STORAGE_ACCOUNT_ID', 'EVENT_DEAD_LETTER_CONTAINER') {
+foreach ($name in 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_RESOURCE_GROUP', 'AZURE_FUNCTION_APP_NAME', 'AZURE_FUNCTION_APP_ID', 'EVENT_STORAGE_ACCOUNT_ID', 'EVENT_DEAD_LETTER_CONTAINER', 'EVENT_SUBSCRIPTION_SUFFIX') {
     if (-not (Get-Item "env:$name" -ErrorAction SilentlyContinue)) {
         throw "postdeploy: $name is not set; run through azd, or set the outputs of main.bicep"
     }
@@ -39,6 +40,7 @@ $parameters = @{
         functionAppId           = @{ value = $env:AZURE_FUNCTION_APP_ID }
         storageAccountId        = @{ value = $env:EVENT_STORAGE_ACCOUNT_ID }
         deadLetterContainerName = @{ value = $env:EVENT_DEAD_LETTER_CONTAINER }
+        subscriptionNameSuffix  = @{ value = $env:EVENT_SUBSCRIPTION_SUFFIX }
         vaults                  = @{ value = $vaults }
     }
 }

@@ -3,7 +3,9 @@
 # when a subscription is created ("Destination endpoint not found" otherwise), and a Flex
 # Consumption app lists its functions only some time after the package is published: wait,
 # bounded, until the three event functions are listed, then subscribe them to each vault's
-# system topic (infra/app/event-subscriptions.bicep).
+# system topic (infra/app/event-subscriptions.bicep), named after the environment
+# (cmk-key-new-version-$EVENT_SUBSCRIPTION_SUFFIX, ...) so that environments sharing a vault
+# keep their own subscriptions.
 # CMK_FUNCTIONS_WAIT_ATTEMPTS (default 40) and CMK_FUNCTIONS_WAIT_SECONDS (default 15) bound
 # the wait: 10 minutes by default.
 set -eu
@@ -15,6 +17,7 @@ set -eu
 : "${AZURE_FUNCTION_APP_ID:?}"
 : "${EVENT_STORAGE_ACCOUNT_ID:?}"
 : "${EVENT_DEAD_LETTER_CONTAINER:?}"
+: "${EVENT_SUBSCRIPTION_SUFFIX:?provision again (azd provision): main.bicep outputs it}"
 vaults="${EVENT_VAULTS:-[]}"
 attempts="${CMK_FUNCTIONS_WAIT_ATTEMPTS:-40}"
 interval="${CMK_FUNCTIONS_WAIT_SECONDS:-15}"
@@ -64,6 +67,7 @@ cat > "$params" <<JSON
     "functionAppId": { "value": "$AZURE_FUNCTION_APP_ID" },
     "storageAccountId": { "value": "$EVENT_STORAGE_ACCOUNT_ID" },
     "deadLetterContainerName": { "value": "$EVENT_DEAD_LETTER_CONTAINER" },
+    "subscriptionNameSuffix": { "value": "$EVENT_SUBSCRIPTION_SUFFIX" },
     "vaults": { "value": $vaults }
   }
 }

@@ -1,6 +1,6 @@
 # azd postprovision hook (Windows): step 2 of the deployment, as postprovision.sh. Deploys the
-# vault side (infra/app/vaults.bicep) as a deployment of its own, so that `azd down` never
-# deletes a vault's resource group.
+# vault side (infra/app/vaults.bicep) as a deployment of its own, which azd does not tear down,
+# after checking that `azd down` cannot delete a vault's resource group (app-group-guard.ps1).
 $ErrorActionPreference = 'Stop'
 
 foreach ($name in 'AZURE_ENV_NAME', 'AZURE_LOCATION', 'AZURE_RESOURCE_GROUP', 'AZURE_STORAGE_ACCOUNT_NAME', 'CMK_APP_PRINCIPAL_ID', 'EVENT_DEAD_LETTER_CONTAINER') {
@@ -14,10 +14,12 @@ if ($vaults.Count -eq 0) {
     exit 0
 }
 
-# The app's resource group must not be a vault's (preprovision refused it already; checked
-# again here, before the vault side, for a run that skipped that hook).
+# The app's resource group must not be a vault's, nor a vault's group carry this environment's
+# azd-env-name tag (preprovision refused both already; checked again here, before the vault
+# side, for a run that skipped that hook or a tag set since).
 . (Join-Path $PSScriptRoot 'app-group-guard.ps1')
 if (-not (Test-AppGroup 'postprovision' 'after' $env:AZURE_RESOURCE_GROUP $vaults)) { exit 1 }
+if (-not (Test-VaultGroupTags 'postprovision' 'after' $vaults)) { exit 1 }
 
 # An adopted system topic (systemTopicName given in CMK_VAULTS) is read, never redeployed, so
 # its tags and identity stay as they are; it must already have a system-assigned identity.

@@ -1,9 +1,10 @@
 #!/bin/sh
 # azd postprovision hook: step 2 of the deployment, the vault side (infra/app/vaults.bicep):
 # each vault's Event Grid system topic and the app's key role, in the vaults' own resource
-# groups. A deployment of its own, so that `azd down` (which deletes every resource group a
-# deployment it made has touched) never deletes a vault's resource group. It runs after
-# main.bicep and before the code is published: the app can read its keys from its first start.
+# groups. A deployment of its own, which azd neither records nor tears down: `azd down` deletes
+# the resource groups tagged azd-env-name=<environment name> (checked below never to be a
+# vault's), and nothing of this deployment is in one. It runs after main.bicep and before the
+# code is published: the app can read its keys from its first start.
 # azd exports main.bicep's outputs as environment variables; arrays arrive as JSON.
 set -eu
 
@@ -22,10 +23,12 @@ if [ "$(printf '%s' "$vaults" | tr -d ' \n')" = "[]" ]; then
   exit 0
 fi
 
-# The app's resource group must not be a vault's (preprovision refused it already; checked
-# again here, before the vault side, for a run that skipped that hook).
+# The app's resource group must not be a vault's, nor a vault's group carry this environment's
+# azd-env-name tag (preprovision refused both already; checked again here, before the vault
+# side, for a run that skipped that hook or a tag set since).
 . "${0%/*}/app-group-guard.sh"
 app_group_guard postprovision after "$AZURE_RESOURCE_GROUP" "$vaults"
+vault_tag_guard postprovision after "$vaults"
 
 # An adopted system topic (systemTopicName given in CMK_VAULTS) is read, never redeployed, so
 # its tags and identity stay as they are; it must already have a system-assigned identity,

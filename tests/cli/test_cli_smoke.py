@@ -1,44 +1,44 @@
-"""``cmk smoke`` against the sandbox and Azurite: every check of a sound deployment is ok,
-and each thing a deployment can miss (a role, a queue, the table, a subscription, a setting,
-the app identity's own grants) is the failed row that names it, with its fix; an operator
-holding exactly infra's operator roles gets every rights row decided."""
+"""``cmk smoke`` against the sandbox and Azurite: every check of a sound deployment is ok
+(but the alert topic's right to send, which smoke cannot test without publishing, is
+unverified), and each thing a deployment can miss (a role, a queue, the table, a
+subscription, a setting, the app identity's own grants) is the failed row that names it,
+with its fix; an operator holding exactly infra's operator roles gets every rights row
+decided. The roles are read from infra/'s templates, not copied here."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.queue.aio import QueueServiceClient
 from cli_rig import World
+from pycep import BicepParser
 
 from cmk.sandbox.world import Principal, VaultKind
 
-#: The actions of infra's custom account operator role (infra/app/rbac-subscription.bicep).
-OPERATOR_ACTIONS = (
-    "Microsoft.CognitiveServices/accounts/read",
-    "Microsoft.CognitiveServices/accounts/write",
-    "Microsoft.CognitiveServices/locations/operationResults/read",
-    "Microsoft.Resources/subscriptions/read",
-    "Microsoft.Resources/subscriptions/resourceGroups/read",
-)
+INFRA_APP = Path(__file__).resolve().parents[2] / "infra" / "app"
 
-#: infra's key rotator role (infra/app/rbac-vault.bicep, data actions).
-KEY_ROTATOR_ACTIONS = (
-    "Microsoft.KeyVault/vaults/keys/read",
-    "Microsoft.KeyVault/vaults/keys/create/action",
-    "Microsoft.KeyVault/vaults/keys/rotate/action",
-    "Microsoft.KeyVault/vaults/keyrotationpolicies/read",
-)
 
-#: infra's grant reader roles for operators (rbac-subscription.bicep, rbac-vault.bicep).
-GRANT_READER_ACTIONS = (
-    "Microsoft.Authorization/roleAssignments/read",
-    "Microsoft.Authorization/roleDefinitions/read",
-)
-VAULT_GRANT_READER_ACTIONS = (*GRANT_READER_ACTIONS, "Microsoft.KeyVault/vaults/read")
+def _role_actions(template: str, variable: str) -> tuple[str, ...]:
+    """The actions (or data actions) list ``variable`` of infra/app/``template``."""
+    parsed = cast(dict[str, Any], BicepParser().parse(file_path=INFRA_APP / template))
+    actions = parsed["variables"][variable]["value"]
+    assert isinstance(actions, list) and actions, (template, variable)
+    return tuple(str(action) for action in actions)
+
+
+#: infra's custom account operator role (the app's and the operators', each subscription).
+OPERATOR_ACTIONS = _role_actions("rbac-subscription.bicep", "accountOperatorActions")
+#: infra's key rotator role (data actions, each vault).
+KEY_ROTATOR_ACTIONS = _role_actions("rbac-vault.bicep", "keyRotatorDataActions")
+#: infra's grant reader roles for operators (each subscription, each vault).
+GRANT_READER_ACTIONS = _role_actions("rbac-subscription.bicep", "grantReaderActions")
+VAULT_GRANT_READER_ACTIONS = _role_actions("rbac-vault.bicep", "vaultGrantReaderActions")
 
 ROWS = [
     "settings",
@@ -109,22 +109,52 @@ def _rows(document: dict) -> dict[str, dict]:
 
 class TestSmoke:
     def test_a_sound_deployment_is_all_ok(self, deployed: World, cmk):
-        """Every check of the deployed demo world is ok (the HSM's key grants unverified);
-        exit 0, the caller named by its token's object id."""
+        """Every check of the deployed demo world is ok but what smoke cannot see: the HSM's
+        key grants and the alert topic's right to send are unverified; exit 0, the caller
+        named by its token's object id."""
         run = cmk("smoke", "--json")
         document = run.valid("smoke")
         assert run.code == 0, run.out
         rows = _rows(document)
         assert list(rows) == ROWS
-        key_rows = {"key rights", "app key rights"}
-        assert all(r["result"] == "ok" for n, r in rows.items() if n not in key_rows), rows
-        for name in key_rows:
+        unseen = {"key rights", "app key rights", "alert topic"}
+        assert all(r["result"] == "ok" for n, r in rows.items() if n not in unseen), rows
+        for name in ("key rights", "app key rights"):
             assert rows[name]["result"] == "unverified"
             assert "Managed HSM" in rows[name]["found"]
         principal = deployed.sandbox.app_principal
         assert document["caller"]["object_id"] == principal.object_id.lower()
         assert principal.object_id.lower() in rows["identity"]["found"]
-        assert "no event was published" in rows["alert topic"]["found"]
+        assert rows["alert topic"]["result"] == "unverified"
+
+    def test_the_alert_topics_right_to_send_is_unverified(self, deployed: World, cmk):
+        """A token for Event Grid proves no right to send to the topic, and smoke publishes
+        nothing: the row is unverified (not ok), says so, and names the check to make by hand;
+        the table shows the same; an unverified row is no failure (exit 0)."""
+        run = cmk("smoke", "--json")
+        row = _rows(run.valid("smoke"))["alert topic"]
+        assert run.code == 0, run.out
+        assert row["result"] == "unverified"
+        assert os.environ["CMK_ALERT_TOPIC_ENDPOINT"] in row["found"]
+        assert "a token for https://eventgrid.azure.net/.default was acquired" in row["found"]
+        assert "not tested" in row["found"] and "EventGrid Data Sender" in row["found"]
+        assert "az role assignment list" in row["fix"] and '"EventGrid Data Sender"' in row["fix"]
+        table = cmk("smoke")
+        assert table.code == 0, table.out
+        line = next(
+            text for text in table.out.splitlines() if text.lstrip("│ ").startswith("alert topic")
+        )
+        assert "unverified" in line and " ok " not in line
+
+    def test_without_a_topic_the_alert_row_is_ok(
+        self, deployed: World, cmk, monkeypatch: pytest.MonkeyPatch
+    ):
+        """Without CMK_ALERT_TOPIC_ENDPOINT alerts are only logged: nothing to send to, the
+        row is ok and says so."""
+        monkeypatch.delenv("CMK_ALERT_TOPIC_ENDPOINT")
+        row = _rows(cmk("smoke", "--json").valid("smoke"))["alert topic"]
+        assert row["result"] == "ok"
+        assert "CMK_ALERT_TOPIC_ENDPOINT not set" in row["found"]
 
     def test_the_table_has_one_row_per_check(self, deployed: World, cmk):
         """The default output is a table with one row per check and a summary line."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
 from typing import Any, cast
@@ -33,6 +34,7 @@ EXPECTED_FILES = {
     "app/monitoring.bicep",
     "app/rbac.bicep",
     "app/rbac-dead-letter.bicep",
+    "app/rbac-function.bicep",
     "app/rbac-subscription.bicep",
     "app/rbac-vault.bicep",
     "app/storage.bicep",
@@ -267,6 +269,80 @@ class TestEventSubscriptions:
             "resourceId": "storageAccountId",
             "blobContainerName": "deadLetterContainerName",
         }
+
+    # Event Grid's rule for an event subscription's name: 3-64 letters, digits and hyphens.
+    EVENT_GRID_NAME = re.compile(r"^[A-Za-z0-9-]{3,64}$")
+
+    def test_names_carry_the_environment(self, parsed: dict[str, Any]) -> None:
+        """Each subscription is named cmk-key-<event>-${nameSuffix}, nameSuffix a required
+        parameter short enough for Event Grid's 64 characters, which the step-3 wrapper fills
+        from its own required parameter: two environments on one vault never share a name."""
+        names = {name: str(body(parsed["resources"][name])["name"]) for name in self.ROUTES}
+        assert names == {
+            "keyNewVersion": "cmk-key-new-version-${nameSuffix}",
+            "keyNearExpiry": "cmk-key-near-expiry-${nameSuffix}",
+            "keyExpired": "cmk-key-expired-${nameSuffix}",
+        }
+        suffix = parsed["parameters"]["nameSuffix"]
+        assert suffix.get("default") is None
+        bounds = {d["type"]: d.get("argument") for d in suffix["decorators"]}
+        longest = max(len(name.split("${", 1)[0]) for name in names.values())
+        assert bounds["min_length"] >= 1 and longest + bounds["max_length"] <= 64
+        for name in names.values():
+            for filled in ("a", "x" * bounds["max_length"], "abcdefghij123"):
+                assert self.EVENT_GRID_NAME.match(name.replace("${nameSuffix}", filled)), name
+        wrapper = template("app/event-subscriptions.bicep")
+        assert wrapper["parameters"]["subscriptionNameSuffix"].get("default") is None
+        wrapper_bounds = {
+            d["type"]: d.get("argument")
+            for d in wrapper["parameters"]["subscriptionNameSuffix"]["decorators"]
+        }
+        assert wrapper_bounds["max_length"] <= bounds["max_length"]
+        params = body(wrapper["modules"]["vaultSubscriptions"])["params"]
+        assert params["nameSuffix"] == "subscriptionNameSuffix"
+
+    def test_the_suffix_is_the_environments_resource_token(self) -> None:
+        """main.bicep outputs EVENT_SUBSCRIPTION_SUFFIX as its resource token: uniqueString of
+        the subscription, the environment name and the region (13 letters and digits)."""
+        main = template("main.bicep")
+        assert main["outputs"]["EVENT_SUBSCRIPTION_SUFFIX"]["value"] == "resourceToken"
+        token = render(main["variables"]["resourceToken"]["value"])
+        assert token == "to_lower(unique_string(subscription().id, environmentName, location))"
+
+    def test_hooks_pass_the_suffix(self) -> None:
+        """Both postdeploy hooks require EVENT_SUBSCRIPTION_SUFFIX and hand it to step 3."""
+        for hook, needle in (
+            (
+                "postdeploy.sh",
+                '"subscriptionNameSuffix": { "value": "$EVENT_SUBSCRIPTION_SUFFIX" }',
+            ),
+            (
+                "postdeploy.ps1",
+                "subscriptionNameSuffix  = @{ value = $env:EVENT_SUBSCRIPTION_SUFFIX }",
+            ),
+        ):
+            source = (INFRA / "hooks" / hook).read_text(encoding="utf-8")
+            assert needle in source, hook
+        assert ': "${EVENT_SUBSCRIPTION_SUFFIX:?' in text("hooks/postdeploy.sh")
+        assert "'EVENT_SUBSCRIPTION_SUFFIX')" in text("hooks/postdeploy.ps1")
+
+    def test_docs_name_the_suffixed_subscriptions(self) -> None:
+        """docs/deployment.md's subscription table and teardown name each subscription with
+        its suffix, and the teardown deletes this environment's names only."""
+        doc = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+        stems = [
+            str(body(resource)["name"]).split("-${", 1)[0]
+            for resource in template("app/vault-event-subscriptions.bicep")["resources"].values()
+            if resource["type"] == "Microsoft.EventGrid/systemTopics/eventSubscriptions"
+        ]
+        for stem in stems:
+            assert f"| `{stem}-<suffix>` |" in doc, stem
+        teardown = teardown_section()
+        assert f"for s in {' '.join(stems)}; do" in teardown
+        assert '-n "$s-<suffix>"' in teardown
+        assert "azd env get-value EVENT_SUBSCRIPTION_SUFFIX" in teardown
+        assert not re.search(r"-n cmk-key-[a-z-]+`", teardown)
+        assert '"subscriptionNameSuffix": {"value": outputs["EVENT_SUBSCRIPTION_SUFFIX"]}' in doc
 
     def test_wrapper_bounds_and_scope(self) -> None:
         """The step-2 entry point caps retries at Event Grid's limits and targets each vault RG."""
@@ -529,13 +605,39 @@ class TestRoleAssignments:
         ),
         ("app/rbac-subscription.bicep", "operatorGrantReader"): (None, "grantReader.id"),
         ("app/rbac-vault.bicep", "operatorVaultGrantReader"): ("vault", "vaultGrantReader.id"),
+        ("app/rbac-function.bicep", "operatorAppOperator"): ("functionApp", "roleDefinitionId"),
     }
 
     # What operators hold beyond the app's roles, each for one command: the dead letters
-    # `cmk replay` takes, and the role assignments `cmk smoke` decides its rights rows from.
+    # `cmk replay` takes, the role assignments `cmk smoke` decides its rights rows from, and
+    # the Function app's settings, host key and functions the az commands of the docs read.
     OPERATOR_EXTRAS = frozenset(
-        {"operatorDeadLetterReader", "operatorGrantReader", "operatorVaultGrantReader"}
+        {
+            "operatorDeadLetterReader",
+            "operatorGrantReader",
+            "operatorVaultGrantReader",
+            "operatorAppOperator",
+        }
     )
+
+    # What each `az functionapp` command of docs/deployment.md asks of ARM, as the az CLI sends
+    # it (azure-cli appservice custom.py: get_app_settings POSTs .../config/appsettings/list
+    # and GETs the site to tell a Flex app; list_host_keys POSTs .../host/default/listkeys;
+    # show_functionapp on Flex, show_identity GET the site; list_functions GETs
+    # .../functions), named as Microsoft's resource provider operations list for
+    # Microsoft.Web names the actions ("List Web App's security sensitive settings, such as
+    # publishing credentials, app settings and connection strings", "List Functions Host
+    # keys", "Get the properties of a Web App", "Get Web Apps Functions").
+    AZ_FUNCTIONAPP_ACTIONS = {
+        "functionapp config appsettings list": {
+            "Microsoft.Web/sites/read",
+            "Microsoft.Web/sites/config/list/action",
+        },
+        "functionapp keys list": {"Microsoft.Web/sites/host/listkeys/action"},
+        "functionapp show": {"Microsoft.Web/sites/read"},
+        "functionapp identity show": {"Microsoft.Web/sites/read"},
+        "functionapp function list": {"Microsoft.Web/sites/functions/read"},
+    }
 
     # Operators' assignments: one per operator principal, of the type the parameter says.
     OPERATOR_ASSIGNMENTS = frozenset(name for _, name in EXPECTED if name.startswith("operator"))
@@ -630,7 +732,7 @@ class TestRoleAssignments:
                 assert params["operatorPrincipalIds"]["default"] == [], relative
                 assert params["operatorPrincipalType"]["default"] == "Group", relative
         main = template("main.bicep")
-        for name in ("rbacBeforeApp", "rbacAfterApp", "rbacSubscriptions"):
+        for name in ("rbacBeforeApp", "rbacAfterApp", "rbacSubscriptions", "rbacFunction"):
             params = body(main["modules"][name])["params"]
             assert params["operatorPrincipalIds"] == "operatorPrincipalIds", name
             assert params["operatorPrincipalType"] == "operatorPrincipalType", name
@@ -705,8 +807,45 @@ class TestRoleAssignments:
         app_roles = {value[1] for key, value in self.EXPECTED.items() if key[1].startswith("app")}
         assert f"{role_name}.id" not in app_roles
 
+    def test_app_operator_role_holds_what_the_docs_run(self) -> None:
+        """The operators' role on the Function app holds exactly the actions of the
+        `az functionapp` commands docs/deployment.md has them run ("Operating from your
+        shell"), is assigned on the app only, to operators only, after the app exists; the
+        docs' roles table names each action. A new `az functionapp` command in the docs fails
+        here until its actions are known and granted."""
+        main = template("main.bicep")
+        actions = set(main["variables"]["appOperatorActions"]["value"])
+        doc = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+        section = doc.split("\n## Operating from your shell\n", 1)[1].split("\n## ", 1)[0]
+        scripts = "\n".join(re.findall(r"```bash\n(.*?)```", section, re.DOTALL))
+        commands = {
+            "functionapp " + " ".join(re.findall(r"[a-z]+", found))
+            for found in re.findall(r"\baz functionapp((?: [a-z]+)+)", scripts)
+        }
+        assert commands, "no az functionapp command found in the section"
+        assert commands <= set(self.AZ_FUNCTIONAPP_ACTIONS), commands
+        needed = set().union(*(self.AZ_FUNCTIONAPP_ACTIONS[c] for c in commands))
+        assert actions == needed
+        role = main["resources"]["appOperatorRole"]["config"]["properties"]
+        assert role["permissions"][0]["actions"] == "appOperatorActions"
+        assert role["permissions"][0]["dataActions"] == []
+        assert render(role["assignableScopes"]) == "[subscription().id]"
+        module = main["modules"]["rbacFunction"]
+        assert module["detail"]["path"] == "./app/rbac-function.bicep"
+        assert render(body(module)["scope"]) == "rg"
+        params = body(module)["params"]
+        assert render(params["roleDefinitionId"]) == "appOperatorRole.id"
+        assert render(params["functionAppName"]) == "functionApp.outputs.name"
+        row = next(line for line in doc.splitlines() if "*CMK rotator app operator*:" in line)
+        for action in actions:
+            assert f"`{action.removeprefix('Microsoft.Web/')}`" in row or f"`{action}`" in row
+        grants = [key for key, value in self.EXPECTED.items() if value[1] == "roleDefinitionId"]
+        assert grants == [("app/rbac-function.bicep", "operatorAppOperator")]
+
     def test_account_role_is_narrow(self) -> None:
-        """The Cognitive Services custom role: read/write accounts, poll operations, no more."""
+        """The Cognitive Services custom role: read/write accounts, poll operations, no more:
+        nothing on Microsoft.Resources (listing subscriptions checks no action; nothing reads
+        a resource group), and the template says why next to the actions."""
         parsed = template("app/rbac-subscription.bicep")
         assert parsed["globals"]["scope"]["value"] == "subscription"
         actions = parsed["variables"]["accountOperatorActions"]["value"]
@@ -714,9 +853,16 @@ class TestRoleAssignments:
             "Microsoft.CognitiveServices/accounts/read",
             "Microsoft.CognitiveServices/accounts/write",
             "Microsoft.CognitiveServices/locations/operationResults/read",
-            "Microsoft.Resources/subscriptions/read",
-            "Microsoft.Resources/subscriptions/resourceGroups/read",
         }
+        source = text("app/rbac-subscription.bicep")
+        why = source[: source.index("var accountOperatorActions")]
+        assert "// - Microsoft.Resources/subscriptions/read: " in why
+        assert "// - Microsoft.Resources/subscriptions/resourceGroups/read: " in why
+        doc = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+        row = next(
+            line for line in doc.splitlines() if "| The app | custom *CMK rotator account" in line
+        )
+        assert "subscriptions/read`" not in row and "resourceGroups/read`" not in row
         role = parsed["resources"]["accountOperator"]["config"]["properties"]
         permissions = role["permissions"][0]
         assert permissions["actions"] == "accountOperatorActions"
@@ -789,8 +935,77 @@ class TestRoleAssignments:
         assert counts == {"rbacBeforeApp": (1, 0), "rbacAfterApp": (0, 1)}
 
 
+# The permissions of the privileged built-in roles, from privileged_roles.json (which cites
+# its source): what the deploying principal's roles can do.
+PRIVILEGED_ROLES: dict[str, dict[str, list[str]]] = json.loads(
+    (Path(__file__).with_name("privileged_roles.json")).read_text(encoding="utf-8")
+)["roles"]
+
+
+def role_grants(role: str, action: str) -> bool:
+    """Whether the built-in ``role`` allows the control-plane ``action`` (its actions minus
+    its notActions, wildcards as Azure matches them, case-insensitively)."""
+    permissions = PRIVILEGED_ROLES[role]
+
+    def matches(patterns: list[str]) -> bool:
+        return any(fnmatchcase(action.lower(), pattern.lower()) for pattern in patterns)
+
+    return matches(permissions["actions"]) and not matches(permissions["notActions"])
+
+
+class TestWhoDeploys:
+    """docs/deployment.md's "Who deploys" names only built-in roles that can do what the
+    templates do with roles: define the custom roles, then assign them."""
+
+    NEEDED = (
+        "Microsoft.Authorization/roleDefinitions/write",
+        "Microsoft.Authorization/roleAssignments/write",
+    )
+
+    @staticmethod
+    def section() -> str:
+        doc = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
+        return doc.split("\n## Who deploys\n", 1)[1].split("\n## ", 1)[0]
+
+    def test_the_templates_define_custom_roles(self) -> None:
+        """roleDefinitions/write is needed: the templates create custom role definitions."""
+        assert resources_of_type("Microsoft.Authorization/roleDefinitions")
+        assert "Microsoft.Authorization/roleDefinitions/write" in self.section()
+
+    def test_every_role_named_can_define_and_assign_roles(self) -> None:
+        """Each privileged built-in role the section recommends (in italics) grants both
+        roleDefinitions/write and roleAssignments/write; at least one is named."""
+        section = self.section()
+        named = [role for role in PRIVILEGED_ROLES if f"*{role}*" in section]
+        assert named
+        for role in named:
+            for action in self.NEEDED:
+                assert role_grants(role, action), f"{role} lacks {action}"
+
+    def test_the_table_tells_the_roles_apart(self) -> None:
+        """Not vacuous: Role Based Access Control Administrator assigns roles but defines
+        none, Contributor does neither, User Access Administrator and Owner do both."""
+        rbac = "Role Based Access Control Administrator"
+        assert role_grants(rbac, self.NEEDED[1]) and not role_grants(rbac, self.NEEDED[0])
+        assert not any(role_grants("Contributor", action) for action in self.NEEDED)
+        for role in ("User Access Administrator", "Owner"):
+            assert all(role_grants(role, action) for action in self.NEEDED), role
+
+    def test_the_table_cites_its_source(self) -> None:
+        document = json.loads(
+            (Path(__file__).with_name("privileged_roles.json")).read_text(encoding="utf-8")
+        )
+        assert (
+            "learn.microsoft.com/azure/role-based-access-control/built-in-roles"
+            in (document["source"])
+        )
+        assert set(PRIVILEGED_ROLES) <= set(BUILT_IN_ROLES.values())
+
+
 class TestAzdDownSafety:
-    """`azd down` deletes every resource group its deployment touched: never a vault's."""
+    """`azd down` deletes every resource group tagged azd-env-name=<environment> (the hooks
+    keep vault groups out of it, tests/infra/test_infra_hooks.py); besides, nothing azd
+    records as its own reaches a vault's group."""
 
     def test_main_deploys_only_to_its_group_and_subscriptions(self) -> None:
         """Every module of main.bicep targets the app's group or a subscription, nothing else."""
@@ -888,6 +1103,7 @@ class TestTeardownDocs:
         stems = {stem for _, _, stem in custom_roles_outside_app_group()}
         assert {
             "CMK rotator account operator",
+            "CMK rotator app operator",
             "CMK rotator grant reader",
             "CMK rotator key rotator",
             "CMK rotator vault grant reader",
