@@ -22,7 +22,9 @@ Error contract with the host:
   completed: Event Grid would otherwise retry it for 24 hours without telling anyone;
 - a throttled job (429) is put back on the queue with the service's ``Retry-After``
   (plus jitter) instead of spending one of the message's ``maxDequeueCount`` deliveries;
-  after :data:`MAX_DEFERRALS` deferrals the 429 propagates like any transient error.
+  once the job has spent :data:`MAX_DEFERRED` deferred in all, the 429 propagates like
+  any transient error (a budget of time, not of deferrals: many instances sharing one
+  subscription's budget meet more 429s per job, and must not poison jobs for it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -83,7 +86,7 @@ from cmk.usecases.rotate import rotate_key
 from cmk.usecases.subscriptions import HIDDEN_FIX, subscription_scope
 
 __all__ = [
-    "MAX_DEFERRALS",
+    "MAX_DEFERRED",
     "error_document",
     "failure_answer",
     "handle_job_message",
@@ -109,9 +112,10 @@ MAX_LOGGED_INPUT = 4000
 #: The ``cmk_alert_type`` of a log line saying input was rejected and dropped.
 INPUT_REJECTED = "input_rejected"
 
-#: How often a throttled job is put back on the queue before its 429 propagates (and the
-#: host's own retries, then the poison queue, take over).
-MAX_DEFERRALS = 20
+#: How long a throttled job may spend put back on the queue, in all, before its 429
+#: propagates (and the host's own retries, then the poison queue, take over): an hour of
+#: throttling is no longer a busy subscription but something a human should look at.
+MAX_DEFERRED = timedelta(hours=1)
 #: How long a throttled job first waits when the service gave no ``Retry-After`` (ARM's
 #: own 429s always give one; a resource provider's may not): doubled at each deferral of
 #: the same job, up to :data:`MAX_THROTTLE_DELAY`.
@@ -189,7 +193,7 @@ async def handle_job_message(engine: Engine, body: str | bytes) -> JobReport | N
     try:
         return await rotate_account(engine, job)
     except ThrottledError as error:
-        if engine.dry_run or job.deferrals >= MAX_DEFERRALS:
+        if engine.dry_run or job.deferred_seconds >= MAX_DEFERRED.total_seconds():
             raise
         await _defer(engine, job, error)
         return None
@@ -216,14 +220,19 @@ def throttle_delay(retry_after: float | None, deferrals: int = 0, spread: str = 
 async def _defer(engine: Engine, job: RotationJob, error: ThrottledError) -> None:
     """Put ``job`` back on the queue after the throttle's delay, one deferral more."""
     delay = throttle_delay(error.retry_after, job.deferrals, str(job.account_id))
-    deferred = replace(job, deferrals=job.deferrals + 1)
+    deferred = replace(
+        job,
+        deferrals=job.deferrals + 1,
+        deferred_seconds=job.deferred_seconds + math.ceil(delay.total_seconds()),
+    )
     await engine.jobs.enqueue(deferred, delay=delay)
     log.warning(
-        "throttled; job for %s deferred %.0f s (deferral %d of %d): %s",
+        "throttled; job for %s deferred %.0f s (deferral %d, %d s of %d s deferred): %s",
         job.account_id,
         delay.total_seconds(),
         deferred.deferrals,
-        MAX_DEFERRALS,
+        deferred.deferred_seconds,
+        MAX_DEFERRED.total_seconds(),
         error,
         extra={
             "cmk_account_id": str(job.account_id),

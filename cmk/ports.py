@@ -180,6 +180,9 @@ class RotationJob:
     urgent: bool = False
     from_version: str | None = None
     deferrals: int = 0  # times re-enqueued after a 429 (see cmk.entrypoints)
+    #: Seconds this job has spent deferred so far (the sum of its deferrals' delays):
+    #: a job stops deferring after MAX_DEFERRED in all, however many deferrals that took.
+    deferred_seconds: int = 0
     #: A VERIFY's write lease: the owner token of the run that submitted the update, which
     #: handed its lease on, so no other job writes the account until the verify settles.
     lease_owner: str | None = None

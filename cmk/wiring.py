@@ -193,6 +193,7 @@ class Services:
             cognitive_client,
             polling_interval=self.options.polling_interval,
             patch_timeout=settings.patch_timeout.total_seconds(),
+            budget=self.arm_budget,
         )
         self._closers.append(self.accounts.close)
 

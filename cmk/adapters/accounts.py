@@ -43,6 +43,7 @@ from azure.mgmt.core.polling.async_arm_polling import AsyncARMPolling
 from cmk.adapters._errors import azure_errors, status_code, translate
 from cmk.adapters._sdk import text_of
 from cmk.adapters.account_polling import StatusPolling
+from cmk.adapters.arm_budget import PACED, ArmBudget
 from cmk.errors import (
     CmkError,
     InvalidInput,
@@ -204,10 +205,12 @@ class CognitiveAccounts:
         *,
         polling_interval: float | None = None,
         patch_timeout: float = 30.0,
+        budget: ArmBudget | None = None,
     ) -> None:
         self._client_for = client_for
         self._polling_interval = polling_interval
         self._patch_timeout = patch_timeout
+        self._budget = budget
         self._clients: dict[str, CognitiveServicesManagementClient] = {}
 
     def client(self, subscription_id: str) -> CognitiveServicesManagementClient:
@@ -395,8 +398,17 @@ class CognitiveAccounts:
         """PATCH ``body`` onto the account once (``retry_total=0``), answered within
         ``patch_timeout``; :class:`~cmk.errors.UpdateUnanswered` when it may still be
         applied: no answer in time, the connection lost after it went out, or a gateway's
-        408/502/504 (the resource provider did not answer the front end in time)."""
+        408/502/504 (the resource provider did not answer the front end in time).
+
+        The subscription's write budget is waited for first, outside that timeout, and
+        for at most as long: a PATCH held back by the pacing was never sent, so it is a
+        :class:`~cmk.errors.ThrottledError` (the job is deferred), not an unanswered one."""
         client = self.client(account_id.subscription_id)
+        if self._budget is not None:
+            await self._budget.take(
+                account_id.subscription_id, "writes", within=self._patch_timeout
+            )
+            options = {**options, PACED: True}
         try:
             async with asyncio.timeout(self._patch_timeout):
                 with azure_errors(action):

@@ -9,7 +9,8 @@ trigger expects by default. Build the ``QueueClient`` with :func:`message_polici
 mistyped fields, an account id or key id that does not parse, an unversioned target)
 raises :class:`~cmk.errors.InvalidInput`. Unknown fields are ignored, so a newer
 producer does not poison an older worker; ``deferrals`` (how often the job was put back
-after throttling) may be absent, as in messages of older producers, and then is 0;
+after throttling) and ``deferred_seconds`` (how long, in all) may be absent, as in
+messages of older producers, and then are 0;
 ``lease_owner`` (a VERIFY's handed-on write lease) may be absent, and then is None;
 ``adopted`` may be absent, and then is false.
 """
@@ -59,6 +60,7 @@ def encode_job(job: RotationJob) -> str:
             "urgent": job.urgent,
             "from_version": job.from_version,
             "deferrals": job.deferrals,
+            "deferred_seconds": job.deferred_seconds,
             "lease_owner": job.lease_owner,
             "adopted": job.adopted,
         },
@@ -122,6 +124,11 @@ def decode_job(text: str | bytes) -> RotationJob:
     deferrals = _field(body, "deferrals", int, optional=True) or 0
     if deferrals < 0:
         raise InvalidInput(f"rotation job: deferrals must be 0 or more, not {deferrals}")
+    deferred_seconds = _field(body, "deferred_seconds", int, optional=True) or 0
+    if deferred_seconds < 0:
+        raise InvalidInput(
+            f"rotation job: deferred_seconds must be 0 or more, not {deferred_seconds}"
+        )
     lease_owner = _field(body, "lease_owner", str, optional=True)
     if lease_owner is not None and not (0 < len(lease_owner) <= 256 and lease_owner.isprintable()):
         raise InvalidInput("rotation job: lease_owner must be 1-256 printable characters")
@@ -133,6 +140,7 @@ def decode_job(text: str | bytes) -> RotationJob:
         urgent=bool(_field(body, "urgent", bool, optional=True)),
         from_version=from_version,
         deferrals=deferrals,
+        deferred_seconds=deferred_seconds,
         lease_owner=lease_owner,
         adopted=bool(_field(body, "adopted", bool, optional=True)),
     )

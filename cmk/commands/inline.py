@@ -5,7 +5,8 @@ The CLI's sweep and rotate plan exactly as the app does, but hand the jobs to
 (:func:`~cmk.usecases.rotate_account`) here, with at most CMK_MAX_CONCURRENCY at once *per
 subscription* (ARM's budget is per subscription; the ARM clients also pace each
 subscription's requests to it). As on the queue: a throttled job waits for its
-``Retry-After`` without spending a delivery (at most :data:`MAX_DEFERRALS` times); a job
+``Retry-After`` without spending a delivery (for at most
+:data:`~cmk.entrypoints.MAX_DEFERRED` in all); a job
 whose account another job is writing waits for that job's write lease, backing off
 towards its expiry, and never fails or alerts for it (after :data:`MAX_BUSY_WAITS` waits
 it is reported skipped, unchanged); any
@@ -24,20 +25,19 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from cmk.commands.output import Ticker
+from cmk.entrypoints import MAX_DEFERRED
 from cmk.errors import AccountBusy, ThrottledError, TransientError
 from cmk.ports import RotationJob
 from cmk.resource_id import AccountId
 from cmk.usecases import JobReport, JobResult, PlannedMove, on_poison, rotate_account
 from cmk.usecases.context import Engine, gather_bounded
 
-__all__ = ["MAX_DEFERRALS", "MAX_DELIVERIES", "CollectedJobs", "job_for_move", "run_jobs"]
+__all__ = ["MAX_DELIVERIES", "CollectedJobs", "job_for_move", "run_jobs"]
 
 log = logging.getLogger(__name__)
 
 #: Deliveries of one job before it counts as poisoned (host.json maxDequeueCount).
 MAX_DELIVERIES = 5
-#: Waits of one job for a 429's Retry-After (cmk.entrypoints' deferrals).
-MAX_DEFERRALS = 20
 #: Waits of one job for another job's write lease (backing off to 34 minutes apart; the
 #: lease's expiry ends a wait sooner), then it is left unchanged, not failed.
 MAX_BUSY_WAITS = 30
@@ -107,7 +107,7 @@ async def _deliver(
     sleep: Sleep,
     on_wait: OnWait | None = None,
 ) -> JobReport:
-    delivery, deferrals, busy = 1, 0, 0
+    delivery, deferred, busy = 1, 0.0, 0
     while delivery <= MAX_DELIVERIES:
         try:
             async with gate:  # held while the job works, not while it waits
@@ -126,12 +126,13 @@ async def _deliver(
                 on_wait(job.account_id, error.expires)
             await sleep(max(1.0, error.retry_after or 1.0))
         except ThrottledError as error:
-            if deferrals < MAX_DEFERRALS:
-                deferrals += 1
+            if deferred < MAX_DEFERRED.total_seconds():
+                wait = max(1.0, error.retry_after or 1.0)
+                deferred += wait
                 ticker.retried()
-                await sleep(max(1.0, error.retry_after or 1.0))
+                await sleep(wait)
                 continue  # a deferral, not a delivery: as on the app's queue
-            deferrals = 0
+            deferred = 0.0
             delivery = await _retry(job, error, delivery, retry_delay, ticker=ticker, sleep=sleep)
         except TransientError as error:
             delivery = await _retry(job, error, delivery, retry_delay, ticker=ticker, sleep=sleep)

@@ -6,11 +6,14 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 from adapter_world import RG, SUB, TEST_OPTIONS, Cloud, settings_for
 
+from bench.pacing import simulate_sharing
 from cmk.adapters.arm_budget import ArmBudget, BucketSize
+from cmk.errors import ThrottledError
 from cmk.resource_id import AccountId
 from cmk.sandbox.platform.throttling import throttle_for
 from cmk.wiring import Services
@@ -58,13 +61,65 @@ class TestArmBudget:
     async def test_a_429_empties_the_bucket_for_its_retry_after(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """After a 429 with Retry-After 2, the next request waits about two seconds."""
+        """After a 429 with Retry-After 2, the next request waits the two seconds, then
+        one token at the halved share of the refill (10/s → 5/s: 0.2 s)."""
         fake = FakeTime()
         monkeypatch.setattr("cmk.adapters.arm_budget.asyncio.sleep", fake.sleep)
         budget = ArmBudget(BucketSize(100, 10.0), BucketSize(100, 10.0), clock=fake.clock)
         budget.bucket(SUB, "reads").throttled(2.0)
         await budget.take(SUB, "reads")
-        assert sum(fake.slept) == pytest.approx(2.1)
+        assert sum(fake.slept) == pytest.approx(2.2)
+
+    async def test_a_wait_longer_than_allowed_is_a_429_of_our_own(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """take(within=...) gives up when the budget is not back in time: ThrottledError
+        with a Retry-After, and no token taken."""
+        budget = ArmBudget(BucketSize(100, 10.0), BucketSize(100, 10.0))
+        bucket = budget.bucket(SUB, "writes")
+        bucket.throttled(60.0)
+        with pytest.raises(ThrottledError, match="not sent") as raised:
+            await budget.take(SUB, "writes", within=0.05)
+        assert raised.value.retry_after is not None and raised.value.retry_after >= 59
+        assert bucket.tokens == 0
+
+
+class TestSharingTheBudget:
+    """Processes that do not know of each other settle on ARM's rate between them."""
+
+    def test_the_share_halves_once_per_burst_and_grows_per_answer(self) -> None:
+        """Ten 429s of one burst halve the share once; a second later another halves it
+        again; each answer that leaves something gives back 1/100 of the refill; the share
+        never falls below 1/64."""
+        fake = FakeTime()
+        bucket = ArmBudget(clock=fake.clock).bucket(SUB, "writes")
+        for _ in range(10):
+            bucket.throttled(1.0)
+        assert bucket.rate == pytest.approx(5.0)
+        fake.now += 1.0
+        bucket.left(0)
+        assert bucket.rate == pytest.approx(2.5)
+        bucket.left(50)
+        assert bucket.rate == pytest.approx(2.6)
+        for _ in range(20):
+            fake.now += 1.0
+            bucket.throttled(1.0)
+        assert bucket.rate == pytest.approx(10.0 / 64)
+
+    @pytest.mark.parametrize("processes", [2, 8, 40])
+    def test_instances_spend_few_requests_on_429s(self, processes: int) -> None:
+        """Processes sharing one subscription's write bucket (the sandbox's ARM model, on
+        a clock of its own) for two simulated minutes: ARM's whole budget is used, and
+        far fewer requests meet a 429 than with every process counting on the whole
+        refill (MIN_SHARE 1: the share never moves)."""
+        shared = simulate_sharing(processes, seconds=120)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("cmk.adapters.arm_budget.MIN_SHARE", 1.0)
+            alone = simulate_sharing(processes, seconds=120)
+        budget = 200 + 10 * 120
+        assert shared.accepted >= 0.99 * budget and alone.accepted >= 0.99 * budget
+        assert shared.refused_share <= {2: 0.01, 8: 0.05, 40: 0.3}[processes]
+        assert shared.refused_share <= alone.refused_share / 2
 
 
 @pytest.fixture
@@ -108,6 +163,26 @@ class TestPacingAgainstArm:
             if status == 429
         )  # fmt: skip
         assert throttled == 0
+
+
+class TestPatchHeldBack:
+    async def test_a_patch_the_budget_holds_back_is_throttled_not_unanswered(
+        self, cloud: Cloud, azurite: str
+    ) -> None:
+        """ARM's write budget is spent for a minute and the PATCH may wait only its own
+        timeout: a ThrottledError (the job is deferred, its lease given back) — not
+        UpdateUnanswered ("may still be applied") — and no PATCH reached ARM."""
+        first = cloud.add_version(cloud.vault).version
+        newer = cloud.add_version(cloud.vault).version
+        cloud.add_account("held-back", cloud.vault, first)
+        settings = replace(settings_for(azurite), patch_timeout=timedelta(seconds=0.2))
+        async with Services.from_settings(settings, options=TEST_OPTIONS) as services:
+            record = await services.accounts.get(AccountId(SUB, RG, "held-back"))
+            services.arm_budget.bucket(SUB, "writes").throttled(60.0)
+            cloud.sandbox.counters.reset()
+            with pytest.raises(ThrottledError, match="not sent"):
+                await services.accounts.update_key_version(record, newer, wait=timedelta(0))
+        assert cloud.sandbox.counters.matching(method="PATCH") == []
 
 
 class TestBeforeArmAnswers:

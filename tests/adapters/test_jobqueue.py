@@ -38,11 +38,13 @@ class TestJobCodec:
             urgent=True,
             from_version="b" * 32,
             deferrals=3,
+            deferred_seconds=42,
             lease_owner="host-1:0123456789ab",
             adopted=True,
         )
         assert decode_job(encode_job(job)) == job
         assert json.loads(encode_job(job))["deferrals"] == 3
+        assert json.loads(encode_job(job))["deferred_seconds"] == 42
 
     def test_defaults_for_optional_fields(self) -> None:
         """A message without step, urgent and from_version decodes with the defaults."""
@@ -115,10 +117,11 @@ class TestJobCodec:
                         "account_id": str(AccountId(SUB, RG, "a1")),
                         "target": str(TARGET),
                         "trigger": "t",
-                        "deferrals": deferrals,
+                        field: value,
                     }
                 )
-                for deferrals in (-1, "2", 1.5, True)
+                for field in ("deferrals", "deferred_seconds")
+                for value in (-1, "2", 1.5, True)
             ),
             *(
                 json.dumps(

@@ -20,7 +20,7 @@ from app_world import KEY, REGION, SUB, AppWorld
 
 from cmk import entrypoints
 from cmk.adapters.jobqueue import decode_job, encode_job
-from cmk.entrypoints import MAX_DEFERRALS, throttle_delay
+from cmk.entrypoints import MAX_DEFERRED, throttle_delay
 from cmk.errors import NewerFormat, ServiceUnavailable, ThrottledError
 from cmk.events import KeyVaultEventType
 from cmk.keyid import KeyId
@@ -156,7 +156,9 @@ class TestThrottledJob:
         assert report is None
         assert rule.hits == 1  # the SDK never re-sends a PATCH (DESIGN §2): deferred at once
         assert await rig.queue_length() == 1
-        assert await rig.visible() == [RotationJob(**{**job.__dict__, "deferrals": 3})]
+        [deferred] = await rig.visible()
+        assert deferred == replace(job, deferrals=3, deferred_seconds=deferred.deferred_seconds)
+        assert 1 <= deferred.deferred_seconds <= 2  # the Retry-After, jitter, whole seconds
         # Invisible for the Retry-After (1 s) at least: a lower bound, which load only
         # makes truer (Azurite keeps visibility in milliseconds; 50 ms for rounding).
         assert time.monotonic() - started >= 0.95
@@ -177,10 +179,25 @@ class TestThrottledJob:
         assert report is not None and report.result.value == "succeeded"
         assert account.encryption.key_version == job.target.version
 
+    async def test_many_deferrals_within_the_budget_still_defer(self, rig: Rig) -> None:
+        """The cap is time spent deferred, not a count: a job met by 429s a hundred times
+        in a busy subscription (instances sharing its budget) is deferred again, not
+        poisoned for it."""
+        account, job = rig.stale_job("acct-often", deferrals=100, deferred_seconds=600)
+        rig.sandbox.faults.add(
+            host=ARM, path=account.name, method="PATCH", status=429, retry_after=1
+        )
+
+        assert await entrypoints.handle_job_message(rig.engine, encode_job(job)) is None
+
+        [deferred] = await rig.visible()
+        assert deferred.deferrals == 101 and 601 <= deferred.deferred_seconds <= 602
+
     async def test_after_the_cap_the_throttle_propagates(self, rig: Rig) -> None:
-        """A job deferred MAX_DEFERRALS times raises the 429, so the host's retries and the
-        poison queue take over; nothing is enqueued."""
-        account, job = rig.stale_job("acct-capped", deferrals=MAX_DEFERRALS)
+        """A job deferred for MAX_DEFERRED in all raises the 429, so the host's retries and
+        the poison queue take over; nothing is enqueued."""
+        budget = int(MAX_DEFERRED.total_seconds())
+        account, job = rig.stale_job("acct-capped", deferrals=3, deferred_seconds=budget)
         rig.sandbox.faults.add(
             host=ARM, path=account.name, method="PATCH", status=429, retry_after=1
         )

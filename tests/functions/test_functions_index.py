@@ -159,14 +159,15 @@ class TestEventTypes:
 
     def test_the_local_rehearsal_wires_as_infra(self) -> None:
         """`cmk demo` and `cmk sandbox up --app` subscribe the app as infra/ does: the same
-        subscription names, each to the same function and event type."""
+        subscription names (infra/ adds the environment's suffix, so two environments on
+        one vault keep their own), each to the same function and event type."""
         parsed = BicepParser().parse(file_path=ROOT / "infra/app/vault-event-subscriptions.bicep")
         names = {
             str(resource["config"]["name"])
             for resource in parsed["resources"].values()
             if resource["type"] == "Microsoft.EventGrid/systemTopics/eventSubscriptions"
         }
-        assert set(SUBSCRIPTIONS) == names
+        assert {f"{name}-${{nameSuffix}}" for name in SUBSCRIPTIONS} == names
         assert {
             function: (event_type.value,) for event_type, function in SUBSCRIPTIONS.values()
         } == (infra_routes())
