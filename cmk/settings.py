@@ -49,6 +49,9 @@ _JOB_QUEUE_MAX = _QUEUE_NAME_MAX - len(OPERATION_QUEUE_SUFFIX + "-poison")
 #: The HTTP front end of Azure (App Service / Functions) ends a request after 230 s; an
 #: answer window must leave room for the answer itself.
 MAX_ANSWER_WINDOW = timedelta(seconds=220)
+#: The longest CMK_KEY_CACHE_SECONDS: what a process read of a key version is trusted for
+#: at most this long (Key Vault emits no event when a version is disabled or edited).
+MAX_KEY_CACHE = timedelta(minutes=5)
 _MISSING_STORAGE = (
     "AzureWebJobsStorage is not set: set it to a storage connection string, or set"
     " AzureWebJobsStorage__accountName (or __queueServiceUri and __tableServiceUri)"
@@ -210,7 +213,7 @@ class Settings:
             rotate_cooldown=reader.get(
                 "CMK_ROTATE_COOLDOWN_MINUTES", default.rotate_cooldown, _minutes
             ),
-            key_cache=reader.get("CMK_KEY_CACHE_SECONDS", default.key_cache, _seconds_or_zero),
+            key_cache=reader.get("CMK_KEY_CACHE_SECONDS", default.key_cache, _key_cache),
             write_lease=reader.get("CMK_WRITE_LEASE_SECONDS", None, _lease_seconds),
             http_answer_window=reader.get(
                 "CMK_HTTP_ANSWER_SECONDS", default.http_answer_window, _answer_window
@@ -335,6 +338,16 @@ def _hours(value: str) -> timedelta:
 
 def _seconds_or_zero(value: str) -> timedelta:
     return _span(value, "seconds")
+
+
+def _key_cache(value: str) -> timedelta:
+    span = _span(value, "seconds")
+    if span > MAX_KEY_CACHE:
+        raise ValueError(
+            f"must be at most {MAX_KEY_CACHE.seconds} seconds: a version disabled or edited in"
+            " Key Vault goes unseen by this policy for up to this long (no event announces it)"
+        )
+    return span
 
 
 def _lease_seconds(value: str) -> timedelta | None:

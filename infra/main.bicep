@@ -93,7 +93,8 @@ param patchTimeoutSeconds int = 30
 param rotateCooldownMinutes int = 10
 
 @minValue(0)
-@description('CMK_KEY_CACHE_SECONDS: how long one instance reuses what it read of a key version; 0 reads Key Vault for every job.')
+@maxValue(300)
+@description('CMK_KEY_CACHE_SECONDS: how long one instance reuses what it read of a key version (at most 300); 0 reads Key Vault for every job.')
 param keyCacheSeconds int = 30
 
 @minValue(0)

@@ -31,7 +31,7 @@ from azure.mgmt.resourcegraph.models import QueryRequest, QueryRequestOptions, Q
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters.accounts import CognitiveAccounts
-from cmk.errors import AccessDenied, InvalidInput
+from cmk.errors import AccessDenied, InvalidInput, ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.planner import Binding
 from cmk.ports import AccountRecord
@@ -183,6 +183,9 @@ class ResourceGraphInventory:
         self.skipped = 0
         #: times a page waited for Resource Graph's per-user quota to reset
         self.quota_waits = 0
+        #: when the next query may go (event-loop time): a page that spent the quota
+        #: holds back the next query, the next batch's first one too
+        self._quiet_until = 0.0
 
     @property
     def client(self) -> ResourceGraphClient:
@@ -223,7 +226,9 @@ class ResourceGraphInventory:
     ) -> AsyncIterator[AccountRecord]:
         query = cmk_accounts_query(key)
         skip_token: str | None = None
+        rows_seen, total = 0, None
         while True:
+            await self._wait_for_quota()
             request = QueryRequest(
                 subscriptions=subscriptions,
                 query=query,
@@ -236,8 +241,12 @@ class ResourceGraphInventory:
             page: QueryResponse = answer[0]
             headers: Mapping[str, str] = answer[1]
             pause = quota_pause(headers)
+            if pause:
+                self._quiet_until = asyncio.get_running_loop().time() + pause
             data: object = page.data
             rows: list[object] = data if isinstance(data, list) else []
+            rows_seen += len(rows)
+            total = page.total_records if total is None else total
             for row in rows:
                 if not isinstance(row, dict):
                     continue
@@ -253,13 +262,41 @@ class ResourceGraphInventory:
                     )
             skip_token = page.skip_token
             if not skip_token:
+                _check_complete(page, rows_seen, total, len(subscriptions))
                 return
-            if pause:
-                # The per-user quota (~15 queries / 5 s) is spent: wait for its window to
-                # reset instead of asking for a page that would be answered 429.
-                logger.info("Resource Graph quota spent; next page in %.1f s", pause)
-                self.quota_waits += 1
-                await asyncio.sleep(pause)
+
+    async def _wait_for_quota(self) -> None:
+        """The per-user quota (~15 queries / 5 s) was spent by the last page: wait for its
+        window to reset instead of asking for a page that would be answered 429."""
+        pause = self._quiet_until - asyncio.get_running_loop().time()
+        if pause > 0:
+            logger.info("Resource Graph quota spent; next query in %.1f s", pause)
+            self.quota_waits += 1
+            await asyncio.sleep(pause)
+
+
+def _check_complete(page: QueryResponse, rows_seen: int, total: int | None, scope: int) -> None:
+    """The last page of a listing: Resource Graph must not have cut it short. A result it
+    truncated (``resultTruncated``) without a ``$skipToken`` to go on with would leave
+    accounts out of the sweep without a word — their stale or unsafe bindings never found,
+    never alerted — so it fails the listing. Fewer rows than the ``totalRecords`` of the
+    first page is only a WARNING: accounts deleted while the pages were read do that."""
+    flag = getattr(page.result_truncated, "value", page.result_truncated)
+    if str(flag or "").lower() == "true":
+        raise ServiceUnavailable(
+            f"Resource Graph truncated its answer for {scope} subscription(s) after"
+            f" {rows_seen} of {total if total is not None else 'an unknown number of'} rows"
+            " and gave no $skipToken to read the rest: the inventory would be incomplete,"
+            " so nothing is decided from it; the next run asks again"
+        )
+    if total is not None and rows_seen < total:
+        logger.warning(
+            "Resource Graph announced %d rows and answered %d for %d subscription(s)"
+            " (accounts removed while the pages were read?)",
+            total,
+            rows_seen,
+            scope,
+        )
 
 
 def _with_headers(response: Any, page: Any, _headers: Any) -> tuple[Any, Mapping[str, str]]:

@@ -9,12 +9,15 @@ read.
 
 What keeps it safe:
 
-- ``ttl`` bounds how long a change goes unseen (CMK_KEY_CACHE_SECONDS, default 30 s; 0
-  turns the cache off). A version disabled after the event is still caught before its
-  PATCH once the entry is older than that — and sooner on the events below;
-- :meth:`VersionCache.forget` drops a key's entries: the event handlers call it for every
-  ``KeyNewVersionCreated`` / ``KeyNearExpiry`` / ``KeyExpired`` they handle, and the worker
-  for a PATCH the resource provider refused (a failed bind), before it decides again;
+- ``ttl`` bounds how long a change goes unseen (CMK_KEY_CACHE_SECONDS, default 30 s, at
+  most 300; 0 turns the cache off): Key Vault emits no event when a version is disabled,
+  edited or deleted, so a version disabled after the event is caught before its PATCH
+  once the entry is older than that, and no sooner;
+- :meth:`VersionCache.forget` drops a key's entries in this process: the event handlers
+  call it for every ``KeyNewVersionCreated`` / ``KeyNearExpiry`` / ``KeyExpired`` they
+  handle (the jobs of that event mostly run in other instances, whose entries stay), and
+  the worker for a PATCH the resource provider refused (a failed bind, or one refused as
+  the account's identity being denied the key) before it decides again;
 - a version the resource provider refuses to bind is never bound on a cached word alone:
   the provider checks the key itself (``KeyDisabled``), and the worker re-reads.
 

@@ -419,6 +419,7 @@ async def _rotate(step: _Step) -> JobReport:
         raise
     except KeyAccessDenied as error:
         step.patch_unsettled = False
+        step.engine.keys.forget(step.job.target.versionless())  # what we knew may be stale
         raise _IdentityDenied(str(error)) from error
     except UpdateFailed as error:
         step.patch_unsettled = False

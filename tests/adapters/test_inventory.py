@@ -18,7 +18,7 @@ from cmk.adapters.inventory import (
     quota_pause,
     record_from_row,
 )
-from cmk.errors import AccessDenied, InvalidInput
+from cmk.errors import AccessDenied, InvalidInput, ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.ports import AccountRecord
 from cmk.sandbox.arm.cognitive.accounts import seed_account
@@ -302,6 +302,30 @@ class TestResourceGraphQuota:
         ]
         assert refused == []
 
+    async def test_the_next_batch_waits_for_the_quota_too(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """The last page of one batch of subscriptions spent the quota: the next batch's
+        first query waits for the window as a next page would — no query answered 429."""
+        cloud.add_subscription(SUB2)
+        version = cloud.add_version(cloud.vault).version
+        _seed_many(cloud, SUB, 2, version)
+        _seed_many(cloud, SUB2, 2, version, prefix="other")
+        throttle = throttle_for(cloud.world)
+        throttle.configure(graph_quota=1, graph_window_seconds=1.0)
+        try:
+            inventory = ResourceGraphInventory(services.inventory.client, batch_size=1)
+            cloud.sandbox.counters.reset()
+            records = await _collect(inventory, (SUB, SUB2))
+        finally:
+            throttle.configure(graph_quota=15, graph_window_seconds=5.0)
+        assert len(records) == 4
+        assert inventory.quota_waits == 1
+        refused = [
+            r for r in cloud.sandbox.counters.matching(path="ResourceGraph") if r.status == 429
+        ]
+        assert refused == []
+
     @pytest.mark.parametrize(
         ("headers", "pause"),
         [
@@ -315,3 +339,35 @@ class TestResourceGraphQuota:
     def test_quota_pause(self, headers: dict[str, str], pause: float) -> None:
         """Wait only when none is left: until the window resets, at most a minute."""
         assert quota_pause(headers) == pause
+
+
+class TestTruncatedAnswers:
+    async def test_a_truncated_answer_without_a_skip_token_fails_the_listing(
+        self, cloud: Cloud, services: Services
+    ) -> None:
+        """Resource Graph says it cut the result short and gives no $skipToken: the
+        listing fails (transient: the next run asks again) instead of yielding a part of
+        the estate as if it were all of it."""
+        cloud.sandbox.faults.add(
+            host="management.azure.com",
+            path=GRAPH_PATH,
+            status=200,
+            body={"totalRecords": 5000, "count": 0, "resultTruncated": "true", "data": []},
+        )
+        with pytest.raises(ServiceUnavailable, match="truncated its answer"):
+            await _collect(services.inventory, (SUB,))
+
+    async def test_fewer_rows_than_announced_is_a_warning(
+        self, cloud: Cloud, services: Services, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Fewer rows than totalRecords, not truncated (accounts removed while the pages
+        were read): the rows are listed and a WARNING says so."""
+        cloud.sandbox.faults.add(
+            host="management.azure.com",
+            path=GRAPH_PATH,
+            status=200,
+            body={"totalRecords": 3, "count": 0, "resultTruncated": "false", "data": []},
+        )
+        with caplog.at_level(logging.WARNING, logger="cmk.adapters.inventory"):
+            assert await _collect(services.inventory, (SUB,)) == []
+        assert any("announced 3 rows and answered 0" in r.getMessage() for r in caplog.records)

@@ -136,6 +136,7 @@ GOOD_VALUES = [
     ("CMK_ROTATE_COOLDOWN_MINUTES", "0", "rotate_cooldown", timedelta(0)),
     ("CMK_KEY_CACHE_SECONDS", "0", "key_cache", timedelta(0)),
     ("CMK_KEY_CACHE_SECONDS", "5", "key_cache", timedelta(seconds=5)),
+    ("CMK_KEY_CACHE_SECONDS", "300", "key_cache", timedelta(seconds=300)),
     ("CMK_WRITE_LEASE_SECONDS", "90", "write_lease", timedelta(seconds=90)),
     # 0 is the default, as infra/main.parameters.json sets it (the same azd env name):
     ("CMK_WRITE_LEASE_SECONDS", "0", "write_lease", None),
@@ -198,6 +199,7 @@ BAD_VALUES = [
     ("CMK_EXPIRY_MARGIN_DAYS", "3000000", "at most 3,650 days"),
     ("CMK_STALE_GRACE_HOURS", "1e12", "at most 87,600 hours"),
     ("CMK_KEY_CACHE_SECONDS", "1e300", "at most 315,360,000 seconds"),
+    ("CMK_KEY_CACHE_SECONDS", "301", "at most 300 seconds"),
     ("CMK_PATCH_TIMEOUT_SECONDS", "1e308", "ten years"),
     ("CMK_OPERATION_DEADLINE_MINUTES", "99999999999999999999", "ten years"),
     ("CMK_HTTP_ANSWER_SECONDS", "221", "230 s"),
