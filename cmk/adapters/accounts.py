@@ -45,6 +45,7 @@ from cmk.adapters._sdk import text_of
 from cmk.adapters.account_polling import StatusPolling
 from cmk.adapters.arm_budget import PACED, ArmBudget
 from cmk.errors import (
+    AccessDenied,
     CmkError,
     InvalidInput,
     ServiceUnavailable,
@@ -294,16 +295,21 @@ class CognitiveAccounts:
         poller = await self._patch(account_id, reference, target, polling)
         try:
             done = await follow(poller, f"updating account {account_id} to {target}", wait)
-        except TransientError as error:
+        except (TransientError, AccessDenied) as error:
             if _operation_ended(error):
-                raise  # it ended Failed with a passing cause: the job tries again
+                raise  # it ended Failed: the RP's cause decides (a passing one retries)
             # The PATCH was accepted: the update runs in Azure whatever its status polls
             # answer. Reported as an error, it would free the account (the caller's write
-            # lease) while the update runs; still running, it is verified later under it.
+            # lease) while the update runs; still running, it is verified later under it,
+            # by a GET of the account. A status URL answered 403 is the same: the role may
+            # lack the action ARM checks for it (docs/deployment.md, "Polling the PATCH"),
+            # which must not fail — and alert — every rotation the GET can verify.
+            denied = isinstance(error, AccessDenied)
             logger.warning(
-                "update of %s to %s accepted, its status unreadable for now (%s); verify later",
+                "update of %s to %s accepted, its status %s (%s); verify later",
                 account_id,
                 target.version,
+                "refused to this identity" if denied else "unreadable for now",
                 error,
                 extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
             )
