@@ -190,8 +190,9 @@ class TestHttpRotateAfterAFailure:
         self, rig: Rig, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The version is created and recorded on the claim, but the Table's answer to
-        that recording is lost (the SDK's retries run out): the call fails, and its
-        claim stays — a retry within the cool-down is answered 409, creating nothing."""
+        that recording is lost (the SDK's retries run out): the call answers 503 naming
+        the version, and its claim stays — a retry within the cool-down is answered 409,
+        creating nothing."""
         estate = rig.estate
         estate.version(estate.kv)
         key = f"{estate.kv.url}/keys/cmk"
@@ -206,8 +207,9 @@ class TestHttpRotateAfterAFailure:
             return done
 
         monkeypatch.setattr(ledger, "complete_claim", answer_lost)
-        with pytest.raises(ServiceUnavailable):
-            await http_rotate(rig.engine, key)
+        failed, answer = await http_rotate(rig.engine, key)
+        assert failed == 503 and isinstance(answer, dict), answer
+        assert answer["created_version"] == estate.kv.keys["cmk"].versions[-1].version
         assert len(estate.kv.keys["cmk"].versions) == 2
 
         status, body = await http_rotate(rig.engine, key)  # the caller retries at once
@@ -216,8 +218,9 @@ class TestHttpRotateAfterAFailure:
         assert len(estate.kv.keys["cmk"].versions) == 2
 
     async def test_a_failed_rotation_leaves_no_claim_behind(self, rig: Rig) -> None:
-        """Key Vault answers the create 503: the call fails, and its claim is released, so
-        the retry rotates at once instead of meeting "being rotated" for the cool-down."""
+        """Key Vault answers the create 503: the call answers 503 saying nothing was
+        created, and its claim is released, so the retry rotates at once instead of
+        meeting "being rotated" for the cool-down."""
         estate = rig.estate
         estate.version(estate.kv)
         key = f"{estate.kv.url}/keys/cmk"
@@ -226,8 +229,9 @@ class TestHttpRotateAfterAFailure:
             count=1,
         )  # fmt: skip
 
-        with pytest.raises(ServiceUnavailable):  # the function answers 5xx: a retry is due
-            await http_rotate(rig.engine, key)
+        failed, answer = await http_rotate(rig.engine, key)  # a retry is due
+        assert failed == 503 and isinstance(answer, dict), answer
+        assert answer["created_version"] is None
         status, body = await http_rotate(rig.engine, key)
         assert status == 200, body
         assert len(estate.kv.keys["cmk"].versions) == 2
@@ -236,18 +240,20 @@ class TestHttpRotateAfterAFailure:
         self, rig: Rig
     ) -> None:
         """The version is created, then moving its accounts fails (ARM answers 503): the
-        call fails, and the caller's retry within the cool-down is answered 409 naming
-        that version — not a second version. The next sweep moves the accounts."""
+        call answers 503 naming it, and the caller's retry within the cool-down is
+        answered 409 naming that version — not a second version. The next sweep moves
+        the accounts."""
         estate = rig.estate
         bound = estate.version(estate.kv)
         account = estate.account("acct-h", estate.kv, bound.version)
         key = f"{estate.kv.url}/keys/cmk"
         rule = estate.sandbox.faults.add(host="management.azure.com", status=503)
-        with pytest.raises(ServiceUnavailable):
-            await http_rotate(rig.engine, key)
+        failed, answer = await http_rotate(rig.engine, key)
         estate.sandbox.faults.remove(rule)
         created = estate.kv.keys["cmk"].versions[-1].version
         assert created != bound.version
+        assert failed == 503 and isinstance(answer, dict), answer
+        assert answer["created_version"] == created
 
         status, body = await http_rotate(rig.engine, key)
 
