@@ -14,8 +14,9 @@ Error contract with the host:
   that something was dropped; a field that decides nothing (``NBF``/``EXP``, an over-long
   event id) is repaired with a WARNING instead of losing the event;
 - a job written by a newer release (:class:`~cmk.errors.NewerFormat`, a rolling
-  deployment) is raised, not discarded: the host redelivers it, an instance of the new
-  release runs it, or it reaches the poison queue and its alert;
+  deployment) is put back on the job queue as it came, invisible for
+  :data:`NEWER_FORMAT_DELAY`, from the job queue and the poison queue alike: never
+  discarded, never failed or alerted, until an instance of that release runs it;
 - permanent failures of an account are the engine's: a ledger row and one alert;
 - a permanent failure handling a key event (our identity may not read the key, the key
   is gone) is logged at ERROR and raised as one ``event_failed`` alert, and the event is
@@ -111,6 +112,8 @@ log = logging.getLogger(__name__)
 MAX_LOGGED_INPUT = 4000
 #: The ``cmk_alert_type`` of a log line saying input was rejected and dropped.
 INPUT_REJECTED = "input_rejected"
+#: How long a job of a newer release waits on the queue before it is offered again.
+NEWER_FORMAT_DELAY = timedelta(minutes=5)
 
 #: How long a throttled job may spend put back on the queue, in all, before its 429
 #: propagates (and the host's own retries, then the poison queue, take over): an hour of
@@ -185,8 +188,8 @@ async def handle_job_message(engine: Engine, body: str | bytes) -> JobReport | N
     try:
         job = decode_job(body)
     except NewerFormat as error:
-        log.warning("queue message left for a newer release: %s", error)
-        raise
+        await _leave_for_newer_release(engine, body, error)
+        return None
     except InvalidInput as error:
         _rejected("queue message", error, body, step="decode")
         return None
@@ -247,10 +250,28 @@ async def handle_poison_message(engine: Engine, body: str | bytes) -> JobReport 
     """A job that exhausted its retries: record it as failed and alert."""
     try:
         job = decode_job(body)
+    except NewerFormat as error:
+        await _leave_for_newer_release(engine, body, error)  # it never ran: not poisoned
+        return None
     except InvalidInput as error:
         _rejected("poison message", error, body, step="poison")
         return None
     return await on_poison(engine, job)
+
+
+async def _leave_for_newer_release(engine: Engine, body: str | bytes, error: NewerFormat) -> None:
+    """Put a newer release's job back on the job queue, as it came, for later."""
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    if engine.dry_run:  # writes nothing: the host delivers it again instead
+        log.warning("%s; left to the host's redelivery (dry run)", error)
+        raise error
+    await engine.jobs.requeue_text(text, delay=NEWER_FORMAT_DELAY)
+    log.warning(
+        "%s; put back on the job queue for %d s",
+        error,
+        NEWER_FORMAT_DELAY.total_seconds(),
+        extra={"cmk_step": "newer_format"},
+    )
 
 
 def _rejected(what: str, error: CmkError, received: object, step: str) -> None:
@@ -406,7 +427,16 @@ async def http_rotate(engine: Engine, key_id: str | None, *, force: bool = False
         cooling = None if engine.dry_run else await _cool_down(engine, parsed, force=force)
         if cooling is not None:
             return cooling
-        report = await _rotate_once(engine, parsed, force=force, created=created)
+        try:
+            report = await _rotate_once(engine, parsed, force=force, created=created)
+        except CmkError as error:
+            if not created:
+                raise  # answered below by what it is
+            # A version exists: whatever failed after it (a 403 or 404 of the fan-out
+            # included), the answer must name it, not read as a refusal to rotate.
+            transient = isinstance(error, TransientError)
+            kind = "transient" if transient else "failed"
+            return _failed_rotation(503 if transient else 500, kind, error, created)
     except _RotationInProgress as error:
         return _error(
             409,
@@ -442,9 +472,17 @@ def _failed_rotation(status: int, kind: str, error: CmkError, created: list[str]
     if created:
         message = f"created version {created[0]}, then failed: {error}"
         fix = "its accounts are moved by the next sweep (POST /api/sweep moves them now)"
+    elif kind == "transient":
+        # Key Vault may have carried out a create whose answer was lost and could not be
+        # read back: the version would then exist without our knowing it.
+        message = f"no version is known to have been created: {error}"
+        fix = (
+            "call again; if Key Vault failed while creating, first check that no new"
+            " version appeared (cmk versions <key id>), or the retry makes a second one"
+        )
     else:
         message = f"no version was created: {error}"
-        fix = "call again" if kind == "transient" else "see the error; nothing was changed"
+        fix = "see the error; nothing was changed"
     return _error(status, kind, message, fix, created_version=created[0] if created else None)
 
 

@@ -12,11 +12,14 @@ the handler re-reads the key before acting. So the checks here are about identit
 - Where real payloads are sloppy we are tolerant: letter case and stray whitespace in
   field names (Microsoft's documented example has ``"ObjectName "``), whitespace around
   values (``" ee05..."``), ``NBF``/``EXP`` as numbers, numeric strings or null.
-- Tolerant too on what decides nothing: an ``NBF``/``EXP``/``eventTime`` we cannot read
-  is dropped (the handler re-reads the key's own dates anyway) and an over-long or
-  unprintable ``id`` is shortened and escaped; each such repair is a line of
-  :attr:`KeyVaultEvent.notes` for the handler to log. Losing the event over a hint
-  would leave its accounts to the next sweep.
+- Tolerant too on what decides nothing: an ``NBF``/``eventTime`` we cannot read is
+  dropped (the handler re-reads the key's own dates anyway), so is the ``EXP`` of a
+  ``KeyNewVersionCreated``, and an over-long or unprintable ``id`` is shortened and
+  escaped; each such repair is a line of :attr:`KeyVaultEvent.notes` for the handler to
+  log. Losing the event over a hint would leave its accounts to the next sweep. The
+  ``EXP`` of a ``KeyNearExpiry`` decides something — a notice sent earlier than the
+  default 30 days is confirmed by Key Vault's expiry matching it — so there it is as
+  strict as the key id (and so is a ``KeyExpired``'s, for symmetry).
 - Malformed input of any kind raises :class:`~cmk.errors.InvalidEvent` and nothing else:
   non-JSON, wrong types where it matters, duplicate fields, NaN/Infinity, huge numbers,
   deep nesting, oversized payloads.
@@ -406,13 +409,17 @@ def _key_event(
     subject = _text(fields, "subject", "event")
     if subject and subject.lower() != key_id.name:
         raise _inconsistent("event.subject", subject, key_id, key_id.name)
+    expires = _unix_time(data, "EXP", notes)
+    unread = [note for note in notes if note.startswith("data.EXP")]
+    if unread and kind is not KeyVaultEventType.NEW_VERSION:
+        raise InvalidEvent(f"{unread[0]} — a {kind.value} is confirmed by its EXP")
     return KeyVaultEvent(
         event_id=event_id,
         event_type=kind,
         key_id=key_id,
         vault_id=_vault(fields, schema, key_id),
         not_before=_unix_time(data, "NBF", notes),
-        expires=_unix_time(data, "EXP", notes),
+        expires=expires,
         event_time=_iso_time(fields, "time" if schema == "cloudevents" else "eventTime", notes),
         schema=schema,
         notes=tuple(notes),

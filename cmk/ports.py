@@ -200,6 +200,11 @@ class JobQueue(Protocol):
         """Enqueue concurrently; returns how many were sent."""
         ...
 
+    async def requeue_text(self, text: str, *, delay: timedelta) -> None:
+        """Put a message this release cannot read (a newer release's job) back on the
+        queue as it came, invisible for ``delay``."""
+        ...
+
 
 class LedgerState(StrEnum):
     PLANNED = "planned"

@@ -167,11 +167,16 @@ class Settings:
     @property
     def write_lease_ttl(self) -> timedelta:
         """How long an account's write lease holds: how long a job that died holding it
-        blocks the account. At least the update timeout plus 5 s (the lease must outlast
-        the wait for the update) and twice the PATCH timeout (an unanswered PATCH,
-        abandoned at its timeout, has as long again to land, or not, before another job
-        may write); CMK_WRITE_LEASE_SECONDS, else the update timeout plus a minute."""
-        floor = max(self.update_timeout + timedelta(seconds=5), 2 * self.patch_timeout)
+        blocks the account. At least what a job may spend after renewing it right before
+        its PATCH — the wait for ARM's write budget (at most the PATCH timeout), the PATCH's
+        answer (the PATCH timeout) and the wait for the update — plus 5 s, and three
+        PATCH timeouts (an unanswered PATCH, abandoned at its timeout, has as long again to
+        land, or not, before another job may write); CMK_WRITE_LEASE_SECONDS, else the
+        update timeout plus a minute."""
+        floor = max(
+            self.update_timeout + 2 * self.patch_timeout + timedelta(seconds=5),
+            3 * self.patch_timeout,
+        )
         wanted = self.write_lease or self.update_timeout + timedelta(minutes=1)
         return max(wanted, floor)
 

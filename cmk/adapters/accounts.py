@@ -48,6 +48,7 @@ from cmk.errors import (
     AccessDenied,
     CmkError,
     InvalidInput,
+    NotFound,
     ServiceUnavailable,
     TransientError,
     UpdateFailed,
@@ -295,7 +296,7 @@ class CognitiveAccounts:
         poller = await self._patch(account_id, reference, target, polling)
         try:
             done = await follow(poller, f"updating account {account_id} to {target}", wait)
-        except (TransientError, AccessDenied) as error:
+        except (TransientError, AccessDenied, NotFound) as error:
             if _operation_ended(error):
                 raise  # it ended Failed: the RP's cause decides (a passing one retries)
             # The PATCH was accepted: the update runs in Azure whatever its status polls
@@ -304,12 +305,17 @@ class CognitiveAccounts:
             # by a GET of the account. A status URL answered 403 is the same: the role may
             # lack the action ARM checks for it (docs/deployment.md, "Polling the PATCH"),
             # which must not fail — and alert — every rotation the GET can verify.
-            denied = isinstance(error, AccessDenied)
+            if isinstance(error, AccessDenied):
+                status = "refused to this identity"
+            elif isinstance(error, NotFound):
+                status = "gone (404)"
+            else:
+                status = "unreadable for now"
             logger.warning(
                 "update of %s to %s accepted, its status %s (%s); verify later",
                 account_id,
                 target.version,
-                "refused to this identity" if denied else "unreadable for now",
+                status,
                 error,
                 extra={"cmk_account_id": str(account_id), "cmk_key_id": str(target)},
             )
@@ -410,6 +416,10 @@ class CognitiveAccounts:
         for at most as long: a PATCH held back by the pacing was never sent, so it is a
         :class:`~cmk.errors.ThrottledError` (the job is deferred), not an unanswered one."""
         client = self.client(account_id.subscription_id)
+        # An explicit poller: without one the SDK builds its own from this call's keyword
+        # arguments, and the PATCH's own options (retry_total=0, PACED) would reach every
+        # status poll too.
+        options.setdefault("polling", AsyncARMPolling(client._config.polling_interval))
         if self._budget is not None:
             await self._budget.take(
                 account_id.subscription_id, "writes", within=self._patch_timeout

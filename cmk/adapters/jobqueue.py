@@ -206,6 +206,13 @@ class StorageJobQueue:
             extra={"cmk_account_id": str(job.account_id), "cmk_key_id": str(job.target)},
         )
 
+    async def requeue_text(self, text: str, *, delay: timedelta) -> None:
+        """Send ``text`` as it is (a job this release cannot read), invisible for ``delay``."""
+        await self.ensure_queue()
+        visibility = int(min(max(delay, timedelta(0)), MAX_DELAY).total_seconds())
+        with azure_errors("putting a newer release's job back on the queue"):
+            await self._client.send_message(text, visibility_timeout=visibility or None)
+
     async def enqueue_many(self, jobs: Sequence[RotationJob]) -> int:
         """Enqueue concurrently; returns how many were sent. If any send fails, the first
         error is raised after every job was attempted (sending twice is harmless)."""

@@ -50,6 +50,11 @@ class CollectedJobs:
 
     def __init__(self) -> None:
         self._jobs: list[tuple[RotationJob, timedelta]] = []
+        #: messages of a newer release put back (none reach a CLI run: its jobs are its own)
+        self.unread: list[str] = []
+
+    async def requeue_text(self, text: str, *, delay: timedelta) -> None:
+        self.unread.append(text)
 
     async def enqueue(self, job: RotationJob, *, delay: timedelta | None = None) -> None:
         self._jobs.append((job, delay or timedelta(0)))

@@ -294,6 +294,8 @@ class _Step:
                 step=JobStep.VERIFY,
                 lease_owner=self.token,
                 adopted=adopted or self.job.adopted,
+                deferrals=0,  # a new step: its throttling budget starts afresh
+                deferred_seconds=0,
             )
             await self.engine.jobs.enqueue(verify, delay=self.engine.verify_delay)
             self.lease_stays = True
@@ -304,7 +306,14 @@ class _Step:
         """The verify cannot settle the move as its update's outcome: hand it back as a
         ROTATE job, which decides again under a lease of its own (a verify never PATCHes,
         so a redelivered verify can never renew a lease kept for an unanswered PATCH)."""
-        again = replace(self.job, step=JobStep.ROTATE, lease_owner=None, adopted=False)
+        again = replace(
+            self.job,
+            step=JobStep.ROTATE,
+            lease_owner=None,
+            adopted=False,
+            deferrals=0,
+            deferred_seconds=0,
+        )
         await self.engine.jobs.enqueue(again)
         log.info("%s; rotate queued", why, extra=self.log_fields("rotate_again"))
         return self.report(JobResult.SUBMITTED, why)

@@ -483,6 +483,17 @@ class TestMalformedInput:
         [line] = event.notes
         assert "event.id" in line
 
+    @pytest.mark.parametrize("kind", ["KeyNearExpiry", "KeyExpired"])
+    def test_an_unreadable_exp_decides_a_near_expiry(self, kind: str) -> None:
+        """A KeyNearExpiry is confirmed by its EXP matching the key's expiry (a notice
+        earlier than 30 days): an EXP that cannot be read rejects it, as the key id would;
+        a KeyExpired likewise. (An NBF still only gets a note.)"""
+        event = key_event(EXP="soon") | {"eventType": f"Microsoft.KeyVault.{kind}"}
+        with pytest.raises(InvalidEvent, match=f"data.EXP ignored.*{kind} is confirmed by"):
+            parse_event(event)
+        noted = parse_key_event(key_event(NBF="soon") | {"eventType": f"Microsoft.KeyVault.{kind}"})
+        assert noted.not_before is None and len(noted.notes) == 1
+
     def test_a_clean_event_has_no_notes(self) -> None:
         """Nothing repaired, nothing noted."""
         assert parse_key_event(key_event()).notes == ()

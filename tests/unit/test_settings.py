@@ -430,12 +430,16 @@ class TestAzureCloud:
 
 class TestWriteLease:
     def test_lease_outlasts_the_update_wait(self) -> None:
-        """By default the lease is the update timeout plus a minute; a shorter setting is
-        raised to the timeout plus 5 s, so a lease never ends while its update is awaited."""
+        """After its last renewal (right before the PATCH) a job may wait its PATCH timeout
+        for ARM's write budget, its PATCH timeout for the answer, then the update timeout:
+        the lease is never shorter than that plus 5 s. By default it is the update timeout
+        plus a minute when that is longer."""
         default = Settings(update_timeout=timedelta(seconds=120))
-        assert default.write_lease_ttl == timedelta(seconds=180)
+        assert default.write_lease_ttl == timedelta(seconds=185)  # 120 + 2 x 30 + 5
+        roomy = Settings(update_timeout=timedelta(seconds=120), patch_timeout=timedelta(seconds=5))
+        assert roomy.write_lease_ttl == timedelta(seconds=180)  # 120 + 60 > 120 + 10 + 5
         short = Settings(update_timeout=timedelta(seconds=120), write_lease=timedelta(seconds=10))
-        assert short.write_lease_ttl == timedelta(seconds=125)
+        assert short.write_lease_ttl == timedelta(seconds=185)
         chosen = Settings(
             update_timeout=timedelta(seconds=5),
             patch_timeout=timedelta(seconds=5),
@@ -444,8 +448,9 @@ class TestWriteLease:
         assert chosen.write_lease_ttl == timedelta(seconds=20)
 
     def test_lease_outlasts_an_unanswered_patch(self) -> None:
-        """An unanswered PATCH keeps the lease: it lasts at least twice the PATCH timeout."""
+        """An unanswered PATCH keeps the lease: it lasts at least three PATCH timeouts
+        (the wait for the budget, the PATCH's own, and as long again to land)."""
         quick = Settings(update_timeout=timedelta(seconds=5), write_lease=timedelta(seconds=20))
-        assert quick.write_lease_ttl == timedelta(seconds=60)  # 2 x the 30 s default
+        assert quick.write_lease_ttl == timedelta(seconds=90)  # 3 x the 30 s default
         read = Settings.from_environ({"CMK_PATCH_TIMEOUT_SECONDS": "12"})
         assert read.patch_timeout == timedelta(seconds=12)
