@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from cmk.keyid import KeyId
@@ -21,6 +21,7 @@ from cmk.planner import (
     UpToDate,
     newest_bindable,
     plan,
+    version_order,
 )
 from cmk.policy import KeyVersion, ReasonCode, VersionPolicy, evaluate
 from cmk.resource_id import AccountId
@@ -283,19 +284,41 @@ def scenarios(draw: st.DrawFn) -> tuple[list[KeyVersion], list[Binding]]:
     return versions, bindings
 
 
+@st.composite
+def scenarios_with_current(
+    draw: st.DrawFn,
+) -> tuple[list[KeyVersion], list[Binding], str | None]:
+    """A scenario and the key's current version (one of its versions), when known."""
+    versions, bindings = draw(scenarios())
+    current = draw(st.sampled_from([None, *(v.version for v in versions)]))
+    return versions, bindings, current
+
+
+BOUND_4 = [binding("acct", version(4).key_id)]
+V4 = version(4).version
+
+
 class TestPlanProperties:
     """Invariants of plan() over arbitrary versions and bindings."""
 
-    @given(scenarios())
-    def test_never_moves_backwards(self, scenario: tuple[list[KeyVersion], list[Binding]]) -> None:
-        """A move's target is never created before the version the account has."""
-        versions, bindings = scenario
+    @given(scenarios_with_current())
+    # Dated to the same second, an unbindable bound version newer by its version string,
+    # then by being the key's current version: nothing to move to.
+    @example(([version(3, days_ago=1), version(4, days_ago=1, enabled=False)], BOUND_4, None))
+    @example(([version(5, days_ago=1), version(4, days_ago=1, enabled=False)], BOUND_4, V4))
+    def test_never_moves_backwards(
+        self, scenario: tuple[list[KeyVersion], list[Binding], str | None]
+    ) -> None:
+        """A move's target is newer than the version the account has by the product's own
+        order (version_order: created, then the key's current version, then the version
+        string) — not merely created in the same second."""
+        versions, bindings, current = scenario
         by_id = {v.key_id: v for v in versions}
-        for decision in plan(versions, bindings, POLICY, NOW):
+        for decision in plan(versions, bindings, POLICY, NOW, current=current):
             if isinstance(decision, Move):
                 bound = by_id[decision.binding.key_id]
+                assert version_order(decision.target, current) > version_order(bound, current)
                 assert decision.target.created >= bound.created
-                assert decision.target != bound
 
     @given(scenarios())
     def test_targets_only_bindable_versions(

@@ -14,11 +14,11 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from usecase_rig import Rig
+from usecase_rig import Rig, take_queued, take_verify, verify_job
 
 from cmk.errors import AccountBusy, ServiceUnavailable, ThrottledError, TransientError
 from cmk.keyid import KeyId
-from cmk.ports import JobStep, LedgerState, RotationJob
+from cmk.ports import AlertType, JobStep, LedgerState, RotationJob
 from cmk.resource_id import AccountId
 from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.sandbox.world import AccountState, KeyEventType, KeyVersionState
@@ -115,6 +115,88 @@ class TestVerifyOwnsTheAccount:
             "Failed",
         )
         rig.check_invariants()
+
+
+class TestVerifyWithoutTheLease:
+    """A VERIFY that did not inherit its update's write lease (redelivered after the lease
+    ran out, or sent by a producer that hands none on) cannot tell whose update the
+    account shows: another writer may have come in between. A Failed end is then not its
+    move's failure — no FAILED row, no alert (invariant 4) — and the move is decided
+    again by a ROTATE job under a lease of its own."""
+
+    async def test_someone_elses_failed_update_is_not_blamed_on_the_verify(self, rig: Rig) -> None:
+        """A's update to v2 outlasts its wait and lands while A's VERIFY is lost; A's lease
+        runs out; a portal user's update to v3 then ends Failed. A's verify, redelivered
+        late without the lease, records nothing FAILED and alerts nobody: it queues a
+        ROTATE (no lease carried), which decides the move again — and alerts nobody
+        either, since v2 is in place and valid."""
+        v1, v2, v3 = _three(rig)
+        account = rig.estate.account("acct-u", rig.estate.kv, v1.version, lro_seconds=math.inf)
+        job = _job(rig, account, v2)
+        assert (await rotate_account(_impatient(rig), job)).result is JobResult.SUBMITTED
+        handed = await take_verify(rig, account)  # the verify that carried the lease: lost
+        assert handed.lease_owner is not None
+        rp_for(rig.world).finish_now(account.resource_id)  # A's update to v2 lands ...
+        assert account.encryption.key_version == v2.version
+        rig.world.clock.advance(rig.engine.verify_delay + rig.engine.settings.write_lease_ttl * 3)
+        await _foreign_update(rig, account, v3)  # ... a portal user's update to v3 ...
+        v3.enabled = False
+        rp_for(rig.world).finish_now(account.resource_id)  # ... ends Failed
+        assert (account.encryption.key_version, account.provisioning_state) == (
+            v2.version,
+            "Failed",
+        )
+        account.lro_seconds = 0.0
+
+        report = await rotate_account(rig.engine, verify_job(job))  # no lease handed on
+
+        assert (report.step, report.result) == (JobStep.VERIFY, JobResult.SUBMITTED), report
+        assert _mine(rig, account) == []
+        [again] = await take_queued(rig)
+        assert (again.step, again.target, again.lease_owner) == (JobStep.ROTATE, job.target, None)
+        states = {e.to_version: e.state for e in await rig.ledger(account)}
+        assert states == {v2.version: LedgerState.SUBMITTED}  # not FAILED
+        decided = await rotate_account(rig.engine, again)
+        assert decided.result is not JobResult.FAILED, decided
+        assert account.encryption.key_version == v2.version
+        assert _mine(rig, account) == []
+        states = {e.to_version: e.state for e in await rig.ledger(account)}
+        assert LedgerState.FAILED not in states.values(), states
+        rig.check_invariants()
+        await rig.check_ledger()
+
+
+class TestUpdateStuck:
+    """An update still Updating longer than an update may take (Engine.stuck_after) since
+    its job recorded it SUBMITTED needs a human: its verify fails the move once, with an
+    alert, instead of queueing itself again forever."""
+
+    async def test_verify_of_an_update_stuck_past_stuck_after_fails_once(self, rig: Rig) -> None:
+        """The verify finds the account still Updating past stuck_after: FAILED, the cause
+        says stuck, one account_update_failed alert naming v2, nothing queued; the same
+        verify redelivered adds nothing."""
+        v1, v2, _ = _three(rig)
+        account = rig.estate.account("acct-k", rig.estate.kv, v1.version, lro_seconds=math.inf)
+        job = _job(rig, account, v2)
+        assert (await rotate_account(_impatient(rig), job)).result is JobResult.SUBMITTED
+        verify = await take_verify(rig, account)
+        rig.world.clock.advance(rig.engine.stuck_after + timedelta(minutes=1))
+        assert account.provisioning_state == "Updating"
+
+        report = await rotate_account(rig.engine, verify)
+
+        assert report.result is JobResult.FAILED, report
+        assert "stuck" in (report.cause or ""), report
+        alerts = _mine(rig, account)
+        assert [a["type"] for a in alerts] == [f"CmkRotator.{AlertType.ACCOUNT_UPDATE_FAILED}"]
+        assert [a["data"]["toVersion"] for a in alerts] == [v2.version]  # type: ignore[index]
+        states = {e.to_version: e.state for e in await rig.ledger(account)}
+        assert states == {v2.version: LedgerState.FAILED}
+        assert await take_queued(rig) == []  # no verify queued again
+        again = await rotate_account(rig.engine, verify)
+        assert again.result is JobResult.SKIPPED, again
+        assert len(_mine(rig, account)) == 1
+        await rig.check_ledger()
 
 
 class TestUpdateThatNeverLanded:

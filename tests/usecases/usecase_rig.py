@@ -265,6 +265,33 @@ def _bindable(version: KeyVersionState) -> bool:
     )
 
 
+async def take_queued(rig: Rig) -> list[RotationJob]:
+    """Empty the job queue; the jobs that were in it, as the worker (or a producer) sent
+    them, in the order the queue handed them out."""
+    client = rig.services.jobs.client
+    taken: list[RotationJob] = []
+    while True:
+        messages = [
+            m async for m in client.receive_messages(max_messages=32, visibility_timeout=60)
+        ]
+        if not messages:
+            return taken
+        for message in messages:
+            taken.append(decode_job(message.content))
+            await client.delete_message(message)
+
+
+async def take_verify(rig: Rig, account: AccountState) -> RotationJob:
+    """Empty the job queue; the one VERIFY job that was queued for ``account``."""
+    found = [
+        job
+        for job in await take_queued(rig)
+        if job.step is JobStep.VERIFY and str(job.account_id) == str(account.resource_id)
+    ]
+    [verify] = found
+    return verify
+
+
 def verify_job(job: RotationJob) -> RotationJob:
     """The VERIFY job that follows ``job`` (as a producer that hands no lease on sends it)."""
     return replace(job, step=JobStep.VERIFY)
