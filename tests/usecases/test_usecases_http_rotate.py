@@ -264,6 +264,25 @@ class TestHttpRotateAfterAFailure:
         await rig.drain()
         assert account.encryption.key_version == created
 
+    async def test_a_refusal_after_the_version_exists_still_names_it(self, rig: Rig) -> None:
+        """ARM refuses the fan-out (403) after the version was created: the answer is
+        500 `failed` naming that version — not 403 "may not rotate this key", which would
+        hide a version that now exists."""
+        estate = rig.estate
+        bound = estate.version(estate.kv)
+        estate.account("acct-403", estate.kv, bound.version)
+        key = f"{estate.kv.url}/keys/cmk"
+        rule = estate.sandbox.faults.add(host="management.azure.com", status=403)
+
+        status, body = await http_rotate(rig.engine, key)
+
+        estate.sandbox.faults.remove(rule)
+        created = estate.kv.keys["cmk"].versions[-1].version
+        assert created != bound.version
+        assert status == 500 and isinstance(body, dict), body
+        assert body["error"]["kind"] == "failed" and body["created_version"] == created
+        assert created in body["error"]["message"]
+
     async def test_a_create_whose_answer_was_lost_is_adopted(self, rig: Rig) -> None:
         """Key Vault carried the create out but its answer was lost (the adapter raises
         ServiceUnavailable): the version that appeared is adopted — the call answers 200
