@@ -334,17 +334,20 @@ module rbacAfterApp './app/rbac.bicep' = [for i in range(0, userAssigned ? 0 : 1
 // - sites/config/list/action: `az functionapp config appsettings list`, the app's CMK_*
 //   settings loaded into the shell [POST sites/{name}/config/appsettings/list]. It lists every
 //   app setting; this template puts no secret in them (connections are identity-based).
-// - sites/host/listkeys/action: `az functionapp keys list`, the host key that calls the HTTP
-//   endpoints (/api/status) [POST sites/{name}/host/default/listkeys].
+// - sites/functions/listkeys/action: `az functionapp function keys list`, the keys of
+//   http_status and http_operation that call /api/status and its status URL [POST
+//   sites/{name}/functions/{function}/listkeys]. Not sites/host/listkeys/action: that
+//   answer carries the master key, which opens the Functions admin API (invoke any
+//   function, write keys).
 // - sites/functions/read: `az functionapp function list`, the functions the smoke test
 //   and the postdeploy hook look for [GET sites/{name}/functions].
-// Not included: config/write, restart, publish, function or host key writes. Defined at this
+// Not included: config/write, restart, publish, host keys, function or host key writes. Defined at this
 // subscription (where `az role definition delete --scope /subscriptions/<id>` finds it after
 // `azd down`); assigned on the app only (app/rbac-function.bicep), to operators only.
 var appOperatorActions = [
   'Microsoft.Web/sites/read'
   'Microsoft.Web/sites/config/list/action'
-  'Microsoft.Web/sites/host/listkeys/action'
+  'Microsoft.Web/sites/functions/listkeys/action'
   'Microsoft.Web/sites/functions/read'
 ]
 

@@ -1,6 +1,7 @@
 // Alerting: the Event Grid custom topic the app publishes its alerts to (consumers route them
 // to mail, Teams, PagerDuty), an action group, log alert rules on the app's structured ERROR
-// logs (customDimensions.cmk_alert_type), and a rule on messages reaching the poison queue.
+// logs (customDimensions.cmk_alert_type), a rule on messages reaching the poison queue, and one
+// on a timer sweep that keeps failing.
 param location string
 param tags object = {}
 param topicName string
@@ -167,6 +168,50 @@ resource poisonQueueAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = 
       allOf: [
         {
           query: 'StorageQueueLogs | where OperationName == "PutMessage" | where StatusText == "Success" | where ObjectKey contains "/${poisonQueueName}"'
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// The timer sweep is the safety net behind every event: a sweep that keeps failing (Resource
+// Graph answering only part of the estate, storage or a role gone) leaves stale and unsafe
+// bindings unfound, and a failing timer run is only an exception in the host's log. Every run
+// is a request named after its function in Application Insights: the rule fires when every
+// sweep of the last three hours failed (with the default hourly schedule, about three in a
+// row; with a daily one, the day's run), so a single failure that the next run repairs stays
+// quiet.
+resource sweepFailingAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${rulePrefix}-sweep-failing'
+  location: location
+  tags: tags
+  properties: {
+    displayName: 'cmk-rotator: the timer sweep keeps failing'
+    description: 'Every run of the sweep function in the last three hours failed: nothing catches what events missed.'
+    severity: 1
+    enabled: true
+    scopes: [
+      applicationInsightsId
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT3H'
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: 'requests | where name == "sweep" | summarize runs = count(), failed = countif(success == false) | where runs > 0 and failed == runs'
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0

@@ -40,6 +40,18 @@ function Test-AppGroup([string]$Hook, [string]$When, [string]$AppGroup, $Vaults)
 function Test-VaultGroupTags([string]$Hook, [string]$When, $Vaults) {
     $atRisk = Get-VaultsAtRisk $Vaults
     if ($atRisk.Count -eq 0) { return $true }
+    if (-not $env:AZURE_SUBSCRIPTION_ID) {
+        if ($When -eq 'after') {
+            Write-Error ("${Hook}: refusing: AZURE_SUBSCRIPTION_ID is not set, so the resource groups ``azd down`` " +
+                "would delete (those tagged azd-env-name=$($env:AZURE_ENV_NAME) in it) cannot be checked. Set it " +
+                "(azd env set AZURE_SUBSCRIPTION_ID <id>), then run azd provision again.") -ErrorAction Continue
+            return $false
+        }
+        # A first `azd provision` may run this before azd has chosen the subscription: check the
+        # Azure CLI's current one now; postprovision checks azd's, before any `azd down`.
+        Write-Warning ("${Hook}: AZURE_SUBSCRIPTION_ID is not set yet: checking the Azure CLI's current " +
+            "subscription; postprovision checks the deployment's own.")
+    }
     $list = @('group', 'list', '--tag', "azd-env-name=$($env:AZURE_ENV_NAME)", '--query', '[].name', '--output', 'tsv')
     if ($env:AZURE_SUBSCRIPTION_ID) { $list += @('--subscription', $env:AZURE_SUBSCRIPTION_ID) }
     $tagged = @(az @list | ForEach-Object { "$_".Trim() } | Where-Object { $_ })

@@ -60,6 +60,18 @@ _untag_command() {
 vault_tag_guard() {
   _hook="$1" _when="$2" _vaults="$3"
   [ "$(printf '%s' "${_vaults:-[]}" | tr -d ' \n\r\t')" = "[]" ] && return 0
+  if [ -z "${AZURE_SUBSCRIPTION_ID:-}" ]; then
+    if [ "$_when" = after ]; then
+      echo "$_hook: refusing: AZURE_SUBSCRIPTION_ID is not set, so the resource groups \`azd down\`" >&2
+      echo "$_hook: would delete (those tagged azd-env-name=$AZURE_ENV_NAME in it) cannot be checked." >&2
+      echo "$_hook: Set it (azd env set AZURE_SUBSCRIPTION_ID <id>), then run azd provision again." >&2
+      return 1
+    fi
+    # A first \`azd provision\` may run this before azd has chosen the subscription: check
+    # the Azure CLI's current one now; postprovision checks azd's, before any \`azd down\`.
+    echo "$_hook: AZURE_SUBSCRIPTION_ID is not set yet: checking the Azure CLI's current" >&2
+    echo "$_hook: subscription; postprovision checks the deployment's own." >&2
+  fi
   _tagged="$(az group list ${AZURE_SUBSCRIPTION_ID:+--subscription "$AZURE_SUBSCRIPTION_ID"} \
     --tag "azd-env-name=$AZURE_ENV_NAME" --query "[].name" --output tsv)" || {
     echo "$_hook: refusing: cannot list the resource groups tagged azd-env-name=$AZURE_ENV_NAME" >&2

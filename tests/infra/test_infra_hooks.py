@@ -110,6 +110,7 @@ def run_hook(
         "AZ_EMPTY_LISTS": str(empty_lists),
         "AZ_LISTED": listed or " ".join(f"{APP}/{name}" for name in FUNCTIONS),
         "AZURE_ENV_NAME": "cmk-test",
+        "AZURE_SUBSCRIPTION_ID": "s",  # azd has chosen it by postprovision
         "AZURE_LOCATION": "westeurope",
         "AZURE_RESOURCE_GROUP": "rg-cmk",
         "AZURE_FUNCTION_APP_NAME": APP,
@@ -293,6 +294,18 @@ class TestPostprovision:
         assert result.returncode == 0, result.stderr
         assert calls[-1].startswith("deployment sub create")
 
+    def test_postprovision_refuses_without_the_subscription(self, tmp_path: Path) -> None:
+        """After provisioning azd has set AZURE_SUBSCRIPTION_ID; without it, the groups
+        `azd down` would delete cannot be listed in the right subscription (az's current
+        one may be another): refused, saying how to set it; nothing deployed."""
+        result, calls, _ = run_hook(
+            tmp_path, "postprovision.sh", extra_env={"AZURE_SUBSCRIPTION_ID": ""}
+        )
+        assert result.returncode == 1
+        assert "AZURE_SUBSCRIPTION_ID is not set" in result.stderr
+        assert "azd env set AZURE_SUBSCRIPTION_ID" in result.stderr
+        assert not any(call.startswith(("deployment", "group list")) for call in calls)
+
     def test_refuses_when_the_tagged_groups_cannot_be_read(self, tmp_path: Path) -> None:
         """An az that cannot list the tagged groups (not signed in) cannot show the vaults
         safe: refused, saying to sign in; nothing deployed."""
@@ -334,6 +347,7 @@ class TestPostprovision:
                 "AZ_LOG": str(tmp_path / "az.log"),
                 "AZ_TAGGED_GROUPS": "rg-cmk rg-keys",
                 "AZURE_ENV_NAME": "e",
+                "AZURE_SUBSCRIPTION_ID": "s",
                 "AZURE_LOCATION": "l",
                 "AZURE_RESOURCE_GROUP": "rg-cmk",
                 "AZURE_STORAGE_ACCOUNT_NAME": "st",
@@ -482,11 +496,29 @@ class TestPreprovision:
         assert result.returncode == 1
         assert "cannot list the resource groups tagged" in result.stderr
 
+    def test_without_the_subscription_it_checks_the_current_one(self, tmp_path: Path) -> None:
+        """A first `azd provision` may run preprovision before azd chose the subscription:
+        it checks az's current one, says so, and leaves the rest to postprovision."""
+        result = self._run(
+            tmp_path,
+            {"AZURE_ENV_NAME": "cmk-prod", "CMK_VAULTS": json.dumps(VAULTS)},
+            tagged="rg-cmk-prod rg-other",
+        )
+        assert result.returncode == 0, result.stderr
+        assert "checking the Azure CLI's current" in result.stderr
+        calls = az_calls(tmp_path)
+        assert [call.split(" --")[0] for call in calls] == ["group list"]
+        assert "--subscription" not in calls[0]
+
     def test_a_group_of_its_own_passes(self, tmp_path: Path) -> None:
         """Neither the app's group nor a tagged group is a vault's: no output, exit 0."""
         result = self._run(
             tmp_path,
-            {"AZURE_ENV_NAME": "cmk-prod", "CMK_VAULTS": json.dumps(VAULTS)},
+            {
+                "AZURE_ENV_NAME": "cmk-prod",
+                "AZURE_SUBSCRIPTION_ID": "s",
+                "CMK_VAULTS": json.dumps(VAULTS),
+            },
             tagged="rg-cmk-prod rg-other",
         )
         assert result.returncode == 0, result.stderr

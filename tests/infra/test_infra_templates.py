@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 from pycep import BicepParser
 
+import function_app
 from cmk.entrypoints import INPUT_REJECTED
 from cmk.ports import AlertType
 from cmk.settings import ENVIRONMENT_VARIABLES
@@ -634,6 +635,7 @@ class TestRoleAssignments:
             "Microsoft.Web/sites/config/list/action",
         },
         "functionapp keys list": {"Microsoft.Web/sites/host/listkeys/action"},
+        "functionapp function keys list": {"Microsoft.Web/sites/functions/listkeys/action"},
         "functionapp show": {"Microsoft.Web/sites/read"},
         "functionapp identity show": {"Microsoft.Web/sites/read"},
         "functionapp function list": {"Microsoft.Web/sites/functions/read"},
@@ -1182,6 +1184,24 @@ class TestAlerting:
         main_alerting = template("main.bicep")["modules"]["alerting"]["config"]["params"]
         assert render(main_alerting["poisonQueueName"]) == "storage.outputs.poisonQueueName"
 
+    def test_sweep_failing_rule(self, parsed: dict[str, Any]) -> None:
+        """A timer sweep whose every run of the last three hours failed fires an alert,
+        from Application Insights' requests of the function function_app.py names sweep."""
+        resource = parsed["resources"]["sweepFailingAlert"]
+        properties = resource["config"]["properties"]
+        assert properties["scopes"] == ["applicationInsightsId"]
+        assert (properties["evaluationFrequency"], properties["windowSize"]) == ("PT1H", "PT3H")
+        query = properties["criteria"]["allOf"][0]["query"]
+        timers = [
+            function.get_function_name()
+            for function in function_app.app.get_functions()
+            if any(binding.type == "timerTrigger" for binding in function.get_bindings())
+        ]
+        assert timers == ["sweep"]
+        assert query.startswith('requests | where name == "sweep"')
+        assert "failed == runs" in query and "runs > 0" in query
+        assert render(properties["actions"]["actionGroups"]) == "[actionGroup.id]"
+
     def test_deployment_doc_alert_table_matches(self, parsed: dict[str, Any]) -> None:
         """docs/deployment.md's alert table lists each rule with its severity and types."""
         doc = (ROOT / "docs" / "deployment.md").read_text(encoding="utf-8")
@@ -1193,6 +1213,8 @@ class TestAlerting:
         expected = {rule["name"]: (rule["severity"], set(rule["alertTypes"])) for rule in rules}
         poison = parsed["resources"]["poisonQueueAlert"]["config"]["properties"]
         expected["poison-queue"] = (poison["severity"], set())  # its row names the queue
+        sweep = parsed["resources"]["sweepFailingAlert"]["config"]["properties"]
+        expected["sweep-failing"] = (sweep["severity"], set())  # its row names the function
         assert rows == expected
 
     def test_action_group_receivers_from_parameters(self, parsed: dict[str, Any]) -> None:
