@@ -10,24 +10,29 @@ The run's random draws come from the session's seed: a failing run prints it, an
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 from chaos_options import FIGURES, chaos_size
 from chaos_run import Binding, ChaosResult, run_chaos
 
+from cmk.keyid import KeyId
+from cmk.policy import KeyVersion, Verdict, VersionPolicy, evaluate
 from cmk.ports import AlertType, LedgerEntry, LedgerState, alert_group
 from cmk.sandbox.core import INTERFERING_ENV, Sandbox
-from cmk.sandbox.world import KeyVersionState
+from cmk.sandbox.world import KeyVersionState, VaultState
+from cmk.settings import Settings
 
 #: The run (the first test's setup) takes a couple of minutes; on a loaded 2-core machine
 #: more. This ceiling only bounds a hang.
 pytestmark = pytest.mark.timeout(2400)
 
-ALLOWED_SIZES = frozenset({2048})
 FAILED = LedgerState.FAILED
 
 
@@ -42,6 +47,8 @@ def chaos(
             if name.startswith("AZURE_") or name in INTERFERING_ENV:
                 monkeypatch.delenv(name, raising=False)
         result = asyncio.run(run_chaos(sandbox_server, azurite, size, monkeypatch, random_seed))
+        # The settings the app's hosts ran with (run_chaos set them in this environment).
+        request.config.stash[APP_SETTINGS] = Settings.from_environ(dict(os.environ))
     request.config.stash[FIGURES] = result.figures()
     workeroutput = getattr(request.config, "workeroutput", None)
     if workeroutput is not None:  # under pytest-xdist: the controller prints the figures
@@ -54,22 +61,69 @@ def chaos(
         sandbox_server.reset()
 
 
-def _bindable(version: KeyVersionState) -> bool:
-    """The policy's verdict on a version, from the world's side (enabled, RSA 2048, ops)."""
-    return (
-        version.enabled
-        and version.kty in ("RSA", "RSA-HSM")
-        and version.size in ALLOWED_SIZES
-        and {"wrapKey", "unwrapKey"} <= set(version.key_ops)
-    )
+APP_SETTINGS = pytest.StashKey[Settings]()
 
 
-def _shape_ok(version: KeyVersionState) -> bool:
-    return version.kty in ("RSA", "RSA-HSM") and version.size in ALLOWED_SIZES
+@dataclass(frozen=True)
+class Judge:
+    """The app's own verdict (:func:`cmk.policy.evaluate`, with the settings its hosts ran
+    with: allowed sizes, expiry margin, allow-list) on a version of the chaos world, as
+    the app reads it from Key Vault (recoveryLevel is the vault's). The sandbox keeps no
+    history of a version's attributes: they are judged as they are after the run, except
+    the version the run disabled, known to be enabled until ``disabled_at``."""
+
+    settings: Settings
+    vaults: dict[str, VaultState]  # by name
+    disabled: tuple[str, str, datetime]  # vault/key, version, when
+    end: datetime  # the sandbox's clock when the run was over
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return VersionPolicy.from_settings(self.settings)
+
+    def version(self, key: str, state: KeyVersionState, when: datetime) -> KeyVersion:
+        """``state`` of ``key`` (vault/key) as the app would have read it at ``when``."""
+        vault_name, name = key.split("/")
+        vault = self.vaults[vault_name]
+        was_enabled = state.enabled or (
+            (key, state.version) == self.disabled[:2] and when <= self.disabled[2]
+        )
+        return KeyVersion(
+            key_id=KeyId(vault.url, name, state.version),
+            kty=state.kty,
+            size=state.size,
+            key_ops=frozenset(state.key_ops),
+            enabled=was_enabled,
+            not_before=state.not_before,
+            expires=state.expires,
+            created=state.created,
+            recovery_level=vault.recovery_level,
+        )
+
+    def verdict(
+        self, key: str, state: KeyVersionState, when: datetime, bound: str | None = None
+    ) -> Verdict:
+        """The policy's verdict on ``state`` at ``when`` (as the move from ``bound``)."""
+        judged = self.version(key, state, when)
+        before = None if bound is None else judged.key_id.with_version(bound)
+        return evaluate(judged, self.policy, when, bound_vault=before)
+
+    def in_scope(self, key: str, state: KeyVersionState) -> bool:
+        vault_name, name = key.split("/")
+        return self.settings.vault_in_scope(KeyId(self.vaults[vault_name].url, name, state.version))
 
 
-def _newest_bindable(chaos: ChaosResult, key: str) -> KeyVersionState:
-    return [v for v in chaos.versions[key] if _bindable(v)][-1]
+@pytest.fixture(scope="module")
+def judge(chaos: ChaosResult, sandbox_server: Sandbox, request: pytest.FixtureRequest) -> Judge:
+    """The app's policy over the world the run left (read before the sandbox is reset)."""
+    world = sandbox_server.world
+    vaults = {vault.name: vault for vault in world.vaults.values()}
+    return Judge(request.config.stash[APP_SETTINGS], vaults, chaos.disabled, world.clock.now())
+
+
+def _newest_bindable(chaos: ChaosResult, judge: Judge, key: str) -> KeyVersionState:
+    """The newest version of ``key`` the app's policy accepts at the end of the run."""
+    return [v for v in chaos.versions[key] if judge.verdict(key, v, judge.end).bindable][-1]
 
 
 def _updatable(chaos: ChaosResult) -> list[Binding]:
@@ -86,12 +140,14 @@ def _alert_key(alert: dict[str, object]) -> tuple[str, str, str]:
 
 
 class TestChaosRun:
-    def test_updatable_accounts_end_on_the_newest_valid_version(self, chaos: ChaosResult):
+    def test_updatable_accounts_end_on_the_newest_valid_version(
+        self, chaos: ChaosResult, judge: Judge
+    ):
         """Every account whose identity can use its key is on the newest valid version."""
         wrong = [
             (a.name, a.version, a.provisioning_state)
             for a in _updatable(chaos)
-            if a.version != _newest_bindable(chaos, a.key).version
+            if a.version != _newest_bindable(chaos, judge, a.key).version
             or a.provisioning_state != "Succeeded"
         ]
         assert not wrong, f"{len(wrong)} accounts not on the newest valid version: {wrong[:5]}"
@@ -114,20 +170,29 @@ class TestChaosRun:
             positions = [order[v] for _, v in account.history if v is not None]
             assert positions == sorted(positions), f"{account.name}: {account.history}"
 
-    def test_no_account_was_bound_to_a_version_the_policy_rejects(self, chaos: ChaosResult):
-        """Every move went to a valid version: never the rejected one, never the disabled
-        one after it was disabled, and nobody stays on a disabled version."""
-        key, disabled, disabled_at = chaos.disabled
+    def test_no_account_was_bound_to_a_version_the_policy_rejects(
+        self, chaos: ChaosResult, judge: Judge
+    ):
+        """Every move went to a version the app's own policy accepted at the time of the
+        move (the sandbox's clock, as it recorded the move: enabled then — the disabled
+        version only before it was disabled —, nbf reached, not expired nor expiring
+        within the margin, RSA of an allowed size, wrapKey/unwrapKey, a recoverable
+        vault, the same key) in a vault on the allow-list: never the rejected one; and
+        nobody stays on a disabled version."""
+        key, disabled, _ = chaos.disabled
         for account in chaos.accounts:
             versions = {v.version: v for v in chaos.versions[account.key]}
-            for when, moved_to in account.history[1:]:
-                assert moved_to is not None
+            for (_, before), (when, moved_to) in itertools.pairwise(account.history):
+                assert moved_to is not None and before is not None, account.history
                 version = versions[moved_to]
-                assert _shape_ok(version), f"{account.name} bound to rejected {moved_to}"
-                if moved_to == disabled:
-                    assert when <= disabled_at, f"{account.name} bound to disabled {moved_to}"
-                else:
-                    assert version.enabled, f"{account.name} bound to disabled {moved_to}"
+                assert judge.in_scope(account.key, version), (
+                    f"{account.name} bound to {moved_to}, off the allow-list"
+                )
+                verdict = judge.verdict(account.key, version, when, bound=before)
+                assert verdict.bindable, (
+                    f"{account.name} bound at {when:%H:%M:%S} to {moved_to}, which the"
+                    f" policy rejected then: {'; '.join(map(str, verdict.reasons))}"
+                )
             assert account.version != chaos.rejected[1]
             if account.key == key:
                 assert account.version != disabled, f"{account.name} left on a disabled version"

@@ -12,6 +12,7 @@ retry and hands it to :func:`~cmk.usecases.on_poison` after five deliveries.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from cmk.adapters.jobqueue import decode_job
 from cmk.errors import TransientError
 from cmk.events import KeyVaultEvent, parse_event
+from cmk.keyid import KeyId
+from cmk.policy import KeyVersion, evaluate
 from cmk.ports import (
     AlertType,
     JobStep,
@@ -206,10 +209,11 @@ class Rig:
         return await self.engine.ledger.history(AccountId.parse(account.resource_id))
 
     def check_invariants(self) -> None:
-        """No account moved backwards or to a rejected version, and no problem alerted
-        twice: one alert per (subject, target version, cause group) — the failures of one
-        move (account_update_failed, identity_missing) are one group. The ledger's
-        agreement with ARM, and one alert per FAILED row, are :meth:`check_ledger`'s."""
+        """No account moved backwards or to a version the policy rejected then, or off the
+        allow-list (see :meth:`_check_bindings`), and no problem alerted twice: one alert
+        per (subject, target version, cause group) — the failures of one move
+        (account_update_failed, identity_missing) are one group. The ledger's agreement
+        with ARM, and one alert per FAILED row, are :meth:`check_ledger`'s."""
         self._check_bindings()
         alerts = self.alerts()
         keys = [
@@ -218,18 +222,39 @@ class Rig:
         assert len(keys) == len(set(keys)), f"duplicate alerts: {keys}"
 
     def _check_bindings(self) -> None:
+        """Invariants 1 and 2 from the world's side, for every account: its versions follow
+        the key's order, and each version it moved to (not the one it was seeded with)
+        passes the product's own policy — :func:`cmk.policy.evaluate` with the rig's
+        settings (allowed sizes, expiry margin) — at the time of the move, as the sandbox
+        recorded it in ``binding_history`` (nbf reached, not expired nor expiring within
+        the margin then), and in a vault on the allow-list. The history holds versions
+        only, read in the account's current key: a move to another key or vault is not
+        found there, and fails. The sandbox keeps no history of a version's attributes:
+        enabled, nbf, exp and key_ops are judged as they are now (a version disabled or
+        edited after the move, as it is now), the vault's recoveryLevel likewise."""
+        settings, policy = self.engine.settings, self.engine.policy
         for account in self.world.accounts.values():
             encryption = account.encryption
             vault = self.world.vault_by_host(encryption.key_vault_uri.split("/")[2])  # type: ignore[union-attr]
             assert vault is not None
-            versions = vault.keys[(encryption.key_name or "").lower()].versions
+            key = encryption.key_name or ""
+            versions = vault.keys[key.lower()].versions
             order = {v.version: i for i, v in enumerate(versions)}
-            history = [v for _, v in account.binding_history if v is not None]
-            positions = [order[v] for v in history]
+            history = [(when, v) for when, v in account.binding_history if v is not None]
+            positions = [order[v] for _, v in history]
             assert positions == sorted(positions), f"{account.name} moved backwards: {history}"
-            for moved_to in history[1:]:
-                state = versions[order[moved_to]]
-                assert _bindable(state), f"{account.name} bound to rejected {moved_to}"
+            for (_, before), (when, moved_to) in itertools.pairwise(history):
+                judged = world_version(vault, key, versions[order[moved_to]])
+                assert settings.vault_in_scope(judged.key_id), (
+                    f"{account.name} bound to {moved_to} in {vault.url}, off the allow-list"
+                )
+                verdict = evaluate(
+                    judged, policy, when, bound_vault=judged.key_id.with_version(before)
+                )
+                assert verdict.bindable, (
+                    f"{account.name} bound at {when:%Y-%m-%d %H:%M:%S} to {moved_to}, which"
+                    f" the policy rejected then: {'; '.join(map(str, verdict.reasons))}"
+                )
 
     async def check_ledger(self) -> None:
         """Every SUCCEEDED row matches ARM; every FAILED row has exactly one alert."""
@@ -255,13 +280,19 @@ def _group(event_type: str) -> str:
     return alert_group(AlertType(event_type.removeprefix("CmkRotator.")))
 
 
-def _bindable(version: KeyVersionState) -> bool:
-    ops = set(version.key_ops)
-    return (
-        version.enabled
-        and version.kty in ("RSA", "RSA-HSM")
-        and version.size == 2048
-        and {"wrapKey", "unwrapKey"} <= ops
+def world_version(vault: VaultState, key: str, state: KeyVersionState) -> KeyVersion:
+    """The sandbox's version as the product would read it from Key Vault (the bundle's
+    attributes; recoveryLevel is the vault's), to judge with :func:`cmk.policy.evaluate`."""
+    return KeyVersion(
+        key_id=KeyId(vault.url, key, state.version),
+        kty=state.kty,
+        size=state.size,
+        key_ops=frozenset(state.key_ops),
+        enabled=state.enabled,
+        not_before=state.not_before,
+        expires=state.expires,
+        created=state.created,
+        recovery_level=vault.recovery_level,
     )
 
 
