@@ -48,7 +48,7 @@ import contextvars
 import inspect
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from enum import StrEnum
@@ -56,7 +56,7 @@ from typing import Any
 
 from cmk.adapters.accounts import CognitiveAccounts, encryption_patch
 from cmk.errors import CmkError, ServiceUnavailable, ThrottledError, UpdateUnanswered
-from cmk.ports import AccountRecord, UpdateOutcome
+from cmk.ports import AccountRecord, JobQueue, RotationJob, UpdateOutcome
 from cmk.sandbox.platform.faults import Counters, FaultRule, Faults
 from cmk.usecases import Engine
 
@@ -338,6 +338,26 @@ class Gate:
             return result
 
         return call
+
+
+class Outbox:
+    """The job queue as the engine sees it, noting which job (the scheduler's name) sent
+    each message: what the real queue (beneath, Azurite) received, and from whom. A send
+    is noted once the queue took it — a fault after it (LOST) leaves it sent."""
+
+    def __init__(self, inner: JobQueue) -> None:
+        self._inner = inner
+        self.sent: list[tuple[str | None, RotationJob]] = []
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._inner, attribute)
+
+    async def enqueue(self, job: RotationJob, *, delay: timedelta | None = None) -> None:
+        await self._inner.enqueue(job, delay=delay)
+        self.sent.append((CURRENT.get(), job))
+
+    async def enqueue_many(self, jobs: Sequence[RotationJob]) -> int:
+        raise AssertionError("the worker sends one job at a time")
 
 
 def gated(engine: Engine, scheduler: Scheduler, network: Network | None = None) -> Engine:
