@@ -30,7 +30,10 @@ needs, whatever the machine's load, and then decides when it ends. ``Retry-After
 remaining time in whole seconds, clamped to ``retry_after_floor``..``retry_after_cap``
 (1..15 s; tests lower the floor to poll faster).
 A PATCH without an encryption change (tags, sku, identity only), or one restating the
-current binding, answers ``200`` with ``provisioningState: Succeeded`` at once. A write while an
+current binding, answers ``200`` at once with the account as it is: ``Succeeded`` stays
+``Succeeded``, and a ``Failed`` left by an earlier update stays ``Failed`` (whether Azure's
+resource provider re-provisions a Failed account on such a write is not known; the
+sandbox does not guess). A write while an
 update is in flight answers ``409 RequestConflict`` with ARM's "provisioning state is not
 terminal" message (Azure/bicep-types-az#2419).
 
