@@ -345,14 +345,27 @@ def _seconds_or_zero(value: str) -> timedelta:
     return _span(value, "seconds")
 
 
-def _key_cache(value: str) -> timedelta:
-    span = _span(value, "seconds")
-    if span > MAX_KEY_CACHE:
-        raise ValueError(
-            f"must be at most {MAX_KEY_CACHE.seconds} seconds: a version disabled or edited in"
-            " Key Vault goes unseen by this policy for up to this long (no event announces it)"
-        )
-    return span
+def _seconds_at_most(most: timedelta, why: str) -> Callable[[str], timedelta]:
+    """A parser of seconds, 0 or more, refusing more than ``most`` and saying ``why``."""
+
+    def parse(value: str) -> timedelta:
+        span = _span(value, "seconds")
+        if span > most:
+            raise ValueError(f"must be at most {most.seconds} seconds: {why}")
+        return span
+
+    return parse
+
+
+_key_cache = _seconds_at_most(
+    MAX_KEY_CACHE,
+    "a version disabled or edited in Key Vault goes unseen by this policy for up to this"
+    " long (no event announces it)",
+)
+_answer_window = _seconds_at_most(
+    MAX_ANSWER_WINDOW,
+    "Azure's HTTP front end ends a request after 230 s (use 0 to always answer 202 at once)",
+)
 
 
 def _lease_seconds(value: str) -> timedelta | None:
@@ -375,16 +388,6 @@ def _positive_minutes(value: str) -> timedelta:
 
 def _positive_hours(value: str) -> timedelta:
     return _span(value, "hours", positive=True)
-
-
-def _answer_window(value: str) -> timedelta:
-    window = _span(value, "seconds")
-    if window > MAX_ANSWER_WINDOW:
-        raise ValueError(
-            f"must be at most {MAX_ANSWER_WINDOW.seconds} seconds: Azure's HTTP front end"
-            " ends a request after 230 s (use 0 to always answer 202 at once)"
-        )
-    return window
 
 
 def _concurrency(value: str) -> int:

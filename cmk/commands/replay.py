@@ -122,58 +122,49 @@ def load_items(path: Path) -> list[object]:
         raise UsageError(f"{path} is empty", fix=EVENTS_FIX)
     try:
         document = json.loads(text)
-    except RecursionError:
-        if not _json_lines(text):
+    except (json.JSONDecodeError, RecursionError) as error:
+        items = _lines(text)
+        if items is not None:
+            return items
+        if isinstance(error, RecursionError):
             raise UsageError(
                 f"{path} is not an event file: JSON nested too deeply", fix=EVENTS_FIX
             ) from None
-        return _lines(text)
-    except json.JSONDecodeError as error:
-        if not _json_lines(text):
-            raise UsageError(
-                f"{path} is not valid JSON: {_reason(error)} at line {error.lineno} column"
-                f" {error.colno} (a truncated file?)",
-                fix="download the blob again, or repair the file at that place; " + EVENTS_FIX,
-            ) from None
-        return _lines(text)
+        raise UsageError(
+            f"{path} is not valid JSON: {_reason(error)} at line {error.lineno} column"
+            f" {error.colno} (a truncated file?)",
+            fix="download the blob again, or repair the file at that place; " + EVENTS_FIX,
+        ) from None
     return list(document) if isinstance(document, list) else [document]
 
 
-def _lines(text: str) -> list[object]:
-    """The events of a JSON-lines file; a line that is not JSON becomes its error text,
-    rejected in place (the other lines are still replayed)."""
+def _lines(text: str) -> list[object] | None:
+    """The events of ``text`` read as JSON lines — a line that is not JSON becomes its
+    error text, rejected in place (the other lines are still replayed) — or None when it
+    does not read as JSON lines: fewer than two non-blank lines, or none of them JSON by
+    itself (then it is one document, broken somewhere)."""
     items: list[object] = []
+    lines = parsed = 0
     for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as bad:
-                value = f"line {number} column {bad.colno}: {_reason(bad)}"
-            except RecursionError:
-                value = f"line {number}: JSON nested too deeply"
-            items.extend(value if isinstance(value, list) else [value])
-    return items
+        if not line.strip():
+            continue
+        lines += 1
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as bad:
+            value = f"line {number} column {bad.colno}: {_reason(bad)}"
+        except RecursionError:
+            value = f"line {number}: JSON nested too deeply"
+        else:
+            parsed += 1
+        items.extend(value if isinstance(value, list) else [value])
+    return items if lines >= 2 and parsed else None
 
 
 def _reason(error: json.JSONDecodeError) -> str:
     """The parser's reason, without the dangling "at" some of them end with ("Invalid
     control character at") that the position is written after."""
     return error.msg.removesuffix(" at")
-
-
-def _json_lines(text: str) -> bool:
-    """Whether ``text`` reads as JSON lines: more than one non-blank line, at least one
-    of them JSON by itself (else it is one document, broken somewhere)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if len(lines) < 2:
-        return False
-    for line in lines:
-        try:
-            json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            continue
-        return True
-    return False
 
 
 async def _one(engine: Engine, index: int, item: object) -> ReplayOutcome:
