@@ -133,8 +133,7 @@ class _Bucket:
             self._halve()
         else:  # one more answer without a sign of others: a little more of the refill
             self.rate = min(full, self.rate + full * SHARE_GROWTH)
-        share = self.rate / self.size.refill_per_second
-        self.tokens = min(self.tokens, remaining * share)
+        self.tokens = min(self.tokens, remaining * self.rate / full)
 
     def _halve(self) -> None:
         if self.stamp - self.halved_at < HALVING_SECONDS:
