@@ -33,6 +33,27 @@ class TestSwitch:
             (other.version, land.first.version)
         ]
 
+    async def test_a_status_poll_answered_503_is_retried(self, wired_as_deployed: Wired) -> None:
+        """The PATCH is sent once (retry_total=0), but its status polls are ordinary reads:
+        one answered 503 is retried by the client and the switch completes."""
+        wired = wired_as_deployed
+        land = wired.land
+        account = land.bound("ai-poll", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        land.sandbox.faults.add(
+            host="management.azure.com", path="operationStatuses", method="GET", status=503,
+            count=1,
+        )  # fmt: skip
+
+        change = await switch(wired.lc, account_id(account), key)
+
+        assert change.outcome is ChangeOutcome.DONE, change.detail
+        assert account.encryption.key_version == other.version
+        polls = land.sandbox.counters.matching(path="operationStatuses", method="GET")
+        assert [record.status for record in polls][:2] == [503, 200]
+
     async def test_key_in_another_vault_is_refused(self, wired: Wired) -> None:
         """Another vault: refused with the same-vault reason; the account is unchanged."""
         land = wired.land

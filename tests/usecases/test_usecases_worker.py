@@ -472,3 +472,25 @@ class TestCachedVersions:
         assert [v for _, v in account.binding_history] == [old.version]
         assert rig.alerts() == []
         assert len(rig.estate.sandbox.counters.matching(method="PATCH")) == 1  # then refused
+
+    async def test_identity_denied_forgets_the_cached_key(self, rig: Rig) -> None:
+        """The PATCH ends Failed for key access (the identity lost its grant after the
+        target was cached): the job fails with one identity_missing alert, and what was
+        cached of the key is forgotten — the next read of the target goes to Key Vault,
+        so a version disabled or deleted meanwhile is not judged from stale memory."""
+        account, old, new = _pair(rig, sub=SUB_B)
+        target = KeyId(rig.estate.kv.url, "cmk", new.version)
+        await rig.engine.keys.get_version(target)  # now cached
+        rig.estate.world.revoke(account.identity.system.object_id)
+        counters = rig.estate.sandbox.counters
+        vault_host = f"*.{rig.estate.kv.url.split('.', 1)[1].rstrip('/')}"
+
+        report = await rotate_account(rig.engine, _job(account, rig.estate.kv, new))
+
+        assert report.result is JobResult.FAILED
+        assert "KeyVaultAccessDenied" in (report.cause or "")
+        assert len(rig.alerts("identity_missing")) == 1
+        assert account.encryption.key_version == old.version
+        before = counters.count(host=vault_host, method="GET")
+        await rig.engine.keys.get_version(target)
+        assert counters.count(host=vault_host, method="GET") > before  # read again
