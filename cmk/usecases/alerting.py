@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import timedelta
 
 from cmk.errors import CmkError
 from cmk.keyid import KeyId
@@ -80,8 +81,33 @@ def version_rejected(version: KeyVersion, reasons: Iterable[str]) -> Alert:
     )
 
 
-def near_expiry_unrotated(expiring: KeyId, cause: str) -> Alert:
-    """The key nears expiry and no newer bindable version exists (and none was created)."""
+def near_expiry_unrotated(
+    expiring: KeyId,
+    cause: str,
+    *,
+    lifetime: timedelta | None = None,
+    margin: timedelta | None = None,
+) -> Alert:
+    """The key nears expiry and no newer bindable version exists (and none was created).
+    ``lifetime``: how long the expiring version is valid in all; no longer than ``margin``
+    (CMK_EXPIRY_MARGIN_DAYS), a version made like it — a rotation — is rejected too, and
+    the remediation says so."""
+    remediation = (
+        f"'cmk rotate {expiring.versionless()}' creates a version that passes the policy and"
+        " moves every bound account (or set CMK_ROTATE_ON_NEAR_EXPIRY=true and the app"
+        " rotates on the next notice)"
+    )
+    if lifetime is not None and margin is not None and lifetime <= margin:
+        cause += (
+            f"; its versions are valid for {_days(lifetime)}, not longer than"
+            f" CMK_EXPIRY_MARGIN_DAYS ({_days(margin)}): a version made like it is rejected too"
+        )
+        remediation = (
+            "give the key's new versions a lifetime beyond CMK_EXPIRY_MARGIN_DAYS: set its"
+            " rotation policy's expiryTime ('az keyvault key rotation-policy update') and run"
+            f" 'cmk rotate {expiring.versionless()}', or create a version with a later expiry"
+            " ('az keyvault key create ... --expires'); or lower CMK_EXPIRY_MARGIN_DAYS"
+        )
     return Alert(
         type=AlertType.KEY_NEAR_EXPIRY_UNROTATED,
         severity=Severity.ERROR,
@@ -90,10 +116,13 @@ def near_expiry_unrotated(expiring: KeyId, cause: str) -> Alert:
         from_version=expiring.version,
         to_version=expiring.version,  # one alert per expiring version
         cause=cause,
-        remediation=f"'cmk rotate {expiring.versionless()}' creates a version that passes the"
-        " policy and moves every bound account (or set CMK_ROTATE_ON_NEAR_EXPIRY=true and the"
-        " app rotates on the next notice)",
+        remediation=remediation,
     )
+
+
+def _days(span: timedelta) -> str:
+    days = span.total_seconds() / 86400
+    return f"{days:g} days" if days == int(days) else f"{days:.1f} days"
 
 
 def expired_bound(account_id: AccountId, expired: KeyId, target: KeyVersion | None) -> Alert:
@@ -204,6 +233,21 @@ def key_unreadable(key: KeyId, accounts: Iterable[AccountId], cause: str) -> Ale
     moved until access is restored."""
     names = sorted(str(account) for account in accounts)
     listed = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return _key_unreadable(key, f"{cause}; {len(names)} account(s) bound to it: {listed}")
+
+
+def key_unreadable_moving(job: RotationJob, key: KeyId, cause: str) -> Alert:
+    """The key a job had to read turned out unreadable (the app's own 403, or the key is
+    gone): the same alert as the sweep's — one for the key, however many of its accounts'
+    jobs find it so (the sweep's, deduplicated against it, lists them all)."""
+    return _key_unreadable(
+        key,
+        f"{cause}; found moving {job.account_id} to {job.target.version}: every account"
+        " bound to the key waits for it ('cmk status' lists them)",
+    )
+
+
+def _key_unreadable(key: KeyId, cause: str) -> Alert:
     return Alert(
         type=AlertType.KEY_UNREADABLE,
         severity=Severity.ERROR,
@@ -211,7 +255,7 @@ def key_unreadable(key: KeyId, accounts: Iterable[AccountId], cause: str) -> Ale
         key_id=key.versionless(),
         from_version=None,
         to_version=None,
-        cause=f"{cause}; {len(names)} account(s) bound to it: {listed}",
+        cause=cause,
         remediation="give the app's identity the key role back on the vault ('CMK rotator key"
         " rotator': rerun the deployment's step 2, e.g. `azd provision`; in an access-policy"
         " vault get, list, create, rotate, getrotationpolicy), or restore the deleted key or"

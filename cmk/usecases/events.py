@@ -244,22 +244,9 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
         await engine.ledger.complete_claim(claim, token, adopted.version)
         return await _noticed(engine, event, view, adopted.version)
 
-    async def still_ours() -> None:
-        """Right before the creating request: this run must still hold the claim, and
-        restarts its lease, so a run that stalled past it (and was taken over) never
-        creates a second version; the request itself is bounded well inside the lease."""
-        if not await engine.ledger.refresh_claim(claim, token, engine.now()):
-            raise ServiceUnavailable(
-                f"lost the claim of the near-expiry notice for {expiring} (this run"
-                " stalled past its lease and another took it over); retry"
-            )
-
-    try:
-        template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
-        created = await create_version(engine, view.key, template, fence=still_ours)
-    except PermanentError:
-        await engine.ledger.release_claim(claim, token)  # nothing created: may retry
-        raise
+    created = await _create_once(engine, event, view, claim, token)
+    if isinstance(created, EventReport):
+        return created
     if not await engine.ledger.complete_claim(claim, token, created.version):
         record = await engine.ledger.claim_record(claim)
         if record is not None and record.created_version not in (None, created.version):
@@ -280,6 +267,60 @@ async def on_near_expiry(engine: Engine, event: KeyVaultEvent) -> EventReport:
         "created %s before %s expires", created.key_id, expiring, extra=_extra(event, "rotate")
     )
     return await _bind_created(engine, event, view.with_latest(created), created)
+
+
+async def _create_once(
+    engine: Engine, event: KeyVaultEvent, view: KeyVersions, claim: str, token: str
+) -> KeyVersion | EventReport:
+    """Create the notice's version under its claim — and under the key's creation lease,
+    looking once more for a successor first: another notice of the key (another version
+    expiring) may have created one since ``view`` was read. Its report if it did."""
+    expiring = event.key_id
+
+    async def still_ours() -> None:
+        """Right before the creating request: this run must still hold the claim, and
+        restarts its lease, so a run that stalled past it (and was taken over) never
+        creates a second version; the request itself is bounded well inside the lease."""
+        if not await engine.ledger.refresh_claim(claim, token, engine.now()):
+            raise ServiceUnavailable(
+                f"lost the claim of the near-expiry notice for {expiring} (this run"
+                " stalled past its lease and another took it over); retry"
+            )
+
+    creating = creation_lease(view.key)
+    held = await engine.ledger.acquire_lease(
+        creating, token, engine.now(), engine.claim_lease, purpose=f"rotating before {expiring}"
+    )
+    if not held.granted:
+        # Its version may be this notice's successor too: look again once it is done.
+        await engine.ledger.release_claim(claim, token)
+        raise ServiceUnavailable(
+            f"another near-expiry notice of {view.key} is creating a version"
+            f" ({held.purpose}); retry"
+        )
+    try:
+        engine.keys.forget(view.key)  # what this process cached may predate that version
+        fresh = await KeyVersions.load(engine.keys, view.key, engine.policy, engine.now())
+        successor = _successor(engine, fresh, expiring.version or "")
+        if successor is not None:
+            await engine.ledger.release_claim(claim, token)  # this notice created nothing
+            await engine.ledger.release_lease(creating, token)
+            return await _spread(engine, event, fresh, EventOutcome.FANNED_OUT)
+        template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
+        created = await create_version(engine, view.key, template, fence=still_ours)
+    except PermanentError:
+        await engine.ledger.release_claim(claim, token)  # nothing created: may retry
+        await engine.ledger.release_lease(creating, token)
+        raise
+    # A transient error above keeps the lease (the create may still land) until it ends.
+    await engine.ledger.release_lease(creating, token)
+    return created
+
+
+def creation_lease(key: KeyId) -> str:
+    """The lease a near-expiry notice holds while it looks for a successor and creates
+    one: two notices of one key (two versions expiring) never both create."""
+    return f"create|{key.versionless()}"
 
 
 def notice_claim(key: KeyId, expiring_version: str) -> str:

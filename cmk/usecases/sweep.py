@@ -28,7 +28,15 @@ from cmk.errors import CmkError
 from cmk.keyid import KeyId
 from cmk.planner import Decision, Move, UpToDate, version_order
 from cmk.policy import KeyVersion
-from cmk.ports import AccountRecord, Alert, AlertType, LedgerEntry, LedgerState, RotationJob
+from cmk.ports import (
+    AccountRecord,
+    Alert,
+    AlertType,
+    LedgerEntry,
+    LedgerState,
+    RotationJob,
+    alert_group,
+)
 from cmk.usecases import alerting
 from cmk.usecases.assessment import Assessment, arm_problem, assess, assess_unread
 from cmk.usecases.context import Engine, gather_bounded, task_scope
@@ -96,19 +104,28 @@ async def _target_entries(engine: Engine, rows: list[Row]) -> list[LedgerEntry |
     return [None if target is None else found.get(target) for target in targets]
 
 
-def _key_alerts(engine: Engine, item: KeySurvey) -> list[Alert]:
-    """Problems of the key itself: a purgeable vault, expiry near with no successor."""
+def _key_alerts(engine: Engine, item: KeySurvey, recovery: _Recovery) -> list[Alert]:
+    """Problems of the key itself: a purgeable vault, expiry near with no successor — not
+    when that latest version's own version_rejected alert is open (the same version, the
+    same human act: one alert says it)."""
     latest, view = item.latest, item.view
     if latest is None or view is None:
         return []
     alerts = []
     if "purgeable" in (latest.recovery_level or "").lower():
         alerts.append(alerting.vault_not_recoverable(latest))
-    horizon = engine.now() + engine.settings.expiry_margin
-    near = latest.expires is not None and latest.expires <= horizon
+    margin = engine.settings.expiry_margin
+    near = latest.expires is not None and latest.expires <= engine.now() + margin
     if near and view.newest_bindable(engine.policy, engine.now()) is None:
+        assert latest.expires is not None
+        subject = str(latest.key_id.versionless())
+        if recovery.was_open(subject, latest.version, AlertType.VERSION_REJECTED):
+            return alerts
         cause = f"latest version {latest.version} expires {latest.expires} with no successor"
-        alerts.append(alerting.near_expiry_unrotated(latest.key_id, cause))
+        lifetime = latest.expires - (latest.not_before or latest.created)
+        alerts.append(
+            alerting.near_expiry_unrotated(latest.key_id, cause, lifetime=lifetime, margin=margin)
+        )
     return alerts
 
 
@@ -342,6 +359,11 @@ class _Recovery:
             self._before = frozenset(await self._engine.alerts.open_alerts())
             self.open_subjects = frozenset(subject for subject, _, _ in self._before)
 
+    def was_open(self, subject: str, version: str, kind: AlertType) -> bool:
+        """Whether ``kind``'s alert for ``subject`` and ``version`` was open when the sweep
+        began."""
+        return (subject.lower(), version.lower(), alert_group(kind)) in self._before
+
     def seen_open(self, subject: str) -> Callable[[str, str], Awaitable[bool]]:
         """``still_open`` for closing ``subject``'s alerts: keeps those not open when the
         sweep began."""
@@ -497,7 +519,9 @@ async def sweep(engine: Engine) -> SweepReport:
     kept, enqueued = await _judge(engine, found, recovery, open_rows)
     kept_rows = [judged for bucket in kept.values() for judged in bucket]
     judged = [j.assessment for j in kept_rows]
-    key_alerts = _unique(a for item in found.keys.values() for a in _key_alerts(engine, item))
+    key_alerts = _unique(
+        a for item in found.keys.values() for a in _key_alerts(engine, item, recovery)
+    )
     unread_alerts, unread = await _unread(engine, found, open_rows)
     alerts = _unique(
         [

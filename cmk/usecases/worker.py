@@ -37,6 +37,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from cmk.errors import (
+    AccessDenied,
     AccountBusy,
     CmkError,
     KeyAccessDenied,
@@ -47,6 +48,7 @@ from cmk.errors import (
     UpdateFailed,
     UpdateUnanswered,
 )
+from cmk.keyid import KeyId
 from cmk.planner import version_order
 from cmk.policy import KeyVersion, evaluate
 from cmk.ports import (
@@ -64,7 +66,7 @@ from cmk.usecases import alerting
 from cmk.usecases.context import Engine
 from cmk.usecases.report import JobReport, JobResult
 
-__all__ = ["account_lease_name", "on_poison", "rotate_account"]
+__all__ = ["KEY_UNREADABLE_CAUSE", "account_lease_name", "on_poison", "rotate_account"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,9 @@ _IN_FLIGHT = frozenset({LedgerState.PLANNED, LedgerState.SUBMITTED})
 #: further deferral of the same job doubles it (a live holder is usually done within one
 #: update, a dead one holds the lease until it expires).
 BUSY_RETRY_SECONDS = 2.0
+#: How the cause of a move stopped by its unreadable key begins (its ledger row's, and
+#: its key's key_unreadable alert's).
+KEY_UNREADABLE_CAUSE = "key unreadable"
 
 
 def account_lease_name(account_id: object) -> str:
@@ -83,6 +88,37 @@ def account_lease_name(account_id: object) -> str:
 
 class _IdentityDenied(PermanentError):
     """The account's identity may not use the key (the update ended Failed for access)."""
+
+
+class _KeyUnreadable(PermanentError):
+    """The app may not read a key the job must judge, or the key is gone (Key Vault's 403
+    or 404 to the app itself): a condition of the key, alerted once for the key — not once
+    for each of its accounts' jobs that meets it."""
+
+    def __init__(self, key: KeyId, cause: str) -> None:
+        super().__init__(cause)
+        self.key = key.versionless()
+
+
+async def _version(step: _Step, key: KeyId) -> KeyVersion:
+    """A version of a key (cached or read); :class:`_KeyUnreadable` when the key is. A
+    version that is not found in a key that is readable stays :class:`NotFound`: it is
+    the job's (a version that never existed), not the key's."""
+    try:
+        return await step.engine.keys.get_version(key)
+    except NotFound as error:
+        await _latest(step, key)  # the key itself unreadable? then that is the cause
+        raise error from None
+    except AccessDenied as error:
+        raise _KeyUnreadable(key, str(error)) from error
+
+
+async def _latest(step: _Step, key: KeyId) -> KeyVersion:
+    """The key's current version; :class:`_KeyUnreadable` when the key is unreadable."""
+    try:
+        return await step.engine.keys.latest(key.versionless())
+    except (AccessDenied, NotFound) as error:
+        raise _KeyUnreadable(key, str(error)) from error
 
 
 class _Step:
@@ -255,11 +291,18 @@ class _Step:
             return True  # cannot tell now: keep it open rather than alert it again later
         return version_order(other, current) > version_order(reached, current)
 
-    async def fail(self, cause: str, *, identity: bool = False) -> JobReport:
+    async def fail(
+        self, cause: str, *, identity: bool = False, unreadable: KeyId | None = None
+    ) -> JobReport:
         """Alert, then record FAILED. No later run raises this alert again (a sweep defers
         to the worker's), so an alert that cannot be recorded raises its error: the job
-        is retried rather than completed without its alert."""
-        alert = alerting.account_failed(self.job, cause, identity=identity)
+        is retried rather than completed without its alert. ``unreadable``: the key that
+        stopped the job, whose one alert stands for every account it stops."""
+        if unreadable is not None:
+            cause = f"{KEY_UNREADABLE_CAUSE}: {cause}"
+            alert = alerting.key_unreadable_moving(self.job, unreadable, cause)
+        else:
+            alert = alerting.account_failed(self.job, cause, identity=identity)
         await alerting.publish(self.engine, [alert], durable=True)
         await self.record(LedgerState.FAILED, cause)
         log.error("rotation failed: %s", cause, extra=self.log_fields("failed"))
@@ -344,13 +387,13 @@ async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
     sweep's business) — and fails the job only when the account is left on a version that
     is not valid either, which needs a human."""
     assert record.binding is not None
-    keys, policy = step.engine.keys, step.engine.policy
-    target = await keys.get_version(step.job.target)
-    bound = await keys.get_version(record.binding.key_id)
+    policy = step.engine.policy
+    target = await _version(step, step.job.target)
+    bound = await _version(step, record.binding.key_id)
     current = None
     if bound.created == target.created:
         # Dated to the same second: the key's current version is the newer one.
-        current = (await keys.latest(step.job.target.versionless())).version
+        current = (await _latest(step, step.job.target)).version
     if version_order(bound, current) >= version_order(target, current):
         return f"already on {bound.version}, not older than {target.version}"
     now = step.engine.now()
@@ -371,7 +414,7 @@ async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
 
 async def _successor(step: _Step, target: KeyVersion) -> str | None:
     """The key's current version if it is newer than ``target`` and bindable."""
-    latest = await step.engine.keys.latest(target.key_id.versionless())
+    latest = await _latest(step, target.key_id)
     now, current = step.engine.now(), latest.version
     if version_order(latest, current) <= version_order(target, current):
         return None
@@ -411,7 +454,7 @@ async def _rotate(step: _Step) -> JobReport:
     if bound == step.version:
         # On the target but not Succeeded (a failed update): validate before trying again.
         assert record.binding is not None
-        target = await engine.keys.get_version(step.job.target)
+        target = await _version(step, step.job.target)
         evaluate(
             target, engine.policy, engine.now(), bound_vault=record.binding.key_id
         ).require_bindable()
@@ -585,6 +628,8 @@ async def _run(step: _Step) -> JobReport:
         return await _rotate(step)
     except _IdentityDenied as error:
         return await step.fail(str(error), identity=True)
+    except _KeyUnreadable as error:
+        return await step.fail(str(error), unreadable=error.key)
     except PermanentError as error:
         return await step.fail(str(error))
 

@@ -29,7 +29,15 @@ from cmk.ports import LedgerEntry, LedgerState, RotationJob
 from cmk.resource_id import AccountId
 from cmk.sandbox.platform.throttling import throttle_for
 from cmk.sandbox.world import KeyEventType
-from cmk.usecases import EventOutcome, alerting, on_near_expiry, rotate_account, sweep
+from cmk.usecases import (
+    EventOutcome,
+    EventReport,
+    alerting,
+    on_near_expiry,
+    on_new_version,
+    rotate_account,
+    sweep,
+)
 from cmk.usecases.report import JobResult
 from cmk.usecases.sweep import UNREADABLE_GRACE
 from cmk.usecases.versions import key_versions
@@ -54,6 +62,41 @@ class TestOneNoticeOneVersion:
         assert {r.created_version for r in reports} == {estate.kv.keys["cmk"].versions[-1].version}
         assert len(rig.alerts("version_rejected")) == 1
         rig.check_invariants()
+
+    async def test_short_lived_key_is_alerted_once_with_the_real_cause(self, rig: Rig) -> None:
+        """Versions that live 20 days, a 30-day margin: the notice's new version is
+        rejected (version_rejected, one alert; the account's binding_unsafe); the sweeps
+        that follow do not alert the same version again as near expiry without a
+        successor. Where no notice came (no version_rejected open), the sweep's near-expiry
+        alert names the short lifetime and does not advise a rotation, which would copy
+        it."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        lifetime = {"created": now - timedelta(days=10), "expires": now + timedelta(days=10)}
+        expiring = estate.version(estate.kv, **lifetime)
+        estate.account("acct-short", estate.kv, expiring.version)
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring)
+
+        report = await on_near_expiry(rig.engine, event)
+        await sweep(rig.engine)
+        await sweep(rig.engine)
+
+        assert report.outcome is EventOutcome.VERSION_REJECTED
+        assert len(rig.alerts("version_rejected")) == 1
+        assert rig.alerts("key_near_expiry_unrotated") == []
+        assert len(rig.alerts("binding_unsafe")) == 1  # the account's own: it is at risk
+        rig.check_invariants()
+
+        other = estate.version(estate.kv, key="brief", **lifetime)
+        estate.account("acct-brief", estate.kv, other.version, key="brief")
+        await sweep(rig.engine)
+
+        [alert] = rig.alerts("key_near_expiry_unrotated")
+        assert (
+            "valid for 20 days, not longer than CMK_EXPIRY_MARGIN_DAYS (30 days)"
+            in (alert["data"]["cause"])
+        )
+        assert "rotation-policy update" in alert["data"]["remediation"]
 
     async def test_transient_failure_after_creation_creates_nothing_more(self, rig: Rig) -> None:
         """The handler fails after creating the version (Resource Graph answers 503): the
@@ -145,6 +188,54 @@ class TestOneNoticeOneVersion:
             )
             created = len(estate.kv.keys[key].versions) - 1
             assert created == 1, (stall, created, scheduler.trace, results)
+        await rig.drain()
+        rig.check_invariants()
+
+    async def test_two_notices_of_one_key_create_one_version(self, rig: Rig) -> None:
+        """Two versions of one key near expiry, their notices handled at once (two
+        instances): A is stopped before each of its port calls in turn while B runs to
+        its end, then A finishes; whoever was told to retry is delivered again. Whatever
+        the point, the key gains one version — the second notice finds the first's (the
+        key's creation lease, held from the last look for a successor to the create)."""
+        estate = rig.estate
+
+        def notices(key: str) -> tuple[Any, Any]:
+            now = estate.world.clock.now()
+            older, newer = (
+                estate.version(
+                    estate.kv, key, created=now - timedelta(days=days), expires=now + left
+                )
+                for days, left in ((360, timedelta(days=5)), (340, timedelta(days=25)))
+            )
+            estate.account(f"acct-{key}", estate.kv, newer.version, key=key)
+            return tuple(
+                estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, version, key=key)
+                for version in (older, newer)
+            )  # type: ignore[return-value]
+
+        probe = Scheduler(Plan(order=[("A", None)]))
+        first, _ = notices("probe")
+        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), first)})
+        calls = sum(1 for t in probe.trace if t.startswith("A:"))
+        assert "A:keys.create_like" in probe.trace
+
+        for stall in range(calls + 1):
+            key = f"two{stall}"
+            events = dict(zip("AB", notices(key), strict=True))
+            throttle_for(rig.world).reset()  # each schedule starts with a fresh Graph quota
+            scheduler = Scheduler(Plan(order=[("A", stall), ("B", None), ("A", None)]))
+            results = await scheduler.run(
+                {
+                    name: partial(on_near_expiry, gated(rig.engine, scheduler), event)
+                    for name, event in events.items()
+                }
+            )
+            for name, result in results.items():
+                if isinstance(result, TransientError):  # Event Grid delivers it again
+                    results[name] = await on_near_expiry(rig.engine, events[name])
+            created = len(estate.kv.keys[key].versions) - 2
+            assert created == 1, (stall, created, scheduler.trace, results)
+            assert all(isinstance(r, EventReport) for r in results.values()), results
         await rig.drain()
         rig.check_invariants()
 
@@ -313,6 +404,48 @@ class TestSweepAlerts:
         kinds = {(f.subject.rsplit("/", 1)[-1], f.kind) for f in report.findings}
         assert ("acct-u2", "update_failed") in kinds
         assert rig.alerts("account_update_failed")
+
+    @pytest.mark.parametrize("status", [403, 404])
+    async def test_key_lost_after_fan_out_alerts_once_for_the_key(
+        self, rig: Rig, status: int
+    ) -> None:
+        """The app loses the key (403: its role taken away; 404: the key deleted) after a
+        new version fanned out, and the jobs run on another instance (nothing cached):
+        one key_unreadable alert for the key — not one account_update_failed per account —
+        which the sweeps that follow do not repeat; once the key is back, a sweep closes
+        it and moves every account."""
+        estate = rig.estate
+        old = estate.version(estate.kv, created=estate.world.clock.now() - timedelta(days=1))
+        accounts = [estate.account(f"acct-k{i}", estate.kv, old.version) for i in range(4)]
+        new = estate.version(estate.kv)
+        event = estate.event(KeyEventType.NEW_VERSION, estate.kv, new)
+        assert (await on_new_version(rig.engine, event)).enqueued == len(accounts)
+        rig.engine.keys.forget(KeyId(estate.kv.url, "cmk"))  # another instance's worker
+        rule = estate.sandbox.faults.add(
+            host=f"{estate.kv.name}.vault.azure.net", path="/keys/cmk", status=status
+        )
+
+        reports = await rig.drain()
+        await sweep(rig.engine)
+        await sweep(rig.engine)
+
+        assert [report.result for report in reports] == [JobResult.FAILED] * len(accounts)
+        assert [alert["type"] for alert in rig.alerts()] == ["CmkRotator.key_unreadable"]
+        [alert] = rig.alerts()
+        assert alert["subject"].endswith("/keys/cmk")
+        assert f"HTTP {status}" in alert["data"]["cause"]
+        rig.check_invariants()
+        await rig.check_ledger()
+
+        estate.sandbox.faults.remove(rule)
+        await sweep(rig.engine)
+        await rig.drain()
+
+        assert [a.encryption.key_version for a in accounts] == [new.version] * len(accounts)
+        assert await rig.engine.alerts.open_alerts() == set()
+        assert len(rig.alerts()) == 1
+        rig.check_invariants()
+        await rig.check_ledger()
 
     async def test_stale_binding_moved_by_the_run_is_not_alerted(self, rig: Rig) -> None:
         """A binding stale for longer than the grace period, first seen by this sweep, is

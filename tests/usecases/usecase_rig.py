@@ -48,7 +48,7 @@ from cmk.sandbox.world import (
     World,
 )
 from cmk.usecases import Engine, JobReport, on_poison, rotate_account
-from cmk.usecases.worker import account_lease_name
+from cmk.usecases.worker import KEY_UNREADABLE_CAUSE, account_lease_name
 from cmk.wiring import RetryOptions, Services, WiringOptions
 
 SUB_A = "aaaaaaaa-1111-4111-8111-111111111111"
@@ -267,6 +267,9 @@ class Rig:
                 assert account.provisioning_state == "Succeeded"
             if entry.state is LedgerState.FAILED:
                 wanted = (str(entry.account_id).lower(), entry.to_version)
+                if (entry.cause or "").startswith(KEY_UNREADABLE_CAUSE):
+                    # Stopped by its key: the key's one alert stands for every account.
+                    wanted = (str(entry.key_id.versionless()).lower(), None)
                 mine = [
                     e
                     for e in self.alerts()
