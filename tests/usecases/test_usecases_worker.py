@@ -473,6 +473,22 @@ class TestCachedVersions:
         assert rig.alerts() == []
         assert len(rig.estate.sandbox.counters.matching(method="PATCH")) == 1  # then refused
 
+    async def test_version_missing_from_a_readable_key_is_the_jobs_failure(self, rig: Rig) -> None:
+        """A job for a version the key does not have (the key itself readable): the job's
+        own failure (account_update_failed naming the 404), not the key's key_unreadable."""
+        account, old, _ = _pair(rig)
+        job = RotationJob(
+            account_id=AccountId.parse(account.resource_id),
+            target=KeyId(rig.estate.kv.url, "cmk", "0" * 32),
+            trigger="test",
+        )
+
+        report = await rotate_account(rig.engine, job)
+
+        assert report.result is JobResult.FAILED
+        assert [a["type"] for a in rig.alerts()] == ["CmkRotator.account_update_failed"]
+        assert account.encryption.key_version == old.version
+
     async def test_identity_denied_forgets_the_cached_key(self, rig: Rig) -> None:
         """The PATCH ends Failed for key access (the identity lost its grant after the
         target was cached): the job fails with one identity_missing alert, and what was
