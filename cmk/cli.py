@@ -238,10 +238,12 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:  # commands with a journal report it themselves
+        # A command without one (demo, sandbox up) says only what it knows: that it
+        # stopped, and what its hint says — never that nothing was left half-done.
         hint = INTERRUPTED.get(str(args.command), "")
-        sys.stderr.write(f"cmk {args.command}: interrupted" + (f"; {hint}" if hint else "") + "\n")
-        message = f"cmk {args.command} was interrupted; it leaves nothing half-done"
-        _interrupted_document(argv, message, hint or f"run `cmk {args.command}` again")
+        told = f"cmk {args.command}: interrupted" + (f"; {hint}" if hint else "")
+        sys.stderr.write(told + "\n")
+        _interrupted_document(argv, told, hint or f"run `cmk {args.command}` again")
         return 130
     except BrokenPipeError:
         return _reader_gone()

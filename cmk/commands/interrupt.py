@@ -49,6 +49,8 @@ class Journal:
     #: Updates still running when their job stopped waiting: the write lease went on to
     #: the VERIFY job, which an interruption drops (see cmk.commands.inline.run_jobs).
     verifying: LeasesKept = field(default_factory=LeasesKept)
+    #: What the finishing command does before the kept write leases run out.
+    early: str = "before, it only waits for them"
 
     def did(self, what: str) -> None:
         """Something finished (shown under ``done``)."""
@@ -128,7 +130,7 @@ class Journal:
         return (
             f"{len(self.leases)} update(s) were sent and may still land; their accounts'"
             f" write leases run out at {last:%H:%M:%S} UTC; run `{self.finish or 'cmk sweep'}`"
-            " after that (before, it only waits for them)"
+            f" after that ({self.early})"
         )
 
     def _verifies(self) -> str:

@@ -10,14 +10,16 @@ moves to another key of the same vault, ``disable`` goes back to Microsoft-manag
 from __future__ import annotations
 
 import argparse
+import shlex
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich.text import Text
 
 from cmk.commands.errors import UsageError
 from cmk.commands.history import SHORT_ACCOUNT
+from cmk.commands.interrupt import Journal
 from cmk.commands.output import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -229,15 +231,71 @@ async def _read_each(engine: Engine, subscriptions: Sequence[str], short: str) -
     return [account for account, there in zip(candidates, found, strict=True) if there]
 
 
+@dataclass
+class _Progress:
+    """What an interrupted ``enable`` / ``switch`` / ``disable`` tells: the
+    :class:`~cmk.lifecycle.changes.ChangeWatch` of the command's journal. ``again`` is the
+    command line that finishes the change (or finds it made, and settles its ledger row)."""
+
+    journal: Journal
+    account: str
+    again: str
+
+    def start(self) -> None:
+        self.journal.now(
+            f"checking {self.account}",
+            not_done=f"{self.account} was not changed",
+            finish=self.again,
+        )
+
+    def did(self, what: str) -> None:
+        self.journal.did(what)
+        self.journal.not_done = f"{self.account}'s encryption was not changed"
+
+    def sending(self, what: str) -> None:
+        self.journal.did(f"sent {what}, no answer yet")
+        self.journal.now(
+            "waiting for the answer",
+            not_done=f"whether the update lands is not known: `cmk check {self.account}` shows"
+            " the key the account uses; the change's ledger row stays planned (`cmk history`)"
+            " until the command below finds the change made",
+            finish=self.again,
+        )
+        self.journal.early = "before, the account is busy and the command is refused"
+
+    def settled(self, what: str) -> None:
+        self.journal.done[-1:] = [what]  # instead of "sent …, no answer yet"
+        self.journal.now("", not_done="", finish="")
+
+
+def _again(args: argparse.Namespace, key: KeyId | None) -> str:
+    """The command line that runs this change again."""
+    words = ["cmk", str(args.command), str(args.account_id)]
+    if key is not None:
+        words += ["--key", str(key)]
+    if getattr(args, "identity_client_id", None):
+        words += ["--identity-client-id", str(args.identity_client_id)]
+    if args.command == "disable":
+        words.append("--yes")
+    if args.dry_run:
+        words.append("--dry-run")
+    return shlex.join(words)
+
+
 async def _change(session: Session) -> int:
     args = session.args
     dry_run = bool(args.dry_run) or session.settings.dry_run
+    key = None if args.command == "disable" else key_from_args(args, session.settings)
+    progress = _Progress(session.journal, str(args.account_id), _again(args, key))
+    progress.start()
 
     async def run(lc: Lifecycle) -> int:
         change: Change
         [account_id] = accounts
         if args.command == "disable":
-            change = await disable(lc, account_id, confirmed=args.yes, dry_run=dry_run)
+            change = await disable(
+                lc, account_id, confirmed=args.yes, dry_run=dry_run, watch=progress
+            )
             if dry_run and change.outcome is ChangeOutcome.REFUSED:
                 detail = (
                     f"would take the account off {change.previous} and back to"
@@ -245,16 +303,21 @@ async def _change(session: Session) -> int:
                 )
                 change = replace(change, outcome=ChangeOutcome.DRY_RUN, detail=detail)
         else:
-            key = key_from_args(args, session.settings)
+            assert key is not None
             if not dry_run:
                 await session.runtime.prepare_storage()
             if args.command == "enable":
                 client_id = args.identity_client_id
                 change = await enable(
-                    lc, account_id, key, identity_client_id=client_id, dry_run=dry_run
+                    lc,
+                    account_id,
+                    key,
+                    identity_client_id=client_id,
+                    dry_run=dry_run,
+                    watch=progress,
                 )
             else:
-                change = await switch(lc, account_id, key, dry_run=dry_run)
+                change = await switch(lc, account_id, key, dry_run=dry_run, watch=progress)
         code = EXIT_FINDINGS if change.outcome is ChangeOutcome.REFUSED else EXIT_OK
         _print_change(session.output, change, code, dry_run=dry_run)
         return code

@@ -25,7 +25,7 @@ from cmk.commands.output import (
     styled,
     table,
 )
-from cmk.commands.session import configure_logging, fail, interrupted
+from cmk.commands.session import configure_logging, fail, interrupted, report
 from cmk.commands.smoke_rights import (
     account_rights,
     app_account_rights,
@@ -34,6 +34,7 @@ from cmk.commands.smoke_rights import (
     operator_role_fix,
 )
 from cmk.commands.smoke_storage import alert_topic, storage_check
+from cmk.commands.unreachable import sandbox_unreachable
 from cmk.errors import CmkError, ConfigurationError
 from cmk.lifecycle.services import LifecycleClients
 from cmk.runtime import Runtime
@@ -94,6 +95,9 @@ def _run(args: argparse.Namespace) -> int:
     output = Output(bool(args.json), output_format(args), args.query)
     configure_logging(bool(args.verbose))
     journal = Journal("smoke")
+    gone = sandbox_unreachable(os.environ)
+    if gone is not None:  # as every command: not a row "no token", the sandbox has stopped
+        return report(args, output, gone)
     try:
         try:
             settings = Settings.from_environ(os.environ, require_storage=True)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
-from cmk.errors import AccountBusy, TransientError, UpdateUnanswered
+from cmk.errors import AccountBusy, CmkError, TransientError, UpdateUnanswered
 from cmk.keyid import KeyId
 from cmk.lifecycle.check import AccountCheck, evaluate_account
 from cmk.lifecycle.context import Lifecycle
@@ -29,7 +31,15 @@ from cmk.ports import LedgerEntry, LedgerState, UpdateOutcome
 from cmk.resource_id import AccountId
 from cmk.usecases.worker import account_lease_name
 
-__all__ = ["MICROSOFT_MANAGED", "Change", "ChangeOutcome", "disable", "enable", "switch"]
+__all__ = [
+    "MICROSOFT_MANAGED",
+    "Change",
+    "ChangeOutcome",
+    "ChangeWatch",
+    "disable",
+    "enable",
+    "switch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,32 @@ class Change:
     @property
     def failed(self) -> bool:
         return self.outcome is ChangeOutcome.REFUSED
+
+
+class ChangeWatch(Protocol):
+    """Hears what a change writes, so that an interrupted command can say what it left
+    (``cmk enable / switch / disable`` tell it to their journal)."""
+
+    def did(self, what: str) -> None:
+        """``what`` was written and is settled (an identity enabled)."""
+
+    def sending(self, what: str) -> None:
+        """``what`` is about to be sent to Azure: from now until :meth:`settled` it may
+        land or not."""
+
+    def settled(self, what: str) -> None:
+        """The update sent was answered, and its ledger row written: ``what`` it did."""
+
+
+class _Unwatched:
+    def did(self, what: str) -> None:
+        pass
+
+    def sending(self, what: str) -> None:
+        pass
+
+    def settled(self, what: str) -> None:
+        pass
 
 
 def _refusal(requirements: tuple[Requirement, ...]) -> str:
@@ -110,7 +146,15 @@ async def _one_writer(lc: Lifecycle, account_id: AccountId, purpose: str) -> Asy
         raise
     finally:
         if keep:
-            log.warning("write lease of %s kept until it expires: the PATCH is unsettled", name)
+            log.warning(
+                "write lease kept until it expires: the PATCH to %s is unsettled",
+                account_id,
+                extra={
+                    "cmk_account_id": str(account_id),
+                    "cmk_step": "lease",
+                    "cmk_lease_expires": grant.expires.isoformat(),
+                },
+            )
         else:
             await _give_back(lc, name, token)
 
@@ -123,27 +167,88 @@ async def _give_back(lc: Lifecycle, name: str, token: str) -> None:
         log.warning("write lease %s not released (it expires): %s", name, error)
 
 
-async def _record(
-    lc: Lifecycle, change: Change, key: KeyId, to_version: str, from_version: str | None
-) -> None:
-    now = lc.now()
-    state = LedgerState.SUCCEEDED
-    if change.outcome is ChangeOutcome.IN_PROGRESS:
-        state = LedgerState.SUBMITTED
-    await lc.ledger.record(
-        LedgerEntry(
-            account_id=change.account_id,
-            key_id=key.versionless(),
-            to_version=to_version,
-            from_version=from_version,
-            state=state,
-            attempts=1,
-            cause=change.detail,
-            trigger=f"{lc.trigger}:{change.action}",
-            created=now,
-            updated=now,
+@dataclass
+class _Row:
+    """The ledger row of one change: ``planned`` before its PATCH, settled after."""
+
+    lc: Lifecycle
+    action: str
+    account_id: AccountId
+    key: KeyId
+    to_version: str
+    from_version: str | None
+    created: datetime | None = None
+
+    async def write(self, state: LedgerState, cause: str) -> None:
+        now = self.lc.now()
+        self.created = self.created or now
+        await self.lc.ledger.record(
+            LedgerEntry(
+                account_id=self.account_id,
+                key_id=self.key.versionless(),
+                to_version=self.to_version,
+                from_version=self.from_version,
+                state=state,
+                attempts=1,
+                cause=cause,
+                trigger=f"{self.lc.trigger}:{self.action}",
+                created=self.created,
+                updated=now,
+            )
         )
-    )
+
+    async def note(self, state: LedgerState, cause: str) -> None:
+        """Write the row on the way out of a failed PATCH: a ledger that cannot be written
+        then is logged, and the PATCH's own error is what the command reports."""
+        try:
+            await self.write(state, cause)
+        except CmkError as error:
+            log.warning(
+                "ledger row of %s -> %s not written: %s",
+                self.account_id,
+                self.to_version,
+                error,
+                extra={"cmk_account_id": str(self.account_id), "cmk_step": "record"},
+            )
+
+
+async def _send(
+    row: _Row, watch: ChangeWatch, what: str, patch: Callable[[], Awaitable[UpdateOutcome]]
+) -> UpdateOutcome:
+    """Record the change ``planned``, then send it. Unanswered (or stopped while it is
+    out), it may still land: the row stays planned. Answered with an error: it is closed
+    ``skipped`` with that error."""
+    watch.sending(what)
+    await row.write(LedgerState.PLANNED, f"{row.action}: {what} sent, not verified yet")
+    try:
+        return await patch()
+    except UpdateUnanswered as error:
+        await row.note(LedgerState.PLANNED, f"{row.action}: {error}")
+        raise
+    except Exception as error:
+        await row.note(LedgerState.SKIPPED, f"{row.action} not done: {error}")
+        raise
+
+
+async def _settle(lc: Lifecycle, account_id: AccountId, to_version: str, how: str) -> None:
+    """The account already is where the command takes it: settle ``succeeded`` the row an
+    earlier run left open (interrupted, or its PATCH unanswered), as a sweep settles a
+    move it finds done. Only over the row as read: a job writing it meanwhile wins."""
+    try:
+        entry = await lc.ledger.get(account_id, to_version)
+        if entry is None or entry.state not in (LedgerState.PLANNED, LedgerState.SUBMITTED):
+            return
+        cause = f"{entry.cause or entry.state.value}; verified by a later run: {how}"
+        settled = replace(entry, state=LedgerState.SUCCEEDED, cause=cause, updated=lc.now())
+        await lc.ledger.replace_unchanged(entry, settled)
+    except CmkError as error:  # the answer (unchanged) stands; the row waits for a next run
+        log.warning(
+            "open ledger row of %s -> %s not settled: %s",
+            account_id,
+            to_version,
+            error,
+            extra={"cmk_account_id": str(account_id), "cmk_step": "record"},
+        )
 
 
 async def _bind(
@@ -155,6 +260,7 @@ async def _bind(
     client_id: str | None,
     dry_run: bool,
     previous: KeyId | None,
+    watch: ChangeWatch,
 ) -> Change:
     """Preflight, then set the encryption to the checked version, verify, record."""
     record = await lc.accounts.get(account_id)
@@ -163,6 +269,8 @@ async def _bind(
     if client_id is None and previous is None and identity.type.lower() == "none" and not dry_run:
         identity = await lc.writer.enable_system_identity(account_id)
         enabled = True
+        principal = identity.system_principal_id
+        watch.did(f"enabled a system-assigned identity on {account_id} (principal {principal})")
     check = await evaluate_account(lc, record, identity, key, client_id, bound_key=previous)
     principal = identity.principal_for(client_id)
     base = Change(
@@ -180,16 +288,28 @@ async def _bind(
         return replace(base, detail=_refusal(base.requirements))
     if dry_run:
         return replace(base, outcome=ChangeOutcome.DRY_RUN, detail=f"would bind {check.key}")
-    wait = lc.settings.update_timeout
-    async with _one_writer(lc, account_id, f"{action} to {check.key}"):
-        result = await lc.writer.set_encryption(account_id, check.key, client_id, wait)
+    wait, target = lc.settings.update_timeout, check.key
+    from_version = previous.version if previous is not None else None
+    row = _Row(lc, action, account_id, target, target.version or "", from_version)
+    async with _one_writer(lc, account_id, f"{action} to {target}"):
+        result = await _send(
+            row,
+            watch,
+            f"the update of {account_id} to {target}",
+            lambda: lc.writer.set_encryption(account_id, target, client_id, wait),
+        )
         done = result is UpdateOutcome.SUCCEEDED
         outcome = ChangeOutcome.DONE if done else ChangeOutcome.IN_PROGRESS
         verb = "bound and verified" if outcome is ChangeOutcome.DONE else "update submitted for"
-        change = replace(base, outcome=outcome, detail=f"{action}: {verb} {check.key}")
-        from_version = previous.version if previous is not None else None
-        await _record(lc, change, check.key, check.key.version or "", from_version)
+        change = replace(base, outcome=outcome, detail=f"{action}: {verb} {target}")
+        await row.write(_state(outcome), change.detail)
+    watch.settled(change.detail)
     return change
+
+
+def _state(outcome: ChangeOutcome) -> LedgerState:
+    """The ledger state of a change whose PATCH was answered."""
+    return LedgerState.SUCCEEDED if outcome is ChangeOutcome.DONE else LedgerState.SUBMITTED
 
 
 def _pending_identity(
@@ -226,6 +346,7 @@ async def enable(
     *,
     identity_client_id: str | None = None,
     dry_run: bool = False,
+    watch: ChangeWatch | None = None,
 ) -> Change:
     """Turn on CMK with ``key`` (versioned, or versionless: its newest valid version)."""
     record = await lc.accounts.get(account_id)
@@ -233,17 +354,31 @@ async def enable(
     if bound is not None:
         if bound.key_id.same_key(key):
             detail = f"already uses {bound.key_id}; rotation keeps it on the newest version"
+            if not dry_run and record.provisioning_state.lower() == "succeeded":
+                await _settle(lc, account_id, bound.key_id.version or "", f"enable: {detail}")
             return Change("enable", account_id, ChangeOutcome.UNCHANGED, detail, bound.key_id)
         detail = f"already uses {bound.key_id}; use `cmk switch` to change the key"
         return Change("enable", account_id, ChangeOutcome.REFUSED, detail, previous=bound.key_id)
     client_id = identity_client_id.lower() if identity_client_id else None
     return await _bind(
-        lc, "enable", account_id, key, client_id=client_id, dry_run=dry_run, previous=None
+        lc,
+        "enable",
+        account_id,
+        key,
+        client_id=client_id,
+        dry_run=dry_run,
+        previous=None,
+        watch=watch or _Unwatched(),
     )
 
 
 async def switch(
-    lc: Lifecycle, account_id: AccountId, key: KeyId, *, dry_run: bool = False
+    lc: Lifecycle,
+    account_id: AccountId,
+    key: KeyId,
+    *,
+    dry_run: bool = False,
+    watch: ChangeWatch | None = None,
 ) -> Change:
     """Move a CMK account to another key of the same vault."""
     record = await lc.accounts.get(account_id)
@@ -253,6 +388,8 @@ async def switch(
         return Change("switch", account_id, ChangeOutcome.REFUSED, detail)
     if bound.key_id.same_key(key):
         detail = f"already uses {bound.key_id}; rotation moves versions, not `cmk switch`"
+        if not dry_run and record.provisioning_state.lower() == "succeeded":
+            await _settle(lc, account_id, bound.key_id.version or "", f"switch: {detail}")
         return Change("switch", account_id, ChangeOutcome.UNCHANGED, detail, bound.key_id)
     return await _bind(
         lc,
@@ -262,18 +399,27 @@ async def switch(
         client_id=bound.identity_client_id,
         dry_run=dry_run,
         previous=bound.key_id,
+        watch=watch or _Unwatched(),
     )
 
 
 async def disable(
-    lc: Lifecycle, account_id: AccountId, *, confirmed: bool, dry_run: bool = False
+    lc: Lifecycle,
+    account_id: AccountId,
+    *,
+    confirmed: bool,
+    dry_run: bool = False,
+    watch: ChangeWatch | None = None,
 ) -> Change:
     """Take the account back to Microsoft-managed keys. Refused (nothing written) without
     ``confirmed`` and in a dry run."""
+    watch = watch or _Unwatched()
     record = await lc.accounts.get(account_id)
     bound = record.binding
     if bound is None:
         detail = "already uses Microsoft-managed keys"
+        if confirmed and not dry_run and record.provisioning_state.lower() == "succeeded":
+            await _settle(lc, account_id, MICROSOFT_MANAGED, f"disable: {detail}")
         return Change("disable", account_id, ChangeOutcome.UNCHANGED, detail)
     base = Change("disable", account_id, ChangeOutcome.REFUSED, "", previous=bound.key_id)
     if dry_run:
@@ -288,8 +434,14 @@ async def disable(
             " Microsoft-managed keys; pass --yes to confirm"
         )
         return replace(base, detail=detail)
+    row = _Row(lc, "disable", account_id, bound.key_id, MICROSOFT_MANAGED, bound.key_id.version)
     async with _one_writer(lc, account_id, "disable: back to Microsoft-managed keys"):
-        result = await lc.writer.use_microsoft_keys(account_id, lc.settings.update_timeout)
+        result = await _send(
+            row,
+            watch,
+            f"the update of {account_id} to Microsoft-managed keys",
+            lambda: lc.writer.use_microsoft_keys(account_id, lc.settings.update_timeout),
+        )
         done = result is UpdateOutcome.SUCCEEDED
         change = replace(
             base,
@@ -297,5 +449,6 @@ async def disable(
             detail=f"disable: {'now uses' if done else 'switching to'} Microsoft-managed keys"
             f" (was {bound.key_id})",
         )
-        await _record(lc, change, bound.key_id, MICROSOFT_MANAGED, bound.key_id.version)
+        await row.write(_state(change.outcome), change.detail)
+    watch.settled(change.detail)
     return change

@@ -301,6 +301,38 @@ class TestInterruptedDemo:
         assert any(line.startswith("Act 1") for line in seen)
         assert "demo finished" not in rest
 
+    def test_json_document_claims_nothing_it_cannot_know(self, tmp_path: Path):
+        """`cmk demo --json` interrupted once act 2 has begun (its story is on stderr): the
+        error document says it was interrupted and how to run it again, and does not claim
+        that nothing was left half-done (a command without a journal cannot know)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CMK_", "AZURE_"))}
+        env.pop("AzureWebJobsStorage", None)
+        process = subprocess.Popen(
+            [*CTRL_C_DEFAULT, str(CMK), "demo", "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        try:
+            for line in process.stderr:  # bounded by the demo itself
+                if line.startswith("cmk demo: Act 2"):
+                    process.send_signal(signal.SIGINT)
+                    break
+            out, err = process.communicate(timeout=CEILING_SECONDS)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 130, err
+        error = json.loads(out)["error"]
+        assert error["kind"] == "interrupted" and error["exit_code"] == 130
+        assert error["message"].startswith("cmk demo: interrupted")
+        assert "half-done" not in error["message"]
+        assert "run `cmk demo` again" in error["fix"]
+
 
 class TestJournalOfUpdatesStillRunning:
     """An update that outlasted its job's wait hands the account's write lease to its
