@@ -10,6 +10,7 @@ talk to it like to Azure.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib
 import logging
 import os
@@ -23,6 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -119,6 +121,59 @@ def write_node_bundle(ca_pem: bytes, path: Path, inherited: str | None) -> Path:
     return path
 
 
+#: The file in the state directory that names the sandbox using it (``pid=`` and, once its
+#: proxy listens, ``proxy=`` lines); the sandbox holds an exclusive ``flock`` on it while it
+#: runs, which the kernel releases when the process ends however it ends.
+OWNER_FILE = "owner"
+
+
+class StateDirInUse(RuntimeError):
+    """Another running sandbox owns the state directory (its CA bundle, TLS files, az
+    profile and Azurite data): starting here would replace the CA its clients trust."""
+
+    def __init__(self, state_dir: Path, pid: int | None, proxy: str | None) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        self.proxy = proxy
+        super().__init__(
+            f"{state_dir} is the state directory of a sandbox that is still running"
+            f" ({', '.join(self.owner)})"
+        )
+
+    @property
+    def owner(self) -> list[str]:
+        """What the owner file names: ``pid N``, ``proxy host:port`` (``starting`` when it
+        names nothing yet)."""
+        named = [f"pid {self.pid}"] if self.pid else []
+        named += [f"proxy {self.proxy}"] if self.proxy else []
+        return named or ["starting"]
+
+
+def _read_owner(fd: int) -> tuple[int | None, str | None]:
+    """The ``pid`` and ``proxy`` an owner file names (None for what it does not name)."""
+    text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+    fields = dict(line.partition("=")[::2] for line in text.splitlines())
+    pid = fields.get("pid", "")
+    return (int(pid) if pid.isdigit() else None), (fields.get("proxy") or None)
+
+
+def claim_state_dir(state_dir: Path) -> int:
+    """Make this process the owner of ``state_dir``: lock its :data:`OWNER_FILE` and write our
+    pid there; return the file descriptor, which holds the claim until it is closed. An
+    owner file left by a sandbox that has ended is taken over; StateDirInUse while its
+    owner runs (in this process or another)."""
+    fd = os.open(state_dir / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid, proxy = _read_owner(fd)
+        os.close(fd)
+        raise StateDirInUse(state_dir, pid, proxy) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid={os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _service_module(module_name: str) -> ModuleType | None:
     try:
         return importlib.import_module(module_name)
@@ -168,6 +223,7 @@ class Sandbox:
         self._server: SandboxServer | None = None
         self.seeded: SeededWorld | None = None
         self._extra_services: dict[str, tuple[tuple[str, ...], ServiceFactory]] = {}
+        self._owner_fd: int | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -176,12 +232,21 @@ class Sandbox:
         return self._server is not None
 
     def start(self) -> Sandbox:
-        """Start the loop thread, the proxy, the services (and Azurite); return self."""
+        """Start the loop thread, the proxy, the services (and Azurite); return self.
+        StateDirInUse, before anything is written, when another running sandbox owns the
+        state directory."""
         if self._server is not None:
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.ca.write_bundle(self.ca_bundle)
-        write_node_bundle(self.ca.pem, self.node_ca_bundle, os.environ.get("NODE_EXTRA_CA_CERTS"))
+        self._owner_fd = claim_state_dir(self.state_dir)
+        try:
+            self.ca.write_bundle(self.ca_bundle)
+            write_node_bundle(
+                self.ca.pem, self.node_ca_bundle, os.environ.get("NODE_EXTRA_CA_CERTS")
+            )
+        except BaseException:
+            self.stop()
+            raise
         loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -204,6 +269,9 @@ class Sandbox:
         try:
             self._call(server.start())
             self._server = server
+            proxy = urlsplit(server.proxy_url)
+            owner = f"proxy={proxy.hostname}:{proxy.port}\n".encode()
+            os.pwrite(self._owner_fd, owner, os.fstat(self._owner_fd).st_size)
             self._call(self._mount_services())
             if self._with_azurite:
                 self.azurite = Azurite(self.state_dir / "azurite").start()
@@ -213,7 +281,8 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        """Stop everything started (idempotent); removes a temporary state dir."""
+        """Stop everything started (idempotent); gives up the state dir (removes a
+        temporary one)."""
         if self.azurite is not None:
             self.azurite.stop()
             self.azurite = None
@@ -230,6 +299,9 @@ class Sandbox:
             loop.close()
         self._loop = None
         self._thread = None
+        if self._owner_fd is not None:  # the state dir is free for the next sandbox
+            os.close(self._owner_fd)
+            self._owner_fd = None
         if self._own_state_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 

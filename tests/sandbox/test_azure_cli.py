@@ -79,6 +79,30 @@ class TestAccount:
         assert token["tenant"] == az.json("account", "show")["tenantId"]
 
 
+class TestLogin:
+    def test_user_and_device_code_logins_say_only_managed_identity_signs_in(
+        self,
+        sandbox_up: SandboxUp,  # noqa: F811 (the imported fixture)
+    ):
+        """Plain az login (no browser here, so a device code) and az login --use-device-code
+        exit non-zero with the sandbox's message and refusal, not a traceback; so does az
+        login --service-principal. The config dir is a fresh one, logged in to nothing."""
+        config = sandbox_up.root / "az-user"
+        env = {**sandbox_up.env, "AZURE_CONFIG_DIR": str(config)}
+        cli = Cli({**env, "AZURE_CORE_COLLECT_TELEMETRY": "no"})
+        for args in (
+            ("login",),
+            ("login", "--use-device-code"),
+            ("login", "--service-principal", "-u", "x", "-p", "y", "--tenant", "contoso.com"),
+        ):
+            result = cli.run(*args)
+            assert result.returncode != 0, args
+            assert "issues tokens only through managed identity" in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr and "unexpected error" not in result.stderr
+            if "--service-principal" not in args:
+                assert "Sign in with `az login --identity`" in result.stderr
+
+
 class TestResources:
     def test_group_list_shows_the_group_holding_only_a_topic(self, az: Cli):
         """az group list: the platform subscription's key group and alert-topic group."""
@@ -332,6 +356,25 @@ class TestResourceGraph:
             "--body", json.dumps({"query": query}),
         )  # fmt: skip
         assert [row["sku"] for row in body["data"]] == [shown["properties"]["sku"]["name"]]
+
+
+class TestStateDir:
+    def test_a_later_sandbox_on_the_same_state_dir_starts_logged_out(self, tmp_path: Path):
+        """az logged in to a sandbox that stopped: a new sandbox with the same --state-dir
+        starts az logged out (not on the old tenant), and az login --identity there names
+        the new tenant."""
+        with running_sandbox_up(tmp_path) as first:
+            cli = Cli({**first.env, "AZURE_CORE_COLLECT_TELEMETRY": "no"})
+            cli.json("login", "--identity")
+            old_tenant = cli.json("account", "show")["tenantId"]
+        with running_sandbox_up(tmp_path) as second:
+            cli = Cli({**second.env, "AZURE_CORE_COLLECT_TELEMETRY": "no"})
+            shown = cli.run("account", "show")
+            assert shown.returncode != 0 and "az login" in shown.stderr, shown.stdout
+            cli.json("login", "--identity")
+            new_tenant = cli.json("account", "show")["tenantId"]
+        assert second.env["AZURE_CONFIG_DIR"] == first.env["AZURE_CONFIG_DIR"]
+        assert new_tenant != old_tenant
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import requests
 
 from cmk.cli import main
 from cmk.sandbox.command.env import live_owner, write_env_file
+from cmk.sandbox.command.up import AZ_LOGIN_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Bounds a hang of the start-up (Azurite included); a loaded machine is slow, not wrong.
@@ -116,8 +117,11 @@ class TestSandboxUp:
         assert "$.subscriptions[0].name" in result.stderr
 
 
-def _start_up(env_file: Path | None, tmp_path: Path) -> subprocess.Popen[str]:
-    """`cmk sandbox up --no-azurite` (with ``--env-file`` if given), stdout to up.log."""
+def _start_up(
+    env_file: Path | None, tmp_path: Path, environ: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`cmk sandbox up --no-azurite` (with ``--env-file`` if given, in ``environ`` if given),
+    stdout to up.log."""
     command = [*UP, "--no-azurite", "--state-dir", str(tmp_path / "state")]
     if env_file is not None:
         command += ["--env-file", str(env_file)]
@@ -125,7 +129,7 @@ def _start_up(env_file: Path | None, tmp_path: Path) -> subprocess.Popen[str]:
         return subprocess.Popen(
             command,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            env={**(environ or os.environ), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
             stdout=log,
             stderr=subprocess.PIPE,
             text=True,
@@ -201,6 +205,7 @@ class TestEnvFileHygiene:
         assert key["key_id"] == "https://kv-cmk-weu.vault.azure.net/keys/ai-cmk"
         assert key["in_scope"] is True
         left = dict(line.partition("=")[::2] for line in shell.stderr.split("\n") if line)
+        assert left.pop("AZURE_EXTENSION_DIR")  # where the user's az extensions are
         assert left == {"AZURE_CONFIG_DIR": str(tmp_path / "state" / "azure")}
 
     def test_refuses_the_env_file_of_a_running_sandbox(self, tmp_path):
@@ -227,6 +232,67 @@ class TestEnvFileHygiene:
             err = _stop(first)
         assert first.returncode == 0, err
         assert not env_file.exists()
+
+
+class TestStateDir:
+    def test_refuses_the_state_dir_of_a_running_sandbox(self, tmp_path):
+        """A second `up` with the --state-dir of one still running (another env file) exits
+        2 naming its pid and how to stop it; the CA bundle the first one's clients trust is
+        unchanged, and they still reach it."""
+        env_file = tmp_path / "sandbox.env"
+        first = _start_up(env_file, tmp_path)
+        try:
+            _read_until(first, tmp_path / "up.log", "stop with Ctrl-C")
+            ca = (tmp_path / "state" / "ca.pem").read_bytes()
+            second = subprocess.run(
+                [*UP, "--no-azurite", "--env-file", str(tmp_path / "second.env"),
+                 "--state-dir", str(tmp_path / "state")],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                text=True,
+                timeout=HANG_SECONDS,
+                check=False,
+            )  # fmt: skip
+            assert second.returncode == 2, second.stderr
+            assert f"pid {first.pid}" in second.stderr and "--state-dir" in second.stderr
+            assert f"kill {first.pid}" in second.stderr
+            assert not (tmp_path / "second.env").exists()
+            assert (tmp_path / "state" / "ca.pem").read_bytes() == ca
+            env = _env_file_values(env_file)
+            answer = requests.get(
+                "https://kv-cmk-weu.vault.azure.net/keys?api-version=7.5",
+                proxies={"https": env["HTTPS_PROXY"]},
+                verify=env["REQUESTS_CA_BUNDLE"],
+                timeout=30,
+            )
+            assert answer.status_code == 401  # Key Vault's challenge, over verified TLS
+        finally:
+            err = _stop(first)
+        assert first.returncode == 0, err
+
+    def test_a_former_sandboxs_az_login_is_cleared(self, tmp_path):
+        """`up` on a state dir a stopped sandbox used starts az logged out (the former
+        profile named another tenant and its subscriptions) and keeps az's own settings;
+        AZURE_EXTENSION_DIR names the extensions of the user's az."""
+        config = tmp_path / "state" / "azure"
+        config.mkdir(parents=True)
+        for name in AZ_LOGIN_FILES:
+            (config / name).write_text("left by a former sandbox")
+        (config / "config").write_text("[core]\noutput = table\n")
+        env_file = tmp_path / "sandbox.env"
+        extensions = tmp_path / "user-azure" / "cliextensions"
+        environ = {**os.environ, "AZURE_EXTENSION_DIR": str(extensions)}
+        process = _start_up(env_file, tmp_path, environ)
+        try:
+            _read_until(process, tmp_path / "up.log", "stop with Ctrl-C")
+            env = _env_file_values(env_file)
+        finally:
+            err = _stop(process)
+        assert process.returncode == 0, err
+        assert env["AZURE_CONFIG_DIR"] == str(config)
+        assert env["AZURE_EXTENSION_DIR"] == str(extensions)
+        assert sorted(p.name for p in config.iterdir()) == ["config"]
 
 
 class TestEnvFileOwner:

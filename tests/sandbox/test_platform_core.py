@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from azure.identity import DefaultAzureCredential
@@ -11,7 +14,7 @@ from azure.identity.aio import DefaultAzureCredential as AsyncDefaultAzureCreden
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.aio import KeyClient as AsyncKeyClient
 
-from cmk.sandbox.core import Sandbox
+from cmk.sandbox.core import OWNER_FILE, Sandbox, StateDirInUse
 from cmk.sandbox.world import VaultKind, VaultState
 
 
@@ -29,6 +32,55 @@ def _vault(sandbox: Sandbox, name: str = "kv-smoke") -> VaultState:
         world.vaults[vault.host] = vault
         world.grant(sandbox.app_principal.object_id, vault.resource_id, "Key Vault Crypto Officer")
     return vault
+
+
+#: A process that claims a state dir as a starting sandbox does, says so, and waits to be
+#: killed (the test ends it; the ceiling of 600 s only bounds a leak).
+CLAIMANT = (
+    "import sys, time; from pathlib import Path; from cmk.sandbox.core import claim_state_dir;"
+    " claim_state_dir(Path(sys.argv[1])); print('claimed', flush=True); time.sleep(600)"
+)
+
+
+class TestStateDirOwner:
+    def test_a_second_sandbox_on_a_running_ones_state_dir_is_refused(self, tmp_path):
+        """Starting on the state dir of a running sandbox raises StateDirInUse naming its pid
+        and proxy, and leaves its CA bundle as it was; once it stops, the dir is free."""
+        state = tmp_path / "state"
+        second = Sandbox(state)
+        with Sandbox(state) as first:
+            with pytest.raises(StateDirInUse) as refused:
+                second.start()
+            assert refused.value.pid == os.getpid()
+            assert refused.value.proxy == first.proxy_url.removeprefix("http://")
+            assert (state / "ca.pem").read_bytes() == first.ca.pem
+            assert not second.running
+        with second:
+            assert (state / "ca.pem").read_bytes() == second.ca.pem
+            assert (state / OWNER_FILE).read_text().startswith(f"pid={os.getpid()}\n")
+
+    def test_the_owner_file_of_a_killed_sandbox_is_taken_over(self, tmp_path):
+        """While another process holds the state dir, start is refused naming that pid; once
+        it is killed (SIGKILL: no clean-up ran), its owner file is taken over."""
+        state = tmp_path / "state"
+        state.mkdir()
+        claimant = subprocess.Popen(
+            [sys.executable, "-c", CLAIMANT, str(state)],
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert claimant.stdout is not None and claimant.stdout.readline() == "claimed\n"
+            with pytest.raises(StateDirInUse, match=f"pid {claimant.pid}"):
+                Sandbox(state).start()
+        finally:
+            claimant.kill()
+            claimant.communicate(timeout=30)
+        assert (state / OWNER_FILE).read_text() == f"pid={claimant.pid}\n"
+        with Sandbox(state) as sandbox:
+            proxy = sandbox.proxy_url.removeprefix("http://")
+            assert (state / OWNER_FILE).read_text() == f"pid={os.getpid()}\nproxy={proxy}\n"
 
 
 class TestSandboxLifecycle:

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import jwt
+import msal
 import pytest
 import requests
 from azure.core.exceptions import ClientAuthenticationError
@@ -18,7 +19,7 @@ from azure.identity.aio import DefaultAzureCredential as AsyncDefaultAzureCreden
 from cryptography import x509
 
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.identity.service import TokenService
+from cmk.sandbox.identity.service import DEVICE_CODE_MESSAGE, REFUSAL, TokenService
 from cmk.sandbox.platform.context import AUDIENCE_ARM, AUDIENCE_VAULT
 from cmk.sandbox.world import Principal
 
@@ -121,6 +122,9 @@ def _claims(token: str) -> dict[str, Any]:
     return claims
 
 
+DEVICE_AUTH_HOST = "https://login.microsoftonline.com"
+
+
 class TestIdentityEndpoint:
     def test_default_azure_credential_gets_the_app_token(self, sandbox: Sandbox):
         """DefaultAzureCredential picks the sandbox managed identity and its token verifies."""
@@ -197,6 +201,36 @@ class TestIdentityEndpoint:
         assert body["token_endpoint"].endswith(f"/{sandbox.tenant_id}/oauth2/v2.0/token")
         refused = requests.post(body["token_endpoint"], data={"grant_type": "x"}, timeout=10)
         assert refused.status_code == 400
+
+    def test_configurations_publish_entras_device_code_endpoints(self, sandbox: Sandbox):
+        """v2.0 and v1.0 discovery name device_authorization_endpoint where Entra does
+        (.../oauth2/v2.0/devicecode, .../oauth2/devicecode), and both answer a code."""
+        base = f"https://login.microsoftonline.com/{sandbox.tenant_id}"
+        for discovery, endpoint, uri_field in (
+            ("v2.0/.well-known/openid-configuration", "oauth2/v2.0/devicecode", "verification_uri"),
+            (".well-known/openid-configuration", "oauth2/devicecode", "verification_url"),
+        ):
+            config = requests.get(f"{base}/{discovery}", timeout=10).json()
+            assert config["device_authorization_endpoint"] == f"{base}/{endpoint}"
+            code = requests.post(
+                config["device_authorization_endpoint"], data={"client_id": "x"}, timeout=10
+            )
+            assert code.status_code == 200
+            assert code.json()["message"] == DEVICE_CODE_MESSAGE
+            assert code.json()[uri_field] == f"{DEVICE_AUTH_HOST}/common/oauth2/deviceauth"
+
+    def test_msal_device_flow_ends_in_the_managed_identity_refusal(self, sandbox: Sandbox):
+        """MSAL's device flow (az login's without a browser) gets a code that says only
+        managed identity signs in; its first poll answers the refusal every grant gets."""
+        app = msal.PublicClientApplication(
+            "04b07795-8ddb-461a-bbee-02f9e1bf7b46",  # azure-cli's public client id
+            authority=f"https://login.microsoftonline.com/{sandbox.tenant_id}",
+        )
+        flow = app.initiate_device_flow(scopes=["https://management.core.windows.net//.default"])
+        assert flow["user_code"] and flow["message"] == DEVICE_CODE_MESSAGE
+        result = app.acquire_token_by_device_flow(flow)
+        assert result["error"] == "unauthorized_client"
+        assert result["error_description"] == REFUSAL
 
     def test_app_token_validates_against_the_served_openid_configuration(self, sandbox: Sandbox):
         """As a resource server does: v1 discovery -> jwks_uri -> verify signature, aud, iss."""

@@ -81,7 +81,7 @@ from cmk.sandbox.platform.context import (
 from cmk.sandbox.platform.throttling import Decision, Throttle, throttle_for
 from cmk.sandbox.resourcegraph.service import API_VERSIONS as GRAPH_API_VERSIONS
 from cmk.sandbox.resourcegraph.service import GraphError, ResourceGraph, graph_for
-from cmk.sandbox.resourcegraph.service import _support_message as graph_support_message
+from cmk.sandbox.resourcegraph.service import support_message as graph_support_message
 from cmk.sandbox.world import World
 
 ARM_AUDIENCES = frozenset({AUDIENCE_ARM, "https://management.core.windows.net"})

@@ -5,8 +5,11 @@ built-in example), checks that every service answers, then writes ``export NAME=
 lines to ``--env-file`` (``source`` it in another shell; without it they are printed) and
 prints a short summary. The env file first unsets the credential variables that would make
 ``DefaultAzureCredential`` pick something other than the sandbox's managed identity, and
-points ``AZURE_CONFIG_DIR`` into the state directory. With ``--app`` it also runs
-``function_app.py`` on the local Functions host against it (:mod:`cmk.sandbox.command.app`).
+points ``AZURE_CONFIG_DIR`` into the state directory (cleared of a former sandbox's ``az``
+login). A state directory serves one running sandbox at a time
+(:func:`~cmk.sandbox.core.claim_state_dir`): a second ``up`` with it is refused, as one with
+its env file is. With ``--app`` it also runs ``function_app.py`` on the local Functions host
+against it (:mod:`cmk.sandbox.command.app`).
 
 An env file whose sandbox still runs is never overwritten (:mod:`cmk.sandbox.command.env`);
 the file is removed when the sandbox that wrote it stops.
@@ -20,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
@@ -32,7 +36,7 @@ from cmk.commands.errors import UsageError
 from cmk.commands.output import EXIT_USAGE
 from cmk.sandbox.command.app import app_settings, describe_app, run_app
 from cmk.sandbox.command.env import export_lines, live_owner, write_env_file
-from cmk.sandbox.core import Sandbox
+from cmk.sandbox.core import Sandbox, StateDirInUse
 from cmk.sandbox.scenario.loader import ScenarioError, example_path
 
 READY_TIMEOUT_SECONDS = 10.0
@@ -98,12 +102,40 @@ def _probe(sandbox: Sandbox) -> list[str]:
     return silent
 
 
-def _shell_env(sandbox: Sandbox) -> dict[str, str]:
+#: What ``az`` keeps of a login in its config directory (the files azure-cli's own test
+#: harness, ``azure.cli.core.mock``, copies as "login credentials", and MSAL's HTTP cache):
+#: the profile (subscriptions, tenant), the current subscription per cloud, tokens, secrets.
+AZ_LOGIN_FILES = (
+    "azureProfile.json",
+    "clouds.config",
+    "msal_token_cache.bin",
+    "msal_token_cache.json",
+    "msal_http_cache.bin",
+    "service_principal_entries.bin",
+    "service_principal_entries.json",
+)
+
+
+def _az_extension_dir(environ: Mapping[str, str]) -> str:
+    """Where the user's ``az`` finds its extensions (``AZURE_EXTENSION_DIR``, else
+    ``cliextensions`` in its config directory): ``az extension add`` needs the extension
+    index, which a shell that sourced the env file cannot reach."""
+    if given := environ.get("AZURE_EXTENSION_DIR"):
+        return given
+    config = environ.get("AZURE_CONFIG_DIR") or str(Path("~/.azure").expanduser())
+    return str(Path(config) / "cliextensions")
+
+
+def _shell_env(sandbox: Sandbox, environ: Mapping[str, str]) -> dict[str, str]:
     """What only a user's shell needs: ``AZURE_CONFIG_DIR`` in the state directory, so that
-    ``az login --identity`` there leaves the user's own ``~/.azure`` (and its login) alone."""
+    ``az login --identity`` there leaves the user's own ``~/.azure`` (and its login) alone,
+    emptied of the login a former sandbox with this state directory left (another tenant,
+    other subscriptions); and ``AZURE_EXTENSION_DIR`` on the user's extensions."""
     config = sandbox.state_dir / "azure"
     config.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return {"AZURE_CONFIG_DIR": str(config)}
+    for name in AZ_LOGIN_FILES:
+        (config / name).unlink(missing_ok=True)
+    return {"AZURE_CONFIG_DIR": str(config), "AZURE_EXTENSION_DIR": _az_extension_dir(environ)}
 
 
 def _wait_ready(sandbox: Sandbox) -> None:
@@ -130,6 +162,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
             f"{args.env_file} belongs to a sandbox that is still running ({owner.describe()}):"
             " stop that `cmk sandbox up` (Ctrl-C in its shell) or pass another --env-file"
         )
+
+
+def _state_dir_refusal(exc: StateDirInUse) -> str:
+    """Why ``--state-dir`` is refused and how to free it."""
+    stop = "Ctrl-C in its shell" + (f", or `kill {exc.pid}`" if exc.pid else "")
+    return (
+        f"--state-dir {exc.state_dir} belongs to a sandbox that is still running"
+        f" ({', '.join(exc.owner)}), whose clients trust the CA there: stop that"
+        f" `cmk sandbox up` ({stop}) or pass another --state-dir"
+    )
 
 
 def _summary(args: argparse.Namespace, sandbox: Sandbox, seconds: float) -> str:
@@ -189,7 +231,7 @@ def _app_dir(cwd: Path) -> Path:
 
 def up_command(args: argparse.Namespace) -> int:
     """Run until SIGINT/SIGTERM; 0 on a clean stop, 1 if the sandbox cannot start, 2 for a
-    usage error (conflicting options, an env file of a running sandbox)."""
+    usage error (conflicting options, an env file or a state dir of a running sandbox)."""
     started = time.monotonic()
     stop = threading.Event()
 
@@ -211,7 +253,7 @@ def up_command(args: argparse.Namespace) -> int:
             sandbox.start()
             sandbox.seed(args.scenario or example_path())
             _wait_ready(sandbox)
-            env = {**sandbox.env(), **sandbox.settings_env(), **_shell_env(sandbox)}
+            env = {**sandbox.env(), **sandbox.settings_env(), **_shell_env(sandbox, os.environ)}
             lines = [_summary(args, sandbox, 0.0)]
             if app_dir is not None:
                 settings = app_settings(sandbox, os.environ)
@@ -229,6 +271,9 @@ def up_command(args: argparse.Namespace) -> int:
             lines.append(_publish_env(args, env, sandbox))
         except UsageError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except StateDirInUse as exc:
+            print(f"{PROG}: {_state_dir_refusal(exc)}", file=sys.stderr)
             return EXIT_USAGE
         except ScenarioError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)

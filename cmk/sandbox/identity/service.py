@@ -171,10 +171,32 @@ def build_identity_app(tokens: TokenService, hosts: IdentityHosts) -> web.Applic
     return app
 
 
+#: Why every grant at ``login.microsoftonline.com`` is refused (a client prints it).
+REFUSAL = (
+    "AADSTS700016: the local Azure sandbox issues tokens only through managed identity"
+    " (IDENTITY_ENDPOINT)."
+)
+#: What a device-code client shows its user instead of "open ... and enter the code".
+DEVICE_CODE_MESSAGE = (
+    "The local Azure sandbox signs in no user and no device: it issues tokens only through"
+    " managed identity (IDENTITY_ENDPOINT). Sign in with `az login --identity`."
+)
+#: Entra's sign-in page for device codes (where https://microsoft.com/devicelogin leads).
+DEVICE_AUTH_PATH = "/common/oauth2/deviceauth"
+DEVICE_CODE_SECONDS = 900  # Entra's expires_in for a device code
+
+
 def build_login_app(tenant_id: str, tokens: TokenService) -> web.Application:
     """A minimal ``login.microsoftonline.com``: OpenID configuration (v1.0 and v2.0) and the
     token-signing keys (JWKS) answer as Entra's do, so clients can discover and validate
-    tokens; every token grant is refused (only managed identity issues tokens here)."""
+    tokens; every token grant is refused (only managed identity issues tokens here).
+
+    The configurations publish ``device_authorization_endpoint`` as Entra's do, and a device
+    code request answers a code whose message says the sandbox signs in no user: a client
+    (``az login`` without a browser, ``az login --use-device-code``) shows it, then its first
+    poll of the token endpoint gets the refusal every grant gets. (Refusing the code request
+    itself would make MSAL clients fail with a traceback instead: azure-cli raises a bare
+    ValueError when the answer has no ``user_code``.)"""
 
     def _tenant(request: web.Request) -> str:
         tenant = request.match_info.get("tenant", tenant_id)
@@ -201,6 +223,7 @@ def build_login_app(tenant_id: str, tokens: TokenService) -> web.Application:
                 "scopes_supported": ["openid", "profile", "email", "offline_access"],
                 "issuer": f"https://{host}/{_tenant(request)}/v2.0",
                 "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
                 "tenant_region_scope": "WW",
                 "cloud_instance_name": "microsoftonline.com",
             }
@@ -226,6 +249,7 @@ def build_login_app(tenant_id: str, tokens: TokenService) -> web.Application:
                 "scopes_supported": ["openid"],
                 "issuer": issuer_v1(_tenant(request)),
                 "authorization_endpoint": f"{base}/oauth2/authorize",
+                "device_authorization_endpoint": f"{base}/oauth2/devicecode",
                 "tenant_region_scope": "WW",
                 "cloud_instance_name": "microsoftonline.com",
             }
@@ -256,14 +280,30 @@ def build_login_app(tenant_id: str, tokens: TokenService) -> web.Application:
         return web.json_response(
             {
                 "error": "unauthorized_client",
-                "error_description": (
-                    "AADSTS700016: the local Azure sandbox issues tokens only through managed"
-                    " identity (IDENTITY_ENDPOINT)."
-                ),
+                "error_description": REFUSAL,
                 "error_codes": [700016],
             },
             status=400,
         )
+
+    def device_code(request: web.Request, uri_field: str) -> web.Response:
+        host = request.host.split(":")[0]
+        return web.json_response(
+            {
+                "user_code": "SANDBOX",
+                "device_code": secrets.token_urlsafe(32),
+                uri_field: f"https://{host}{DEVICE_AUTH_PATH}",
+                "expires_in": DEVICE_CODE_SECONDS,
+                "interval": 5,
+                "message": DEVICE_CODE_MESSAGE,
+            }
+        )
+
+    async def device_code_v2(request: web.Request) -> web.Response:
+        return device_code(request, "verification_uri")
+
+    async def device_code_v1(request: web.Request) -> web.Response:  # v1 names it _url
+        return device_code(request, "verification_url")
 
     app = web.Application()
     app.router.add_get("/common/discovery/instance", instance_discovery)
@@ -273,4 +313,7 @@ def build_login_app(tenant_id: str, tokens: TokenService) -> web.Application:
     app.router.add_get("/{tenant}/discovery/keys", keys_v1)
     app.router.add_post("/{tenant}/oauth2/v2.0/token", refuse)
     app.router.add_post("/{tenant}/oauth2/token", refuse)
+    app.router.add_post("/{tenant}/oauth2/v2.0/devicecode", device_code_v2)
+    app.router.add_post("/{tenant}/oauth2/devicecode", device_code_v1)
+    app.router.add_get(DEVICE_AUTH_PATH, refuse)
     return app

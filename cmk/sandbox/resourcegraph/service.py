@@ -76,7 +76,9 @@ class GraphError(Exception):
         self.body = body
 
 
-def _support_message() -> str:
+def support_message() -> str:
+    """The message of every Resource Graph error body (ARM's route answers it too, for a
+    throttled query): a timestamp and a fresh correlation id."""
     stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     return (
         "Please provide below info when asking for support: "
@@ -103,7 +105,7 @@ def query_error(error: kql.KqlError) -> GraphError:
         {
             "error": {
                 "code": "BadRequest",
-                "message": _support_message(),
+                "message": support_message(),
                 "details": [
                     {
                         "code": "InvalidQuery",
@@ -123,7 +125,7 @@ def bad_request(message: str) -> GraphError:
         {
             "error": {
                 "code": "BadRequest",
-                "message": _support_message(),
+                "message": support_message(),
                 "details": [{"code": "InvalidRequest", "message": message}],
             }
         },
