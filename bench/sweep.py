@@ -6,16 +6,28 @@ seconds, peak memory, and the requests made against the minimum possible.
 The sandbox and Azurite run in a process of their own (:mod:`bench._remote`; with
 ``--in-process`` in this one, as before), so this process holds only the sweep.
 
-Minimum = Resource Graph pages (1,000 rows a page) + one read per distinct key + one
-enqueue per stale account. Made = Resource Graph and Key Vault requests (the sandbox's
-counters, read from its process) + enqueues (the queue's message count) + ledger requests
-(Azurite is not counted by the sandbox: the engine's ledger is wrapped to count point
-reads, and each query as one request per 1,000 rows returned, the Table service's page
-size). Memory, of this process: its peak RSS (``ru_maxrss``, whole life: interpreter,
-imports and the timed sweep) and the tracemalloc peak of Python allocations during a
-second, identical dry-run sweep. Duration is set against the Resource Graph quota floor:
-the pages at 15 queries per 5 s window (the first window's at once) cannot take less.
-``--dry-run`` enqueues nothing (then minimum and made leave out the enqueues).
+Made = Resource Graph, Key Vault and ARM requests (the sandbox's counters, read from its
+process) + every Storage request, counted at this process's HTTP transport (azure-core's
+aiohttp transport, which every Azure client sends through, below the SDKs' retries: each
+table page, point read, write, create and enqueue is one request), by table or queue and
+operation. (Counting the calls of the engine's ledger port, as this benchmark once did,
+missed the alert, outbox and unreadable-mark queries, which go round it.)
+
+Minimum = what a sweep of this estate must do: the Resource Graph pages (1,000 rows a
+page) + one read per distinct key + one read of each older version accounts are bound to
++ one challenge 401 per vault (a new Key Vault client's first request) + the list of
+subscriptions the identity can read (one ARM read a process, for the scope) + one enqueue per
+stale account + one page of each Table query a sweep needs (:data:`SWEEP_QUERIES`; the
+benchmark's table is new, so one page each) + the table and queue creates a process makes
+before its first sweep. A dry run sends, writes and creates nothing and reads no alert
+rows (its Table minimum: the open ledger rows, if anything moves, and the unreadable
+marks).
+
+Memory, of this process: its peak RSS (``ru_maxrss``, whole life: interpreter, imports
+and the timed sweep) and the tracemalloc peak of Python allocations during a second,
+identical dry-run sweep. Duration is set against the Resource Graph quota floor: the
+pages at 15 queries per 5 s window (the first window's at once) cannot take less.
+``--dry-run`` enqueues nothing.
 
     python -m bench.sweep [--accounts 100000] [--keys 50] [--dry-run] [--in-process] [--json]
 """
@@ -32,7 +44,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.storage.queue.aio import QueueClient
 
 from bench._remote import remote_staged
@@ -42,38 +56,148 @@ from cmk.settings import Settings
 from cmk.usecases import SweepReport, sweep
 
 GRAPH_PAGE = 1000
-TABLE_PAGE = 1000
 GRAPH_QUOTA, GRAPH_WINDOW_SECONDS = 15, 5.0  # per user (DESIGN.md §4; the sandbox = Azure)
 MEMORY_TARGET_MB = 150.0
 REQUESTS_TARGET = 1.05  # x the minimum
 
 
-class _CountedLedger:
-    """The engine's ledger, counting the requests it makes to Table storage."""
+#: The Table queries a sweep makes, each at least one page: the alert outbox's pending
+#: rows (delivered first), the open alerts (to resolve what recovered), the open ledger rows
+#: (moves under way or failed), the keys earlier sweeps found unreadable.
+SWEEP_QUERIES = ("outbox pending alerts", "open alerts", "open ledger rows", "unreadable marks")
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.point_reads = 0
-        self.query_rows = 0
-        self.queries = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+def _endpoints(connection_string: str) -> dict[str, str]:
+    """The Table and Queue endpoints named in a Storage connection string."""
+    found: dict[str, str] = {}
+    for part in connection_string.split(";"):
+        name, _, value = part.partition("=")
+        if name in ("TableEndpoint", "QueueEndpoint") and value:
+            found["table" if name == "TableEndpoint" else "queue"] = value.rstrip("/")
+    return found
 
-    async def get(self, *args: Any, **kwargs: Any) -> Any:
-        self.point_reads += 1
-        return await self._inner.get(*args, **kwargs)
 
-    async def iter_history(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        self.queries += 1
-        async for entry in self._inner.iter_history(*args, **kwargs):
-            self.query_rows += 1
-            yield entry
+def _table_operation(method: str, resource: str) -> tuple[str, str]:
+    """(table, operation) of a Table service request, from its first path segment."""
+    if resource == "$batch":
+        return "", "batch"
+    name, paren, keys = resource.partition("(")
+    if name == "Tables":
+        return (keys.strip("')") if paren else ""), f"{method} table"  # create, delete
+    if method == "GET":
+        return name, "query page" if keys in ("", ")") else "point read"
+    return name, "write"
 
-    @property
-    def requests(self) -> int:
-        pages = self.queries + self.query_rows // TABLE_PAGE
-        return self.point_reads + pages
+
+def _queue_operation(method: str, path: list[str], query: str) -> tuple[str, str]:
+    """(queue, operation) of a Queue service request."""
+    name = path[0] if path else ""
+    if len(path) >= 2 and path[1] == "messages":
+        return name, "enqueue" if method == "POST" else f"{method} messages"
+    if method == "PUT" and "comp=" not in query:
+        return name, "create queue"
+    return name, f"{method} {query.split('&', maxsplit=1)[0] or 'queue'}"
+
+
+class StorageRequests:
+    """Every request this process sends to Table and Queue storage, counted at the HTTP
+    transport: while entered, azure-core's aiohttp transport (the one every Azure client
+    sends through, below its retry policy) notes each request to one of the endpoints of
+    ``connection_string`` by (service, table or queue, operation), and how many failed
+    (an error status or no answer). Requests elsewhere (ARM, Key Vault) are not kept."""
+
+    def __init__(self, connection_string: str) -> None:
+        self._endpoints = _endpoints(connection_string)
+        if not self._endpoints:
+            raise ValueError("the connection string names no TableEndpoint or QueueEndpoint")
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.failed = 0
+        self._original: Any = None
+
+    def classify(self, method: str, url: str) -> tuple[str, str, str] | None:
+        """(service, table or queue, operation) of a request, None if not to Storage."""
+        for service, endpoint in self._endpoints.items():
+            if url == endpoint or url.startswith(endpoint + "/"):
+                parts = urlsplit(url[len(endpoint) :])
+                path = [unquote(p) for p in parts.path.split("/") if p]
+                if service == "table":
+                    return ("table", *_table_operation(method, path[0] if path else ""))
+                return ("queue", *_queue_operation(method, path, parts.query))
+        return None
+
+    def note(self, method: str, url: str, status: int) -> None:
+        found = self.classify(method.upper(), url)
+        if found is not None:
+            self.counts[found] = self.counts.get(found, 0) + 1
+            if status == 0 or status >= 400:
+                self.failed += 1
+
+    def __enter__(self) -> StorageRequests:
+        counter, original = self, AioHttpTransport.send
+        self._original = original
+
+        async def send(transport: Any, request: Any, **config: Any) -> Any:
+            status = 0
+            try:
+                response = await original(transport, request, **config)
+                status = int(response.status_code)
+                return response
+            finally:
+                counter.note(request.method, request.url, status)
+
+        AioHttpTransport.send = send
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        AioHttpTransport.send = self._original
+
+    def total(self, operation: str | None = None, service: str | None = None) -> int:
+        return sum(
+            n
+            for (kind, _, op), n in self.counts.items()
+            if (operation is None or op == operation) and (service is None or kind == service)
+        )
+
+    def figures(self) -> dict[str, int]:
+        """Every count as ``"service name: operation"``, sorted."""
+        return {
+            f"{kind} {name or '-'}: {op}": n for (kind, name, op), n in sorted(self.counts.items())
+        }
+
+    def made(self) -> dict[str, int]:
+        """The kinds the minimum names: Table query pages, enqueues, the table and queue
+        creates, and every other Storage request (point reads, writes, deletes...)."""
+        pages, enqueues = self.total("query page"), self.total("enqueue")
+        setup = self.total("POST table") + self.total("create queue")
+        return {
+            "table_query_pages": pages,
+            "enqueues": enqueues,
+            "storage_setup": setup,
+            "storage_other": self.total() - pages - enqueues - setup,
+        }
+
+
+def minimum_requests(document: dict[str, Any], *, dry_run: bool) -> dict[str, int]:
+    """The fewest requests a sweep of the estate ``document`` (:func:`bench._stage.estate`)
+    can make (see the module's docstring)."""
+    groups = document["accounts"]
+    accounts = sum(int(group["count"]) for group in groups)
+    bound = [group["encryption"] for group in groups]
+    keys = {(e["vault"], e["key"]) for e in bound}
+    stale_versions = {(e["vault"], e["key"]) for e in bound if e["version"] != "latest"}
+    stale = sum(int(g["count"]) for g in groups if g["encryption"]["version"] != "latest")
+    # A dry run reads only the open ledger rows (when something moves) and the marks.
+    queries = (1 if stale else 0) + 1 if dry_run else len(SWEEP_QUERIES)
+    return {
+        "resource_graph_pages": math.ceil(accounts / GRAPH_PAGE),
+        "key_reads": len(keys),
+        "bound_version_reads": len(stale_versions),  # each older bound version, once
+        "keyvault_challenges": len({vault for vault, _ in keys}),  # one 401 per vault client
+        "subscription_list": 1,  # the subscriptions the identity reads (ARM), once a process
+        "enqueues": 0 if dry_run else stale,
+        "table_query_pages": queries,
+        "storage_setup": 0 if dry_run else 2,  # the ledger table and the job queue
+    }
 
 
 class _Timeline:
@@ -141,19 +265,18 @@ class _TimedInventory:
             self._timeline.inventory_done = self._timeline.now()
 
 
-LEDGER: dict[str, Any] = {"requests": 0}
+PHASES: dict[str, Any] = {}
 
 
 async def _sweep(dry_run: bool) -> SweepReport:
     async with Runtime(Settings.from_environ(os.environ)) as runtime:
         engine = runtime.engine(dry_run=dry_run)
         if not dry_run:
-            await runtime.prepare_storage()
-        counted, line = _CountedLedger(engine.ledger), _Timeline()
+            await runtime.prepare_storage()  # as a new Functions process does before its first
+        line = _Timeline()
         jobs, inventory = _TimedQueue(engine.jobs, line), _TimedInventory(engine.inventory, line)
-        report = await sweep(replace(engine, ledger=counted, jobs=jobs, inventory=inventory))
-        LEDGER["requests"] = counted.requests
-        LEDGER["timeline"] = line.figures() | {"sweep_done_at": round(line.now(), 2)}
+        report = await sweep(replace(engine, jobs=jobs, inventory=inventory))
+        PHASES["timeline"] = line.figures() | {"sweep_done_at": round(line.now(), 2)}
         return report
 
 
@@ -217,12 +340,13 @@ def run(accounts: int, keys: int, dry_run: bool, in_process: bool = False) -> di
     with _served(document, in_process) as served:
         before, cpu_before = served.counts(), served.cpu()
         rss_before, own_cpu = _maxrss_mb(), _cpu_seconds()
-        watch = Stopwatch()
-        report = asyncio.run(_sweep(dry_run))
-        seconds = watch.seconds()
+        with StorageRequests(served.settings["AzureWebJobsStorage"]) as storage:
+            watch = Stopwatch()
+            report = asyncio.run(_sweep(dry_run))
+            seconds = watch.seconds()
         own_cpu = _cpu_seconds() - own_cpu
         cpu = {"sweep": own_cpu} | {n: v - cpu_before[n] for n, v in served.cpu().items()}
-        ledger_requests, phases = LEDGER["requests"], LEDGER["timeline"]
+        phases = PHASES["timeline"]
         rss_peak = _maxrss_mb()
         counts = delta(served.counts(), before)
         enqueued = 0 if dry_run else asyncio.run(_queued(served.settings))
@@ -233,14 +357,12 @@ def run(accounts: int, keys: int, dry_run: bool, in_process: bool = False) -> di
         tracemalloc.stop()
     pages = math.ceil(accounts / GRAPH_PAGE)
     floor = quota_floor(pages)
-    minimum = {"resource_graph_pages": pages, "key_reads": keys,
-               "enqueues": 0 if dry_run else served.stale}  # fmt: skip
+    minimum = minimum_requests(document, dry_run=dry_run)
     made = {
         "resource_graph": counts["resource_graph"],
         "keyvault": counts["keyvault"],
-        "enqueues": enqueued,
-        "ledger": ledger_requests,
         "arm": counts["arm_reads"] + counts["arm_writes"],
+        **storage.made(),
     }
     ratio = sum(made.values()) / max(1, sum(minimum.values()))
     return {
@@ -267,6 +389,11 @@ def run(accounts: int, keys: int, dry_run: bool, in_process: bool = False) -> di
         "requests_minimum": {**minimum, "total": sum(minimum.values())},
         "requests_made": {**made, "total": sum(made.values())},
         "requests_over_minimum": round(ratio, 4),
+        "storage_requests": storage.figures(),
+        "storage_requests_failed": storage.failed,
+        "storage_requests_method": "counted at this process's aiohttp transport (azure-core's"
+        " AioHttpTransport.send, below the SDKs' retries), by table or queue and operation",
+        "queued_after_sweep": enqueued,
         "report": {
             "accounts": report.accounts,
             "keys_read": report.keys_read,
@@ -313,6 +440,9 @@ def main() -> None:
             f"  requests: made {made['total']} {made}",
             f"            minimum {minimum['total']} {minimum}"
             f" -> {result['requests_over_minimum']} x the minimum",
+            f"  Storage requests (HTTP transport) {result['storage_requests']},"
+            f" {result['storage_requests_failed']} failed;"
+            f" {result['queued_after_sweep']} messages in the job queue after the sweep",
         ],
     )
 
