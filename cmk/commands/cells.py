@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from enum import Enum
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -34,13 +35,16 @@ __all__ = [
 #: private use and unassigned.
 _UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
-#: Columns a narrow terminal never cuts (up to MAX_WHOLE_WIDTH): what names the row.
+#: Columns a terminal too narrow even for the columns it never leaves out shortens last
+#: (up to MAX_WHOLE_WIDTH, they are never shortened before that): what names the row.
 WHOLE_COLUMNS = frozenset({"account", "state", "result", "outcome"})
 MAX_WHOLE_WIDTH = 48
 #: The narrowest a column is worth showing (``abcdefg…``).
 MIN_READABLE = 10
-#: Columns of free text (messages, reasons, fixes, lists): off a terminal these are cut
-#: to fit the width; ids, versions and names stay whole (the line is longer instead).
+#: Columns of free text (messages, reasons, fixes, lists): on a terminal they wrap; off a
+#: terminal they are cut to fit the width while ids, versions and names stay whole (the
+#: line is longer instead). A grant is a role-assignment id with words around it: the
+#: accounts it would cut off are the point of its table, not the grant's last words.
 FREE_TEXT_COLUMNS = frozenset(
     {
         "accounts",
@@ -51,6 +55,7 @@ FREE_TEXT_COLUMNS = frozenset(
         "expected",
         "fix",
         "found",
+        "grant",
         "message",
         "observed",
         "reason",
@@ -63,9 +68,10 @@ FREE_TEXT_COLUMNS = frozenset(
 #: The widest an id column is shown off a terminal (longer is not an id).
 MAX_ID_WIDTH = 300
 #: On a terminal, a free-text column narrower than this wraps into a tall column of
-#: fragments: it is left out instead (after the optional columns), and the table says so.
+#: fragments: it is left out instead, and the table says so.
 MIN_FREE_TEXT = 24
-#: Columns left out, in this order, when a table does not fit the terminal.
+#: The columns a terminal leaves out first, in this order, when the table names no order
+#: of its own (``optional`` of :func:`table`); then free text, widest first.
 OPTIONAL_COLUMNS = (
     "trigger",
     "attempts",
@@ -73,8 +79,6 @@ OPTIONAL_COLUMNS = (
     "created",
     "age",
     "subscription",
-    "newest",
-    "bound",
     "tags",
 )
 #: How a time is shown in a table, and its date alone (when even without the optional
@@ -127,6 +131,11 @@ class DataTable(Table):
     cells: list[list[Text]]
     #: The columns holding times: never cut (see :func:`fit`).
     time_columns: frozenset[str] = frozenset()
+    #: The columns a narrow terminal may leave out, least important first (None: the
+    #: default order, see :data:`OPTIONAL_COLUMNS`).
+    optional: tuple[str, ...] | None = None
+    #: The columns :func:`fit` left out, in the table's order.
+    left_out: tuple[str, ...] = ()
     tsv_rows: list[list[str]]
 
 
@@ -136,12 +145,14 @@ def table(
     rows: Sequence[Sequence[object]],
     *,
     tsv: Sequence[Sequence[object]] | None = None,
+    optional: Sequence[str] | None = None,
 ) -> DataTable:
     """A table; cells are rendered with :func:`cell` (plain text, never markup). Long
     words end with an ellipsis instead of being split; ``-o json`` has the full values.
     ``tsv`` are the rows of ``--output tsv`` when they differ from the table's (full ids
     and versions where the table shortens them, one value per field): each field is
-    rendered with :func:`tsv_cell`."""
+    rendered with :func:`tsv_cell`. ``optional``: the columns a narrow terminal may leave
+    out, least important first; the others are always shown (see :func:`fit`)."""
     cells = [[cell(value) for value in row] for row in rows]
     times = frozenset(
         name
@@ -149,14 +160,20 @@ def table(
         if any(isinstance(row[index], datetime) for row in rows if index < len(row))
     )
     result = _rich_table(title, list(columns), cells, times)
+    result.optional = None if optional is None else tuple(optional)
     fields = rows if tsv is None else tsv
     result.tsv_rows = [[tsv_cell(value) for value in row] for row in fields]
     return result
 
 
+def _text_width(text: Text) -> int:
+    """The terminal cells the longest line of ``text`` takes (wide characters count 2)."""
+    return max((cell_len(line) for line in text.plain.split("\n")), default=0)
+
+
 def _widest(cells: list[list[Text]], index: int) -> int:
-    """The longest text in column ``index`` (0 for none)."""
-    return max((len(row[index].plain) for row in cells if index < len(row)), default=0)
+    """The widest text in column ``index`` (0 for none)."""
+    return max((_text_width(row[index]) for row in cells if index < len(row)), default=0)
 
 
 def _rich_table(
@@ -164,26 +181,18 @@ def _rich_table(
     columns: list[str],
     cells: list[list[Text]],
     times: frozenset[str] = frozenset(),
-    *,
-    ids_whole: bool = False,
+    widths: list[int] | None = None,
 ) -> DataTable:
-    """The rich table of ``cells``. ``ids_whole`` (a terminal): every column that is not
-    free text keeps its width (up to :data:`MAX_WHOLE_WIDTH`), so what the terminal lacks
-    is taken from the free text, which wraps — names and ids are not cut first."""
+    """The rich table of ``cells``: each column ``widths`` wide (rich's own layout for
+    None), so that the table is as wide as they say. A time never wraps; a word too long
+    for its column ends with ``…``."""
     result = DataTable(show_lines=False)  # the title is a line of its own: never padded
     for index, column in enumerate(columns):
-        widest = _widest(cells, index)
-        if column in times and widest:  # a time is shown whole, on one line
-            result.add_column(Text(clean(column)), no_wrap=True, width=widest, min_width=widest)
-            continue
-        keep = column in WHOLE_COLUMNS
-        whole = min(widest, MAX_WHOLE_WIDTH)
-        held = ids_whole and column not in FREE_TEXT_COLUMNS and widest
         result.add_column(
             Text(clean(column)),
             overflow="ellipsis",
-            width=whole if keep and widest else None,
-            min_width=max([whole, *(len(word) for word in column.split())]) if held else None,
+            no_wrap=column in times,
+            width=None if widths is None else widths[index],
         )
     for row_cells in cells:
         result.add_row(*row_cells)
@@ -193,27 +202,10 @@ def _rich_table(
     return result
 
 
-def _needed(
-    columns: list[str], cells: list[list[Text]], times: frozenset[str], *, ids_whole: bool = False
-) -> int:
-    """The width a table needs to stay readable: whole columns and times whole, the
-    others at least :data:`MIN_READABLE` characters (and their header's longest word),
-    plus borders and padding. ``ids_whole`` (a terminal): every column but free text is
-    whole (up to :data:`MAX_WHOLE_WIDTH`), free text at least :data:`MIN_FREE_TEXT`."""
-    total = 1
-    for index, column in enumerate(columns):
-        widest = _widest(cells, index)
-        if column in times:
-            wanted = widest
-        elif ids_whole and column in FREE_TEXT_COLUMNS:
-            wanted = min(widest, MIN_FREE_TEXT)
-        else:
-            whole = column in WHOLE_COLUMNS or ids_whole
-            wanted = min(widest, MAX_WHOLE_WIDTH) if whole else MIN_READABLE
-            wanted = min(wanted, widest)
-        wanted = max([wanted, *(len(word) for word in column.split())])
-        total += max(wanted, 1) + 3
-    return total
+def _borders(count: int) -> int:
+    """The width the borders and padding of ``count`` columns take: ``│ `` before each
+    cell, `` │`` after the last."""
+    return 3 * count + 1
 
 
 def _dates_only(columns: list[str], cells: list[list[Text]], times: frozenset[str]) -> None:
@@ -227,55 +219,162 @@ def _dates_only(columns: list[str], cells: list[list[Text]], times: frozenset[st
                 row[index] = Text(text.plain[:DATE_LENGTH], style=text.style)
 
 
+class _Columns:
+    """The columns of a table on a terminal: how wide each needs to be to stay readable
+    (:meth:`need`) and how wide it would like to be (:meth:`want`)."""
+
+    def __init__(self, data: DataTable) -> None:
+        self.names = list(data.column_names)
+        self.cells = [list(row) for row in data.cells]
+        self.times = data.time_columns
+        self.dated = False
+        self._widest = [_widest(self.cells, index) for index in range(len(self.names))]
+
+    def date_only(self) -> None:
+        """Times shown as their date alone from now on."""
+        _dates_only(self.names, self.cells, self.times)
+        self._widest = [_widest(self.cells, index) for index in range(len(self.names))]
+        self.dated = True
+
+    def _header(self, index: int) -> int:
+        """A header wraps at its spaces: its longest word (a time's header is one line)."""
+        name = self.names[index]
+        words = [name] if name in self.times else name.split()
+        return max((cell_len(word) for word in words), default=0)
+
+    def need(self, index: int) -> int:
+        """Times, names, ids and versions whole (those up to :data:`MAX_WHOLE_WIDTH`), free
+        text at least :data:`MIN_FREE_TEXT`, and the header's longest word."""
+        name, widest = self.names[index], self._widest[index]
+        if name in self.times:
+            shown = widest
+        elif name in FREE_TEXT_COLUMNS:
+            shown = min(widest, MIN_FREE_TEXT)
+        else:
+            shown = min(widest, MAX_WHOLE_WIDTH)
+        return max(shown, self._header(index), 1)
+
+    def want(self, index: int) -> int:
+        """Every cell on one line."""
+        return max(self._widest[index], self._header(index), 1)
+
+    def width(self, shown: list[int]) -> int:
+        """The width the ``shown`` columns need, borders included."""
+        return _borders(len(shown)) + sum(self.need(index) for index in shown)
+
+    def droppable(self, optional: tuple[str, ...] | None) -> list[int]:
+        """The columns that may be left out, least important first."""
+        if optional is None:
+            optional = (
+                *(name for name in OPTIONAL_COLUMNS if name in self.names),
+                *sorted(
+                    (n for n in self.names if n in FREE_TEXT_COLUMNS and n not in OPTIONAL_COLUMNS),
+                    key=lambda n: -self._widest[self.names.index(n)],
+                ),
+            )
+        return [self.names.index(name) for name in optional if name in self.names]
+
+
 def fit(console: Console, data: DataTable) -> DataTable:
-    """``data`` without its optional columns, one by one, until it fits the console (the
-    columns that name a row stay whole; ``-o json`` and ``-o tsv`` keep everything); if
-    it is still too wide, its times are shown as their date alone. A time is never cut.
-    Off a terminal no cell wraps: a row is one line (``grep`` finds it); free-text
-    columns are cut to fit (ending with ``…``) while ids stay whole, so a line may be
-    wider than the console (:attr:`DataTable.line_width`)."""
-    columns, cells = list(data.column_names), [list(row) for row in data.cells]
-    times, fitted, dated = data.time_columns, data, False
-    terminal = console.is_terminal
-    left_out: list[str] = []
-    if terminal:
-        fitted = _rich_table(data.title_text, columns, cells, times, ids_whole=True)
-    while _needed(columns, cells, times, ids_whole=terminal) > console.width:
-        optional = [name for name in OPTIONAL_COLUMNS if name in columns]
-        free = [name for name in columns if name in FREE_TEXT_COLUMNS]
-        if optional:
-            _drop(columns, cells, optional[0])
-        elif terminal and free and len(columns) > 1:
-            # The names and ids of each row matter more than the words about it (which
-            # would wrap into a tall column of fragments): -o json has them.
-            widest = max(free, key=lambda name: _widest(cells, columns.index(name)))
-            _drop(columns, cells, widest)
-            left_out.append(widest)
-        elif not dated and times & set(columns):
-            _dates_only(columns, cells, times)
-            dated = True
+    """``data`` as it fits the console. On a terminal the table is never wider than the
+    console: columns are left out, least important first (the table's ``optional``),
+    until the others fit whole (names, ids, versions and times; free text wraps, at least
+    :data:`MIN_FREE_TEXT` wide); then times are shown as their date alone; a column left
+    out is shown again if it fits after all, and a caption names every column left out
+    (``-o json`` and ``-o tsv`` keep everything). Only when even the columns that stay are
+    wider than the console are names shortened, ending with ``…``.
+    Off a terminal no column is left out and no cell wraps: a row is one line (``grep``
+    finds it); free-text columns are cut to fit (ending with ``…``) while ids stay whole,
+    so a line may be wider than the console (:attr:`DataTable.line_width`)."""
+    if not console.is_terminal:
+        cells = [list(row) for row in data.cells]
+        fitted = _rich_table(data.title_text, list(data.column_names), cells, data.time_columns)
+        fitted.line_width = _one_line_rows(fitted, console.width)
+        return fitted
+    width = console.width
+    columns = _Columns(data)
+    shown = list(range(len(columns.names)))
+    left_out: list[int] = []
+    droppable = columns.droppable(data.optional)
+    while columns.width(shown) > width:
+        candidates = [index for index in droppable if index in shown]
+        if candidates and len(shown) > 1:
+            shown.remove(candidates[0])
+            left_out.append(candidates[0])
+        elif not columns.dated and columns.times & {columns.names[i] for i in shown}:
+            columns.date_only()
         else:
             break
-        fitted = _rich_table(data.title_text, columns, cells, times, ids_whole=terminal)
-    if terminal and _needed(columns, cells, times, ids_whole=True) > console.width:
-        # Even the names alone are wider than the terminal: let them share its width.
-        fitted = _rich_table(data.title_text, columns, cells, times)
-    if left_out:
-        names = " and ".join(left_out)
-        fitted.caption = f"{names} left out to fit {console.width} columns: -o json shows it"
+    for index in reversed(list(left_out)):  # the most important first: shown if it fits
+        if columns.width(sorted([*shown, index])) <= width:
+            shown = sorted([*shown, index])
+            left_out.remove(index)
+    widths = _terminal_widths(columns, shown, width)
+    fitted = _rich_table(
+        data.title_text,
+        [columns.names[i] for i in shown],
+        [[row[i] for i in shown] for row in columns.cells],
+        columns.times,
+        widths,
+    )
+    fitted.left_out = tuple(columns.names[i] for i in sorted(left_out))
+    if fitted.left_out:
+        names = ", ".join(fitted.left_out[:-1])
+        names = f"{names} and {fitted.left_out[-1]}" if names else fitted.left_out[0]
+        them = "them" if len(fitted.left_out) > 1 else "it"
+        fitted.caption = (
+            f"{names} left out to fit {width} columns:"
+            f" a wider terminal, -o json or -o tsv shows {them}"
+        )
         fitted.caption_justify = "left"
-    fitted.line_width = None
-    if not console.is_terminal:
-        fitted.line_width = _one_line_rows(fitted, console.width)
     return fitted
 
 
-def _drop(columns: list[str], cells: list[list[Text]], name: str) -> None:
-    """Column ``name`` left out, in place."""
-    index = columns.index(name)
-    del columns[index]
-    for row in cells:
-        del row[index]
+def _terminal_widths(columns: _Columns, shown: list[int], width: int) -> list[int]:
+    """The width of each ``shown`` column, so that the table is never wider than
+    ``width``: each what it needs, the room left shared out (narrowest first) up to what
+    each wants; when even the needs do not fit, the widest columns are shortened: first
+    all but names and times (to :data:`MIN_READABLE`), then names, then any."""
+    widths = [columns.need(index) for index in shown]
+    room = width - _borders(len(shown)) - sum(widths)
+    if room < 0:
+        names = [columns.names[index] for index in shown]
+        times = [i for i, name in enumerate(names) if name in columns.times]
+        whole = [i for i, name in enumerate(names) if name in WHOLE_COLUMNS]
+        others = [i for i in range(len(names)) if i not in times and i not in whole]
+        for tier, floor in ((others, MIN_READABLE), (whole, MIN_READABLE), (others, 1)):
+            room += _narrow(widths, tier, -room, floor)
+        room += _narrow(widths, list(range(len(names))), -room, 1)
+        return widths
+    wants = [columns.want(index) for index in shown]
+    while room > 0:
+        growing = [i for i, w in enumerate(widths) if w < wants[i]]
+        if not growing:
+            break
+        narrowest = min(widths[i] for i in growing)
+        for i in growing:
+            if widths[i] == narrowest and room > 0:
+                widths[i] += 1
+                room -= 1
+    return widths
+
+
+def _narrow(widths: list[int], candidates: list[int], over: int, floor: int) -> int:
+    """The widest of ``candidates`` narrowed, down to the next widest, until ``over``
+    columns are saved or each is at ``floor``; in place. Returns the columns saved."""
+    saved = 0
+    while (left := over - saved) > 0:
+        cut_able = [i for i in candidates if widths[i] > floor]
+        if not cut_able:
+            break
+        top = max(widths[i] for i in cut_able)
+        widest = [i for i in cut_able if widths[i] == top]
+        below = max([widths[i] for i in cut_able if widths[i] < top], default=floor)
+        step = min(top - below, -(-left // len(widest)))  # the widest down to the next
+        for i in widest:
+            widths[i] -= step
+            saved += step
+    return saved
 
 
 def _one_line_rows(data: DataTable, width: int) -> int:
@@ -285,21 +384,12 @@ def _one_line_rows(data: DataTable, width: int) -> int:
     Returns the width the table needs (``width`` or more)."""
     columns = list(data.column_names)
     widths = [
-        min(MAX_ID_WIDTH, max(len(name), _widest(data.cells, i))) for i, name in enumerate(columns)
+        min(MAX_ID_WIDTH, max(cell_len(name), _widest(data.cells, i)))
+        for i, name in enumerate(columns)
     ]
-    borders = 3 * len(columns) + 1  # "│ " before each cell, " │" after the last
-    budget = width - borders
+    borders = _borders(len(columns))
     free = [i for i, name in enumerate(columns) if name in FREE_TEXT_COLUMNS]
-    while (over := sum(widths) - budget) > 0:
-        cut_able = [i for i in free if widths[i] > MIN_READABLE]
-        if not cut_able:
-            break
-        top = max(widths[i] for i in cut_able)
-        widest = [i for i in cut_able if widths[i] == top]
-        below = max([widths[i] for i in cut_able if widths[i] < top], default=MIN_READABLE)
-        step = min(top - below, -(-over // len(widest)))  # the widest down to the next
-        for i in widest:
-            widths[i] -= step
+    _narrow(widths, free, sum(widths) + borders - width, MIN_READABLE)
     for column, column_width in zip(data.columns, widths, strict=True):
         column.no_wrap = True
         column.width = column.max_width = column_width

@@ -26,6 +26,13 @@ __all__ = [
     "subject_cell",
 ]
 
+# What a narrow terminal leaves out of each table, least important first (the account or
+# subject, and the result, are never left out): see docs/cli.md.
+MOVES_OPTIONAL = ("reason", "key", "priority")
+FINDINGS_OPTIONAL = ("detail", "key")
+ALERTS_OPTIONAL = ("cause", "severity")
+JOBS_OPTIONAL = ("attempts", "key", "cause")
+
 
 def print_moves(output: Output, moves: Sequence[PlannedMove], title: str = "Moves") -> None:
     """One row per move. ``-o tsv``: account id, key id, from version, to version,
@@ -46,7 +53,7 @@ def print_moves(output: Output, moves: Sequence[PlannedMove], title: str = "Move
     ]
     if rows:
         columns = ("account", "key", "version", "priority", "reason")
-        output.print(table(title, columns, rows, tsv=tsv))
+        output.print(table(title, columns, rows, tsv=tsv, optional=MOVES_OPTIONAL))
 
 
 def _priority(urgent: bool) -> str:
@@ -72,7 +79,8 @@ def print_findings(output: Output, findings: Sequence[FindingReport]) -> None:
     rows = [(f.kind, subject_cell(f.subject), f.key_id, f.detail) for f in findings]
     tsv = [(f.kind, f.subject, f.key_id, f.detail) for f in findings]
     if rows:
-        output.print(table("Findings", ("kind", "subject", "key", "detail"), rows, tsv=tsv))
+        columns = ("kind", "subject", "key", "detail")
+        output.print(table("Findings", columns, rows, tsv=tsv, optional=FINDINGS_OPTIONAL))
 
 
 def print_alerts(output: Output, alerts: Sequence[Alert]) -> None:
@@ -81,7 +89,7 @@ def print_alerts(output: Output, alerts: Sequence[Alert]) -> None:
     tsv = [(a.severity.value, a.type.value, a.subject, a.cause) for a in alerts]
     if rows:
         columns = ("severity", "type", "subject", "cause")
-        output.print(table("Alerts", columns, rows, tsv=tsv))
+        output.print(table("Alerts", columns, rows, tsv=tsv, optional=ALERTS_OPTIONAL))
 
 
 def print_sweep(output: Output, report: SweepReport) -> None:
@@ -134,4 +142,4 @@ def print_jobs(output: Output, reports: Sequence[JobReport]) -> None:
     ]
     if rows:
         columns = ("account", "key", "to", "result", "attempts", "cause")
-        output.print(table("Accounts", columns, rows, tsv=tsv))
+        output.print(table("Accounts", columns, rows, tsv=tsv, optional=JOBS_OPTIONAL))

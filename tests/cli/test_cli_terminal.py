@@ -10,13 +10,14 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cli_rig import World
 
+from cmk.cli import main
 from cmk.commands import output as output_module
 from cmk.commands.output import Output
 
@@ -24,6 +25,8 @@ CMK = Path(sys.executable).parent / "cmk"
 CEILING_SECONDS = 60
 _SGR = re.compile(r"\x1b\[([0-9;]*)m")
 _CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: The last character of each line of a table: its right border.
+RIGHT_BORDERS = frozenset("┓┃┩│┘")
 
 
 def _on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
@@ -131,8 +134,9 @@ class TestColours:
         assert code == 1, plain
         findings = plain[plain.index("Findings") :]
         rows = [line for line in findings.splitlines() if line[:1] in "┏┃┡│└"]
-        assert rows and all(len(line) <= 80 for line in rows), plain
-        assert "detail left out to fit 80 columns: -o json shows it" in findings, plain
+        assert rows and all(len(line) <= 80 and line[-1] in RIGHT_BORDERS for line in rows), plain
+        caption = "detail left out to fit 80 columns: a wider terminal, -o json or -o tsv shows it"
+        assert caption in " ".join(findings.split()), plain
         for vault in ("kv-demo-neu", "kv-demo-weu"):
             for account in world.accounts_on(vault, "ai-cmk"):
                 group = account.resource_id.split("/")[4]
@@ -157,6 +161,90 @@ class TestColours:
             assert version.expires is not None
             assert version.expires.strftime(shown) in plain, plain
         assert "(latest, newest valid)" in plain
+
+
+def _tables(plain: str) -> list[list[str]]:
+    """The tables of a terminal's text, each as its lines and the lines under it up to a
+    blank line or a line that is not the table's (its caption)."""
+    found: list[list[str]] = []
+    lines = plain.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("┏"):
+            end = next(i for i in range(index, len(lines)) if lines[i].startswith("└"))
+            found.append(lines[index : end + 1])
+    return found
+
+
+def _header(lines: list[str]) -> list[str]:
+    """The column names of a table (a header may wrap over several lines)."""
+    parts: list[list[str]] = []
+    for line in lines:
+        if line.startswith("┃"):
+            for index, text in enumerate(line.strip("┃").split("┃")):
+                parts.extend([] for _ in range(index + 1 - len(parts)))
+                parts[index].extend(text.split())
+    return [" ".join(words) for words in parts]
+
+
+class TestTablesFitTheTerminal:
+    @pytest.mark.parametrize("columns", [80, 120])
+    @pytest.mark.parametrize("command", ["status", "versions", "history", "plan"])
+    def test_every_table_line_ends_with_its_border(self, world: World, command: str, columns):
+        """`cmk status`, `versions`, `history` and `plan` on a terminal 80 or 120 columns
+        wide: each table line ends with its right border, no wider than the terminal (the
+        audit's `versions` had `safe to dis` and no border, its rows cut at the edge)."""
+        world.new_version("kv-demo-weu", "ai-cmk")
+        assert _piped(["rotate", world.key_id("kv-demo-weu", "ai-cmk-exp")])[0] == 0
+        argv = {
+            "status": ["status"],
+            "versions": ["versions", world.key_id("kv-demo-weu", "ai-cmk")],
+            "history": ["history"],
+            "plan": ["plan"],
+        }[command]
+        _, text = _on_a_terminal(argv, _env(NO_COLOR="1", COLUMNS=str(columns)))
+        plain = _CSI.sub("", text).replace("\r", "")
+        tables = _tables(plain)
+        assert tables, plain
+        for lines in tables:
+            assert all(len(line) <= columns and line[-1] in RIGHT_BORDERS for line in lines), plain
+
+    @pytest.mark.parametrize(
+        ("argv", "columns", "kept"),
+        [
+            (["status"], 80, ["account", "key", "bound", "state"]),
+            (["versions"], 80, ["version", "expires", "bindable", "safe to disable"]),
+            (["history"], 80, ["updated", "account", "version", "state"]),
+        ],
+    )
+    def test_caption_names_every_column_left_out(self, world: World, argv, columns, kept):
+        """On 80 columns the caption under each table names every column it left out (the
+        audit's `status` named only `detail`, dropping five), and says how to see them; the
+        bound version is kept before the subscription, the age and the detail."""
+        world.new_version("hsm-demo-weu", "ai-cmk-hsm", kty="RSA-HSM")
+        assert _piped(["rotate", world.key_id("kv-demo-weu", "ai-cmk-exp")])[0] == 0
+        if argv == ["versions"]:
+            argv = ["versions", world.key_id("kv-demo-weu", "ai-cmk")]
+        [piped] = _tables(_piped(argv)[1])
+        everything = _header(piped)  # the same command, piped: every column
+        _, text = _on_a_terminal(argv, _env(NO_COLOR="1", COLUMNS=str(columns)))
+        plain = _CSI.sub("", text).replace("\r", "")
+        [lines] = _tables(plain)
+        assert _header(lines) == kept, plain
+        left_out = [name for name in everything if name not in kept]
+        names = ", ".join(left_out[:-1]) + f" and {left_out[-1]}"
+        caption = (
+            f"{names} left out to fit {columns} columns: a wider terminal, -o json or -o tsv"
+            " shows them"
+        )
+        assert caption in " ".join(plain.split()), plain
+
+
+def _piped(argv: list[str]) -> tuple[int, str]:
+    """``cmk ARGV`` in this process with stdout not a terminal: its exit code and stdout."""
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(io.StringIO()):
+        code = main(argv)
+    return code, out.getvalue()
 
 
 class TestProgressWhenPiped:
