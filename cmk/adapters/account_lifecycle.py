@@ -24,8 +24,8 @@ from azure.mgmt.cognitiveservices.models import (
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
-from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts, follow
-from cmk.errors import InvalidInput, ServiceUnavailable, UpdateFailed
+from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts, follow, unfollowed
+from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
 from cmk.keyid import KeyId
 from cmk.lifecycle.model import AccountIdentity
 from cmk.ports import BUSY_STATES, UpdateOutcome
@@ -86,8 +86,7 @@ class AccountLifecycle:
         )
         action = f"setting the key of {account_id} to {key}"
         poller = await self._write(account_id, body, action)
-        if await follow(poller, action, wait) is None:
-            logger.info("%s: still running after %s", action, wait)
+        if await _followed(poller, action, wait) is None:
             return UpdateOutcome.IN_PROGRESS
         record = await self._accounts.get(account_id)
         bound = record.binding.key_id if record.binding else None
@@ -107,8 +106,7 @@ class AccountLifecycle:
         )
         action = f"switching {account_id} to Microsoft-managed keys"
         poller = await self._write(account_id, body, action)
-        if await follow(poller, action, wait) is None:
-            logger.info("%s: still running after %s", action, wait)
+        if await _followed(poller, action, wait) is None:
             return UpdateOutcome.IN_PROGRESS
         record = await self._accounts.get(account_id)
         if record.binding is None and record.provisioning_state.lower() == "succeeded":
@@ -133,6 +131,23 @@ class AccountLifecycle:
         return await self._accounts.send_patch(
             account_id, body, action, **self._accounts.poll_options()
         )
+
+
+async def _followed(poller: AsyncLROPoller[Account], action: str, wait: timedelta) -> object:
+    """The operation's end, or None while it runs on — also when its status could not be
+    followed after the PATCH was accepted (:func:`~cmk.adapters.accounts.unfollowed`):
+    the update goes on in Azure, and the caller verifies it by reading the account."""
+    try:
+        done = await follow(poller, action, wait)
+    except CmkError as error:
+        status = unfollowed(error)
+        if status is None:
+            raise
+        logger.warning("%s: accepted, its status %s (%s)", action, status, error)
+        return None
+    if done is None:
+        logger.info("%s: still running after %s", action, wait)
+    return done
 
 
 def account_identity(account: Account) -> AccountIdentity:

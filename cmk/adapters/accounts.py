@@ -64,6 +64,7 @@ __all__ = [
     "account_record",
     "encryption_patch",
     "follow",
+    "unfollowed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,23 @@ async def follow(poller: AsyncLROPoller[Account], action: str, wait: timedelta) 
         raise
     except Exception as error:
         raise translate(error, action) from error
+
+
+def unfollowed(error: CmkError) -> str | None:
+    """Why the status of an accepted PATCH could not be followed to its end — None when
+    ``error`` is that end (the operation ended Failed) or not about the status at all.
+
+    The PATCH was accepted: the update runs in Azure whatever its status polls answer.
+    Reported as an error, it would free the account (the caller's write lease) while the
+    update runs; still running, it is verified later, by a GET of the account. A status
+    URL answered 403 is the same: the role may lack the action ARM checks for it
+    (docs/deployment.md, "Polling the PATCH"), which must not fail — and alert — every
+    update the GET can verify."""
+    if not isinstance(error, TransientError | AccessDenied | NotFound) or _operation_ended(error):
+        return None
+    if isinstance(error, AccessDenied):
+        return "refused to this identity"
+    return "gone (404)" if isinstance(error, NotFound) else "unreadable for now"
 
 
 def _operation_ended(error: CmkError) -> bool:
@@ -296,21 +314,10 @@ class CognitiveAccounts:
         poller = await self._patch(account_id, reference, target, polling)
         try:
             done = await follow(poller, f"updating account {account_id} to {target}", wait)
-        except (TransientError, AccessDenied, NotFound) as error:
-            if _operation_ended(error):
+        except CmkError as error:
+            status = unfollowed(error)
+            if status is None:
                 raise  # it ended Failed: the RP's cause decides (a passing one retries)
-            # The PATCH was accepted: the update runs in Azure whatever its status polls
-            # answer. Reported as an error, it would free the account (the caller's write
-            # lease) while the update runs; still running, it is verified later under it,
-            # by a GET of the account. A status URL answered 403 is the same: the role may
-            # lack the action ARM checks for it (docs/deployment.md, "Polling the PATCH"),
-            # which must not fail — and alert — every rotation the GET can verify.
-            if isinstance(error, AccessDenied):
-                status = "refused to this identity"
-            elif isinstance(error, NotFound):
-                status = "gone (404)"
-            else:
-                status = "unreadable for now"
             logger.warning(
                 "update of %s to %s accepted, its status %s (%s); verify later",
                 account_id,

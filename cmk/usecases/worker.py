@@ -572,6 +572,8 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
     skipped = _out_of_scope(engine, job)
     if skipped is not None:
         return skipped
+    for seen in job.seen:
+        engine.keys.remember(seen, engine.now())  # its producer's reads, while still fresh
     if engine.dry_run:
         return await _run(
             _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))

@@ -11,6 +11,8 @@ from lifecycle_rig import Wired, account_id
 from cmk.errors import AccountBusy, UpdateUnanswered
 from cmk.keyid import KeyId
 from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, switch
+from cmk.ports import LedgerState
+from cmk.sandbox.arm.cognitive.accounts import rp_for
 from cmk.usecases.worker import account_lease_name
 
 
@@ -53,6 +55,31 @@ class TestSwitch:
         assert account.encryption.key_version == other.version
         polls = land.sandbox.counters.matching(path="operationStatuses", method="GET")
         assert [record.status for record in polls][:2] == [503, 200]
+
+    async def test_status_unreadable_after_acceptance_is_in_progress(self, wired: Wired) -> None:
+        """The PATCH is accepted but every status poll answers 503: the update runs on in
+        Azure, so the switch reports it in progress (not failed, the ledger row
+        submitted), and the account lands on the key."""
+        land = wired.land
+        account = land.bound("ai-unpolled", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        rule = land.sandbox.faults.add(
+            host="management.azure.com", path="operationStatuses", method="GET", status=503
+        )
+
+        change = await switch(wired.lc, account_id(account), key)
+
+        assert change.outcome is ChangeOutcome.IN_PROGRESS, change.detail
+        land.sandbox.faults.remove(rule)
+        rp_for(land.world).finish_now(account.resource_id)
+        assert (account.encryption.key_name, account.encryption.key_version) == (
+            "other",
+            other.version,
+        )
+        [row] = await wired.ledger(account)
+        assert row.state is LedgerState.SUBMITTED
 
     async def test_key_in_another_vault_is_refused(self, wired: Wired) -> None:
         """Another vault: refused with the same-vault reason; the account is unchanged."""

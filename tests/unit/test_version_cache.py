@@ -122,3 +122,55 @@ class TestVersionCache:
         assert reader.cancelled()
         assert [r.version for r in results] == ["e" * 32] * 3
         assert reads.count == 1  # the first waiter read; the others shared its answer
+
+
+class TestCarriedVersions:
+    """What a job carries is kept for what is left of the TTL from its producer's read."""
+
+    async def test_seeded_entry_lives_out_the_rest_of_the_ttl_only(self) -> None:
+        now = [100.0]
+        cache = VersionCache(30.0, clock=lambda: now[0])
+        key = KeyId(VAULT, "cmk", "d" * 32)
+        reads = Reads(_version("cmk", "d" * 32))
+        assert cache.seed(_version("cmk", "d" * 32), age=20.0)
+        peeked = cache.peek(key)
+        assert peeked is not None and peeked[1] == pytest.approx(20.0)
+        await cache.get(key, reads)
+        assert reads.count == 0  # served from what the job carried
+        now[0] = 110.0  # 30 s since the producer's read
+        await cache.get(key, reads)
+        assert reads.count == 1
+
+    async def test_too_old_future_or_staler_reads_are_not_taken(self) -> None:
+        now = [0.0]
+        cache = VersionCache(30.0, clock=lambda: now[0])
+        version = _version("cmk", "e" * 32)
+        assert not cache.seed(version, age=30.0)  # as old as the TTL
+        assert not cache.seed(version, age=-1.0)  # read "after" now: a clock ahead
+        assert cache.peek(version.key_id) is None
+        cache.put(version)
+        now[0] = 5.0
+        assert not cache.seed(_version("cmk", "e" * 32, enabled=False), age=10.0)  # staler
+        held = cache.peek(version.key_id)
+        assert held is not None and held[0].enabled and held[1] == pytest.approx(5.0)
+        assert cache.seed(_version("cmk", "e" * 32, enabled=False), age=1.0)  # fresher
+        held = cache.peek(version.key_id)
+        assert held is not None and not held[0].enabled
+
+    def test_off_cache_takes_and_gives_nothing(self) -> None:
+        cache = VersionCache(0.0, clock=lambda: 0.0)
+        version = _version("cmk", "f" * 32)
+        cache.put(version)
+        assert not cache.seed(version, age=0.0)
+        assert cache.peek(version.key_id) is None
+
+    def test_what_was_forgotten_is_not_taken_back_from_an_older_read(self) -> None:
+        """A key forgotten here (a key event, a refused bind) is not refilled by a job
+        carrying a read from before that moment; a read from after it is taken."""
+        now = [50.0]
+        cache = VersionCache(30.0, clock=lambda: now[0])
+        version = _version("cmk", "0" * 32)
+        cache.forget(version.key_id.versionless())
+        assert not cache.seed(version, age=1.0)  # read before the forget
+        now[0] = 52.0
+        assert cache.seed(version, age=1.0)  # read after it

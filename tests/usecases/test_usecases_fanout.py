@@ -11,19 +11,21 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from usecase_rig import SUB_A, SUB_B, Rig
+from usecase_rig import SUB_A, SUB_B, TEST_OPTIONS, Rig
 
 from cmk.adapters.inventory import ResourceGraphInventory
+from cmk.adapters.jobqueue import decode_job
 from cmk.errors import CmkError
 from cmk.keyid import KeyId
 from cmk.ports import AccountRecord
 from cmk.resource_id import AccountId
 from cmk.sandbox.resourcegraph.service import graph_for
 from cmk.sandbox.world import KeyEventType
-from cmk.usecases import Engine, on_new_version
+from cmk.usecases import Engine, on_new_version, rotate_account, sweep
 from cmk.usecases.fanout import fan_out
 from cmk.usecases.keyview import KeyVersions
 from cmk.usecases.versions import key_versions
+from cmk.wiring import Services
 
 GRAPH_PATH = "Microsoft.ResourceGraph/resources"
 #: Bounds a hang of a condition wait; decides nothing.
@@ -208,3 +210,63 @@ class TestKeyFilter:
         assert len(use.accounts) == 30
         assert _graph_posts(rig) == 3  # 30 rows of this key; the estate's 60 take 6
         assert all("keyName =~ 'k1'" in query for query in queries)
+
+
+class TestJobsCarryTheirVersions:
+    """The handler's reads travel in the jobs: a worker in another process (its own, cold
+    cache) reads Key Vault for them only once they are older than CMK_KEY_CACHE_SECONDS."""
+
+    @pytest.mark.parametrize("producer", ["event", "sweep"])
+    @pytest.mark.parametrize("waited", [timedelta(0), timedelta(seconds=5)])
+    async def test_another_process_reads_key_vault_for_none_of_them(
+        self, rig: Rig, producer: str, waited: timedelta
+    ) -> None:
+        await self._fan_out_then_work_elsewhere(rig, producer, waited, reads=0)
+
+    @pytest.mark.parametrize("producer", ["event", "sweep"])
+    async def test_reads_older_than_the_cache_keeps_are_read_again(
+        self, rig: Rig, producer: str
+    ) -> None:
+        """30 s (the default cache time) after the producer's reads: once per version."""
+        await self._fan_out_then_work_elsewhere(
+            rig, producer, rig.engine.settings.key_cache, reads=2
+        )
+
+    async def _fan_out_then_work_elsewhere(
+        self, rig: Rig, producer: str, waited: timedelta, *, reads: int
+    ) -> None:
+        estate = rig.estate
+        old = estate.version(estate.kv, created=estate.world.clock.now() - timedelta(days=1))
+        accounts = [estate.account(f"acct-c{i}", estate.kv, old.version) for i in range(6)]
+        new = estate.version(estate.kv)
+        if producer == "event":
+            event = estate.event(KeyEventType.NEW_VERSION, estate.kv, new)
+            enqueued = (await on_new_version(rig.engine, event)).enqueued
+        else:
+            enqueued = (await sweep(rig.engine)).enqueued
+        assert enqueued == len(accounts)
+        estate.world.clock.advance(waited)
+        counters = estate.sandbox.counters
+        vault = f"{estate.kv.name}.vault.azure.net"
+
+        async with Services.from_settings(rig.engine.settings, options=TEST_OPTIONS) as other:
+            elsewhere = replace(rig.engine, keys=other.keys)  # another instance's cache
+            before = counters.count(host=vault, path="/keys/", method="GET")
+            reports = await _work(rig, elsewhere)
+            read = counters.count(host=vault, path="/keys/", method="GET") - before
+
+        assert sorted(report.result.value for report in reports) == ["succeeded"] * len(accounts)
+        assert [a.encryption.key_version for a in accounts] == [new.version] * len(accounts)
+        assert read == reads
+        rig.check_invariants()
+
+
+async def _work(rig: Rig, engine: Engine) -> list[Any]:
+    """Run every queued job once with ``engine`` (another instance's worker)."""
+    client = rig.services.jobs.client
+    reports = []
+    while messages := [m async for m in client.receive_messages(max_messages=32)]:
+        for message in messages:
+            reports.append(await rotate_account(engine, decode_job(message.content)))
+            await client.delete_message(message)
+    return reports
