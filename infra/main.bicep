@@ -133,7 +133,7 @@ param alertWebhookUrl string = ''
 @description('UserAssigned (default, as the Azure-Samples Flex templates): a user-assigned identity is created and granted before the app exists. SystemAssigned: the app runs as its own identity, granted after the app is created.')
 param appIdentityType string = 'UserAssigned'
 
-@description('Principal ids (object ids) of operators, people or a group, who run the cmk CLI against this deployment: they get the ledger and queue data roles, the alert sender role, the account role on each managed subscription and (step 2) the key role on each vault, as the app has; besides, Storage Blob Data Reader on the dead-letter container only (cmk replay), read access to the role assignments on those subscriptions and vaults (cmk smoke), and the app operator role on the Function app (its settings, host key and functions, for the az commands of docs/deployment.md).')
+@description('Principal ids (object ids) of operators, people or a group, who run the cmk CLI against this deployment: they get the ledger and queue data roles, the alert sender role, the account role on each managed subscription and (step 2) the key role on each vault, as the app has; besides, Storage Blob Data Reader on the dead-letter container only (cmk replay), read access to the role assignments on those subscriptions and vaults (cmk smoke), and the app operator role on the Function app (its settings, functions and function keys, for the az commands of docs/deployment.md).')
 param operatorPrincipalIds array = []
 
 @allowed([
@@ -355,7 +355,7 @@ resource appOperatorRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = 
   name: guid(subscription().id, 'cmk-rotator-app-operator', environmentName)
   properties: {
     roleName: 'CMK rotator app operator (${environmentName}, ${subscription().subscriptionId})'
-    description: 'Reads the cmk-rotator Function app, its settings, functions and host key, for operators; changes nothing.'
+    description: 'Reads the cmk-rotator Function app, its settings, functions and function keys, for operators; changes nothing.'
     type: 'CustomRole'
     permissions: [
       {

@@ -611,7 +611,7 @@ class TestRoleAssignments:
 
     # What operators hold beyond the app's roles, each for one command: the dead letters
     # `cmk replay` takes, the role assignments `cmk smoke` decides its rights rows from, and
-    # the Function app's settings, host key and functions the az commands of the docs read.
+    # the Function app's settings, functions and function keys the az commands of the docs read.
     OPERATOR_EXTRAS = frozenset(
         {
             "operatorDeadLetterReader",
