@@ -36,6 +36,7 @@ from cmk.keyid import KeyId, parse_vault_url
 from cmk.lifecycle.changes import Change, ChangeOutcome, disable, enable, switch
 from cmk.lifecycle.check import CheckReport, check_accounts
 from cmk.lifecycle.context import Lifecycle
+from cmk.lifecycle.model import Grant, GrantKind
 from cmk.lifecycle.requirements import Requirement
 from cmk.lifecycle.services import LifecycleClients
 from cmk.resource_id import AccountId
@@ -358,6 +359,35 @@ def _print_fixes(output: Output, requirements: tuple[Requirement, ...]) -> None:
             output.print(f"  {requirement.name} — fix: {requirement.fix}")
 
 
+#: A grant that cuts off more accounts than this has them listed whole under the table.
+_NAMED_IN_TABLE = 3
+
+
+def grant_cell(grant: Grant) -> str:
+    """A grant as a table cell: the assignment's own GUID, its role and where it applies
+    (the whole id is in ``-o tsv`` and ``--json``)."""
+    if grant.kind is GrantKind.ACCESS_POLICY:
+        return f"access policy of {grant.principal_id} in {_scope_name(grant.scope)}"
+    guid = grant.id.rstrip("/").rsplit("/", 1)[-1]  # first: a narrow cell keeps it
+    return f"{guid}: {grant.role_name or 'role'} on {_scope_name(grant.scope)}"
+
+
+def _scope_name(scope: str) -> str:
+    """``vault kv1, key cmk`` for a key's scope, ``resource group rg``, ``subscription …``."""
+    parts = scope.strip("/").split("/")
+    pairs = dict(zip(parts[::2], parts[1::2], strict=False))
+    lowered = {name.lower(): value for name, value in pairs.items()}
+    if "vaults" in lowered or "managedhsms" in lowered:
+        vault = lowered.get("vaults") or lowered.get("managedhsms")
+        key = lowered.get("keys")
+        return f"vault {vault}" + (f", key {key}" if key else "")
+    if "resourcegroups" in lowered:
+        return f"resource group {lowered['resourcegroups']}"
+    if "subscriptions" in lowered:
+        return f"subscription {lowered['subscriptions']}"
+    return scope or "/"
+
+
 def _print_check(output: Output, report: CheckReport, code: int, warnings: list[str]) -> None:
     revocations = report.revocations()
     if output.json_mode:
@@ -375,10 +405,15 @@ def _print_check(output: Output, report: CheckReport, code: int, warnings: list[
         title = f"{check.account_id} — {check.key or 'no key'}"
         output.print(_requirements_table(title, check.account_id, check.key, check.requirements))
         _print_fixes(output, check.requirements)
-    rows = [(str(r.grant), ", ".join(a.name for a in r.cut_off)) for r in revocations]
+    rows = [(grant_cell(r.grant), ", ".join(a.name for a in r.cut_off)) for r in revocations]
     tsv = [(str(r.grant), ",".join(str(a) for a in r.cut_off)) for r in revocations]
     if rows:
         output.print(table("Revoking would cut off", ("grant", "accounts"), rows, tsv=tsv))
+        for revocation in revocations:  # (lines: not in -o tsv, whose rows hold them all)
+            if len(revocation.cut_off) > _NAMED_IN_TABLE:  # a cell may not hold them all
+                names = ", ".join(f"{a.resource_group}/{a.name}" for a in revocation.cut_off)
+                count = len(revocation.cut_off)
+                output.print(f"  {grant_cell(revocation.grant)} cuts off all {count}: {names}")
     failed = sum(1 for check in report.checks if not check.ok)
     output.print(f"check: {len(report.checks)} account(s), {failed} with failed requirements")
 

@@ -18,6 +18,7 @@ from rich.segment import Segment
 
 from cmk.commands import history, status, tables, versions
 from cmk.commands.cells import DataTable, fit, table
+from cmk.commands.lifecycle import _scope_name
 from cmk.keyid import KeyId
 
 #: A key id in the docs: vault or Managed HSM, key name, and a version if any.
@@ -351,6 +352,55 @@ class TestCli:
         for revocation in single:
             name = revocation["cut_off"][0].rsplit("/", 1)[-1]
             assert any(re.search(f"│ {name} +│$", line) for line in rows), (name, run.out)
+
+    def test_check_all_names_a_grant_by_guid_role_and_scope(self, world: World, cmk):
+        """A grant's cell starts with the assignment's GUID, then its role and scope — not
+        the 200-character id, which ``-o tsv`` keeps whole with every account; a grant
+        that cuts off more accounts than a cell holds has them all listed under it."""
+        revocations = cmk("check", "--all", "--json").json["revocations"]
+        run = cmk("check", "--all")
+        table_part = run.out[run.out.index("Revoking would cut off") :]
+        tsv = cmk("check", "--all", "-o", "tsv").out
+        roles = [r for r in revocations if r["grant"]["kind"] == "role assignment"]
+        assert roles, revocations
+        for revocation in roles:
+            grant_id = revocation["grant"]["id"]
+            assert f"│ {grant_id.rsplit('/', 1)[-1]}: " in table_part, table_part
+            assert grant_id not in table_part
+            assert grant_id in tsv
+        many = [r for r in revocations if len(r["cut_off"]) > 3]
+        assert many, revocations
+        for revocation in many:
+            names = ", ".join(
+                "/".join(account.split("/")[i] for i in (4, 8)) for account in revocation["cut_off"]
+            )
+            assert f"cuts off all {len(revocation['cut_off'])}: {names}" in table_part
+
+
+class TestScopeNames:
+    @pytest.mark.parametrize(
+        ("scope", "name"),
+        [
+            (
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1"
+                "/keys/cmk",
+                "vault kv1, key cmk",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv1",
+                "vault kv1",
+            ),
+            (
+                "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.KeyVault/managedHSMs/h1",
+                "vault h1",
+            ),
+            ("/subscriptions/s1/resourceGroups/rg-keys", "resource group rg-keys"),
+            ("/subscriptions/s1", "subscription s1"),
+            ("/", "/"),
+        ],
+    )
+    def test_a_scope_is_named_by_what_it_is(self, scope: str, name: str) -> None:
+        assert _scope_name(scope) == name
 
 
 class TestDocs:
