@@ -48,17 +48,6 @@ class KeyStore(Protocol):
         a key event, or a bind the resource provider refused."""
         ...
 
-    def seen(self, key: KeyId, now: datetime) -> SeenVersion | None:
-        """What this process read of the version ``key`` names, while its cache keeps it
-        (None otherwise, or with the cache off): for a job to carry."""
-        ...
-
-    def remember(self, seen: SeenVersion, now: datetime) -> None:
-        """Take a version another process read (a job carried it) as read at its
-        ``read_at``: kept for what is left of the cache's time, never longer; ignored when
-        older, dated ahead of ``now``, or with the cache off."""
-        ...
-
     async def list_versions(self, key: KeyId) -> list[KeyVersion]:
         """Every version of ``key`` with full properties, in no particular order."""
         ...
@@ -181,16 +170,6 @@ class JobStep(StrEnum):
 
 
 @dataclass(frozen=True)
-class SeenVersion:
-    """A version's properties as a producer read them from Key Vault, and when (its
-    ``now``): what a job carries so that its worker, in another process, need not read
-    Key Vault again while that read is as fresh as its own cache would keep it."""
-
-    version: KeyVersion
-    read_at: datetime
-
-
-@dataclass(frozen=True)
 class RotationJob:
     """Move one account to one key version. Serialized as JSON in a queue message."""
 
@@ -212,8 +191,6 @@ class RotationJob:
     #: answered 429, or never went out). It holds the lease while that update runs, but the
     #: update's end is not this job's outcome: the move is decided again after it.
     adopted: bool = False
-    #: The target and bound versions as the producer read them (see KeyStore.remember).
-    seen: tuple[SeenVersion, ...] = ()
 
 
 class JobQueue(Protocol):

@@ -12,8 +12,7 @@ producer does not poison an older worker; ``deferrals`` (how often the job was p
 after throttling) and ``deferred_seconds`` (how long, in all) may be absent, as in
 messages of older producers, and then are 0;
 ``lease_owner`` (a VERIFY's handed-on write lease) may be absent, and then is None;
-``adopted`` may be absent, and then is false; ``seen`` (the versions as the producer
-read them, :mod:`cmk.adapters.job_seen`) may be absent, and then is empty.
+``adopted`` may be absent, and then is false.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from azure.storage.queue.aio import QueueClient
 
 from cmk.adapters._errors import azure_errors
 from cmk.adapters._provision import CreateOnce
-from cmk.adapters.job_seen import decode_seen, encode_seen
 from cmk.errors import InvalidInput, NewerFormat
 from cmk.keyid import KeyId
 from cmk.ports import JobStep, RotationJob
@@ -52,22 +50,23 @@ def encode_job(job: RotationJob) -> str:
     """The JSON text of ``job`` (before the queue's base64)."""
     if job.target.version is None:
         raise InvalidInput(f"a rotation job needs a versioned target, got {job.target}")
-    body: dict[str, Any] = {
-        "v": FORMAT_VERSION,
-        "account_id": str(job.account_id),
-        "target": str(job.target),
-        "trigger": job.trigger,
-        "step": job.step.value,
-        "urgent": job.urgent,
-        "from_version": job.from_version,
-        "deferrals": job.deferrals,
-        "deferred_seconds": job.deferred_seconds,
-        "lease_owner": job.lease_owner,
-        "adopted": job.adopted,
-    }
-    if job.seen:
-        body["seen"] = encode_seen(job.seen)
-    return json.dumps(body, separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {
+            "v": FORMAT_VERSION,
+            "account_id": str(job.account_id),
+            "target": str(job.target),
+            "trigger": job.trigger,
+            "step": job.step.value,
+            "urgent": job.urgent,
+            "from_version": job.from_version,
+            "deferrals": job.deferrals,
+            "deferred_seconds": job.deferred_seconds,
+            "lease_owner": job.lease_owner,
+            "adopted": job.adopted,
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 def _field(body: dict[str, Any], name: str, kind: type, *, optional: bool = False) -> Any:
@@ -144,7 +143,6 @@ def decode_job(text: str | bytes) -> RotationJob:
         deferred_seconds=deferred_seconds,
         lease_owner=lease_owner,
         adopted=bool(_field(body, "adopted", bool, optional=True)),
-        seen=decode_seen(body.get("seen"), target),
     )
 
 

@@ -28,7 +28,7 @@ from cmk.durations import parse_iso_duration
 from cmk.errors import InvalidInput, NotFound, ServiceUnavailable
 from cmk.keyid import KeyId
 from cmk.policy import KeyVersion
-from cmk.ports import KeyRotation, SeenVersion
+from cmk.ports import KeyRotation
 
 __all__ = ["CREATE_TIMEOUT", "KeyVaultKeys", "key_version"]
 
@@ -138,19 +138,6 @@ class KeyVaultKeys:
     def forget(self, key: KeyId) -> None:
         """Drop what is cached about ``key`` (every version of it when versionless)."""
         self.cache.forget(key)
-
-    def seen(self, key: KeyId, now: datetime) -> SeenVersion | None:
-        """What this process read of the version ``key`` names, and when, while fresh."""
-        held = self.cache.peek(key) if key.version else None
-        if held is None:
-            return None
-        version, age = held
-        return SeenVersion(version, now - timedelta(seconds=age))
-
-    def remember(self, seen: SeenVersion, now: datetime) -> None:
-        """Keep a version a job carried for what is left of the cache's time (see
-        :meth:`VersionCache.seed`)."""
-        self.cache.seed(seen.version, (now - seen.read_at).total_seconds())
 
     async def _read(self, key: KeyId) -> KeyVersion:
         assert key.version is not None

@@ -19,12 +19,7 @@ What keeps it safe:
   the worker for a PATCH the resource provider refused (a failed bind, or one refused as
   the account's identity being denied the key) before it decides again;
 - a version the resource provider refuses to bind is never bound on a cached word alone:
-  the provider checks the key itself (``KeyDisabled``), and the worker re-reads;
-- what a job carries (the target and bound versions as its producer read them, and when:
-  :meth:`VersionCache.peek` there, :meth:`VersionCache.seed` in the worker's process) is
-  kept for what is left of ``ttl`` counted from that read, never longer — so a fan-out's
-  jobs spread over many instances read Key Vault no more than one process would, and a
-  change is still seen within ``ttl`` of the read that missed it.
+  the provider checks the key itself (``KeyDisabled``), and the worker re-reads.
 
 Reads of the key's latest version and listings are never served from the cache (they are
 how new versions are found); what they return refreshes it.
@@ -33,7 +28,6 @@ how new versions are found); what they return refreshes it.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
 
@@ -55,8 +49,6 @@ class VersionCache:
         self._clock = clock
         self._entries: dict[str, tuple[float, KeyVersion]] = {}
         self._reads: dict[str, asyncio.Future[KeyVersion | None]] = {}
-        #: When each key (or version) was last forgotten, for the last ``ttl``.
-        self._forgotten: dict[str, float] = {}
         self.hits = 0
         self.misses = 0
 
@@ -106,37 +98,9 @@ class VersionCache:
         if self.enabled:
             self._entries[_slot(version.key_id)] = (self._clock(), version)
 
-    def peek(self, key: KeyId) -> tuple[KeyVersion, float] | None:
-        """The version ``key`` names and its age in seconds, while fresh (no read)."""
-        entry = self._entries.get(_slot(key)) if self.enabled else None
-        if entry is None:
-            return None
-        age = self._clock() - entry[0]
-        return (entry[1], age) if age < self._ttl else None
-
-    def seed(self, version: KeyVersion, age: float) -> bool:
-        """Remember what another process read ``age`` seconds ago — for what is left of
-        ``ttl``, only when nothing fresher is held, and never a read from before this
-        process last forgot the key (what it forgot stays forgotten). Whether it was taken."""
-        if not self.enabled or not 0 <= age < self._ttl:
-            return False
-        held = self.peek(version.key_id)
-        if held is not None and held[1] <= age:
-            return False
-        read = self._clock() - age
-        key = version.key_id
-        forgotten = max(self._forgotten.get(_slot(k), -math.inf) for k in (key, key.versionless()))
-        if read <= forgotten:
-            return False
-        self._entries[_slot(key)] = (read, version)
-        return True
-
     def forget(self, key: KeyId) -> int:
         """Drop ``key``'s entries (every version of it when ``key`` is versionless);
         returns how many were dropped."""
-        now = self._clock()
-        self._forgotten = {k: t for k, t in self._forgotten.items() if now - t < self._ttl}
-        self._forgotten[_slot(key)] = now
         if key.version:
             return 1 if self._entries.pop(_slot(key), None) is not None else 0
         prefix = _slot(key.versionless()) + "/"

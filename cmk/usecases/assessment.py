@@ -13,7 +13,7 @@ from cmk.planner import Decision, Finding, Move
 from cmk.ports import BUSY_STATES, AccountRecord, Alert, LedgerEntry, LedgerState, RotationJob
 from cmk.usecases import alerting
 from cmk.usecases.context import Engine
-from cmk.usecases.fanout import job_for, seen_for
+from cmk.usecases.fanout import job_for
 from cmk.usecases.report import BindingState, FindingReport
 
 __all__ = ["Assessment", "arm_problem", "assess", "assess_unread"]
@@ -153,4 +153,4 @@ def _assess_move(
     elif entry is not None and entry.state is LedgerState.FAILED:
         result.state, result.detail = BindingState.FAILING, entry.cause or "update failed"
     if not in_flight and record.provisioning_state.lower() not in BUSY_STATES:
-        result.job = job_for(move, trigger, seen=seen_for(engine, move))
+        result.job = job_for(move, trigger)

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 from cmk.keyid import KeyId
 from cmk.planner import Binding, Decision, Finding, Move
-from cmk.ports import RotationJob, SeenVersion
+from cmk.ports import RotationJob
 from cmk.usecases.context import Engine, task_scope
 from cmk.usecases.keyview import KeyVersions, decide
 from cmk.usecases.report import FindingReport, PlannedMove
 from cmk.usecases.subscriptions import subscription_scope
 
-__all__ = ["FanOut", "fan_out", "job_for", "key_in_use", "seen_for"]
+__all__ = ["FanOut", "fan_out", "job_for", "key_in_use"]
 
 log = logging.getLogger(__name__)
 
@@ -47,29 +47,15 @@ class FanOut:
         return tuple(FindingReport.from_finding(finding) for finding in self.findings)
 
 
-def job_for(
-    move: Move, trigger: str, *, urgent: bool = False, seen: tuple[SeenVersion, ...] = ()
-) -> RotationJob:
-    """The queue job that carries out ``move`` (``seen``: see :func:`seen_for`)."""
+def job_for(move: Move, trigger: str, *, urgent: bool = False) -> RotationJob:
+    """The queue job that carries out ``move``."""
     return RotationJob(
         account_id=move.binding.account_id,
         target=move.target.key_id,
         trigger=trigger,
         urgent=urgent or move.urgent,
         from_version=move.binding.key_id.version,
-        seen=seen,
     )
-
-
-def seen_for(engine: Engine, move: Move) -> tuple[SeenVersion, ...]:
-    """The move's target and bound versions as this process read them, and when, for its
-    job to carry: the worker — in whichever instance — then reads Key Vault only once
-    those reads are older than its cache would keep them (CMK_KEY_CACHE_SECONDS)."""
-    now, bound = engine.now(), move.binding.key_id
-    wanted = [move.target.key_id]
-    if bound.version and bound.same_key(move.target.key_id):
-        wanted.append(bound)
-    return tuple(seen for seen in (engine.keys.seen(k, now) for k in wanted) if seen)
 
 
 async def fan_out(
@@ -151,7 +137,7 @@ async def _apply(
     for decision in decisions:
         if isinstance(decision, Move):
             result.moves.append(decision)
-            jobs.append(job_for(decision, trigger, urgent=urgent, seen=seen_for(engine, decision)))
+            jobs.append(job_for(decision, trigger, urgent=urgent))
         elif isinstance(decision, Finding):
             result.findings.append(decision)
         else:

@@ -406,7 +406,7 @@ async def _skip_cause(step: _Step, record: AccountRecord) -> str | None:
             reasons = "; ".join(str(reason) for reason in verdict.reasons)
             return (
                 f"{target.version} is no longer valid ({reasons}); the account stays on"
-                f" {bound.version}, which is"
+                f" {bound.version}, which is still valid"
             )
     verdict.require_bindable()
     return None
@@ -572,8 +572,6 @@ async def rotate_account(engine: Engine, job: RotationJob) -> JobReport:
     skipped = _out_of_scope(engine, job)
     if skipped is not None:
         return skipped
-    for seen in job.seen:
-        engine.keys.remember(seen, engine.now())  # its producer's reads, while still fresh
     if engine.dry_run:
         return await _run(
             _Step(engine, job, await engine.ledger.get(job.account_id, job.target.version or ""))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 from adapter_world import RG, SUB
@@ -13,8 +13,7 @@ from azure.storage.queue.aio import QueueClient
 from cmk.adapters.jobqueue import StorageJobQueue, decode_job, encode_job
 from cmk.errors import InvalidInput
 from cmk.keyid import KeyId
-from cmk.policy import KeyVersion
-from cmk.ports import JobStep, RotationJob, SeenVersion
+from cmk.ports import JobStep, RotationJob
 from cmk.resource_id import AccountId
 from cmk.wiring import Services
 
@@ -151,66 +150,6 @@ class TestJobCodec:
         """Anything that is not exactly a job raises InvalidInput."""
         with pytest.raises(InvalidInput):
             decode_job(text)
-
-
-def _seen(version: str = "a" * 32, **changes: object) -> SeenVersion:
-    fields: dict[str, object] = {
-        "key_id": TARGET.with_version(version),
-        "kty": "RSA-HSM",
-        "size": 3072,
-        "key_ops": frozenset({"wrapKey", "unwrapKey"}),
-        "enabled": True,
-        "not_before": datetime(2026, 11, 1, tzinfo=UTC),
-        "expires": datetime(2027, 11, 1, 12, 30, tzinfo=timezone(timedelta(hours=2))),
-        "created": datetime(2026, 11, 1, tzinfo=UTC),
-        "recovery_level": "Recoverable+Purgeable",
-        **changes,
-    }
-    return SeenVersion(KeyVersion(**fields), datetime(2026, 12, 8, 2, 0, 5, tzinfo=UTC))  # type: ignore[arg-type]
-
-
-class TestSeenVersions:
-    """The versions a job carries: exactly what went in comes out; anything else is refused."""
-
-    def test_round_trip(self) -> None:
-        job = _job(seen=(_seen(), _seen("b" * 32, size=None, expires=None, not_before=None)))
-        assert decode_job(encode_job(job)) == job
-
-    def test_absent_when_empty(self) -> None:
-        assert "seen" not in json.loads(encode_job(_job()))
-        assert decode_job(encode_job(_job())).seen == ()
-
-    @pytest.mark.parametrize(
-        ("field", "value"),
-        [
-            ("id", "https://kv2.vault.azure.net/keys/cmk/" + "a" * 32),  # another vault
-            ("id", "https://kv1.vault.azure.net/keys/other/" + "a" * 32),  # another key
-            ("id", "https://kv1.vault.azure.net/keys/cmk"),  # no version
-            ("enabled", 1),
-            ("size", True),
-            ("size", 10**9),
-            ("ops", ["wrapKey"] * 17),
-            ("ops", "wrapKey"),
-            ("kty", ""),
-            ("kty", "RSA\n"),
-            ("created", "2026-11-01T00:00:00"),  # no offset
-            ("created", None),
-            ("read_at", "yesterday"),
-            ("exp", 1234567890),
-        ],
-    )
-    def test_rejects_a_malformed_entry(self, field: str, value: object) -> None:
-        body = json.loads(encode_job(_job(seen=(_seen(),))))
-        body["seen"][0][field] = value
-        with pytest.raises(InvalidInput, match="seen"):
-            decode_job(json.dumps(body))
-
-    @pytest.mark.parametrize("value", [{"id": "x"}, [1], [{}] * 3, "all"])
-    def test_rejects_a_malformed_list(self, value: object) -> None:
-        body = json.loads(encode_job(_job()))
-        body["seen"] = value
-        with pytest.raises(InvalidInput):
-            decode_job(json.dumps(body))
 
 
 class TestStorageJobQueue:
