@@ -4,6 +4,8 @@ Rotation changes one field (:meth:`CognitiveAccounts.update_key_version`); the l
 changes more: it enables a system-assigned identity, points the encryption at a key, or
 returns the account to Microsoft-managed keys. Each write first checks no other update
 is running, follows the long-running operation for a bounded time, and verifies by GET.
+Once a PATCH was accepted, the update is in Azure's hands: a status poll or a verifying GET
+that cannot be answered for now makes it in progress (verified later), never a failure.
 The encryption PATCHes are sent once (no SDK re-send of an old body after a 429 or 5xx),
 under the account's write lease taken by :mod:`cmk.lifecycle.changes`.
 """
@@ -25,10 +27,16 @@ from azure.mgmt.cognitiveservices.models import (
 from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
 from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts, follow, unfollowed
-from cmk.errors import CmkError, InvalidInput, ServiceUnavailable, UpdateFailed
+from cmk.errors import (
+    CmkError,
+    InvalidInput,
+    ServiceUnavailable,
+    TransientError,
+    UpdateFailed,
+)
 from cmk.keyid import KeyId
 from cmk.lifecycle.model import AccountIdentity
-from cmk.ports import BUSY_STATES, UpdateOutcome
+from cmk.ports import BUSY_STATES, AccountRecord, UpdateOutcome
 from cmk.resource_id import AccountId
 
 __all__ = ["AccountLifecycle", "account_identity"]
@@ -68,7 +76,8 @@ class AccountLifecycle:
         self, account_id: AccountId, key: KeyId, identity_client_id: str | None, wait: timedelta
     ) -> UpdateOutcome:
         """PATCH ``properties.encryption`` to ``key`` (versioned) with keySource
-        Microsoft.KeyVault, wait up to ``wait`` and verify by GET."""
+        Microsoft.KeyVault, wait up to ``wait`` and verify by GET. IN_PROGRESS when the
+        operation runs on, or its status or the account cannot be read for now."""
         if key.version is None:
             raise InvalidInput(f"set_encryption needs a versioned key id, got {key}")
         body = Account(
@@ -88,7 +97,9 @@ class AccountLifecycle:
         poller = await self._write(account_id, body, action)
         if await _followed(poller, action, wait) is None:
             return UpdateOutcome.IN_PROGRESS
-        record = await self._accounts.get(account_id)
+        record = await self._read_back(account_id, action)
+        if record is None:
+            return UpdateOutcome.IN_PROGRESS
         bound = record.binding.key_id if record.binding else None
         if record.provisioning_state.lower() == "succeeded" and bound == key:
             return UpdateOutcome.SUCCEEDED
@@ -98,7 +109,8 @@ class AccountLifecycle:
         )
 
     async def use_microsoft_keys(self, account_id: AccountId, wait: timedelta) -> UpdateOutcome:
-        """PATCH keySource back to Microsoft.CognitiveServices, wait and verify by GET."""
+        """PATCH keySource back to Microsoft.CognitiveServices, wait and verify by GET
+        (IN_PROGRESS as for :meth:`set_encryption`)."""
         body = Account(
             properties=AccountProperties(
                 encryption=Encryption(key_source="Microsoft.CognitiveServices")
@@ -108,13 +120,31 @@ class AccountLifecycle:
         poller = await self._write(account_id, body, action)
         if await _followed(poller, action, wait) is None:
             return UpdateOutcome.IN_PROGRESS
-        record = await self._accounts.get(account_id)
+        record = await self._read_back(account_id, action)
+        if record is None:
+            return UpdateOutcome.IN_PROGRESS
         if record.binding is None and record.provisioning_state.lower() == "succeeded":
             return UpdateOutcome.SUCCEEDED
         raise UpdateFailed(
             f"account {account_id} still uses {record.binding.key_id if record.binding else '?'}"
             f" after the update (provisioningState {record.provisioning_state or 'unknown'})"
         )
+
+    async def _read_back(self, account_id: AccountId, action: str) -> AccountRecord | None:
+        """The account read after its update ended, to verify it — None when it cannot be
+        read for now (a transient error): the PATCH was accepted and its operation ended,
+        so the change may well be made; reported as an error, the change would be closed
+        as not done while the account shows it. In progress, it is verified later."""
+        try:
+            return await self._accounts.get(account_id)
+        except TransientError as error:
+            logger.warning(
+                "%s: accepted, the account unreadable for now (%s)",
+                action,
+                error,
+                extra={"cmk_account_id": str(account_id), "cmk_step": "verify"},
+            )
+            return None
 
     async def _write(
         self, account_id: AccountId, body: Account, action: str

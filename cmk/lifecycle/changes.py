@@ -82,8 +82,8 @@ class ChangeWatch(Protocol):
         """``what`` was written and is settled (an identity enabled)."""
 
     def sending(self, what: str) -> None:
-        """``what`` is about to be sent to Azure: from now until :meth:`settled` it may
-        land or not."""
+        """``what`` is about to be sent to Azure (its ledger row is written ``planned``):
+        from now until :meth:`settled` it may land or not."""
 
     def settled(self, what: str) -> None:
         """The update sent was answered, and its ledger row written: ``what`` it did."""
@@ -110,12 +110,14 @@ def _refusal(requirements: tuple[Requirement, ...]) -> str:
 
 
 @asynccontextmanager
-async def _one_writer(lc: Lifecycle, account_id: AccountId, purpose: str) -> AsyncIterator[None]:
+async def _one_writer(lc: Lifecycle, row: _Row, purpose: str) -> AsyncIterator[None]:
     """Hold the account's write lease — the rotation worker's — while changing it: no job
     moves the account between this change's read and its PATCH (a job's PATCH carries the
     key it read, and would undo a switch). Held by a job: AccountBusy, nothing written.
-    A PATCH that got no answer (or a run cancelled while it was out) may still land: the
-    lease is then kept until it expires, as the worker keeps its own."""
+    A PATCH that got no answer (or a run cancelled while it was out: ``row.out``) may
+    still land: the lease is then kept until it expires, as the worker keeps its own. A
+    run cancelled before that (writing the planned row) gives the lease back."""
+    account_id = row.account_id
     name = account_lease_name(account_id)
     token = f"{lc.trigger}:{uuid.uuid4().hex[:12]}"
     now = lc.now()
@@ -142,7 +144,7 @@ async def _one_writer(lc: Lifecycle, account_id: AccountId, purpose: str) -> Asy
     except Exception:
         raise
     except BaseException:
-        keep = True  # cancelled while writing: the PATCH may be out
+        keep = row.out  # cancelled while the PATCH may be out
         raise
     finally:
         if keep:
@@ -178,6 +180,8 @@ class _Row:
     to_version: str
     from_version: str | None
     created: datetime | None = None
+    #: The PATCH may be out: set once the journal is told it is being sent.
+    out: bool = False
 
     async def write(self, state: LedgerState, cause: str) -> None:
         now = self.lc.now()
@@ -215,11 +219,16 @@ class _Row:
 async def _send(
     row: _Row, watch: ChangeWatch, what: str, patch: Callable[[], Awaitable[UpdateOutcome]]
 ) -> UpdateOutcome:
-    """Record the change ``planned``, then send it. Unanswered (or stopped while it is
+    """Record the change ``planned``, then tell ``watch`` it is being sent, and send it
+    — in that order: until the planned row is written (a Table error, a Ctrl-C there)
+    nothing was sent, and neither the command's journal nor a kept write lease may say
+    otherwise (``row.out`` is set with the telling). Unanswered (or stopped while it is
     out), it may still land: the row stays planned. Answered with an error: it is closed
-    ``skipped`` with that error."""
-    watch.sending(what)
+    ``skipped`` with that error. Accepted, but its end or the account unreadable for now,
+    the writer answers in progress (not an error): the row is settled ``submitted``."""
     await row.write(LedgerState.PLANNED, f"{row.action}: {what} sent, not verified yet")
+    watch.sending(what)
+    row.out = True
     try:
         return await patch()
     except UpdateUnanswered as error:
@@ -230,13 +239,29 @@ async def _send(
         raise
 
 
+#: The actions of this module, as the last part of their ledger rows' trigger.
+_ACTIONS = frozenset({"enable", "switch", "disable"})
+
+
+def _unsettled(entry: LedgerEntry) -> bool:
+    """Whether ``entry`` is a row a run that finds its change made settles: one left
+    open (planned, submitted), or one a lifecycle change closed ``skipped`` — "not
+    done" — while the account shows it done (defensive: a row written so by an earlier
+    release, or after an error that came once the PATCH was accepted). A rotation's
+    ``skipped`` row (already on the target or newer) is left as it is."""
+    if entry.state in (LedgerState.PLANNED, LedgerState.SUBMITTED):
+        return True
+    return entry.state is LedgerState.SKIPPED and entry.trigger.rpartition(":")[2] in _ACTIONS
+
+
 async def _settle(lc: Lifecycle, account_id: AccountId, to_version: str, how: str) -> None:
     """The account already is where the command takes it: settle ``succeeded`` the row an
-    earlier run left open (interrupted, or its PATCH unanswered), as a sweep settles a
-    move it finds done. Only over the row as read: a job writing it meanwhile wins."""
+    earlier run left open (interrupted, or its PATCH unanswered) or closed ``skipped``
+    although the change was made (:func:`_unsettled`), as a sweep settles a move it finds
+    done. Only over the row as read: a job writing it meanwhile wins."""
     try:
         entry = await lc.ledger.get(account_id, to_version)
-        if entry is None or entry.state not in (LedgerState.PLANNED, LedgerState.SUBMITTED):
+        if entry is None or not _unsettled(entry):
             return
         cause = f"{entry.cause or entry.state.value}; verified by a later run: {how}"
         settled = replace(entry, state=LedgerState.SUCCEEDED, cause=cause, updated=lc.now())
@@ -291,7 +316,7 @@ async def _bind(
     wait, target = lc.settings.update_timeout, check.key
     from_version = previous.version if previous is not None else None
     row = _Row(lc, action, account_id, target, target.version or "", from_version)
-    async with _one_writer(lc, account_id, f"{action} to {target}"):
+    async with _one_writer(lc, row, f"{action} to {target}"):
         result = await _send(
             row,
             watch,
@@ -435,7 +460,7 @@ async def disable(
         )
         return replace(base, detail=detail)
     row = _Row(lc, "disable", account_id, bound.key_id, MICROSOFT_MANAGED, bound.key_id.version)
-    async with _one_writer(lc, account_id, "disable: back to Microsoft-managed keys"):
+    async with _one_writer(lc, row, "disable: back to Microsoft-managed keys"):
         result = await _send(
             row,
             watch,

@@ -2,18 +2,115 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from lifecycle_rig import Wired, account_id
+from lifecycle_rig import Land, Wired, account_id
 
 from cmk.errors import AccountBusy, UpdateUnanswered
 from cmk.keyid import KeyId
-from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, switch
+from cmk.lifecycle.changes import MICROSOFT_MANAGED, Change, ChangeOutcome, disable, switch
 from cmk.ports import LedgerState
 from cmk.sandbox.arm.cognitive.accounts import rp_for
+from cmk.sandbox.platform.faults import FaultRule
+from cmk.sandbox.world import AccountState
 from cmk.usecases.worker import account_lease_name
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Wait for ``condition()``; the ceiling only bounds a hang, it decides nothing."""
+    for _ in range(6000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _unverifiable(
+    land: Land, account: AccountState, change: Coroutine[Any, Any, Change]
+) -> tuple[Change, FaultRule]:
+    """Run ``change`` with its PATCH accepted and its operation ended, but every GET of
+    the account after the operation's own final GET answered 503: the GET that verifies
+    the change. The sandbox holds the PATCH, then that final GET, to add the 503 rule
+    between them. Returns the change and the 503 rule (``hits``: the GETs it answered)."""
+    patch_out, final_read = threading.Event(), threading.Event()
+    arm = {"host": "management.azure.com", "path": f"/accounts/{account.name}$"}
+    faults = land.sandbox.faults
+    patch = faults.add(method="PATCH", hold=patch_out, count=1, **arm)
+    task = asyncio.create_task(change)
+    try:
+        await _until(lambda: patch.hits == 1 or task.done(), "the PATCH to reach the sandbox")
+        final = faults.add(method="GET", hold=final_read, count=1, **arm)
+        patch_out.set()
+        await _until(lambda: final.hits == 1 or task.done(), "the operation's final GET")
+        unreadable = faults.add(method="GET", status=503, **arm)
+        final_read.set()
+        return await task, unreadable
+    finally:
+        patch_out.set()
+        final_read.set()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class TestVerifyingReadUnanswered:
+    """The PATCH was accepted and its operation ended, but the GET that verifies the change
+    answers 503: the change is in Azure's hands, so the command reports it in progress
+    and its ledger row is settled submitted — not closed skipped ("not done") while ARM
+    shows it made. A later run finds it made and settles the row succeeded."""
+
+    async def test_switch(self, wired: Wired) -> None:
+        """`cmk switch`: in progress, row submitted; switch again settles it."""
+        land = wired.land
+        account = land.bound("ai-unread", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+
+        change, unreadable = await _unverifiable(
+            land, account, switch(wired.lc, account_id(account), key)
+        )
+
+        assert unreadable.hits >= 1  # the verifying GET met the 503
+        assert change.outcome is ChangeOutcome.IN_PROGRESS, change.detail
+        land.sandbox.faults.remove(unreadable)
+        assert (account.encryption.key_name, account.encryption.key_version) == (
+            "other",
+            other.version,
+        )
+        [row] = await wired.ledger(account)
+        assert (row.state, row.to_version) == (LedgerState.SUBMITTED, other.version)
+        again = await switch(wired.lc, account_id(account), key)
+        assert again.outcome is ChangeOutcome.UNCHANGED, again.detail
+        [row] = await wired.ledger(account)
+        assert row.state is LedgerState.SUCCEEDED
+        assert "verified by a later run" in (row.cause or "")
+
+    async def test_disable(self, wired: Wired) -> None:
+        """`cmk disable --yes`: in progress, row submitted; disable again settles it."""
+        land = wired.land
+        account = land.bound("ai-unread-off", land.kv, land.first.version)
+
+        change, unreadable = await _unverifiable(
+            land, account, disable(wired.lc, account_id(account), confirmed=True)
+        )
+
+        assert unreadable.hits >= 1
+        assert change.outcome is ChangeOutcome.IN_PROGRESS, change.detail
+        land.sandbox.faults.remove(unreadable)
+        assert account.encryption.key_source == "Microsoft.CognitiveServices"
+        [row] = await wired.ledger(account)
+        assert (row.state, row.to_version) == (LedgerState.SUBMITTED, MICROSOFT_MANAGED)
+        again = await disable(wired.lc, account_id(account), confirmed=True)
+        assert again.outcome is ChangeOutcome.UNCHANGED, again.detail
+        [row] = await wired.ledger(account)
+        assert row.state is LedgerState.SUCCEEDED
 
 
 class TestSwitch:

@@ -16,18 +16,24 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
+from azure.data.tables import TableClient
+from azure.data.tables.aio import TableClient as AsyncTableClient
 from lifecycle_rig import Land, Wired, account_id, environ_for, settings_for
 
+from cmk.adapters.ledger import TableLedger, account_partition, table_key
 from cmk.keyid import KeyId
-from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, enable
+from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, enable, switch
 from cmk.ports import LedgerEntry, LedgerState
 from cmk.runtime import Runtime
 from cmk.sandbox.core import Sandbox
 from cmk.sandbox.world import AccountState, Encryption
 from cmk.settings import Settings
+from cmk.usecases.worker import account_lease_name
 
 CMK = Path(sys.executable).parent / "cmk"
 #: Only bounds a hang: the signal is sent once the held PATCH has arrived.
@@ -160,6 +166,157 @@ class TestInterruptedWhilePatching:
         )
 
 
+class _Journal:
+    """A :class:`~cmk.lifecycle.changes.ChangeWatch` that notes, when told an update is
+    being sent, the state of the change's ledger row as Azurite holds it then (None: no
+    row) and how many PATCHes of the account the sandbox has had."""
+
+    def __init__(self, wired: Wired, account: AccountState, to_version: str) -> None:
+        self.wired, self.account, self.to_version = wired, account, to_version
+        self.sent: list[tuple[str | None, int]] = []
+
+    def did(self, what: str) -> None:
+        pass
+
+    def sending(self, what: str) -> None:
+        settings = self.wired.lc.settings
+        connection = settings.storage.connection_string or ""
+        partition = account_partition(account_id(self.account))
+        with TableClient.from_connection_string(connection, settings.ledger_table) as table:
+            try:
+                row = table.get_entity(partition, table_key(self.to_version.lower()))
+            except ResourceNotFoundError:
+                state = None
+            else:
+                state = str(row["State"])
+        counters = self.wired.land.sandbox.counters
+        patches = counters.matching(path=self.account.name, method="PATCH")
+        self.sent.append((state, len(patches)))
+
+    def settled(self, what: str) -> None:
+        pass
+
+
+class TestJournalSaysSent:
+    """The journal of `enable / switch / disable` is told an update is being sent only
+    once its ledger row is written planned, right before the PATCH: a Ctrl-C or a Table
+    error while the row is written leaves nothing sent, and the journal must not say
+    "sent …, may land" then."""
+
+    async def test_switch(self, wired: Wired) -> None:
+        """`switch`: the planned row is there, no PATCH yet, when the journal hears it."""
+        land = wired.land
+        account = land.bound("ai-told", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        journal = _Journal(wired, account, other.version)
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+
+        change = await switch(wired.lc, account_id(account), key, watch=journal)
+
+        assert change.outcome is ChangeOutcome.DONE, change.detail
+        assert journal.sent == [(LedgerState.PLANNED.value, 0)]
+
+    async def test_disable(self, wired: Wired) -> None:
+        """`disable --yes`: the same."""
+        land = wired.land
+        account = land.bound("ai-told-off", land.kv, land.first.version)
+        journal = _Journal(wired, account, MICROSOFT_MANAGED)
+
+        change = await disable(wired.lc, account_id(account), confirmed=True, watch=journal)
+
+        assert change.outcome is ChangeOutcome.DONE, change.detail
+        assert journal.sent == [(LedgerState.PLANNED.value, 0)]
+
+
+class _TableRelay:
+    """A TCP relay in front of Azurite's Table endpoint that holds, never forwarding, a
+    request whose bytes hold ``marker`` — as the sandbox's hold faults do for Azure — so a
+    test can stop a command while one of its Table writes is in the network. ``held`` is
+    set once such a request arrived; its connection is closed when its client gives up."""
+
+    def __init__(self, connection_string: str, marker: bytes) -> None:
+        self.connection_string = connection_string
+        self.marker = marker
+        self.held = asyncio.Event()
+        endpoint = re.search(r"TableEndpoint=http://127\.0\.0\.1:(\d+)/", connection_string)
+        assert endpoint is not None, connection_string
+        self.upstream_port = int(endpoint[1])
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        """Start; the connection string whose Table endpoint is the relay."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return self.connection_string.replace(f":{self.upstream_port}/", f":{port}/")
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, client: asyncio.StreamReader, answer: asyncio.StreamWriter) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+
+        async def up() -> None:
+            while data := await client.read(65536):
+                if self.marker in data:
+                    self.held.set()
+                    while await client.read(65536):  # held until its client gives up
+                        pass
+                    break
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        async def down() -> None:
+            while data := await reader.read(65536):
+                answer.write(data)
+                await answer.drain()
+            answer.close()
+
+        await asyncio.gather(up(), down(), return_exceptions=True)
+        writer.close()
+        answer.close()
+
+
+class TestStoppedBeforeSending:
+    async def test_a_ctrl_c_while_the_planned_row_is_written_gives_the_lease_back(
+        self, wired: Wired, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """`switch` stopped (cancelled, as Ctrl-C does) while its planned ledger row is in
+        the network: nothing was sent — the journal is not told "sent", no PATCH reached
+        ARM — so the write lease is given back, not kept as for a PATCH that may land (the
+        CLI would count a kept lease as an update sent that may still land)."""
+        land = wired.land
+        account = land.bound("ai-early", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        journal = _Journal(wired, account, other.version)
+        settings = wired.lc.settings
+        relay = _TableRelay(settings.storage.connection_string or "", b'"planned"')
+        async with (
+            relay as relayed,
+            AsyncTableClient.from_connection_string(relayed, settings.ledger_table) as table,
+        ):
+            lc = replace(wired.lc, ledger=TableLedger(table))
+            change = asyncio.create_task(switch(lc, account_id(account), key, watch=journal))
+            await asyncio.wait_for(relay.held.wait(), CEILING_SECONDS)
+            change.cancel()
+            [stopped] = await asyncio.gather(change, return_exceptions=True)
+
+        assert isinstance(stopped, asyncio.CancelledError), stopped
+        assert journal.sent == []
+        assert land.sandbox.counters.matching(path=account.name, method="PATCH") == []
+        assert "write lease kept" not in caplog.text
+        lease = account_lease_name(account_id(account))
+        job = await wired.lc.ledger.acquire_lease(
+            lease, "job-1", wired.lc.now(), settings.write_lease_ttl
+        )
+        assert job.granted, job
+
+
 class TestLaterRunSettles:
     async def test_disable_again_settles_the_planned_row(self, wired: Wired) -> None:
         """The PATCH of an interrupted disable landed: `disable` again finds the account
@@ -190,6 +347,40 @@ class TestLaterRunSettles:
         [row] = await wired.ledger(account)
         assert row.state is LedgerState.SUCCEEDED and row.trigger == "cli:disable"
         assert "verified by a later run" in (row.cause or "")
+
+    async def test_a_skipped_row_the_account_shows_done_is_settled(self, wired: Wired) -> None:
+        """A switch row closed skipped ("not done") although the account is on its version
+        (an error that came after the PATCH was accepted, as an earlier release closed it):
+        `switch` again answers unchanged and settles it succeeded. A rotation's skipped row
+        (already on the target) is its own and left as it is."""
+        land = wired.land
+        other = land.version(land.kv, "other")
+        switched = land.bound("ai-sk", land.kv, other.version, key="other")
+        rotated = land.bound("ai-sk-rot", land.kv, land.first.version)
+        now = wired.lc.now()
+        for account, version, trigger, cause in (
+            (switched, other.version, "cli:switch", "switch not done: ARM 503 on the GET"),
+            (rotated, land.first.version, "sweep:run-1", "already on the target"),
+        ):
+            key = KeyId.parse(land.key_id(land.kv, account.encryption.key_name or ""))
+            await wired.lc.ledger.record(
+                LedgerEntry(
+                    account_id(account), key, version, None, LedgerState.SKIPPED, 1, cause,
+                    trigger, now, now,
+                )
+            )  # fmt: skip
+
+        again = await switch(
+            wired.lc, account_id(switched), KeyId.parse(land.key_id(land.kv, "other"))
+        )
+        kept = await enable(wired.lc, account_id(rotated), KeyId.parse(land.key_id(land.kv)))
+
+        assert again.outcome is kept.outcome is ChangeOutcome.UNCHANGED
+        [row] = await wired.ledger(switched)
+        assert (row.state, row.trigger) == (LedgerState.SUCCEEDED, "cli:switch")
+        assert "verified by a later run" in (row.cause or "")
+        [row] = await wired.ledger(rotated)
+        assert (row.state, row.cause) == (LedgerState.SKIPPED, "already on the target")
 
     async def test_a_refused_patch_closes_its_row_skipped(self, wired: Wired) -> None:
         """An enable whose PATCH is answered 400: the error is raised, and the row written
