@@ -239,14 +239,19 @@ class Sandbox:
             return self
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._owner_fd = claim_state_dir(self.state_dir)
-        try:
-            self.ca.write_bundle(self.ca_bundle)
-            write_node_bundle(
-                self.ca.pem, self.node_ca_bundle, os.environ.get("NODE_EXTRA_CA_CERTS")
-            )
+        try:  # whatever fails from here gives the state dir back, and stops what started
+            self._start_claimed()
         except BaseException:
             self.stop()
             raise
+        return self
+
+    def _start_claimed(self) -> None:
+        """:meth:`start`, once the state dir is ours: files, loop thread, server, services
+        and Azurite. Each part is recorded as it starts, so that :meth:`stop` can undo a
+        start that failed half-way."""
+        self.ca.write_bundle(self.ca_bundle)
+        write_node_bundle(self.ca.pem, self.node_ca_bundle, os.environ.get("NODE_EXTRA_CA_CERTS"))
         loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -255,9 +260,13 @@ class Sandbox:
             loop.call_soon(ready.set)
             loop.run_forever()
 
-        self._loop = loop
-        self._thread = threading.Thread(target=run, name="cmk-sandbox", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=run, name="cmk-sandbox", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            loop.close()  # no thread to run it: nothing to stop on it
+            raise
+        self._loop, self._thread = loop, thread
         ready.wait()
         self.eventgrid.bind(loop)
         server = SandboxServer(
@@ -266,19 +275,15 @@ class Sandbox:
             self.counters,
             build_identity_app(self.tokens, self.hosts),
         )
-        try:
-            self._call(server.start())
-            self._server = server
-            proxy = urlsplit(server.proxy_url)
-            owner = f"proxy={proxy.hostname}:{proxy.port}\n".encode()
-            os.pwrite(self._owner_fd, owner, os.fstat(self._owner_fd).st_size)
-            self._call(self._mount_services())
-            if self._with_azurite:
-                self.azurite = Azurite(self.state_dir / "azurite").start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        self._server = server  # stop() stops a server that started half-way, too
+        self._call(server.start())
+        proxy = urlsplit(server.proxy_url)
+        owner = f"proxy={proxy.hostname}:{proxy.port}\n".encode()
+        assert self._owner_fd is not None
+        os.pwrite(self._owner_fd, owner, os.fstat(self._owner_fd).st_size)
+        self._call(self._mount_services())
+        if self._with_azurite:
+            self.azurite = Azurite(self.state_dir / "azurite").start()
 
     def stop(self) -> None:
         """Stop everything started (idempotent); gives up the state dir (removes a

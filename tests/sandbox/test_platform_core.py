@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -81,6 +82,31 @@ class TestStateDirOwner:
         with Sandbox(state) as sandbox:
             proxy = sandbox.proxy_url.removeprefix("http://")
             assert (state / OWNER_FILE).read_text() == f"pid={os.getpid()}\nproxy={proxy}\n"
+
+    def test_a_start_that_fails_gives_the_state_dir_back(self, tmp_path):
+        """start fails after its loop thread and Event Grid started (a file where the TLS
+        directory goes: the server's TLS context cannot be made): the error is raised, the
+        loop thread ends, and the state dir is free — a sandbox on it then starts."""
+        state = tmp_path / "state"
+        state.mkdir()
+        (state / "tls").write_text("in the way")
+        before = _sandbox_threads()
+        failed = Sandbox(state)
+
+        with pytest.raises(FileExistsError):
+            failed.start()
+
+        assert not failed.running
+        assert _sandbox_threads() == before
+        (state / "tls").unlink()
+        with Sandbox(state) as sandbox:
+            assert sandbox.running
+            assert (state / OWNER_FILE).read_text().startswith(f"pid={os.getpid()}\n")
+
+
+def _sandbox_threads() -> int:
+    """The sandboxes' loop threads running in this process."""
+    return sum(thread.name == "cmk-sandbox" for thread in threading.enumerate())
 
 
 class TestSandboxLifecycle:
