@@ -276,18 +276,28 @@ async def _create_once(
     looking once more for a successor first: another notice of the key (another version
     expiring) may have created one since ``view`` was read. Its report if it did."""
     expiring = event.key_id
+    creating = creation_lease(view.key)
+    attempted = False
 
     async def still_ours() -> None:
-        """Right before the creating request: this run must still hold the claim, and
-        restarts its lease, so a run that stalled past it (and was taken over) never
-        creates a second version; the request itself is bounded well inside the lease."""
-        if not await engine.ledger.refresh_claim(claim, token, engine.now()):
+        """Right before the creating request: this run must still hold the claim and the
+        key's creation lease, and restarts both, so a run that stalled past either (and was
+        taken over) never creates a second version; the request itself is bounded well
+        inside them."""
+        nonlocal attempted
+        now = engine.now()
+        if not await engine.ledger.refresh_claim(claim, token, now):
             raise ServiceUnavailable(
                 f"lost the claim of the near-expiry notice for {expiring} (this run"
                 " stalled past its lease and another took it over); retry"
             )
+        if not await engine.ledger.renew_lease(creating, token, now, engine.claim_lease):
+            raise ServiceUnavailable(
+                f"lost the creation lease of {view.key} (this run stalled past it and another"
+                " notice took it over); retry"
+            )
+        attempted = True
 
-    creating = creation_lease(view.key)
     held = await engine.ledger.acquire_lease(
         creating, token, engine.now(), engine.claim_lease, purpose=f"rotating before {expiring}"
     )
@@ -303,18 +313,25 @@ async def _create_once(
         fresh = await KeyVersions.load(engine.keys, view.key, engine.policy, engine.now())
         successor = _successor(engine, fresh, expiring.version or "")
         if successor is not None:
-            await engine.ledger.release_claim(claim, token)  # this notice created nothing
-            await engine.ledger.release_lease(creating, token)
+            await _release(engine, claim, creating, token)  # this notice created nothing
             return await _spread(engine, event, fresh, EventOutcome.FANNED_OUT)
         template = view.get(expiring.version or "") or await engine.keys.get_version(expiring)
         created = await create_version(engine, view.key, template, fence=still_ours)
-    except PermanentError:
-        await engine.ledger.release_claim(claim, token)  # nothing created: may retry
-        await engine.ledger.release_lease(creating, token)
+    except Exception as error:
+        # Nothing was created unless the creating request went out and was not answered
+        # with an error (a permanent one): then the claim and the lease stay until they
+        # end, for the create may still land. Otherwise the next delivery may go on at once.
+        if not attempted or isinstance(error, PermanentError):
+            await _release(engine, claim, creating, token)
         raise
-    # A transient error above keeps the lease (the create may still land) until it ends.
     await engine.ledger.release_lease(creating, token)
     return created
+
+
+async def _release(engine: Engine, claim: str, lease: str, token: str) -> None:
+    """Give back a notice's claim and the key's creation lease (each only if still ours)."""
+    await engine.ledger.release_claim(claim, token)
+    await engine.ledger.release_lease(lease, token)
 
 
 def creation_lease(key: KeyId) -> str:

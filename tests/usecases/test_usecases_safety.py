@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import pytest
-from interleave import Plan, Scheduler, gated
+from interleave import Fault, Plan, Scheduler, gated
 from usecase_rig import Rig, handed_verify
 
 from cmk.adapters.keyvault import CREATE_TIMEOUT
@@ -173,7 +174,8 @@ class TestOneNoticeOneVersion:
         await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("probe"))})
         labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
         creating = labels.index("keys.create_like")
-        assert labels[creating - 1] == "ledger.refresh_claim"  # checked right before
+        # checked right before: the notice's claim, then the key's creation lease
+        assert labels[creating - 2 : creating] == ["ledger.refresh_claim", "ledger.renew_lease"]
 
         for stall in [k for k in range(len(labels) + 1) if k != creating]:
             key = f"stall{stall}"
@@ -196,7 +198,10 @@ class TestOneNoticeOneVersion:
         instances): A is stopped before each of its port calls in turn while B runs to
         its end, then A finishes; whoever was told to retry is delivered again. Whatever
         the point, the key gains one version — the second notice finds the first's (the
-        key's creation lease, held from the last look for a successor to the create)."""
+        key's creation lease, held from the last look for a successor to the create). The
+        same with B running after A stalled past its leases (B takes them over): A's fence
+        finds the creation lease lost and creates nothing — at every point but the creating
+        request itself."""
         estate = rig.estate
 
         def notices(key: str) -> tuple[Any, Any]:
@@ -216,28 +221,68 @@ class TestOneNoticeOneVersion:
         probe = Scheduler(Plan(order=[("A", None)]))
         first, _ = notices("probe")
         await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), first)})
-        calls = sum(1 for t in probe.trace if t.startswith("A:"))
-        assert "A:keys.create_like" in probe.trace
+        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
+        calls, creating = len(labels), labels.index("keys.create_like")
 
-        for stall in range(calls + 1):
-            key = f"two{stall}"
+        past_lease = rig.engine.claim_lease + timedelta(minutes=1)
+        later = replace(rig.engine, now=lambda: estate.world.clock.now() + past_lease)
+        # B at once (A's lease held), or B after A stalled past its lease (B takes it over)
+        for b_engine, stall in itertools.product((rig.engine, later), range(calls + 1)):
+            if b_engine is later and stall == creating:
+                # A frozen for 11 minutes between its fence and its creating request: the
+                # request's own duration, bounded far inside the lease (see the test above)
+                continue
+            key = f"two{stall}{'l' if b_engine is later else ''}"
             events = dict(zip("AB", notices(key), strict=True))
             throttle_for(rig.world).reset()  # each schedule starts with a fresh Graph quota
             scheduler = Scheduler(Plan(order=[("A", stall), ("B", None), ("A", None)]))
+            engines = {"A": rig.engine, "B": b_engine}
             results = await scheduler.run(
                 {
-                    name: partial(on_near_expiry, gated(rig.engine, scheduler), event)
+                    name: partial(on_near_expiry, gated(engines[name], scheduler), event)
                     for name, event in events.items()
                 }
             )
             for name, result in results.items():
                 if isinstance(result, TransientError):  # Event Grid delivers it again
-                    results[name] = await on_near_expiry(rig.engine, events[name])
+                    results[name] = await on_near_expiry(later, events[name])
             created = len(estate.kv.keys[key].versions) - 2
             assert created == 1, (stall, created, scheduler.trace, results)
             assert all(isinstance(r, EventReport) for r in results.values()), results
         await rig.drain()
         rig.check_invariants()
+
+    async def test_a_failure_before_the_create_holds_nothing(self, rig: Rig) -> None:
+        """Key Vault answers 503 (or the ledger fails) at a call after the notice took its
+        claim and the key's creation lease but before its creating request: nothing was
+        created, so both are given back and the redelivery, at once, creates the one
+        version — rather than waiting out a 10-minute lease."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+
+        def notice(key: str) -> Any:
+            expiring = estate.version(
+                estate.kv, key, created=now - timedelta(days=355), expires=now + timedelta(days=10)
+            )
+            estate.account(f"acct-{key}", estate.kv, expiring.version, key=key)
+            return estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key=key)
+
+        probe = Scheduler(Plan(order=[("A", None)]))
+        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("p"))})
+        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
+        taken, creating = labels.index("ledger.acquire_lease"), labels.index("keys.create_like")
+        for call in range(taken + 1, creating - 2):  # up to the fence's refresh_claim
+            key = f"early{call}"
+            event = notice(key)
+            throttle_for(rig.world).reset()
+            scheduler = Scheduler(Plan(fault=("A", call, Fault.UNAVAILABLE)))
+            first = await scheduler.run(
+                {"A": partial(on_near_expiry, gated(rig.engine, scheduler), event)}
+            )
+            assert isinstance(first["A"], TransientError), (labels[call], first)
+            again = await on_near_expiry(rig.engine, event)
+            assert again.outcome is EventOutcome.ROTATED, (labels[call], again)
+            assert len(estate.kv.keys[key].versions) == 2, labels[call]
 
 
 class TestOneFailureOneAlert:
