@@ -13,6 +13,7 @@ under the account's write lease taken by :mod:`cmk.lifecycle.changes`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 from azure.core.polling import AsyncLROPoller
@@ -28,8 +29,10 @@ from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
 from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts, follow, unfollowed
 from cmk.errors import (
+    AccessDenied,
     CmkError,
     InvalidInput,
+    NotFound,
     ServiceUnavailable,
     TransientError,
     UpdateFailed,
@@ -73,7 +76,13 @@ class AccountLifecycle:
         return await self.identity(account_id)
 
     async def set_encryption(
-        self, account_id: AccountId, key: KeyId, identity_client_id: str | None, wait: timedelta
+        self,
+        account_id: AccountId,
+        key: KeyId,
+        identity_client_id: str | None,
+        wait: timedelta,
+        *,
+        sending: Callable[[], None] | None = None,
     ) -> UpdateOutcome:
         """PATCH ``properties.encryption`` to ``key`` (versioned) with keySource
         Microsoft.KeyVault, wait up to ``wait`` and verify by GET. IN_PROGRESS when the
@@ -94,7 +103,7 @@ class AccountLifecycle:
             )
         )
         action = f"setting the key of {account_id} to {key}"
-        poller = await self._write(account_id, body, action)
+        poller = await self._write(account_id, body, action, sending)
         if await _followed(poller, action, wait) is None:
             return UpdateOutcome.IN_PROGRESS
         record = await self._read_back(account_id, action)
@@ -108,7 +117,9 @@ class AccountLifecycle:
             f" (provisioningState {record.provisioning_state or 'unknown'}, key {bound})"
         )
 
-    async def use_microsoft_keys(self, account_id: AccountId, wait: timedelta) -> UpdateOutcome:
+    async def use_microsoft_keys(
+        self, account_id: AccountId, wait: timedelta, *, sending: Callable[[], None] | None = None
+    ) -> UpdateOutcome:
         """PATCH keySource back to Microsoft.CognitiveServices, wait and verify by GET
         (IN_PROGRESS as for :meth:`set_encryption`)."""
         body = Account(
@@ -117,7 +128,7 @@ class AccountLifecycle:
             )
         )
         action = f"switching {account_id} to Microsoft-managed keys"
-        poller = await self._write(account_id, body, action)
+        poller = await self._write(account_id, body, action, sending)
         if await _followed(poller, action, wait) is None:
             return UpdateOutcome.IN_PROGRESS
         record = await self._read_back(account_id, action)
@@ -132,12 +143,14 @@ class AccountLifecycle:
 
     async def _read_back(self, account_id: AccountId, action: str) -> AccountRecord | None:
         """The account read after its update ended, to verify it — None when it cannot be
-        read for now (a transient error): the PATCH was accepted and its operation ended,
-        so the change may well be made; reported as an error, the change would be closed
-        as not done while the account shows it. In progress, it is verified later."""
+        read now (a transient error, or a 403/404 as a status poll may get: see
+        :func:`~cmk.adapters.accounts.unfollowed`): the PATCH was accepted and its
+        operation ended, so the change may well be made; reported as an error, the change
+        would be closed as not done while the account shows it. In progress, it is
+        verified later."""
         try:
             return await self._accounts.get(account_id)
-        except TransientError as error:
+        except (TransientError, AccessDenied, NotFound) as error:
             logger.warning(
                 "%s: accepted, the account unreadable for now (%s)",
                 action,
@@ -147,7 +160,11 @@ class AccountLifecycle:
             return None
 
     async def _write(
-        self, account_id: AccountId, body: Account, action: str
+        self,
+        account_id: AccountId,
+        body: Account,
+        action: str,
+        sending: Callable[[], None] | None = None,
     ) -> AsyncLROPoller[Account]:
         """Start a PATCH after checking no other update is running (ServiceUnavailable if so)."""
         current = await self._accounts.read(account_id)
@@ -159,7 +176,7 @@ class AccountLifecycle:
         )
         # Sent once and answered in time, like the rotation's PATCH (UpdateUnanswered else).
         return await self._accounts.send_patch(
-            account_id, body, action, **self._accounts.poll_options()
+            account_id, body, action, sending=sending, **self._accounts.poll_options()
         )
 
 

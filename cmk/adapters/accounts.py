@@ -412,7 +412,13 @@ class CognitiveAccounts:
         return await self.send_patch(account_id, body, action, polling=polling)
 
     async def send_patch(
-        self, account_id: AccountId, body: Account, action: str, **options: Any
+        self,
+        account_id: AccountId,
+        body: Account,
+        action: str,
+        *,
+        sending: Callable[[], None] | None = None,
+        **options: Any,
     ) -> AsyncLROPoller[Account]:
         """PATCH ``body`` onto the account once (``retry_total=0``), answered within
         ``patch_timeout``; :class:`~cmk.errors.UpdateUnanswered` when it may still be
@@ -421,7 +427,8 @@ class CognitiveAccounts:
 
         The subscription's write budget is waited for first, outside that timeout, and
         for at most as long: a PATCH held back by the pacing was never sent, so it is a
-        :class:`~cmk.errors.ThrottledError` (the job is deferred), not an unanswered one."""
+        :class:`~cmk.errors.ThrottledError` (the job is deferred), not an unanswered one.
+        ``sending`` is called once that wait is over, right before the PATCH goes out."""
         client = self.client(account_id.subscription_id)
         # An explicit poller: without one the SDK builds its own from this call's keyword
         # arguments, and the PATCH's own options (retry_total=0, PACED) would reach every
@@ -432,6 +439,8 @@ class CognitiveAccounts:
                 account_id.subscription_id, "writes", within=self._patch_timeout
             )
             options = {**options, PACED: True}
+        if sending is not None:
+            sending()
         try:
             async with asyncio.timeout(self._patch_timeout):
                 with azure_errors(action):

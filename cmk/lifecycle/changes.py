@@ -217,20 +217,27 @@ class _Row:
 
 
 async def _send(
-    row: _Row, watch: ChangeWatch, what: str, patch: Callable[[], Awaitable[UpdateOutcome]]
+    row: _Row,
+    watch: ChangeWatch,
+    what: str,
+    patch: Callable[[Callable[[], None]], Awaitable[UpdateOutcome]],
 ) -> UpdateOutcome:
-    """Record the change ``planned``, then tell ``watch`` it is being sent, and send it
-    — in that order: until the planned row is written (a Table error, a Ctrl-C there)
-    nothing was sent, and neither the command's journal nor a kept write lease may say
-    otherwise (``row.out`` is set with the telling). Unanswered (or stopped while it is
-    out), it may still land: the row stays planned. Answered with an error: it is closed
-    ``skipped`` with that error. Accepted, but its end or the account unreadable for now,
-    the writer answers in progress (not an error): the row is settled ``submitted``."""
+    """Record the change ``planned``, then send it: ``patch(sending)`` calls ``sending``
+    right before its PATCH goes out (after its own checks and the wait for ARM's write
+    budget), which tells ``watch`` and sets ``row.out`` — until then nothing was sent, and
+    neither the command's journal nor a kept write lease may say otherwise. Unanswered (or
+    stopped while it is out), it may still land: the row stays planned. Answered with an
+    error (or refused before it went out): it is closed ``skipped`` with that error.
+    Accepted, but its end or the account unreadable for now, the writer answers in
+    progress (not an error): the row is settled ``submitted``."""
     await row.write(LedgerState.PLANNED, f"{row.action}: {what} sent, not verified yet")
-    watch.sending(what)
-    row.out = True
+
+    def sending() -> None:
+        watch.sending(what)
+        row.out = True
+
     try:
-        return await patch()
+        return await patch(sending)
     except UpdateUnanswered as error:
         await row.note(LedgerState.PLANNED, f"{row.action}: {error}")
         raise
@@ -239,26 +246,19 @@ async def _send(
         raise
 
 
-#: The actions of this module, as the last part of their ledger rows' trigger.
-_ACTIONS = frozenset({"enable", "switch", "disable"})
-
-
 def _unsettled(entry: LedgerEntry) -> bool:
     """Whether ``entry`` is a row a run that finds its change made settles: one left
-    open (planned, submitted), or one a lifecycle change closed ``skipped`` — "not
-    done" — while the account shows it done (defensive: a row written so by an earlier
-    release, or after an error that came once the PATCH was accepted). A rotation's
-    ``skipped`` row (already on the target or newer) is left as it is."""
-    if entry.state in (LedgerState.PLANNED, LedgerState.SUBMITTED):
-        return True
-    return entry.state is LedgerState.SKIPPED and entry.trigger.rpartition(":")[2] in _ACTIONS
+    open (planned, submitted). A row closed ``skipped`` stays so: its PATCH was answered
+    with an error, so the change was not this row's, whatever the account shows later
+    (an error after the PATCH was accepted leaves the row open: see ``_send``)."""
+    return entry.state in (LedgerState.PLANNED, LedgerState.SUBMITTED)
 
 
 async def _settle(lc: Lifecycle, account_id: AccountId, to_version: str, how: str) -> None:
     """The account already is where the command takes it: settle ``succeeded`` the row an
-    earlier run left open (interrupted, or its PATCH unanswered) or closed ``skipped``
-    although the change was made (:func:`_unsettled`), as a sweep settles a move it finds
-    done. Only over the row as read: a job writing it meanwhile wins."""
+    earlier run left open (interrupted, or its PATCH unanswered: :func:`_unsettled`), as
+    a sweep settles a move it finds done. Only over the row as read: a job writing it
+    meanwhile wins."""
     try:
         entry = await lc.ledger.get(account_id, to_version)
         if entry is None or not _unsettled(entry):
@@ -321,7 +321,9 @@ async def _bind(
             row,
             watch,
             f"the update of {account_id} to {target}",
-            lambda: lc.writer.set_encryption(account_id, target, client_id, wait),
+            lambda sending: lc.writer.set_encryption(
+                account_id, target, client_id, wait, sending=sending
+            ),
         )
         done = result is UpdateOutcome.SUCCEEDED
         outcome = ChangeOutcome.DONE if done else ChangeOutcome.IN_PROGRESS
@@ -465,7 +467,9 @@ async def disable(
             row,
             watch,
             f"the update of {account_id} to Microsoft-managed keys",
-            lambda: lc.writer.use_microsoft_keys(account_id, lc.settings.update_timeout),
+            lambda sending: lc.writer.use_microsoft_keys(
+                account_id, lc.settings.update_timeout, sending=sending
+            ),
         )
         done = result is UpdateOutcome.SUCCEEDED
         change = replace(

@@ -38,10 +38,20 @@ class AccountWriter(Protocol):
     async def enable_system_identity(self, account_id: AccountId) -> AccountIdentity: ...
 
     async def set_encryption(
-        self, account_id: AccountId, key: KeyId, identity_client_id: str | None, wait: timedelta
-    ) -> UpdateOutcome: ...
+        self,
+        account_id: AccountId,
+        key: KeyId,
+        identity_client_id: str | None,
+        wait: timedelta,
+        *,
+        sending: Callable[[], None] | None = None,
+    ) -> UpdateOutcome:
+        """``sending`` is called right before the PATCH goes out (not if it never does)."""
+        ...
 
-    async def use_microsoft_keys(self, account_id: AccountId, wait: timedelta) -> UpdateOutcome: ...
+    async def use_microsoft_keys(
+        self, account_id: AccountId, wait: timedelta, *, sending: Callable[[], None] | None = None
+    ) -> UpdateOutcome: ...
 
 
 @dataclass(frozen=True)

@@ -298,9 +298,13 @@ async def _create_once(
             )
         attempted = True
 
-    held = await engine.ledger.acquire_lease(
-        creating, token, engine.now(), engine.claim_lease, purpose=f"rotating before {expiring}"
-    )
+    try:
+        held = await engine.ledger.acquire_lease(
+            creating, token, engine.now(), engine.claim_lease, purpose=f"rotating before {expiring}"
+        )
+    except Exception:
+        await _release(engine, claim, creating, token)  # the insert may have landed
+        raise
     if not held.granted:
         # Its version may be this notice's successor too: look again once it is done.
         await engine.ledger.release_claim(claim, token)

@@ -32,10 +32,10 @@ async def _until(condition: Callable[[], bool], what: str) -> None:
 
 
 async def _unverifiable(
-    land: Land, account: AccountState, change: Coroutine[Any, Any, Change]
+    land: Land, account: AccountState, change: Coroutine[Any, Any, Change], status: int = 503
 ) -> tuple[Change, FaultRule]:
     """Run ``change`` with its PATCH accepted and its operation ended, but every GET of
-    the account after the operation's own final GET answered 503: the GET that verifies
+    the account after the operation's own final GET answered ``status``: the GET that verifies
     the change. The sandbox holds the PATCH, then that final GET, to add the 503 rule
     between them. Returns the change and the 503 rule (``hits``: the GETs it answered)."""
     patch_out, final_read = threading.Event(), threading.Event()
@@ -48,7 +48,7 @@ async def _unverifiable(
         final = faults.add(method="GET", hold=final_read, count=1, **arm)
         patch_out.set()
         await _until(lambda: final.hits == 1 or task.done(), "the operation's final GET")
-        unreadable = faults.add(method="GET", status=503, **arm)
+        unreadable = faults.add(method="GET", status=status, **arm)
         final_read.set()
         return await task, unreadable
     finally:
@@ -61,11 +61,13 @@ async def _unverifiable(
 
 class TestVerifyingReadUnanswered:
     """The PATCH was accepted and its operation ended, but the GET that verifies the change
-    answers 503: the change is in Azure's hands, so the command reports it in progress
+    answers 503 (or 403 or 404, as a status poll may): the change is in Azure's hands, so
+    the command reports it in progress
     and its ledger row is settled submitted — not closed skipped ("not done") while ARM
     shows it made. A later run finds it made and settles the row succeeded."""
 
-    async def test_switch(self, wired: Wired) -> None:
+    @pytest.mark.parametrize("status", [503, 403, 404])
+    async def test_switch(self, wired: Wired, status: int) -> None:
         """`cmk switch`: in progress, row submitted; switch again settles it."""
         land = wired.land
         account = land.bound("ai-unread", land.kv, land.first.version)
@@ -74,7 +76,7 @@ class TestVerifyingReadUnanswered:
         key = KeyId.parse(land.key_id(land.kv, "other"))
 
         change, unreadable = await _unverifiable(
-            land, account, switch(wired.lc, account_id(account), key)
+            land, account, switch(wired.lc, account_id(account), key), status
         )
 
         assert unreadable.hits >= 1  # the verifying GET met the 503
@@ -92,13 +94,14 @@ class TestVerifyingReadUnanswered:
         assert row.state is LedgerState.SUCCEEDED
         assert "verified by a later run" in (row.cause or "")
 
-    async def test_disable(self, wired: Wired) -> None:
+    @pytest.mark.parametrize("status", [503, 403, 404])
+    async def test_disable(self, wired: Wired, status: int) -> None:
         """`cmk disable --yes`: in progress, row submitted; disable again settles it."""
         land = wired.land
         account = land.bound("ai-unread-off", land.kv, land.first.version)
 
         change, unreadable = await _unverifiable(
-            land, account, disable(wired.lc, account_id(account), confirmed=True)
+            land, account, disable(wired.lc, account_id(account), confirmed=True), status
         )
 
         assert unreadable.hits >= 1

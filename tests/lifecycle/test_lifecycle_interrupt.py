@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
@@ -31,6 +32,7 @@ from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, ena
 from cmk.ports import LedgerEntry, LedgerState
 from cmk.runtime import Runtime
 from cmk.sandbox.core import Sandbox
+from cmk.sandbox.platform.faults import FaultRule
 from cmk.sandbox.world import AccountState, Encryption
 from cmk.settings import Settings
 from cmk.usecases.worker import account_lease_name
@@ -316,6 +318,60 @@ class TestStoppedBeforeSending:
         )
         assert job.granted, job
 
+    async def test_a_ctrl_c_during_the_last_check_before_the_patch_gives_the_lease_back(
+        self, wired: Wired, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """`switch` stopped while its planned row is written but the account's last read
+        before the PATCH (is another update running?) is in the network: nothing was sent,
+        so the journal is not told "sent" and the write lease is given back."""
+        land = wired.land
+        account = land.bound("ai-check", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        journal = _Journal(wired, account, other.version)
+        release = threading.Event()
+        held: list[FaultRule] = []
+        ledger = wired.lc.ledger
+
+        class _ThenHoldTheRead:
+            """The ledger; once the planned row is written, the account's next GET is held."""
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(ledger, name)
+
+            async def record(self, entry: LedgerEntry) -> None:
+                await ledger.record(entry)
+                if entry.state is LedgerState.PLANNED and not held:
+                    held.append(
+                        land.sandbox.faults.add(
+                            host="management.azure.com", path=f"/accounts/{account.name}$",
+                            method="GET", hold=release, count=1,
+                        )
+                    )  # fmt: skip
+
+        lc = replace(wired.lc, ledger=_ThenHoldTheRead())  # type: ignore[arg-type]
+        change = asyncio.create_task(switch(lc, account_id(account), key, watch=journal))
+        try:
+            deadline = time.monotonic() + CEILING_SECONDS  # bounds a hang, decides nothing
+            while not (held and held[0].hits == 1) and not change.done():
+                assert time.monotonic() < deadline, "the account's read never came"
+                await asyncio.sleep(0.01)
+            change.cancel()
+        finally:
+            release.set()
+        [stopped] = await asyncio.gather(change, return_exceptions=True)
+
+        assert isinstance(stopped, asyncio.CancelledError), stopped
+        assert journal.sent == []
+        assert land.sandbox.counters.matching(path=account.name, method="PATCH") == []
+        assert "write lease kept" not in caplog.text
+        lease = account_lease_name(account_id(account))
+        job = await wired.lc.ledger.acquire_lease(
+            lease, "job-1", wired.lc.now(), wired.lc.settings.write_lease_ttl
+        )
+        assert job.granted, job
+
 
 class TestLaterRunSettles:
     async def test_disable_again_settles_the_planned_row(self, wired: Wired) -> None:
@@ -348,18 +404,19 @@ class TestLaterRunSettles:
         assert row.state is LedgerState.SUCCEEDED and row.trigger == "cli:disable"
         assert "verified by a later run" in (row.cause or "")
 
-    async def test_a_skipped_row_the_account_shows_done_is_settled(self, wired: Wired) -> None:
-        """A switch row closed skipped ("not done") although the account is on its version
-        (an error that came after the PATCH was accepted, as an earlier release closed it):
-        `switch` again answers unchanged and settles it succeeded. A rotation's skipped row
-        (already on the target) is its own and left as it is."""
+    async def test_a_skipped_row_stays_skipped(self, wired: Wired) -> None:
+        """A switch row closed skipped (its PATCH was answered with an error) is not
+        credited to the switch when the account shows that version later (bound by other
+        means): `switch` again answers unchanged and the row keeps its cause. Nor is a
+        rotation's skipped row touched."""
         land = wired.land
         other = land.version(land.kv, "other")
         switched = land.bound("ai-sk", land.kv, other.version, key="other")
         rotated = land.bound("ai-sk-rot", land.kv, land.first.version)
         now = wired.lc.now()
+        refused = "switch not done: (HTTP 400) BadRequest"
         for account, version, trigger, cause in (
-            (switched, other.version, "cli:switch", "switch not done: ARM 503 on the GET"),
+            (switched, other.version, "cli:switch", refused),
             (rotated, land.first.version, "sweep:run-1", "already on the target"),
         ):
             key = KeyId.parse(land.key_id(land.kv, account.encryption.key_name or ""))
@@ -377,8 +434,7 @@ class TestLaterRunSettles:
 
         assert again.outcome is kept.outcome is ChangeOutcome.UNCHANGED
         [row] = await wired.ledger(switched)
-        assert (row.state, row.trigger) == (LedgerState.SUCCEEDED, "cli:switch")
-        assert "verified by a later run" in (row.cause or "")
+        assert (row.state, row.cause) == (LedgerState.SKIPPED, refused)
         [row] = await wired.ledger(rotated)
         assert (row.state, row.cause) == (LedgerState.SKIPPED, "already on the target")
 

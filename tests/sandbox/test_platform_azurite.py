@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
+import pytest
 from azure.data.tables import TableClient
 from azure.storage.queue import QueueClient
 
 from cmk.sandbox.core import Sandbox
+from cmk.sandbox.platform.azurite import Azurite
 
 
 class TestAzurite:
@@ -35,3 +38,27 @@ class TestAzurite:
         queue = QueueClient.from_connection_string(azurite, f"q{uuid.uuid4().hex[:12]}")
         queue.create_queue()
         assert sandbox.counters.total == 0
+
+
+class _InterruptedWhileWaiting(Azurite):
+    """Azurite whose readiness wait is interrupted (Ctrl-C) at its first look."""
+
+    pid: int | None = None
+
+    def _ready(self, log_path: Path, start: int) -> bool:
+        assert self._process is not None
+        self.pid = self._process.pid
+        raise KeyboardInterrupt
+
+
+class TestInterruptedStart:
+    def test_a_ctrl_c_while_waiting_leaves_no_azurite_behind(self, tmp_path: Path):
+        """Azurite runs in a session of its own (the terminal's SIGINT never reaches it):
+        a start interrupted while waiting for it stops it, not leaves it running."""
+        azurite = _InterruptedWhileWaiting(tmp_path)
+        with pytest.raises(KeyboardInterrupt):
+            azurite.start()
+        assert azurite.pid is not None
+        assert not azurite.running
+        with pytest.raises(ProcessLookupError):
+            os.kill(azurite.pid, 0)  # gone (and reaped), not an orphan

@@ -253,8 +253,8 @@ class TestOneNoticeOneVersion:
         rig.check_invariants()
 
     async def test_a_failure_before_the_create_holds_nothing(self, rig: Rig) -> None:
-        """Key Vault answers 503 (or the ledger fails) at a call after the notice took its
-        claim and the key's creation lease but before its creating request: nothing was
+        """Key Vault or the ledger fails at a call after the notice took its claim — taking
+        the key's creation lease, or after — but before its creating request: nothing was
         created, so both are given back and the redelivery, at once, creates the one
         version — rather than waiting out a 10-minute lease."""
         estate = rig.estate
@@ -271,11 +271,14 @@ class TestOneNoticeOneVersion:
         await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("p"))})
         labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
         taken, creating = labels.index("ledger.acquire_lease"), labels.index("keys.create_like")
-        for call in range(taken + 1, creating - 2):  # up to the fence's refresh_claim
-            key = f"early{call}"
+        # from taking the lease (its insert answered 503, or applied and its answer lost)
+        # up to the fence's refresh_claim
+        points = itertools.product(range(taken, creating - 2), (Fault.UNAVAILABLE, Fault.LOST))
+        for call, fault in points:
+            key = f"early{call}{fault.value}"
             event = notice(key)
             throttle_for(rig.world).reset()
-            scheduler = Scheduler(Plan(fault=("A", call, Fault.UNAVAILABLE)))
+            scheduler = Scheduler(Plan(fault=("A", call, fault)))
             first = await scheduler.run(
                 {"A": partial(on_near_expiry, gated(rig.engine, scheduler), event)}
             )

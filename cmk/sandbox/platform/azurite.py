@@ -105,15 +105,24 @@ class Azurite:
                 start_new_session=True,
             )
             log.close()
-            deadline = time.monotonic() + START_TIMEOUT_SECONDS
-            while time.monotonic() < deadline and self.running:
-                if self._ready(log_path, start):
-                    logger.info("azurite ready", extra={"queue_port": self.queue_port})
+            try:
+                if self._wait_ready(log_path, start):
                     return self
-                time.sleep(0.05)
+            except BaseException:  # interrupted (Ctrl-C) while waiting: leave no orphan
+                self.stop()  # (its own session: the terminal's SIGINT never reaches it)
+                raise
             self.stop()  # a port was taken meanwhile, or it did not come up: try again
         tail = (self.workspace / "azurite.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"Azurite did not start; its output:\n{tail}")
+
+    def _wait_ready(self, log_path: Path, start: int) -> bool:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline and self.running:
+            if self._ready(log_path, start):
+                logger.info("azurite ready", extra={"queue_port": self.queue_port})
+                return True
+            time.sleep(0.05)
+        return False
 
     def _ready(self, log_path: Path, start: int) -> bool:
         """Ours is listening on all three ports: it says so in its own output (a port taken
