@@ -13,7 +13,7 @@ under the account's write lease taken by :mod:`cmk.lifecycle.changes`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from azure.core.polling import AsyncLROPoller
@@ -82,7 +82,7 @@ class AccountLifecycle:
         identity_client_id: str | None,
         wait: timedelta,
         *,
-        sending: Callable[[], None] | None = None,
+        sending: Callable[[], Awaitable[None]] | None = None,
     ) -> UpdateOutcome:
         """PATCH ``properties.encryption`` to ``key`` (versioned) with keySource
         Microsoft.KeyVault, wait up to ``wait`` and verify by GET. IN_PROGRESS when the
@@ -118,7 +118,11 @@ class AccountLifecycle:
         )
 
     async def use_microsoft_keys(
-        self, account_id: AccountId, wait: timedelta, *, sending: Callable[[], None] | None = None
+        self,
+        account_id: AccountId,
+        wait: timedelta,
+        *,
+        sending: Callable[[], Awaitable[None]] | None = None,
     ) -> UpdateOutcome:
         """PATCH keySource back to Microsoft.CognitiveServices, wait and verify by GET
         (IN_PROGRESS as for :meth:`set_encryption`)."""
@@ -164,7 +168,7 @@ class AccountLifecycle:
         account_id: AccountId,
         body: Account,
         action: str,
-        sending: Callable[[], None] | None = None,
+        sending: Callable[[], Awaitable[None]] | None = None,
     ) -> AsyncLROPoller[Account]:
         """Start a PATCH after checking no other update is running (ServiceUnavailable if so)."""
         current = await self._accounts.read(account_id)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -417,7 +417,7 @@ class CognitiveAccounts:
         body: Account,
         action: str,
         *,
-        sending: Callable[[], None] | None = None,
+        sending: Callable[[], Awaitable[None]] | None = None,
         **options: Any,
     ) -> AsyncLROPoller[Account]:
         """PATCH ``body`` onto the account once (``retry_total=0``), answered within
@@ -428,7 +428,7 @@ class CognitiveAccounts:
         The subscription's write budget is waited for first, outside that timeout, and
         for at most as long: a PATCH held back by the pacing was never sent, so it is a
         :class:`~cmk.errors.ThrottledError` (the job is deferred), not an unanswered one.
-        ``sending`` is called once that wait is over, right before the PATCH goes out."""
+        ``sending`` is awaited once that wait is over, right before the PATCH goes out."""
         client = self.client(account_id.subscription_id)
         # An explicit poller: without one the SDK builds its own from this call's keyword
         # arguments, and the PATCH's own options (retry_total=0, PACED) would reach every
@@ -440,7 +440,7 @@ class CognitiveAccounts:
             )
             options = {**options, PACED: True}
         if sending is not None:
-            sending()
+            await sending()
         try:
             async with asyncio.timeout(self._patch_timeout):
                 with azure_errors(action):

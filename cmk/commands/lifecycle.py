@@ -372,6 +372,11 @@ def grant_cell(grant: Grant) -> str:
     return f"{guid}: {grant.role_name or 'role'} on {_scope_name(grant.scope)}"
 
 
+def _short_account(account: AccountId) -> str:
+    """``RESOURCE_GROUP/NAME``, as every table prints an account."""
+    return f"{account.resource_group}/{account.name}"
+
+
 def _scope_name(scope: str) -> str:
     """``vault kv1, key cmk`` for a key's scope, ``resource group rg``, ``subscription …``."""
     parts = scope.strip("/").split("/")
@@ -405,13 +410,15 @@ def _print_check(output: Output, report: CheckReport, code: int, warnings: list[
         title = f"{check.account_id} — {check.key or 'no key'}"
         output.print(_requirements_table(title, check.account_id, check.key, check.requirements))
         _print_fixes(output, check.requirements)
-    rows = [(grant_cell(r.grant), ", ".join(a.name for a in r.cut_off)) for r in revocations]
+    rows = [
+        (grant_cell(r.grant), ", ".join(_short_account(a) for a in r.cut_off)) for r in revocations
+    ]
     tsv = [(str(r.grant), ",".join(str(a) for a in r.cut_off)) for r in revocations]
     if rows:
         output.print(table("Revoking would cut off", ("grant", "accounts"), rows, tsv=tsv))
         for revocation in revocations:  # (lines: not in -o tsv, whose rows hold them all)
             if len(revocation.cut_off) > _NAMED_IN_TABLE:  # a cell may not hold them all
-                names = ", ".join(f"{a.resource_group}/{a.name}" for a in revocation.cut_off)
+                names = ", ".join(_short_account(a) for a in revocation.cut_off)
                 count = len(revocation.cut_off)
                 output.print(f"  {grant_cell(revocation.grant)} cuts off all {count}: {names}")
     failed = sum(1 for check in report.checks if not check.ok)

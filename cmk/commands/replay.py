@@ -16,6 +16,7 @@ from typing import Any
 
 from cmk.commands.errors import UsageError
 from cmk.commands.inline import CollectedJobs, job_for_move, run_jobs
+from cmk.commands.interrupt import Journal
 from cmk.commands.output import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -189,19 +190,46 @@ async def _one(engine: Engine, index: int, item: object) -> ReplayOutcome:
     return ReplayOutcome(index, parsed.event_id, kind, key, report.outcome.value, detail, report)
 
 
+async def _handle(
+    engine: Engine, items: list[object], journal: Journal, *, inline: bool
+) -> list[ReplayOutcome]:
+    """Handle each event in turn, noting in ``journal`` what each did: stopped part-way,
+    the command says which events were handled (a handler may have created a version or
+    queued jobs) and that the next sweep finishes the rest."""
+    outcomes: list[ReplayOutcome] = []
+    for index, item in enumerate(items):
+        journal.now(
+            f"handling event {index + 1} of {len(items)}",
+            not_done=f"events {index + 1} to {len(items)} were not handled"
+            + ("" if inline else "; jobs already queued run in the app"),
+            finish="cmk sweep",
+        )
+        outcome = await _one(engine, index, item)
+        outcomes.append(outcome)
+        enqueued = outcome.report.enqueued if outcome.report and not inline else 0
+        created = outcome.report.created_version if outcome.report else None
+        if outcome.outcome not in ("rejected", "ignored"):
+            journal.did(
+                f"event {index + 1} ({outcome.event_id}): {outcome.outcome}"
+                + (f", created version {created}" if created else "")
+                + (f", {enqueued} job(s) queued" if enqueued else "")
+            )
+    return outcomes
+
+
 def _unique(jobs: list[RotationJob]) -> list[RotationJob]:
     return list({(str(j.account_id), j.target.version, j.step): j for j in jobs}.values())
 
 
 async def _replay(session: Session) -> int:
-    args, output = session.args, session.output
+    args, output, journal = session.args, session.output, session.journal
     items = load_items(args.file)
     engine = session.engine()
     if not engine.dry_run:
         await session.runtime.prepare_storage()
     collector = CollectedJobs()
     handling = replace(engine, jobs=collector) if args.inline else engine
-    outcomes = [await _one(handling, index, item) for index, item in enumerate(items)]
+    outcomes = await _handle(handling, items, journal, inline=args.inline)
     jobs, _ = collector.take()
     if engine.dry_run and args.inline:
         jobs = [
@@ -210,9 +238,14 @@ async def _replay(session: Session) -> int:
             if o.report is not None
             for move in o.report.moves
         ]
-    label = "planning the updates (dry run)" if engine.dry_run else "moving accounts"
+    if engine.dry_run:
+        label = "planning the updates (dry run)"
+        journal.now(f"{label} of {len(_unique(jobs))} account(s)", not_done="", finish="")
+    else:
+        label = "moving accounts"
+        journal.moving(_unique(jobs), finish="cmk sweep")
     with output.progress(label, len(_unique(jobs))) as ticker:
-        results = await run_jobs(engine, _unique(jobs), ticker)
+        results = await run_jobs(engine, _unique(jobs), ticker, watch=journal)
     bad = any(o.outcome in BAD for o in outcomes) or jobs_failed(results)
     code = EXIT_FINDINGS if bad else EXIT_OK
     if output.json_mode:

@@ -220,19 +220,20 @@ async def _send(
     row: _Row,
     watch: ChangeWatch,
     what: str,
-    patch: Callable[[Callable[[], None]], Awaitable[UpdateOutcome]],
+    patch: Callable[[Callable[[], Awaitable[None]]], Awaitable[UpdateOutcome]],
 ) -> UpdateOutcome:
-    """Record the change ``planned``, then send it: ``patch(sending)`` calls ``sending``
-    right before its PATCH goes out (after its own checks and the wait for ARM's write
-    budget), which tells ``watch`` and sets ``row.out`` — until then nothing was sent, and
-    neither the command's journal nor a kept write lease may say otherwise. Unanswered (or
-    stopped while it is out), it may still land: the row stays planned. Answered with an
-    error (or refused before it went out): it is closed ``skipped`` with that error.
+    """Send the change: ``patch(sending)`` awaits ``sending`` right before its PATCH goes
+    out (after its own checks and the wait for ARM's write budget), which records the row
+    ``planned``, tells ``watch`` and sets ``row.out`` — until then nothing was sent, and
+    neither the ledger, the command's journal nor a kept write lease may say otherwise.
+    Unanswered (or stopped while it is out), it may still land: the row stays planned.
+    Answered with an error: it is closed ``skipped`` with that error (refused before it
+    went out — the account busy, the budget not back in time — no row is written).
     Accepted, but its end or the account unreadable for now, the writer answers in
     progress (not an error): the row is settled ``submitted``."""
-    await row.write(LedgerState.PLANNED, f"{row.action}: {what} sent, not verified yet")
 
-    def sending() -> None:
+    async def sending() -> None:
+        await row.write(LedgerState.PLANNED, f"{row.action}: {what} sent, not verified yet")
         watch.sending(what)
         row.out = True
 
@@ -242,7 +243,8 @@ async def _send(
         await row.note(LedgerState.PLANNED, f"{row.action}: {error}")
         raise
     except Exception as error:
-        await row.note(LedgerState.SKIPPED, f"{row.action} not done: {error}")
+        if row.created is not None:  # the planned row was written: the PATCH was answered
+            await row.note(LedgerState.SKIPPED, f"{row.action} not done: {error}")
         raise
 
 

@@ -3,7 +3,7 @@ assignments and the account writes of the lifecycle (our protocols, met by the a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -44,13 +44,17 @@ class AccountWriter(Protocol):
         identity_client_id: str | None,
         wait: timedelta,
         *,
-        sending: Callable[[], None] | None = None,
+        sending: Callable[[], Awaitable[None]] | None = None,
     ) -> UpdateOutcome:
-        """``sending`` is called right before the PATCH goes out (not if it never does)."""
+        """``sending`` is awaited right before the PATCH goes out (not if it never does)."""
         ...
 
     async def use_microsoft_keys(
-        self, account_id: AccountId, wait: timedelta, *, sending: Callable[[], None] | None = None
+        self,
+        account_id: AccountId,
+        wait: timedelta,
+        *,
+        sending: Callable[[], Awaitable[None]] | None = None,
     ) -> UpdateOutcome: ...
 
 

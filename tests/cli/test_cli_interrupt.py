@@ -22,7 +22,10 @@ import pytest
 from cli_rig import SCHEMAS, World
 
 from cmk.runtime import Runtime
+from cmk.sandbox.eventgrid.service import shape_event
+from cmk.sandbox.keyvault.model import key_event
 from cmk.sandbox.platform.faults import FaultRule
+from cmk.sandbox.world import KeyEventType
 from cmk.settings import Settings
 from cmk.usecases.worker import account_lease_name
 
@@ -365,3 +368,29 @@ class TestJournalOfUpdatesStillRunning:
         journal.job_done(verified)  # the second account's verify ran here after all
         assert "1 update(s) were still running" in journal.message()
         assert "(after 21:29:05 UTC)" in journal.message()
+
+
+class TestInterruptedReplay:
+    def test_during_the_moves_names_the_events_handled(self, world: World, tmp_path: Path):
+        """`cmk replay --inline` interrupted while its accounts move: it names the event it
+        handled, how many accounts finished, and `cmk sweep` — not "done: nothing"."""
+        world.new_version("kv-demo-neu", "ai-cmk")
+        vault = world.vault("kv-demo-neu")
+        state = vault.keys["ai-cmk"]
+        event = shape_event(
+            key_event(
+                world.sandbox.world, KeyEventType.NEW_VERSION, vault, state, state.versions[-1]
+            ),
+            "EventGridSchema",
+        )
+        path = tmp_path / "deadletter.json"
+        path.write_text(json.dumps([event]))
+
+        ended = _interrupt(world, ["replay", "--inline", str(path)], PATCH_ACCOUNT)
+
+        assert ended.returncode == 130, ended.stderr
+        assert "Traceback" not in ended.stderr
+        assert f"event 1 ({event['id']}): fanned_out" in ended.stderr, ended.stderr
+        assert "done: nothing" not in ended.stderr
+        assert "of 10 account(s) finished" in ended.stderr
+        assert "to finish: cmk sweep" in ended.stderr

@@ -26,13 +26,14 @@ from azure.data.tables import TableClient
 from azure.data.tables.aio import TableClient as AsyncTableClient
 from lifecycle_rig import Land, Wired, account_id, environ_for, settings_for
 
+from cmk.adapters.account_lifecycle import AccountLifecycle
 from cmk.adapters.ledger import TableLedger, account_partition, table_key
 from cmk.keyid import KeyId
 from cmk.lifecycle.changes import MICROSOFT_MANAGED, ChangeOutcome, disable, enable, switch
 from cmk.ports import LedgerEntry, LedgerState
+from cmk.resource_id import AccountId
 from cmk.runtime import Runtime
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.platform.faults import FaultRule
 from cmk.sandbox.world import AccountState, Encryption
 from cmk.settings import Settings
 from cmk.usecases.worker import account_lease_name
@@ -318,52 +319,54 @@ class TestStoppedBeforeSending:
         )
         assert job.granted, job
 
-    async def test_a_ctrl_c_during_the_last_check_before_the_patch_gives_the_lease_back(
+    async def test_a_ctrl_c_during_the_last_check_before_the_patch_leaves_no_trace(
         self, wired: Wired, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """`switch` stopped while its planned row is written but the account's last read
-        before the PATCH (is another update running?) is in the network: nothing was sent,
-        so the journal is not told "sent" and the write lease is given back."""
+        """`switch` stopped during the account's last read before the PATCH (is another
+        update running?): nothing was sent, so no ledger row says it was, the journal is
+        not told "sent", and the write lease is given back."""
         land = wired.land
         account = land.bound("ai-check", land.kv, land.first.version)
         other = land.version(land.kv, "other")
         land.grant(account, land.kv, "other")
         key = KeyId.parse(land.key_id(land.kv, "other"))
         journal = _Journal(wired, account, other.version)
-        release = threading.Event()
-        held: list[FaultRule] = []
-        ledger = wired.lc.ledger
+        accounts = wired.services.accounts
+        reading, release = asyncio.Event(), asyncio.Event()
 
-        class _ThenHoldTheRead:
-            """The ledger; once the planned row is written, the account's next GET is held."""
+        class _HeldRead:
+            """The account store; its ``hold``-th ``read`` (counting from 1) is held."""
+
+            def __init__(self, hold: int | None) -> None:
+                self.hold, self.reads = hold, 0
 
             def __getattr__(self, name: str) -> Any:
-                return getattr(ledger, name)
+                return getattr(accounts, name)
 
-            async def record(self, entry: LedgerEntry) -> None:
-                await ledger.record(entry)
-                if entry.state is LedgerState.PLANNED and not held:
-                    held.append(
-                        land.sandbox.faults.add(
-                            host="management.azure.com", path=f"/accounts/{account.name}$",
-                            method="GET", hold=release, count=1,
-                        )
-                    )  # fmt: skip
+            async def read(self, account: AccountId) -> Any:
+                self.reads += 1
+                if self.reads == self.hold:
+                    reading.set()
+                    await release.wait()
+                return await accounts.read(account)
 
-        lc = replace(wired.lc, ledger=_ThenHoldTheRead())  # type: ignore[arg-type]
+        probe_account = land.bound("ai-probe", land.kv, land.first.version)
+        land.grant(probe_account, land.kv, "other")
+        probe = _HeldRead(None)
+        done = await switch(
+            replace(wired.lc, writer=AccountLifecycle(probe)), account_id(probe_account), key
+        )  # type: ignore[arg-type]
+        assert done.outcome is ChangeOutcome.DONE, done.detail
+        last = _HeldRead(probe.reads)  # the writer's busy check, right before the PATCH
+        lc = replace(wired.lc, writer=AccountLifecycle(last))  # type: ignore[arg-type]
         change = asyncio.create_task(switch(lc, account_id(account), key, watch=journal))
-        try:
-            deadline = time.monotonic() + CEILING_SECONDS  # bounds a hang, decides nothing
-            while not (held and held[0].hits == 1) and not change.done():
-                assert time.monotonic() < deadline, "the account's read never came"
-                await asyncio.sleep(0.01)
-            change.cancel()
-        finally:
-            release.set()
+        await asyncio.wait_for(reading.wait(), CEILING_SECONDS)  # bounds a hang only
+        change.cancel()
         [stopped] = await asyncio.gather(change, return_exceptions=True)
 
         assert isinstance(stopped, asyncio.CancelledError), stopped
         assert journal.sent == []
+        assert await wired.ledger(account) == []
         assert land.sandbox.counters.matching(path=account.name, method="PATCH") == []
         assert "write lease kept" not in caplog.text
         lease = account_lease_name(account_id(account))
