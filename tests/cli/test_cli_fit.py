@@ -366,7 +366,9 @@ class TestCli:
         assert roles, revocations
         for revocation in roles:
             grant_id = revocation["grant"]["id"]
-            assert f"│ {grant_id.rsplit('/', 1)[-1]}: " in table_part, table_part
+            role = revocation["grant"]["role_name"]
+            guid = grant_id.rsplit("/", 1)[-1]
+            assert f"│ {guid}: {role} on vault " in table_part, table_part
             assert grant_id not in table_part
             assert grant_id in tsv
         many = [r for r in revocations if len(r["cut_off"]) > 3]

@@ -24,7 +24,7 @@ from interleave import Fault, Plan, Scheduler, gated
 from usecase_rig import Rig, handed_verify
 
 from cmk.adapters.keyvault import CREATE_TIMEOUT
-from cmk.errors import ServiceUnavailable, TransientError
+from cmk.errors import CmkError, ServiceUnavailable, TransientError
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState, RotationJob
 from cmk.resource_id import AccountId
@@ -39,9 +39,11 @@ from cmk.usecases import (
     rotate_account,
     sweep,
 )
+from cmk.usecases.events import creation_lease
 from cmk.usecases.report import JobResult
 from cmk.usecases.sweep import UNREADABLE_GRACE
 from cmk.usecases.versions import key_versions
+from cmk.usecases.worker import KEY_UNREADABLE_CAUSE
 
 
 class TestOneNoticeOneVersion:
@@ -88,13 +90,15 @@ class TestOneNoticeOneVersion:
         assert len(rig.alerts("binding_unsafe")) == 1  # the account's own: it is at risk
         rig.check_invariants()
 
+        # exactly as long as the margin (a rotation policy's P30D with a 30-day margin)
+        lifetime = {"created": now - timedelta(days=20), "expires": now + timedelta(days=10)}
         other = estate.version(estate.kv, key="brief", **lifetime)
         estate.account("acct-brief", estate.kv, other.version, key="brief")
         await sweep(rig.engine)
 
         [alert] = rig.alerts("key_near_expiry_unrotated")
         assert (
-            "valid for 20 days, not longer than CMK_EXPIRY_MARGIN_DAYS (30 days)"
+            "valid for 30 days, not longer than CMK_EXPIRY_MARGIN_DAYS (30 days)"
             in (alert["data"]["cause"])
         )
         assert "rotation-policy update" in alert["data"]["remediation"]
@@ -244,8 +248,8 @@ class TestOneNoticeOneVersion:
                 }
             )
             for name, result in results.items():
-                if isinstance(result, TransientError):  # Event Grid delivers it again
-                    results[name] = await on_near_expiry(later, events[name])
+                if isinstance(result, TransientError):  # Event Grid delivers it again, at once
+                    results[name] = await on_near_expiry(b_engine, events[name])
             created = len(estate.kv.keys[key].versions) - 2
             assert created == 1, (stall, created, scheduler.trace, results)
             assert all(isinstance(r, EventReport) for r in results.values()), results
@@ -286,6 +290,104 @@ class TestOneNoticeOneVersion:
             again = await on_near_expiry(rig.engine, event)
             assert again.outcome is EventOutcome.ROTATED, (labels[call], again)
             assert len(estate.kv.keys[key].versions) == 2, labels[call]
+
+    @pytest.mark.parametrize("fault", [Fault.UNAVAILABLE, Fault.LOST])
+    async def test_a_create_that_may_have_landed_holds_both(self, rig: Rig, fault: Fault) -> None:
+        """The creating request itself fails for a transient reason (not sent, or sent and
+        its answer lost): it may have landed, so the notice keeps its claim and the key's
+        creation lease — a redelivery at once creates nothing (it binds the version that
+        landed, or is told to retry) — and once they have run out, the redelivery binds
+        the version that landed or creates the one that did not: one new version."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+
+        def notice(key: str) -> Any:
+            expiring = estate.version(
+                estate.kv, key, created=now - timedelta(days=355), expires=now + timedelta(days=10)
+            )
+            estate.account(f"acct-{key}", estate.kv, expiring.version, key=key)
+            return estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key=key)
+
+        probe = Scheduler(Plan(order=[("A", None)]))
+        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("lp"))})
+        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
+        creating = labels.index("keys.create_like")
+        key = f"late{fault.value}"
+        event = notice(key)
+
+        scheduler = Scheduler(Plan(fault=("A", creating, fault)))
+        first = await scheduler.run(
+            {"A": partial(on_near_expiry, gated(rig.engine, scheduler), event)}
+        )
+        assert isinstance(first["A"], TransientError), first
+        landed = len(estate.kv.keys[key].versions) - 1
+        assert landed == (1 if fault is Fault.LOST else 0)
+        if landed:  # at once: the version that landed is the successor, bound as such
+            at_once = await on_near_expiry(rig.engine, event)
+            assert at_once.outcome is EventOutcome.FANNED_OUT, at_once
+        else:  # at once: held, nothing created
+            with pytest.raises(TransientError):
+                await on_near_expiry(rig.engine, event)
+        assert len(estate.kv.keys[key].versions) - 1 == landed
+
+        later = replace(
+            rig.engine, now=lambda: estate.world.clock.now() + rig.engine.claim_lease * 2
+        )
+        again = await on_near_expiry(later, event)
+        assert again.outcome in (EventOutcome.ROTATED, EventOutcome.FANNED_OUT), again
+        assert len(estate.kv.keys[key].versions) - 1 == 1
+
+    async def test_a_notice_refused_the_creation_lease_gives_its_claim_back(self, rig: Rig) -> None:
+        """Another notice of the key holds its creation lease: this one is told to retry
+        (503) and keeps nothing — once that lease is given back (its holder created
+        nothing), the redelivery creates at once instead of waiting out its own claim."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        expiring = estate.version(
+            estate.kv, "busy", created=now - timedelta(days=355), expires=now + timedelta(days=10)
+        )
+        estate.account("acct-busy", estate.kv, expiring.version, key="busy")
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key="busy")
+        lease = creation_lease(KeyId(estate.kv.url, "busy"))
+        held = await rig.engine.ledger.acquire_lease(
+            lease, "other-notice", rig.engine.now(), rig.engine.claim_lease, purpose="another"
+        )
+        assert held.granted
+
+        with pytest.raises(ServiceUnavailable, match="another"):
+            await on_near_expiry(rig.engine, event)
+        await rig.engine.ledger.release_lease(lease, "other-notice")  # it created nothing
+        again = await on_near_expiry(rig.engine, event)
+
+        assert again.outcome is EventOutcome.ROTATED, again
+        assert len(estate.kv.keys["busy"].versions) == 2
+
+    async def test_a_create_answered_with_an_error_holds_nothing(self, rig: Rig) -> None:
+        """Key Vault refuses the creating request (400): nothing was created, so the claim
+        and the creation lease are given back and the redelivery, at once, creates."""
+        estate = rig.estate
+        now = estate.world.clock.now()
+        expiring = estate.version(
+            estate.kv,
+            "refused",
+            created=now - timedelta(days=355),
+            expires=now + timedelta(days=10),
+        )
+        estate.account("acct-refused", estate.kv, expiring.version, key="refused")
+        event = estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key="refused")
+        estate.sandbox.faults.add(
+            host=f"{estate.kv.name}.vault.azure.net", path="/keys/refused/create",
+            method="POST", status=400, count=1,
+        )  # fmt: skip
+
+        with pytest.raises(CmkError) as refused:
+            await on_near_expiry(rig.engine, event)
+        assert not isinstance(refused.value, TransientError), refused.value
+        assert len(estate.kv.keys["refused"].versions) == 1
+
+        again = await on_near_expiry(rig.engine, event)
+        assert again.outcome is EventOutcome.ROTATED, again
+        assert len(estate.kv.keys["refused"].versions) == 2
 
 
 class TestOneFailureOneAlert:
@@ -474,9 +576,14 @@ class TestSweepAlerts:
         )
 
         reports = await rig.drain()
+        alerted_by_jobs = rig.alerts()  # before any sweep, which would raise it too
+        rows = [row for a in accounts for row in await rig.ledger(a)]
         await sweep(rig.engine)
         await sweep(rig.engine)
 
+        assert [a["type"] for a in alerted_by_jobs] == ["CmkRotator.key_unreadable"]
+        assert [row.state for row in rows] == [LedgerState.FAILED] * len(accounts)
+        assert all((row.cause or "").startswith(KEY_UNREADABLE_CAUSE) for row in rows), rows
         assert [report.result for report in reports] == [JobResult.FAILED] * len(accounts)
         assert [alert["type"] for alert in rig.alerts()] == ["CmkRotator.key_unreadable"]
         [alert] = rig.alerts()
