@@ -280,7 +280,8 @@ class TestOneWriter:
 
     async def test_unanswered_switch_keeps_the_lease(self, wired: Wired) -> None:
         """The switch's PATCH loses its connection: it may still land, so the command
-        fails as unanswered and keeps the lease; a rotation job is deferred meanwhile."""
+        fails as unanswered and keeps the lease; a rotation job is deferred meanwhile. Its
+        ledger row stays planned (not closed skipped: the change may yet be made)."""
         land = wired.land
         account = land.bound("ai-lost", land.kv, land.first.version)
         land.version(land.kv, "other")
@@ -297,3 +298,5 @@ class TestOneWriter:
         ttl = wired.lc.settings.write_lease_ttl
         job = await wired.lc.ledger.acquire_lease(lease, "job-1", wired.lc.now(), ttl)
         assert not job.granted
+        [row] = await wired.ledger(account)
+        assert (row.state, row.trigger) == (LedgerState.PLANNED, "cli:switch"), row.cause

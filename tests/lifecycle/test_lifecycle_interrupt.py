@@ -24,7 +24,7 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.data.tables import TableClient
 from azure.data.tables.aio import TableClient as AsyncTableClient
-from lifecycle_rig import Land, Wired, account_id, environ_for, settings_for
+from lifecycle_rig import ENCRYPTION_USER, SUB, Land, Wired, account_id, environ_for, settings_for
 
 from cmk.adapters.account_lifecycle import AccountLifecycle
 from cmk.adapters.ledger import TableLedger, account_partition, table_key
@@ -34,7 +34,7 @@ from cmk.ports import LedgerEntry, LedgerState
 from cmk.resource_id import AccountId
 from cmk.runtime import Runtime
 from cmk.sandbox.core import Sandbox
-from cmk.sandbox.world import AccountState, Encryption
+from cmk.sandbox.world import AccountState, Encryption, Principal, UserAssignedIdentity
 from cmk.settings import Settings
 from cmk.usecases.worker import account_lease_name
 
@@ -167,6 +167,32 @@ class TestInterruptedWhilePatching:
             cli_land.first.version,
             "cli:switch",
         )
+
+    def test_enable_with_a_user_assigned_identity_names_it_in_the_finish(
+        self, cli_land: Land
+    ) -> None:
+        """`cmk enable --identity-client-id ID` stopped with its PATCH out: the command
+        that finishes it passes the same identity (without it, enable would pick the
+        system-assigned one, or find none)."""
+        land = cli_land
+        identity = UserAssignedIdentity(
+            f"/subscriptions/{SUB}/resourceGroups/rg-ai/providers"
+            "/Microsoft.ManagedIdentity/userAssignedIdentities/uai-on",
+            Principal.new("uai-on", land.world.tenant_id),
+        )
+        account = land.account("ai-on-uai", identity=False, user_assigned=[identity])
+        with land.world.lock:
+            scope = f"{land.kv.resource_id}/keys/cmk"
+            land.world.grant(identity.principal.object_id, scope, ENCRYPTION_USER)
+        key = land.key_id(land.kv)
+        client_id = identity.principal.client_id
+        argv = ["enable", _short(account), "--key", key, "--identity-client-id", client_id]
+
+        ended = _interrupt(land, [*argv, "--json"])
+
+        _assert_told(ended, f"cmk {' '.join(argv)}")
+        [row] = _rows(account)
+        assert (row.state, row.to_version) == (LedgerState.PLANNED, land.first.version)
 
 
 class _Journal:
@@ -375,6 +401,41 @@ class TestStoppedBeforeSending:
         )
         assert job.granted, job
 
+    async def test_a_ctrl_c_while_the_write_budget_holds_the_patch_leaves_no_trace(
+        self, wired: Wired, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """`switch` stopped while its PATCH waits for ARM's write budget (spent, so the
+        pacing holds it back): nothing was sent — no ledger row, the journal not told
+        "sent", no PATCH reached ARM — and the write lease is given back."""
+        land = wired.land
+        account = land.bound("ai-paced", land.kv, land.first.version)
+        other = land.version(land.kv, "other")
+        land.grant(account, land.kv, "other")
+        key = KeyId.parse(land.key_id(land.kv, "other"))
+        journal = _Journal(wired, account, other.version)
+        writes = wired.services.arm_budget.bucket(SUB, "writes")
+        writes.throttled(600.0)  # ARM's 429: nothing may be written for ten minutes
+
+        change = asyncio.create_task(switch(wired.lc, account_id(account), key, watch=journal))
+        for _ in range(CEILING_SECONDS * 100):  # bounds a hang only
+            if writes.lock.locked() or change.done():  # waiting for a write token
+                break
+            await asyncio.sleep(0.01)
+        assert writes.lock.locked(), change
+        change.cancel()
+        [stopped] = await asyncio.gather(change, return_exceptions=True)
+
+        assert isinstance(stopped, asyncio.CancelledError), stopped
+        assert journal.sent == []
+        assert await wired.ledger(account) == []
+        assert land.sandbox.counters.matching(path=account.name, method="PATCH") == []
+        assert "write lease kept" not in caplog.text
+        lease = account_lease_name(account_id(account))
+        job = await wired.lc.ledger.acquire_lease(
+            lease, "job-1", wired.lc.now(), wired.lc.settings.write_lease_ttl
+        )
+        assert job.granted, job
+
 
 class TestLaterRunSettles:
     async def test_disable_again_settles_the_planned_row(self, wired: Wired) -> None:
@@ -406,6 +467,53 @@ class TestLaterRunSettles:
         [row] = await wired.ledger(account)
         assert row.state is LedgerState.SUCCEEDED and row.trigger == "cli:disable"
         assert "verified by a later run" in (row.cause or "")
+
+    @pytest.mark.parametrize("state", ["Failed", "Updating"])
+    async def test_enable_leaves_the_row_open_while_the_account_is_not_succeeded(
+        self, wired: Wired, state: str
+    ) -> None:
+        """An interrupted enable's PATCH left the account on the key but its
+        provisioningState is Failed (or the update is still running): `enable` again
+        answers unchanged but does not settle the planned row succeeded — the change is
+        not verified made."""
+        land = wired.land
+        account = land.bound("ai-unsettled", land.kv, land.first.version)
+        now = wired.lc.now()
+        planned = LedgerEntry(
+            account_id(account), KeyId.parse(land.key_id(land.kv)), land.first.version,
+            None, LedgerState.PLANNED, 1, "enable: sent, not verified yet", "cli:enable",
+            now, now,
+        )  # fmt: skip
+        await wired.lc.ledger.record(planned)
+        with land.world.lock:
+            account.provisioning_state = state
+
+        change = await enable(wired.lc, account_id(account), KeyId.parse(land.key_id(land.kv)))
+
+        assert change.outcome is ChangeOutcome.UNCHANGED, change.detail
+        [row] = await wired.ledger(account)
+        assert (row.state, row.cause) == (LedgerState.PLANNED, planned.cause)
+
+    async def test_disable_without_yes_settles_nothing(self, wired: Wired) -> None:
+        """The PATCH of an interrupted disable landed, but `disable` runs again without
+        confirmation (or as a dry run): it writes nothing, so the planned row stays
+        open."""
+        land = wired.land
+        account = land.account("ai-late-unconfirmed")
+        now = wired.lc.now()
+        planned = LedgerEntry(
+            account_id(account), KeyId.parse(land.key_id(land.kv)), MICROSOFT_MANAGED,
+            land.first.version, LedgerState.PLANNED, 1, "disable: sent, not verified yet",
+            "cli:disable", now, now,
+        )  # fmt: skip
+        await wired.lc.ledger.record(planned)
+
+        unconfirmed = await disable(wired.lc, account_id(account), confirmed=False)
+        dry = await disable(wired.lc, account_id(account), confirmed=True, dry_run=True)
+
+        assert unconfirmed.outcome is dry.outcome is ChangeOutcome.UNCHANGED
+        [row] = await wired.ledger(account)
+        assert (row.state, row.cause) == (LedgerState.PLANNED, planned.cause)
 
     async def test_a_skipped_row_stays_skipped(self, wired: Wired) -> None:
         """A switch row closed skipped (its PATCH was answered with an error) is not
