@@ -114,3 +114,62 @@ class TestCheckedBeforeAnything:
         assert error["kind"] == "configuration"
         assert error["message"].startswith(f"no sandbox answers at 127.0.0.1:{proxy}")
         assert "AzureWebJobsStorage" not in ended.stderr
+
+
+def _gone_env(proxy: int) -> dict[str, str]:
+    """An environment as a sourced env file leaves it once its sandbox has stopped: valid
+    settings, a loopback proxy and identity endpoint that refuse connections."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CMK_", "AZURE_", "IDENTITY_", "HTTPS_PROXY", "https_proxy"))
+    }
+    env.update(
+        {
+            **_sandbox_env(proxy, _closed_port()),
+            "IDENTITY_HEADER": "gone",
+            "CMK_VAULT_ALLOWLIST": "https://kv-cmk-weu.vault.azure.net",
+            "CMK_SUBSCRIPTIONS": "11111111-1111-4111-8111-111111111111",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
+    return env
+
+
+def _smoke(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CMK), "smoke", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CEILING_SECONDS,
+        check=False,
+    )
+
+
+class TestSmokeSandboxGone:
+    """`cmk smoke` says the sandbox is gone, as every other command does, instead of a
+    failed `identity` row telling the operator to sign in with `az login`."""
+
+    def test_json_names_the_sandbox_not_a_sign_in(self) -> None:
+        """`cmk smoke --json`: exit 2, the configuration error document that names the
+        address the sandbox answered at and `cmk sandbox up`; no "az login"."""
+        proxy = _closed_port()
+        ended = _smoke(_gone_env(proxy), "--json")
+        assert ended.returncode == EXIT_USAGE, ended.stderr
+        error = json.loads(ended.stdout)["error"]
+        assert error["kind"] == "configuration"
+        assert error["message"] == (
+            f"no sandbox answers at 127.0.0.1:{proxy} — is `cmk sandbox up` still running?"
+        )
+        assert "cmk sandbox up --env-file" in error["fix"]
+        assert "az login" not in ended.stdout + ended.stderr
+
+    def test_the_table_is_not_printed(self) -> None:
+        """Without --json: the one error on stderr, no table of checks on stdout."""
+        proxy = _closed_port()
+        ended = _smoke(_gone_env(proxy))
+        assert ended.returncode == EXIT_USAGE, ended.stderr
+        assert f"no sandbox answers at 127.0.0.1:{proxy}" in ended.stderr
+        assert "no token" not in ended.stdout + ended.stderr
+        assert "cmk smoke" not in ended.stdout
