@@ -309,6 +309,26 @@ class _TableRelay:
         answer.close()
 
 
+async def _assert_nothing_sent(
+    wired: Wired,
+    account: AccountState,
+    journal: _Journal,
+    stopped: object,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A change cancelled before its PATCH went out: cancelled, the journal never told
+    "sent", no PATCH at the sandbox, no lease kept — a job takes it at once."""
+    assert isinstance(stopped, asyncio.CancelledError), stopped
+    assert journal.sent == []
+    assert wired.land.sandbox.counters.matching(path=account.name, method="PATCH") == []
+    assert "write lease kept" not in caplog.text
+    lease = account_lease_name(account_id(account))
+    job = await wired.lc.ledger.acquire_lease(
+        lease, "job-1", wired.lc.now(), wired.lc.settings.write_lease_ttl
+    )
+    assert job.granted, job
+
+
 class TestStoppedBeforeSending:
     async def test_a_ctrl_c_while_the_planned_row_is_written_gives_the_lease_back(
         self, wired: Wired, caplog: pytest.LogCaptureFixture
@@ -335,15 +355,7 @@ class TestStoppedBeforeSending:
             change.cancel()
             [stopped] = await asyncio.gather(change, return_exceptions=True)
 
-        assert isinstance(stopped, asyncio.CancelledError), stopped
-        assert journal.sent == []
-        assert land.sandbox.counters.matching(path=account.name, method="PATCH") == []
-        assert "write lease kept" not in caplog.text
-        lease = account_lease_name(account_id(account))
-        job = await wired.lc.ledger.acquire_lease(
-            lease, "job-1", wired.lc.now(), settings.write_lease_ttl
-        )
-        assert job.granted, job
+        await _assert_nothing_sent(wired, account, journal, stopped, caplog)
 
     async def test_a_ctrl_c_during_the_last_check_before_the_patch_leaves_no_trace(
         self, wired: Wired, caplog: pytest.LogCaptureFixture
@@ -390,16 +402,8 @@ class TestStoppedBeforeSending:
         change.cancel()
         [stopped] = await asyncio.gather(change, return_exceptions=True)
 
-        assert isinstance(stopped, asyncio.CancelledError), stopped
-        assert journal.sent == []
+        await _assert_nothing_sent(wired, account, journal, stopped, caplog)
         assert await wired.ledger(account) == []
-        assert land.sandbox.counters.matching(path=account.name, method="PATCH") == []
-        assert "write lease kept" not in caplog.text
-        lease = account_lease_name(account_id(account))
-        job = await wired.lc.ledger.acquire_lease(
-            lease, "job-1", wired.lc.now(), wired.lc.settings.write_lease_ttl
-        )
-        assert job.granted, job
 
     async def test_a_ctrl_c_while_the_write_budget_holds_the_patch_leaves_no_trace(
         self, wired: Wired, caplog: pytest.LogCaptureFixture
@@ -425,16 +429,8 @@ class TestStoppedBeforeSending:
         change.cancel()
         [stopped] = await asyncio.gather(change, return_exceptions=True)
 
-        assert isinstance(stopped, asyncio.CancelledError), stopped
-        assert journal.sent == []
+        await _assert_nothing_sent(wired, account, journal, stopped, caplog)
         assert await wired.ledger(account) == []
-        assert land.sandbox.counters.matching(path=account.name, method="PATCH") == []
-        assert "write lease kept" not in caplog.text
-        lease = account_lease_name(account_id(account))
-        job = await wired.lc.ledger.acquire_lease(
-            lease, "job-1", wired.lc.now(), wired.lc.settings.write_lease_ttl
-        )
-        assert job.granted, job
 
 
 class TestLaterRunSettles:

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 from interleave import Fault, Plan, Scheduler, gated
-from usecase_rig import Rig, handed_verify
+from usecase_rig import Estate, Rig, handed_verify
 
 from cmk.adapters.keyvault import CREATE_TIMEOUT
 from cmk.errors import CmkError, ServiceUnavailable, TransientError
+from cmk.events import KeyVaultEvent
 from cmk.keyid import KeyId
 from cmk.ports import LedgerEntry, LedgerState, RotationJob
 from cmk.resource_id import AccountId
@@ -44,6 +45,25 @@ from cmk.usecases.report import JobResult
 from cmk.usecases.sweep import UNREADABLE_GRACE
 from cmk.usecases.versions import key_versions
 from cmk.usecases.worker import KEY_UNREADABLE_CAUSE
+
+
+def _near_expiry_notice(estate: Estate, key: str) -> KeyVaultEvent:
+    """The KeyNearExpiry notice of a new key ``key``: its one version, 355 days old,
+    expires in 10 days, and an account is bound to it."""
+    now = estate.world.clock.now()
+    expiring = estate.version(
+        estate.kv, key, created=now - timedelta(days=355), expires=now + timedelta(days=10)
+    )
+    estate.account(f"acct-{key}", estate.kv, expiring.version, key=key)
+    return estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key=key)
+
+
+async def _notice_calls(rig: Rig, event: KeyVaultEvent) -> list[str]:
+    """The port calls handling ``event`` makes, in order (one run, alone, of a probe
+    notice: the points the schedules below stop at or fault)."""
+    probe = Scheduler(Plan(order=[("A", None)]))
+    await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), event)})
+    return [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
 
 
 class TestOneNoticeOneVersion:
@@ -166,24 +186,14 @@ class TestOneNoticeOneVersion:
         later = replace(rig.engine, now=lambda: estate.world.clock.now() + past_lease)
         assert rig.engine.claim_lease > CREATE_TIMEOUT * 2
 
-        def notice(key: str) -> Any:
-            now = estate.world.clock.now()
-            expiring = estate.version(
-                estate.kv, key, created=now - timedelta(days=355), expires=now + timedelta(days=10)
-            )
-            estate.account(f"acct-{key}", estate.kv, expiring.version, key=key)
-            return estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key=key)
-
-        probe = Scheduler(Plan(order=[("A", None)]))
-        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("probe"))})
-        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
+        labels = await _notice_calls(rig, _near_expiry_notice(estate, "probe"))
         creating = labels.index("keys.create_like")
         # checked right before: the notice's claim, then the key's creation lease
         assert labels[creating - 2 : creating] == ["ledger.refresh_claim", "ledger.renew_lease"]
 
         for stall in [k for k in range(len(labels) + 1) if k != creating]:
             key = f"stall{stall}"
-            event = notice(key)
+            event = _near_expiry_notice(estate, key)
             throttle_for(rig.world).reset()  # each schedule starts with a fresh Graph quota
             scheduler = Scheduler(Plan(order=[("A", stall), ("B", None), ("A", None)]))
             results = await scheduler.run(
@@ -222,10 +232,7 @@ class TestOneNoticeOneVersion:
                 for version in (older, newer)
             )  # type: ignore[return-value]
 
-        probe = Scheduler(Plan(order=[("A", None)]))
-        first, _ = notices("probe")
-        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), first)})
-        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
+        labels = await _notice_calls(rig, notices("probe")[0])
         calls, creating = len(labels), labels.index("keys.create_like")
 
         past_lease = rig.engine.claim_lease + timedelta(minutes=1)
@@ -262,25 +269,14 @@ class TestOneNoticeOneVersion:
         created, so both are given back and the redelivery, at once, creates the one
         version — rather than waiting out a 10-minute lease."""
         estate = rig.estate
-        now = estate.world.clock.now()
-
-        def notice(key: str) -> Any:
-            expiring = estate.version(
-                estate.kv, key, created=now - timedelta(days=355), expires=now + timedelta(days=10)
-            )
-            estate.account(f"acct-{key}", estate.kv, expiring.version, key=key)
-            return estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key=key)
-
-        probe = Scheduler(Plan(order=[("A", None)]))
-        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("p"))})
-        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
+        labels = await _notice_calls(rig, _near_expiry_notice(estate, "p"))
         taken, creating = labels.index("ledger.acquire_lease"), labels.index("keys.create_like")
         # from taking the lease (its insert answered 503, or applied and its answer lost)
         # up to the fence's refresh_claim
         points = itertools.product(range(taken, creating - 2), (Fault.UNAVAILABLE, Fault.LOST))
         for call, fault in points:
             key = f"early{call}{fault.value}"
-            event = notice(key)
+            event = _near_expiry_notice(estate, key)
             throttle_for(rig.world).reset()
             scheduler = Scheduler(Plan(fault=("A", call, fault)))
             first = await scheduler.run(
@@ -299,21 +295,11 @@ class TestOneNoticeOneVersion:
         landed, or is told to retry) — and once they have run out, the redelivery binds
         the version that landed or creates the one that did not: one new version."""
         estate = rig.estate
-        now = estate.world.clock.now()
-
-        def notice(key: str) -> Any:
-            expiring = estate.version(
-                estate.kv, key, created=now - timedelta(days=355), expires=now + timedelta(days=10)
-            )
-            estate.account(f"acct-{key}", estate.kv, expiring.version, key=key)
-            return estate.event(KeyEventType.NEAR_EXPIRY, estate.kv, expiring, key=key)
-
-        probe = Scheduler(Plan(order=[("A", None)]))
-        await probe.run({"A": partial(on_near_expiry, gated(rig.engine, probe), notice("lp"))})
-        labels = [t.split(":", 1)[1] for t in probe.trace if t.startswith("A:")]
-        creating = labels.index("keys.create_like")
+        creating = (await _notice_calls(rig, _near_expiry_notice(estate, "lp"))).index(
+            "keys.create_like"
+        )
         key = f"late{fault.value}"
-        event = notice(key)
+        event = _near_expiry_notice(estate, key)
 
         scheduler = Scheduler(Plan(fault=("A", creating, fault)))
         first = await scheduler.run(
