@@ -27,6 +27,8 @@ __all__ = ["add_parser", "failing_now"]
 
 #: ``resource-group/name``, the short form of an account in every table.
 SHORT_ACCOUNT = re.compile(r"[^/\s]+/[^/\s]+")
+#: The columns of the history table.
+COLUMNS = ("updated", "account", "key", "version", "state", "attempts", "trigger", "cause")
 #: What a narrow terminal leaves out, least important first: never when, which account,
 #: from and to which version, and the state.
 OPTIONAL = ("trigger", "attempts", "key", "cause")
@@ -113,9 +115,8 @@ async def _history(session: Session) -> int:
     ]
     if not entries:
         return code
-    columns = ("updated", "account", "key", "version", "state", "attempts", "trigger", "cause")
     title = f"{len(entries)} ledger rows (newest first)"
-    output.print(table(title, columns, rows, tsv=tsv, optional=OPTIONAL))
+    output.print(table(title, COLUMNS, rows, tsv=tsv, optional=OPTIONAL))
     return code
 
 

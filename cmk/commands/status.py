@@ -24,6 +24,8 @@ from cmk.usecases.answers import status_answer, status_summary
 
 __all__ = ["add_parser"]
 
+#: The columns of the status table.
+COLUMNS = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
 #: What a narrow terminal leaves out, least important first: never the account, its key
 #: and its state; the bound and newest versions after the words that explain them.
 OPTIONAL = ("subscription", "age", "detail", "newest", "bound")
@@ -77,9 +79,8 @@ async def _status(session: Session) -> int:
         )
         for a in accounts
     ]
-    columns = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
     title = plural(len(accounts), "CMK account")
-    output.print(table(title, columns, rows, tsv=tsv, optional=OPTIONAL))
+    output.print(table(title, COLUMNS, rows, tsv=tsv, optional=OPTIONAL))
     counts = status_summary(accounts)
     parts = [Text.assemble(styled(state), f": {n}") for state, n in counts.items() if n]
     output.print(Text("  ").join(parts))

@@ -29,6 +29,17 @@ from cmk.usecases.versions import VersionUse, key_versions
 __all__ = ["add_parser", "require_in_scope"]
 
 MAX_LISTED = 3
+#: The columns of the versions table.
+COLUMNS = (
+    "version",
+    "tags",
+    "enabled",
+    "created",
+    "expires",
+    "bindable",
+    "accounts",
+    "safe to disable",
+)
 #: What a narrow terminal leaves out, least important first: never the version, its
 #: expiry and whether it is safe to disable. Tags are repeated by the "why" lines,
 #: enabled by bindable ("no: disabled"), the accounts' count by the "why" lines.
@@ -124,17 +135,7 @@ async def _versions(session: Session) -> int:
         )
         for use in report.versions
     ]
-    columns = (
-        "version",
-        "tags",
-        "enabled",
-        "created",
-        "expires",
-        "bindable",
-        "accounts",
-        "safe to disable",
-    )
-    output.print(table(f"{report.key_id}", columns, rows, tsv=tsv, optional=OPTIONAL))
+    output.print(table(f"{report.key_id}", COLUMNS, rows, tsv=tsv, optional=OPTIONAL))
     # why each version is or is not safe to disable: whole, whatever the width
     output.print("why, per version:")
     for use in report.versions:

@@ -58,8 +58,7 @@ def _status() -> DataTable:
         )
         for n in range(1, 25)
     ]
-    columns = ("account", "subscription", "key", "bound", "newest", "state", "age", "detail")
-    return table("24 CMK accounts", columns, rows, optional=status.OPTIONAL)
+    return table("24 CMK accounts", status.COLUMNS, rows, optional=status.OPTIONAL)
 
 
 def _versions(optional: tuple[str, ...] | None = versions.OPTIONAL) -> DataTable:
@@ -70,17 +69,8 @@ def _versions(optional: tuple[str, ...] | None = versions.OPTIONAL) -> DataTable
         (VERSIONS[1], "", True, NOW, NOW + timedelta(days=300), "yes", f"24: {names} (+21 more)"),
     ]
     rows = [(*row, "no") for row in rows]
-    columns = (
-        "version",
-        "tags",
-        "enabled",
-        "created",
-        "expires",
-        "bindable",
-        "accounts",
-        "safe to disable",
-    )
-    return table("https://kv-cmk-weu.vault.azure.net/keys/ai-cmk", columns, rows, optional=optional)
+    title = "https://kv-cmk-weu.vault.azure.net/keys/ai-cmk"
+    return table(title, versions.COLUMNS, rows, optional=optional)
 
 
 def _history() -> DataTable:
@@ -97,8 +87,7 @@ def _history() -> DataTable:
         )
         for n in range(1, 9)
     ]
-    columns = ("updated", "account", "key", "version", "state", "attempts", "trigger", "cause")
-    return table("8 ledger rows (newest first)", columns, rows, optional=history.OPTIONAL)
+    return table("8 ledger rows (newest first)", history.COLUMNS, rows, optional=history.OPTIONAL)
 
 
 def _revocations() -> DataTable:
