@@ -238,14 +238,15 @@ async def _replay(session: Session) -> int:
             if o.report is not None
             for move in o.report.moves
         ]
+    jobs = _unique(jobs)
     if engine.dry_run:
         label = "planning the updates (dry run)"
-        journal.now(f"{label} of {len(_unique(jobs))} account(s)", not_done="", finish="")
+        journal.now(f"{label} of {len(jobs)} account(s)", not_done="", finish="")
     else:
         label = "moving accounts"
-        journal.moving(_unique(jobs), finish="cmk sweep")
-    with output.progress(label, len(_unique(jobs))) as ticker:
-        results = await run_jobs(engine, _unique(jobs), ticker, watch=journal)
+        journal.moving(jobs, finish="cmk sweep")
+    with output.progress(label, len(jobs)) as ticker:
+        results = await run_jobs(engine, jobs, ticker, watch=journal)
     bad = any(o.outcome in BAD for o in outcomes) or jobs_failed(results)
     code = EXIT_FINDINGS if bad else EXIT_OK
     if output.json_mode:
