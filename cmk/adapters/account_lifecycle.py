@@ -29,12 +29,9 @@ from cmk.adapters._errors import azure_errors
 from cmk.adapters._sdk import text_of
 from cmk.adapters.accounts import KEY_VAULT_SOURCE, CognitiveAccounts, follow, unfollowed
 from cmk.errors import (
-    AccessDenied,
     CmkError,
     InvalidInput,
-    NotFound,
     ServiceUnavailable,
-    TransientError,
     UpdateFailed,
 )
 from cmk.keyid import KeyId
@@ -154,10 +151,14 @@ class AccountLifecycle:
         verified later."""
         try:
             return await self._accounts.get(account_id)
-        except (TransientError, AccessDenied, NotFound) as error:
+        except CmkError as error:
+            status = unfollowed(error)
+            if status is None:
+                raise
             logger.warning(
-                "%s: accepted, the account unreadable for now (%s)",
+                "%s: accepted, the account %s (%s)",
                 action,
+                status,
                 error,
                 extra={"cmk_account_id": str(account_id), "cmk_step": "verify"},
             )
